@@ -1,0 +1,251 @@
+"""FLAG-TRADER: a post-LayerNorm transformer whose projections are frozen Linears plus LoRA.
+
+The parameter tree mirrors the PyTorch state dict of SPEC section 1 (see docs/ARCHITECTURE.md),
+so converting a `flag_trader_best.pt` is a rename plus a transpose of Linear weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+LORA_PROJECTIONS = ('q_proj', 'k_proj', 'v_proj', 'out_proj', 'ffn_1', 'ffn_2')
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Sizes and options of FLAG-TRADER; defaults are the seed sizes."""
+
+  state_dim: int = 60
+  action_dim: int = 3
+  d_model: int = 768
+  num_layers: int = 12
+  num_heads: int = 8
+  dim_feedforward: int = 3072
+  max_length: int = 256
+  dropout_rate: float = 0.1
+  lora_rank: int = 16
+  lora_alpha: float = 16.0
+  lora_targets: tuple[str, ...] = LORA_PROJECTIONS
+  freeze_base: bool = True
+  causal: bool = True
+  dtype: str = 'float32'
+
+  def __post_init__(self):
+    if self.d_model % self.num_heads:
+      raise ValueError(
+          f'model.d_model={self.d_model} is not divisible by model.num_heads={self.num_heads}; '
+          'choose num_heads that divides d_model.')
+    unknown = set(self.lora_targets) - set(LORA_PROJECTIONS)
+    if unknown:
+      raise ValueError(
+          f'model.lora_targets has unknown projections {sorted(unknown)}; '
+          f'valid: {",".join(LORA_PROJECTIONS)}.')
+    if self.lora_targets and self.lora_rank <= 0:
+      raise ValueError('model.lora_rank must be positive when model.lora_targets is not empty.')
+
+  @classmethod
+  def from_config(cls, config: Mapping[str, Any]) -> ModelConfig:
+    """Builds from a `config.model` ConfigDict (or dict); unknown keys are an error."""
+    values = dict(config)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - names
+    if unknown:
+      raise ValueError(f'unknown model config fields {sorted(unknown)}; valid: {sorted(names)}.')
+    targets = values.get('lora_targets', LORA_PROJECTIONS)
+    if isinstance(targets, str):
+      targets = tuple(t.strip() for t in targets.split(',') if t.strip())
+    values['lora_targets'] = tuple(targets)
+    return cls(**values)
+
+  @property
+  def lora_scale(self) -> float:
+    return self.lora_alpha / self.lora_rank if self.lora_rank > 0 else 0.0
+
+  @property
+  def compute_dtype(self) -> jnp.dtype:
+    return jnp.dtype(self.dtype)
+
+
+def _torch_linear_init(fan_in: int):
+  """PyTorch's default Linear init for weight and bias: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+  bound = 1.0 / math.sqrt(fan_in)
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+class LoRADense(nn.Module):
+  """`y = base(x) + (x @ lora_A @ lora_B) * alpha / rank`; rank 0 means no adapter.
+
+  x: (..., in) -> y: (..., features). `base` holds the (frozen) kernel (in, features) and bias.
+  """
+
+  features: int
+  rank: int = 16
+  alpha: float = 16.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    fan_in = x.shape[-1]
+    init = _torch_linear_init(fan_in)
+    y = nn.Dense(self.features, kernel_init=init, bias_init=init, dtype=self.dtype,
+                 name='base')(x)
+    if self.rank > 0:
+      # kaiming_uniform_(a=sqrt(5)) on an (in, rank) tensor has fan_in = rank.
+      lora_a = self.param('lora_A', _torch_linear_init(self.rank), (fan_in, self.rank))
+      lora_b = self.param('lora_B', nn.initializers.zeros, (self.rank, self.features))
+      x, lora_a, lora_b = x.astype(self.dtype), lora_a.astype(self.dtype), lora_b.astype(self.dtype)
+      y = y + (x @ lora_a) @ lora_b * (self.alpha / self.rank)
+    return y
+
+
+class MultiHeadAttention(nn.Module):
+  """Self-attention with LoRA projections and dropout on the attention probabilities."""
+
+  config: ModelConfig
+
+  def _proj(self, name: str, features: int) -> LoRADense:
+    cfg = self.config
+    rank = cfg.lora_rank if name in cfg.lora_targets else 0
+    return LoRADense(features, rank, cfg.lora_alpha, cfg.compute_dtype, name=name)
+
+  @nn.compact
+  def __call__(self, x: jax.Array, mask: jax.Array | None, deterministic: bool) -> jax.Array:
+    """x: (batch, T, d); mask: (T, T) bool, True where attention is allowed, or None."""
+    cfg = self.config
+    batch, length, d = x.shape
+    head_dim = d // cfg.num_heads
+
+    def split_heads(y):
+      return y.reshape(batch, length, cfg.num_heads, head_dim)
+
+    q = split_heads(self._proj('q_proj', d)(x))
+    k = split_heads(self._proj('k_proj', d)(x))
+    v = split_heads(self._proj('v_proj', d)(x))
+    scores = jnp.einsum('bqhd,bkhd->bhqk', q, k) / jnp.sqrt(head_dim).astype(q.dtype)
+    if mask is not None:
+      scores = jnp.where(mask, scores, jnp.finfo(scores.dtype).min)
+    probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(v.dtype)
+    probs = nn.Dropout(cfg.dropout_rate)(probs, deterministic=deterministic)
+    out = jnp.einsum('bhqk,bkhd->bqhd', probs, v).reshape(batch, length, d)
+    return self._proj('out_proj', d)(out)
+
+
+class TransformerBlock(nn.Module):
+  """Post-LN block: norm1(x + attn(x)), then norm2(x + ffn_2(dropout(gelu(ffn_1(x)))))."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x: jax.Array, mask: jax.Array | None, deterministic: bool) -> jax.Array:
+    cfg = self.config
+
+    def lora(name, features):
+      rank = cfg.lora_rank if name in cfg.lora_targets else 0
+      return LoRADense(features, rank, cfg.lora_alpha, cfg.compute_dtype, name=name)
+
+    attended = MultiHeadAttention(cfg, name='attention')(x, mask, deterministic)
+    x = nn.LayerNorm(epsilon=1e-5, dtype=jnp.float32, name='norm1')(x + attended)
+    h = lora('ffn_1', cfg.dim_feedforward)(x)
+    h = nn.gelu(h, approximate=False)
+    h = nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
+    h = lora('ffn_2', cfg.d_model)(h)
+    h = nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
+    return nn.LayerNorm(epsilon=1e-5, dtype=jnp.float32, name='norm2')(x + h)
+
+
+class FlagTrader(nn.Module):
+  """states: (batch, T, state_dim) float32 -> logits: (batch, T, action_dim) float32."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, states: jax.Array, *, deterministic: bool = True,
+               causal: bool | None = None) -> jax.Array:
+    cfg = self.config
+    _, length, state_dim = states.shape
+    if state_dim != cfg.state_dim:
+      raise ValueError(f'states have {state_dim} features, the model expects {cfg.state_dim}.')
+    if length > cfg.max_length:
+      raise ValueError(f'context length {length} exceeds model.max_length={cfg.max_length}.')
+    normal = nn.initializers.normal(stddev=0.02)
+    x = nn.Dense(cfg.d_model, kernel_init=normal, bias_init=nn.initializers.zeros,
+                 dtype=cfg.compute_dtype, name='state_embedding')(states)
+    pos = self.param('pos_embedding', normal, (1, cfg.max_length, cfg.d_model))
+    x = x + pos[:, :length].astype(x.dtype)
+    causal = cfg.causal if causal is None else causal
+    mask = jnp.tril(jnp.ones((length, length), bool)) if causal and length > 1 else None
+    for i in range(cfg.num_layers):
+      x = TransformerBlock(cfg, name=f'transformer_blocks_{i}')(x, mask, deterministic)
+    x = nn.LayerNorm(epsilon=1e-5, dtype=jnp.float32, name='output_norm')(x)
+    logits = nn.Dense(cfg.action_dim, kernel_init=normal, bias_init=nn.initializers.zeros,
+                      dtype=cfg.compute_dtype, name='action_head')(x)
+    return logits.astype(jnp.float32)
+
+
+def init_params(config: ModelConfig, rng: jax.Array, context_length: int = 1) -> dict:
+  """Initial parameters, initialised as the PyTorch original does."""
+  dummy = jnp.zeros((1, context_length, config.state_dim), jnp.float32)
+  return FlagTrader(config).init(rng, dummy)['params']
+
+
+def param_shapes(config: ModelConfig) -> dict:
+  """Parameter tree of `jax.ShapeDtypeStruct`s, without allocating the weights."""
+  return jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
+
+
+def param_labels(params: Any, freeze_base: bool = True) -> Any:
+  """Tree of 'trainable' / 'frozen' labels for `optax.multi_transform`.
+
+  Base Linear weights and biases (`.../base/...`) are frozen unless `freeze_base=False`;
+  everything else (LoRA, LayerNorms, embeddings, head) is trainable.
+  """
+
+  def label(path, _):
+    names = [getattr(k, 'key', getattr(k, 'name', None)) for k in path]
+    return 'frozen' if freeze_base and 'base' in names else 'trainable'
+
+  return jax.tree_util.tree_map_with_path(label, params)
+
+
+def count_params(params: Any, labels: Any | None = None) -> dict[str, int]:
+  """Number of parameters in total and per label: {'total', 'trainable', 'frozen'}."""
+  sizes = jax.tree_util.tree_map(lambda p: int(np.prod(p.shape)), params)
+  counts = {'total': sum(jax.tree_util.tree_leaves(sizes)), 'trainable': 0, 'frozen': 0}
+  if labels is None:
+    labels = param_labels(params)
+  for size, lab in zip(jax.tree_util.tree_leaves(sizes), jax.tree_util.tree_leaves(labels),
+                       strict=True):
+    counts[lab] += size
+  return counts
+
+
+def merge_lora(params: Any, config: ModelConfig) -> tuple[Any, ModelConfig]:
+  """Folds every adapter into its base kernel: `kernel + lora_A @ lora_B * alpha / rank`.
+
+  Returns params without LoRA leaves and the matching config (no adapters), which compute the
+  same function with one matmul per projection (faster inference).
+  """
+
+  def merge(tree):
+    if not isinstance(tree, Mapping):
+      return tree
+    if 'lora_A' in tree and 'base' in tree:
+      delta = (tree['lora_A'] @ tree['lora_B']) * config.lora_scale
+      base = dict(tree['base'])
+      base['kernel'] = base['kernel'] + delta.astype(base['kernel'].dtype)
+      return {'base': base}
+    return {k: merge(v) for k, v in tree.items()}
+
+  return merge(params), dataclasses.replace(config, lora_targets=())
