@@ -1,0 +1,370 @@
+"""OHLCV loading and validation: CSV (canonical or Binance kline) -> checked pandas frame.
+
+The canonical file has the header `timestamp,open,high,low,close,volume` with UTC bar open
+times. Binance kline CSVs (no header; open time in milliseconds, or microseconds in archives
+from 2025 on; then open, high, low, close, volume and six more columns) are read as well.
+
+Every defect of SPEC section 2 raises `DataError` naming the file, the row and the column.
+Row numbers are 1-based line numbers of the file (the header, when present, is row 1), so an
+editor's go-to-line lands on the offending bar.
+
+Gaps (missing bars) are reported, never silently repaired: `find_gaps` returns a `GapReport`
+and `load_ohlcv` attaches its dict to `df.attrs['gaps']`; `fill_gaps=True` inserts flat,
+zero-volume bars at the previous close.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import gzip
+import importlib.resources
+import io
+import os
+from collections.abc import Sequence
+from typing import IO, Any
+
+import numpy as np
+import pandas as pd
+
+COLUMNS = ('open', 'high', 'low', 'close', 'volume')
+PRICE_COLUMNS = ('open', 'high', 'low', 'close')
+_TIME_COLUMNS = ('timestamp', 'open_time')  # accepted names of the time column in a header
+_BINANCE_MIN_FIELDS = 6  # open_time, open, high, low, close, volume (then 6 we ignore)
+_SUFFIX = '.csv.gz'
+
+PathOrBuffer = str | os.PathLike | IO[str] | IO[bytes]
+
+
+class DataError(ValueError):
+  """A data file is malformed; the message names the file, row and column and the fix."""
+
+
+# ----------------------------------------------------------------------------- parsing
+
+
+def _source_name(path_or_buffer: PathOrBuffer) -> str:
+  if isinstance(path_or_buffer, (str, os.PathLike)):
+    return os.fspath(path_or_buffer)
+  return str(getattr(path_or_buffer, 'name', '<buffer>'))
+
+
+def _read_raw(path_or_buffer: PathOrBuffer, source: str) -> pd.DataFrame:
+  """Every field as a string; row i of the result is line i + 1 of the file."""
+  try:
+    # Blank lines are kept (as empty rows, dropped later) so row numbers stay line numbers.
+    return pd.read_csv(path_or_buffer, header=None, dtype=str, keep_default_na=False,
+                       skip_blank_lines=False, compression='infer')
+  except pd.errors.EmptyDataError as e:
+    raise DataError(f'{source}: the file is empty; expected the header '
+                    f'timestamp,{",".join(COLUMNS)} and one row per bar') from e
+  except pd.errors.ParserError as e:
+    raise DataError(f'{source}: cannot parse as CSV ({e}); every row needs the same number '
+                    'of comma-separated fields') from e
+
+
+def _is_number(text: str) -> bool:
+  try:
+    float(text)
+  except ValueError:
+    return False
+  return True
+
+
+def _fail(source: str, bad: np.ndarray, lines: np.ndarray, column: str,
+          describe: Any, fix: str) -> None:
+  """Raises DataError for the first True in `bad` (describe(i) -> text) if there is one."""
+  where = np.flatnonzero(bad)
+  if not where.size:
+    return
+  i = int(where[0])
+  more = f' ({where.size} rows have this problem; the first is shown)' if where.size > 1 else ''
+  raise DataError(f'{source} row {lines[i]}, column {column}: {describe(i)}; {fix}{more}')
+
+
+def _parse_timestamps(text: pd.Series, source: str, lines: np.ndarray,
+                      column: str) -> pd.DatetimeIndex:
+  """ISO-8601 strings (naive = UTC) or integer epochs in s / ms / us / ns, per row."""
+  text = text.str.strip()
+  is_epoch = text.str.fullmatch(r'\d{1,18}').to_numpy(dtype=bool)
+  nanos = np.full(len(text), np.iinfo(np.int64).min, dtype=np.int64)  # NaT until parsed
+  if is_epoch.any():
+    epoch = text[is_epoch].astype(np.int64).to_numpy()
+    # The magnitude gives the unit: Binance wrote ms until 2024 and us from 2025 on.
+    scale = np.select([epoch < 10**11, epoch < 10**14, epoch < 10**17], [10**9, 10**6, 10**3], 1)
+    nanos[is_epoch] = epoch * scale
+  if (~is_epoch).any():
+    parsed = pd.to_datetime(text[~is_epoch], utc=True, errors='coerce', format='ISO8601')
+    naive = parsed.dt.tz_localize(None).astype('datetime64[ns]')
+    nanos[~is_epoch] = naive.to_numpy().view(np.int64)
+  times = pd.DatetimeIndex(nanos.view('datetime64[ns]')).tz_localize('UTC')
+  _fail(source, (text == '').to_numpy(), lines, column, lambda i: 'the timestamp is missing',
+        'fill it in or drop the row')
+  _fail(source, times.isna(), lines, column,
+        lambda i: f'cannot parse timestamp {text.iloc[i]!r}',
+        "write it as 'YYYY-MM-DD HH:MM:SS' (UTC) or as epoch milliseconds")
+  return times
+
+
+def _parse_numbers(text: pd.Series, source: str, lines: np.ndarray, column: str) -> np.ndarray:
+  text = text.str.strip()
+  values = pd.to_numeric(text, errors='coerce').to_numpy(dtype=np.float64)
+  empty = (text == '').to_numpy()
+  _fail(source, empty, lines, column, lambda i: 'the value is missing',
+        'fill it in or drop the row')
+  literal_nan = text.str.lower().str.lstrip('+-').isin(['nan', 'na', 'n/a', 'null', 'none'])
+  unparsable = np.isnan(values) & ~literal_nan.to_numpy()
+  _fail(source, unparsable, lines, column, lambda i: f'cannot parse {text.iloc[i]!r} as a number',
+        'write a plain decimal number such as 41250.5')
+  _fail(source, ~np.isfinite(values), lines, column, lambda i: f'{column} is {text.iloc[i]}',
+        'replace it with a finite value or drop the row')
+  return values
+
+
+def _validate_bars(values: dict[str, np.ndarray], source: str, lines: np.ndarray) -> None:
+  for col in PRICE_COLUMNS:
+    v = values[col]
+    _fail(source, v <= 0, lines, col, lambda i, v=v, col=col: f'{col} {v[i]} is not positive',
+          'prices must be > 0; fix or drop the row')
+  vol = values['volume']
+  _fail(source, vol < 0, lines, 'volume', lambda i: f'volume {vol[i]} is negative',
+        'fix or drop the row')
+  opn, high, low, close = (values[k] for k in PRICE_COLUMNS)
+  _fail(source, high < np.maximum(opn, close), lines, 'high',
+        lambda i: (f'high {high[i]} < {"close" if close[i] > opn[i] else "open"} '
+                   f'{max(opn[i], close[i])}'), 'fix or drop the row')
+  _fail(source, low > np.minimum(opn, close), lines, 'low',
+        lambda i: (f'low {low[i]} > {"close" if close[i] < opn[i] else "open"} '
+                   f'{min(opn[i], close[i])}'), 'fix or drop the row')
+
+
+def _check_order(times: pd.DatetimeIndex, source: str, lines: np.ndarray, column: str,
+                 sort: bool) -> np.ndarray:
+  """Rejects duplicates (and, unless `sort`, disorder); returns the order to take rows in."""
+  duplicated = times.duplicated(keep='first')
+  first_line = {}
+  if duplicated.any():
+    for t, line in zip(times[~duplicated], lines[~duplicated], strict=True):
+      first_line[t] = line
+  _fail(source, duplicated, lines, column,
+        lambda i: f'duplicate timestamp {times[i]} (also at row {first_line[times[i]]})',
+        'keep one of the two rows')
+  ns = times.asi8
+  if sort:
+    return np.argsort(ns, kind='stable')
+  _fail(source, np.r_[False, ns[1:] < ns[:-1]], lines, column,
+        lambda i: f'{times[i]} comes after {times[i - 1]} (row {lines[i - 1]}): out of order',
+        'sort the file by time, or pass sort=True')
+  return np.arange(len(times))
+
+
+def load_ohlcv(path_or_buffer: PathOrBuffer, *, sort: bool = False,
+               fill_gaps: bool = False) -> pd.DataFrame:
+  """Reads and validates an OHLCV CSV (canonical header or Binance klines, optionally gzip).
+
+  Args:
+    path_or_buffer: a path or an open file; a buffer's `name` attribute is used in messages.
+    sort: sort rows by time instead of rejecting out-of-order rows.
+    fill_gaps: insert flat zero-volume bars at the previous close for missing bars.
+
+  Returns:
+    DataFrame with a UTC DatetimeIndex 'timestamp' (bar open time, increasing, unique) and
+    float64 columns open, high, low, close, volume; `attrs['source']` is the file name and
+    `attrs['gaps']` is the `GapReport.to_dict()` of the file as read (before any filling).
+
+  Raises:
+    DataError: on any defect listed in SPEC section 2.
+  """
+  source = _source_name(path_or_buffer)
+  raw = _read_raw(path_or_buffer, source)
+  lines = np.arange(1, len(raw) + 1)
+  first = raw.iloc[0, 0].strip()
+  if _is_number(first):  # Binance kline CSV: no header, columns by position.
+    if raw.shape[1] < _BINANCE_MIN_FIELDS:
+      raise DataError(f'{source} row 1: a header-less file is read as Binance klines and needs '
+                      f'at least {_BINANCE_MIN_FIELDS} fields (open_time,{",".join(COLUMNS)}), '
+                      f'found {raw.shape[1]}; add the header timestamp,{",".join(COLUMNS)}')
+    time_col = 'open_time'
+    fields = {time_col: raw[0], **{c: raw[j + 1] for j, c in enumerate(COLUMNS)}}
+  else:
+    header = [str(h).strip().lower() for h in raw.iloc[0]]
+    time_col = next((c for c in _TIME_COLUMNS if c in header), None)
+    missing = [c for c in COLUMNS if c not in header] + ([] if time_col else ['timestamp'])
+    if missing:
+      raise DataError(f'{source} row 1, column {missing[0]}: missing column(s) '
+                      f'{", ".join(missing)} (header is {",".join(header)}); the header must be '
+                      f'timestamp,{",".join(COLUMNS)}')
+    fields = {c: raw[header.index(c)] for c in (time_col, *COLUMNS)}
+    raw, lines = raw.iloc[1:], lines[1:]
+    fields = {c: f.iloc[1:] for c, f in fields.items()}
+  blank = (raw == '').all(axis=1).to_numpy()
+  lines = lines[~blank]
+  fields = {c: f[~blank].reset_index(drop=True) for c, f in fields.items()}
+  if not len(lines):
+    raise DataError(f'{source} row 2: the file has a header but no bars; expected one row per '
+                    'bar after the header')
+
+  times = _parse_timestamps(fields[time_col], source, lines, time_col)
+  values = {c: _parse_numbers(fields[c], source, lines, c) for c in COLUMNS}
+  _validate_bars(values, source, lines)
+  order = _check_order(times, source, lines, time_col, sort)
+
+  df = pd.DataFrame({c: values[c][order] for c in COLUMNS},
+                    index=pd.DatetimeIndex(times[order], name='timestamp'))
+  df.attrs['source'] = source
+  report = find_gaps(df)
+  df.attrs['gaps'] = report.to_dict()
+  if fill_gaps:
+    df = fill_missing_bars(df, report.freq, source=source)
+  return df
+
+
+# ------------------------------------------------------------------------------- gaps
+
+
+@dataclasses.dataclass(frozen=True)
+class GapReport:
+  """Missing bars in a series.
+
+  Attributes:
+    freq: bar spacing (the most common time difference).
+    count: number of gaps (runs of consecutive missing bars).
+    missing_bars: total number of missing bars.
+    largest: length in bars of the longest gap (0 if none).
+    gaps: (first missing bar open time, length in bars) per gap, in time order.
+  """
+  freq: pd.Timedelta
+  count: int
+  missing_bars: int
+  largest: int
+  gaps: tuple[tuple[pd.Timestamp, int], ...]
+
+  def to_dict(self) -> dict[str, Any]:
+    """JSON-friendly form (times as ISO strings, freq as a pandas offset string)."""
+    return {'freq': _freq_string(self.freq), 'count': self.count,
+            'missing_bars': self.missing_bars, 'largest': self.largest,
+            'gaps': [[t.isoformat(), n] for t, n in self.gaps]}
+
+  def __str__(self) -> str:
+    if not self.count:
+      return 'no gaps'
+    t, n = max(self.gaps, key=lambda g: g[1])
+    return (f'{self.count} gaps, {self.missing_bars} missing bars, largest {n} bars '
+            f'from {t:%Y-%m-%d %H:%M} UTC')
+
+
+def _freq_string(freq: pd.Timedelta) -> str:
+  return pd.tseries.frequencies.to_offset(freq).freqstr
+
+
+def infer_freq(index: pd.DatetimeIndex) -> pd.Timedelta:
+  """The most common spacing of `index`; one hour when it has fewer than two bars."""
+  if len(index) < 2:
+    return pd.Timedelta(hours=1)
+  steps = np.diff(index.asi8)
+  values, counts = np.unique(steps, return_counts=True)
+  return pd.Timedelta(int(values[np.argmax(counts)]), unit='ns')
+
+
+def find_gaps(df: pd.DataFrame, freq: pd.Timedelta | str | None = None) -> GapReport:
+  """Missing bars of a time-sorted frame; `freq` defaults to the most common spacing."""
+  freq = infer_freq(df.index) if freq is None else pd.Timedelta(freq)
+  steps = np.diff(df.index.asi8)
+  missing = steps // freq.value - 1
+  where = np.flatnonzero(missing > 0)
+  gaps = tuple((df.index[i] + freq, int(missing[i])) for i in where)
+  lengths = [n for _, n in gaps]
+  return GapReport(freq=freq, count=len(gaps), missing_bars=int(sum(lengths)),
+                   largest=max(lengths, default=0), gaps=gaps)
+
+
+def fill_missing_bars(df: pd.DataFrame, freq: pd.Timedelta | str | None = None, *,
+                      source: str | None = None) -> pd.DataFrame:
+  """Inserts a flat bar (open = high = low = close = previous close, volume 0) per missing bar.
+
+  Raises:
+    DataError: if a timestamp is off the `freq` grid that starts at the first bar (filling
+      would otherwise drop it).
+  """
+  freq = infer_freq(df.index) if freq is None else pd.Timedelta(freq)
+  source = source or df.attrs.get('source', '<frame>')
+  off_grid = np.flatnonzero((df.index.asi8 - df.index.asi8[0]) % freq.value)
+  if off_grid.size:
+    raise DataError(f'{source}, bar {df.index[off_grid[0]]}, column timestamp: not on the '
+                    f'{_freq_string(freq)} grid that starts at the first bar '
+                    f'({off_grid.size} bars are off it); fix the timestamps or load with '
+                    'fill_gaps=False')
+  grid = pd.date_range(df.index[0], df.index[-1], freq=freq, name='timestamp')
+  filled = df.reindex(grid)
+  close = filled['close'].ffill()
+  missing = filled['close'].isna()
+  for col in PRICE_COLUMNS:
+    filled[col] = filled[col].where(~missing, close)
+  filled['volume'] = filled['volume'].fillna(0.0)
+  filled.attrs = {**df.attrs, 'filled_bars': int(missing.sum())}
+  return filled
+
+
+# ------------------------------------------------------------------------ bundled data
+
+
+def _builtin_files() -> dict[str, importlib.resources.abc.Traversable]:
+  folder = importlib.resources.files('himari_jax') / 'datasets'
+  return {f.name[:-len(_SUFFIX)].replace('_binance', ''): f
+          for f in folder.iterdir() if f.name.endswith(_SUFFIX)}
+
+
+def builtin_dataset_names() -> list[str]:
+  """Names of the bundled datasets, e.g. 'btc_usdt_1h_2020_2024' (sorted)."""
+  return sorted(_builtin_files())
+
+
+@functools.lru_cache(maxsize=8)
+def _load_builtin(name: str) -> pd.DataFrame:
+  files = _builtin_files()
+  if name not in files:
+    raise DataError(f'unknown builtin dataset {name!r}; valid names: '
+                    f'{", ".join(sorted(files))} (or pass a CSV path)')
+  buffer = io.BytesIO(gzip.decompress(files[name].read_bytes()))
+  buffer.name = f'himari_jax/datasets/{files[name].name}'
+  return load_ohlcv(buffer)
+
+
+def builtin_dataset(name: str, *, fill_gaps: bool = False) -> pd.DataFrame:
+  """A bundled real OHLCV series by name (see `builtin_dataset_names`), as `load_ohlcv` gives.
+
+  Raises:
+    DataError: for an unknown name; the message lists the valid ones.
+  """
+  df = _load_builtin(name).copy()  # the cached frame is shared, callers get their own
+  if fill_gaps:
+    df = fill_missing_bars(df)
+  return df
+
+
+def load_dataset(name_or_path: str | os.PathLike, *, fill_gaps: bool = False,
+                 sort: bool = False) -> pd.DataFrame:
+  """One series from a builtin dataset name or a CSV path (config fields such as data.train).
+
+  Raises:
+    DataError: if it is neither a builtin name nor an existing file, or the file is malformed.
+  """
+  text = os.fspath(name_or_path)
+  if text in _builtin_files():
+    return builtin_dataset(text, fill_gaps=fill_gaps)
+  if not os.path.exists(text):
+    raise DataError(f'{text}: no such file and not a builtin dataset; builtin names: '
+                    f'{", ".join(builtin_dataset_names())}')
+  return load_ohlcv(text, sort=sort, fill_gaps=fill_gaps)
+
+
+def load_datasets(spec: str | Sequence[str], *, fill_gaps: bool = False,
+                  sort: bool = False) -> list[pd.DataFrame]:
+  """Several series from a comma-separated string ('btc_usdt_1h_2020_2024,data/eth.csv') or a
+  sequence of names / paths; always a list, one frame per entry, in the order given."""
+  items = spec.split(',') if isinstance(spec, str) else list(spec)
+  items = [s.strip() for s in items if s.strip()]
+  if not items:
+    raise DataError(f'no dataset given in {spec!r}; builtin names: '
+                    f'{", ".join(builtin_dataset_names())}')
+  return [load_dataset(s, fill_gaps=fill_gaps, sort=sort) for s in items]
