@@ -9,7 +9,9 @@ The bias moves decisions (SPEC section 5). The temperature divides the corrected
 never changes the argmax: it only rescales confidences.
 
 Fitting runs eagerly on concrete arrays of the validation split (inputs are validated and a
-`ValueError` names the problem); the optimisation itself is jitted. Three fits:
+`ValueError` names the problem); the optimisation itself is jitted. Every function takes an
+optional `mask` of the bars to use; bars outside it are ignored and may hold NaN logits (as
+unavailable predictions do) or any label. Three fits:
 
 * `fit_logloss_bias`: the bias minimising masked log-loss. At its optimum the mean softmax
   probability of every action equals that action's label rate, so it matches *soft* rates.
@@ -147,8 +149,7 @@ def fit_rate_bias(
   Returns:
     bias: (3,) float32 with zero mean.
   """
-  logits = _check_logits(logits)
-  mask = _check_mask(mask, logits.shape[:-1])
+  logits, mask = _check_vectors(logits, mask)
   target = np.asarray(target_rates, dtype=np.float64)
   if target.shape != (_NUM_ACTIONS,) or not np.all(target > 0) or abs(target.sum() - 1) > 1e-6:
     raise ValueError(f'target_rates must be 3 positive rates summing to 1, got {target_rates!r}')
@@ -175,8 +176,7 @@ def fit_logloss_bias(logits: Any, labels: Any, mask: Any = None) -> np.ndarray:
   Returns:
     bias: (3,) float32 with zero mean.
   """
-  logits = _check_logits(logits)
-  mask = _check_mask(mask, logits.shape[:-1])
+  logits, mask = _check_vectors(logits, mask)
   labels = _check_labels(labels, mask, logits.shape[:-1])
   counts = np.bincount(labels[mask], minlength=_NUM_ACTIONS)
   if np.any(counts == 0):
@@ -199,8 +199,7 @@ def fit_temperature(logits: Any, labels: Any, mask: Any = None) -> float:
   Returns:
     The temperature, clipped to [0.01, 100] (the bounds bind only for degenerate logits).
   """
-  logits = _check_logits(logits)
-  mask = _check_mask(mask, logits.shape[:-1])
+  logits, mask = _check_vectors(logits, mask)
   labels = _check_labels(labels, mask, logits.shape[:-1])
   flat_logits, flat_weights = _flatten(logits, mask)
   flat_labels = _flatten_labels(labels, mask)
@@ -227,13 +226,12 @@ def expected_calibration_error(probs: Any, labels: Any, mask: Any = None, num_bi
   Returns:
     ECE in [0, 1].
   """
-  probs = _check_logits(probs, name='probs')
+  probs, mask = _check_vectors(probs, mask, name='probs')
   sums = probs.sum(axis=-1)
-  if np.any(probs < 0) or np.any(np.abs(sums - 1) > 1e-3):
+  if np.any(probs < 0) or np.any(mask & (np.abs(sums - 1) > 1e-3)):
     raise ValueError('probs must be non-negative and sum to 1 over the last axis (within 1e-3)')
   if num_bins < 1:
     raise ValueError(f'num_bins must be positive, got {num_bins}')
-  mask = _check_mask(mask, probs.shape[:-1])
   labels = _check_labels(labels, mask, probs.shape[:-1])
   flat_probs, flat_weights = _flatten(probs, mask)
   flat_labels = _flatten_labels(labels, mask)
@@ -275,7 +273,7 @@ def fit_calibration(
     fitted_bias = fit_logloss_bias(logits, labels, mask)
   calibration = Calibration(bias=tuple(fitted_bias))
   if temperature:
-    corrected = _check_logits(logits) + np.asarray(calibration.bias, dtype=np.float32)
+    corrected = np.asarray(logits, dtype=np.float32) + np.float32(calibration.bias)
     calibration = dataclasses.replace(
         calibration, temperature=fit_temperature(corrected, labels, mask))
   return calibration
@@ -359,14 +357,21 @@ def _expected_calibration_error(probs, labels, weights, num_bins):
   return jnp.sum(gaps) / jnp.sum(weights)
 
 
-def _check_logits(logits: Any, name: str = 'logits') -> np.ndarray:
-  array = np.asarray(logits, dtype=np.float32)
+def _check_vectors(values: Any, mask: Any, name: str = 'logits'
+                   ) -> tuple[np.ndarray, np.ndarray]:
+  """Checks (..., 3) values and their mask; returns float32 values and a bool mask.
+
+  Only masked-in rows must be finite (unavailable bars may hold NaN); the others are zeroed so
+  they cannot leak NaN into weighted sums.
+  """
+  array = np.asarray(values, dtype=np.float32)
   if array.ndim < 1 or array.shape[-1] != _NUM_ACTIONS:
     raise ValueError(f'{name} must have shape (..., 3), got {array.shape}')
-  bad = np.argwhere(~np.isfinite(array))
+  mask = _check_mask(mask, array.shape[:-1])
+  bad = np.argwhere(mask[..., None] & ~np.isfinite(array))
   if bad.size:
     raise ValueError(f'{name} contain NaN or inf, first at index {tuple(bad[0].tolist())}')
-  return array
+  return np.where(mask[..., None], array, 0.0).astype(np.float32), mask
 
 
 def _check_mask(mask: Any, shape: tuple[int, ...]) -> np.ndarray:

@@ -155,9 +155,10 @@ def test_bad_inputs_raise(call, message):
     call(logits, labels)
 
 
-def test_masked_labels_may_hold_any_value():
+def test_masked_bars_may_hold_nan_logits_and_any_label():
   logits, labels = _collapsed_model(num_bars=500)
   mask = np.arange(500) < 400
-  bias = calibration.fit_logloss_bias(logits, np.where(mask, labels, -1), mask)
+  unavailable = np.where(mask[:, None], logits, np.nan)
+  bias = calibration.fit_logloss_bias(unavailable, np.where(mask, labels, -1), mask)
   np.testing.assert_allclose(bias, calibration.fit_logloss_bias(logits[:400], labels[:400]),
                              atol=1e-4)

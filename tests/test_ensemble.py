@@ -1,11 +1,14 @@
 """Tests of ensemble strategies on hand-built probabilities with known answers."""
 
+import importlib.util
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from himari_jax import ensemble
+from himari_jax import calibration, data, ensemble
 from himari_jax.ensemble import BUY, HOLD, SELL, STRATEGIES
 
 
@@ -162,3 +165,16 @@ def test_bad_inputs_raise(kwargs, message):
   probs, strategy = arguments.pop('probs'), arguments.pop('strategy')
   with pytest.raises(ValueError, match=message):
     ensemble.combine(probs, strategy, **arguments)
+
+
+def test_ensemble_config_names_valid_choices():
+  path = pathlib.Path(__file__).parents[1] / 'configs' / 'ensemble.py'
+  spec = importlib.util.spec_from_file_location('ensemble_config', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  assert config.strategy in STRATEGIES
+  assert config.calibration.mode in calibration.MODES
+  assert config.dataset in data.builtin_dataset_names()
+  probs = _random_probs(2, 8)
+  ensemble.combine(probs, config.strategy, threshold=config.threshold)
