@@ -49,18 +49,36 @@ def _source_name(path_or_buffer: PathOrBuffer) -> str:
   return str(getattr(path_or_buffer, 'name', '<buffer>'))
 
 
+def _read_text(path_or_buffer: PathOrBuffer) -> str:
+  """The file's text; gzip is detected by its magic bytes, a UTF-8 byte-order mark dropped."""
+  if isinstance(path_or_buffer, (str, os.PathLike)):
+    with open(path_or_buffer, 'rb') as f:
+      payload = f.read()
+  else:
+    payload = path_or_buffer.read()
+  if isinstance(payload, str):
+    return payload.lstrip('\ufeff')
+  if payload[:2] == b'\x1f\x8b':
+    payload = gzip.decompress(payload)
+  return payload.decode('utf-8-sig')
+
+
 def _read_raw(path_or_buffer: PathOrBuffer, source: str) -> pd.DataFrame:
-  """Every field as a string; row i of the result is line i + 1 of the file."""
+  """Every field as a string ('' where a row is short); row i is line i + 1 of the file."""
   try:
-    # Blank lines are kept (as empty rows, dropped later) so row numbers stay line numbers.
-    return pd.read_csv(path_or_buffer, header=None, dtype=str, keep_default_na=False,
-                       skip_blank_lines=False, compression='infer')
-  except pd.errors.EmptyDataError as e:
+    text = _read_text(path_or_buffer)
+  except OSError as e:
+    raise DataError(f'{source}: cannot read the file ({e})') from e
+  except UnicodeDecodeError as e:
+    raise DataError(f'{source}: not a UTF-8 text file ({e}); export it as CSV') from e
+  if not text.strip():
     raise DataError(f'{source}: the file is empty; expected the header '
-                    f'timestamp,{",".join(COLUMNS)} and one row per bar') from e
-  except pd.errors.ParserError as e:
-    raise DataError(f'{source}: cannot parse as CSV ({e}); every row needs the same number '
-                    'of comma-separated fields') from e
+                    f'timestamp,{",".join(COLUMNS)} and one row per bar')
+  width = max(line.count(',') for line in text.splitlines()) + 1
+  # Blank lines are kept (as empty rows, dropped later) so row numbers stay line numbers;
+  # `names` makes short and long rows parse, so they get a row-numbered error below.
+  return pd.read_csv(io.StringIO(text), header=None, names=range(width), dtype=str,
+                     keep_default_na=False, skip_blank_lines=False)
 
 
 def _is_number(text: str) -> bool:
@@ -195,7 +213,12 @@ def load_ohlcv(path_or_buffer: PathOrBuffer, *, sort: bool = False,
                       f'{", ".join(missing)} (header is {",".join(header)}); the header must be '
                       f'timestamp,{",".join(COLUMNS)}')
     fields = {c: raw[header.index(c)] for c in (time_col, *COLUMNS)}
+    width = max(i for i, h in enumerate(header) if h) + 1
     raw, lines = raw.iloc[1:], lines[1:]
+    extra = (raw.iloc[:, width:] != '').any(axis=1).to_numpy()
+    _fail(source, extra, lines, f'{width + 1}',
+          lambda i: f'the row has more fields than the {width} of the header',
+          'remove the extra fields or name them in the header')
     fields = {c: f.iloc[1:] for c, f in fields.items()}
   blank = (raw == '').all(axis=1).to_numpy()
   lines = lines[~blank]
@@ -254,7 +277,9 @@ class GapReport:
 
 
 def _freq_string(freq: pd.Timedelta) -> str:
-  return pd.tseries.frequencies.to_offset(freq).freqstr
+  """'1h', '15min', ...: readable, and parsed back by pd.Timedelta."""
+  text = pd.tseries.frequencies.to_offset(freq).freqstr
+  return text if text[0].isdigit() else f'1{text}'
 
 
 def infer_freq(index: pd.DatetimeIndex) -> pd.Timedelta:

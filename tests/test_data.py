@@ -1,0 +1,260 @@
+"""Loader tests: every SPEC section 2 defect, Binance klines, gaps and the bundled datasets."""
+
+import gzip
+import io
+import json
+import pathlib
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from himari_jax import data
+
+FIXTURES = pathlib.Path(__file__).parent / 'fixtures'
+HEADER = 'timestamp,open,high,low,close,volume'
+GOOD_ROWS = [
+    '2024-03-01 00:00:00,100,101,99,100.5,10',
+    '2024-03-01 01:00:00,100.5,102,100,101,12',
+    '2024-03-01 02:00:00,101,101.5,100.2,100.8,0',
+    '2024-03-01 03:00:00,100.8,103,100.8,102.9,7.5',
+]
+
+
+def _write(tmp_path, rows, header=HEADER, name='bars.csv'):
+  path = tmp_path / name
+  path.write_text('\n'.join(([header] if header else []) + rows) + '\n')
+  return path
+
+
+def _with(row_index, text):
+  """GOOD_ROWS with row `row_index` replaced; it lands on file row row_index + 2."""
+  rows = list(GOOD_ROWS)
+  rows[row_index] = text
+  return rows
+
+
+def test_loads_canonical_csv(tmp_path):
+  df = data.load_ohlcv(_write(tmp_path, GOOD_ROWS))
+  assert list(df.columns) == ['open', 'high', 'low', 'close', 'volume']
+  assert all(dtype == np.float64 for dtype in df.dtypes)
+  assert df.index.name == 'timestamp'
+  assert str(df.index.tz) == 'UTC'
+  assert df.index[0] == pd.Timestamp('2024-03-01 00:00', tz='UTC')
+  np.testing.assert_array_equal(df['close'], [100.5, 101, 100.8, 102.9])
+  assert df.attrs['gaps']['count'] == 0
+  assert df.attrs['source'].endswith('bars.csv')
+
+
+def test_error_is_a_value_error_with_the_example_format(tmp_path):
+  path = _write(tmp_path, _with(1, '2024-03-01 01:00:00,41000,41250.0,40900,41310.5,3'),
+                name='btc.csv')
+  with pytest.raises(ValueError) as info:
+    data.load_ohlcv(path)
+  assert isinstance(info.value, data.DataError)
+  assert str(info.value).endswith('btc.csv row 3, column high: high 41250.0 < close 41310.5; '
+                                  'fix or drop the row')
+
+
+DEFECTS = {
+    # name: (rows, header, expected row, expected column, words the message must contain)
+    'missing column': (GOOD_ROWS, 'timestamp,open,high,low,close', 1, 'volume', 'missing'),
+    'unparsable timestamp': (_with(2, 'yesterday,101,101.5,100.2,100.8,0'), HEADER, 4,
+                             'timestamp', "'yesterday'"),
+    'missing timestamp': (_with(1, ',100.5,102,100,101,12'), HEADER, 3, 'timestamp', 'missing'),
+    'unparsable number': (_with(3, '2024-03-01 03:00:00,100.8,1O3,100.8,102.9,7.5'), HEADER, 5,
+                          'high', "'1O3'"),
+    'missing number': (_with(0, '2024-03-01 00:00:00,100,101,99,,10'), HEADER, 2, 'close',
+                       'missing'),
+    'nan': (_with(1, '2024-03-01 01:00:00,100.5,102,100,101,NaN'), HEADER, 3, 'volume', 'NaN'),
+    'inf': (_with(2, '2024-03-01 02:00:00,101,inf,100.2,100.8,0'), HEADER, 4, 'high', 'inf'),
+    'zero price': (_with(1, '2024-03-01 01:00:00,100.5,102,0,101,12'), HEADER, 3, 'low',
+                   'not positive'),
+    'negative price': (_with(0, '2024-03-01 00:00:00,-100,101,-101,100.5,10'), HEADER, 2, 'open',
+                       'not positive'),
+    'high below open': (_with(2, '2024-03-01 02:00:00,101,100.9,100.2,100.8,0'), HEADER, 4,
+                        'high', 'high 100.9 < open 101'),
+    'low above close': (_with(3, '2024-03-01 03:00:00,102.8,103,102.85,102.9,7.5'), HEADER, 5,
+                        'low', 'low 102.85 > open 102.8'),
+    'negative volume': (_with(1, '2024-03-01 01:00:00,100.5,102,100,101,-12'), HEADER, 3,
+                        'volume', 'negative'),
+    'duplicate timestamp': (_with(2, '2024-03-01 01:00:00,101,101.5,100.2,100.8,0'), HEADER, 4,
+                            'timestamp', 'also at row 3'),
+    'out of order': ([GOOD_ROWS[0], GOOD_ROWS[2], GOOD_ROWS[1], GOOD_ROWS[3]], HEADER, 4,
+                     'timestamp', 'sort=True'),
+    'header only': ([], HEADER, 2, None, 'no bars'),
+}
+
+
+@pytest.mark.parametrize('defect', sorted(DEFECTS))
+def test_each_defect_names_file_row_and_column(tmp_path, defect):
+  rows, header, row, column, words = DEFECTS[defect]
+  path = _write(tmp_path, rows, header, name='defect.csv')
+  with pytest.raises(data.DataError) as info:
+    data.load_ohlcv(path)
+  message = str(info.value)
+  assert f'defect.csv row {row}' in message
+  if column:
+    assert f'column {column}' in message
+  assert words in message
+
+
+def test_empty_file_names_the_file(tmp_path):
+  path = tmp_path / 'empty.csv'
+  path.write_text('')
+  with pytest.raises(data.DataError, match=r'empty\.csv: the file is empty'):
+    data.load_ohlcv(path)
+
+
+def test_row_numbers_are_file_lines_despite_blank_lines(tmp_path):
+  rows = [GOOD_ROWS[0], '', GOOD_ROWS[1], '2024-03-01 02:00:00,101,101.5,100.2,100.8,-1']
+  with pytest.raises(data.DataError, match=r'row 5, column volume'):
+    data.load_ohlcv(_write(tmp_path, rows))
+
+
+def test_counts_further_rows_with_the_same_defect(tmp_path):
+  rows = [GOOD_ROWS[0], '2024-03-01 01:00:00,100.5,102,100,101,-12', GOOD_ROWS[2],
+          '2024-03-01 03:00:00,100.8,103,100.8,102.9,-7.5']
+  with pytest.raises(data.DataError, match=r'row 3, column volume: .*\(2 rows have this problem'):
+    data.load_ohlcv(_write(tmp_path, rows))
+
+
+def test_sort_fixes_order_but_not_duplicates(tmp_path):
+  shuffled = [GOOD_ROWS[3], GOOD_ROWS[1], GOOD_ROWS[0], GOOD_ROWS[2]]
+  df = data.load_ohlcv(_write(tmp_path, shuffled), sort=True)
+  assert df.index.is_monotonic_increasing
+  np.testing.assert_array_equal(df['close'], [100.5, 101, 100.8, 102.9])
+  with pytest.raises(data.DataError, match='duplicate'):
+    data.load_ohlcv(_write(tmp_path, GOOD_ROWS + [GOOD_ROWS[0]]), sort=True)
+
+
+def test_timezone_offsets_become_utc_and_extra_columns_are_ignored(tmp_path):
+  rows = ['2024-03-01T02:00:00+02:00,100,101,99,100.5,10,x',
+          '2024-03-01T01:00:00Z,100.5,102,100,101,12,y']
+  df = data.load_ohlcv(_write(tmp_path, rows, HEADER + ',note'))
+  assert list(df.index) == [pd.Timestamp('2024-03-01 00:00', tz='UTC'),
+                            pd.Timestamp('2024-03-01 01:00', tz='UTC')]
+  assert list(df.columns) == ['open', 'high', 'low', 'close', 'volume']
+
+
+def test_rows_with_extra_fields_are_rejected(tmp_path):
+  rows = _with(1, '2024-03-01 01:00:00,100.5,102,100,101,12,99')
+  with pytest.raises(data.DataError, match=r'row 3, column 7: the row has more fields'):
+    data.load_ohlcv(_write(tmp_path, rows))
+
+
+def test_reads_gzip_and_a_byte_order_mark(tmp_path):
+  path = tmp_path / 'bars.csv.gz'
+  path.write_bytes(gzip.compress(('\ufeff' + '\n'.join([HEADER] + GOOD_ROWS)).encode()))
+  assert len(data.load_ohlcv(path)) == 4
+
+
+def test_reads_named_buffers_with_the_name_in_messages():
+  buffer = io.StringIO('\n'.join([HEADER, GOOD_ROWS[0], '2024-03-01 01:00:00,1,1,1,1,x']))
+  buffer.name = 'upload.csv'
+  with pytest.raises(data.DataError, match=r'upload\.csv row 3, column volume'):
+    data.load_ohlcv(buffer)
+
+
+def test_binance_klines_in_milliseconds_and_microseconds():
+  ms = data.load_ohlcv(FIXTURES / 'BTCUSDT-1h-2024-12-tail.csv')
+  us = data.load_ohlcv(FIXTURES / 'BTCUSDT-1h-2025-01-head.csv')
+  assert ms.index[0] == pd.Timestamp('2024-12-31 20:00', tz='UTC')
+  assert us.index[0] == pd.Timestamp('2025-01-01 00:00', tz='UTC')
+  # The fixtures hold the bundled rows of those hours: they must read back identically.
+  expected_ms = data.builtin_dataset('btc_usdt_1h_2020_2024').iloc[-4:]
+  expected_us = data.builtin_dataset('btc_usdt_1h_2025_2026').iloc[:4]
+  pd.testing.assert_frame_equal(ms, expected_ms, check_freq=False)
+  pd.testing.assert_frame_equal(us, expected_us, check_freq=False)
+  both = pd.concat([ms, us])
+  assert data.find_gaps(both).count == 0  # ms and us times land on one hourly grid
+
+
+def test_binance_klines_are_validated_like_csv(tmp_path):
+  lines = (FIXTURES / 'BTCUSDT-1h-2025-01-head.csv').read_text().splitlines()
+  fields = lines[2].split(',')
+  fields[3] = '99999999'  # low above open and close
+  lines[2] = ','.join(fields)
+  path = tmp_path / 'klines.csv'
+  path.write_text('\n'.join(lines))
+  with pytest.raises(data.DataError, match=r'klines\.csv row 3, column low'):
+    data.load_ohlcv(path)
+
+
+def test_binance_needs_six_fields(tmp_path):
+  path = _write(tmp_path, ['1735689600000,1,1,1,1'], header=None, name='short.csv')
+  with pytest.raises(data.DataError, match=r'short\.csv row 1: .*Binance klines'):
+    data.load_ohlcv(path)
+
+
+def _gappy_rows():
+  """Bars at hours 0, 1, 4, 5, 9: gaps of 2 (02:00) and 3 (06:00) bars."""
+  closes = {0: 100, 1: 101, 4: 99, 5: 98, 9: 103}
+  return [f'2024-03-01 {h:02d}:00:00,{c},{c + 1},{c - 1},{c},5' for h, c in closes.items()]
+
+
+def test_gap_report(tmp_path):
+  df = data.load_ohlcv(_write(tmp_path, _gappy_rows()))
+  report = data.find_gaps(df)
+  assert (report.count, report.missing_bars, report.largest) == (2, 5, 3)
+  assert report.gaps == ((pd.Timestamp('2024-03-01 02:00', tz='UTC'), 2),
+                         (pd.Timestamp('2024-03-01 06:00', tz='UTC'), 3))
+  assert df.attrs['gaps'] == report.to_dict()
+  json.dumps(df.attrs['gaps'])  # attrs stay JSON-friendly
+  assert '2 gaps, 5 missing bars, largest 3 bars from 2024-03-01 06:00' in str(report)
+  assert len(df) == 5
+
+
+def test_fill_gaps_inserts_flat_zero_volume_bars(tmp_path):
+  df = data.load_ohlcv(_write(tmp_path, _gappy_rows()), fill_gaps=True)
+  assert len(df) == 10
+  assert df.index.equals(pd.date_range('2024-03-01', periods=10, freq='h', tz='UTC'))
+  filled = df.loc['2024-03-01 06:00':'2024-03-01 08:00']
+  assert (filled['volume'] == 0).all()
+  for col in ('open', 'high', 'low', 'close'):
+    assert (filled[col] == 98).all()  # the previous close, at 05:00
+  assert df.loc['2024-03-01 02:00', 'close'] == 101
+  assert df.attrs['filled_bars'] == 5
+  assert df.attrs['gaps']['missing_bars'] == 5  # the report describes the file as read
+  assert data.find_gaps(df).count == 0
+
+
+def test_fill_gaps_refuses_bars_off_the_grid(tmp_path):
+  rows = GOOD_ROWS[:3] + ['2024-03-01 03:30:00,100.8,103,100.8,102.9,7.5']
+  with pytest.raises(data.DataError, match='not on the 1h grid'):
+    data.load_ohlcv(_write(tmp_path, rows), fill_gaps=True)
+
+
+def test_builtin_dataset_names():
+  assert data.builtin_dataset_names() == [
+      'btc_usdt_1h_2017_2019', 'btc_usdt_1h_2020_2024', 'btc_usdt_1h_2025_2026',
+      'eth_usdt_1h_2017_2019', 'eth_usdt_1h_2020_2024']
+
+
+def test_builtin_btc_2020_2024_matches_its_provenance_notes():
+  df = data.builtin_dataset('btc_usdt_1h_2020_2024')
+  assert len(df) == 43_816
+  assert df.index[0] == pd.Timestamp('2020-01-01 00:00', tz='UTC')
+  assert df.index[-1] == pd.Timestamp('2024-12-31 23:00', tz='UTC')
+  assert df.loc['2021-01-01 00:00', 'open'] == 28923.63
+  gaps = df.attrs['gaps']
+  assert (gaps['count'], gaps['missing_bars'], gaps['largest']) == (15, 32, 5)
+  filled = data.builtin_dataset('btc_usdt_1h_2020_2024', fill_gaps=True)
+  assert len(filled) == 43_816 + 32
+  df.loc[df.index[0], 'close'] = -1.0  # callers get a copy, not the cached frame
+  assert data.builtin_dataset('btc_usdt_1h_2020_2024').iloc[0]['close'] == 7177.02
+
+
+def test_unknown_builtin_lists_valid_names():
+  with pytest.raises(data.DataError, match='btc_usdt_1h_2020_2024.*eth_usdt_1h_2020_2024'):
+    data.builtin_dataset('btc_2020')
+
+
+def test_load_dataset_by_name_or_path(tmp_path):
+  path = _write(tmp_path, GOOD_ROWS)
+  assert len(data.load_dataset(str(path))) == 4
+  assert len(data.load_dataset('btc_usdt_1h_2025_2026')) == 11_280
+  with pytest.raises(data.DataError, match='no such file and not a builtin dataset'):
+    data.load_dataset(str(tmp_path / 'nope.csv'))
+  frames = data.load_datasets(f'btc_usdt_1h_2025_2026, {path}', fill_gaps=True)
+  assert [len(f) for f in frames] == [11_280, 4]
