@@ -118,7 +118,8 @@ def _wilder(x: np.ndarray, start: int, n: int = _WILDER) -> np.ndarray:
 def _shift(x: np.ndarray, k: int) -> np.ndarray:
   """x_{t-k} (NaN for t < k)."""
   out = np.full(len(x), np.nan)
-  out[k:] = x[:len(x) - k]
+  if len(x) > k:
+    out[k:] = x[:len(x) - k]
   return out
 
 
@@ -211,7 +212,7 @@ def compute_features(df: pd.DataFrame) -> np.ndarray:
   cols.append(_autocorr(r, 168))
 
   hour = df.index.hour.to_numpy()
-  dow = df.index.dayofweek.to_numpy()
+  dow = df.index.day_of_week.to_numpy()
   cols += [np.sin(2 * np.pi * hour / 24), np.cos(2 * np.pi * hour / 24),
            np.sin(2 * np.pi * dow / 7), np.cos(2 * np.pi * dow / 7)]
 
