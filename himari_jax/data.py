@@ -171,7 +171,8 @@ def _check_order(times: pd.DatetimeIndex, source: str, lines: np.ndarray, column
   if sort:
     return np.argsort(ns, kind='stable')
   _fail(source, np.r_[False, ns[1:] < ns[:-1]], lines, column,
-        lambda i: f'{times[i]} comes after {times[i - 1]} (row {lines[i - 1]}): out of order',
+        lambda i: f'{times[i]} is earlier than {times[i - 1]} on row {lines[i - 1]}: '
+                  'rows are out of order',
         'sort the file by time, or pass sort=True')
   return np.arange(len(times))
 
