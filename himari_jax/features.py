@@ -8,8 +8,9 @@ recursive filters (EMAs, Wilder smoothing) that run forward in time. Conventions
 - EMA_k: alpha = 2 / (k + 1), seeded at the first value (pandas `ewm(adjust=False)`).
 - Wilder smoothing (RSI, ATR, ADX): alpha = 1 / 14, seeded with the mean of the first 14
   inputs, as in Wilder's book and TA-Lib.
-- A ratio whose denominator is 0 (zero-volume bars, flat windows) is 0, except Bollinger %B
-  (0.5: the close sits on the flat middle band) so every output is finite.
+- A ratio whose denominator is 0 (zero-volume bars, flat windows) is 0, so every output is
+  finite; Bollinger %B and stochastic %K of a flat window are mid-range (0.5, scaled 0),
+  where the close then sits.
 - Values a feature cannot have yet (fewer bars than its window) are 0; rows < WARMUP_BARS
   must not be trained on. `FEATURE_WARMUP[j]` is the first defined row of column j.
 """
