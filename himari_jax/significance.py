@@ -3,9 +3,10 @@
 Everything here works on plain per-bar arrays (strategy returns, benchmark returns, positions),
 so it does not depend on the backtester. Conventions (SPEC section 7):
 
-- Sharpe ratio: `mean(q) / std(q) * sqrt(periods_per_year)`, population std (ddof=0, numpy's
-  default), risk-free rate 0; hourly bars have 8,760 periods a year. A series with zero
-  variance has an undefined Sharpe ratio: it is NaN here, never a crash or a huge number.
+- Sharpe ratio: `mean(q) / std(q) * sqrt(periods_per_year)` with the sample std (ddof=1, as
+  in `metrics.py` and empyrical), risk-free rate 0; hourly bars have 8,760 periods a year. A
+  series with zero variance has an undefined Sharpe ratio: it is NaN here, never a crash or a
+  huge number.
 - The probabilistic and deflated Sharpe ratios (Bailey & Lopez de Prado 2012, 2014) take
   per-period (not annualised) Sharpe ratios, as in the papers. `significance_report` converts.
 - Resampling runs in `jax.numpy` under `jax.jit`: B resamples are drawn from one key and
@@ -39,7 +40,7 @@ Statistic = str | Callable[[jax.Array], jax.Array]
 
 
 def _mean_std(returns: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Mean and population std over the last axis.
+  """Mean and population std (ddof=0) over the last axis.
 
   Shifting by the first value makes a constant series give a std of exactly 0 (rounding
   otherwise leaves ~1e-8 and a Sharpe ratio of ~1e5).
@@ -52,8 +53,10 @@ def _mean_std(returns: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def _per_period_sharpe(returns: jax.Array) -> jax.Array:
-  """`mean / std` over the last axis; NaN where the std is 0. (..., n) -> (...)."""
+  """`mean / std` (ddof=1) over the last axis; NaN where the std is 0. (..., n) -> (...)."""
   mean, std = _mean_std(returns)
+  num_bars = returns.shape[-1]
+  std = std * math.sqrt(num_bars / (num_bars - 1))
   return jnp.where(std > 0, mean / jnp.where(std > 0, std, 1.0), jnp.nan)
 
 
@@ -90,7 +93,7 @@ def _as_series(name: str, values: Any, min_length: int = 3) -> np.ndarray:
 
 
 def sharpe_ratio(returns: Any, periods_per_year: float = PERIODS_PER_YEAR) -> float:
-  """Annualised Sharpe ratio `mean / std * sqrt(periods_per_year)` (ddof=0, risk-free 0).
+  """Annualised Sharpe ratio `mean / std * sqrt(periods_per_year)` (ddof=1, risk-free 0).
 
   Args:
     returns: (bars,) per-period returns.
@@ -111,7 +114,7 @@ def return_moments(returns: Any) -> dict[str, float]:
     returns: (bars,) per-period returns.
 
   Returns:
-    `num_observations`, per-period `sharpe` (`mean / std`, ddof=0), `skewness` and (non-excess,
+    `num_observations`, per-period `sharpe` (`mean / std`, ddof=1), `skewness` and (non-excess,
     normal = 3) `kurtosis` from population central moments, as `scipy.stats.skew` and
     `scipy.stats.kurtosis(fisher=False)` with their default `bias=True`. NaN where the std is 0.
   """

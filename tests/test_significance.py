@@ -30,12 +30,12 @@ def _ar1(n, phi, seed=0):
 # --- Sharpe ratio and moments -----------------------------------------------------------------
 
 
-def test_sharpe_ratio_is_annualised_mean_over_population_std():
+def test_sharpe_ratio_is_annualised_mean_over_sample_std():
   returns = _normal_returns(1000, 0.001, 0.01)
-  expected = returns.mean() / returns.std() * math.sqrt(8760)
+  expected = returns.mean() / returns.std(ddof=1) * math.sqrt(8760)
   assert significance.sharpe_ratio(returns) == pytest.approx(expected, rel=1e-5)
   assert significance.sharpe_ratio(returns, periods_per_year=1) == pytest.approx(
-      returns.mean() / returns.std(), rel=1e-5)
+      returns.mean() / returns.std(ddof=1), rel=1e-5)
 
 
 @pytest.mark.parametrize('value', [0.0, 0.001, -0.0137])
@@ -47,11 +47,11 @@ def test_sharpe_ratio_of_constant_returns_is_nan_without_warnings(value):
 
 def test_return_moments_of_a_bernoulli_sample_match_closed_form():
   # [0, 0, 0, 1] has exactly the moments of Bernoulli(1/4): skew (1 - 2p) / sqrt(p q),
-  # kurtosis (1 - 6 p q) / (p q) + 3.
+  # kurtosis (1 - 6 p q) / (p q) + 3; its sample variance is p q n / (n - 1).
   p, q = 0.25, 0.75
   moments = significance.return_moments([0.0, 0.0, 0.0, 1.0])
   assert moments['num_observations'] == 4
-  assert moments['sharpe'] == pytest.approx(p / math.sqrt(p * q), rel=1e-6)
+  assert moments['sharpe'] == pytest.approx(p / math.sqrt(p * q * 4 / 3), rel=1e-6)
   assert moments['skewness'] == pytest.approx((1 - 2 * p) / math.sqrt(p * q), rel=1e-6)
   assert moments['kurtosis'] == pytest.approx((1 - 6 * p * q) / (p * q) + 3, rel=1e-6)
 
@@ -195,7 +195,7 @@ def test_iid_bootstrap_standard_errors_match_closed_forms():
   # iid normal returns: SE(mean) = sigma / sqrt(n); SE(SR) = sqrt((1 + SR^2 / 2) / n) (Lo 2002).
   n = 1000
   returns = _normal_returns(n, 0.05, 1.0, seed=2)
-  sharpe = returns.mean() / returns.std()
+  sharpe = returns.mean() / returns.std(ddof=1)
   mean_ci = significance.block_bootstrap_ci(returns, jnp.mean, num_resamples=1000,
                                             block_length=1)
   assert mean_ci['std_error'] == pytest.approx(returns.std() / math.sqrt(n), rel=0.06)
