@@ -144,7 +144,7 @@ def flax_to_torch_state_dict(params: Any) -> dict[str, np.ndarray]:
   for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
     key, transposed = torch_key(_path_names(path))
     array = np.asarray(leaf, np.float32)
-    state[key] = np.ascontiguousarray(array.T if transposed else array)
+    state[key] = np.array(array.T if transposed else array, order='C')  # a writable copy
   return state
 
 

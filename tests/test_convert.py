@@ -1,0 +1,262 @@
+"""PyTorch checkpoint conversion: parity with the PyTorch reference, round trips, clear errors."""
+
+import os
+import pathlib
+import pickle
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from himari_jax import convert
+from himari_jax import model as model_lib
+
+torch = pytest.importorskip('torch')
+torch_reference = pytest.importorskip('himari_jax.torch_reference')
+
+SMALL = dict(d_model=32, num_layers=2, num_heads=4, dim_feedforward=64, lora_rank=4,
+             max_length=32)
+
+
+def _reference(seed=0, **sizes):
+  """A random PyTorch reference in eval mode, with non-zero lora_B so adapters matter."""
+  torch.manual_seed(seed)
+  reference = torch_reference.FlagTraderTorch(**sizes)
+  with torch.no_grad():
+    for name, param in reference.named_parameters():
+      if name.endswith('lora_B'):
+        param.normal_(std=0.05)
+  return reference.eval()
+
+
+def _torch_config(reference_sizes):
+  sizes = {'state_dim': 60, 'action_dim': 3, 'num_heads': 8, **reference_sizes}
+  return {key: sizes[key] for key in convert.TORCH_CONFIG_KEYS}
+
+
+def _save(path, reference, **entries):
+  torch.save({'model_state_dict': reference.state_dict(), **entries}, path)
+  return path
+
+
+def _states(batch, length, seed=1):
+  return np.random.default_rng(seed).normal(size=(batch, length, 60)).astype(np.float32)
+
+
+def _logits_both(reference, model_config, params, states, causal):
+  reference.causal = causal
+  with torch.no_grad():
+    expected = reference(torch.from_numpy(states)).numpy()
+  got = model_lib.FlagTrader(model_config).apply({'params': params}, jnp.asarray(states),
+                                                 causal=causal)
+  return expected, np.asarray(got)
+
+
+@pytest.fixture(scope='module')
+def small_pt(tmp_path_factory):
+  reference = _reference(**SMALL)
+  path = tmp_path_factory.mktemp('pt') / 'flag_trader_best.pt'
+  _save(path, reference, config=_torch_config(SMALL), epoch=7, val_loss=0.71,
+        val_accuracy=np.float64(0.55), optimizer_state_dict={'state': {}, 'param_groups': []})
+  return path, reference
+
+
+@pytest.mark.parametrize('length', [1, 32])
+@pytest.mark.parametrize('causal', [False, True])
+def test_small_logits_match_pytorch(small_pt, length, causal):
+  path, reference = small_pt
+  config, params = convert.load_torch_checkpoint(path)
+  expected, got = _logits_both(reference, model_lib.ModelConfig.from_config(config), params,
+                               _states(3, length), causal)
+  np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+  if length > 1:  # the mask must actually change something, or this test proves nothing
+    other, _ = _logits_both(reference, model_lib.ModelConfig.from_config(config), params,
+                            _states(3, length), not causal)
+    assert np.abs(other - expected).max() > 1e-3
+
+
+def test_config_and_metadata(small_pt):
+  path, _ = small_pt
+  loaded = convert.read_torch_checkpoint(path)
+  config = loaded.model_config
+  assert (config.d_model, config.num_layers, config.num_heads, config.dim_feedforward,
+          config.lora_rank, config.max_length) == (32, 2, 4, 64, 4, 32)
+  assert config.causal is False  # the original applies no mask
+  assert loaded.layout == 'model_state_dict'
+  assert loaded.metadata == {'epoch': 7, 'val_loss': 0.71, 'val_accuracy': 0.55}
+  # Exactly FlagTrader's tree, so train_and_evaluate can start from it.
+  model_config = model_lib.ModelConfig.from_config(config)
+  shapes = model_lib.param_shapes(model_config)
+  assert jax.tree.structure(loaded.params) == jax.tree.structure(shapes)
+  assert jax.tree.map(lambda p: (p.shape, p.dtype), loaded.params) == jax.tree.map(
+      lambda p: (p.shape, p.dtype), shapes)
+
+
+@pytest.mark.slow
+def test_seed_size_parity_and_counts(tmp_path):
+  reference = _reference()
+  path = _save(tmp_path / 'seed.pt', reference, config=_torch_config(
+      dict(d_model=768, num_layers=12, dim_feedforward=3072, lora_rank=16)))
+  config, params = convert.load_torch_checkpoint(path)
+  model_config = model_lib.ModelConfig.from_config(config)
+  assert model_config == model_lib.ModelConfig(causal=False)
+  counts = model_lib.count_params(params, model_lib.param_labels(params))
+  assert counts == {'total': 87_955_971, 'trainable': 2_938_371, 'frozen': 85_017_600}
+  for length, causal in [(1, False), (32, False), (32, True)]:
+    expected, got = _logits_both(reference, model_config, params, _states(2, length), causal)
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+
+
+def test_old_layout_infers_sizes(tmp_path):
+  sizes = dict(d_model=32, num_layers=3, dim_feedforward=48, lora_rank=2, max_length=12)
+  reference = _reference(**sizes)  # 8 heads, the default an old file cannot override
+  path = tmp_path / 'old.pt'
+  torch.save({'model': reference.state_dict(),
+              'config': {'state_dim': 60, 'action_dim': 3, 'max_length': 12}}, path)
+  loaded = convert.read_torch_checkpoint(path)
+  assert loaded.layout == 'model'
+  model_config = model_lib.ModelConfig.from_config(loaded.model_config)
+  assert model_config == model_lib.ModelConfig(num_heads=8, causal=False, **sizes)
+  expected, got = _logits_both(reference, model_config, loaded.params, _states(2, 5), False)
+  np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+
+
+def test_bare_state_dict_loads(tmp_path):
+  sizes = {**SMALL, 'num_heads': 8}  # a bare state dict has no config: 8 heads are assumed
+  reference = _reference(**sizes)
+  torch.save(reference.state_dict(), tmp_path / 'bare.pt')
+  loaded = convert.read_torch_checkpoint(tmp_path / 'bare.pt')
+  assert loaded.layout == 'state_dict'
+  model_config = model_lib.ModelConfig.from_config(loaded.model_config)
+  assert model_config == model_lib.ModelConfig(causal=False, **sizes)
+  expected, got = _logits_both(reference, model_config, loaded.params, _states(2, 6), False)
+  np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+
+
+def _perturbed_params(model_config, seed=0):
+  """Initial params plus noise, so lora_B and the LayerNorms are not trivially 0 / 1."""
+  rng = np.random.default_rng(seed)
+  params = model_lib.init_params(model_config, jax.random.key(seed))
+  return jax.tree.map(lambda p: p + 0.01 * rng.standard_normal(p.shape, np.float32), params)
+
+
+@pytest.mark.parametrize('targets, causal', [(model_lib.LORA_PROJECTIONS, True),
+                                             (('q_proj', 'v_proj'), False)])
+def test_round_trip_is_exact(tmp_path, targets, causal):
+  model_config = model_lib.ModelConfig(lora_targets=targets, causal=causal, lora_alpha=8.0,
+                                       **SMALL)
+  params = _perturbed_params(model_config)
+  path = tmp_path / 'export.pt'
+  convert.save_torch_checkpoint(path, params, model_config, epoch=3, val_loss=0.5,
+                                history=[0.9, 0.5], normalizer={'mean': np.zeros(60)})
+  loaded = convert.read_torch_checkpoint(path)
+  assert model_lib.ModelConfig.from_config(loaded.model_config) == model_config
+  assert loaded.metadata == {'epoch': 3, 'val_loss': 0.5}
+  assert jax.tree.structure(loaded.params) == jax.tree.structure(params)
+  for got, want in zip(jax.tree.leaves(loaded.params), jax.tree.leaves(params), strict=True):
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_export_loads_into_pytorch(tmp_path):
+  model_config = model_lib.ModelConfig(causal=True, **SMALL)
+  params = _perturbed_params(model_config, seed=3)
+  path = tmp_path / 'export.pt'
+  convert.save_torch_checkpoint(path, params, model_config)
+  checkpoint = torch.load(path, weights_only=True)
+  assert set(checkpoint['config']) == set(convert.TORCH_CONFIG_KEYS)
+  reference = torch_reference.FlagTraderTorch(**checkpoint['config'], max_length=32, causal=True)
+  reference.load_state_dict(checkpoint['model_state_dict'])  # strict: same keys and shapes
+  expected, got = _logits_both(reference.eval(), model_config, params, _states(2, 9), True)
+  np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+
+
+def test_export_refuses_mismatched_params_and_writes_nothing(tmp_path):
+  model_config = model_lib.ModelConfig(**SMALL)
+  params = model_lib.init_params(model_config, jax.random.key(0))
+  path = tmp_path / 'export.pt'
+  bigger = model_lib.ModelConfig(**{**SMALL, 'dim_feedforward': 128})
+  with pytest.raises(convert.ConversionError, match='ffn.0.base.weight'):
+    convert.save_torch_checkpoint(path, params, bigger)
+  with pytest.raises(ValueError, match='extra entry note'):
+    convert.save_torch_checkpoint(path, params, model_config, note=object())
+  assert os.listdir(tmp_path) == []
+
+
+def _state_dict_variant(reference, change):
+  state = dict(reference.state_dict())
+  change(state)
+  return state
+
+
+@pytest.mark.parametrize('change, message', [
+    (lambda s: s.pop('transformer_blocks.1.norm2.bias'),
+     r'missing keys \(1\): transformer_blocks.1.norm2.bias'),
+    (lambda s: s.update({'critic_head.weight': torch.zeros(1, 32)}),
+     r'unexpected keys \(1\): critic_head.weight'),
+    (lambda s: s.update({'transformer_blocks.0.ffn.3.lora.lora_B': torch.zeros(4, 31)}),
+     r'wrong shapes \(1\): transformer_blocks.0.ffn.3.lora.lora_B \(4, 31\) \(expected \(4, 32\)'),
+    (lambda s: s.update({'transformer_blocks.0.norm1.weight': torch.zeros(32, dtype=torch.long)}),
+     'dtype torch.int64'),
+])
+def test_mismatched_state_dict_is_reported(tmp_path, change, message):
+  reference = _reference(**SMALL)
+  path = tmp_path / 'bad.pt'
+  torch.save({'model_state_dict': _state_dict_variant(reference, change),
+              'config': _torch_config(SMALL)}, path)
+  with pytest.raises(convert.ConversionError, match=message):
+    convert.load_torch_checkpoint(path)
+
+
+def test_another_model_is_refused(tmp_path):
+  other = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Linear(8, 10))
+  torch.save({'model_state_dict': other.state_dict(), 'epoch': 1}, tmp_path / 'cnn.pt')
+  with pytest.raises(convert.ConversionError,
+                     match=r'not a FLAG-TRADER state dict: cannot infer model.d_model'):
+    convert.load_torch_checkpoint(tmp_path / 'cnn.pt')
+  torch.save([torch.zeros(3)], tmp_path / 'list.pt')
+  with pytest.raises(convert.ConversionError, match='not a FLAG-TRADER checkpoint.*list'):
+    convert.load_torch_checkpoint(tmp_path / 'list.pt')
+
+
+def test_unreadable_files(small_pt, tmp_path):
+  data = pathlib.Path(small_pt[0]).read_bytes()
+  (tmp_path / 'truncated.pt').write_bytes(data[:len(data) // 2])
+  (tmp_path / 'empty.pt').write_bytes(b'')
+  for name in ('truncated.pt', 'empty.pt'):
+    with pytest.raises(convert.ConversionError, match='truncated or corrupted'):
+      convert.load_torch_checkpoint(tmp_path / name)
+  with pytest.raises(convert.ConversionError, match='no such file'):
+    convert.load_torch_checkpoint(tmp_path / 'absent.pt')
+
+
+class _Payload:
+  """Unpickling this creates a marker file: what a malicious checkpoint could do instead."""
+
+  def __init__(self, marker):
+    self.marker = marker
+
+  def __reduce__(self):
+    return pathlib.Path.touch, (pathlib.Path(self.marker),)
+
+
+@pytest.mark.parametrize('writer', ['torch.save', 'pickle.dump'])
+def test_code_in_pickle_is_refused(tmp_path, writer):
+  marker = tmp_path / 'pwned'
+  checkpoint = {'model_state_dict': {'action_head.weight': _Payload(marker)}, 'config': {}}
+  path = tmp_path / 'evil.pt'
+  if writer == 'torch.save':
+    torch.save(checkpoint, path)
+  else:
+    with open(path, 'wb') as f:
+      pickle.dump(checkpoint, f, protocol=2)
+  with pytest.raises(convert.ConversionError, match='refused for security'):
+    convert.load_torch_checkpoint(path)
+  assert not marker.exists()
+  # The payload is live: an unrestricted load runs it.
+  if writer == 'torch.save':
+    torch.load(path, weights_only=False)
+  else:
+    with open(path, 'rb') as f:
+      pickle.load(f)
+  assert marker.exists()
