@@ -48,8 +48,8 @@ def _logits_both(reference, model_config, params, states, causal):
   reference.causal = causal
   with torch.no_grad():
     expected = reference(torch.from_numpy(states)).numpy()
-  got = model_lib.FlagTrader(model_config).apply({'params': params}, jnp.asarray(states),
-                                                 causal=causal)
+  apply = jax.jit(model_lib.FlagTrader(model_config).apply, static_argnames='causal')
+  got = apply({'params': params}, jnp.asarray(states), causal=causal)
   return expected, np.asarray(got)
 
 
@@ -134,11 +134,11 @@ def test_bare_state_dict_loads(tmp_path):
   np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
 
 
-def _perturbed_params(model_config, seed=0):
-  """Initial params plus noise, so lora_B and the LayerNorms are not trivially 0 / 1."""
+def _random_params(model_config, seed=0):
+  """Random params of the model's tree (no zero lora_B or unit LayerNorms to hide mistakes)."""
   rng = np.random.default_rng(seed)
-  params = model_lib.init_params(model_config, jax.random.key(seed))
-  return jax.tree.map(lambda p: p + 0.01 * rng.standard_normal(p.shape, np.float32), params)
+  return jax.tree.map(lambda p: jnp.asarray(0.05 * rng.standard_normal(p.shape, np.float32)),
+                      model_lib.param_shapes(model_config))
 
 
 @pytest.mark.parametrize('targets, causal', [(model_lib.LORA_PROJECTIONS, True),
@@ -146,7 +146,7 @@ def _perturbed_params(model_config, seed=0):
 def test_round_trip_is_exact(tmp_path, targets, causal):
   model_config = model_lib.ModelConfig(lora_targets=targets, causal=causal, lora_alpha=8.0,
                                        **SMALL)
-  params = _perturbed_params(model_config)
+  params = _random_params(model_config)
   path = tmp_path / 'export.pt'
   convert.save_torch_checkpoint(path, params, model_config, epoch=3, val_loss=0.5,
                                 history=[0.9, 0.5], normalizer={'mean': np.zeros(60)})
@@ -160,7 +160,7 @@ def test_round_trip_is_exact(tmp_path, targets, causal):
 
 def test_export_loads_into_pytorch(tmp_path):
   model_config = model_lib.ModelConfig(causal=True, **SMALL)
-  params = _perturbed_params(model_config, seed=3)
+  params = _random_params(model_config, seed=3)
   path = tmp_path / 'export.pt'
   convert.save_torch_checkpoint(path, params, model_config)
   checkpoint = torch.load(path, weights_only=True)
@@ -173,7 +173,7 @@ def test_export_loads_into_pytorch(tmp_path):
 
 def test_export_refuses_mismatched_params_and_writes_nothing(tmp_path):
   model_config = model_lib.ModelConfig(**SMALL)
-  params = model_lib.init_params(model_config, jax.random.key(0))
+  params = _random_params(model_config)
   path = tmp_path / 'export.pt'
   bigger = model_lib.ModelConfig(**{**SMALL, 'dim_feedforward': 128})
   with pytest.raises(convert.ConversionError, match='ffn.0.base.weight'):
