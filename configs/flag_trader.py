@@ -40,8 +40,8 @@ def _tiny(config: ml_collections.ConfigDict) -> None:
   config.model.update(d_model=16, num_layers=1, num_heads=2, dim_feedforward=32,
                       max_length=16, lora_rank=4)
   config.train.update(context_length=8, window_stride=4, batch_size=8, num_epochs=2,
-                      steps_per_epoch=6, learning_rate=3e-3, eval_batch_size=256,
-                      log_every_steps=2, checkpoint_every_steps=4)
+                      steps_per_epoch=20, learning_rate=3e-3, eval_batch_size=256,
+                      log_every_steps=5, checkpoint_every_steps=10)
 
 
 VARIANTS = {'seed': _seed, 'small': _small, 'tiny': _tiny}

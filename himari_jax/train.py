@@ -47,6 +47,7 @@ from flax import traverse_util
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from himari_jax import adapters as adapters_lib
 from himari_jax import checkpoint as checkpoint_lib
 from himari_jax import data as data_lib
 from himari_jax import features as features_lib
@@ -60,7 +61,7 @@ CLASS_WEIGHT_MODES = ('fixed', 'inverse', 'sqrt', 'none')
 COMPUTE_DTYPES = ('float32', 'bfloat16', 'float16')
 # Fields configs/default.py may lack; configs/flag_trader.py sets the same values.
 TRAIN_DEFAULTS = {'checkpoint_every_steps': 500, 'eval_batch_size': 512,
-                  'collapse_threshold': 0.85, 'keep_latest': 2}
+                  'collapse_threshold': 0.85, 'keep_latest': 2, 'fresh_adapters': False}
 
 
 class ConfigError(ValueError):
@@ -101,7 +102,7 @@ def validate_config(config: ml_collections.ConfigDict) -> model_lib.ModelConfig:
   if config.model.dtype not in COMPUTE_DTYPES:
     raise ConfigError(f'config.model.dtype={config.model.dtype!r} is not supported; use one '
                       f'of {", ".join(COMPUTE_DTYPES)}.')
-  for name in ('batch_size', 'num_epochs', 'context_length', 'window_stride'):
+  for name in ('batch_size', 'num_epochs', 'context_length', 'window_stride', 'log_every_steps'):
     if t[name] < 1:
       raise ConfigError(f'config.train.{name}={t[name]} must be >= 1.')
   for name in ('batch_size', 'eval_batch_size'):
@@ -356,8 +357,11 @@ def make_train_step(model: model_lib.FlagTrader, optimizer: optax.GradientTransf
       trainable_grads, _ = split_params(grads, labels)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    # A finite loss and gradient can still give an infinite update (e.g. a huge learning
+    # rate); its norm over the trainable leaves (frozen updates are zero) catches that.
     metrics = {'loss': loss, 'accuracy': aux['accuracy'],
-               'grad_norm': optax.global_norm(trainable_grads),
+               'grad_norm': optax.tree.norm(trainable_grads),
+               'update_norm': optax.tree.norm(split_params(updates, labels)[0]),
                'learning_rate': schedule(state.step)}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
@@ -440,7 +444,11 @@ def shard_batch(batch: dict[str, np.ndarray], sharding: NamedSharding,
 
 def initial_params(config: ml_collections.ConfigDict, model_config: model_lib.ModelConfig,
                    rng: jax.Array, sharding: NamedSharding) -> Any:
-  """Fresh params (torch-style init), or those of `config.train.init_from`, replicated."""
+  """Fresh params (torch-style init), or those of `config.train.init_from`, replicated.
+
+  With `config.train.fresh_adapters` the checkpoint's adapters are merged into its base and
+  new ones start at `lora_B = 0` (`adapters.with_fresh_adapters`): LoRA on a pre-trained base.
+  """
   init_from = config.train.init_from
   if not init_from:
     init = functools.partial(model_lib.init_params, model_config,
@@ -448,9 +456,13 @@ def initial_params(config: ml_collections.ConfigDict, model_config: model_lib.Mo
     return jax.jit(init, out_shardings=sharding)(rng)
   if init_from.endswith('.pt'):
     from himari_jax import convert  # optional module (PyTorch conversion), imported on demand
-    _, params = convert.load_torch_checkpoint(init_from)
+    source, params = convert.load_torch_checkpoint(init_from)
+    source = model_lib.ModelConfig.from_config(source)
   else:
-    params = checkpoint_lib.load_model(init_from).params
+    loaded = checkpoint_lib.load_model(init_from)
+    source, params = loaded.model_config, loaded.params
+  if train_option(config, 'fresh_adapters'):
+    params = adapters_lib.with_fresh_adapters(params, source, model_config, rng)
   expected = jax.tree.map(lambda s: s.shape, model_lib.param_shapes(model_config))
   got = jax.tree.map(lambda x: tuple(np.shape(x)), params)
   if got != expected:
@@ -509,13 +521,14 @@ def _format_eta(seconds: float) -> str:
 
 def _check_finite(history: list[tuple[int, dict]], last_good: int | None, ckpt_dir: str) -> None:
   for step, metrics in history:
-    loss, norm = float(metrics['loss']), float(metrics['grad_norm'])
-    if not (math.isfinite(loss) and math.isfinite(norm)):
+    values = {k: float(metrics[k]) for k in ('loss', 'grad_norm', 'update_norm')}
+    if not all(math.isfinite(v) for v in values.values()):
       kept = (f'the last good checkpoint is step {last_good} in {ckpt_dir}' if last_good
               is not None else 'no checkpoint was saved')
+      shown = ', '.join(f'{k}={v}' for k, v in values.items())
       raise TrainingDivergedError(
-          f'training diverged at step {step + 1}: loss={loss}, grad_norm={norm}; {kept}. '
-          'Lower --config.train.learning_rate, add warm-up steps or check the input data.')
+          f'training diverged at step {step + 1}: {shown}; {kept}. Lower '
+          '--config.train.learning_rate, add warm-up steps or check the input data.')
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -574,9 +587,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   manager = checkpoint_lib.make_manager(ckpt_dir, best_metric=t.best_metric,
                                         keep_latest=train_option(config, 'keep_latest'))
   resume_step = manager.latest_step()
+  # Training-loss sum and count of the epoch in progress, so a resumed epoch reports the
+  # same mean as an uninterrupted one.
+  epoch_loss = {'sum': 0.0, 'count': 0}
   if resume_step is not None:
-    state, _ = checkpoint_lib.restore(manager, resume_step,
-                                      checkpoint_lib.abstract_like(state))
+    state, restored_meta = checkpoint_lib.restore(manager, resume_step,
+                                                  checkpoint_lib.abstract_like(state))
+    epoch_loss = restored_meta.get('epoch_loss', epoch_loss)
     logging.info('resumed from %s/%d', ckpt_dir, resume_step)
   writer = MetricWriter(workdir, resume_step)
   meta = {'config': config.to_dict(), 'normalizer': prepared.normalizer.to_dict(),
@@ -607,13 +624,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   last_good = resume_step
   history: list[tuple[int, dict]] = []
   epoch_metrics: dict[str, Any] = {}
-  order_epoch, epoch_losses = -1, []
+  order_epoch = -1
   tick, tick_step = time.time(), step
   while step < total_steps:
     epoch = step // steps_per_epoch
     if epoch != order_epoch:
       order = epoch_order(config.seed, epoch, num_windows, steps_per_epoch * t.batch_size)
-      order_epoch, epoch_losses = epoch, []
+      order_epoch = epoch
+      if step % steps_per_epoch == 0:  # a fresh epoch, not one resumed part-way
+        epoch_loss = {'sum': 0.0, 'count': 0}
     global_idx = order[(step - epoch * steps_per_epoch) * t.batch_size:][:t.batch_size]
     local_idx = global_idx[jax.process_index() * local_batch:][:local_batch]
     batch = gather_batch(prepared, prepared.train_ends[local_idx], t.context_length)
@@ -631,7 +650,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       # never checkpointed.
       history = jax.device_get(history)
       _check_finite(history, last_good, ckpt_dir)
-      epoch_losses += [float(m['loss']) for _, m in history]
+      for _, m in history:
+        epoch_loss = {'sum': epoch_loss['sum'] + float(m['loss']),
+                      'count': epoch_loss['count'] + 1}
       rate = (step - tick_step) / max(time.time() - tick, 1e-9)
       record = {'kind': 'train', 'step': step, 'epoch': epoch + 1,
                 **{k: float(np.mean([m[k] for _, m in history])) for k in history[0][1]},
@@ -644,7 +665,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       history, tick, tick_step = [], time.time(), step
     if epoch_end:
       epoch_metrics = {'step': step, 'epoch': epoch + 1,
-                       'train_loss': float(np.mean(epoch_losses)), **evaluate(state.params)}
+                       'train_loss': epoch_loss['sum'] / epoch_loss['count'],
+                       **evaluate(state.params)}
       if epoch_metrics['val_collapsed']:
         action = epoch_metrics['val_collapsed_to']
         logging.warning('epoch %d: predictions collapsed: %.1f%% of validation bars are %s '
@@ -655,12 +677,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       logging.info('epoch %d: val_loss %.4f val_accuracy %.3f predicted %s', epoch + 1,
                    epoch_metrics['val_loss'], epoch_metrics['val_accuracy'],
                    {a: round(epoch_metrics[f'val_pred_share_{a}'], 3) for a in ACTIONS})
-      checkpoint_lib.save(manager, step, state, {**meta, 'epoch_metrics': epoch_metrics},
+      checkpoint_lib.save(manager, step, state,
+                          {**meta, 'epoch_metrics': epoch_metrics, 'epoch_loss': epoch_loss},
                           {k: epoch_metrics[k] for k in checkpoint_lib.VALIDATION_METRICS})
       last_good = step
       tick = time.time()  # throughput excludes validation
     elif periodic_save:
-      checkpoint_lib.save(manager, step, state, meta)
+      checkpoint_lib.save(manager, step, state, {**meta, 'epoch_loss': epoch_loss})
       last_good = step
   manager.wait_until_finished()
   writer.close()

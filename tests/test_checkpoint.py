@@ -1,0 +1,99 @@
+"""Checkpoint retention (latest + best), load_model for inference, and its error messages."""
+
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from conftest import load_config_file
+
+from himari_jax import checkpoint, features, model, train
+
+# (step, validation metrics or None for a mid-epoch save)
+SAVES = [(1, None), (2, {'val_loss': 0.5, 'val_accuracy': 0.4}), (3, None),
+         (4, {'val_loss': 0.7, 'val_accuracy': 0.6}), (5, None)]
+
+
+def _write_run(workdir, config, *, keep_latest=2):
+  """Saves SAVES with params shifted by the step number, so a loaded step is recognisable."""
+  model_config = model.ModelConfig.from_config(config.model)
+  params = jax.jit(model.init_params, static_argnums=(0, 2))(model_config, jax.random.key(0), 8)
+  optimizer = optax.adamw(1e-3)
+  normalizer = features.Normalizer(mean=np.arange(60, dtype=np.float32),
+                                   std=np.full(60, 2.0, np.float32))
+  manager = checkpoint.make_manager(os.path.join(workdir, 'checkpoints'),
+                                    best_metric=config.train.best_metric,
+                                    keep_latest=keep_latest)
+  for step, metrics in SAVES:
+    shifted = jax.tree.map(lambda p, s=step: p + s, params)
+    state = train.TrainState(step=jnp.int32(step), params=shifted,
+                             opt_state=optimizer.init(shifted), rng=jax.random.PRNGKey(0))
+    meta = {'config': config.to_dict(), 'normalizer': normalizer.to_dict(),
+            'class_weights': np.ones(3, np.float32), 'epoch_metrics': metrics or {}}
+    checkpoint.save(manager, step, state, meta, metrics)
+  manager.wait_until_finished()
+  manager.close()
+  return params
+
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+  config = load_config_file('flag_trader', 'tiny')
+  workdir = str(tmp_path_factory.mktemp('run'))
+  return workdir, config, _write_run(workdir, config)
+
+
+def _assert_step(loaded, params, step):
+  assert loaded.step == step
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, np.asarray(b) + step, rtol=1e-6),
+               loaded.params, params)
+
+
+def test_keeps_latest_and_best_steps(run):
+  workdir, _, _ = run
+  assert sorted(int(d) for d in os.listdir(os.path.join(workdir, 'checkpoints'))
+                if d.isdigit()) == [2, 4, 5]
+
+
+def test_load_model_best_latest_and_numbered(run):
+  workdir, config, params = run
+  best = checkpoint.load_model(workdir)
+  _assert_step(best, params, 2)
+  assert all(isinstance(x, np.ndarray) for x in jax.tree.leaves(best.params))
+  assert best.model_config == model.ModelConfig.from_config(config.model)
+  assert best.config.train.context_length == config.train.context_length
+  np.testing.assert_array_equal(best.normalizer.mean, np.arange(60))
+  assert best.meta['epoch_metrics']['val_loss'] == 0.5
+  _assert_step(checkpoint.load_model(workdir, 'latest'), params, 5)
+  _assert_step(checkpoint.load_model(os.path.join(workdir, 'checkpoints'), 4), params, 4)
+
+
+def test_best_metric_can_be_maximised(tmp_path, tiny_config):
+  tiny_config.train.best_metric = '-val_accuracy'
+  params = _write_run(str(tmp_path), tiny_config, keep_latest=1)
+  assert sorted(int(d) for d in os.listdir(tmp_path / 'checkpoints') if d.isdigit()) == [4, 5]
+  _assert_step(checkpoint.load_model(tmp_path), params, 4)
+
+
+def test_unknown_best_metric_is_rejected():
+  with pytest.raises(ValueError, match='val_loss'):
+    checkpoint.parse_best_metric('sharpe')
+
+
+def test_missing_empty_and_corrupt_checkpoints_fail_clearly(run, tmp_path):
+  with pytest.raises(checkpoint.CheckpointError, match='no such checkpoint directory'):
+    checkpoint.load_model(tmp_path / 'absent')
+  with pytest.raises(checkpoint.CheckpointError, match='no checkpoint steps'):
+    checkpoint.load_model(tmp_path)
+  with pytest.raises(checkpoint.CheckpointError, match='init_from'):
+    checkpoint.load_model(tmp_path / 'flag_trader_best.pt')
+  with pytest.raises(checkpoint.CheckpointError, match='available steps'):
+    checkpoint.load_model(run[0], 3)
+  corrupt = tmp_path / 'corrupt'
+  shutil.copytree(run[0], corrupt)
+  shutil.rmtree(corrupt / 'checkpoints' / '2' / 'state')
+  with pytest.raises(checkpoint.CheckpointError, match='corrupt'):
+    checkpoint.load_model(corrupt)

@@ -1,0 +1,225 @@
+"""train_and_evaluate on the tiny config: learning, outputs, exact resume, divergence, config
+errors; and the pieces it is built from (loss, data order, data preparation, gradients)."""
+
+import dataclasses
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import load_config_file
+from jax.experimental.compilation_cache import compilation_cache
+
+from himari_jax import checkpoint, data, features, labels, tb_writer, train
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+TINY = f'{REPO / "configs" / "flag_trader.py"}:tiny'
+
+
+def _records(workdir, kind):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [r for r in map(json.loads, f) if r['kind'] == kind]
+
+
+def _steps(workdir):
+  return sorted(int(d) for d in os.listdir(os.path.join(workdir, 'checkpoints')) if d.isdigit())
+
+
+@pytest.fixture(scope='module', autouse=True)
+def persistent_compilation_cache(tmp_path_factory):
+  """A persistent compilation cache for this module: reruns of an identical program (the
+  rerun and divergence tests) load it instead of recompiling. Restored afterwards."""
+  options = ('jax_compilation_cache_dir', 'jax_persistent_cache_min_compile_time_secs')
+  saved = {name: getattr(jax.config, name) for name in options}
+  jax.config.update('jax_compilation_cache_dir', str(tmp_path_factory.mktemp('jax_cache')))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+  compilation_cache.reset_cache()
+  yield
+  for name, value in saved.items():
+    jax.config.update(name, value)
+  compilation_cache.reset_cache()
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+  """One real tiny run (2 epochs of 20 steps) shared by the output tests."""
+  config = load_config_file('flag_trader', 'tiny')
+  workdir = str(tmp_path_factory.mktemp('tiny'))
+  return config, workdir, train.train_and_evaluate(config, workdir)
+
+
+def test_tiny_run_learns_and_writes_every_output(trained):
+  config, workdir, result = trained
+  losses = [r['loss'] for r in _records(workdir, 'train')]
+  assert len(losses) == 2 * 20 // config.train.log_every_steps
+  assert np.mean(losses[-2:]) < losses[0] - 0.02
+  val = _records(workdir, 'val')
+  assert [r['epoch'] for r in val] == [1, 2]
+  for r in val:
+    assert np.sum(r['val_confusion']) > 0 and 0 <= r['val_accuracy'] <= 1
+    assert sum(r[f'val_pred_share_{a}'] for a in labels.ACTION_NAMES) == pytest.approx(1.0)
+  # Latest two steps (30 mid-epoch, 40 epoch end) and the best epoch end (20 or 40).
+  assert _steps(workdir)[-2:] == [30, 40] and result['best_step'] in (20, 40)
+  assert os.path.isdir(result['best_checkpoint'])
+  assert result['best_val_loss'] == min(r['val_loss'] for r in val)
+  (event_file,) = os.listdir(os.path.join(workdir, 'tensorboard'))
+  scalars = tb_writer.read_scalars(os.path.join(workdir, 'tensorboard', event_file))
+  assert [s for s, _ in scalars['train/loss']] == [r['step'] for r in _records(workdir, 'train')]
+  assert len(scalars['val/val_accuracy']) == 2
+
+
+def test_checkpoint_holds_what_inference_needs(trained):
+  config, workdir, result = trained
+  loaded = checkpoint.load_model(workdir)
+  assert loaded.step == result['best_step']
+  assert loaded.config.to_dict() == json.loads(json.dumps(config.to_dict()))
+  raw = features.compute_features(
+      data.builtin_dataset('btc_usdt_1h_2020_2024', fill_gaps=True).iloc[-3000:])
+  prepared = train.prepare_data(config)
+  np.testing.assert_allclose(loaded.normalizer.apply(raw), prepared.features, atol=1e-6)
+  np.testing.assert_array_equal(loaded.meta['class_weights'], prepared.class_weights)
+
+
+def test_rerunning_a_finished_run_resumes_without_training(trained):
+  config, workdir, result = trained
+  before = open(os.path.join(workdir, 'metrics.jsonl')).read()
+  again = train.train_and_evaluate(config, workdir)
+  assert again == result
+  assert open(os.path.join(workdir, 'metrics.jsonl')).read() == before
+
+
+def test_divergence_stops_and_keeps_the_last_good_checkpoint(trained, tmp_path, monkeypatch):
+  config, workdir, _ = trained
+  shutil.copytree(workdir, tmp_path, dirs_exist_ok=True)
+  shutil.rmtree(tmp_path / 'checkpoints' / '40')  # resume at step 30 ...
+  prepared = train.prepare_data(config)
+  poisoned = dataclasses.replace(prepared, features=np.full_like(prepared.features, np.nan))
+  monkeypatch.setattr(train, 'prepare_data', lambda _: poisoned)  # ... on corrupt inputs
+  with pytest.raises(train.TrainingDivergedError,
+                     match='diverged at step 31: loss=nan.*last good checkpoint is step 30'):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert _steps(tmp_path) == [s for s in _steps(workdir) if s <= 30]
+
+
+def _launch(workdir, *overrides, env):
+  return [sys.executable, str(REPO / 'launch' / 'train.py'), f'--config={TINY}',
+          f'--workdir={workdir}', *overrides]
+
+
+@pytest.fixture(scope='module')
+def subprocess_env(tmp_path_factory):
+  """Child processes share a compilation cache; the low XLA optimisation level compiles
+  several times faster (the tiny model's run time is negligible either way)."""
+  return dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp('jax_cache')),
+              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0',
+              XLA_FLAGS='--xla_backend_optimization_level=0', JAX_PLATFORMS='cpu')
+
+
+def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path, subprocess_env):
+  overrides = ['--config.train.num_epochs=1', '--config.train.steps_per_epoch=150',
+               '--config.train.checkpoint_every_steps=25', '--config.train.log_every_steps=50']
+  reference, resumed = tmp_path / 'reference', tmp_path / 'resumed'
+  subprocess.run(_launch(reference, *overrides, env=subprocess_env), env=subprocess_env,
+                 check=True, capture_output=True, timeout=300)
+
+  victim = subprocess.Popen(_launch(resumed, *overrides, env=subprocess_env),
+                            env=subprocess_env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while not (os.path.isdir(resumed / 'checkpoints') and _steps(resumed)):
+    assert victim.poll() is None and time.time() < deadline, 'no checkpoint before exit'
+    time.sleep(0.01)
+  victim.send_signal(signal.SIGKILL)
+  assert victim.wait(timeout=60) == -signal.SIGKILL
+  assert 150 not in _steps(resumed)  # killed part-way
+
+  subprocess.run(_launch(resumed, *overrides, env=subprocess_env), env=subprocess_env,
+                 check=True, capture_output=True, timeout=300)
+  want = checkpoint.load_model(reference, 'latest')
+  got = checkpoint.load_model(resumed, 'latest')
+  assert want.step == got.step == 150
+  jax.tree.map(np.testing.assert_array_equal, got.params, want.params)
+  assert got.meta['epoch_metrics'] == want.meta['epoch_metrics']
+
+
+def test_bad_configs_fail_fast_with_the_fix(tiny_config, tmp_path, subprocess_env):
+  with pytest.raises(ValueError, match='valid variants: seed, small, tiny'):
+    load_config_file('flag_trader', 'huge')
+  config = tiny_config.copy_and_resolve_references()
+  config.data.train = 'btc_usdt_1h_2020_2024,missing/eth.csv'
+  with pytest.raises(train.ConfigError, match="'missing/eth.csv' is neither a builtin"):
+    train.train_and_evaluate(config, str(tmp_path / 'a'))
+  config = tiny_config.copy_and_resolve_references()
+  config.train.context_length = 32
+  with pytest.raises(train.ConfigError, match='raise --config.model.max_length'):
+    train.validate_config(config)
+  config = tiny_config.copy_and_resolve_references()
+  config.train.class_weights = 'balanced'
+  with pytest.raises(train.ConfigError, match="use one of fixed, inverse, sqrt, none"):
+    train.validate_config(config)
+  # From the command line: a non-zero exit naming the field, before any training.
+  failed = subprocess.run(_launch(tmp_path / 'b', '--config.data.train=nowhere.csv',
+                                  env=subprocess_env),
+                          env=subprocess_env, capture_output=True, text=True, timeout=120)
+  assert failed.returncode != 0 and 'config.data.train' in failed.stderr
+  assert not os.path.exists(tmp_path / 'b' / 'checkpoints')
+
+
+def test_weighted_cross_entropy_matches_pytorch_semantics():
+  logits = jnp.asarray([[[2.0, 0.0, -1.0], [0.0, 1.0, 0.0], [5.0, 5.0, 5.0]]])
+  targets = jnp.asarray([[0, 2, 1]])
+  mask = jnp.asarray([[True, True, False]])
+  weights = jnp.asarray([2.5, 0.83, 2.5])
+  loss, aux = train.weighted_cross_entropy(logits, targets, mask, weights)
+  log_p = jax.nn.log_softmax(logits[0, :2], axis=-1)
+  nll = -np.asarray([log_p[0, 0], log_p[1, 2]])
+  # torch.nn.CrossEntropyLoss(weight=w): sum(w[y] * nll) / sum(w[y]); the masked row is out.
+  assert float(loss) == pytest.approx(float((2.5 * nll[0] + 2.5 * nll[1]) / 5.0), rel=1e-6)
+  assert float(aux['accuracy']) == 0.5
+
+
+def test_epoch_order_is_a_function_of_seed_and_epoch():
+  a = train.epoch_order(0, 3, 100, 250)
+  np.testing.assert_array_equal(a, train.epoch_order(0, 3, 100, 250))
+  assert not np.array_equal(a, train.epoch_order(0, 4, 100, 250))
+  assert not np.array_equal(a, train.epoch_order(1, 3, 100, 250))
+  assert sorted(a[:100]) == list(range(100)) and sorted(a[100:200]) == list(range(100))
+
+
+def test_prepare_data_splits_with_embargo_and_fits_on_training_rows(tiny_config):
+  prepared = train.prepare_data(tiny_config)
+  t = tiny_config.train.context_length
+  embargo = prepared.summary['embargo']
+  assert embargo == tiny_config.labels.horizon
+  (info,) = prepared.summary['files']
+  val_start = info['bars'] - info['val_bars']
+  assert prepared.train_ends.max() < val_start - embargo
+  assert prepared.train_ends.min() >= features.WARMUP_BARS + t - 1
+  assert prepared.val_ends.min() >= val_start and prepared.valid[prepared.val_ends].all()
+  df = data.builtin_dataset('btc_usdt_1h_2020_2024', fill_gaps=True).iloc[-3000:]
+  raw = features.compute_features(df)
+  expected = features.Normalizer.fit(raw[features.WARMUP_BARS:val_start - embargo])
+  np.testing.assert_allclose(prepared.normalizer.mean, expected.mean, rtol=1e-5, atol=1e-6)
+  batch = train.gather_batch(prepared, prepared.train_ends[:4], t)
+  assert batch['inputs'].shape == (4, t, 60) and batch['targets'].shape == (4, t)
+  assert batch['mask'].dtype == bool
+
+
+def test_collapsed_predictions_are_flagged():
+  confusion = np.asarray([[1, 9, 0], [0, 80, 0], [0, 9, 1]], np.float32)
+  sums = {'confusion': confusion, 'count': 100.0, 'weighted_nll': 50.0, 'weight': 100.0,
+          'nll': 60.0}
+  metrics = train.validation_metrics(sums, collapse_threshold=0.85)
+  assert metrics['val_collapsed'] and metrics['val_collapsed_to'] == 'HOLD'
+  assert metrics['val_pred_share_HOLD'] == pytest.approx(0.98)
+  assert metrics['val_accuracy_SELL'] == pytest.approx(0.1)
+  assert not train.validation_metrics(sums, collapse_threshold=0.99)['val_collapsed']
