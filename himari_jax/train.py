@@ -108,10 +108,11 @@ def validate_config(config: ml_collections.ConfigDict) -> model_lib.ModelConfig:
   for name in ('batch_size', 'eval_batch_size'):
     value = t.batch_size if name == 'batch_size' else train_option(config, name)
     if value % devices:
+      lower, upper = value // devices * devices, (value // devices + 1) * devices
       raise ConfigError(
           f'config.train.{name}={value} is not divisible by the {devices} devices; set '
           f'--config.train.{name} to a multiple of {devices}, e.g. '
-          f'{max(devices, value // devices * devices)}.')
+          f'{f"{lower} or " if lower else ""}{upper}.')
   if t.context_length > config.model.max_length:
     raise ConfigError(
         f'config.train.context_length={t.context_length} exceeds config.model.max_length='
