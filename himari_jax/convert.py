@@ -11,7 +11,12 @@ strings (plus numpy scalars, which training scripts often store as metrics). Any
 need arbitrary code to unpickle is refused. torch is imported lazily (the optional `torch`
 extra); nothing here needs it for Flax-only work.
 
-A converted checkpoint carries no normalisation statistics: the PyTorch files do not hold them.
+Training runs: `convert_to_run` writes a `.pt` as step 0 of an Orbax run directory (the
+layout of himari_jax/checkpoint.py: items `state` = {params} without optimiser state, and `meta`),
+so `checkpoint.load_model`, `config.train.init_from` and every entry point read it like a run
+trained here; `run_to_torch_checkpoint` goes back. The original `.pt` files hold no
+normalisation statistics: unless given some, `convert_to_run` fits them on the training split
+of `config.data.train` (what training here would fit) and says so in the run's meta.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import dataclasses
 import os
 import pickle
 import re
+import shutil
 import tempfile
 from collections.abc import Mapping
 from typing import Any
@@ -29,6 +35,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from himari_jax import checkpoint as checkpoint_lib
+from himari_jax import features as features_lib
 from himari_jax import model as model_lib
 
 # `config` entries of the current layout (SPEC section 1); older files hold only
@@ -54,12 +62,15 @@ class TorchCheckpoint:
   params: the `FlagTrader` parameter tree (float32 jax Arrays).
   metadata: the file's scalar entries (epoch, train_loss, val_loss, val_accuracy, ...).
   layout: 'model_state_dict', 'model' (older files) or 'state_dict' (a bare state dict).
+  normalizer: the statistics of a file written by `save_torch_checkpoint` from a run here;
+    None for the original files, which hold none.
   """
 
   model_config: ml_collections.ConfigDict
   params: dict
   metadata: dict
   layout: str
+  normalizer: features_lib.Normalizer | None = None
 
 
 def _path_names(path: tuple) -> tuple[str, ...]:
@@ -223,6 +234,9 @@ def infer_model_config(state_dict: Mapping[str, Any],
   for field in ('state_dim', 'action_dim', 'd_model', 'num_layers', 'num_heads',
                 'dim_feedforward', 'lora_rank', 'max_length'):
     values[field] = int(values[field])
+  for field in ('lora_alpha', 'dropout_rate'):
+    if field in values:
+      values[field] = float(values[field])
   try:
     return model_lib.ModelConfig.from_config(values)
   except (TypeError, ValueError) as e:
@@ -315,6 +329,17 @@ def _scalar_metadata(checkpoint: Any) -> dict:
   return metadata
 
 
+def _normalizer_entry(path: str, checkpoint: Any) -> features_lib.Normalizer | None:
+  entry = checkpoint.get('normalizer') if isinstance(checkpoint, Mapping) else None
+  if entry is None:
+    return None
+  try:
+    return features_lib.Normalizer.from_dict({k: _as_numpy(k, v) for k, v in entry.items()})
+  except (AttributeError, KeyError, ValueError) as e:
+    raise ConversionError(f'{path}: unreadable `normalizer` entry ({e}); expected '
+                          '{"mean": (60,), "std": (60,)} as save_torch_checkpoint writes.') from e
+
+
 def read_torch_checkpoint(path: str | os.PathLike) -> TorchCheckpoint:
   """Reads a PyTorch FLAG-TRADER `.pt` (either layout) into Flax form; see TorchCheckpoint."""
   path = os.fspath(path)
@@ -326,7 +351,7 @@ def read_torch_checkpoint(path: str | os.PathLike) -> TorchCheckpoint:
   except ConversionError as e:
     raise ConversionError(f'{path}: {e}') from e
   return TorchCheckpoint(model_config_dict(model_config), params, _scalar_metadata(checkpoint),
-                         layout)
+                         layout, _normalizer_entry(path, checkpoint))
 
 
 def load_torch_checkpoint(path: str | os.PathLike) -> tuple[ml_collections.ConfigDict, dict]:
@@ -405,3 +430,90 @@ def save_torch_checkpoint(path: str | os.PathLike, params: Any,
   except BaseException:
     os.unlink(tmp)
     raise
+
+
+def converted_config(base: ml_collections.ConfigDict,
+                     loaded: TorchCheckpoint) -> ml_collections.ConfigDict:
+  """`base` (a full config) with `.model` from the checkpoint, as the original was trained.
+
+  The original scores one bar at a time (T = 1) without a mask; `init_from` is cleared so the
+  run does not point back at the file it came from.
+  """
+  config = ml_collections.ConfigDict(base.to_dict())
+  config.model.update(loaded.model_config.to_dict())
+  config.train.context_length = 1
+  config.train.init_from = ''
+  return config
+
+
+def convert_to_run(pt_path: str | os.PathLike, workdir: str | os.PathLike,
+                   base_config: ml_collections.ConfigDict,
+                   normalizer: features_lib.Normalizer | None = None) -> str:
+  """Converts a PyTorch `.pt` into a run directory that `checkpoint.load_model` reads.
+
+  Writes `<workdir>/checkpoints/0/` with the Orbax items of himari_jax/checkpoint.py: `state`
+  = {'params'} (a converted file has no optimiser state; load_model and
+  `config.train.init_from` read params only) and `meta` = {config, normalizer, source, ...}.
+  The normaliser is `normalizer`, else the one stored in the file (exports from here), else
+  fitted on the training split of `base_config.data.train`; `meta['normalizer_source']` says
+  which. Everything is checked before anything is written, and the run appears atomically:
+  on any error `workdir` is not created. An existing non-empty `workdir` is refused.
+
+  Returns the step directory written.
+  """
+  workdir = os.path.abspath(os.fspath(workdir))
+  if os.path.exists(workdir) and (not os.path.isdir(workdir) or os.listdir(workdir)):
+    raise ConversionError(f'{workdir} already exists and is not empty; choose a new --output.')
+  loaded = read_torch_checkpoint(pt_path)
+  config = converted_config(base_config, loaded)
+  model_lib.ModelConfig.from_config(config.model)  # fails here, not at the first load
+  if normalizer is not None:
+    source = 'given to the converter'
+  elif loaded.normalizer is not None:
+    normalizer, source = loaded.normalizer, f'stored in {os.fspath(pt_path)}'
+  else:
+    from himari_jax import train as train_lib  # heavy: only when statistics must be fitted
+
+    normalizer = train_lib.prepare_data(config).normalizer
+    source = (f'fitted by the converter on the training split of {config.data.train} '
+              '(the .pt holds no normalisation statistics)')
+  meta = {'config': config.to_dict(), 'normalizer': normalizer.to_dict(),
+          'normalizer_source': source,
+          'source': {'path': os.path.abspath(os.fspath(pt_path)), 'layout': loaded.layout,
+                     'metadata': loaded.metadata},
+          'param_counts': model_lib.count_params(loaded.params)}
+  parent = os.path.dirname(workdir)
+  os.makedirs(parent, exist_ok=True)
+  staging = tempfile.mkdtemp(prefix=f'.{os.path.basename(workdir)}.tmp-', dir=parent)
+  try:
+    manager = checkpoint_lib.make_manager(
+        os.path.join(staging, checkpoint_lib.CHECKPOINT_SUBDIR),
+        best_metric=config.train.best_metric)
+    checkpoint_lib.save(manager, 0, {'params': loaded.params}, meta)
+    manager.wait_until_finished()
+    manager.close()
+    if os.path.isdir(workdir):
+      os.rmdir(workdir)  # empty, checked above
+    os.rename(staging, workdir)
+  except BaseException:
+    shutil.rmtree(staging, ignore_errors=True)
+    raise
+  return os.path.join(workdir, checkpoint_lib.CHECKPOINT_SUBDIR, '0')
+
+
+def run_to_torch_checkpoint(run: str | os.PathLike, pt_path: str | os.PathLike,
+                            which: str | int = 'best') -> checkpoint_lib.LoadedModel:
+  """Exports a run's `which` checkpoint (see `checkpoint.load_model`) as a PyTorch `.pt`.
+
+  Besides the model, the file holds the run's step, its normaliser (`normalizer`: {'mean',
+  'std'}, read back by `convert_to_run`) and the epoch's metrics under the original names
+  (epoch, train_loss, val_loss, val_accuracy). Returns the exported run.
+  """
+  loaded = checkpoint_lib.load_model(run, which)
+  metrics = loaded.meta.get('epoch_metrics') or {}
+  extra = {key: metrics[key] for key in ('epoch', 'train_loss', 'val_loss', 'val_accuracy')
+           if isinstance(metrics.get(key), int | float)}
+  save_torch_checkpoint(pt_path, loaded.params, loaded.model_config, step=loaded.step,
+                        normalizer={'mean': loaded.normalizer.mean, 'std': loaded.normalizer.std},
+                        **extra)
+  return loaded

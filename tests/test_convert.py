@@ -1,15 +1,20 @@
 """PyTorch checkpoint conversion: parity with the PyTorch reference, round trips, clear errors."""
 
+import json
 import os
 import pathlib
 import pickle
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from himari_jax import convert
+from himari_jax import checkpoint as checkpoint_lib
+from himari_jax import convert, train
+from himari_jax import features as features_lib
 from himari_jax import model as model_lib
 
 torch = pytest.importorskip('torch')
@@ -260,3 +265,92 @@ def test_code_in_pickle_is_refused(tmp_path, writer):
     with open(path, 'rb') as f:
       pickle.load(f)
   assert marker.exists()
+
+
+TINY = dict(d_model=16, num_layers=1, num_heads=2, dim_feedforward=32, lora_rank=4,
+            max_length=16)
+
+
+@pytest.fixture
+def tiny_pt(tmp_path):
+  """The original layout at the sizes of configs/flag_trader.py:tiny."""
+  return _save(tmp_path / 'tiny.pt', _reference(**TINY), config=_torch_config(TINY), epoch=4,
+               val_loss=0.9)
+
+
+def test_converted_run_is_a_run(tmp_path, tiny_pt, tiny_config):
+  step_dir = convert.convert_to_run(tiny_pt, tmp_path / 'run', tiny_config)
+  assert step_dir == str(tmp_path / 'run' / 'checkpoints' / '0')
+  loaded = checkpoint_lib.load_model(tmp_path / 'run')
+  source = convert.read_torch_checkpoint(tiny_pt)
+  assert loaded.model_config == model_lib.ModelConfig.from_config(source.model_config)
+  assert not loaded.model_config.causal and loaded.config.train.context_length == 1
+  assert loaded.config.data.train == tiny_config.data.train  # the rest of --config is kept
+  for got, want in zip(jax.tree.leaves(loaded.params), jax.tree.leaves(source.params),
+                       strict=True):
+    np.testing.assert_array_equal(got, np.asarray(want))
+  assert loaded.meta['normalizer_source'].startswith('fitted by the converter')
+  fitted = train.prepare_data(loaded.config).normalizer
+  np.testing.assert_array_equal(loaded.normalizer.mean, fitted.mean)
+  assert loaded.meta['source']['metadata'] == {'epoch': 4, 'val_loss': 0.9}
+  # Fine-tuning starts from the run or from the .pt itself (config.train.init_from).
+  sharding = jax.sharding.NamedSharding(train.make_mesh(), jax.sharding.PartitionSpec())
+  for init_from in (str(tmp_path / 'run'), str(tiny_pt)):
+    config = loaded.config.copy_and_resolve_references()
+    config.train.init_from = init_from
+    params = train.initial_params(config, loaded.model_config, jax.random.key(0), sharding)
+    for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(loaded.params), strict=True):
+      np.testing.assert_array_equal(np.asarray(got), want)
+
+
+def test_run_exports_and_converts_back(tmp_path, tiny_pt, tiny_config):
+  normalizer = features_lib.Normalizer(mean=np.arange(60, dtype=np.float32),
+                                       std=np.full(60, 3.0, np.float32))
+  convert.convert_to_run(tiny_pt, tmp_path / 'run', tiny_config, normalizer)
+  exported = convert.run_to_torch_checkpoint(tmp_path / 'run', tmp_path / 'back.pt')
+  assert exported.meta['normalizer_source'] == 'given to the converter'
+  back = convert.read_torch_checkpoint(tmp_path / 'back.pt')
+  np.testing.assert_array_equal(back.normalizer.std, normalizer.std)
+  for got, want in zip(jax.tree.leaves(back.params), jax.tree.leaves(exported.params),
+                       strict=True):
+    np.testing.assert_array_equal(np.asarray(got), want)
+  convert.convert_to_run(tmp_path / 'back.pt', tmp_path / 'again', tiny_config)
+  again = checkpoint_lib.load_model(tmp_path / 'again')
+  assert again.meta['normalizer_source'].startswith('stored in')
+  np.testing.assert_array_equal(again.normalizer.mean, normalizer.mean)
+
+
+def test_failed_conversion_writes_nothing(tmp_path, tiny_config):
+  reference = _reference(**TINY)
+  state = dict(reference.state_dict())
+  state['action_head.weight'] = torch.zeros(3, 17)
+  torch.save({'model_state_dict': state, 'config': _torch_config(TINY)}, tmp_path / 'bad.pt')
+  with pytest.raises(convert.ConversionError, match='wrong shapes'):
+    convert.convert_to_run(tmp_path / 'bad.pt', tmp_path / 'out' / 'run', tiny_config)
+  assert sorted(os.listdir(tmp_path)) == ['bad.pt']
+  (tmp_path / 'used').mkdir()
+  (tmp_path / 'used' / 'notes.txt').write_text('keep')
+  with pytest.raises(convert.ConversionError, match='not empty'):
+    convert.convert_to_run(tmp_path / 'bad.pt', tmp_path / 'used', tiny_config)
+  assert os.listdir(tmp_path / 'used') == ['notes.txt']
+
+
+def _convert_cli(repo_root, *args):
+  return subprocess.run([sys.executable, str(repo_root / 'launch' / 'convert_checkpoint.py'),
+                         *args], capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_cli_converts_and_fails_cleanly(tmp_path, tiny_pt, repo_root):
+  stats = tmp_path / 'stats.json'
+  stats.write_text(json.dumps({'mean': [0.5] * 60, 'std': [2.0] * 60}))
+  config = f'--config={repo_root / "configs" / "flag_trader.py"}:tiny'
+  done = _convert_cli(repo_root, f'--input={tiny_pt}', f'--output={tmp_path / "run"}',
+                      f'--normalizer={stats}', config)
+  assert done.returncode == 0, done.stderr
+  assert checkpoint_lib.load_model(tmp_path / 'run').normalizer.std.tolist() == [2.0] * 60
+  truncated = tmp_path / 'truncated.pt'
+  truncated.write_bytes(tiny_pt.read_bytes()[:1000])
+  failed = _convert_cli(repo_root, f'--input={truncated}', f'--output={tmp_path / "never"}',
+                        config)
+  assert failed.returncode != 0 and 'truncated or corrupted' in failed.stderr
+  assert not (tmp_path / 'never').exists()

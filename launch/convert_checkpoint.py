@@ -1,0 +1,68 @@
+"""Converts a PyTorch FLAG-TRADER checkpoint into a run directory, or a run back into a `.pt`.
+
+  python launch/convert_checkpoint.py --input=flag_trader_best.pt --output=runs/seed_pt
+  python launch/convert_checkpoint.py --reverse --input=runs/small --output=small.pt
+
+The run directory is read by every entry point like one trained here (`checkpoint.load_model`,
+`--config.train.init_from=runs/seed_pt` to fine-tune). Its config is `--config` (default: the
+seed variant, whose logit bias belongs to the seed model) with the checkpoint's model sizes,
+context length 1 and no attention mask, as the original was trained.
+
+Normalisation: the original `.pt` files hold no statistics. `--normalizer=stats.json`
+({"mean": [60 floats], "std": [60 floats]}) gives them; otherwise they are fitted on the
+training split of `config.data.train`, as training here would, and the run's meta records
+which. Nothing is written when the input cannot be converted.
+"""
+
+import json
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, _REPO)
+
+from himari_jax import checkpoint, convert, features  # noqa: E402 - after the path fix
+
+_INPUT = flags.DEFINE_string('input', None, 'flag_trader_best.pt, or a run with --reverse.',
+                             required=True)
+_OUTPUT = flags.DEFINE_string('output', None, 'New run directory, or a .pt with --reverse.',
+                              required=True)
+_REVERSE = flags.DEFINE_bool('reverse', False, 'Export a run (Flax) as a PyTorch .pt.')
+_WHICH = flags.DEFINE_string('which', 'best', "With --reverse: 'best', 'latest' or a step.")
+_NORMALIZER = flags.DEFINE_string('normalizer', None,
+                                  'JSON file with the feature statistics {"mean", "std"}.')
+config_flags.DEFINE_config_file(
+    'config', os.path.join(_REPO, 'configs', 'flag_trader.py') + ':seed',
+    'Config recorded with the converted run (its .model is replaced by the checkpoint\'s).')
+
+
+def _read_normalizer(path: str) -> features.Normalizer:
+  with open(path) as f:
+    return features.Normalizer.from_dict(json.load(f))
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError('Too many command-line arguments.')
+  checkpoint.quiet_orbax_logging()
+  try:
+    if _REVERSE.value:
+      which = int(_WHICH.value) if _WHICH.value.isdigit() else _WHICH.value
+      loaded = convert.run_to_torch_checkpoint(_INPUT.value, _OUTPUT.value, which)
+      logging.info('wrote %s from %s', _OUTPUT.value, loaded.path)
+      return
+    normalizer = _read_normalizer(_NORMALIZER.value) if _NORMALIZER.value else None
+    step_dir = convert.convert_to_run(_INPUT.value, _OUTPUT.value, flags.FLAGS.config,
+                                      normalizer)
+  except (convert.ConversionError, checkpoint.CheckpointError, OSError, ValueError) as e:
+    sys.exit(f'error: {e}')
+  loaded = checkpoint.load_model(_OUTPUT.value)
+  logging.info('wrote %s: %s; normaliser %s', step_dir, loaded.model_config,
+               loaded.meta['normalizer_source'])
+
+
+if __name__ == '__main__':
+  app.run(main)
