@@ -154,7 +154,7 @@ def test_round_trip_is_exact(tmp_path, targets, causal):
   params = _random_params(model_config)
   path = tmp_path / 'export.pt'
   convert.save_torch_checkpoint(path, params, model_config, epoch=3, val_loss=0.5,
-                                history=[0.9, 0.5], normalizer={'mean': np.zeros(60)})
+                                history=[0.9, 0.5], extra_state={'ema': np.zeros(60)})
   loaded = convert.read_torch_checkpoint(path)
   assert model_lib.ModelConfig.from_config(loaded.model_config) == model_config
   assert loaded.metadata == {'epoch': 3, 'val_loss': 0.5}
