@@ -32,7 +32,7 @@ def _small(config: ml_collections.ConfigDict) -> None:
                       max_length=64, lora_rank=8)
   config.train.update(context_length=32, window_stride=8, batch_size=32, num_epochs=4,
                       steps_per_epoch=300, learning_rate=1e-3, warmup_steps=50,
-                      class_weights='sqrt', checkpoint_every_steps=100)
+                      checkpoint_every_steps=100)
 
 
 def _tiny(config: ml_collections.ConfigDict) -> None:

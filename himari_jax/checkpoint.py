@@ -41,14 +41,17 @@ class CheckpointError(ValueError):
 
 
 class _OrbaxChatterFilter:
-  """Drops Orbax's per-save INFO records and its warning about saves without metrics (the
-  mid-epoch saves have none by design), keeping everything else."""
+  """Drops Orbax's per-save INFO records and the warnings this module triggers by design
+  (mid-epoch saves carry no metrics; `load_model` opens runs read-only)."""
+
+  EXPECTED = ('did not provide metrics', 'read_only=True', 'is read only')
 
   def filter(self, record) -> bool:
     if '/orbax/' not in record.pathname.replace(os.sep, '/'):
       return True
+    message = record.getMessage()
     return (record.levelno >= logging.converter.STANDARD_WARNING
-            and 'did not provide metrics' not in record.getMessage())
+            and not any(text in message for text in self.EXPECTED))
 
 
 def quiet_orbax_logging() -> None:

@@ -417,6 +417,27 @@ def validation_metrics(sums: dict[str, np.ndarray], collapse_threshold: float) -
   return metrics
 
 
+def evaluate(eval_step: Callable, params: Any, prepared: PreparedData, context_length: int,
+             batch_size: int, sharding: NamedSharding,
+             collapse_threshold: float) -> dict[str, Any]:
+  """`validation_metrics` of every validation bar, in global batches of `batch_size`.
+
+  Each process gathers its contiguous slice of a batch; the last batch is padded by
+  repeating the last bar, masked out.
+  """
+  ends = prepared.val_ends
+  local = batch_size // jax.process_count()
+  totals = None
+  for start in range(0, len(ends), batch_size):
+    idx = np.arange(start, start + batch_size)[jax.process_index() * local:][:local]
+    batch_ends = ends[np.minimum(idx, len(ends) - 1)]
+    batch = {'inputs': windows_lib.gather_windows(prepared.features, batch_ends, context_length),
+             'targets': prepared.labels[batch_ends], 'mask': idx < len(ends)}
+    sums = eval_step(params, shard_batch(batch, sharding, batch_size))
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  return validation_metrics(jax.device_get(totals), collapse_threshold)
+
+
 # ------------------------------------------------------------------- params, sharding
 
 
@@ -532,6 +553,19 @@ def _check_finite(history: list[tuple[int, dict]], last_good: int | None, ckpt_d
           '--config.train.learning_rate, add warm-up steps or check the input data.')
 
 
+def _log_epoch(metrics: dict[str, Any], collapse_threshold: float) -> None:
+  logging.info('epoch %d: val_loss %.4f val_accuracy %.3f balanced %.3f predicted %s',
+               metrics['epoch'], metrics['val_loss'], metrics['val_accuracy'],
+               metrics['val_balanced_accuracy'],
+               {a: round(metrics[f'val_pred_share_{a}'], 3) for a in ACTIONS})
+  if metrics['val_collapsed']:
+    action = metrics['val_collapsed_to']
+    logging.warning('epoch %d: PREDICTIONS COLLAPSED: %.1f%% of validation bars are %s '
+                    '(threshold %.0f%%); try --config.train.class_weights=inverse, a lower '
+                    'learning rate or more data', metrics['epoch'],
+                    100 * metrics[f'val_pred_share_{action}'], action, 100 * collapse_threshold)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains FLAG-TRADER per `config`, checkpointing into `workdir` and resuming from it.
 
@@ -605,22 +639,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   collapse = train_option(config, 'collapse_threshold')
   every = train_option(config, 'checkpoint_every_steps')
 
-  def evaluate(params) -> dict[str, Any]:
-    ends = prepared.val_ends
-    padded = math.ceil(len(ends) / eval_batch) * eval_batch
-    local = eval_batch // jax.process_count()
-    totals = None
-    for start in range(0, padded, eval_batch):
-      # Each process gathers its contiguous slice; padding repeats the last bar, masked out.
-      idx = np.arange(start, start + eval_batch)[jax.process_index() * local:][:local]
-      batch_ends = ends[np.minimum(idx, len(ends) - 1)]
-      batch = {'inputs': windows_lib.gather_windows(prepared.features, batch_ends,
-                                                    t.context_length),
-               'targets': prepared.labels[batch_ends], 'mask': idx < len(ends)}
-      sums = eval_step(params, shard_batch(batch, data_sharding, eval_batch))
-      totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-    return validation_metrics(jax.device_get(totals), collapse)
-
   step = start_step = int(resume_step or 0)
   last_good = resume_step
   history: list[tuple[int, dict]] = []
@@ -667,17 +685,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if epoch_end:
       epoch_metrics = {'step': step, 'epoch': epoch + 1,
                        'train_loss': epoch_loss['sum'] / epoch_loss['count'],
-                       **evaluate(state.params)}
-      if epoch_metrics['val_collapsed']:
-        action = epoch_metrics['val_collapsed_to']
-        logging.warning('epoch %d: predictions collapsed: %.1f%% of validation bars are %s '
-                        '(threshold %.0f%%); check class weights and the learning rate',
-                        epoch + 1, 100 * epoch_metrics[f'val_pred_share_{action}'], action,
-                        100 * collapse)
+                       **evaluate(eval_step, state.params, prepared, t.context_length,
+                                  eval_batch, data_sharding, collapse)}
       writer.write({'kind': 'val', **epoch_metrics})
-      logging.info('epoch %d: val_loss %.4f val_accuracy %.3f predicted %s', epoch + 1,
-                   epoch_metrics['val_loss'], epoch_metrics['val_accuracy'],
-                   {a: round(epoch_metrics[f'val_pred_share_{a}'], 3) for a in ACTIONS})
+      _log_epoch(epoch_metrics, collapse)
       checkpoint_lib.save(manager, step, state,
                           {**meta, 'epoch_metrics': epoch_metrics, 'epoch_loss': epoch_loss},
                           {k: epoch_metrics[k] for k in checkpoint_lib.VALIDATION_METRICS})

@@ -1,5 +1,6 @@
 """Checkpoint retention (latest + best), load_model for inference, and its error messages."""
 
+import logging as pylogging
 import os
 import shutil
 
@@ -8,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from absl import logging
 from conftest import load_config_file
 
 from himari_jax import checkpoint, features, model, train
@@ -97,3 +99,19 @@ def test_missing_empty_and_corrupt_checkpoints_fail_clearly(run, tmp_path):
   shutil.rmtree(corrupt / 'checkpoints' / '2' / 'state')
   with pytest.raises(checkpoint.CheckpointError, match='corrupt'):
     checkpoint.load_model(corrupt)
+
+
+def test_quiet_orbax_logging_keeps_other_records_and_real_warnings():
+  checkpoint.quiet_orbax_logging()
+  checkpoint.quiet_orbax_logging()  # idempotent
+  absl_logger = logging.get_absl_logger()
+  assert sum(isinstance(f, checkpoint._OrbaxChatterFilter) for f in absl_logger.filters) == 1
+
+  def record(path, level, message):
+    return absl_logger.makeRecord('absl', level, path, 1, message, None, None)
+
+  orbax = '/site-packages/orbax/checkpoint/checkpoint_manager.py'
+  assert not absl_logger.filter(record(orbax, pylogging.INFO, 'Saving checkpoint'))
+  assert not absl_logger.filter(record(orbax, pylogging.WARNING, 'did not provide metrics.'))
+  assert absl_logger.filter(record(orbax, pylogging.WARNING, 'disk full'))
+  assert absl_logger.filter(record('/repo/himari_jax/train.py', pylogging.INFO, 'step 5'))
