@@ -1,6 +1,7 @@
 """FLAG-TRADER model: seed parameter counts, causal masking, LoRA merging, init, freezing."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -15,9 +16,11 @@ SMALL = model.ModelConfig(d_model=32, num_layers=2, num_heads=4, dim_feedforward
 init_params = jax.jit(model.init_params, static_argnums=(0, 2))
 
 
-def apply(config, params, states, **kwargs):
-  return jax.jit(model.FlagTrader(config).apply, static_argnames='causal')(
-      {'params': params}, states, **kwargs)
+
+
+@functools.partial(jax.jit, static_argnums=(0,), static_argnames='causal')
+def apply(config, params, states, causal=None):
+  return model.FlagTrader(config).apply({'params': params}, states, causal=causal)
 
 
 def _random_adapters(params, seed=0):

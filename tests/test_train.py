@@ -17,8 +17,10 @@ import numpy as np
 import pytest
 from conftest import load_config_file
 from jax.experimental.compilation_cache import compilation_cache
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from himari_jax import checkpoint, data, features, labels, tb_writer, train
+from himari_jax import checkpoint, data, features, labels, model, tb_writer, train
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 TINY = f'{REPO / "configs" / "flag_trader.py"}:tiny'
@@ -223,3 +225,17 @@ def test_collapsed_predictions_are_flagged():
   assert metrics['val_pred_share_HOLD'] == pytest.approx(0.98)
   assert metrics['val_accuracy_SELL'] == pytest.approx(0.1)
   assert not train.validation_metrics(sums, collapse_threshold=0.99)['val_collapsed']
+
+
+def test_init_from_a_run_starts_from_its_best_params(trained):
+  config, workdir, _ = trained
+  config = config.copy_and_resolve_references()
+  config.train.init_from = workdir
+  sharding = NamedSharding(train.make_mesh(), P())
+  params = train.initial_params(config, model.ModelConfig.from_config(config.model),
+                                jax.random.PRNGKey(0), sharding)
+  jax.tree.map(np.testing.assert_array_equal, params, checkpoint.load_model(workdir).params)
+  config.model.d_model = 32
+  with pytest.raises(train.ConfigError, match='set the --config.model.* sizes'):
+    train.initial_params(config, model.ModelConfig.from_config(config.model),
+                         jax.random.PRNGKey(0), sharding)
