@@ -645,60 +645,63 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   epoch_metrics: dict[str, Any] = {}
   order_epoch = -1
   tick, tick_step = time.time(), step
-  while step < total_steps:
-    epoch = step // steps_per_epoch
-    if epoch != order_epoch:
-      order = epoch_order(config.seed, epoch, num_windows, steps_per_epoch * t.batch_size)
-      order_epoch = epoch
-      if step % steps_per_epoch == 0:  # a fresh epoch, not one resumed part-way
-        epoch_loss = {'sum': 0.0, 'count': 0}
-    global_idx = order[(step - epoch * steps_per_epoch) * t.batch_size:][:t.batch_size]
-    local_idx = global_idx[jax.process_index() * local_batch:][:local_batch]
-    batch = gather_batch(prepared, prepared.train_ends[local_idx], t.context_length)
-    state, metrics = train_step(state, shard_batch(batch, data_sharding, t.batch_size))
-    history.append((step, metrics))
-    if step == start_step:
-      jax.block_until_ready(metrics)
-      logging.info('first step (compilation included) took %.1f s', time.time() - tick)
-      tick, tick_step = time.time(), step + 1
-    step += 1
-    epoch_end = step % steps_per_epoch == 0
-    periodic_save = every and step % every == 0
-    if step % t.log_every_steps == 0 or epoch_end or periodic_save:
-      # Syncs with the device only here, and always before a save: a diverged state is
-      # never checkpointed.
-      history = jax.device_get(history)
-      _check_finite(history, last_good, ckpt_dir)
-      for _, m in history:
-        epoch_loss = {'sum': epoch_loss['sum'] + float(m['loss']),
-                      'count': epoch_loss['count'] + 1}
-      rate = (step - tick_step) / max(time.time() - tick, 1e-9)
-      record = {'kind': 'train', 'step': step, 'epoch': epoch + 1,
-                **{k: float(np.mean([m[k] for _, m in history])) for k in history[0][1]},
-                'steps_per_sec': rate, 'samples_per_sec': rate * t.batch_size}
-      writer.write(record)
-      logging.info('step %d/%d epoch %d/%d | loss %.4f acc %.3f | %.1f steps/s %.0f '
-                   'samples/s | ETA %s', step, total_steps, epoch + 1, t.num_epochs,
-                   record['loss'], record['accuracy'], rate, rate * t.batch_size,
-                   _format_eta((total_steps - step) / max(rate, 1e-9)))
-      history, tick, tick_step = [], time.time(), step
-    if epoch_end:
-      epoch_metrics = {'step': step, 'epoch': epoch + 1,
-                       'train_loss': epoch_loss['sum'] / epoch_loss['count'],
-                       **evaluate(eval_step, state.params, prepared, t.context_length,
-                                  eval_batch, data_sharding, collapse)}
-      writer.write({'kind': 'val', **epoch_metrics})
-      _log_epoch(epoch_metrics, collapse)
-      checkpoint_lib.save(manager, step, state,
-                          {**meta, 'epoch_metrics': epoch_metrics, 'epoch_loss': epoch_loss},
-                          {k: epoch_metrics[k] for k in checkpoint_lib.VALIDATION_METRICS})
-      last_good = step
-      tick = time.time()  # throughput excludes validation
-    elif periodic_save:
-      checkpoint_lib.save(manager, step, state, {**meta, 'epoch_loss': epoch_loss})
-      last_good = step
-  manager.wait_until_finished()
-  writer.close()
+  try:
+    while step < total_steps:
+      epoch = step // steps_per_epoch
+      if epoch != order_epoch:
+        order = epoch_order(config.seed, epoch, num_windows, steps_per_epoch * t.batch_size)
+        order_epoch = epoch
+        if step % steps_per_epoch == 0:  # a fresh epoch, not one resumed part-way
+          epoch_loss = {'sum': 0.0, 'count': 0}
+      global_idx = order[(step - epoch * steps_per_epoch) * t.batch_size:][:t.batch_size]
+      local_idx = global_idx[jax.process_index() * local_batch:][:local_batch]
+      batch = gather_batch(prepared, prepared.train_ends[local_idx], t.context_length)
+      state, metrics = train_step(state, shard_batch(batch, data_sharding, t.batch_size))
+      history.append((step, metrics))
+      if step == start_step:
+        jax.block_until_ready(metrics)
+        logging.info('first step (compilation included) took %.1f s', time.time() - tick)
+        tick, tick_step = time.time(), step + 1
+      step += 1
+      epoch_end = step % steps_per_epoch == 0
+      periodic_save = every and step % every == 0
+      if step % t.log_every_steps == 0 or epoch_end or periodic_save:
+        # Syncs with the device only here, and always before a save: a diverged state is
+        # never checkpointed.
+        history = jax.device_get(history)
+        _check_finite(history, last_good, ckpt_dir)
+        for _, m in history:
+          epoch_loss = {'sum': epoch_loss['sum'] + float(m['loss']),
+                        'count': epoch_loss['count'] + 1}
+        rate = (step - tick_step) / max(time.time() - tick, 1e-9)
+        record = {'kind': 'train', 'step': step, 'epoch': epoch + 1,
+                  **{k: float(np.mean([m[k] for _, m in history])) for k in history[0][1]},
+                  'steps_per_sec': rate, 'samples_per_sec': rate * t.batch_size}
+        writer.write(record)
+        logging.info('step %d/%d epoch %d/%d | loss %.4f acc %.3f | %.1f steps/s %.0f '
+                     'samples/s | ETA %s', step, total_steps, epoch + 1, t.num_epochs,
+                     record['loss'], record['accuracy'], rate, rate * t.batch_size,
+                     _format_eta((total_steps - step) / max(rate, 1e-9)))
+        history, tick, tick_step = [], time.time(), step
+      if epoch_end:
+        epoch_metrics = {'step': step, 'epoch': epoch + 1,
+                         'train_loss': epoch_loss['sum'] / epoch_loss['count'],
+                         **evaluate(eval_step, state.params, prepared, t.context_length,
+                                    eval_batch, data_sharding, collapse)}
+        writer.write({'kind': 'val', **epoch_metrics})
+        _log_epoch(epoch_metrics, collapse)
+        checkpoint_lib.save(manager, step, state,
+                            {**meta, 'epoch_metrics': epoch_metrics, 'epoch_loss': epoch_loss},
+                            {k: epoch_metrics[k] for k in checkpoint_lib.VALIDATION_METRICS})
+        last_good = step
+        tick = time.time()  # throughput excludes validation
+      elif periodic_save:
+        checkpoint_lib.save(manager, step, state, {**meta, 'epoch_loss': epoch_loss})
+        last_good = step
+  finally:
+    # Also on divergence or interruption: pending saves of good states complete.
+    manager.wait_until_finished()
+    writer.close()
   best = manager.best_step()
   best = manager.latest_step() if best is None else best
   metric_name, _ = checkpoint_lib.parse_best_metric(t.best_metric)
