@@ -16,7 +16,14 @@ gathers only its slice of the global batch (`jax.make_array_from_process_local_d
 
 Freezing: `optax.multi_transform` with `set_to_zero` on the frozen base weights, and the
 gradient is taken with respect to the trainable subtree only (frozen weights enter the loss
-as a non-differentiated argument).
+as a non-differentiated argument). XLA also prunes the frozen weight gradients of a full-tree
+gradient inside this jitted step, since `set_to_zero` discards them (benchmarks/bench_train.py
+measures the same FLOPs for both); the split guarantees it instead of relying on dead-code
+elimination, which a full-tree gradient norm or clip would defeat (+46 % FLOPs at seed size).
+
+Checkpoints (checkpoint.py): every `checkpoint_every_steps` steps and at every epoch end,
+keeping the latest few and the best by `best_metric`; a workdir with checkpoints resumes.
+A NaN/inf loss, gradient or update raises `TrainingDivergedError` before anything is saved.
 
 Determinism: the window order of epoch e is a function of (seed, e) and the dropout key of
 step s is `fold_in(rng, s)`, so a run resumed from any checkpoint replays the same batches.
