@@ -1,0 +1,35 @@
+"""Backtest of trained FLAG-TRADER models: checkpoints -> predictions -> ensemble -> backtest.
+
+Defaults are the seed's backtest (SPEC section 6): long-only, BUY sized at confidence * 10 %
+of equity, fills at the decision bar's close, 0.1 % commission and 0.05 % slippage. Override
+on the command line, e.g. `--config.checkpoints=runs/a,runs/b --config.fill=next_open`.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.checkpoints = ''  # workdirs or PyTorch .pt files, comma-separated
+  config.dataset = 'btc_usdt_1h_2025_2026'  # builtin dataset name or CSV path to backtest on
+  config.strategy = 'voting'  # ensemble of several checkpoints (himari_jax.ensemble.STRATEGIES)
+  config.logit_bias = (3.0, -2.5, 1.0)  # added to logits before softmax (the seed's)
+  config.confidence_threshold = 0.0  # BUY/SELL with confidence below this become HOLD
+
+  config.initial_capital = 100_000.0
+  config.commission = 0.001  # fraction of traded notional
+  config.slippage = 0.0005  # fraction of the reference price, against the trade
+  config.commission_sell = config_dict.placeholder(float)  # None: same as commission
+  config.slippage_sell = config_dict.placeholder(float)  # None: same as slippage
+  config.max_position_pct = 0.10  # BUY target: confidence * this share of equity
+  config.fill = 'close'  # 'close' of the decision bar (seed) or 'next_open'
+  config.allow_short = False  # SELL goes short (same target size) instead of flat
+  config.sizing = 'confidence'  # 'confidence' (seed), 'fixed' (max_position_pct) or 'full'
+  config.periods_per_year = 8760.0  # hourly bars
+  config.risk_free_rate = 0.0  # simple annual rate for Sharpe / Sortino
+
+  config.sweep = ml_collections.ConfigDict()
+  config.sweep.confidence_thresholds = (0.0, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+  config.sweep.strategies = ('voting', 'confidence_weighted', 'disagreement')
+  return config

@@ -1,0 +1,289 @@
+"""Outputs of a backtest run (SPEC section 7): JSON, trade CSV, PNG plots and an HTML page.
+
+`write_reports(outdir, result, prices_df, actions, confidence, config)` writes
+
+* `backtest_results.json`: metrics of the strategy and of buy-and-hold, the config and the
+  settings used, and the equity and drawdown curves (one value per bar, with bar times);
+* `backtest_trades.csv`: one row per fill with `time` (open time of the bar in which the fill
+  happened: at its close for `fill='close'`, at its open for `'next_open'`), `side`, `price`,
+  `quantity` (units, positive), `commission`, `slippage` (currency), `position_after`,
+  `equity_after` (marked at that bar's close) and `confidence` (of the executed decision);
+* `equity.png`, `drawdown.png`, `position.png`, `actions.png` and `backtest_report.html` (a
+  self-contained page: metrics table and the plots). Plots need matplotlib (the `plot`
+  extra); without it they are skipped with a logged notice.
+
+In JSON, NaN metrics (e.g. a win rate without round trips) are null and infinite ones the
+strings "inf" / "-inf".
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pandas as pd
+from absl import logging
+
+from himari_jax import backtest as backtest_lib
+from himari_jax import metrics as metrics_lib
+from himari_jax.ensemble import BUY, HOLD, SELL
+
+RESULTS_JSON = 'backtest_results.json'
+TRADES_CSV = 'backtest_trades.csv'
+REPORT_HTML = 'backtest_report.html'
+PLOTS = ('equity', 'drawdown', 'position', 'actions')
+TRADE_COLUMNS = ('time', 'side', 'price', 'quantity', 'commission', 'slippage',
+                 'position_after', 'equity_after', 'confidence')
+_ACTION_NAMES = {SELL: 'SELL', HOLD: 'HOLD', BUY: 'BUY'}
+# How each metric is printed: percentages, currency, ratios, counts.
+_PERCENT = frozenset({'total_return', 'cagr', 'volatility', 'max_drawdown', 'var_95', 'cvar_95',
+                      'trade_bar_share', 'exposure', 'win_rate'})
+_CURRENCY = frozenset({'final_equity', 'total_commission', 'total_slippage', 'avg_trade_profit'})
+_COUNTS = frozenset({'num_trades', 'num_round_trips'})
+
+
+def to_python(metrics: Mapping[str, Any]) -> dict[str, Any]:
+  """Metric scalars (jax / numpy) as JSON-ready Python values: NaN -> None, inf -> 'inf'."""
+  out = {}
+  for name, value in metrics.items():
+    value = np.asarray(value).item()
+    if isinstance(value, float) and math.isnan(value):
+      value = None
+    elif isinstance(value, float) and math.isinf(value):
+      value = 'inf' if value > 0 else '-inf'
+    out[name] = value
+  return out
+
+
+def format_metric(name: str, value: Any) -> str:
+  """One metric for people: '12.34%', '101,234.56', '1.234', '42' or 'n/a'."""
+  if value is None or (isinstance(value, float) and math.isnan(value)):
+    return 'n/a'
+  if isinstance(value, str) or (isinstance(value, float) and math.isinf(value)):
+    return str(value)
+  if name in _PERCENT:
+    return f'{100 * value:.2f}%'
+  if name in _CURRENCY:
+    return f'{value:,.2f}'
+  if name in _COUNTS:
+    return f'{int(value):d}'
+  return f'{value:.3f}'
+
+
+def format_metrics_table(strategy: Mapping[str, Any], benchmark: Mapping[str, Any], *,
+                         names: tuple[str, str] = ('strategy', 'buy & hold')) -> str:
+  """A plain-text table, one metric per row, strategy next to buy-and-hold."""
+  strategy, benchmark = to_python(strategy), to_python(benchmark)
+  rows = [('metric', *names)] + [
+      (name, format_metric(name, strategy.get(name)), format_metric(name, benchmark.get(name)))
+      for name in metrics_lib.METRIC_NAMES]
+  widths = [max(len(row[i]) for row in rows) for i in range(3)]
+  lines = [f'{a:<{widths[0]}}  {b:>{widths[1]}}  {c:>{widths[2]}}' for a, b, c in rows]
+  lines.insert(1, '-' * len(lines[0]))
+  return '\n'.join(lines)
+
+
+def print_metrics_table(strategy: Mapping[str, Any], benchmark: Mapping[str, Any]) -> None:
+  """Prints `format_metrics_table(strategy, benchmark)` to the console."""
+  print(format_metrics_table(strategy, benchmark))
+
+
+def trades_frame(result: backtest_lib.BacktestResult, index: pd.Index) -> pd.DataFrame:
+  """One row per fill (columns `TRADE_COLUMNS`) from a BacktestResult of (N,) arrays.
+
+  Args:
+    result: the backtest's per-bar record.
+    index: (N,) bar times (the OHLCV frame's index).
+  """
+  qty = np.asarray(result.fill_qty, dtype=np.float64)
+  bars = np.flatnonzero(qty != 0)
+  take = lambda field: np.asarray(getattr(result, field), dtype=np.float64)[bars]
+  return pd.DataFrame({
+      'time': np.asarray(index)[bars],
+      'side': np.where(qty[bars] > 0, 'BUY', 'SELL'),
+      'price': take('fill_price'),
+      'quantity': np.abs(qty[bars]),
+      'commission': take('commission'),
+      'slippage': take('slippage'),
+      'position_after': take('position'),
+      'equity_after': take('equity'),
+      'confidence': take('confidence'),
+  }, columns=list(TRADE_COLUMNS))
+
+
+def write_reports(outdir: str | os.PathLike, result: backtest_lib.BacktestResult,
+                  prices_df: pd.DataFrame, actions: Any, confidence: Any,
+                  config: ml_collections.ConfigDict, *, plots: bool = True) -> dict[str, str]:
+  """Writes every output of one backtest run and returns their paths by name.
+
+  Args:
+    outdir: folder to write into (created if missing).
+    result: `backtest.run_backtest(prices_df, actions, confidence, params)` with the
+      settings of `config`.
+    prices_df: the OHLCV frame backtested, (N,) rows indexed by bar time.
+    actions, confidence: (N,) decisions given to the backtest.
+    config: backtest config (configs/backtest.py); its settings also drive buy-and-hold.
+    plots: False skips the PNG plots (the HTML page then has only the table).
+
+  Returns:
+    {'json': ..., 'trades': ..., 'html': ..., plus one entry per written plot}.
+  """
+  os.makedirs(outdir, exist_ok=True)
+  params = backtest_lib.params_from_config(config)
+  prices = backtest_lib.as_prices(prices_df)
+  close = jnp.asarray(prices.close, jnp.result_type(float))
+  market = metrics_lib.market_returns(close)
+  benchmark = backtest_lib.buy_and_hold(prices, params)
+  kwargs = dict(periods_per_year=config.periods_per_year, risk_free_rate=config.risk_free_rate)
+  strategy_metrics = to_python(metrics_lib.compute_metrics(
+      result, market, params.initial_capital, **kwargs))
+  benchmark_metrics = to_python(metrics_lib.compute_metrics(
+      benchmark, market, params.initial_capital, **kwargs))
+  curves = _curves(result, benchmark, params.initial_capital)
+  times = [t.isoformat() for t in pd.DatetimeIndex(prices_df.index)]
+  actions = np.asarray(actions)
+  executed = np.where((actions != HOLD) & (np.asarray(confidence) < config.confidence_threshold),
+                      HOLD, actions)
+  action_counts = {
+      'signal': {name: int(np.sum(actions == a)) for a, name in _ACTION_NAMES.items()},
+      'after_threshold': {name: int(np.sum(executed == a)) for a, name in _ACTION_NAMES.items()},
+  }
+
+  paths = {'json': os.path.join(outdir, RESULTS_JSON), 'trades': os.path.join(outdir, TRADES_CSV)}
+  with open(paths['json'], 'w') as f:
+    json.dump({
+        'metrics': strategy_metrics,
+        'benchmark': {'name': 'buy_and_hold', 'metrics': benchmark_metrics},
+        'config': config.to_dict(),
+        'settings': backtest_lib.params_to_dict(params),
+        'action_counts': action_counts,
+        'curves': {'time': times, **{k: v.tolist() for k, v in curves.items()}},
+    }, f, indent=1)
+  trades_frame(result, prices_df.index).to_csv(paths['trades'], index=False)
+
+  images = {}
+  if plots:
+    images = _write_plots(outdir, pd.DatetimeIndex(prices_df.index), curves, result,
+                          np.asarray(close), action_counts)
+    paths.update(images)
+  paths['html'] = os.path.join(outdir, REPORT_HTML)
+  with open(paths['html'], 'w') as f:
+    f.write(_html_page(strategy_metrics, benchmark_metrics, prices_df.index, params, images))
+  return paths
+
+
+def _curves(result: backtest_lib.BacktestResult, benchmark: backtest_lib.BacktestResult,
+            capital: Any) -> dict[str, np.ndarray]:
+  """Equity and drawdown of the strategy and of buy-and-hold, (N,) float64 each."""
+  curves = {}
+  for prefix, run in (('', result), ('benchmark_', benchmark)):
+    curves[prefix + 'equity'] = np.asarray(run.equity, dtype=np.float64)
+    curves[prefix + 'drawdown'] = np.asarray(
+        metrics_lib.drawdown_curve(run.equity, capital), dtype=np.float64)
+  return curves
+
+
+def _write_plots(outdir: str | os.PathLike, times: pd.DatetimeIndex,
+                 curves: Mapping[str, np.ndarray], result: backtest_lib.BacktestResult,
+                 close: np.ndarray, action_counts: Mapping[str, Mapping[str, int]]
+                 ) -> dict[str, str]:
+  """Writes the PNG plots; returns {} with a logged notice when matplotlib is missing."""
+  try:
+    import matplotlib
+  except ImportError:
+    logging.warning('matplotlib is not installed: skipping backtest plots '
+                    '(pip install "himari-jax[plot]" to get them)')
+    return {}
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+
+  exposure = (np.asarray(result.position, dtype=np.float64) * close
+              / np.asarray(result.equity, dtype=np.float64))
+  paths = {}
+
+  def save(fig, name):
+    paths[name] = os.path.join(outdir, f'{name}.png')
+    fig.tight_layout()
+    fig.savefig(paths[name], dpi=110)
+    plt.close(fig)
+
+  fig, ax = plt.subplots(figsize=(10, 4))
+  ax.plot(times, curves['equity'], label='strategy', lw=1.2)
+  ax.plot(times, curves['benchmark_equity'], label='buy & hold', lw=1.0, alpha=0.8)
+  ax.set(title='Equity', ylabel='equity')
+  ax.legend()
+  ax.grid(alpha=0.3)
+  save(fig, 'equity')
+
+  fig, ax = plt.subplots(figsize=(10, 3.5))
+  ax.fill_between(times, 100 * curves['drawdown'], 0, label='strategy', alpha=0.6, step='post')
+  ax.plot(times, 100 * curves['benchmark_drawdown'], label='buy & hold', lw=0.8, color='gray')
+  ax.set(title='Drawdown', ylabel='% below running peak')
+  ax.legend(loc='lower left')
+  ax.grid(alpha=0.3)
+  save(fig, 'drawdown')
+
+  fig, ax = plt.subplots(figsize=(10, 3.5))
+  ax.fill_between(times, 100 * exposure, 0, step='post', alpha=0.7)
+  ax.axhline(0, color='black', lw=0.6)
+  ax.set(title='Position over time', ylabel='position value, % of equity')
+  ax.grid(alpha=0.3)
+  save(fig, 'position')
+
+  fig, ax = plt.subplots(figsize=(6, 3.5))
+  names = list(_ACTION_NAMES.values())
+  width = 0.4
+  for offset, (label, counts) in zip((-width / 2, width / 2), action_counts.items(),
+                                     strict=True):
+    bars = ax.bar(np.arange(3) + offset, [counts[n] for n in names], width,
+                  label=label.replace('_', ' '))
+    ax.bar_label(bars, fontsize=8)
+  ax.set_xticks(np.arange(3), names)
+  ax.set(title='Action distribution', ylabel='bars')
+  ax.legend()
+  save(fig, 'actions')
+  return paths
+
+
+def _html_page(strategy: Mapping[str, Any], benchmark: Mapping[str, Any], index: pd.Index,
+               params: backtest_lib.BacktestParams, images: Mapping[str, str]) -> str:
+  """A self-contained one-page summary: period, settings, metrics table, embedded plots."""
+  rows = '\n'.join(
+      f'<tr><td>{name}</td><td>{format_metric(name, strategy.get(name))}</td>'
+      f'<td>{format_metric(name, benchmark.get(name))}</td></tr>'
+      for name in metrics_lib.METRIC_NAMES)
+  settings = ', '.join(f'{k}={v}' for k, v in backtest_lib.params_to_dict(params).items())
+  figures = []
+  for name in PLOTS:
+    if name in images:
+      with open(images[name], 'rb') as f:
+        data = base64.b64encode(f.read()).decode('ascii')
+      figures.append(f'<img alt="{name}" src="data:image/png;base64,{data}">')
+  period = f'{index[0]} to {index[-1]} ({len(index):,} bars)'
+  return f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>Backtest report</title>
+<style>
+body {{ font-family: sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }}
+table {{ border-collapse: collapse; }}
+td, th {{ padding: 3px 12px; border-bottom: 1px solid #ddd; text-align: right; }}
+td:first-child, th:first-child {{ text-align: left; }}
+img {{ max-width: 100%; display: block; margin: 1em 0; }}
+.small {{ color: #666; font-size: 0.9em; }}
+</style></head><body>
+<h1>Backtest report</h1>
+<p>{html.escape(period)}</p>
+<p class="small">{html.escape(settings)}</p>
+<table><tr><th>metric</th><th>strategy</th><th>buy &amp; hold</th></tr>
+{rows}
+</table>
+{''.join(figures)}
+</body></html>
+"""
