@@ -53,6 +53,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.class_weights = 'fixed'  # 'fixed', 'inverse', 'sqrt' or 'none'
   config.train.best_metric = 'val_loss'  # checkpoint kept as "best"; '-val_accuracy' style for max
   config.train.log_every_steps = 50
+  config.train.checkpoint_every_steps = 500  # also checkpoint mid-epoch (pre-emption); 0 = off
+  config.train.keep_latest = 2  # latest checkpoints kept besides the best one
+  config.train.eval_batch_size = 512  # windows per validation batch (global)
+  config.train.collapse_threshold = 0.85  # warn when one action exceeds this share
   config.train.init_from = ''  # checkpoint dir or PyTorch .pt to start from (fine-tuning)
 
   config.decision = ml_collections.ConfigDict()

@@ -54,11 +54,6 @@ def get_config(variant: str = 'seed') -> ml_collections.ConfigDict:
     raise ValueError(f'unknown config variant {variant!r}; valid variants: '
                      f'{", ".join(VARIANTS)} (e.g. --config=configs/flag_trader.py:small)')
   config = default.get_config()
-  # Fields configs/default.py does not define yet; train.py falls back to the same values.
-  config.train.checkpoint_every_steps = 500  # also checkpoint mid-epoch (pre-emption); 0 = off
-  config.train.eval_batch_size = 512  # windows per validation batch (global)
-  config.train.collapse_threshold = 0.85  # warn when one action exceeds this share
-  config.train.keep_latest = 2  # latest checkpoints kept besides the best one
   VARIANTS[variant](config)
   config.variant = variant
   return config
