@@ -16,8 +16,9 @@ Semantics (defaults are the seed's):
 * BUY raises the position to a target of `f * equity / fill_price` units, with `equity` the
   portfolio marked at the reference price just before the fill and `f = confidence *
   max_position_pct` (`sizing='confidence'`, seed), `max_position_pct` (`'fixed'`) or
-  `1 / (1 + commission)` (`'full'`: the whole equity, commission included). A BUY never
-  reduces a larger position and is skipped if cash cannot pay for it with commission.
+  `1 / (1 + commission)` (`'full'`: the whole equity, commission included; when the BUY also
+  covers a short, as much as cash can pay). A BUY never reduces a larger position and is
+  skipped if cash cannot pay for it with commission.
 * SELL closes a long position (long-only, seed); with `allow_short` it takes the position
   down to a short of the same target size (never reducing a larger short). Short proceeds go
   to cash; margin is not modelled. HOLD keeps the position.
@@ -135,14 +136,19 @@ def make_params(*, initial_capital: float = 100_000.0, commission: float = 0.001
   return params
 
 
-def params_from_config(config: ml_collections.ConfigDict) -> BacktestParams:
-  """`BacktestParams` from a config shaped like `configs/backtest.py`."""
-  return make_params(
+def settings_from_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """`make_params` keyword arguments from a config shaped like `configs/backtest.py`."""
+  return dict(
       initial_capital=config.initial_capital, commission=config.commission,
       slippage=config.slippage, commission_sell=config.get('commission_sell'),
       slippage_sell=config.get('slippage_sell'), max_position_pct=config.max_position_pct,
       confidence_threshold=config.confidence_threshold, fill=config.fill,
       allow_short=config.allow_short, sizing=config.sizing)
+
+
+def params_from_config(config: ml_collections.ConfigDict) -> BacktestParams:
+  """`BacktestParams` from a config shaped like `configs/backtest.py`."""
+  return make_params(**settings_from_config(config))
 
 
 def params_to_dict(params: BacktestParams) -> dict[str, Any]:
@@ -347,6 +353,10 @@ def _decide_fill(cash: jax.Array, pos: jax.Array, action: jax.Array, conf: jax.A
   long_qty = jnp.where(full, budget / (1 + p.commission_buy), frac * budget) / buy_price
   short_qty = jnp.where(full, budget / (1 + p.commission_sell), frac * budget) / sell_price
   buy_qty = jnp.maximum(long_qty - pos, 0.0)
+  # A full BUY that also covers a short buys what cash can pay: a flip to a full long would
+  # otherwise never be affordable.
+  affordable = jnp.maximum(cash, 0.0) / (buy_price * (1 + p.commission_buy))
+  buy_qty = jnp.where(full, jnp.minimum(buy_qty, affordable), buy_qty)
   buy = ((action == BUY) & trades & (buy_qty > 0)
          & (buy_qty * buy_price * (1 + p.commission_buy) <= cash + _CASH_TOLERANCE * budget))
   sell_qty = jnp.maximum(pos + jnp.where(p.allow_short > 0.5, short_qty, 0.0), 0.0)

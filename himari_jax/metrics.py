@@ -225,8 +225,8 @@ def summarize(stats: TradeStats, equity: jax.Array, market: jax.Array, initial_c
       'beta': beta,
       'final_equity': equity[-1],
       'num_trades': stats.num_trades,
-      'trade_bar_share': stats.num_trades / n,
-      'exposure': stats.bars_in_market / n,
+      'trade_bar_share': stats.num_trades.astype(dtype) / n,
+      'exposure': stats.bars_in_market.astype(dtype) / n,
       'turnover': stats.notional / jnp.mean(equity),
       'total_commission': stats.commission,
       'total_slippage': stats.slippage,
@@ -238,6 +238,7 @@ def summarize(stats: TradeStats, equity: jax.Array, market: jax.Array, initial_c
   }
 
 
+@jax.jit
 def compute_metrics(result: Any, market: jax.Array, initial_capital: Any, *,
                     periods_per_year: float = 8760.0,
                     risk_free_rate: float = 0.0) -> dict[str, jax.Array]:

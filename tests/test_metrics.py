@@ -1,0 +1,181 @@
+"""SPEC section 7 metrics against independent numpy computations (and empyrical / vectorbt)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+
+from himari_jax import backtest, metrics
+from himari_jax.ensemble import BUY, SELL
+
+PERIODS = 8760.0
+
+
+def random_backtest(num_bars=500, seed=0, **settings):
+  """A backtest with many fills and long-short flips; returns (result, closes)."""
+  rng = np.random.default_rng(seed)
+  closes = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, num_bars)))
+  actions = rng.choice(3, num_bars, p=[0.1, 0.8, 0.1])
+  confidence = rng.uniform(0.3, 1.0, num_bars)
+  params = backtest.make_params(max_position_pct=0.5, **settings)
+  return backtest.run_backtest(backtest.Prices(closes, closes), actions, confidence, params), closes
+
+
+def numpy_metrics(equity, capital, market, risk_free_rate=0.0):
+  """The formulas of SPEC section 7, written independently in numpy float64."""
+  equity = np.asarray(equity, dtype=np.float64)
+  q = np.diff(np.concatenate([[capital], equity])) / np.concatenate([[capital], equity[:-1]])
+  excess = q - risk_free_rate / PERIODS
+  years = len(q) / PERIODS
+  cagr = (equity[-1] / capital) ** (1 / years) - 1
+  running_max = np.maximum.accumulate(np.concatenate([[capital], equity]))[1:]
+  max_drawdown = np.min(equity / running_max - 1)
+  var = np.percentile(q, 5)
+  return {
+      'total_return': equity[-1] / capital - 1,
+      'cagr': cagr,
+      'volatility': np.std(q, ddof=1) * np.sqrt(PERIODS),
+      'sharpe': excess.mean() / np.std(q, ddof=1) * np.sqrt(PERIODS),
+      'sortino': excess.mean() / np.sqrt(np.mean(np.minimum(excess, 0) ** 2)) * np.sqrt(PERIODS),
+      'max_drawdown': max_drawdown,
+      'calmar': cagr / abs(max_drawdown),
+      'var_95': var,
+      'cvar_95': q[q <= var].mean(),
+      'beta': np.cov(q, market)[0, 1] / np.var(market, ddof=1),
+  }
+
+
+def reference_round_trips(fill_qty, position, cash, capital):
+  """Round trips by walking the fills: (profit, holding bars) of every closed trip."""
+  trips, entry_cash, entry_bar, prev_pos, prev_cash = [], None, None, 0.0, capital
+  for bar, (qty, pos, c) in enumerate(zip(fill_qty, position, cash, strict=True)):
+    if qty != 0 and np.sign(pos) != np.sign(prev_pos):
+      if prev_pos != 0:  # closes a trip; a flip's cash flow is split by units
+        boundary = prev_cash + abs(prev_pos) / abs(qty) * (c - prev_cash)
+        trips.append((boundary - entry_cash, bar - entry_bar))
+      else:
+        boundary = prev_cash
+      if pos != 0:
+        entry_cash, entry_bar = boundary, bar
+    prev_pos, prev_cash = pos, c
+  return trips
+
+
+@pytest.mark.parametrize('risk_free_rate', [0.0, 0.04])
+def test_return_metrics_match_numpy(risk_free_rate):
+  with jax.enable_x64(True):
+    result, closes = random_backtest(sizing='full', allow_short=True)
+    market = np.concatenate([[0.0], closes[1:] / closes[:-1] - 1])
+    got = metrics.compute_metrics(result, jnp.asarray(market), 100_000.0,
+                                  risk_free_rate=risk_free_rate)
+    expected = numpy_metrics(result.equity, 100_000.0, market, risk_free_rate)
+  for name, value in expected.items():
+    np.testing.assert_allclose(float(got[name]), value, rtol=1e-9, err_msg=name)
+
+
+def test_trade_metrics_match_walking_the_fills():
+  with jax.enable_x64(True):
+    result, closes = random_backtest(allow_short=True)
+    got = metrics.compute_metrics(result, metrics.market_returns(closes), 100_000.0)
+  qty, position, cash = (np.asarray(x) for x in (result.fill_qty, result.position, result.cash))
+  trips = reference_round_trips(qty, position, cash, 100_000.0)
+  profits = np.array([p for p, _ in trips])
+  assert len(trips) > 10 and np.any(profits > 0) and np.any(profits < 0)
+  assert int(got['num_round_trips']) == len(trips)
+  assert int(got['num_trades']) == np.count_nonzero(qty)
+  np.testing.assert_allclose(got['win_rate'], np.mean(profits > 0), rtol=1e-12)
+  np.testing.assert_allclose(got['profit_factor'],
+                             profits[profits > 0].sum() / -profits[profits < 0].sum(), rtol=1e-9)
+  np.testing.assert_allclose(got['avg_trade_profit'], profits.mean(), rtol=1e-9)
+  np.testing.assert_allclose(got['avg_holding_bars'], np.mean([h for _, h in trips]), rtol=1e-12)
+  np.testing.assert_allclose(got['exposure'], np.mean(position != 0), rtol=1e-12)
+  np.testing.assert_allclose(got['trade_bar_share'], np.mean(qty != 0), rtol=1e-12)
+  np.testing.assert_allclose(got['turnover'], np.sum(np.abs(qty) * np.asarray(result.fill_price))
+                             / np.mean(np.asarray(result.equity)), rtol=1e-9)
+  np.testing.assert_allclose(got['total_commission'], np.sum(np.asarray(result.commission)),
+                             rtol=1e-9)
+
+
+def test_round_trips_of_a_flip_split_costs_by_units():
+  # Long 100 units, then one SELL that closes them and opens a short of the same size.
+  closes = np.array([100.0, 110.0, 100.0])
+  params = backtest.make_params(allow_short=True, sizing='fixed', max_position_pct=0.1)
+  with jax.enable_x64(True):
+    result = backtest.run_backtest(backtest.Prices(closes, closes), np.array([BUY, SELL, BUY]),
+                                   np.ones(3), params)
+    stats = metrics.trade_stats(result, 100_000.0)
+  assert int(stats.num_round_trips) == 2
+  trips = reference_round_trips(*(np.asarray(x) for x in (
+      result.fill_qty, result.position, result.cash)), 100_000.0)
+  # Long ~99.95 units 100.05 -> 109.945 less 20.99 commission; then short ~91.85 units
+  # 109.945 -> 100.05 less ~19.3 commission (the flip fill's commission split by units).
+  np.testing.assert_allclose([p for p, _ in trips], [968.016, 889.568], rtol=1e-5)
+  np.testing.assert_allclose(float(stats.gross_profit), trips[0][0] + trips[1][0], rtol=1e-12)
+  assert float(stats.gross_loss) == 0.0 and int(stats.holding_bars) == 2
+
+
+@pytest.mark.parametrize('num', [1, 2, 3, 20, 101, 5000])
+def test_value_at_risk_is_numpys_percentile(num):
+  rng = np.random.default_rng(num)
+  returns = rng.normal(0, 0.01, num).astype(np.float32)
+  returns[: num // 3] = 0.0  # ties, as flat bars give
+  var, cvar = metrics.value_at_risk(jnp.asarray(returns))
+  expected = np.percentile(returns.astype(np.float64), 5)
+  np.testing.assert_allclose(float(var), expected, rtol=1e-6, atol=1e-12)
+  np.testing.assert_allclose(float(cvar), returns[returns <= float(var)].mean(), rtol=1e-5)
+
+
+def test_drawdown_curve_starts_from_the_capital():
+  equity = jnp.array([99.0, 101.0, 95.95, 102.0])
+  np.testing.assert_allclose(metrics.drawdown_curve(equity, 100.0),
+                             [-0.01, 0.0, -0.05, 0.0], atol=1e-6)
+
+
+def test_flat_curve_ratios_are_nan_not_huge():
+  result, closes = random_backtest()
+  flat = result.replace(equity=jnp.full_like(result.equity, 100_000.0))
+  got = metrics.compute_metrics(flat, metrics.market_returns(closes), 100_000.0)
+  assert np.isnan(got['sharpe']) and np.isnan(got['sortino']) and np.isnan(got['calmar'])
+  assert float(got['volatility']) == 0.0
+
+
+def _returns_series():
+  with jax.enable_x64(True):
+    result, closes = random_backtest(num_bars=2000, seed=5, sizing='full')
+    q = np.asarray(metrics.period_returns(result.equity, 100_000.0))
+    got = {k: float(v) for k, v in metrics.compute_metrics(
+        result, metrics.market_returns(jnp.asarray(closes)), 100_000.0).items()}
+  market = np.concatenate([[0.0], closes[1:] / closes[:-1] - 1])
+  return q, market, got
+
+
+def test_cross_check_with_empyrical():
+  empyrical = pytest.importorskip('empyrical')
+  q, market, got = _returns_series()
+  kwargs = dict(period='daily', annualization=PERIODS)
+  np.testing.assert_allclose(got['sharpe'], empyrical.sharpe_ratio(q, **kwargs), rtol=1e-9)
+  np.testing.assert_allclose(got['sortino'], empyrical.sortino_ratio(q, **kwargs), rtol=1e-9)
+  np.testing.assert_allclose(got['max_drawdown'], empyrical.max_drawdown(q), rtol=1e-9)
+  np.testing.assert_allclose(got['cagr'], empyrical.cagr(q, **kwargs), rtol=1e-9)
+  np.testing.assert_allclose(got['volatility'], empyrical.annual_volatility(q, **kwargs),
+                             rtol=1e-9)
+  np.testing.assert_allclose(got['var_95'], empyrical.value_at_risk(q), rtol=1e-9)
+  np.testing.assert_allclose(got['cvar_95'], empyrical.conditional_value_at_risk(q), rtol=1e-9)
+  np.testing.assert_allclose(got['beta'], empyrical.beta(q, market), rtol=1e-9)
+
+
+def test_cross_check_with_vectorbt():
+  pytest.importorskip('vectorbt')
+  q, _, got = _returns_series()
+  accessor = pd.Series(q, index=pd.date_range('2020-01-01', periods=len(q), freq='h')).vbt.returns(
+      freq='1h', year_freq=pd.Timedelta(hours=PERIODS))
+  np.testing.assert_allclose(got['sharpe'], accessor.sharpe_ratio(), rtol=1e-9)
+  np.testing.assert_allclose(got['sortino'], accessor.sortino_ratio(), rtol=1e-9)
+  np.testing.assert_allclose(got['max_drawdown'], accessor.max_drawdown(), rtol=1e-9)
+  np.testing.assert_allclose(got['cagr'], accessor.annualized_return(), rtol=1e-9)
+
+
+def test_market_returns_start_at_zero():
+  closes = np.array([100.0, 110.0, 99.0])
+  np.testing.assert_allclose(metrics.market_returns(closes), [0.0, 0.1, -0.1], rtol=1e-6)

@@ -1,0 +1,99 @@
+"""Backtest reports: files, their contents, and plots skipped cleanly without matplotlib."""
+
+import json
+import logging
+import math
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import load_config_file
+
+from himari_jax import backtest, metrics, report
+from himari_jax.ensemble import BUY, HOLD, SELL
+
+
+@pytest.fixture(scope='module')
+def run():
+  """A small backtest on a synthetic hourly frame: (frame, result, actions, confidence, config)."""
+  rng = np.random.default_rng(0)
+  num_bars = 200
+  closes = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, num_bars)))
+  index = pd.date_range('2025-01-01', periods=num_bars, freq='h', tz='UTC', name='timestamp')
+  frame = pd.DataFrame({'open': closes, 'high': closes, 'low': closes, 'close': closes,
+                        'volume': 1.0}, index=index)
+  actions = rng.choice([SELL, HOLD, BUY], num_bars, p=[0.2, 0.5, 0.3])
+  confidence = rng.uniform(0.4, 1.0, num_bars)
+  config = load_config_file('backtest')
+  config.confidence_threshold = 0.5
+  result = backtest.run_backtest(frame, actions, confidence, backtest.params_from_config(config))
+  return frame, result, actions, confidence, config
+
+
+def test_write_reports_files_and_contents(tmp_path, run):
+  frame, result, actions, confidence, config = run
+  paths = report.write_reports(tmp_path, result, frame, actions, confidence, config)
+  assert set(paths) == {'json', 'trades', 'html', *report.PLOTS}
+
+  with open(paths['json']) as f:
+    results = json.load(f)
+  assert set(results['metrics']) == set(metrics.METRIC_NAMES)
+  assert results['benchmark']['metrics']['num_trades'] == 1
+  assert results['config']['confidence_threshold'] == 0.5
+  assert results['settings']['fill'] == 'close' and results['settings']['sizing'] == 'confidence'
+  curves = results['curves']
+  assert {len(v) for v in curves.values()} == {len(frame)}
+  np.testing.assert_allclose(curves['equity'], result.equity, rtol=1e-7)
+  assert max(curves['drawdown']) <= 0 and curves['time'][0].startswith('2025-01-01T00:00')
+  counts = results['action_counts']
+  assert counts['signal']['BUY'] == np.sum(actions == BUY)
+  assert counts['after_threshold']['BUY'] == np.sum((actions == BUY) & (confidence >= 0.5))
+
+  trades = pd.read_csv(paths['trades'])
+  fills = np.flatnonzero(np.asarray(result.fill_qty))
+  assert list(trades.columns) == list(report.TRADE_COLUMNS) and len(trades) == len(fills) > 5
+  np.testing.assert_array_equal(trades['side'], np.where(
+      np.asarray(result.fill_qty)[fills] > 0, 'BUY', 'SELL'))
+  np.testing.assert_allclose(trades['quantity'], np.abs(result.fill_qty[fills]), rtol=1e-6)
+  np.testing.assert_allclose(trades['position_after'], result.position[fills], rtol=1e-6,
+                             atol=1e-9)
+  assert pd.Timestamp(trades['time'][0]) == frame.index[fills[0]]
+
+  for name in report.PLOTS:
+    with open(paths[name], 'rb') as f:
+      assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+  with open(paths['html']) as f:
+    page = f.read()
+  assert page.count('<tr>') == len(metrics.METRIC_NAMES) + 1
+  assert page.count('data:image/png;base64,') == len(report.PLOTS)
+
+
+def test_plots_are_skipped_without_matplotlib(tmp_path, run, monkeypatch, caplog):
+  frame, result, actions, confidence, config = run
+  monkeypatch.setitem(sys.modules, 'matplotlib', None)  # makes `import matplotlib` fail
+  with caplog.at_level(logging.WARNING):
+    paths = report.write_reports(tmp_path, result, frame, actions, confidence, config)
+  assert set(paths) == {'json', 'trades', 'html'}
+  assert 'matplotlib is not installed' in caplog.text
+  with open(paths['html']) as f:
+    assert 'data:image/png' not in f.read()
+
+
+def test_metrics_table_and_json_values():
+  strategy = {name: 0.0 for name in metrics.METRIC_NAMES}
+  strategy.update(total_return=0.1234, sharpe=float('nan'), profit_factor=float('inf'),
+                  num_trades=np.int32(7), final_equity=112_340.0)
+  benchmark = dict(strategy, total_return=-0.05)
+  values = report.to_python(strategy)
+  assert values['sharpe'] is None and values['profit_factor'] == 'inf'
+  assert isinstance(values['num_trades'], int)
+  table = report.format_metrics_table(strategy, benchmark).splitlines()
+  assert table[0].split() == ['metric', 'strategy', 'buy', '&', 'hold']
+  assert len(table) == len(metrics.METRIC_NAMES) + 2
+  row = {line.split()[0]: line.split()[1:] for line in table[2:]}
+  assert row['total_return'] == ['12.34%', '-5.00%']
+  assert row['sharpe'] == ['n/a', 'n/a'] and row['profit_factor'] == ['inf', 'inf']
+  assert row['final_equity'] == ['112,340.00', '112,340.00'] and row['num_trades'] == ['7', '7']
+  assert report.format_metric('calmar', 1.23456) == '1.235'
+  assert math.isclose(json.loads(json.dumps(values))['total_return'], 0.1234)
