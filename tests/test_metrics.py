@@ -173,7 +173,7 @@ def test_cross_check_with_vectorbt():
   np.testing.assert_allclose(got['sharpe'], accessor.sharpe_ratio(), rtol=1e-9)
   np.testing.assert_allclose(got['sortino'], accessor.sortino_ratio(), rtol=1e-9)
   np.testing.assert_allclose(got['max_drawdown'], accessor.max_drawdown(), rtol=1e-9)
-  np.testing.assert_allclose(got['cagr'], accessor.annualized_return(), rtol=1e-9)
+  np.testing.assert_allclose(got['cagr'], accessor.annualized(), rtol=1e-9)
 
 
 def test_market_returns_start_at_zero():
