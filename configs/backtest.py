@@ -11,11 +11,19 @@ from ml_collections import config_dict
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
-  config.checkpoints = ''  # workdirs or PyTorch .pt files, comma-separated
+  config.checkpoints = 'checkpoints/small_a'  # workdirs or PyTorch .pt files, comma-separated
+  config.which = 'best'  # checkpoint of each workdir: 'best' or 'latest'
   config.dataset = 'btc_usdt_1h_2025_2026'  # builtin dataset name or CSV path to backtest on
   config.strategy = 'voting'  # ensemble of several checkpoints (himari_jax.ensemble.STRATEGIES)
-  config.logit_bias = (3.0, -2.5, 1.0)  # added to logits before softmax (the seed's)
+  config.weights = ''  # one non-negative weight per checkpoint, comma-separated; '' = equal
   config.confidence_threshold = 0.0  # BUY/SELL with confidence below this become HOLD
+
+  # Logit correction of each member, fitted on the validation split of its own training run.
+  config.calibration = ml_collections.ConfigDict()
+  config.calibration.mode = 'fit_rates'  # 'none', 'fixed', 'fit_rates' (label rates), 'fit_logloss'
+  config.calibration.bias = (3.0, -2.5, 1.0)  # logit bias for mode 'fixed' (the seed's)
+  config.calibration.temperature = True  # also fit a temperature (changes confidences only)
+  config.calibration.num_bins = 15  # confidence bins of the reported calibration error
 
   config.initial_capital = 100_000.0
   config.commission = 0.001  # fraction of traded notional
@@ -28,6 +36,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.sizing = 'confidence'  # 'confidence' (seed), 'fixed' (max_position_pct) or 'full'
   config.periods_per_year = 8760.0  # hourly bars
   config.risk_free_rate = 0.0  # simple annual rate for Sharpe / Sortino
+
+  config.significance = ml_collections.ConfigDict()
+  config.significance.num_resamples = 2000  # block-bootstrap resamples
+  config.significance.num_shuffles = 1000  # shuffled-signal null draws
+  config.significance.seed = 0
 
   config.sweep = ml_collections.ConfigDict()
   config.sweep.confidence_thresholds = (0.0, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)

@@ -12,7 +12,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.seed = 0
 
   config.data = ml_collections.ConfigDict()
-  config.data.train = 'btc_usdt_1h_2020_2024'  # builtin dataset name or CSV path; comma-separate several
+  config.data.train = 'btc_usdt_1h_2020_2024'  # builtin name or CSV path; comma-separated list
   config.data.test = 'btc_usdt_1h_2025_2026'  # out-of-sample era for backtests
   config.data.val_fraction = 0.15  # last share of the training bars held out for validation
   config.data.embargo = -1  # bars dropped between splits; -1 = the label horizon
@@ -35,7 +35,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.dropout_rate = 0.1
   config.model.lora_rank = 16
   config.model.lora_alpha = 16.0
-  config.model.lora_targets = 'q_proj,k_proj,v_proj,out_proj,ffn_1,ffn_2'  # projections with adapters
+  config.model.lora_targets = 'q_proj,k_proj,v_proj,out_proj,ffn_1,ffn_2'  # with adapters
   config.model.freeze_base = True  # False trains every weight (pre-training, full fine-tuning)
   config.model.causal = True  # causal attention mask; False reproduces the original (no mask)
   config.model.dtype = 'float32'  # compute dtype; 'bfloat16' on GPUs

@@ -1,26 +1,27 @@
-"""Ensemble of trained FLAG-TRADER models: calibrate each member, combine, decide.
+"""Ensemble backtest: several trained FLAG-TRADER models vote, then the seed's backtest runs.
 
-Each member is calibrated on the validation split of its own training run, then the members'
-probabilities are combined by `himari_jax.ensemble.combine`. Override on the command line,
-e.g. `--config.members=runs/a,runs/b --config.calibration.mode=fit_rates`.
+The backtest config (configs/backtest.py) with the shipped two-member ensemble. Each member is
+calibrated on the validation split of its own training run, then the members' probability
+vectors are combined by `himari_jax.ensemble.combine`. Override on the command line, e.g.
+`--config.checkpoints=runs/a,runs/b,runs/c --config.weights=2,1,1
+--config.calibration.mode=fixed` (the seed's hand-tuned bias).
 """
+
+import importlib.util
+import pathlib
 
 import ml_collections
 
+# Loaded by path: config_flags imports this file by path, so `configs` need not be importable.
+_spec = importlib.util.spec_from_file_location(
+    'himari_backtest_config', pathlib.Path(__file__).with_name('backtest.py'))
+_backtest = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_backtest)
+
 
 def get_config() -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict()
-  config.members = ''  # workdirs or PyTorch .pt files, comma-separated
-  config.which = 'best'  # checkpoint of each workdir: 'best' or 'latest'
-  config.dataset = 'btc_usdt_1h_2025_2026'  # builtin dataset name or CSV path to decide on
-
-  config.strategy = 'confidence_weighted'  # 'voting', 'confidence_weighted' or 'disagreement'
-  config.threshold = 0.0  # BUY/SELL with confidence below this become HOLD; equal trades
-  config.weights = ''  # one non-negative weight per member, comma-separated; '' = equal
-
-  config.calibration = ml_collections.ConfigDict()
-  config.calibration.mode = 'none'  # 'none', 'fixed', 'fit_rates' (label rates), 'fit_logloss'
-  config.calibration.bias = (3.0, -2.5, 1.0)  # logit bias for mode 'fixed' (the seed's)
-  config.calibration.temperature = False  # also fit a temperature on the validation split
-  config.calibration.num_bins = 15  # confidence bins of the reported ECE
+  config = _backtest.get_config()
+  config.checkpoints = 'checkpoints/small_a,checkpoints/small_b'
+  config.strategy = 'voting'  # 'voting', 'confidence_weighted' or 'disagreement'
+  config.confidence_threshold = 0.0  # BUY/SELL with confidence below this become HOLD
   return config

@@ -10,6 +10,7 @@ confidence per bar.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Sequence
 
@@ -192,3 +193,128 @@ def diagnostics(logits: np.ndarray, labels: np.ndarray, mask: np.ndarray, *,
   if out['collapsed']:
     out['collapsed_to'] = names[top]
   return out
+
+
+def resolve_path(path: str) -> str:
+  """`path` as given if it exists, else relative to the repository (shipped checkpoints)."""
+  if os.path.exists(path) or os.path.isabs(path):
+    return path
+  in_repo = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), path)
+  return in_repo if os.path.exists(in_repo) else path
+
+
+def _weights(config: ml_collections.ConfigDict, num_members: int) -> list[float] | None:
+  weights = [float(w) for w in split_list(config.get('weights', '') or '')]
+  if weights and len(weights) != num_members:
+    raise ValueError(f'weights has {len(weights)} entries for {num_members} checkpoints; give '
+                     'one per checkpoint or leave it empty for equal weights')
+  return weights or None
+
+
+def backtest_pipeline(config: ml_collections.ConfigDict, outdir: str, *,
+                      sweep: bool = False, log=print) -> dict:
+  """checkpoints -> predictions -> calibration -> ensemble -> backtest -> reports.
+
+  Args:
+    config: a `configs/backtest.py` config (checkpoints, dataset, strategy, calibration,
+      costs and sizing, sweep grid, significance settings).
+    outdir: where the reports go.
+    sweep: also backtest every (strategy, confidence threshold) of `config.sweep` in one
+      compiled call, write `sweep.csv`, and deflate the Sharpe ratio by that many trials.
+    log: where progress lines go.
+
+  Returns:
+    {'metrics', 'benchmark', 'significance', 'paths', 'sweep' (a DataFrame or None)}.
+  """
+  from himari_jax import backtest as backtest_lib
+  from himari_jax import data as data_lib
+  from himari_jax import metrics as metrics_lib
+  from himari_jax import report as report_lib
+  from himari_jax import significance as significance_lib
+
+  paths = [resolve_path(p) for p in split_list(config.checkpoints)]
+  if not paths:
+    raise ValueError('no checkpoints given: set --checkpoints (or --config.checkpoints) to '
+                     'one or more training workdirs or .pt files, comma-separated')
+  if config.strategy not in ensemble_lib.STRATEGIES:
+    raise ValueError(f'unknown strategy {config.strategy!r}; valid: '
+                     f'{", ".join(ensemble_lib.STRATEGIES)}')
+  if not 0.0 <= config.confidence_threshold <= 1.0:
+    raise ValueError(f'confidence_threshold={config.confidence_threshold} must be in [0, 1]')
+  params = backtest_lib.params_from_config(config)  # validates costs and sizing up front
+  weights = _weights(config, len(paths))
+  df = data_lib.load_dataset(config.dataset, fill_gaps=True)
+  log(f'loading {len(paths)} model(s): {", ".join(paths)}')
+  members = [load_member(p, config.which) for p in paths]
+  log(f'predicting {len(df)} bars of {config.dataset} '
+      f'({df.index[0]:%Y-%m-%d} .. {df.index[-1]:%Y-%m-%d}); calibration: '
+      f'{config.calibration.mode}')
+  decisions = decide(members, paths, df, strategy=config.strategy,
+                     threshold=config.confidence_threshold, weights=weights,
+                     calibration_config=config.calibration)
+  result = backtest_lib.run_backtest(df, decisions.actions, decisions.confidence, params)
+
+  table = None
+  trials = {}
+  if sweep:
+    strategies = list(config.sweep.strategies)
+    signals = [ensemble_lib.combine(decisions.probs, s, weights=weights) for s in strategies]
+    actions = np.stack([np.where(decisions.available, a, ensemble_lib.HOLD) for a, _ in signals])
+    confidence = np.stack([np.where(decisions.available, c, 0.0) for _, c in signals])
+    grid = backtest_lib.make_grid(backtest_lib.settings_from_config(config),
+                                  confidence_threshold=list(config.sweep.confidence_thresholds))
+    table = backtest_lib.sweep(df, actions, confidence, grid, signal_names=strategies,
+                               periods_per_year=config.periods_per_year,
+                               risk_free_rate=config.risk_free_rate)
+    os.makedirs(outdir, exist_ok=True)
+    table.to_csv(os.path.join(outdir, 'sweep.csv'), index=False)
+    trials = {'trial_sharpes': table['sharpe'].to_numpy(float)}
+    log(f'sweep: {len(table)} configurations in one compiled call -> '
+        f'{os.path.join(outdir, "sweep.csv")}')
+
+  close = np.asarray(df['close'], np.float64)
+  benchmark = backtest_lib.buy_and_hold(df, params)
+  capital = params.initial_capital
+  equity = np.asarray(result.equity, np.float64)
+  # Exposure as set at each fill and held until the next one: the signal whose timing the
+  # shuffled-signal null permutes (marking to market between fills is not a decision).
+  exposure = np.asarray(result.position, np.float64) * close / np.maximum(equity, 1e-12)
+  filled = np.asarray(result.fill_qty) != 0
+  exposure = pd.Series(np.where(filled, exposure, np.nan)).ffill().fillna(0.0).to_numpy()
+  significance = significance_lib.significance_report(
+      np.asarray(metrics_lib.period_returns(result.equity, capital)),
+      np.asarray(metrics_lib.period_returns(benchmark.equity, capital)),
+      positions=exposure, market_returns=np.asarray(metrics_lib.market_returns(close)),
+      num_resamples=config.significance.num_resamples,
+      num_shuffles=config.significance.num_shuffles,
+      cost_rate=config.commission + config.slippage, seed=config.significance.seed,
+      periods_per_year=config.periods_per_year, **trials)
+  extra = {'models': paths, 'calibration': decisions.calibrations,
+           'available_bars': int(decisions.available.sum()), 'significance': significance}
+  written = report_lib.write_reports(outdir, result, df, decisions.actions,
+                                     decisions.confidence, config, extra=extra)
+  with open(written['json']) as f:
+    results = json.load(f)
+  return {'metrics': results['metrics'], 'benchmark': results['benchmark']['metrics'],
+          'significance': significance, 'paths': written, 'sweep': table}
+
+
+def print_backtest_summary(outcome: dict, top: int = 10) -> None:
+  """Console summary of `backtest_pipeline`: metrics vs buy-and-hold, luck, sweep, files."""
+  from himari_jax import report as report_lib
+
+  print()
+  report_lib.print_metrics_table(outcome['metrics'], outcome['benchmark'])
+  print()
+  for line in report_lib.significance_lines(outcome['significance']):
+    print(f'  {line}')
+  table = outcome['sweep']
+  if table is not None:
+    columns = [c for c in ('signal', 'confidence_threshold', 'total_return', 'sharpe',
+                           'max_drawdown', 'num_trades', 'exposure') if c in table]
+    best = table.sort_values('sharpe', ascending=False).head(top)[columns]
+    print(f'\nsweep: best {len(best)} of {len(table)} configurations by Sharpe')
+    print(best.to_string(index=False, float_format=lambda v: f'{v:.4g}'))
+  print('\nwrote:')
+  for name, path in outcome['paths'].items():
+    print(f'  {name:>9}: {path}')

@@ -96,6 +96,36 @@ def print_metrics_table(strategy: Mapping[str, Any], benchmark: Mapping[str, Any
   print(format_metrics_table(strategy, benchmark))
 
 
+def significance_lines(significance: Mapping[str, Any]) -> list[str]:
+  """Plain-language lines of a `significance.significance_report` (console and HTML)."""
+
+  def num(value, fmt='.2f'):
+    return 'n/a' if value is None else format(value, fmt)
+
+  level = f'{100 * significance["confidence"]:.0f}%'
+  sharpe, total = significance['sharpe'], significance['total_return']
+  lines = [
+      f'Sharpe {num(sharpe["estimate"])} ({level} block-bootstrap CI {num(sharpe["low"])} .. '
+      f'{num(sharpe["high"])})',
+      f'total return {num(total["estimate"], ".2%")} ({level} CI {num(total["low"], ".2%")} .. '
+      f'{num(total["high"], ".2%")})',
+      f'probabilistic Sharpe P(SR > 0) = {num(significance["probabilistic_sharpe"], ".3f")}',
+  ]
+  deflated = significance['deflated_sharpe']
+  lines.append(f'deflated Sharpe over {num(deflated["num_trials"], ".0f")} configuration(s) tried '
+               f'= {num(deflated["dsr"], ".3f")} (expected best of them by luck: Sharpe '
+               f'{num(deflated["expected_max_sharpe"])})')
+  diff = significance['benchmark']['sharpe_difference']
+  lines.append(f'Sharpe minus buy & hold {num(diff["estimate"])} ({level} CI {num(diff["low"])} '
+               f'.. {num(diff["high"])}), one-sided p = {num(diff["p_value"], ".3f")} for "better"')
+  shuffled = significance.get('shuffled_signal')
+  if shuffled:
+    lines.append(f'shuffled-signal null: observed Sharpe {num(shuffled["observed_sharpe"])} vs '
+                 f'null {num(shuffled["null_mean"])} +- {num(shuffled["null_std"])}, '
+                 f'p = {num(shuffled["p_value"], ".3f")}')
+  return lines
+
+
 def trades_frame(result: backtest_lib.BacktestResult, index: pd.Index) -> pd.DataFrame:
   """One row per fill (columns `TRADE_COLUMNS`) from a BacktestResult of (N,) arrays.
 
@@ -121,7 +151,8 @@ def trades_frame(result: backtest_lib.BacktestResult, index: pd.Index) -> pd.Dat
 
 def write_reports(outdir: str | os.PathLike, result: backtest_lib.BacktestResult,
                   prices_df: pd.DataFrame, actions: Any, confidence: Any,
-                  config: ml_collections.ConfigDict, *, plots: bool = True) -> dict[str, str]:
+                  config: ml_collections.ConfigDict, *, plots: bool = True,
+                  extra: Mapping[str, Any] | None = None) -> dict[str, str]:
   """Writes every output of one backtest run and returns their paths by name.
 
   Args:
@@ -132,6 +163,8 @@ def write_reports(outdir: str | os.PathLike, result: backtest_lib.BacktestResult
     actions, confidence: (N,) decisions given to the backtest.
     config: backtest config (configs/backtest.py); its settings also drive buy-and-hold.
     plots: False skips the PNG plots (the HTML page then has only the table).
+    extra: more JSON-able sections for `backtest_results.json` (models, calibration, and
+      `significance` from `significance.significance_report`, which the HTML page summarises).
 
   Returns:
     {'json': ..., 'trades': ..., 'html': ..., plus one entry per written plot}.
@@ -165,6 +198,7 @@ def write_reports(outdir: str | os.PathLike, result: backtest_lib.BacktestResult
         'config': config.to_dict(),
         'settings': backtest_lib.params_to_dict(params),
         'action_counts': action_counts,
+        **(extra or {}),
         'curves': {'time': times, **{k: v.tolist() for k, v in curves.items()}},
     }, f, indent=1)
   trades_frame(result, prices_df.index).to_csv(paths['trades'], index=False)
@@ -176,7 +210,8 @@ def write_reports(outdir: str | os.PathLike, result: backtest_lib.BacktestResult
     paths.update(images)
   paths['html'] = os.path.join(outdir, REPORT_HTML)
   with open(paths['html'], 'w') as f:
-    f.write(_html_page(strategy_metrics, benchmark_metrics, prices_df.index, params, images))
+    f.write(_html_page(strategy_metrics, benchmark_metrics, prices_df.index, params, images,
+                       (extra or {}).get('significance')))
   return paths
 
 
@@ -254,8 +289,9 @@ def _write_plots(outdir: str | os.PathLike, times: pd.DatetimeIndex,
 
 
 def _html_page(strategy: Mapping[str, Any], benchmark: Mapping[str, Any], index: pd.Index,
-               params: backtest_lib.BacktestParams, images: Mapping[str, str]) -> str:
-  """A self-contained one-page summary: period, settings, metrics table, embedded plots."""
+               params: backtest_lib.BacktestParams, images: Mapping[str, str],
+               significance: Mapping[str, Any] | None = None) -> str:
+  """A self-contained one-page summary: period, settings, metrics, significance, plots."""
   rows = '\n'.join(
       f'<tr><td>{name}</td><td>{format_metric(name, strategy.get(name))}</td>'
       f'<td>{format_metric(name, benchmark.get(name))}</td></tr>'
@@ -268,6 +304,10 @@ def _html_page(strategy: Mapping[str, Any], benchmark: Mapping[str, Any], index:
         data = base64.b64encode(f.read()).decode('ascii')
       figures.append(f'<img alt="{name}" src="data:image/png;base64,{data}">')
   period = f'{index[0]} to {index[-1]} ({len(index):,} bars)'
+  luck = ''
+  if significance:
+    luck = '<h2>Is it luck?</h2><ul>' + ''.join(
+        f'<li>{html.escape(line)}</li>' for line in significance_lines(significance)) + '</ul>'
   return f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>Backtest report</title>
 <style>
@@ -284,6 +324,7 @@ img {{ max-width: 100%; display: block; margin: 1em 0; }}
 <table><tr><th>metric</th><th>strategy</th><th>buy &amp; hold</th></tr>
 {rows}
 </table>
+{luck}
 {''.join(figures)}
 </body></html>
 """

@@ -177,4 +177,5 @@ def test_ensemble_config_names_valid_choices():
   assert config.calibration.mode in calibration.MODES
   assert config.dataset in data.builtin_dataset_names()
   probs = _random_probs(2, 8)
-  ensemble.combine(probs, config.strategy, threshold=config.threshold)
+  ensemble.combine(probs, config.strategy, threshold=config.confidence_threshold)
+  assert len(config.checkpoints.split(',')) >= 2
