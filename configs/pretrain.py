@@ -60,13 +60,10 @@ def get_config(arg: str = 'pretrain') -> ml_collections.ConfigDict:
     raise ValueError(f'unknown config argument {arg!r}; use one of {", ".join(ARMS)}, '
                      'optionally followed by ",tiny" (e.g. configs/pretrain.py:finetune,tiny)')
   config = default.get_config()
-  # Fields configs/default.py does not define; train.py falls back to the same values.
-  config.train.checkpoint_every_steps = 500  # also checkpoint mid-epoch; 0 = off
-  config.train.eval_batch_size = 512  # windows per validation batch (global)
-  config.train.collapse_threshold = 0.85  # warn when one action exceeds this share
-  config.train.keep_latest = 1  # latest checkpoints kept besides the best one
+  config.train.keep_latest = 1  # runs of minutes: the best and the last step suffice
   # With init_from: merge the source's adapters into its base and start new ones at
   # lora_B = 0 (pre-trained base + fresh LoRA) instead of continuing the source's adapters.
+  # Not in configs/default.py; train.py defaults it to False.
   config.train.fresh_adapters = arm != 'pretrain'
   _budget(config)
 

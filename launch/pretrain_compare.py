@@ -1,6 +1,6 @@
 """Pre-training then LoRA (issue #8): three fine-tuning arms on one budget, scored out of sample.
 
-  python launch/pretrain_compare.py --workdir=runs/pretrain_compare --seeds=0,1
+  python launch/pretrain_compare.py --workdir=runs/pretrain_compare --seeds=0,1,2
 
 Trains `configs/pretrain.py:pretrain` once (seed 0), then for every seed the arms
 `finetune` (LoRA on the pre-trained frozen base), `full_finetune` (every weight, from the same
@@ -26,7 +26,6 @@ import json
 import os
 import pathlib
 import sys
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -120,13 +119,6 @@ def backtest_table(df: pd.DataFrame, signals: dict[str, tuple[np.ndarray, np.nda
   return out
 
 
-def train_arm(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains (or resumes) one run; returns its final metrics and wall time."""
-  start = time.time()
-  result = train_lib.train_and_evaluate(config, workdir)
-  return {**result, 'wall_seconds': time.time() - start}
-
-
 def check_adapters(run_dir: str, base_dir: str, path: str, df: pd.DataFrame,
                    logits: np.ndarray) -> dict[str, Any]:
   """Exports a LoRA run's adapters, reloads them onto the base and compares logits.
@@ -165,7 +157,7 @@ def run_comparison(workdir: str, *, seeds: Sequence[int] = (0,), arms: Sequence[
   workdir = os.path.abspath(workdir)
   pretrain_dir = os.path.join(workdir, 'pretrain')
   pretrain_config = load_arm_config('pretrain', tiny=tiny)
-  runs = {'pretrain': train_arm(pretrain_config, pretrain_dir)}
+  train_lib.train_and_evaluate(pretrain_config, pretrain_dir)
   reference = load_arm_config('finetune', tiny=tiny)
   df = data_lib.load_dataset(reference.data.test, fill_gaps=reference.data.fill_gaps)
   labels, valid = label_test_bars(reference, df)
@@ -180,7 +172,7 @@ def run_comparison(workdir: str, *, seeds: Sequence[int] = (0,), arms: Sequence[
       if arm != 'scratch_lora':
         config.train.init_from = pretrain_dir
       run_dir = os.path.join(workdir, f'{arm}_seed{seed}')
-      runs[f'{arm}_seed{seed}'] = train_arm(config, run_dir)
+      train_lib.train_and_evaluate(config, run_dir)
       loaded = checkpoint_lib.load_model(run_dir)
       # Every arm trains on the same data, so one set of class weights scores them all.
       class_weights = np.asarray(loaded.meta['class_weights'])
@@ -190,7 +182,6 @@ def run_comparison(workdir: str, *, seeds: Sequence[int] = (0,), arms: Sequence[
                 'trainable_params': loaded.meta['param_counts']['trainable'],
                 'total_params': loaded.meta['param_counts']['total'],
                 'steps': loaded.meta['total_steps'],
-                'wall_seconds': runs[f'{arm}_seed{seed}']['wall_seconds'],
                 **score_logits(logits, labels, valid, class_weights)}
       if arm == 'finetune':
         record['adapters'] = check_adapters(
@@ -204,7 +195,7 @@ def run_comparison(workdir: str, *, seeds: Sequence[int] = (0,), arms: Sequence[
       'seed': 0, 'run': 'pretrain', 'step': pretrained.step,
       'best_val_loss': pretrained.meta['epoch_metrics']['val_loss'],
       'trainable_params': 0, 'total_params': pretrained.meta['param_counts']['total'],
-      'steps': 0, 'wall_seconds': runs['pretrain']['wall_seconds'],
+      'steps': 0,
       **score_logits(logits, labels, valid, class_weights)})
   signals[f'{REFERENCE}_seed0'] = decisions(logits, pretrained.config.decision)
 
@@ -218,8 +209,7 @@ def run_comparison(workdir: str, *, seeds: Sequence[int] = (0,), arms: Sequence[
       'test_label_shares': labels_lib.label_distribution(labels, valid),
       'class_weights': class_weights.tolist(), 'seeds': [int(s) for s in seeds], 'tiny': tiny,
       'pretrain': {'data': pretrain_config.data.train, 'steps': pretrained.meta['total_steps'],
-                   'best_step': pretrained.step,
-                   'wall_seconds': runs['pretrain']['wall_seconds']},
+                   'best_step': pretrained.step},
       'finetune_data': reference.data.train,
       'budget': {k: reference.train[k] for k in ('num_epochs', 'steps_per_epoch', 'batch_size',
                                                  'context_length', 'learning_rate',
