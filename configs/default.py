@@ -58,6 +58,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.eval_batch_size = 512  # windows per validation batch (global)
   config.train.collapse_threshold = 0.85  # warn when one action exceeds this share
   config.train.init_from = ''  # checkpoint dir or PyTorch .pt to start from (fine-tuning)
+  config.train.fresh_adapters = False  # with init_from: merge its adapters, start new ones
 
   config.decision = ml_collections.ConfigDict()
   config.decision.logit_bias = (0.0, 0.0, 0.0)  # added to logits before softmax
