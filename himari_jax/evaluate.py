@@ -228,9 +228,6 @@ def backtest_pipeline(config: ml_collections.ConfigDict, outdir: str, *,
   """
   from himari_jax import backtest as backtest_lib
   from himari_jax import data as data_lib
-  from himari_jax import metrics as metrics_lib
-  from himari_jax import report as report_lib
-  from himari_jax import significance as significance_lib
 
   paths = [resolve_path(p) for p in split_list(config.checkpoints)]
   if not paths:
@@ -241,7 +238,7 @@ def backtest_pipeline(config: ml_collections.ConfigDict, outdir: str, *,
                      f'{", ".join(ensemble_lib.STRATEGIES)}')
   if not 0.0 <= config.confidence_threshold <= 1.0:
     raise ValueError(f'confidence_threshold={config.confidence_threshold} must be in [0, 1]')
-  params = backtest_lib.params_from_config(config)  # validates costs and sizing up front
+  backtest_lib.params_from_config(config)  # validates costs and sizing up front
   weights = _weights(config, len(paths))
   df = data_lib.load_dataset(config.dataset, fill_gaps=True)
   log(f'loading {len(paths)} model(s): {", ".join(paths)}')
@@ -252,10 +249,9 @@ def backtest_pipeline(config: ml_collections.ConfigDict, outdir: str, *,
   decisions = decide(members, paths, df, strategy=config.strategy,
                      threshold=config.confidence_threshold, weights=weights,
                      calibration_config=config.calibration)
-  result = backtest_lib.run_backtest(df, decisions.actions, decisions.confidence, params)
 
   table = None
-  trials = {}
+  trial_sharpes = None
   if sweep:
     strategies = list(config.sweep.strategies)
     signals = [ensemble_lib.combine(decisions.probs, s, weights=weights) for s in strategies]
@@ -268,10 +264,42 @@ def backtest_pipeline(config: ml_collections.ConfigDict, outdir: str, *,
                                risk_free_rate=config.risk_free_rate)
     os.makedirs(outdir, exist_ok=True)
     table.to_csv(os.path.join(outdir, 'sweep.csv'), index=False)
-    trials = {'trial_sharpes': table['sharpe'].to_numpy(float)}
+    trial_sharpes = table['sharpe'].to_numpy(float)
     log(f'sweep: {len(table)} configurations in one compiled call -> '
         f'{os.path.join(outdir, "sweep.csv")}')
 
+  extra = {'models': paths, 'calibration': decisions.calibrations,
+           'available_bars': int(decisions.available.sum())}
+  outcome = backtest_and_report(df, decisions.actions, decisions.confidence, config, outdir,
+                                extra=extra, trial_sharpes=trial_sharpes)
+  return {**outcome, 'sweep': table}
+
+
+def backtest_and_report(df: pd.DataFrame, actions: np.ndarray, confidence: np.ndarray,
+                        config: ml_collections.ConfigDict, outdir: str, *,
+                        extra: dict | None = None,
+                        trial_sharpes: np.ndarray | None = None) -> dict:
+  """Backtest of decisions, buy-and-hold, significance and every report file.
+
+  Args:
+    df: the OHLCV frame of the N bars decided on.
+    actions: (N,) int actions; confidence: (N,) float in [0, 1].
+    config: a `configs/backtest.py` config (costs, sizing, significance settings).
+    outdir: where the reports go.
+    extra: more JSON-able sections for `backtest_results.json`; `significance` is added.
+    trial_sharpes: annualised Sharpe ratios of every configuration tried, for the deflated
+      Sharpe ratio; None = this one only.
+
+  Returns:
+    {'metrics', 'benchmark', 'significance', 'paths'}.
+  """
+  from himari_jax import backtest as backtest_lib
+  from himari_jax import metrics as metrics_lib
+  from himari_jax import report as report_lib
+  from himari_jax import significance as significance_lib
+
+  params = backtest_lib.params_from_config(config)
+  result = backtest_lib.run_backtest(df, actions, confidence, params)
   close = np.asarray(df['close'], np.float64)
   benchmark = backtest_lib.buy_and_hold(df, params)
   capital = params.initial_capital
@@ -288,15 +316,13 @@ def backtest_pipeline(config: ml_collections.ConfigDict, outdir: str, *,
       num_resamples=config.significance.num_resamples,
       num_shuffles=config.significance.num_shuffles,
       cost_rate=config.commission + config.slippage, seed=config.significance.seed,
-      periods_per_year=config.periods_per_year, **trials)
-  extra = {'models': paths, 'calibration': decisions.calibrations,
-           'available_bars': int(decisions.available.sum()), 'significance': significance}
-  written = report_lib.write_reports(outdir, result, df, decisions.actions,
-                                     decisions.confidence, config, extra=extra)
+      periods_per_year=config.periods_per_year, trial_sharpes=trial_sharpes)
+  written = report_lib.write_reports(outdir, result, df, actions, confidence, config,
+                                     extra={**(extra or {}), 'significance': significance})
   with open(written['json']) as f:
     results = json.load(f)
   return {'metrics': results['metrics'], 'benchmark': results['benchmark']['metrics'],
-          'significance': significance, 'paths': written, 'sweep': table}
+          'significance': significance, 'paths': written}
 
 
 def print_backtest_summary(outcome: dict, top: int = 10) -> None:
