@@ -1,0 +1,114 @@
+"""Every evaluation entry point end to end, as a user runs it: subprocess, real flags, tiny
+model, bundled data; outputs exist and parse; wrong flags fail with one clear line.
+
+(launch/train.py is exercised by test_train.py's kill-and-resume test, convert_checkpoint.py by
+test_convert.py, download_data.py by test_binance.py, pretrain_compare.py by test_pretrain.py,
+walk_forward.py by test_walkforward.py.)
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+# Few resamples: these tests check plumbing; significance figures are tested elsewhere.
+FAST_STATS = ['--config.significance.num_resamples=100', '--config.significance.num_shuffles=50']
+
+
+def run(repo_root, script, *flags, check=True):
+  env = {**os.environ, 'PYTHONUNBUFFERED': '1', 'JAX_PLATFORMS': 'cpu',
+         'XLA_FLAGS': '--xla_backend_optimization_level=0'}
+  done = subprocess.run([sys.executable, str(repo_root / 'launch' / script), *flags],
+                        capture_output=True, text=True, cwd=repo_root, env=env, timeout=900)
+  if check:
+    assert done.returncode == 0, f'{script} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}'
+  return done
+
+
+@pytest.fixture(scope='module')
+def quickstart(tmp_path_factory, request):
+  repo_root = request.config.rootpath
+  workdir = tmp_path_factory.mktemp('quickstart')
+  done = run(repo_root, 'quickstart.py', f'--workdir={workdir}', '--fast')
+  return workdir, done.stdout
+
+
+def check_reports(outdir):
+  results = json.loads((outdir / 'backtest_results.json').read_text())
+  assert {'metrics', 'benchmark', 'config', 'significance', 'curves'} <= set(results)
+  assert results['benchmark']['name'] == 'buy_and_hold'
+  assert len(results['curves']['equity']) == len(results['curves']['time'])
+  trades = pd.read_csv(outdir / 'backtest_trades.csv')
+  assert {'time', 'side', 'price', 'quantity', 'commission', 'slippage', 'confidence'} <= set(
+      trades.columns)
+  assert (outdir / 'backtest_report.html').read_text().startswith('<!DOCTYPE html>')
+  for plot in ('equity', 'drawdown', 'position', 'actions'):
+    assert (outdir / f'{plot}.png').stat().st_size > 1000
+  return results
+
+
+def test_quickstart_trains_backtests_and_reports(quickstart):
+  workdir, stdout = quickstart
+  assert (workdir / 'train' / 'metrics.jsonl').exists()
+  results = check_reports(workdir / 'backtest')
+  assert results['metrics']['final_equity'] > 0
+  assert 'buy & hold' in stdout and 'block-bootstrap CI' in stdout
+
+
+def test_backtest_with_sweep(quickstart, repo_root, tmp_path):
+  workdir, _ = quickstart
+  out = tmp_path / 'bt'
+  done = run(repo_root, 'backtest.py', f'--checkpoints={workdir / "train"}', f'--outdir={out}',
+             '--sweep', '--config.sweep.confidence_thresholds=(0.0,0.6)', *FAST_STATS)
+  check_reports(out)
+  sweep = pd.read_csv(out / 'sweep.csv')
+  assert len(sweep) == 3 * 2 and {'signal', 'confidence_threshold', 'sharpe'} <= set(sweep)
+  assert 'sweep: best' in done.stdout
+
+
+def test_ensemble_backtest_of_two_members_with_seed_flags(quickstart, repo_root, tmp_path):
+  workdir, _ = quickstart
+  run_dir = workdir / 'train'
+  out = tmp_path / 'ens'
+  run(repo_root, 'ensemble_backtest.py', '--strategy=disagreement', '--confidence_threshold=0.4',
+      f'--checkpoints={run_dir},{run_dir}', f'--outdir={out}', *FAST_STATS)
+  results = check_reports(out)
+  assert results['config']['strategy'] == 'disagreement'
+  assert results['config']['confidence_threshold'] == 0.4
+  assert len(results['models']) == 2
+
+
+def test_ensemble_backtest_works_out_of_the_box_with_shipped_checkpoints(repo_root, tmp_path):
+  out = tmp_path / 'shipped'
+  done = run(repo_root, 'ensemble_backtest.py', '--confidence_threshold=0.5', '--strategy=voting',
+             f'--outdir={out}', *FAST_STATS)
+  results = check_reports(out)
+  assert [os.path.basename(m) for m in results['models']] == ['small_a', 'small_b']
+  assert 'sharpe' in done.stdout
+
+
+def test_diagnose(quickstart, repo_root, tmp_path):
+  workdir, _ = quickstart
+  out = tmp_path / 'diag.json'
+  done = run(repo_root, 'diagnose.py', f'--checkpoints={workdir / "train"}', f'--output={out}')
+  report = json.loads(out.read_text())
+  (model,) = report['models'].values()
+  assert sum(sum(row) for row in model['confusion']) == model['bars'] > 10_000
+  assert set(model['predicted_share']) == {'SELL', 'HOLD', 'BUY'}
+  assert 'confusion' in done.stdout
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--strategy=majority'], "unknown strategy 'majority'"),
+    (['--confidence_threshold=1.5'], 'must be in [0, 1]'),
+    (['--checkpoints=no/such/run'], 'no such checkpoint directory'),
+])
+def test_wrong_flags_fail_with_one_clear_line(repo_root, tmp_path, flags, message):
+  done = run(repo_root, 'ensemble_backtest.py', *flags, f'--outdir={tmp_path}', check=False)
+  assert done.returncode != 0
+  last = done.stderr.strip().splitlines()[-1]
+  assert last.startswith('error: ') and message in last
+  assert 'Traceback' not in done.stderr
