@@ -78,7 +78,7 @@ def validation_logits(loaded: checkpoint_lib.LoadedModel) -> tuple[np.ndarray, n
   prepared = train_lib.prepare_data(loaded.config)
   context = int(loaded.config.train.context_length)
   logits = predict_lib.predict_logits_from_features(
-      loaded.params, loaded.model_config, prepared.features, context)
+      loaded.params, loaded.model_config, prepared.features, context, bars=prepared.val_ends)
   return logits[prepared.val_ends], prepared.labels[prepared.val_ends]
 
 

@@ -55,11 +55,13 @@ def first_available_bar(context_length: int) -> int:
 
 def predict_logits_from_features(params, model_config: model_lib.ModelConfig,
                                  feats: np.ndarray, context_length: int, *,
-                                 batch_size: int = 512, merge: bool = True) -> np.ndarray:
+                                 batch_size: int = 512, merge: bool = True,
+                                 bars: np.ndarray | None = None) -> np.ndarray:
   """Logits `(N, 3)` for normalised features `feats: (N, 60)`; NaN rows where unavailable.
 
   Windows are gathered batch by batch (never all at once) and the last batch is padded to
-  `batch_size` so one compiled function serves the whole series.
+  `batch_size` so one compiled function serves the whole series. `bars` restricts scoring to
+  those bar indices (the other rows stay NaN).
   """
   if merge and model_config.lora_targets:
     params, model_config = model_lib.merge_lora(params, model_config)
@@ -67,6 +69,8 @@ def predict_logits_from_features(params, model_config: model_lib.ModelConfig,
   n = len(feats)
   out = np.full((n, model_config.action_dim), np.nan, np.float32)
   ends = np.arange(first_available_bar(context_length), n)
+  if bars is not None:
+    ends = np.intersect1d(ends, np.asarray(bars))
   offsets = np.arange(-context_length + 1, 1)
   feats = np.asarray(feats, np.float32)
   for start in range(0, len(ends), batch_size):
