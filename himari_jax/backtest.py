@@ -30,7 +30,8 @@ Semantics (defaults are the seed's):
 [open, close]; `actions`: (N,) ints (0 = SELL, 1 = HOLD, 2 = BUY); `confidence`: (N,) floats
 in [0, 1]. Everything runs in the default float dtype: in float32, rounding accumulates to
 about 1e-6 (seed sizing) to 1e-5 (full sizing) relative error in equity over 40,000 bars and
-thousands of fills; under `with jax.enable_x64():` the arithmetic is float64.
+thousands of fills, and a confidence within float32 rounding of the threshold can compare
+differently than in float64; under `with jax.enable_x64():` the arithmetic is float64.
 """
 
 from __future__ import annotations
@@ -230,7 +231,7 @@ def check_inputs(prices: Prices, actions: Any, confidence: Any) -> None:
           f'prices.{name} must be finite and > 0: bar {bad[0]} is {values[bad[0]]} '
           f'({bad.size} bad bars)')
   actions = np.asarray(actions)
-  bad = np.flatnonzero(~np.isin(actions, (SELL, HOLD, BUY)))
+  bad = np.flatnonzero((actions != SELL) & (actions != HOLD) & (actions != BUY))
   if bad.size:
     raise ValueError(f'actions must be 0 (SELL), 1 (HOLD) or 2 (BUY): bar {bad[0]} is '
                      f'{actions[bad[0]]}')

@@ -1,0 +1,245 @@
+r"""Benchmark: the jitted backtester and `sweep` against a per-bar Python loop (and vectorbt).
+
+Signal: a moving-average crossover (BUY while the 24-bar mean is above the 168-bar mean,
+else SELL) with confidence `0.5 + 0.5 * tanh(20 * |fast / slow - 1|)` in [0.5, 1).
+
+(a) One backtest with the seed's settings: jitted `run_backtest` vs the per-bar Python loop
+    (the seed's algorithm on plain floats, as in tests/test_backtest.py).
+(b) `sweep` over `--configs` settings (thresholds x commissions x fills x shorting x position
+    sizes) in one compiled call, computing every metric, vs the Python loop run once per
+    setting. The loop's time is measured on `--python_runs` settings and extrapolated; it
+    computes no metrics, which favours it.
+(c) Where vectorbt is installed: the seed's semantics over a thresholds x commissions x
+    slippages grid with `Portfolio.from_order_func` (a numba order function), vs `sweep` on
+    the same grid. Both get the same final equities (printed as a check).
+
+Compile time is reported apart from run time (best of `--repeats`). On CPU, XLA runs a
+`lax.scan` body as many small kernels; XLA_FLAGS=--xla_backend_extra_options=
+xla_cpu_small_while_loop_byte_threshold=1000000000 lets it emit the loop as one kernel, which
+helps small batches (try it with --batch_size=64).
+
+  python benchmarks/bench_backtest.py [--dataset=btc_usdt_1h_2020_2024] [--configs=1000]
+"""
+
+import math
+import os
+import time
+
+import jax
+import numpy as np
+import pandas as pd
+from absl import app, flags
+
+from himari_jax import backtest, data
+from himari_jax.ensemble import BUY, HOLD, SELL
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('dataset', 'btc_usdt_1h_2020_2024', 'Builtin dataset name or CSV path.')
+flags.DEFINE_integer('configs', 1000, 'Settings in the sweeps (b) and (c); a multiple of 200.')
+flags.DEFINE_integer('python_runs', 5, 'Settings the Python loop runs in (b), extrapolated.')
+flags.DEFINE_integer('repeats', 3, 'Timed runs of each compiled call (the best is reported).')
+flags.DEFINE_integer('batch_size', 1024, 'Settings simulated together by `sweep`.')
+flags.DEFINE_bool('vectorbt', True, 'Run (c) when vectorbt is importable.')
+
+
+def crossover_signal(close: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  close = pd.Series(close)
+  fast = close.rolling(24, min_periods=1).mean().to_numpy()
+  slow = close.rolling(168, min_periods=1).mean().to_numpy()
+  return np.where(fast > slow, BUY, SELL), 0.5 + 0.5 * np.tanh(20 * np.abs(fast / slow - 1))
+
+
+def python_backtest(opens, closes, actions, confidence, settings):
+  """The per-bar reference loop; returns the equity at every close."""
+  s = settings
+  cash, position, equity = s['initial_capital'], 0.0, []
+  for t in range(len(closes)):
+    if s['fill'] == 'close':
+      action, conf, ref = actions[t], confidence[t], closes[t]
+    elif t == 0:
+      action, conf, ref = HOLD, 0.0, opens[t]
+    else:
+      action, conf, ref = actions[t - 1], confidence[t - 1], opens[t]
+    if action != HOLD and conf >= s['confidence_threshold']:
+      budget = max(cash + position * ref, 0.0)
+      fraction = conf * s['max_position_pct'] if s['sizing'] == 'confidence' else (
+          s['max_position_pct'])
+      if action == BUY:
+        price = ref * (1 + s['slippage_buy'])
+        notional = (budget / (1 + s['commission_buy']) if s['sizing'] == 'full'
+                    else fraction * budget)
+        qty = notional / price - position
+        if s['sizing'] == 'full':
+          qty = min(qty, max(cash, 0.0) / (price * (1 + s['commission_buy'])))
+        cost = qty * price * (1 + s['commission_buy'])
+        if qty > 0 and cost <= cash + 1e-6 * budget:
+          cash -= cost
+          position += qty
+      else:
+        price = ref * (1 - s['slippage_sell'])
+        target = 0.0
+        if s['allow_short']:
+          notional = (budget / (1 + s['commission_sell']) if s['sizing'] == 'full'
+                      else fraction * budget)
+          target = -notional / price
+        if position > target:
+          qty = position - target
+          cash += qty * price * (1 - s['commission_sell'])
+          position = target
+    equity.append(cash + position * closes[t])
+  return equity
+
+
+def best_time(fn, repeats):
+  """(first call seconds, best of `repeats` later calls, last result)."""
+  start = time.perf_counter()
+  result = jax.block_until_ready(fn())
+  first = time.perf_counter() - start
+  best = math.inf
+  for _ in range(repeats):
+    start = time.perf_counter()
+    result = jax.block_until_ready(fn())
+    best = min(best, time.perf_counter() - start)
+  return first, best, result
+
+
+def settings_at(params, i):
+  return backtest.params_to_dict(jax.tree.map(lambda leaf: leaf[i], params))
+
+
+def bench_single(frame, lists, actions, confidence):
+  params = backtest.make_params()
+  _, checked, result = best_time(
+      lambda: backtest.run_backtest(frame, actions, confidence, params).equity, FLAGS.repeats)
+  # The compiled simulation alone: traced inputs skip the validation of concrete ones.
+  compiled = jax.jit(backtest.run_backtest)
+  inputs = jax.device_put((backtest.as_prices(frame), actions, confidence))
+  first, run, _ = best_time(lambda: compiled(*inputs, params).equity, FLAGS.repeats)
+  python = math.inf
+  for _ in range(FLAGS.repeats):
+    start = time.perf_counter()
+    expected = python_backtest(*lists, backtest.params_to_dict(params))
+    python = min(python, time.perf_counter() - start)
+  n = len(frame)
+  print(f'(a) one backtest, {n:,} bars, seed settings')
+  print(f'    jax: compile {first - run:.2f} s, run {1e3 * run:.2f} ms '
+        f'({n / run / 1e6:.1f} M bars/s); run_backtest with input checks {1e3 * checked:.2f} ms')
+  print(f'    python loop: {1e3 * python:.1f} ms ({n / python / 1e6:.2f} M bars/s)')
+  print(f'    speed-up: {python / run:.0f}x (with input checks {python / checked:.0f}x); '
+        f'max |equity / python - 1| = '
+        f'{np.max(np.abs(np.asarray(result) / np.asarray(expected) - 1)):.1e} (float32)')
+
+
+def bench_sweep(frame, lists, actions, confidence):
+  grid = backtest.make_grid(
+      confidence_threshold=np.linspace(0.5, 0.95, 10), commission=np.linspace(0.0, 0.002, 5),
+      fill=backtest.FILLS, allow_short=(False, True),
+      max_position_pct=np.linspace(0.1, 0.5, max(1, FLAGS.configs // 200)))
+  num = int(np.shape(grid.sizing)[0])
+  first, run, table = best_time(
+      lambda: backtest.sweep(frame, actions, confidence, grid, batch_size=FLAGS.batch_size),
+      FLAGS.repeats)
+  picks = np.linspace(0, num - 1, FLAGS.python_runs).astype(int)
+  python, worst = 0.0, 0.0
+  for i in picks:
+    start = time.perf_counter()
+    equity = python_backtest(*lists, settings_at(grid, i))
+    python += time.perf_counter() - start
+    worst = max(worst, abs(table['final_equity'][i] / equity[-1] - 1))
+  python = python / len(picks) * num
+  n = len(frame)
+  print(f'(b) sweep of {num} settings x {n:,} bars, every metric, batch_size '
+        f'{FLAGS.batch_size}')
+  print(f'    jax: compile {first - run:.2f} s, run {run:.2f} s '
+        f'({num * n / run / 1e6:.1f} M setting-bars/s)')
+  print(f'    python loop x {num} (extrapolated from {len(picks)} runs, no metrics): '
+        f'{python:.1f} s ({num * n / python / 1e6:.2f} M setting-bars/s)')
+  print(f'    speed-up (run): {python / run:.0f}x; (compile + run): {python / first:.0f}x; '
+        f'max |final equity / python - 1| = {worst:.1e}')
+
+
+def bench_vectorbt(frame, actions, confidence):
+  import numba
+  import vectorbt as vbt
+  from vectorbt.portfolio import nb as portfolio_nb
+  from vectorbt.portfolio.enums import Direction
+
+  @numba.njit
+  def seed_order_nb(c, actions, confidence, thresholds, commissions, slippages):
+    """The seed's policy: BUY to confidence * 10 % of equity, SELL to flat."""
+    action, conf = actions[c.i], confidence[c.i]
+    if action == HOLD or conf < thresholds[c.col]:
+      return portfolio_nb.NoOrder
+    price = c.close[c.i, c.col]
+    if action == BUY:
+      value = c.cash_now + c.position_now * price
+      size = conf * 0.1 * value / (price * (1 + slippages[c.col])) - c.position_now
+    else:
+      size = -c.position_now
+    if size == 0 or (action == BUY and size < 0):
+      return portfolio_nb.NoOrder
+    return portfolio_nb.order_nb(size=size, price=price, fees=commissions[c.col],
+                                 slippage=slippages[c.col], direction=Direction.LongOnly,
+                                 allow_partial=False)
+
+  side = round(FLAGS.configs ** (1 / 3))
+  grid = backtest.make_grid(confidence_threshold=np.linspace(0.5, 0.95, side),
+                            commission=np.linspace(0.0, 0.002, side),
+                            slippage=np.linspace(0.0, 0.001, side))
+  num = int(np.shape(grid.sizing)[0])
+  close = np.broadcast_to(frame['close'].to_numpy()[:, None], (len(frame), num))
+  args = (actions.astype(np.int64), confidence, np.asarray(grid.confidence_threshold),
+          np.asarray(grid.commission_buy), np.asarray(grid.slippage_buy))
+
+  def simulate():
+    portfolio = vbt.Portfolio.from_order_func(close, seed_order_nb, *args, init_cash=100_000.0,
+                                              freq='1h')
+    return portfolio, portfolio.final_value().to_numpy()
+
+  def simulate_and_metrics():
+    portfolio, final = simulate()
+    returns = portfolio.returns().vbt.returns(freq='1h', year_freq=pd.Timedelta(hours=8760))
+    for metric in ('sharpe_ratio', 'sortino_ratio', 'max_drawdown', 'annualized',
+                   'annualized_volatility', 'value_at_risk', 'cond_value_at_risk'):
+      getattr(returns, metric)()
+    return final
+
+  vbt_first, vbt_run, (_, vbt_final) = best_time(simulate, FLAGS.repeats)
+  _, vbt_metrics, _ = best_time(simulate_and_metrics, 1)
+  first, run, table = best_time(
+      lambda: backtest.sweep(frame, actions, confidence, grid, batch_size=FLAGS.batch_size),
+      FLAGS.repeats)
+  n = len(frame)
+  print(f'(c) vectorbt {vbt.__version__}: seed semantics, {num} settings x {n:,} bars')
+  print(f'    vectorbt from_order_func: first call {vbt_first:.2f} s (numba compile), run '
+        f'{vbt_run:.2f} s ({num * n / vbt_run / 1e6:.1f} M setting-bars/s); with 7 metrics '
+        f'{vbt_metrics:.2f} s')
+  print(f'    jax sweep (every metric): first call {first:.2f} s (no compile when (b) has as '
+        f'many settings), run {run:.2f} s ({num * n / run / 1e6:.1f} M setting-bars/s)')
+  print(f'    speed-up vs vectorbt simulation only: {vbt_run / run:.1f}x; vs simulation + '
+        f'metrics: {vbt_metrics / run:.1f}x; max |final equity jax / vectorbt - 1| = '
+        f'{np.max(np.abs(table["final_equity"].to_numpy() / vbt_final - 1)):.1e}')
+
+
+def main(argv):
+  del argv
+  frame = data.load_dataset(FLAGS.dataset)
+  actions, confidence = crossover_signal(frame['close'].to_numpy())
+  # Confidences as models give them (float32), so every engine compares the same numbers
+  # with the thresholds.
+  confidence = confidence.astype(np.float32).astype(np.float64)
+  lists = (frame['open'].tolist(), frame['close'].tolist(), actions.tolist(), confidence.tolist())
+  print(f'{FLAGS.dataset}: {len(frame):,} bars; jax {jax.__version__} on '
+        f'{jax.devices()[0].device_kind}, {os.cpu_count()} CPUs; '
+        f'XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}')
+  bench_single(frame, lists, actions, confidence)
+  bench_sweep(frame, lists, actions, confidence)
+  if FLAGS.vectorbt:
+    try:
+      bench_vectorbt(frame, actions, confidence)
+    except ImportError as error:
+      print(f'(c) skipped: {error} (pip install vectorbt)')
+
+
+if __name__ == '__main__':
+  app.run(main)
