@@ -554,7 +554,9 @@ def _block_permutation(key: jax.Array, num_bars: int, block_length: int) -> jax.
   bars = jnp.arange(num_bars)
   source = block_length * order[block] + bars - out_starts[block]
   # A random rotation moves the block boundaries, so that shuffles differ in more than order.
-  return (source + jax.random.randint(offset_key, (), 0, num_bars)) % num_bars
+  # With one block the rotation is the whole shuffle: never draw the identity.
+  low = 1 if num_blocks == 1 and num_bars > 1 else 0
+  return (source + jax.random.randint(offset_key, (), low, num_bars)) % num_bars
 
 
 @functools.partial(jax.jit, static_argnames=('num_bars', 'num_permutations', 'block_length'))
@@ -622,9 +624,12 @@ def shuffled_signal_test(
     market_returns: (bars,) `close_t / close_{t-1} - 1` of the traded asset.
     cost_rate: cost per unit of traded notional.
     num_shuffles: K.
-    block_length: bars per shuffled block; None = `mean_holding_length(positions)`, which
-      keeps a typical holding period whole (shorter blocks would chop trades, add turnover and
-      so costs to the null, and flatter the signal).
+    block_length: bars per shuffled block; None = the whole series, so each shuffle is a
+      random rotation in time: it keeps every holding period and the number of position
+      changes (but the one at the wrap), and only breaks the alignment with the market.
+      Shorter blocks add position changes at their edges, hence costs, to the null and so
+      flatter the signal (with blocks of the mean holding length, a model whose Sharpe was 0
+      showed p = 0.001 against a null averaging -2.6).
     seed: shuffles are drawn from `jax.random.key(seed)`.
     periods_per_year: annualisation of the Sharpe ratios.
 
@@ -636,7 +641,7 @@ def shuffled_signal_test(
   """
   positions, market_returns = _as_positions(positions, market_returns)
   num_bars = positions.shape[0]
-  length = mean_holding_length(positions) if block_length is None else int(block_length)
+  length = num_bars if block_length is None else int(block_length)
   if not 1 <= length <= num_bars:
     raise ValueError(f'block_length must be in [1, {num_bars}]; got {block_length}.')
   positions, market_returns = jnp.asarray(positions), jnp.asarray(market_returns)
