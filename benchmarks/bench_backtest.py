@@ -13,10 +13,7 @@ else SELL) with confidence `0.5 + 0.5 * tanh(20 * |fast / slow - 1|)` in [0.5, 1
     slippages grid with `Portfolio.from_order_func` (a numba order function), vs `sweep` on
     the same grid. Both get the same final equities (printed as a check).
 
-Compile time is reported apart from run time (best of `--repeats`). On CPU, XLA runs a
-`lax.scan` body as many small kernels; XLA_FLAGS=--xla_backend_extra_options=
-xla_cpu_small_while_loop_byte_threshold=1000000000 lets it emit the loop as one kernel, which
-helps small batches (try it with --batch_size=64).
+Compile time is reported apart from run time (best of `--repeats`).
 
   python benchmarks/bench_backtest.py [--dataset=btc_usdt_1h_2020_2024] [--configs=1000]
 """
