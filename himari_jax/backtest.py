@@ -377,8 +377,9 @@ def _book_fill(cash: jax.Array, pos: jax.Array, qty: jax.Array, ref: jax.Array,
 
 
 def sweep(prices: Any, actions: Any, confidence: Any, params: BacktestParams, *,
-          signal_names: Sequence[str] | None = None, periods_per_year: float = 8760.0,
-          risk_free_rate: float = 0.0, batch_size: int = 1024) -> pd.DataFrame:
+          signal_names: Sequence[str] | None = None, benchmark: bool = True,
+          periods_per_year: float = 8760.0, risk_free_rate: float = 0.0,
+          batch_size: int = 1024) -> pd.DataFrame:
   """Metrics of every (signal, setting) pair, computed in one compiled call.
 
   Args:
@@ -387,12 +388,15 @@ def sweep(prices: Any, actions: Any, confidence: Any, params: BacktestParams, *,
     confidence: same shape as actions.
     params: BacktestParams batched to (C,) leaves (e.g. from `make_grid`) or scalar.
     signal_names: S labels for the `signal` column (default '0', '1', ...).
-    periods_per_year, risk_free_rate: passed to `metrics.compute_metrics`.
+    benchmark: append buy-and-hold rows (signal 'buy_and_hold'), one per distinct capital,
+      buy-side costs and fill timing among the settings.
+    periods_per_year, risk_free_rate: passed to the metrics.
     batch_size: pairs simulated together (memory about 8 * batch_size * N bytes). On CPU,
       large batches amortise XLA's per-step overhead; see benchmarks/bench_backtest.py.
 
   Returns:
-    DataFrame with S * C rows (signal-major): `signal`, the settings, then every metric.
+    DataFrame with S * C rows (signal-major), then the benchmark rows: `signal`, the
+    settings, then every metric (`metrics.METRIC_NAMES`).
   """
   prices = as_prices(prices)
   actions = np.atleast_2d(np.asarray(actions))
@@ -423,7 +427,28 @@ def sweep(prices: Any, actions: Any, confidence: Any, params: BacktestParams, *,
               for i in range(num_settings)]
   rows = [{'signal': names[s], **settings[c]} for s in range(num_signals)
           for c in range(num_settings)]
-  return pd.concat([pd.DataFrame(rows), pd.DataFrame(table)], axis=1)
+  frames = [pd.concat([pd.DataFrame(rows), pd.DataFrame(table)], axis=1)]
+  if benchmark:
+    frames.append(_benchmark_rows(prices, settings, periods_per_year, risk_free_rate))
+  return pd.concat(frames, ignore_index=True)
+
+
+def _benchmark_rows(prices: Prices, settings: Sequence[Mapping[str, Any]],
+                    periods_per_year: float, risk_free_rate: float) -> pd.DataFrame:
+  """Buy-and-hold metrics for each distinct (capital, buy costs, fill) among `settings`."""
+  market = metrics_lib.market_returns(jnp.asarray(prices.close, jnp.result_type(float)))
+  keys = ('initial_capital', 'commission_buy', 'slippage_buy', 'fill')
+  rows = []
+  for capital, commission, slippage, fill in dict.fromkeys(
+      tuple(setting[k] for k in keys) for setting in settings):
+    params = make_params(initial_capital=capital, commission=commission, slippage=slippage,
+                         max_position_pct=1.0, fill=fill, sizing='full')
+    values = metrics_lib.compute_metrics(
+        buy_and_hold(prices, params), market, capital, periods_per_year=periods_per_year,
+        risk_free_rate=risk_free_rate)
+    rows.append({'signal': 'buy_and_hold', **params_to_dict(params),
+                 **{k: np.asarray(v).item() for k, v in values.items()}})
+  return pd.DataFrame(rows)
 
 
 # Settings summarised together: the VaR search makes 32 passes over their returns, which then

@@ -234,7 +234,11 @@ def test_sweep_table_matches_single_runs():
                             allow_short=(False, True))
   table = backtest.sweep(backtest.Prices(opens, closes), signals, confidences, grid,
                          signal_names=['a', 'b'], batch_size=3)
-  assert len(table) == 16 and list(table['signal'][:9:8]) == ['a', 'b']
+  # 16 rows, then buy-and-hold for each of the two fill timings (the grid's costs are one).
+  assert len(table) == 18 and list(table['signal'][:17:8]) == ['a', 'b', 'buy_and_hold']
+  benchmark = table[table['signal'] == 'buy_and_hold']
+  assert list(benchmark['fill']) == list(backtest.FILLS)
+  assert list(benchmark['num_trades']) == [1, 1] and list(benchmark['sizing']) == ['full'] * 2
   assert list(table.columns[:2]) == ['signal', 'initial_capital']
   assert set(metrics.METRIC_NAMES) <= set(table.columns)
   market = metrics.market_returns(closes)
