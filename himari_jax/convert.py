@@ -128,11 +128,11 @@ def torch_state_dict_to_flax(state_dict: Mapping[str, Any],
   Raises ConversionError listing every missing, unexpected and wrongly-shaped key.
   """
   expected = _expected_keys(model_config)
-  arrays = {key: _as_numpy(key, value) for key, value in state_dict.items()}
-  missing = [key for key in expected if key not in arrays]
-  unexpected = [key for key in arrays if key not in expected]
-  wrong = [f'{key} {arrays[key].shape} (expected {expected[key][1]})'
-           for key in expected if key in arrays and arrays[key].shape != expected[key][1]]
+  shapes = {key: tuple(value.shape) for key, value in state_dict.items()}
+  missing = [key for key in expected if key not in shapes]
+  unexpected = [key for key in shapes if key not in expected]
+  wrong = [f'{key} {shapes[key]} (expected {expected[key][1]})'
+           for key in expected if key in shapes and shapes[key] != expected[key][1]]
   if missing or unexpected or wrong:
     raise ConversionError(
         f'the state dict does not match a FLAG-TRADER with {_describe(model_config)}:'
@@ -141,7 +141,8 @@ def torch_state_dict_to_flax(state_dict: Mapping[str, Any],
         + (_listing('wrong shapes', wrong) if wrong else ''))
   params: dict = {}
   for key, (names, _, transposed) in expected.items():
-    array = arrays[key].T if transposed else arrays[key]
+    array = _as_numpy(key, state_dict[key])
+    array = array.T if transposed else array
     node = params
     for name in names[:-1]:
       node = node.setdefault(name, {})

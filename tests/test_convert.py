@@ -199,6 +199,8 @@ def _state_dict_variant(reference, change):
      r'missing keys \(1\): transformer_blocks.1.norm2.bias'),
     (lambda s: s.update({'critic_head.weight': torch.zeros(1, 32)}),
      r'unexpected keys \(1\): critic_head.weight'),
+    (lambda s: s.update({'output_norm.num_batches_tracked': torch.zeros((), dtype=torch.long)}),
+     r'unexpected keys \(1\): output_norm.num_batches_tracked'),
     (lambda s: s.update({'transformer_blocks.0.ffn.3.lora.lora_B': torch.zeros(4, 31)}),
      r'wrong shapes \(1\): transformer_blocks.0.ffn.3.lora.lora_B \(4, 31\) \(expected \(4, 32\)'),
     (lambda s: s.update({'transformer_blocks.0.norm1.weight': torch.zeros(32, dtype=torch.long)}),
