@@ -1,0 +1,172 @@
+"""Walk-forward: fold index arithmetic, series loading, and a resumed two-fold run."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import load_config_file
+
+from himari_jax import data, evaluate, walkforward, windows
+from himari_jax.features import WARMUP_BARS
+
+H = 6  # label horizon of the threshold rule, the default embargo
+
+
+def _check_fold_invariants(fold, *, embargo, val_fraction):
+  # Bars in the fold's file: warm-up history, train, embargo, validation; none at or after
+  # the test window, and a label read `H` bars ahead from any of them stays before it.
+  assert 0 <= fold.data.start and fold.train.start == fold.data.start + WARMUP_BARS
+  assert fold.train.start < fold.train.stop <= fold.val.start < fold.val.stop == fold.data.stop
+  assert fold.train.stop + embargo == fold.val.start
+  assert fold.data.stop + embargo == fold.test.start < fold.test.stop
+  assert fold.train.stop - 1 + H < fold.val.start
+  assert fold.val.stop - 1 + H < fold.test.start
+  # The same split train.prepare_data makes of the fold's file.
+  split = windows.chronological_split(fold.data.stop - fold.data.start, val=val_fraction,
+                                      embargo=embargo)
+  assert fold.data.start + split.train.stop == fold.train.stop
+  assert fold.data.start + split.val.start == fold.val.start
+
+
+def test_rolling_folds_tile_the_test_range_after_an_embargo():
+  folds = walkforward.make_folds(10_000, train_bars=2000, test_bars=500, embargo=H,
+                                 val_fraction=0.2)
+  assert folds[0].test.start == WARMUP_BARS + 2000 + H
+  assert [f.index for f in folds] == list(range(len(folds)))
+  for fold in folds:
+    _check_fold_invariants(fold, embargo=H, val_fraction=0.2)
+    assert fold.val.stop - fold.train.start == 2000  # every window the same length
+  # Test windows never overlap and cover every bar from the first test bar to the end.
+  tested = np.concatenate([np.arange(f.test.start, f.test.stop) for f in folds])
+  np.testing.assert_array_equal(tested, np.arange(folds[0].test.start, 10_000))
+  assert [f.test.stop - f.test.start for f in folds] == [500] * (len(folds) - 1) + [
+      (10_000 - folds[0].test.start) % 500 or 500]
+  # Each window rolls forward by the test length.
+  starts = np.array([f.train.start for f in folds])
+  assert (np.diff(starts) == 500).all()
+
+
+def test_expanding_folds_keep_their_start_and_grow():
+  kwargs = dict(train_bars=1000, test_bars=300, embargo=24, first_test=3000, end=4200)
+  expanding = walkforward.make_folds(5000, mode='expanding', **kwargs)
+  rolling = walkforward.make_folds(5000, mode='rolling', **kwargs)
+  assert expanding[0] == rolling[0]
+  assert [f.test.start for f in expanding] == [3000, 3300, 3600, 3900]
+  assert expanding[-1].test.stop == 4200
+  for fold in expanding:
+    _check_fold_invariants(fold, embargo=24, val_fraction=0.15)
+    assert fold.train.start == 3000 - 24 - 1000
+    assert fold.val.stop - fold.train.start == 1000 + fold.test.start - 3000
+
+
+def test_step_longer_than_test_leaves_untested_bars():
+  folds = walkforward.make_folds(6000, train_bars=1000, test_bars=200, step_bars=500,
+                                 embargo=H)
+  assert [(f.test.start, f.test.stop) for f in folds][:2] == [(1174, 1374), (1674, 1874)]
+  for fold in folds:
+    _check_fold_invariants(fold, embargo=H, val_fraction=0.15)
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(step_bars=100), 'test bars twice'),
+    (dict(first_test=1000), 'start testing later'),
+    (dict(first_test=5900, end=5000), 'no test window'),
+    (dict(mode='anchored'), 'mode'),
+    (dict(train_bars=20), 'no training or validation'),
+])
+def test_make_folds_rejects_impossible_settings(kwargs, message):
+  args = {'train_bars': 1000, 'test_bars': 200, 'embargo': H, **kwargs}
+  with pytest.raises(ValueError, match=message):
+    walkforward.make_folds(6000, **args)
+
+
+def test_asset_series_spans_every_era_without_gaps():
+  names = walkforward.asset_datasets('btc')
+  assert names == ['btc_usdt_1h_2017_2019', 'btc_usdt_1h_2020_2024', 'btc_usdt_1h_2025_2026']
+  df = walkforward.load_series(names)
+  assert df.index[0] == pd.Timestamp('2017-08-17 04:00', tz='UTC')
+  assert df.index[-1] == pd.Timestamp('2026-04-15 23:00', tz='UTC')
+  assert (np.diff(df.index.asi8) == 3600 * 10**9).all()
+  with pytest.raises(data.DataError, match='oldest first'):
+    walkforward.load_series('btc_usdt_1h_2025_2026,btc_usdt_1h_2020_2024')
+  with pytest.raises(data.DataError, match='bundled assets: btc, eth'):
+    walkforward.asset_datasets('doge')
+
+
+def test_finetune_starts_each_fold_from_the_previous_run():
+  config = load_config_file('walk_forward', 'tiny')
+  config.embargo = 12
+  fold_config = walkforward.fold_training_config(config, 'wf/fold_001/train.csv',
+                                                 'wf/fold_000')
+  assert fold_config.data.train == 'wf/fold_001/train.csv'
+  assert fold_config.train.init_from == 'wf/fold_000'
+  assert fold_config.data.embargo == 12 and fold_config.data.max_bars == 0
+  assert config.data.train == '' and config.train.init_from == ''
+
+
+@pytest.fixture
+def compilation_cache(tmp_path):
+  """A persistent compilation cache, as launch/walk_forward.py sets: folds share compiled steps."""
+  saved = {name: getattr(jax.config, name) for name in (
+      'jax_compilation_cache_dir', 'jax_persistent_cache_min_compile_time_secs')}
+  jax.config.update('jax_compilation_cache_dir', str(tmp_path / 'compilation_cache'))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+  yield
+  for name, value in saved.items():
+    jax.config.update(name, value)
+
+
+def _mtimes(folder):
+  return {os.path.join(root, name): os.stat(os.path.join(root, name)).st_mtime_ns
+          for root, _, files in os.walk(folder) for name in files}
+
+
+def test_two_folds_train_before_their_test_windows_and_resume(tmp_path, compilation_cache):
+  config = load_config_file('walk_forward', 'tiny')
+  workdir = str(tmp_path / 'wf')
+  first = walkforward.run_walk_forward(config, workdir, log=lambda _: None)
+
+  df = walkforward.load_series(walkforward.asset_datasets('btc'))
+  folds = walkforward.folds_for(config, df)
+  assert len(folds) == 2 and df.index[folds[0].test.start] == pd.Timestamp('2025-06-01',
+                                                                          tz='UTC')
+  for fold in folds:
+    fold_dir = os.path.join(workdir, f'fold_{fold.index:03d}')
+    # What the fold really trained on: its file and the split its run recorded.
+    trained = data.load_ohlcv(os.path.join(fold_dir, walkforward.TRAIN_FILE))
+    assert trained.index[0] == df.index[fold.data.start]
+    assert trained.index[-1] == df.index[fold.data.stop - 1]
+    assert trained.index[-1] + pd.Timedelta(hours=H) < df.index[fold.test.start]
+    summary = evaluate.load_member(fold_dir).meta['data']
+    assert summary['embargo'] == H
+    assert summary['files'][0]['bars'] == fold.data.stop - fold.data.start
+    assert summary['files'][0]['train_bars'] == fold.train.stop - fold.data.start
+    assert summary['files'][0]['val_bars'] == fold.val.stop - fold.val.start
+    with np.load(os.path.join(fold_dir, walkforward.PREDICTIONS)) as saved:
+      np.testing.assert_array_equal(saved['time'], df.index[fold.test].asi8)
+      assert saved['available'].all()
+
+  assert len(first['folds']) == 2
+  assert list(first['folds']['test_bars']) == [240, 240]
+  with open(first['paths']['json']) as f:
+    results = json.load(f)
+  assert len(results['curves']['time']) == 480 and len(results['folds']) == 2
+  assert results['curves']['time'][0] == df.index[folds[0].test.start].isoformat()
+  assert results['available_bars'] == 480
+
+  # A run stopped after fold 1: fold 0 is read back, not retrained; fold 1 is redone.
+  kept = _mtimes(os.path.join(workdir, 'fold_000'))
+  os.remove(os.path.join(workdir, 'fold_001', walkforward.PREDICTIONS))
+  second = walkforward.run_walk_forward(config, workdir, log=lambda _: None)
+  assert _mtimes(os.path.join(workdir, 'fold_000')) == kept
+  pd.testing.assert_frame_equal(second['folds'], first['folds'])
+  assert second['metrics'] == first['metrics']
+  assert second['significance'] == first['significance']
+
+  # Another fold layout in the same workdir is refused, not mixed in.
+  config.test_bars = 120
+  with pytest.raises(ValueError, match='other walk-forward settings'):
+    walkforward.run_walk_forward(config, workdir, log=lambda _: None)
