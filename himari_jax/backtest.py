@@ -242,7 +242,7 @@ def check_inputs(prices: Prices, actions: Any, confidence: Any) -> None:
 
 
 def run_backtest(prices: Any, actions: Any, confidence: Any,
-                 params: BacktestParams) -> BacktestResult:
+                 params: BacktestParams | ml_collections.ConfigDict) -> BacktestResult:
   """Simulates the decisions bar by bar (see the module docstring for the semantics).
 
   Concrete inputs are validated; traced ones (under jit / vmap) are not, so
@@ -252,11 +252,13 @@ def run_backtest(prices: Any, actions: Any, confidence: Any,
     prices: Prices(open, close) of (N,) arrays, an (N, 2) [open, close] array or a DataFrame.
     actions: (N,) ints, 0 = SELL, 1 = HOLD, 2 = BUY.
     confidence: (N,) floats in [0, 1].
-    params: scalar BacktestParams.
+    params: scalar BacktestParams, or a config shaped like configs/backtest.py.
 
   Returns:
     BacktestResult of (N,) arrays.
   """
+  if isinstance(params, ml_collections.ConfigDict):
+    params = params_from_config(params)
   prices = as_prices(prices)
   if _is_concrete(prices, actions, confidence):
     check_inputs(prices, actions, confidence)

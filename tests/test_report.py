@@ -27,7 +27,7 @@ def run():
   confidence = rng.uniform(0.4, 1.0, num_bars)
   config = load_config_file('backtest')
   config.confidence_threshold = 0.5
-  result = backtest.run_backtest(frame, actions, confidence, backtest.params_from_config(config))
+  result = backtest.run_backtest(frame, actions, confidence, config)
   return frame, result, actions, confidence, config
 
 
