@@ -134,8 +134,7 @@ def bench_sweep(frame, lists, actions, confidence):
       max_position_pct=np.linspace(0.1, 0.5, max(1, FLAGS.configs // 200)))
   num = int(np.shape(grid.sizing)[0])
   first, run, table = best_time(
-      lambda: backtest.sweep(frame, actions, confidence, grid, benchmark=False,
-                             batch_size=FLAGS.batch_size),
+      lambda: backtest.sweep(frame, actions, confidence, grid, batch_size=FLAGS.batch_size),
       FLAGS.repeats)
   picks = np.linspace(0, num - 1, FLAGS.python_runs).astype(int)
   python, worst = 0.0, 0.0
@@ -205,8 +204,7 @@ def bench_vectorbt(frame, actions, confidence):
   vbt_first, vbt_run, (_, vbt_final) = best_time(simulate, FLAGS.repeats)
   _, vbt_metrics, _ = best_time(simulate_and_metrics, 1)
   first, run, table = best_time(
-      lambda: backtest.sweep(frame, actions, confidence, grid, benchmark=False,
-                             batch_size=FLAGS.batch_size),
+      lambda: backtest.sweep(frame, actions, confidence, grid, batch_size=FLAGS.batch_size),
       FLAGS.repeats)
   n = len(frame)
   print(f'(c) vectorbt {vbt.__version__}: seed semantics, {num} settings x {n:,} bars')

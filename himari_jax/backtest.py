@@ -379,7 +379,7 @@ def _book_fill(cash: jax.Array, pos: jax.Array, qty: jax.Array, ref: jax.Array,
 
 
 def sweep(prices: Any, actions: Any, confidence: Any, params: BacktestParams, *,
-          signal_names: Sequence[str] | None = None, benchmark: bool = True,
+          signal_names: Sequence[str] | None = None, benchmark: bool = False,
           periods_per_year: float = 8760.0, risk_free_rate: float = 0.0,
           batch_size: int = 1024) -> pd.DataFrame:
   """Metrics of every (signal, setting) pair, computed in one compiled call.
@@ -391,7 +391,8 @@ def sweep(prices: Any, actions: Any, confidence: Any, params: BacktestParams, *,
     params: BacktestParams batched to (C,) leaves (e.g. from `make_grid`) or scalar.
     signal_names: S labels for the `signal` column (default '0', '1', ...).
     benchmark: append buy-and-hold rows (signal 'buy_and_hold'), one per distinct capital,
-      buy-side costs and fill timing among the settings.
+      buy-side costs and fill timing among the settings (not trials: keep them out of
+      counts of configurations tried).
     periods_per_year, risk_free_rate: passed to the metrics.
     batch_size: pairs simulated together (memory about 8 * batch_size * N bytes). On CPU,
       large batches amortise XLA's per-step overhead; see benchmarks/bench_backtest.py.

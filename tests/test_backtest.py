@@ -233,7 +233,7 @@ def test_sweep_table_matches_single_runs():
   grid = backtest.make_grid(confidence_threshold=(0.0, 0.6), fill=backtest.FILLS,
                             allow_short=(False, True))
   table = backtest.sweep(backtest.Prices(opens, closes), signals, confidences, grid,
-                         signal_names=['a', 'b'], batch_size=3)
+                         signal_names=['a', 'b'], benchmark=True, batch_size=3)
   # 16 rows, then buy-and-hold for each of the two fill timings (the grid's costs are one).
   assert len(table) == 18 and list(table['signal'][:17:8]) == ['a', 'b', 'buy_and_hold']
   benchmark = table[table['signal'] == 'buy_and_hold']
