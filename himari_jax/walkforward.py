@@ -46,6 +46,7 @@ import pandas as pd
 
 from himari_jax import backtest as backtest_lib
 from himari_jax import binance, evaluate
+from himari_jax import checkpoint as checkpoint_lib
 from himari_jax import data as data_lib
 from himari_jax import ensemble as ensemble_lib
 from himari_jax import labels as labels_lib
@@ -268,9 +269,10 @@ def run_fold(config: ml_collections.ConfigDict, df: pd.DataFrame, fold: Fold, fo
   binance.write_canonical_csv(df.iloc[fold.data], train_file)
   fold_config = fold_training_config(config, train_file,
                                      init_from or config.train.init_from)
+  resumed = os.path.isdir(os.path.join(fold_dir, checkpoint_lib.CHECKPOINT_SUBDIR))
   tick = time.time()
   train_lib.train_and_evaluate(fold_config, fold_dir)
-  train_seconds = time.time() - tick
+  train_seconds = None if resumed else time.time() - tick  # a resumed run's would be partial
   bt = config.backtest
   member = evaluate.load_member(fold_dir, bt.which)
   # The test bars, preceded by the warm-up and context their first window reads.
@@ -328,8 +330,8 @@ def _fold_row(result: FoldResult, metrics: dict, benchmark: dict) -> dict:
   dates, validation = result.record['dates'], result.record['validation']
   return {
       'fold': result.fold.index,
-      'train_from': dates['train'][0][:10], 'train_to': dates['val'][1][:10],
-      'test_from': dates['test'][0][:10], 'test_to': dates['test'][1][:10],
+      'train_from': dates['train'][0][:16], 'train_to': dates['val'][1][:16],
+      'test_from': dates['test'][0][:16], 'test_to': dates['test'][1][:16],
       'test_bars': result.fold.test.stop - result.fold.test.start,
       'val_loss': validation['val_loss'],
       'val_bal_acc': validation['val_balanced_accuracy'],
@@ -363,13 +365,14 @@ def run_walk_forward(config: ml_collections.ConfigDict, workdir: str, *,
       f'{len(folds)} {config.mode} folds, testing {df.index[folds[0].test.start]:%Y-%m-%d} .. '
       f'{df.index[folds[-1].test.stop - 1]:%Y-%m-%d}; {config.per_fold} per fold')
 
+  when = lambda bar: f'{df.index[bar]:%Y-%m-%d %H:%M}'
   results, previous = [], ''
   for fold in folds:
     fold_dir = os.path.join(workdir, f'fold_{fold.index:03d}')
     done = os.path.exists(os.path.join(fold_dir, PREDICTIONS))
-    log(f'fold {fold.index + 1}/{len(folds)}: train {df.index[fold.train.start]:%Y-%m-%d} .. '
-        f'{df.index[fold.val.stop - 1]:%Y-%m-%d}, test {df.index[fold.test.start]:%Y-%m-%d} '
-        f'.. {df.index[fold.test.stop - 1]:%Y-%m-%d}' + (' (done, skipped)' if done else ''))
+    log(f'fold {fold.index + 1}/{len(folds)}: train {when(fold.train.start)} .. '
+        f'{when(fold.val.stop - 1)}, test {when(fold.test.start)} .. '
+        f'{when(fold.test.stop - 1)}' + (' (done, skipped)' if done else ''))
     init_from = previous if config.per_fold == 'finetune' else ''
     results.append(run_fold(config, df, fold, fold_dir, init_from=init_from))
     previous = fold_dir

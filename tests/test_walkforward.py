@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -108,15 +110,14 @@ def test_finetune_starts_each_fold_from_the_previous_run():
 
 
 @pytest.fixture
-def compilation_cache(tmp_path):
-  """A persistent compilation cache, as launch/walk_forward.py sets: folds share compiled steps."""
-  saved = {name: getattr(jax.config, name) for name in (
-      'jax_compilation_cache_dir', 'jax_persistent_cache_min_compile_time_secs')}
-  jax.config.update('jax_compilation_cache_dir', str(tmp_path / 'compilation_cache'))
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
-  yield
-  for name, value in saved.items():
-    jax.config.update(name, value)
+def workdir(tmp_path):
+  """A run folder, with JAX's compilation cache where launch/walk_forward.py puts it, so the
+  in-process run below reuses the steps the launcher compiled."""
+  workdir = tmp_path / 'wf'
+  saved = jax.config.jax_compilation_cache_dir
+  jax.config.update('jax_compilation_cache_dir', str(workdir / 'compilation_cache'))
+  yield workdir
+  jax.config.update('jax_compilation_cache_dir', saved)
 
 
 def _mtimes(folder):
@@ -124,49 +125,57 @@ def _mtimes(folder):
           for root, _, files in os.walk(folder) for name in files}
 
 
-def test_two_folds_train_before_their_test_windows_and_resume(tmp_path, compilation_cache):
-  config = load_config_file('walk_forward', 'tiny')
-  workdir = str(tmp_path / 'wf')
-  first = walkforward.run_walk_forward(config, workdir, log=lambda _: None)
+def test_two_folds_train_before_their_test_windows_and_resume(workdir, repo_root):
+  done = subprocess.run(
+      [sys.executable, str(repo_root / 'launch' / 'walk_forward.py'),
+       '--config=configs/walk_forward.py:tiny', f'--workdir={workdir}'],
+      capture_output=True, text=True, cwd=repo_root, timeout=600,
+      env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert 'fold 2/2' in done.stderr
+  for heading in ('per fold', 'stitched out-of-sample backtest', 'block-bootstrap CI'):
+    assert heading in done.stdout
 
+  config = load_config_file('walk_forward', 'tiny')
   df = walkforward.load_series(walkforward.asset_datasets('btc'))
   folds = walkforward.folds_for(config, df)
-  assert len(folds) == 2 and df.index[folds[0].test.start] == pd.Timestamp('2025-06-01',
-                                                                          tz='UTC')
+  assert len(folds) == 2
+  assert df.index[folds[0].test.start] == pd.Timestamp('2025-06-01', tz='UTC')
   for fold in folds:
-    fold_dir = os.path.join(workdir, f'fold_{fold.index:03d}')
+    fold_dir = workdir / f'fold_{fold.index:03d}'
     # What the fold really trained on: its file and the split its run recorded.
-    trained = data.load_ohlcv(os.path.join(fold_dir, walkforward.TRAIN_FILE))
+    trained = data.load_ohlcv(fold_dir / walkforward.TRAIN_FILE)
     assert trained.index[0] == df.index[fold.data.start]
     assert trained.index[-1] == df.index[fold.data.stop - 1]
     assert trained.index[-1] + pd.Timedelta(hours=H) < df.index[fold.test.start]
-    summary = evaluate.load_member(fold_dir).meta['data']
+    summary = evaluate.load_member(str(fold_dir)).meta['data']
     assert summary['embargo'] == H
     assert summary['files'][0]['bars'] == fold.data.stop - fold.data.start
     assert summary['files'][0]['train_bars'] == fold.train.stop - fold.data.start
     assert summary['files'][0]['val_bars'] == fold.val.stop - fold.val.start
-    with np.load(os.path.join(fold_dir, walkforward.PREDICTIONS)) as saved:
+    with np.load(fold_dir / walkforward.PREDICTIONS) as saved:
       np.testing.assert_array_equal(saved['time'], df.index[fold.test].asi8)
       assert saved['available'].all()
 
-  assert len(first['folds']) == 2
-  assert list(first['folds']['test_bars']) == [240, 240]
-  with open(first['paths']['json']) as f:
-    results = json.load(f)
+  results = json.loads((workdir / 'backtest_results.json').read_text())
   assert len(results['curves']['time']) == 480 and len(results['folds']) == 2
   assert results['curves']['time'][0] == df.index[folds[0].test.start].isoformat()
   assert results['available_bars'] == 480
+  table = (workdir / walkforward.FOLDS_CSV).read_text()
+  assert list(pd.read_csv(workdir / walkforward.FOLDS_CSV)['test_bars']) == [240, 240]
 
   # A run stopped after fold 1: fold 0 is read back, not retrained; fold 1 is redone.
-  kept = _mtimes(os.path.join(workdir, 'fold_000'))
-  os.remove(os.path.join(workdir, 'fold_001', walkforward.PREDICTIONS))
-  second = walkforward.run_walk_forward(config, workdir, log=lambda _: None)
-  assert _mtimes(os.path.join(workdir, 'fold_000')) == kept
-  pd.testing.assert_frame_equal(second['folds'], first['folds'])
-  assert second['metrics'] == first['metrics']
-  assert second['significance'] == first['significance']
+  kept = _mtimes(workdir / 'fold_000')
+  os.remove(workdir / 'fold_001' / walkforward.PREDICTIONS)
+  second = walkforward.run_walk_forward(config, str(workdir), log=lambda _: None)
+  assert _mtimes(workdir / 'fold_000') == kept
+  assert (workdir / walkforward.FOLDS_CSV).read_text() == table
+  again = json.loads((workdir / 'backtest_results.json').read_text())
+  for key in ('metrics', 'benchmark', 'significance', 'action_counts', 'curves'):
+    assert again[key] == results[key], key
+  assert second['metrics'] == results['metrics']
 
   # Another fold layout in the same workdir is refused, not mixed in.
   config.test_bars = 120
   with pytest.raises(ValueError, match='other walk-forward settings'):
-    walkforward.run_walk_forward(config, workdir, log=lambda _: None)
+    walkforward.run_walk_forward(config, str(workdir), log=lambda _: None)
