@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 from collections.abc import Sequence
 
 import ml_collections
@@ -344,3 +345,19 @@ def print_backtest_summary(outcome: dict, top: int = 10) -> None:
   print('\nwrote:')
   for name, path in outcome['paths'].items():
     print(f'  {name:>9}: {path}')
+
+
+def backtest_command(config: ml_collections.ConfigDict, outdir: str, *, sweep: bool) -> None:
+  """What the backtest entry points run: the pipeline, then its console summary.
+
+  A mistake a user can fix (a missing checkpoint, bad data, an invalid setting) ends the
+  program with one `error: ...` line instead of a traceback.
+  """
+  from himari_jax import data as data_lib
+
+  checkpoint_lib.quiet_orbax_logging()
+  try:
+    outcome = backtest_pipeline(config, outdir, sweep=sweep)
+  except (checkpoint_lib.CheckpointError, data_lib.DataError, ValueError, OSError) as e:
+    sys.exit(f'error: {e}')
+  print_backtest_summary(outcome)

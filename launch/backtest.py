@@ -16,7 +16,7 @@ from ml_collections import config_flags
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from himari_jax import checkpoint, data, evaluate  # noqa: E402 - after the path fix
+from himari_jax import evaluate  # noqa: E402 - after the path fix
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', os.path.join(REPO, 'configs', 'backtest.py'), 'Backtest configuration.')
@@ -29,15 +29,10 @@ _SWEEP = flags.DEFINE_bool('sweep', False, 'Also sweep strategies x confidence t
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  checkpoint.quiet_orbax_logging()
   config = _CONFIG.value
   if _CHECKPOINTS.value:
     config.checkpoints = ','.join(_CHECKPOINTS.value)
-  try:
-    outcome = evaluate.backtest_pipeline(config, _OUTDIR.value, sweep=_SWEEP.value)
-  except (checkpoint.CheckpointError, data.DataError, ValueError, OSError) as e:
-    sys.exit(f'error: {e}')
-  evaluate.print_backtest_summary(outcome)
+  evaluate.backtest_command(config, _OUTDIR.value, sweep=_SWEEP.value)
 
 
 if __name__ == '__main__':

@@ -15,7 +15,7 @@ from ml_collections import config_flags
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from himari_jax import checkpoint, data, ensemble, evaluate  # noqa: E402 - after the path fix
+from himari_jax import ensemble, evaluate  # noqa: E402 - after the path fix
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', os.path.join(REPO, 'configs', 'ensemble.py'), 'Ensemble backtest configuration.')
@@ -31,7 +31,6 @@ _SWEEP = flags.DEFINE_bool('sweep', False, 'Also sweep strategies x confidence t
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  checkpoint.quiet_orbax_logging()
   config = _CONFIG.value
   if _STRATEGY.value is not None:
     config.strategy = _STRATEGY.value
@@ -39,11 +38,7 @@ def main(argv):
     config.confidence_threshold = _THRESHOLD.value
   if _MEMBERS.value:
     config.checkpoints = ','.join(_MEMBERS.value)
-  try:
-    outcome = evaluate.backtest_pipeline(config, _OUTDIR.value, sweep=_SWEEP.value)
-  except (checkpoint.CheckpointError, data.DataError, ValueError, OSError) as e:
-    sys.exit(f'error: {e}')
-  evaluate.print_backtest_summary(outcome)
+  evaluate.backtest_command(config, _OUTDIR.value, sweep=_SWEEP.value)
 
 
 if __name__ == '__main__':
