@@ -157,12 +157,12 @@ def main(argv):
   decision = feats[:1, None]
 
   torch.manual_seed(0)
-  reference = torch_reference.FlagTraderTorch()
+  model_config = model_lib.ModelConfig(causal=False)
+  reference = torch_reference.FlagTraderTorch.from_model_config(model_config)
   with torch.no_grad():  # non-zero adapters, as after fine-tuning
     for name, param in reference.named_parameters():
       if name.endswith('lora_B'):
         param.normal_(std=0.02)
-  model_config = model_lib.ModelConfig(causal=False)
   params = convert.torch_state_dict_to_flax(reference.state_dict(), model_config)
   counts = model_lib.count_params(params)
   print(f'FLAG-TRADER seed size: {counts["total"]:,} params, {counts["trainable"]:,} trainable; '
