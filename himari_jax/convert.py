@@ -232,13 +232,13 @@ def infer_model_config(state_dict: Mapping[str, Any],
         + _listing('keys found', sorted(state_dict)))
   for field, size in sizes.items():
     values.setdefault(field, size)
-  for field in ('state_dim', 'action_dim', 'd_model', 'num_layers', 'num_heads',
-                'dim_feedforward', 'lora_rank', 'max_length'):
-    values[field] = int(values[field])
-  for field in ('lora_alpha', 'dropout_rate'):
-    if field in values:
-      values[field] = float(values[field])
   try:
+    for field in ('state_dim', 'action_dim', 'd_model', 'num_layers', 'num_heads',
+                  'dim_feedforward', 'lora_rank', 'max_length'):
+      values[field] = int(values[field])
+    for field in ('lora_alpha', 'dropout_rate'):
+      if field in values:
+        values[field] = float(values[field])
     return model_lib.ModelConfig.from_config(values)
   except (TypeError, ValueError) as e:
     raise ConversionError(f'invalid model config in the checkpoint: {e}') from e
