@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import load_config_file
 
 from himari_jax import checkpoint as checkpoint_lib
 from himari_jax import convert, train
@@ -85,6 +86,7 @@ def test_config_and_metadata(small_pt):
   path, _ = small_pt
   loaded = convert.read_torch_checkpoint(path)
   config = loaded.model_config
+  assert set(config) == set(load_config_file('default').model)  # a drop-in `config.model`
   assert (config.d_model, config.num_layers, config.num_heads, config.dim_feedforward,
           config.lora_rank, config.max_length) == (32, 2, 4, 64, 4, 32)
   assert config.causal is False  # the original applies no mask
