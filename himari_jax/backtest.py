@@ -283,20 +283,22 @@ def buy_and_hold(prices: Any, params: BacktestParams) -> BacktestResult:
 def _simulate(prices: Prices, actions: jax.Array, confidence: jax.Array,
               params: BacktestParams) -> BacktestResult:
   """The simulation without validation, traceable in every argument."""
-  return _scan_bars(prices, actions, confidence, params, track_stats=False)
+  return _scan_bars(prices, actions, confidence, params, track='result')
 
 
 def _scan_bars(prices: Prices, actions: jax.Array, confidence: jax.Array, params: BacktestParams,
-               track_stats: bool) -> Any:
+               track: str, risk_free_per_bar: Any = 0.0) -> Any:
   """The bar-by-bar scan.
 
   Step t decides the fill of bar t and books the fill of bar t-1 that the previous step
   decided and carried (one extra step books the last bar). Carrying the decision matters for
   speed: XLA:CPU copies a shared expression into every loop output that uses it, so without
   it the sizing logic would be recomputed for each of the ~20 state variables of a sweep.
+  On CPU each state variable costs a small kernel per bar, so a sweep carries only what its
+  metrics need.
 
-  Returns a BacktestResult, or with `track_stats` only what a sweep needs: the (N,) equity
-  curve and the metrics.TradeStats accumulated inside the scan.
+  Returns, by `track`: 'result', a BacktestResult; 'all', the (N,) equity curve and the
+  metrics.TradeStats accumulated inside the scan; 'core', metrics.CoreStats only.
   """
   dtype = jnp.result_type(float)
   opens, closes = (jnp.asarray(x, dtype) for x in prices)
@@ -307,16 +309,22 @@ def _scan_bars(prices: Prices, actions: jax.Array, confidence: jax.Array, params
 
   def step(carry, x):
     cash, pos, qty, stats = carry
-    bar, action, conf, open_, close, prev_action, prev_conf, prev_open, prev_close = x
+    (bar, action, conf, open_, close, prev_action, prev_conf, prev_open, prev_close,
+     before_close) = x
     # Bar t executes the decision of bar t ('close') or of bar t-1 ('next_open'). The inputs
     # are selected here, per bar, so they stay shared by every setting of a sweep.
     prev_ref = jnp.where(next_open, prev_open, prev_close)
     price, commission, slippage, new_cash, new_pos = _book_fill(cash, pos, qty, prev_ref, p)
     equity = new_cash + new_pos * prev_close
-    if track_stats:
+    if track == 'all':
       stats = metrics_lib.update_trade_stats(stats, bar - 1, pos, cash, qty, price, commission,
                                              slippage, new_pos, new_cash, equity)
       record = equity
+    elif track == 'core':
+      # The equity before bar t-1 from the state before its fill, marked at bar t-2's close.
+      stats = metrics_lib.update_core_stats(stats, bar > 0, cash + pos * before_close, equity,
+                                            qty != 0, risk_free_per_bar)
+      record = None
     else:
       record = (qty, price, commission, slippage, new_pos, new_cash, equity)
     next_qty = _decide_fill(
@@ -328,17 +336,22 @@ def _scan_bars(prices: Prices, actions: jax.Array, confidence: jax.Array, params
   # decides nothing (HOLD) and books bar N-1.
   n = closes.shape[0]
   hold, zero = jnp.full((1,), HOLD, jnp.int32), jnp.zeros((1,), dtype)
-  stats = metrics_lib.init_trade_stats(p.initial_capital) if track_stats else ()
+  stats = {'all': metrics_lib.init_trade_stats, 'core': metrics_lib.init_core_stats,
+           'result': lambda capital: ()}[track](p.initial_capital)
   zero_qty = jnp.zeros_like(p.initial_capital)
   init = (p.initial_capital, zero_qty, zero_qty, stats)
   now = (jnp.concatenate([actions, hold]), jnp.concatenate([confidence, zero]),
          jnp.concatenate([opens, opens[-1:]]), jnp.concatenate([closes, closes[-1:]]))
   before = (jnp.concatenate([hold, actions]), jnp.concatenate([zero, confidence]),
             jnp.concatenate([opens[:1], opens]), jnp.concatenate([closes[:1], closes]))
-  xs = (jnp.arange(n + 1, dtype=jnp.int32), *now, *before)
+  # Bar t-2's close for step t (step 1's state is the capital, flat: any price marks it).
+  before_close = jnp.concatenate([closes[:1], closes[:1], closes[:-1]])
+  xs = (jnp.arange(n + 1, dtype=jnp.int32), *now, *before, before_close)
   (_, _, _, stats), record = jax.lax.scan(step, init, xs)
+  if track == 'core':
+    return stats
   record = jax.tree.map(lambda r: r[1:], record)
-  if track_stats:
+  if track == 'all':
     return record, stats
   executed_confidence = jnp.where(next_open, before[1][:-1], confidence)
   return BacktestResult(*record, confidence=executed_confidence)
@@ -381,8 +394,13 @@ def _book_fill(cash: jax.Array, pos: jax.Array, qty: jax.Array, ref: jax.Array,
 def sweep(prices: Any, actions: Any, confidence: Any, params: BacktestParams, *,
           signal_names: Sequence[str] | None = None, benchmark: bool = False,
           periods_per_year: float = 8760.0, risk_free_rate: float = 0.0,
-          batch_size: int = 1024) -> pd.DataFrame:
+          metrics: str = 'all', batch_size: int = 1024) -> pd.DataFrame:
   """Metrics of every (signal, setting) pair, computed in one compiled call.
+
+  `metrics='all'` gives every metric of SPEC section 7; `'core'` only `CORE_METRIC_NAMES`
+  (returns, volatility, Sharpe, Sortino, drawdown, Calmar, trades) from running sums carried
+  through the scan: no equity curve is kept, several times faster on CPU for large grids,
+  so screen with 'core' and report the survivors with 'all'.
 
   Args:
     prices: as in `run_backtest`, (N,) bars.
@@ -394,13 +412,17 @@ def sweep(prices: Any, actions: Any, confidence: Any, params: BacktestParams, *,
       buy-side costs and fill timing among the settings (not trials: keep them out of
       counts of configurations tried).
     periods_per_year, risk_free_rate: passed to the metrics.
-    batch_size: pairs simulated together (memory about 8 * batch_size * N bytes). On CPU,
+    metrics: 'all' or 'core' (metrics.CORE_METRIC_NAMES).
+    batch_size: pairs simulated together (with 'all', memory about 8 * batch_size * N
+      bytes; with 'core', a few bytes per pair). On CPU,
       large batches amortise XLA's per-step overhead; see benchmarks/bench_backtest.py.
 
   Returns:
     DataFrame with S * C rows (signal-major), then the benchmark rows: `signal`, the
-    settings, then every metric (`metrics.METRIC_NAMES`).
+    settings, then the metrics (`metrics.METRIC_NAMES` or `metrics.CORE_METRIC_NAMES`).
   """
+  if metrics not in ('all', 'core'):
+    raise ValueError(f"metrics must be 'all' or 'core', got {metrics!r}")
   prices = as_prices(prices)
   actions = np.atleast_2d(np.asarray(actions))
   confidence = np.atleast_2d(np.asarray(confidence))
@@ -415,24 +437,26 @@ def sweep(prices: Any, actions: Any, confidence: Any, params: BacktestParams, *,
   if len(names) != num_signals:
     raise ValueError(f'{len(names)} signal_names for {num_signals} signals')
 
-  num_pairs = num_signals * num_settings
-  num_batches = -(-num_pairs // max(1, batch_size))
-  batch_size = -(-num_pairs // num_batches)
-  # Pad to whole batches (repeating the last pair) so a single body is compiled.
-  pairs = np.arange(num_batches * batch_size).clip(max=num_pairs - 1)
-  signal_index, setting_index = np.divmod(pairs, num_settings)
-  pair_params = jax.tree.map(lambda leaf: leaf[setting_index], params)
+  # Every signal runs with a chunk of settings at a time: the scan's per-bar inputs stay
+  # shared by the settings instead of being copied for each pair.
+  chunk = max(1, min(num_settings, batch_size // num_signals))
+  num_chunks = -(-num_settings // chunk)
+  # Pad to whole chunks (repeating the last setting) so a single body is compiled.
+  padded = jax.tree.map(
+      lambda leaf: leaf[np.arange(num_chunks * chunk).clip(max=num_settings - 1)], params)
   table = _sweep_metrics(prices, jnp.asarray(actions, jnp.int32), jnp.asarray(confidence),
-                         jnp.asarray(signal_index), pair_params, periods_per_year,
-                         risk_free_rate, batch_size)
-  table = {k: np.asarray(v)[:num_pairs] for k, v in table.items()}
+                         padded, periods_per_year, risk_free_rate, chunk, metrics)
+  metric_names = (metrics_lib.METRIC_NAMES if metrics == 'all'
+                  else metrics_lib.CORE_METRIC_NAMES)
+  table = {k: np.asarray(table[k])[:, :num_settings].reshape(-1) for k in metric_names}
   settings = [params_to_dict(jax.tree.map(lambda leaf, i=i: leaf[i], params))
               for i in range(num_settings)]
   rows = [{'signal': names[s], **settings[c]} for s in range(num_signals)
           for c in range(num_settings)]
   frames = [pd.concat([pd.DataFrame(rows), pd.DataFrame(table)], axis=1)]
   if benchmark:
-    frames.append(_benchmark_rows(prices, settings, periods_per_year, risk_free_rate))
+    frames.append(_benchmark_rows(prices, settings, periods_per_year,
+                                  risk_free_rate)[frames[0].columns])
   return pd.concat(frames, ignore_index=True)
 
 
@@ -459,26 +483,35 @@ def _benchmark_rows(prices: Prices, settings: Sequence[Mapping[str, Any]],
 _SUMMARY_BATCH = 16
 
 
-@functools.partial(jax.jit, static_argnames='batch_size')
+@functools.partial(jax.jit, static_argnames=('chunk', 'metrics'))
 def _sweep_metrics(prices: Prices, actions: jax.Array, confidence: jax.Array,
-                   signal_index: jax.Array, params: BacktestParams, periods_per_year: float,
-                   risk_free_rate: float, batch_size: int) -> dict[str, jax.Array]:
+                   params: BacktestParams, periods_per_year: float, risk_free_rate: float,
+                   chunk: int, metrics: str) -> dict[str, jax.Array]:
+  """Metrics of signals (S, N) x settings (C,), C a multiple of `chunk`: (S, C) arrays."""
   market = metrics_lib.market_returns(jnp.asarray(prices.close, jnp.result_type(float)))
+  num_bars = market.shape[0]
 
-  def simulate(index, p):
-    return _scan_bars(prices, actions[index], confidence[index], p, track_stats=True)
+  def simulate(signal, p):
+    return _scan_bars(prices, *signal, p, track=metrics,
+                      risk_free_per_bar=risk_free_rate / periods_per_year)
 
   def summarize(args):
     equity, stats, capital = args
     return metrics_lib.summarize(stats, equity, market, capital,
                                  periods_per_year=periods_per_year, risk_free_rate=risk_free_rate)
 
-  def one_batch(args):
-    index, p = args
-    equity, stats = jax.vmap(simulate)(index, p)
-    return jax.lax.map(summarize, (equity, stats, p.initial_capital),
-                       batch_size=min(_SUMMARY_BATCH, batch_size))
+  def one_chunk(p):
+    # (S, chunk) pairs: signals outer, settings inner.
+    result = jax.vmap(jax.vmap(simulate, (None, 0)), (0, None))((actions, confidence), p)
+    capital = jnp.broadcast_to(p.initial_capital, (actions.shape[0], chunk))
+    if metrics == 'core':
+      return jax.vmap(jax.vmap(functools.partial(
+          metrics_lib.summarize_core, num_bars=num_bars, periods_per_year=periods_per_year,
+          risk_free_rate=risk_free_rate)))(result, initial_capital=capital)
+    pairs = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), (*result, capital))
+    table = jax.lax.map(summarize, pairs, batch_size=min(_SUMMARY_BATCH, pairs[-1].shape[0]))
+    return jax.tree.map(lambda x: x.reshape(actions.shape[0], chunk), table)
 
-  batches = jax.tree.map(lambda x: x.reshape(-1, batch_size, *x.shape[1:]), (signal_index, params))
-  table = jax.lax.map(one_batch, batches)
-  return jax.tree.map(lambda x: x.reshape(-1), table)
+  table = jax.lax.map(one_chunk, jax.tree.map(lambda x: x.reshape(-1, chunk), params))
+  # (chunks, S, chunk) -> (S, C)
+  return jax.tree.map(lambda x: jnp.moveaxis(x, 1, 0).reshape(x.shape[1], -1), table)

@@ -226,30 +226,45 @@ def test_vmap_over_64_settings_equals_single_runs():
     np.testing.assert_allclose(batched.equity[i], single.equity, rtol=1e-6)
 
 
-def test_sweep_table_matches_single_runs():
+def _single_run_metrics(opens, closes, signal, confidence, grid):
+  """compute_metrics of run_backtest for every setting of the grid, in float64."""
+  with jax.enable_x64(True):
+    market = metrics.market_returns(closes)
+    results = jax.vmap(backtest.run_backtest, in_axes=(None, None, None, 0))(
+        backtest.Prices(opens, closes), signal, confidence, grid)
+    return jax.vmap(lambda r: metrics.compute_metrics(r, market, 100_000.0))(results)
+
+
+@pytest.mark.parametrize('which', ['all', 'core'])
+def test_sweep_table_matches_single_runs(which):
   opens, closes, actions, confidence = random_market(300, seed=3)
   signals = np.stack([actions, np.roll(actions, 5)])
   confidences = np.stack([confidence, confidence[::-1]])
   grid = backtest.make_grid(confidence_threshold=(0.0, 0.6), fill=backtest.FILLS,
                             allow_short=(False, True))
-  table = backtest.sweep(backtest.Prices(opens, closes), signals, confidences, grid,
-                         signal_names=['a', 'b'], benchmark=True, batch_size=3)
+  # float64, so that the sweep (batch_size 6: 2 signals x 3 settings per chunk, the last
+  # chunk padded) must agree with single runs to rounding.
+  with jax.enable_x64(True):
+    table = backtest.sweep(backtest.Prices(opens, closes), signals, confidences, grid,
+                           signal_names=['a', 'b'], benchmark=True, metrics=which,
+                           batch_size=6)
   # 16 rows, then buy-and-hold for each of the two fill timings (the grid's costs are one).
   assert len(table) == 18 and list(table['signal'][:17:8]) == ['a', 'b', 'buy_and_hold']
   benchmark = table[table['signal'] == 'buy_and_hold']
   assert list(benchmark['fill']) == list(backtest.FILLS)
   assert list(benchmark['num_trades']) == [1, 1] and list(benchmark['sizing']) == ['full'] * 2
   assert list(table.columns[:2]) == ['signal', 'initial_capital']
-  assert set(metrics.METRIC_NAMES) <= set(table.columns)
-  market = metrics.market_returns(closes)
-  run_all = jax.vmap(backtest.run_backtest, in_axes=(None, None, None, 0))
+  names = metrics.METRIC_NAMES if which == 'all' else metrics.CORE_METRIC_NAMES
+  assert set(names) <= set(table.columns)
+  if which == 'core':
+    assert 'var_95' not in table.columns
   for s in range(2):
-    results = run_all(backtest.Prices(opens, closes), signals[s], confidences[s], grid)
-    expected = jax.vmap(lambda r: metrics.compute_metrics(r, market, 100_000.0))(results)
+    expected = _single_run_metrics(opens, closes, signals[s], confidences[s], grid)
     rows = table[table['signal'] == 'ab'[s]]
     assert list(rows['fill']) == [backtest.FILLS[int(f)] for f in grid.fill_next_open]
-    for name in metrics.METRIC_NAMES:
-      np.testing.assert_allclose(rows[name], expected[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    assert rows['num_trades'].min() > 0
+    for name in names:
+      np.testing.assert_allclose(rows[name], expected[name], rtol=1e-9, atol=1e-12, err_msg=name)
 
 
 @pytest.mark.parametrize('change, message', [
@@ -289,3 +304,5 @@ def test_bad_prices_shape_and_batched_settings_raise():
   bad = grid.replace(commission_buy=np.array([0.0, -0.5]))
   with pytest.raises(ValueError, match='commission_buy must be in'):
     backtest.sweep(np.ones((4, 2)), np.full(4, HOLD), np.full(4, 0.5), bad)
+  with pytest.raises(ValueError, match="metrics must be 'all' or 'core'"):
+    backtest.sweep(np.ones((4, 2)), np.full(4, HOLD), np.full(4, 0.5), grid, metrics='fast')
