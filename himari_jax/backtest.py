@@ -161,6 +161,16 @@ def params_to_dict(params: BacktestParams) -> dict[str, Any]:
   return values
 
 
+def params_table(params: BacktestParams) -> pd.DataFrame:
+  """Batched params (C,) as a DataFrame of C rows, columns as `params_to_dict` names them."""
+  columns = {k: np.atleast_1d(np.asarray(v)) for k, v in vars(params).items()}
+  columns['fill'] = np.asarray(FILLS, dtype=object)[columns.pop('fill_next_open')]
+  columns['allow_short'] = columns['allow_short'].astype(bool)
+  columns['sizing'] = np.asarray(SIZINGS, dtype=object)[columns['sizing']]
+  return pd.DataFrame({k: columns[k] for k in params_to_dict(
+      jax.tree.map(lambda leaf: np.atleast_1d(leaf)[0], params))})
+
+
 def make_grid(base: Mapping[str, Any] | None = None, **axes: Sequence[Any]) -> BacktestParams:
   """Cartesian product of `make_params` settings as one batched `BacktestParams`.
 
@@ -449,13 +459,12 @@ def sweep(prices: Any, actions: Any, confidence: Any, params: BacktestParams, *,
   metric_names = (metrics_lib.METRIC_NAMES if metrics == 'all'
                   else metrics_lib.CORE_METRIC_NAMES)
   table = {k: np.asarray(table[k])[:, :num_settings].reshape(-1) for k in metric_names}
-  settings = [params_to_dict(jax.tree.map(lambda leaf, i=i: leaf[i], params))
-              for i in range(num_settings)]
-  rows = [{'signal': names[s], **settings[c]} for s in range(num_signals)
-          for c in range(num_settings)]
-  frames = [pd.concat([pd.DataFrame(rows), pd.DataFrame(table)], axis=1)]
+  settings = params_table(params)
+  rows = pd.concat([settings] * num_signals, ignore_index=True)
+  rows.insert(0, 'signal', np.repeat(names, num_settings))
+  frames = [pd.concat([rows, pd.DataFrame(table)], axis=1)]
   if benchmark:
-    frames.append(_benchmark_rows(prices, settings, periods_per_year,
+    frames.append(_benchmark_rows(prices, settings.to_dict('records'), periods_per_year,
                                   risk_free_rate)[frames[0].columns])
   return pd.concat(frames, ignore_index=True)
 
