@@ -309,7 +309,8 @@ def summarize_core(stats: CoreStats, num_bars: int, initial_capital: Any, *,
     std = jnp.sqrt(jnp.maximum(stats.squares - n * mean * mean, 0) / (n - 1))
   else:
     std = jnp.full_like(mean, jnp.nan)
-  return _return_metrics(stats.equity, jnp.asarray(initial_capital, dtype), mean - risk_free_rate / periods_per_year, std,
+  return _return_metrics(stats.equity, jnp.asarray(initial_capital, dtype),
+                         mean - risk_free_rate / periods_per_year, std,
                          jnp.sqrt(stats.downside / n), stats.max_drawdown, stats.num_trades,
                          n, periods_per_year)
 
