@@ -262,7 +262,8 @@ def backtest_pipeline(config: ml_collections.ConfigDict, outdir: str, *,
                                   confidence_threshold=list(config.sweep.confidence_thresholds))
     table = backtest_lib.sweep(df, actions, confidence, grid, signal_names=strategies,
                                periods_per_year=config.periods_per_year,
-                               risk_free_rate=config.risk_free_rate)
+                               risk_free_rate=config.risk_free_rate,
+                               metrics=config.sweep.get('metrics', 'all'))
     os.makedirs(outdir, exist_ok=True)
     table.to_csv(os.path.join(outdir, 'sweep.csv'), index=False)
     trial_sharpes = table['sharpe'].to_numpy(float)

@@ -62,10 +62,12 @@ def test_backtest_with_sweep(quickstart, repo_root, tmp_path):
   workdir, _ = quickstart
   out = tmp_path / 'bt'
   done = run(repo_root, 'backtest.py', f'--checkpoints={workdir / "train"}', f'--outdir={out}',
-             '--sweep', '--config.sweep.confidence_thresholds=(0.0,0.6)', *FAST_STATS)
+             '--sweep', '--config.sweep.confidence_thresholds=(0.0,0.6)',
+             '--config.sweep.metrics=core', *FAST_STATS)
   check_reports(out)
   sweep = pd.read_csv(out / 'sweep.csv')
   assert len(sweep) == 3 * 2 and {'signal', 'confidence_threshold', 'sharpe'} <= set(sweep)
+  assert 'var_95' not in sweep  # the screening metrics only
   assert 'sweep: best' in done.stdout
 
 
