@@ -310,7 +310,8 @@ def _scan_bars(prices: Prices, actions: jax.Array, confidence: jax.Array, params
   metrics need.
 
   Returns, by `track`: 'result', a BacktestResult; 'all', the (N,) equity curve and the
-  metrics.TradeStats accumulated inside the scan; 'core', metrics.CoreStats only.
+  metrics.TradeStats accumulated inside the scan; 'core', metrics.CoreStats and the final
+  equity.
   """
   dtype = jnp.result_type(float)
   opens, closes = (jnp.asarray(x, dtype) for x in prices)
@@ -318,11 +319,12 @@ def _scan_bars(prices: Prices, actions: jax.Array, confidence: jax.Array, params
   confidence = jnp.asarray(confidence, dtype)
   p = jax.tree.map(lambda x: jnp.asarray(x, dtype), params)
   next_open = p.fill_next_open > 0.5
+  inv = _reciprocals(p)
 
   def step(carry, x):
     cash, pos, qty, stats = carry
     (bar, action, conf, open_, close, prev_action, prev_conf, prev_open, prev_close,
-     before_close) = x
+     before_close, inv_open, inv_close) = x
     # Bar t executes the decision of bar t ('close') or of bar t-1 ('next_open'). The inputs
     # are selected here, per bar, so they stay shared by every setting of a sweep.
     prev_ref = jnp.where(next_open, prev_open, prev_close)
@@ -341,7 +343,8 @@ def _scan_bars(prices: Prices, actions: jax.Array, confidence: jax.Array, params
       record = (qty, price, commission, slippage, new_pos, new_cash, equity)
     next_qty = _decide_fill(
         new_cash, new_pos, jnp.where(next_open, prev_action, action),
-        jnp.where(next_open, prev_conf, conf), jnp.where(next_open, open_, close), p)
+        jnp.where(next_open, prev_conf, conf), jnp.where(next_open, open_, close),
+        jnp.where(next_open, inv_open, inv_close), p, inv)
     return (new_cash, new_pos, next_qty, stats), record
 
   # One step more than bars: step 0 books nothing (bar -1 is flat at the capital), step N
@@ -358,10 +361,10 @@ def _scan_bars(prices: Prices, actions: jax.Array, confidence: jax.Array, params
             jnp.concatenate([opens[:1], opens]), jnp.concatenate([closes[:1], closes]))
   # Bar t-2's close for step t (step 1's state is the capital, flat: any price marks it).
   before_close = jnp.concatenate([closes[:1], closes[:1], closes[:-1]])
-  xs = (jnp.arange(n + 1, dtype=jnp.int32), *now, *before, before_close)
-  (_, _, _, stats), record = jax.lax.scan(step, init, xs)
+  xs = (jnp.arange(n + 1, dtype=jnp.int32), *now, *before, before_close, 1 / now[2], 1 / now[3])
+  (cash, pos, _, stats), record = jax.lax.scan(step, init, xs)
   if track == 'core':
-    return stats
+    return stats, cash + pos * closes[-1]  # as the last step marks bar N - 1
   record = jax.tree.map(lambda r: r[1:], record)
   if track == 'all':
     return record, stats
@@ -369,21 +372,42 @@ def _scan_bars(prices: Prices, actions: jax.Array, confidence: jax.Array, params
   return BacktestResult(*record, confidence=executed_confidence)
 
 
+class _Reciprocals(NamedTuple):
+  """Divisors of the sizing rules inverted once per setting, outside the scan: per bar the
+  decision then multiplies (on CPU a division costs several multiplications)."""
+
+  buy: jax.Array  # 1 / (1 + slippage_buy)
+  sell: jax.Array  # 1 / (1 - slippage_sell)
+  full_buy: jax.Array  # 1 / ((1 + slippage_buy) * (1 + commission_buy))
+  full_sell: jax.Array  # 1 / ((1 - slippage_sell) * (1 + commission_sell))
+
+
+def _reciprocals(p: BacktestParams) -> _Reciprocals:
+  return _Reciprocals(
+      buy=1 / (1 + p.slippage_buy), sell=1 / (1 - p.slippage_sell),
+      full_buy=1 / ((1 + p.slippage_buy) * (1 + p.commission_buy)),
+      full_sell=1 / ((1 - p.slippage_sell) * (1 + p.commission_sell)))
+
+
 def _decide_fill(cash: jax.Array, pos: jax.Array, action: jax.Array, conf: jax.Array,
-                 ref: jax.Array, p: BacktestParams) -> jax.Array:
-  """Signed units to trade for one executed decision (SPEC section 6), given the state."""
+                 ref: jax.Array, inv_ref: jax.Array, p: BacktestParams,
+                 inv: _Reciprocals) -> jax.Array:
+  """Signed units to trade for one executed decision (SPEC section 6), given the state.
+
+  `inv_ref` is 1 / ref and `inv` the setting's `_reciprocals`.
+  """
   trades = conf >= p.confidence_threshold
   buy_price = ref * (1 + p.slippage_buy)
-  sell_price = ref * (1 - p.slippage_sell)
   budget = jnp.maximum(cash + pos * ref, 0.0)
   frac = jnp.where(p.sizing == _CONFIDENCE, conf * p.max_position_pct, p.max_position_pct)
   full = p.sizing == _FULL
-  long_qty = jnp.where(full, budget / (1 + p.commission_buy), frac * budget) / buy_price
-  short_qty = jnp.where(full, budget / (1 + p.commission_sell), frac * budget) / sell_price
+  units = budget * inv_ref
+  long_qty = units * jnp.where(full, inv.full_buy, frac * inv.buy)
+  short_qty = units * jnp.where(full, inv.full_sell, frac * inv.sell)
   buy_qty = jnp.maximum(long_qty - pos, 0.0)
   # A full BUY that also covers a short buys what cash can pay: a flip to a full long would
   # otherwise never be affordable.
-  affordable = jnp.maximum(cash, 0.0) / (buy_price * (1 + p.commission_buy))
+  affordable = jnp.maximum(cash, 0.0) * inv_ref * inv.full_buy
   buy_qty = jnp.where(full, jnp.minimum(buy_qty, affordable), buy_qty)
   buy = ((action == BUY) & trades & (buy_qty > 0)
          & (buy_qty * buy_price * (1 + p.commission_buy) <= cash + _CASH_TOLERANCE * budget))
@@ -518,7 +542,7 @@ def _sweep_metrics(prices: Prices, actions: jax.Array, confidence: jax.Array,
     if metrics == 'core':
       return jax.vmap(jax.vmap(functools.partial(
           metrics_lib.summarize_core, num_bars=num_bars, periods_per_year=periods_per_year,
-          risk_free_rate=risk_free_rate)))(result, initial_capital=capital)
+          risk_free_rate=risk_free_rate)))(*result, initial_capital=capital)
     pairs = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), (*result, capital))
     table = jax.lax.map(summarize, pairs, batch_size=min(_SUMMARY_BATCH, pairs[-1].shape[0]))
     return jax.tree.map(lambda x: x.reshape(actions.shape[0], chunk), table)

@@ -258,12 +258,11 @@ def _return_metrics(final_equity: jax.Array, capital: jax.Array, mean_excess: ja
 class CoreStats(NamedTuple):
   """Running sums for CORE_METRIC_NAMES, updated bar by bar inside a sweep's scan.
 
-  equity: after the last bar; peak and max_drawdown: of the equity curve; returns, squares:
-  sums of the period returns and their squares; downside: sum of min(excess return, 0)**2;
-  num_trades: fills.
+  peak and max_drawdown: of the equity curve; returns, squares: sums of the period returns
+  and their squares; downside: sum of min(excess return, 0)**2; num_trades: fills. (The
+  final equity comes from the scan's final state: every carry costs a kernel per bar.)
   """
 
-  equity: jax.Array
   peak: jax.Array
   max_drawdown: jax.Array
   returns: jax.Array
@@ -276,7 +275,7 @@ def init_core_stats(initial_capital: Any) -> CoreStats:
   """Sums before bar 0; the capital is the first equity peak."""
   capital = jnp.asarray(initial_capital, jnp.result_type(float))
   zero = jnp.zeros_like(capital)
-  return CoreStats(equity=capital, peak=capital, max_drawdown=zero, returns=zero, squares=zero,
+  return CoreStats(peak=capital, max_drawdown=zero, returns=zero, squares=zero,
                    downside=zero, num_trades=jnp.zeros(capital.shape, jnp.int32))
 
 
@@ -287,29 +286,29 @@ def update_core_stats(stats: CoreStats, counts: jax.Array, prev_equity: jax.Arra
   q = jnp.where(counts, equity / prev_equity - 1, 0)
   peak = jnp.maximum(stats.peak, equity)
   return CoreStats(
-      equity=equity, peak=peak,
+      peak=peak,
       max_drawdown=jnp.minimum(stats.max_drawdown, equity / peak - 1),
       returns=stats.returns + q, squares=stats.squares + q * q,
       downside=stats.downside + jnp.where(counts, jnp.minimum(q - risk_free_per_bar, 0) ** 2, 0),
       num_trades=stats.num_trades + traded)
 
 
-def summarize_core(stats: CoreStats, num_bars: int, initial_capital: Any, *,
-                   periods_per_year: float = 8760.0,
+def summarize_core(stats: CoreStats, final_equity: jax.Array, num_bars: int,
+                   initial_capital: Any, *, periods_per_year: float = 8760.0,
                    risk_free_rate: float = 0.0) -> dict[str, jax.Array]:
-  """CORE_METRIC_NAMES from the running sums after the last of `num_bars` bars.
+  """CORE_METRIC_NAMES from the running sums and equity after the last of `num_bars` bars.
 
   The variance comes from sums of returns and squares: in float32 (the default) expect
   about 1e-5 relative difference from `compute_metrics`, exact in float64.
   """
-  dtype = stats.equity.dtype
+  dtype = final_equity.dtype
   n = num_bars
   mean = stats.returns / n
   if n > 1:
     std = jnp.sqrt(jnp.maximum(stats.squares - n * mean * mean, 0) / (n - 1))
   else:
     std = jnp.full_like(mean, jnp.nan)
-  return _return_metrics(stats.equity, jnp.asarray(initial_capital, dtype),
+  return _return_metrics(final_equity, jnp.asarray(initial_capital, dtype),
                          mean - risk_free_rate / periods_per_year, std,
                          jnp.sqrt(stats.downside / n), stats.max_drawdown, stats.num_trades,
                          n, periods_per_year)
