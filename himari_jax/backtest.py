@@ -169,8 +169,7 @@ def params_table(params: BacktestParams) -> pd.DataFrame:
   columns['fill'] = np.asarray(FILLS, dtype=object)[columns.pop('fill_next_open')]
   columns['allow_short'] = columns['allow_short'].astype(bool)
   columns['sizing'] = np.asarray(SIZINGS, dtype=object)[columns['sizing']]
-  return pd.DataFrame({k: columns[k] for k in params_to_dict(
-      jax.tree.map(lambda leaf: np.atleast_1d(leaf)[0], params))})
+  return pd.DataFrame(columns)
 
 
 def make_grid(base: Mapping[str, Any] | None = None, **axes: Sequence[Any]) -> BacktestParams:

@@ -233,8 +233,7 @@ def summarize(stats: TradeStats, equity: jax.Array, market: jax.Array, initial_c
 
 
 def _return_metrics(final_equity: jax.Array, capital: jax.Array, mean_excess: jax.Array,
-                    std: jax.Array,
-                    downside_deviation: jax.Array, max_drawdown: jax.Array,
+                    std: jax.Array, downside_deviation: jax.Array, max_drawdown: jax.Array,
                     num_trades: jax.Array, num_bars: int,
                     periods_per_year: float) -> dict[str, jax.Array]:
   """The metrics of CORE_METRIC_NAMES from the final equity and return statistics."""
