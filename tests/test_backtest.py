@@ -306,3 +306,15 @@ def test_bad_prices_shape_and_batched_settings_raise():
     backtest.sweep(np.ones((4, 2)), np.full(4, HOLD), np.full(4, 0.5), bad)
   with pytest.raises(ValueError, match="metrics must be 'all' or 'core'"):
     backtest.sweep(np.ones((4, 2)), np.full(4, HOLD), np.full(4, 0.5), grid, metrics='fast')
+
+
+def test_readme_sweep_snippet_runs(repo_root):
+  # The README's Python example, as written, on the bundled data.
+  readme = (repo_root / 'README.md').read_text()
+  snippet = readme.split('```python\n', 1)[1].split('```', 1)[0]
+  namespace = {}
+  exec(snippet, namespace)  # noqa: S102 - our own README
+  best = namespace['best']
+  assert len(namespace['screen']) == 40 and len(best) == 5
+  assert set(metrics.CORE_METRIC_NAMES) <= set(best.columns)
+  assert np.all(np.diff(best['sharpe'].to_numpy()) <= 0)
