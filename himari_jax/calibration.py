@@ -283,8 +283,10 @@ def _newton_minimize(objective: Callable[[jax.Array], jax.Array], x0: jax.Array,
                      num_steps: int) -> jax.Array:
   """Damped Newton for a smooth convex function of a few variables.
 
-  Each step evaluates all step sizes 1, 1/2, ... at once and keeps the best, or stays put when
-  none improves, so the objective never increases.
+  Each step evaluates all step sizes 1, 1/2, ... at once and takes the largest that does not
+  increase the objective (backtracking), or stays put when none qualifies. Near the minimum
+  float32 values no longer resolve the decrease, and picking the lowest value there would pick
+  rounding noise (a shorter step) over the exact Newton step.
   """
   step_sizes = 0.5 ** jnp.arange(_NUM_STEP_SIZES, dtype=x0.dtype)
 
@@ -295,9 +297,9 @@ def _newton_minimize(objective: Callable[[jax.Array], jax.Array], x0: jax.Array,
     norm = jnp.linalg.norm(direction)
     direction = direction * jnp.minimum(1.0, _MAX_STEP / jnp.maximum(norm, 1e-30))
     candidates = x + step_sizes[:, None] * direction
-    values = jax.vmap(objective)(candidates)
-    best = jnp.argmin(values)
-    return jnp.where(values[best] < objective(x), candidates[best], x)
+    acceptable = jax.vmap(objective)(candidates) <= objective(x)
+    largest = jnp.argmax(acceptable)  # step sizes are in decreasing order
+    return jnp.where(acceptable[largest], candidates[largest], x)
 
   return lax.fori_loop(0, num_steps, step, x0)
 
