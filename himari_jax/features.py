@@ -357,13 +357,15 @@ def _seed_mean(x: np.ndarray, k: int, causal: bool) -> np.ndarray:
 
 def _lagged_windows(x: np.ndarray, k: int) -> np.ndarray:
   """(N - k, k): row i holds x_{t-k} .. x_{t-1} for t = k + i (the k bars before t)."""
-  return np.lib.stride_tricks.sliding_window_view(x, k)[:max(len(x) - k, 0)]
+  if len(x) <= k:  # no bar has k bars before it yet
+    return np.zeros((0, k))
+  return np.lib.stride_tricks.sliding_window_view(x, k)[:len(x) - k]
 
 
 def _from_bar(k: int, values: np.ndarray, n: int) -> np.ndarray:
   """values (N - k,) placed at rows k.. of a length-N column; rows < k are 0 (the seed's)."""
   out = np.zeros(n)
-  out[k:] = values
+  out[k:] = values  # empty when n <= k
   return out
 
 
@@ -371,9 +373,10 @@ def _seed_columns(h: np.ndarray, low: np.ndarray, c: np.ndarray, v: np.ndarray,
                   causal: bool) -> np.ndarray:
   """float64 (N, 22): the seed's columns from float64 (N,) high, low, close, volume."""
   n = len(c)
+  lagged = {k: c[:max(n - k, 0)] for k in (1, 6, 12, 24, 72, 168)}  # c_{t-k} for t = k..
   cols: list[np.ndarray] = []
   with np.errstate(divide='ignore', invalid='ignore'):
-    cols += [_from_bar(k, (c[k:] - c[:n - k]) / c[:n - k], n) for k in (1, 6, 24, 72, 168)]
+    cols += [_from_bar(k, (c[k:] - lagged[k]) / lagged[k], n) for k in (1, 6, 24, 72, 168)]
     for k in (12, 24, 72, 168):
       mean = _seed_mean(c, k, causal)
       cols.append((c - mean) / mean)
@@ -395,7 +398,7 @@ def _seed_columns(h: np.ndarray, low: np.ndarray, c: np.ndarray, v: np.ndarray,
 
     bar_range = (h - low) / c
     cols += [bar_range, _seed_mean(bar_range, 24, causal)]
-    cols += [_from_bar(k, (c[k:] - c[:n - k]) / c[k:], n) for k in (12, 24, 72)]
+    cols += [_from_bar(k, (c[k:] - lagged[k]) / c[k:], n) for k in (12, 24, 72)]
   out = np.stack(cols, axis=1)
   out[~np.isfinite(out)] = 0.0  # the seed's NaN / inf -> 0 (flat windows, zero prices)
   return out
