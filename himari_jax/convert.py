@@ -14,9 +14,15 @@ extra); nothing here needs it for Flax-only work.
 Training runs: `convert_to_run` writes a `.pt` as step 0 of an Orbax run directory (the
 layout of himari_jax/checkpoint.py: items `state` = {params} without optimiser state, and `meta`),
 so `checkpoint.load_model`, `config.train.init_from` and every entry point read it like a run
-trained here; `run_to_torch_checkpoint` goes back. The original `.pt` files hold no
-normalisation statistics: unless given some, `convert_to_run` fits them on the training split
-of `config.data.train` (what training here would fit) and says so in the run's meta.
+trained here; `run_to_torch_checkpoint` goes back.
+
+Inputs: an original seed `.pt` was trained on the seed's 22 raw features, not this project's
+normalised state, so a converted run records the feature set it is scored with
+(`config.data.feature_set` and `meta['feature_set']`): 'seed_causal' by default, 'seed_exact'
+to reproduce the seed's own (look-ahead) numbers, see himari_jax/features.py. The seed sets use
+the identity normaliser. Files exported from runs here carry their feature set and statistics;
+an original file scored on 'himari' gets statistics fitted on the training split of
+`config.data.train` (what training here would fit), and the run's meta says so.
 """
 
 from __future__ import annotations
@@ -46,6 +52,11 @@ TORCH_CONFIG_KEYS = ('state_dim', 'action_dim', 'd_model', 'num_layers', 'num_he
 # Top-level entry of files written by `save_torch_checkpoint`: the complete `config.model`
 # (mask, alpha, adapter targets), which the original `config` has no room for.
 HIMARI_MODEL_KEY = 'himari_jax_model'
+# Top-level entry of exported files: the feature set the run was trained on.
+FEATURE_SET_KEY = 'feature_set'
+# What an original seed `.pt` (which records no feature set) is scored with by default: the
+# seed's own columns, with trailing means where the seed's saw the future.
+PT_DEFAULT_FEATURE_SET = 'seed_causal'
 DEFAULT_NUM_HEADS = 8  # the original loader's default; head count leaves no trace in the weights
 _MAX_LISTED = 12
 
@@ -64,6 +75,8 @@ class TorchCheckpoint:
   layout: 'model_state_dict', 'model' (older files) or 'state_dict' (a bare state dict).
   normalizer: the statistics of a file written by `save_torch_checkpoint` from a run here;
     None for the original files, which hold none.
+  feature_set: the feature set the file records (exports from runs here; 'himari' for exports
+    that predate feature sets, recognisable by their statistics); None for original files.
   """
 
   model_config: ml_collections.ConfigDict
@@ -71,6 +84,7 @@ class TorchCheckpoint:
   metadata: dict
   layout: str
   normalizer: features_lib.Normalizer | None = None
+  feature_set: str | None = None
 
 
 def _path_names(path: tuple) -> tuple[str, ...]:
@@ -325,7 +339,7 @@ def _scalar_metadata(checkpoint: Any) -> dict:
   for key, value in checkpoint.items():
     if isinstance(value, np.generic):
       value = value.item()
-    if isinstance(value, bool | int | float | str):
+    if isinstance(value, bool | int | float | str) and key != FEATURE_SET_KEY:
       metadata[str(key)] = value
   return metadata
 
@@ -335,10 +349,25 @@ def _normalizer_entry(path: str, checkpoint: Any) -> features_lib.Normalizer | N
   if entry is None:
     return None
   try:
-    return features_lib.Normalizer.from_dict({k: _as_numpy(k, v) for k, v in entry.items()})
-  except (AttributeError, KeyError, ValueError) as e:
+    return features_lib.Normalizer.from_dict(
+        {k: v if k == 'clip' else _as_numpy(k, v) for k, v in entry.items()})
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
     raise ConversionError(f'{path}: unreadable `normalizer` entry ({e}); expected '
-                          '{"mean": (60,), "std": (60,)} as save_torch_checkpoint writes.') from e
+                          '{"mean": (60,), "std": (60,), "clip": float or None} as '
+                          'save_torch_checkpoint writes.') from e
+
+
+def _feature_set_entry(path: str, checkpoint: Any,
+                       normalizer: features_lib.Normalizer | None) -> str | None:
+  entry = checkpoint.get(FEATURE_SET_KEY) if isinstance(checkpoint, Mapping) else None
+  if entry is None:
+    # Statistics without a feature set: exported from a run here before feature sets existed.
+    return None if normalizer is None else features_lib.DEFAULT_FEATURE_SET
+  try:
+    return features_lib.get_feature_set(entry).name
+  except (features_lib.FeatureSetError, TypeError) as e:
+    raise ConversionError(f'{path}: `{FEATURE_SET_KEY}` entry {entry!r} is not a feature set; '
+                          f'valid: {", ".join(features_lib.FEATURE_SETS)}.') from e
 
 
 def read_torch_checkpoint(path: str | os.PathLike) -> TorchCheckpoint:
@@ -351,8 +380,9 @@ def read_torch_checkpoint(path: str | os.PathLike) -> TorchCheckpoint:
     params = torch_state_dict_to_flax(state_dict, model_config)
   except ConversionError as e:
     raise ConversionError(f'{path}: {e}') from e
+  normalizer = _normalizer_entry(path, checkpoint)
   return TorchCheckpoint(model_config_dict(model_config), params, _scalar_metadata(checkpoint),
-                         layout, _normalizer_entry(path, checkpoint))
+                         layout, normalizer, _feature_set_entry(path, checkpoint, normalizer))
 
 
 def load_torch_checkpoint(path: str | os.PathLike) -> tuple[ml_collections.ConfigDict, dict]:
@@ -433,45 +463,81 @@ def save_torch_checkpoint(path: str | os.PathLike, params: Any,
     raise
 
 
-def converted_config(base: ml_collections.ConfigDict,
-                     loaded: TorchCheckpoint) -> ml_collections.ConfigDict:
+def converted_config(base: ml_collections.ConfigDict, loaded: TorchCheckpoint,
+                     feature_set: str = PT_DEFAULT_FEATURE_SET) -> ml_collections.ConfigDict:
   """`base` (a full config) with `.model` from the checkpoint, as the original was trained.
 
-  The original scores one bar at a time (T = 1) without a mask; `init_from` is cleared so the
-  run does not point back at the file it came from.
+  The original scores one bar at a time (T = 1) without a mask; `data.feature_set` is the set
+  the run is scored with; `init_from` is cleared so the run does not point back at the file it
+  came from.
   """
   config = ml_collections.ConfigDict(base.to_dict())
   config.model.update(loaded.model_config.to_dict())
+  config.data.feature_set = feature_set
   config.train.context_length = 1
   config.train.init_from = ''
   return config
 
 
-def convert_to_run(pt_path: str | os.PathLike, workdir: str | os.PathLike,
-                   base_config: ml_collections.ConfigDict,
-                   normalizer: features_lib.Normalizer | None = None) -> str:
-  """Converts a PyTorch `.pt` into a run directory that `checkpoint.load_model` reads.
+def _resolve_feature_set(path: str, loaded: TorchCheckpoint, requested: str | None) -> str:
+  """The requested set, else the file's, else PT_DEFAULT_FEATURE_SET; a file that records a
+  set (an export of a run here) is refused any other."""
+  if requested is not None:
+    features_lib.get_feature_set(requested)
+  if loaded.feature_set is None:
+    return requested or PT_DEFAULT_FEATURE_SET
+  try:
+    features_lib.check_feature_set(loaded.feature_set, requested or loaded.feature_set)
+  except features_lib.FeatureSetError as e:
+    raise ConversionError(f'{path} records its feature set: {e}') from e
+  return loaded.feature_set
 
-  Writes `<workdir>/checkpoints/0/` with the Orbax items of himari_jax/checkpoint.py: `state`
-  = {'params'} (a converted file has no optimiser state; load_model and
-  `config.train.init_from` read params only) and `meta` = {config, normalizer, source, ...}.
-  The normaliser is `normalizer`, else the one stored in the file (exports from here), else
-  fitted on the training split of `base_config.data.train`; `meta['normalizer_source']` says
-  which. Everything is checked before anything is written, and the run appears atomically:
-  on any error `workdir` is not created. An existing non-empty `workdir` is refused.
 
-  Returns the step directory written.
+def load_pt_model(pt_path: str | os.PathLike, base_config: ml_collections.ConfigDict,
+                  feature_set: str | None = None,
+                  normalizer: features_lib.Normalizer | None = None
+                  ) -> checkpoint_lib.LoadedModel:
+  """A PyTorch `.pt` as a model ready to predict, with the inputs its weights know.
+
+  Args:
+    pt_path: an original seed file or an export of a run here (`run_to_torch_checkpoint`).
+    base_config: the full config to record (`converted_config` puts the checkpoint's model,
+      T = 1 and the feature set in it).
+    feature_set: what to score with; None = the set the file records, else 'seed_causal'.
+      'seed_exact' reproduces the seed's own numbers and sees the future.
+    normalizer: statistics for a 'himari' model; by default those stored in the file, else
+      fitted on the training split of `base_config.data.train`. The seed sets are fed raw:
+      their normaliser is the identity and any other is refused.
+
+  Returns:
+    A `checkpoint.LoadedModel` (step 0, path = the file) whose meta holds `feature_set`,
+    `normalizer_source`, `source` (path, layout, the file's scalar metadata), `param_counts`
+    and, for a look-ahead set, `lookahead_warning`.
+
+  Raises:
+    ConversionError: unreadable file, unknown feature set, a set other than the file's, or
+      statistics that the feature set cannot use.
   """
-  workdir = os.path.abspath(os.fspath(workdir))
-  if os.path.exists(workdir) and (not os.path.isdir(workdir) or os.listdir(workdir)):
-    raise ConversionError(f'{workdir} already exists and is not empty; choose a new --output.')
-  loaded = read_torch_checkpoint(pt_path)
-  config = converted_config(base_config, loaded)
-  model_lib.ModelConfig.from_config(config.model)  # fails here, not at the first load
-  if normalizer is not None:
+  path = os.fspath(pt_path)
+  loaded = read_torch_checkpoint(path)
+  try:
+    feature_set = _resolve_feature_set(path, loaded, feature_set)
+  except features_lib.FeatureSetError as e:
+    raise ConversionError(str(e)) from e
+  config = converted_config(base_config, loaded, feature_set)
+  model_config = model_lib.ModelConfig.from_config(config.model)  # fails here, not at a load
+  if not features_lib.needs_normalization(feature_set):
+    for candidate, where in ((normalizer, 'given'), (loaded.normalizer, f'stored in {path}')):
+      if candidate is not None and not candidate.is_identity:
+        raise ConversionError(
+            f"feature set '{feature_set}' is fed raw, as the seed was trained; the statistics "
+            f'{where} would rescale it. Drop them, or score with feature_set=himari.')
+    normalizer = features_lib.Normalizer.identity()
+    source = f"identity: feature set '{feature_set}' is not normalised"
+  elif normalizer is not None:
     source = 'given to the converter'
   elif loaded.normalizer is not None:
-    normalizer, source = loaded.normalizer, f'stored in {os.fspath(pt_path)}'
+    normalizer, source = loaded.normalizer, f'stored in {path}'
   else:
     from himari_jax import train as train_lib  # heavy: only when statistics must be fitted
 
@@ -479,18 +545,45 @@ def convert_to_run(pt_path: str | os.PathLike, workdir: str | os.PathLike,
     source = (f'fitted by the converter on the training split of {config.data.train} '
               '(the .pt holds no normalisation statistics)')
   meta = {'config': config.to_dict(), 'normalizer': normalizer.to_dict(),
-          'normalizer_source': source,
-          'source': {'path': os.path.abspath(os.fspath(pt_path)), 'layout': loaded.layout,
+          'normalizer_source': source, 'feature_set': feature_set,
+          'source': {'path': os.path.abspath(path), 'layout': loaded.layout,
                      'metadata': loaded.metadata},
           'param_counts': model_lib.count_params(loaded.params)}
+  if warning := features_lib.lookahead_warning(feature_set):
+    meta['lookahead_warning'] = warning
+  return checkpoint_lib.LoadedModel(config=config, model_config=model_config,
+                                    params=loaded.params, normalizer=normalizer, meta=meta,
+                                    step=0, path=path)
+
+
+def convert_to_run(pt_path: str | os.PathLike, workdir: str | os.PathLike,
+                   base_config: ml_collections.ConfigDict,
+                   normalizer: features_lib.Normalizer | None = None,
+                   feature_set: str | None = None) -> str:
+  """Converts a PyTorch `.pt` into a run directory that `checkpoint.load_model` reads.
+
+  Writes `<workdir>/checkpoints/0/` with the Orbax items of himari_jax/checkpoint.py: `state`
+  = {'params'} (a converted file has no optimiser state; load_model and
+  `config.train.init_from` read params only) and `meta` as `load_pt_model` builds it (config
+  with `data.feature_set`, normalizer, normalizer_source, feature_set, source, ...); the
+  arguments are those of `load_pt_model`. Everything is checked before anything is written,
+  and the run appears atomically: on any error `workdir` is not created. An existing
+  non-empty `workdir` is refused.
+
+  Returns the step directory written.
+  """
+  workdir = os.path.abspath(os.fspath(workdir))
+  if os.path.exists(workdir) and (not os.path.isdir(workdir) or os.listdir(workdir)):
+    raise ConversionError(f'{workdir} already exists and is not empty; choose a new --output.')
+  loaded = load_pt_model(pt_path, base_config, feature_set, normalizer)
   parent = os.path.dirname(workdir)
   os.makedirs(parent, exist_ok=True)
   staging = tempfile.mkdtemp(prefix=f'.{os.path.basename(workdir)}.tmp-', dir=parent)
   try:
     manager = checkpoint_lib.make_manager(
         os.path.join(staging, checkpoint_lib.CHECKPOINT_SUBDIR),
-        best_metric=config.train.best_metric)
-    checkpoint_lib.save(manager, 0, {'params': loaded.params}, meta)
+        best_metric=loaded.config.train.best_metric)
+    checkpoint_lib.save(manager, 0, {'params': loaded.params}, loaded.meta)
     manager.wait_until_finished()
     manager.close()
     if os.path.isdir(workdir):
@@ -508,13 +601,16 @@ def run_to_torch_checkpoint(run: str | os.PathLike, pt_path: str | os.PathLike,
 
   Besides the model, the file holds the run's step, its normaliser (`normalizer`: {'mean',
   'std'}, read back by `convert_to_run`) and the epoch's metrics under the original names
-  (epoch, train_loss, val_loss, val_accuracy). Returns the exported run.
+  (epoch, train_loss, val_loss, val_accuracy), and its feature set (`feature_set`), so the
+  file converts back to a run scored on the same inputs. Returns the exported run.
   """
   loaded = checkpoint_lib.load_model(run, which)
   metrics = loaded.meta.get('epoch_metrics') or {}
   extra = {key: metrics[key] for key in ('epoch', 'train_loss', 'val_loss', 'val_accuracy')
            if isinstance(metrics.get(key), int | float)}
+  normalizer = {'mean': loaded.normalizer.mean, 'std': loaded.normalizer.std,
+                'clip': loaded.normalizer.clip}
   save_torch_checkpoint(pt_path, loaded.params, loaded.model_config, step=loaded.step,
-                        normalizer={'mean': loaded.normalizer.mean, 'std': loaded.normalizer.std},
-                        **extra)
+                        normalizer=normalizer,
+                        **{FEATURE_SET_KEY: features_lib.feature_set_of(loaded.config)}, **extra)
   return loaded

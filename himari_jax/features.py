@@ -13,6 +13,14 @@ recursive filters (EMAs, Wilder smoothing) that run forward in time. Conventions
   where the close then sits.
 - Values a feature cannot have yet (fewer bars than its window) are 0; rows < WARMUP_BARS
   must not be trained on. `FEATURE_WARMUP[j]` is the first defined row of column j.
+
+Feature sets (`FEATURE_SETS`): 'himari' is the state above, normalised. 'seed_exact' is the
+22-column input the original HIMARI training script computed (SPEC 3, "The seed's own input"),
+raw and zero-padded to 60; seven of its columns average over centred windows and so see up to
+83 bars ahead: it exists only to reproduce a seed checkpoint's own numbers. 'seed_causal' is the
+same 22 columns with every centred mean replaced by the trailing one ending at t, the honest
+input for scoring and fine-tuning converted seed checkpoints. `leak_audit` measures look-ahead
+per column by recomputing on prefixes.
 """
 
 from __future__ import annotations
@@ -80,6 +88,66 @@ WARMUP_BARS = max(FEATURE_WARMUP)
 
 _WILDER = 14
 
+# The seed's 22 columns (SPEC 3, "The seed's own input"), then zeros up to NUM_FEATURES.
+SEED_NUM_COMPUTED = 22
+SEED_FEATURE_NAMES: tuple[str, ...] = (
+    'ret_1', 'ret_6', 'ret_24', 'ret_72', 'ret_168',
+    'close_ma_12', 'close_ma_24', 'close_ma_72', 'close_ma_168',
+    'close_std_12', 'close_std_24', 'close_std_72', 'close_std_168',
+    'rsi_14',
+    'volume_ratio_24', 'volume_std_24', 'close_volume_corr_24',
+    'range', 'range_ma_24',
+    'momentum_12', 'momentum_24', 'momentum_72',
+    *(f'padding_{j}' for j in range(SEED_NUM_COMPUTED, NUM_FEATURES)),
+)
+# Seed columns built on a k-bar mean M_k. The seed's np.convolve(x, ones(k) / k, 'same')
+# averages bars t - k // 2 .. t + (k - 1) // 2, so each of these sees (k - 1) // 2 bars ahead.
+SEED_MEAN_WINDOWS: dict[str, int] = {
+    'close_ma_12': 12, 'close_ma_24': 24, 'close_ma_72': 72, 'close_ma_168': 168,
+    'rsi_14': 14, 'volume_ratio_24': 24, 'range_ma_24': 24,
+}
+SEED_LOOKAHEAD_BARS: dict[str, int] = {
+    name: (k - 1) // 2 for name, k in SEED_MEAN_WINDOWS.items()}
+
+
+class FeatureSetError(ValueError):
+  """An unknown feature set, or a model scored or trained on inputs it must not see."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureSet:
+  """What `compute_features(df, name)` returns and how a model consumes it.
+
+  Attributes:
+    name: the key in FEATURE_SETS (`config.data.feature_set`).
+    columns: the NUM_FEATURES column names.
+    normalised: whether a Normalizer is fitted on the training split; seed sets are fed raw,
+      as the seed was trained (`Normalizer.identity()`).
+    lookahead_bars: how far ahead the furthest-looking column sees (0 = causal).
+    description: one line for help texts and reports.
+  """
+  name: str
+  columns: tuple[str, ...]
+  normalised: bool
+  lookahead_bars: int
+  description: str
+
+
+FEATURE_SETS: dict[str, FeatureSet] = {
+    'himari': FeatureSet(
+        'himari', FEATURE_NAMES, normalised=True, lookahead_bars=0,
+        description='the 49 causal features of SPEC 3 plus 11 reserved zeros, normalised'),
+    'seed_exact': FeatureSet(
+        'seed_exact', SEED_FEATURE_NAMES, normalised=False,
+        lookahead_bars=max(SEED_LOOKAHEAD_BARS.values()),
+        description="the seed's 22 raw features exactly as its training computed them, "
+                    'centred means (look-ahead) included; for reproduction only'),
+    'seed_causal': FeatureSet(
+        'seed_causal', SEED_FEATURE_NAMES, normalised=False, lookahead_bars=0,
+        description="the seed's 22 raw features with trailing means instead of centred ones"),
+}
+DEFAULT_FEATURE_SET = 'himari'
+
 
 def _div(num: np.ndarray, den: np.ndarray, empty: float = 0.0) -> np.ndarray:
   """num / den, `empty` where den == 0 (zero volume, flat windows)."""
@@ -124,12 +192,15 @@ def _shift(x: np.ndarray, k: int) -> np.ndarray:
   return out
 
 
-def compute_features(df: pd.DataFrame) -> np.ndarray:
+def compute_features(df: pd.DataFrame, feature_set: str = DEFAULT_FEATURE_SET) -> np.ndarray:
   """The SPEC section 3 state of every bar.
 
   Args:
     df: OHLCV frame (see `data.load_ohlcv`): UTC DatetimeIndex, columns open, high, low,
       close, volume; N rows in time order.
+    feature_set: a key of FEATURE_SETS. What follows describes 'himari'; the seed sets give
+      `seed_features` (22 raw columns) then zeros, and under 'seed_exact' row t also depends
+      on up to 83 later rows.
 
   Returns:
     float32 (N, 60): row t depends on rows <= t only; columns follow FEATURE_NAMES; rows
@@ -137,6 +208,8 @@ def compute_features(df: pd.DataFrame) -> np.ndarray:
   """
   o, h, low, c, v = (df[k].to_numpy(np.float64) for k in ('open', 'high', 'low', 'close',
                                                           'volume'))
+  if get_feature_set(feature_set).name != 'himari':  # also rejects unknown names
+    return _pad(_seed_columns(h, low, c, v, causal=feature_set == 'seed_causal'))
   n = len(c)
   c_prev = _shift(c, 1)
   r = c / c_prev - 1.0  # NaN at bar 0, so windows over r start at bar 1
@@ -267,17 +340,222 @@ def _autocorr(r: np.ndarray, k: int) -> np.ndarray:
   return out
 
 
+# ------------------------------------------------------------------ the seed's input
+
+
+def _seed_mean(x: np.ndarray, k: int, causal: bool) -> np.ndarray:
+  """The seed's M_k: sum of x over a k-bar window / k, bars outside the series counting 0.
+
+  Centred, this is the seed's `np.convolve(x, ones(k) / k, 'same')` (bars t - k // 2 ..
+  t + (k - 1) // 2); causal, the window is bars t - k + 1 .. t. Both are slices of the full
+  convolution, whose entry i averages bars i - k + 1 .. i.
+  """
+  full = np.convolve(x, np.full(k, 1.0 / k))
+  start = 0 if causal else (k - 1) // 2
+  return full[start:start + len(x)]
+
+
+def _lagged_windows(x: np.ndarray, k: int) -> np.ndarray:
+  """(N - k, k): row i holds x_{t-k} .. x_{t-1} for t = k + i (the k bars before t)."""
+  if len(x) <= k:  # no bar has k bars before it yet
+    return np.zeros((0, k))
+  return np.lib.stride_tricks.sliding_window_view(x, k)[:len(x) - k]
+
+
+def _from_bar(k: int, values: np.ndarray, n: int) -> np.ndarray:
+  """values (N - k,) placed at rows k.. of a length-N column; rows < k are 0 (the seed's)."""
+  out = np.zeros(n)
+  out[k:] = values  # empty when n <= k
+  return out
+
+
+def _seed_columns(h: np.ndarray, low: np.ndarray, c: np.ndarray, v: np.ndarray,
+                  causal: bool) -> np.ndarray:
+  """float64 (N, 22): the seed's columns from float64 (N,) high, low, close, volume."""
+  n = len(c)
+  lagged = {k: c[:max(n - k, 0)] for k in (1, 6, 12, 24, 72, 168)}  # c_{t-k} for t = k..
+  cols: list[np.ndarray] = []
+  with np.errstate(divide='ignore', invalid='ignore'):
+    cols += [_from_bar(k, (c[k:] - lagged[k]) / lagged[k], n) for k in (1, 6, 24, 72, 168)]
+    for k in (12, 24, 72, 168):
+      mean = _seed_mean(c, k, causal)
+      cols.append((c - mean) / mean)
+    cols += [_from_bar(k, _lagged_windows(c, k).std(axis=1) / c[k:], n)
+             for k in (12, 24, 72, 168)]
+
+    delta = np.diff(c, prepend=c[:1])
+    gain = _seed_mean(np.maximum(delta, 0.0), 14, causal)
+    loss = _seed_mean(np.maximum(-delta, 0.0), 14, causal)
+    rsi = 100.0 - 100.0 / (1.0 + gain / (loss + 1e-8))
+    cols.append((rsi - 50.0) / 50.0)
+
+    cols.append(v / (_seed_mean(v, 24, causal) + 1e-8))
+    cols.append(_from_bar(24, _lagged_windows(v, 24).std(axis=1) / (v[24:] + 1e-8), n))
+    dc = _lagged_windows(c, 24) - _lagged_windows(c, 24).mean(axis=1, keepdims=True)
+    dv = _lagged_windows(v, 24) - _lagged_windows(v, 24).mean(axis=1, keepdims=True)
+    corr = (dc * dv).sum(axis=1) / np.sqrt((dc * dc).sum(axis=1) * (dv * dv).sum(axis=1))
+    cols.append(_from_bar(24, np.clip(corr, -1.0, 1.0), n))  # clipped as np.corrcoef does
+
+    bar_range = (h - low) / c
+    cols += [bar_range, _seed_mean(bar_range, 24, causal)]
+    cols += [_from_bar(k, (c[k:] - lagged[k]) / c[k:], n) for k in (12, 24, 72)]
+  out = np.stack(cols, axis=1)
+  out[~np.isfinite(out)] = 0.0  # the seed's NaN / inf -> 0 (flat windows, zero prices)
+  return out
+
+
+def seed_features(df: pd.DataFrame, causal: bool = False) -> np.ndarray:
+  """The seed's 22 input columns (SPEC 3, "The seed's own input") in float64.
+
+  Args:
+    df: OHLCV frame as for `compute_features`; N rows in time order.
+    causal: False reproduces the seed ('seed_exact': centred means, which see up to 83 bars
+      ahead); True replaces every centred mean by the trailing one ending at t ('seed_causal').
+
+  Returns:
+    float64 (N, 22), raw (not normalised), columns SEED_FEATURE_NAMES[:22]. Returns,
+    rolling stds, the correlation and momentum are 0 before their window is full; the means
+    treat bars outside the series as 0, as the seed's convolution does.
+  """
+  h, low, c, v = (df[k].to_numpy(np.float64) for k in ('high', 'low', 'close', 'volume'))
+  return _seed_columns(h, low, c, v, causal)
+
+
+def _pad(columns: np.ndarray) -> np.ndarray:
+  """(N, m) -> float32 (N, NUM_FEATURES), zeros after column m."""
+  out = np.zeros((len(columns), NUM_FEATURES), np.float32)
+  out[:, :columns.shape[1]] = columns
+  return out
+
+
+# ------------------------------------------------------------------ feature-set guards
+
+
+def get_feature_set(name: str) -> FeatureSet:
+  """FEATURE_SETS[name]; FeatureSetError naming the valid sets otherwise."""
+  if name not in FEATURE_SETS:
+    raise FeatureSetError(f'unknown feature set {name!r}; valid: {", ".join(FEATURE_SETS)}')
+  return FEATURE_SETS[name]
+
+
+def needs_normalization(feature_set: str) -> bool:
+  """Whether models on this set see normalised features (fit a Normalizer on training rows)."""
+  return get_feature_set(feature_set).normalised
+
+
+def looks_ahead(feature_set: str) -> bool:
+  """Whether row t of this set depends on bars after t."""
+  return get_feature_set(feature_set).lookahead_bars > 0
+
+
+def feature_set_of(config: Any) -> str:
+  """The feature set of a run's config (a ConfigDict with `.data`): `config.data.feature_set`,
+  'himari' when absent (runs written before feature sets existed all trained on 'himari')."""
+  return get_feature_set(config.data.get('feature_set', DEFAULT_FEATURE_SET)).name
+
+
+def lookahead_warning(feature_set: str) -> str | None:
+  """The caveat every report on this set must carry first (console, JSON, HTML); None for a
+  causal set."""
+  spec = get_feature_set(feature_set)
+  if not spec.lookahead_bars:
+    return None
+  return (f"LOOK-AHEAD: feature set '{spec.name}' uses centred moving averages, so the inputs "
+          f'see up to {spec.lookahead_bars} bars into the future; the result is not evidence '
+          "of skill (reproduction of the seed's own numbers only).")
+
+
+def check_feature_set(trained_with: str, requested: str) -> None:
+  """Refuses to score a model with features other than those it was trained on.
+
+  Raises:
+    FeatureSetError: either name is unknown, or they differ.
+  """
+  get_feature_set(trained_with)
+  get_feature_set(requested)
+  if trained_with != requested:
+    raise FeatureSetError(
+        f"the model was trained on feature set '{trained_with}' but would be scored with "
+        f"'{requested}': its weights would read other inputs in the same columns and its "
+        f"predictions would mean nothing. Score it with config.data.feature_set={trained_with} "
+        '(a converted .pt can be converted again with another --feature_set).')
+
+
+def check_training_feature_set(feature_set: str, allow_lookahead: bool = False) -> None:
+  """Refuses to train on a set that sees the future unless `allow_lookahead` is given.
+
+  Raises:
+    FeatureSetError: unknown set, or a look-ahead set without allow_lookahead=True.
+  """
+  spec = get_feature_set(feature_set)
+  if spec.lookahead_bars and not allow_lookahead:
+    raise FeatureSetError(
+        f"config.data.feature_set='{spec.name}' sees up to {spec.lookahead_bars} bars into the "
+        "future (centred moving averages); a model trained on it learns the future. Use "
+        "'seed_causal', or pass --config.data.allow_lookahead=True to reproduce the seed "
+        'knowingly.')
+
+
+def leak_audit(df: pd.DataFrame, feature_set: str, cuts: Any, *, rtol: float = 1e-6,
+               atol: float = 1e-7) -> pd.DataFrame:
+  """How many bars ahead each column looks, measured by recomputing features on prefixes.
+
+  For each cut, `compute_features(df[:cut])` is compared with the first `cut` rows of
+  `compute_features(df)`; a row t < cut that changes depended on bar `cut` or later, so the
+  column sees at least `cut - t` bars ahead. The largest such distance over all cuts is the
+  column's leak (0: every row was prefix-invariant at every cut).
+
+  Args:
+    df: OHLCV frame, N rows.
+    feature_set: a key of FEATURE_SETS.
+    cuts: prefix lengths, each in 1 .. N - 1.
+    rtol, atol: a change counts when |prefix - full| > atol + rtol * |full|.
+
+  Returns:
+    A frame indexed by column number (0 .. 59) with `name`, `leak_bars` (int) and
+    `max_abs_change` (largest change seen in any prefix row).
+  """
+  full = compute_features(df, feature_set)
+  leak = np.zeros(NUM_FEATURES, np.int64)
+  change = np.zeros(NUM_FEATURES)
+  for cut in (int(cut) for cut in cuts):
+    if not 0 < cut < len(df):
+      raise ValueError(f'leak_audit cut {cut} is outside 1 .. {len(df) - 1} (the frame has '
+                       f'{len(df)} rows)')
+    prefix = compute_features(df.iloc[:cut], feature_set).astype(np.float64)
+    reference = full[:cut].astype(np.float64)
+    diff = np.abs(prefix - reference)
+    changed = diff > atol + rtol * np.abs(reference)
+    rows = np.where(changed.any(axis=0), changed.argmax(axis=0), cut)
+    leak = np.maximum(leak, cut - rows)
+    change = np.maximum(change, diff.max(axis=0))
+  return pd.DataFrame({'name': get_feature_set(feature_set).columns, 'leak_bars': leak,
+                       'max_abs_change': change}, index=pd.RangeIndex(NUM_FEATURES, name='column'))
+
+
 @dataclasses.dataclass(frozen=True)
 class Normalizer:
-  """Per-column standardisation fitted on training rows: clip((x - mean) / std, +-CLIP).
+  """Per-column standardisation fitted on training rows: clip((x - mean) / std, +-clip).
 
   Attributes:
     mean: float32 (60,).
     std: float32 (60,); columns that are constant on the training rows (reserved zeros,
       flat inputs) get std 1, so they map to x - mean instead of NaN.
+    clip: bound of the output (CLIP), or None for no clipping (`identity`).
   """
   mean: np.ndarray
   std: np.ndarray
+  clip: float | None = CLIP
+
+  @classmethod
+  def identity(cls, num_features: int = NUM_FEATURES) -> Normalizer:
+    """x -> x, unclipped: the seed fed its features raw, however large."""
+    return cls(mean=np.zeros(num_features, np.float32), std=np.ones(num_features, np.float32),
+               clip=None)
+
+  @property
+  def is_identity(self) -> bool:
+    return self.clip is None and not self.mean.any() and bool((self.std == 1).all())
 
   @classmethod
   def fit(cls, features: np.ndarray, mask: np.ndarray | None = None) -> Normalizer:
@@ -294,17 +572,30 @@ class Normalizer:
 
   def apply(self, features: Any) -> Any:
     """(..., 60) -> (..., 60) normalised; numpy in, numpy out; jax arrays also work."""
-    return ((features - self.mean) / self.std).clip(-CLIP, CLIP)
+    out = (features - self.mean) / self.std
+    return out if self.clip is None else out.clip(-self.clip, self.clip)
 
   __call__ = apply
 
-  def to_dict(self) -> dict[str, list[float]]:
-    return {'mean': self.mean.tolist(), 'std': self.std.tolist()}
+  def to_dict(self) -> dict[str, Any]:
+    return {'mean': self.mean.tolist(), 'std': self.std.tolist(), 'clip': self.clip}
 
   @classmethod
   def from_dict(cls, d: dict[str, Any]) -> Normalizer:
+    """Inverse of to_dict; statistics saved before `clip` existed were clipped at CLIP."""
     mean, std = np.asarray(d['mean'], np.float32), np.asarray(d['std'], np.float32)
     if mean.shape != (NUM_FEATURES,) or std.shape != (NUM_FEATURES,):
       raise ValueError(f'normaliser statistics must have shape ({NUM_FEATURES},), got mean '
                        f'{mean.shape} and std {std.shape}')
-    return cls(mean=mean, std=std)
+    clip = d.get('clip', CLIP)
+    return cls(mean=mean, std=std, clip=None if clip is None else float(clip))
+
+
+def fit_normalizer(feature_set: str, features: np.ndarray,
+                   mask: np.ndarray | None = None) -> Normalizer:
+  """The normaliser a model on `feature_set` is trained and scored with: fitted on
+  features[mask] ((N, 60), mask bool (N,)) for a normalised set, the identity for the seed
+  sets."""
+  if needs_normalization(feature_set):
+    return Normalizer.fit(features, mask)
+  return Normalizer.identity(np.shape(features)[-1])

@@ -8,10 +8,15 @@ The run directory is read by every entry point like one trained here (`checkpoin
 seed variant, whose logit bias belongs to the seed model) with the checkpoint's model sizes,
 context length 1 and no attention mask, as the original was trained.
 
-Normalisation: the original `.pt` files hold no statistics. `--normalizer=stats.json`
-({"mean": [60 floats], "std": [60 floats]}) gives them; otherwise they are fitted on the
-training split of `config.data.train`, as training here would, and the run's meta records
-which. Nothing is written when the input cannot be converted.
+Inputs: the run records the feature set it is scored with. `--feature_set` defaults to the
+set the file records, else 'seed_causal' (the seed's 22 raw columns with trailing means);
+`--feature_set=seed_exact` reproduces the seed's own numbers, whose inputs see the future.
+
+Normalisation (with --feature_set=himari; the seed sets are fed raw): the original `.pt` files
+hold no statistics. `--normalizer=stats.json` ({"mean": [60 floats], "std": [60 floats]})
+gives them; otherwise they are fitted on the training split of `config.data.train`, as
+training here would, and the run's meta records which. Nothing is written when the input
+cannot be converted.
 """
 
 import json
@@ -34,6 +39,9 @@ _REVERSE = flags.DEFINE_bool('reverse', False, 'Export a run (Flax) as a PyTorch
 _WHICH = flags.DEFINE_string('which', 'best', "With --reverse: 'best', 'latest' or a step.")
 _NORMALIZER = flags.DEFINE_string('normalizer', None,
                                   'JSON file with the feature statistics {"mean", "std"}.')
+_FEATURE_SET = flags.DEFINE_enum(
+    'feature_set', None, list(features.FEATURE_SETS),
+    "Inputs the converted run is scored with; default: the file's own, else 'seed_causal'.")
 config_flags.DEFINE_config_file(
     'config', os.path.join(_REPO, 'configs', 'flag_trader.py') + ':seed',
     'Config recorded with the converted run (its .model is replaced by the checkpoint\'s).')
@@ -56,12 +64,14 @@ def main(argv):
       return
     normalizer = _read_normalizer(_NORMALIZER.value) if _NORMALIZER.value else None
     step_dir = convert.convert_to_run(_INPUT.value, _OUTPUT.value, flags.FLAGS.config,
-                                      normalizer)
+                                      normalizer, _FEATURE_SET.value)
   except (convert.ConversionError, checkpoint.CheckpointError, OSError, ValueError) as e:
     sys.exit(f'error: {e}')
   loaded = checkpoint.load_model(_OUTPUT.value)
-  logging.info('wrote %s: %s; normaliser %s', step_dir, loaded.model_config,
-               loaded.meta['normalizer_source'])
+  logging.info('wrote %s: %s; feature set %s; normaliser %s', step_dir, loaded.model_config,
+               loaded.meta['feature_set'], loaded.meta['normalizer_source'])
+  if 'lookahead_warning' in loaded.meta:
+    logging.warning(loaded.meta['lookahead_warning'])
 
 
 if __name__ == '__main__':

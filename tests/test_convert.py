@@ -12,9 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import load_config_file
+from seed_reference import seed_matrix
 
 from himari_jax import checkpoint as checkpoint_lib
-from himari_jax import convert, train
+from himari_jax import convert, data, predict, train
 from himari_jax import features as features_lib
 from himari_jax import model as model_lib
 
@@ -283,7 +284,7 @@ def tiny_pt(tmp_path):
 
 
 def test_converted_run_is_a_run(tmp_path, tiny_pt, tiny_config):
-  step_dir = convert.convert_to_run(tiny_pt, tmp_path / 'run', tiny_config)
+  step_dir = convert.convert_to_run(tiny_pt, tmp_path / 'run', tiny_config, feature_set='himari')
   assert step_dir == str(tmp_path / 'run' / 'checkpoints' / '0')
   loaded = checkpoint_lib.load_model(tmp_path / 'run')
   source = convert.read_torch_checkpoint(tiny_pt)
@@ -294,6 +295,7 @@ def test_converted_run_is_a_run(tmp_path, tiny_pt, tiny_config):
                        strict=True):
     np.testing.assert_array_equal(got, np.asarray(want))
   assert loaded.meta['normalizer_source'].startswith('fitted by the converter')
+  assert loaded.meta['feature_set'] == loaded.config.data.feature_set == 'himari'
   fitted = train.prepare_data(loaded.config).normalizer
   np.testing.assert_array_equal(loaded.normalizer.mean, fitted.mean)
   assert loaded.meta['source']['metadata'] == {'epoch': 4, 'val_loss': 0.9}
@@ -310,11 +312,12 @@ def test_converted_run_is_a_run(tmp_path, tiny_pt, tiny_config):
 def test_run_exports_and_converts_back(tmp_path, tiny_pt, tiny_config):
   normalizer = features_lib.Normalizer(mean=np.arange(60, dtype=np.float32),
                                        std=np.full(60, 3.0, np.float32))
-  convert.convert_to_run(tiny_pt, tmp_path / 'run', tiny_config, normalizer)
+  convert.convert_to_run(tiny_pt, tmp_path / 'run', tiny_config, normalizer, 'himari')
   exported = convert.run_to_torch_checkpoint(tmp_path / 'run', tmp_path / 'back.pt')
   assert exported.meta['normalizer_source'] == 'given to the converter'
   back = convert.read_torch_checkpoint(tmp_path / 'back.pt')
   np.testing.assert_array_equal(back.normalizer.std, normalizer.std)
+  assert back.feature_set == 'himari' and back.normalizer.clip == features_lib.CLIP
   for got, want in zip(jax.tree.leaves(back.params), jax.tree.leaves(exported.params),
                        strict=True):
     np.testing.assert_array_equal(np.asarray(got), want)
@@ -348,13 +351,81 @@ def test_cli_converts_and_fails_cleanly(tmp_path, tiny_pt, repo_root):
   stats = tmp_path / 'stats.json'
   stats.write_text(json.dumps({'mean': [0.5] * 60, 'std': [2.0] * 60}))
   config = f'--config={repo_root / "configs" / "flag_trader.py"}:tiny'
+  # Statistics belong to 'himari' inputs (the default, seed_causal, is fed raw and would
+  # refuse them), so this also proves --feature_set reaches the converter.
   done = _convert_cli(repo_root, f'--input={tiny_pt}', f'--output={tmp_path / "run"}',
-                      f'--normalizer={stats}', config)
+                      f'--normalizer={stats}', '--feature_set=himari', config)
   assert done.returncode == 0, done.stderr
-  assert checkpoint_lib.load_model(tmp_path / 'run').normalizer.std.tolist() == [2.0] * 60
+  converted = checkpoint_lib.load_model(tmp_path / 'run')
+  assert converted.normalizer.std.tolist() == [2.0] * 60
+  assert converted.config.data.feature_set == 'himari'
   truncated = tmp_path / 'truncated.pt'
   truncated.write_bytes(tiny_pt.read_bytes()[:1000])
   failed = _convert_cli(repo_root, f'--input={truncated}', f'--output={tmp_path / "never"}',
                         config)
   assert failed.returncode != 0 and 'truncated or corrupted' in failed.stderr
   assert not (tmp_path / 'never').exists()
+
+
+# Feature sets: a seed .pt is scored on the seed's own input, never silently on another.
+
+
+def test_seed_pt_scored_with_seed_exact_matches_pytorch_on_the_seeds_matrix(tmp_path, tiny_pt,
+                                                                              tiny_config):
+  """Converted, loaded and scored as an entry point does, a seed-layout file gives PyTorch's
+  logits for the seed's own feature matrix (computed bar by bar from SPEC 3 in the test)."""
+  convert.convert_to_run(tiny_pt, tmp_path / 'run', tiny_config, feature_set='seed_exact')
+  loaded = checkpoint_lib.load_model(tmp_path / 'run')
+  assert features_lib.feature_set_of(loaded.config) == loaded.meta['feature_set'] == 'seed_exact'
+  assert loaded.normalizer.is_identity and 'not evidence' in loaded.meta['lookahead_warning']
+  df = data.builtin_dataset('btc_usdt_1h_2020_2024', fill_gaps=True).iloc[2000:2600]
+  feats = loaded.normalizer.apply(
+      features_lib.compute_features(df, features_lib.feature_set_of(loaded.config)))
+  got = predict.predict_logits_from_features(loaded.params, loaded.model_config, feats,
+                                             int(loaded.config.train.context_length))
+  rows = np.arange(predict.first_available_bar(1), len(df))
+  states = np.zeros((len(rows), 1, 60), np.float32)
+  states[:, 0, :22] = seed_matrix(df, rows)
+  reference = _reference(**TINY)  # the weights tiny_pt holds (same seed)
+  with torch.no_grad():
+    expected = reference(torch.from_numpy(states)).numpy()[:, 0]
+  np.testing.assert_allclose(got[rows], expected, atol=1e-4, rtol=0)
+  assert np.isnan(got[:rows[0]]).all()
+  # The same weights on this project's normalised inputs say something else entirely.
+  himari = predict.predict_logits_from_features(
+      loaded.params, loaded.model_config,
+      features_lib.fit_normalizer('himari', features_lib.compute_features(df))(
+          features_lib.compute_features(df)), 1)
+  assert np.abs(himari[rows] - expected).max() > 1e-2
+
+
+def test_seed_pt_defaults_to_seed_causal_with_raw_inputs(tmp_path, tiny_pt, tiny_config):
+  convert.convert_to_run(tiny_pt, tmp_path / 'run', tiny_config)
+  loaded = checkpoint_lib.load_model(tmp_path / 'run')
+  assert loaded.config.data.feature_set == loaded.meta['feature_set'] == 'seed_causal'
+  assert loaded.normalizer.is_identity and 'lookahead_warning' not in loaded.meta
+  assert loaded.meta['normalizer_source'].startswith('identity')
+  # An export carries its set: it converts back to seed_causal and refuses any other.
+  convert.run_to_torch_checkpoint(tmp_path / 'run', tmp_path / 'back.pt')
+  back = convert.read_torch_checkpoint(tmp_path / 'back.pt')
+  assert back.feature_set == 'seed_causal' and back.normalizer.is_identity
+  assert 'feature_set' not in back.metadata
+  again = convert.load_pt_model(tmp_path / 'back.pt', tiny_config)
+  assert again.meta['feature_set'] == 'seed_causal'
+  with pytest.raises(convert.ConversionError,
+                     match="records its feature set: the model was trained on feature set "
+                           "'seed_causal' but would be scored with 'seed_exact'"):
+    convert.load_pt_model(tmp_path / 'back.pt', tiny_config, feature_set='seed_exact')
+
+
+def test_seed_sets_refuse_statistics_and_unknown_sets(tmp_path, tiny_pt, tiny_config):
+  stats = features_lib.Normalizer(mean=np.ones(60, np.float32), std=np.ones(60, np.float32))
+  with pytest.raises(convert.ConversionError, match="'seed_causal' is fed raw.*statistics given"):
+    convert.convert_to_run(tiny_pt, tmp_path / 'run', tiny_config, stats)
+  with pytest.raises(convert.ConversionError, match="unknown feature set 'raw'"):
+    convert.convert_to_run(tiny_pt, tmp_path / 'run', tiny_config, feature_set='raw')
+  assert not (tmp_path / 'run').exists()
+  torch.save({'model_state_dict': _reference(**TINY).state_dict(), 'feature_set': 'raw'},
+             tmp_path / 'odd.pt')
+  with pytest.raises(convert.ConversionError, match="`feature_set` entry 'raw' is not a feature"):
+    convert.read_torch_checkpoint(tmp_path / 'odd.pt')

@@ -237,3 +237,136 @@ def test_normalizer_round_trips_through_json():
     F.Normalizer.from_dict({'mean': [0.0] * 59, 'std': [1.0] * 59})
   with pytest.raises(ValueError, match='empty'):
     F.Normalizer.fit(np.zeros((5, 60)), np.zeros(5, bool))
+
+
+# Feature sets: the seed's own input ('seed_exact'), its causal twin, guards and the leak audit.
+
+from seed_reference import seed_matrix  # noqa: E402 - the independent per-bar ground truth
+
+
+@pytest.fixture(scope='module')
+def btc_slice(btc):
+  """2,000 real bars of 2020 (filled zero-volume hours included): both series ends matter, since
+  the seed's centred means reach past them."""
+  return btc.iloc[1000:3000]
+
+
+@pytest.fixture(scope='module')
+def eth_outage():
+  """ETH around its 33-hour outage: flat zero-volume windows (NaN correlations, zero volume)."""
+  eth = data.builtin_dataset('eth_usdt_1h_2017_2019', fill_gaps=True)
+  outage = eth.index.get_loc(pd.Timestamp('2018-02-08 01:00', tz='UTC'))
+  return eth.iloc[outage - 200:outage + 100]
+
+
+def test_feature_set_table(small):
+  assert list(F.FEATURE_SETS) == ['himari', 'seed_exact', 'seed_causal']
+  assert F.DEFAULT_FEATURE_SET == 'himari'
+  for name, spec in F.FEATURE_SETS.items():
+    assert spec.name == name and len(spec.columns) == F.NUM_FEATURES == len(set(spec.columns))
+  assert F.FEATURE_SETS['himari'].columns == F.FEATURE_NAMES
+  assert F.SEED_FEATURE_NAMES[21] == 'momentum_72' and F.SEED_FEATURE_NAMES[22] == 'padding_22'
+  assert [F.needs_normalization(n) for n in F.FEATURE_SETS] == [True, False, False]
+  assert [F.looks_ahead(n) for n in F.FEATURE_SETS] == [False, True, False]
+  assert set(F.SEED_LOOKAHEAD_BARS) <= set(F.SEED_FEATURE_NAMES[:F.SEED_NUM_COMPUTED])
+  with pytest.raises(F.FeatureSetError, match="unknown feature set 'seed'.*himari, seed_exact"):
+    F.compute_features(small, 'seed')
+
+
+def test_default_is_the_himari_state(small):
+  np.testing.assert_array_equal(F.compute_features(small), F.compute_features(small, 'himari'))
+
+
+@pytest.mark.parametrize('causal', [False, True])
+def test_seed_sets_equal_the_per_bar_formulas(btc_slice, eth_outage, causal):
+  name = 'seed_causal' if causal else 'seed_exact'
+  for frame in (btc_slice, eth_outage):
+    expected = seed_matrix(frame, range(len(frame)), causal=causal)
+    got = F.seed_features(frame, causal=causal)
+    assert got.dtype == np.float64 and got.shape == (len(frame), 22)
+    np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-9)
+    padded = F.compute_features(frame, name)
+    assert padded.dtype == np.float32 and padded.shape == (len(frame), 60)
+    np.testing.assert_array_equal(padded[:, :22], got.astype(np.float32))
+    assert (padded[:, 22:] == 0).all()
+  # Not normalised: the seed's volume ratio and std/volume run far past the +-10 clip.
+  assert np.abs(F.seed_features(btc_slice, causal)[:, 14:16]).max() > 10
+
+
+def test_seed_sets_differ_exactly_in_the_centred_mean_columns(btc_slice):
+  exact = F.seed_features(btc_slice, causal=False)
+  causal = F.seed_features(btc_slice, causal=True)
+  differs = {F.SEED_FEATURE_NAMES[j] for j in range(22) if not np.array_equal(exact[:, j],
+                                                                            causal[:, j])}
+  assert differs == set(F.SEED_LOOKAHEAD_BARS)
+
+
+def _cuts(n, count, seed):
+  return sorted(np.random.default_rng(seed).integers(F.WARMUP_BARS, n - 1, size=count).tolist())
+
+
+def test_leak_audit_documents_the_seed_leaks(btc_slice):
+  """The closing table of issue 18: which seed_exact columns see the future, by how many bars."""
+  cuts = _cuts(len(btc_slice), 8, seed=0)
+  audit = F.leak_audit(btc_slice, 'seed_exact', cuts)
+  print('\nseed_exact leak audit (bars ahead; prefix recomputation at cuts', cuts, ')')
+  print(audit.iloc[:F.SEED_NUM_COMPUTED].to_string())
+  leaking = audit[audit.leak_bars > 0]
+  assert dict(zip(leaking.name, leaking.leak_bars, strict=True)) == F.SEED_LOOKAHEAD_BARS
+  assert len(leaking) == 7
+  assert dict(zip(leaking.name, leaking.leak_bars, strict=True)) == {
+      'close_ma_12': 5, 'close_ma_24': 11, 'close_ma_72': 35, 'close_ma_168': 83, 'rsi_14': 6,
+      'volume_ratio_24': 11, 'range_ma_24': 11}  # (k - 1) // 2 of np.convolve(..., 'same')
+  assert audit.leak_bars.max() == F.FEATURE_SETS['seed_exact'].lookahead_bars
+
+
+@pytest.mark.parametrize('name', ['seed_causal', 'himari'])
+def test_causal_sets_leak_nothing(btc_slice, name):
+  audit = F.leak_audit(btc_slice, name, [1, 2, 14, 24, 169, *_cuts(len(btc_slice), 8, seed=1)])
+  assert (audit.leak_bars == 0).all(), audit[audit.leak_bars > 0]
+  assert audit.max_abs_change.max() < 1e-5
+
+
+def test_leak_audit_rejects_bad_cuts(small):
+  with pytest.raises(ValueError, match='cut 300 is outside 1 .. 299'):
+    F.leak_audit(small, 'himari', [10, 300])
+
+
+def test_scoring_and_training_guards():
+  F.check_feature_set('seed_causal', 'seed_causal')
+  with pytest.raises(F.FeatureSetError,
+                     match="trained on feature set 'seed_causal' but would be scored with "
+                           "'himari'.*config.data.feature_set=seed_causal"):
+    F.check_feature_set('seed_causal', 'himari')
+  with pytest.raises(F.FeatureSetError, match='unknown feature set'):
+    F.check_feature_set('himari', 'raw')
+  F.check_training_feature_set('seed_causal')
+  F.check_training_feature_set('seed_exact', allow_lookahead=True)
+  with pytest.raises(F.FeatureSetError, match='83 bars into the future.*allow_lookahead=True'):
+    F.check_training_feature_set('seed_exact')
+  assert F.lookahead_warning('himari') is None and F.lookahead_warning('seed_causal') is None
+  warning = F.lookahead_warning('seed_exact')
+  assert 'inputs see up to 83 bars into the future' in warning and 'not evidence' in warning
+
+
+def test_feature_set_of_a_config(tiny_config):
+  assert F.feature_set_of(tiny_config) == 'himari'  # runs from before feature sets
+  tiny_config.data.feature_set = 'seed_causal'
+  assert F.feature_set_of(tiny_config) == 'seed_causal'
+  tiny_config.data.feature_set = 'seed'
+  with pytest.raises(F.FeatureSetError, match="'seed'"):
+    F.feature_set_of(tiny_config)
+
+
+def test_identity_normalizer_for_seed_sets(btc_slice):
+  raw = F.compute_features(btc_slice, 'seed_exact')
+  identity = F.fit_normalizer('seed_exact', raw, np.arange(len(raw)) >= F.WARMUP_BARS)
+  assert identity.is_identity
+  np.testing.assert_array_equal(identity(raw), raw)  # unclipped, however large
+  restored = F.Normalizer.from_dict(json.loads(json.dumps(identity.to_dict())))
+  assert restored.is_identity and restored.clip is None
+  fitted = F.fit_normalizer('himari', F.compute_features(btc_slice))
+  assert not fitted.is_identity and fitted.clip == F.CLIP
+  legacy = {'mean': [0.0] * 60, 'std': [1.0] * 60}  # meta written before `clip` existed
+  assert F.Normalizer.from_dict(legacy).clip == F.CLIP
+  assert F.Normalizer.from_dict(legacy)(np.full(60, 50.0)).max() == F.CLIP
