@@ -92,8 +92,8 @@ def _check_frame(df: pd.DataFrame, name: str) -> None:
     where = np.flatnonzero(bad | ~np.isfinite(values[column]))
     if where.size:
       raise data_lib.DataError(f'{name}, bar {df.index[where[0]]}, column {column}: '
-                               f'{values[column][where[0]]} ({column} {rule}); load the '
-                               'frame with data.load_ohlcv, which names every defect')
+                               f'{values[column][where[0]]} ({column} {rule}); fix or drop '
+                               f'the bar ({where.size} bars have this problem)')
 
 
 def bar_shapes(frames: pd.DataFrame | Sequence[pd.DataFrame],
@@ -120,7 +120,8 @@ def bar_shapes(frames: pd.DataFrame | Sequence[pd.DataFrame],
     name = df.attrs.get('source', f'frame {i}')
     _check_frame(df, name)
     opn, high, low, close, volume = (df[c].to_numpy(np.float64) for c in data_lib.COLUMNS)
-    follows = np.diff(df.index.asi8) == freq.value  # bar t+1 comes one freq after bar t
+    # Bar t+1 follows bar t when it opens one freq later (in ns, whatever the index's unit).
+    follows = np.diff(df.index.as_unit('ns').asi8) == freq.value
     t = np.flatnonzero(follows) + 1
     parts.append(np.stack([
         np.log(close[t] / close[t - 1]),
@@ -224,7 +225,8 @@ def make_market(like: pd.DataFrame, *, seed: Seed, method: str = 'iid',
   drawn = shapes.take(resample_indices(rng, len(shapes), num_bars, method, mean_block_length))
   if remove_drift:
     drawn = dataclasses.replace(drawn, log_return=drawn.log_return - shapes.log_return.mean())
-  index = pd.date_range(start, periods=num_bars, freq=freq, name='timestamp')
+  # Nanoseconds, as data.load_ohlcv gives (find_gaps and features read asi8 as ns).
+  index = pd.date_range(start, periods=num_bars, freq=freq, name='timestamp').as_unit('ns')
   df = pd.DataFrame(build_bars(drawn, start_price), index=index)
   seed_text = seed if isinstance(seed, int) else tuple(int(s) for s in seed)
   df.attrs['source'] = f'synthetic {method} market (seed {seed_text})'
