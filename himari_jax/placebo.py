@@ -259,16 +259,15 @@ def write_outputs(summary: Mapping[str, Any], outdir: str | os.PathLike) -> dict
 
 
 def _json_ready(value: Any) -> Any:
-  """A copy that `json.dumps(allow_nan=False)` takes: numpy scalars and arrays as Python
+  """A copy that `json.dumps(allow_nan=False)` takes: numpy / jax scalars and arrays as Python
   values, NaN and infinities as None."""
   if isinstance(value, Mapping):
     return {str(k): _json_ready(v) for k, v in value.items()}
   if isinstance(value, (list, tuple)):
     return [_json_ready(v) for v in value]
-  if isinstance(value, np.ndarray):
-    return _json_ready(value.tolist())
-  if isinstance(value, np.generic):
-    value = value.item()
+  if hasattr(value, '__array__'):  # numpy and jax arrays and scalars
+    value = np.asarray(value)
+    return _json_ready(value.tolist() if value.ndim else value.item())
   if isinstance(value, float) and not math.isfinite(value):
     return None
   return value

@@ -129,3 +129,20 @@ def test_bad_input_is_named(real):
     synthetic.make_market(real, seed=0, method='shuffle')
   with pytest.raises(ValueError, match='mean_block_length'):
     synthetic.make_market(real, seed=0, method='block', mean_block_length=0.5)
+
+
+@pytest.mark.parametrize('method, random_signs, carried', [
+    ('block', False, True), ('block', None, False), ('iid', None, False)])
+def test_a_planted_next_bar_peek_survives_only_unmirrored_blocks(real, method, random_signs,
+                                                                 carried):
+  # Volume that announces the next bar's direction: an edge the real series has and a
+  # placebo must not. Blocks of consecutive real bars carry it unless bars are mirrored.
+  close = real['close'].to_numpy()
+  planted = real.copy()
+  planted['volume'] = np.r_[close[1:] > close[:-1], False] + 1.0
+  df = synthetic.make_market(planted, seed=2, method=method, random_signs=random_signs)
+  peek = np.corrcoef(df['volume'].to_numpy()[:-1], _log_returns(df))[0, 1]
+  if carried:
+    assert peek > 0.4
+  else:
+    assert abs(peek) < 4 / np.sqrt(len(df))
