@@ -61,6 +61,8 @@ def metric_value(result: Mapping[str, Any], name: str) -> float:
     value = value[key]
   if value is None or isinstance(value, (bool, str)):
     return math.nan
+  if np.ndim(value) != 0:
+    raise ValueError(f'metric {name} is an array of shape {np.shape(value)}, not a number')
   value = float(np.asarray(value))
   return value if math.isfinite(value) else math.nan
 
@@ -77,6 +79,12 @@ def empirical_p_value(real: float, null: Sequence[float] | np.ndarray) -> float:
 
 def _finite_or_none(value: float) -> float | None:
   return float(value) if math.isfinite(value) else None
+
+
+def _quantile_name(level: float) -> str:
+  """'q05' for 0.05, 'q50' for 0.5, 'q2.5' for 0.025."""
+  percent = 100 * level
+  return f'q{percent:02.0f}' if float(percent).is_integer() else f'q{percent:g}'
 
 
 def null_summary(null: Sequence[float] | np.ndarray, real: float = math.nan,
@@ -97,7 +105,7 @@ def null_summary(null: Sequence[float] | np.ndarray, real: float = math.nan,
   null = np.asarray(null, np.float64).ravel()
   defined = null[np.isfinite(null)]
   stats = {'mean': math.nan, 'std': math.nan, 'min': math.nan, 'max': math.nan}
-  levels = {f'q{round(100 * q):02d}': math.nan for q in quantiles}
+  levels = {_quantile_name(q): math.nan for q in quantiles}
   if defined.size:
     stats.update(mean=defined.mean(), min=defined.min(), max=defined.max())
     levels = dict(zip(levels, np.quantile(defined, quantiles), strict=True))
@@ -337,9 +345,14 @@ def run_placebos(run_one: Callable[[int], Mapping[str, Any]], num_runs: int,
     result = _json_ready(dict(run_one(seed)))
     seconds = time.monotonic() - run_start
     record = {'run': i, 'market_seed': seed, 'seconds': seconds, 'result': result}
+    try:
+      text = json.dumps(record, indent=1, allow_nan=False)
+    except TypeError as e:
+      raise TypeError(f'run_one({seed}) returned a value JSON cannot hold ({e}); return '
+                      'numbers, strings, lists and dicts') from e
     path = run_path(workdir, i)
     with open(path + '.tmp', 'w') as f:
-      json.dump(record, f, indent=1, allow_nan=False)
+      f.write(text)
     os.replace(path + '.tmp', path)
     results[i] = result
     eta = (time.monotonic() - started) / done * (len(todo) - done)

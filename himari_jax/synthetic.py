@@ -259,3 +259,22 @@ def make_market(like: pd.DataFrame, *, seed: Seed, method: str = 'iid',
       'mean_block_length': float(mean_block_length) if method == 'block' else None,
       'pool_bars': len(shapes)}
   return df
+
+
+def make_markets(likes: Sequence[pd.DataFrame], *, seed: int,
+                 pool: pd.DataFrame | Sequence[pd.DataFrame] | None = None,
+                 **options: Any) -> list[pd.DataFrame]:
+  """One synthetic market per real frame (e.g. the training and test files), for one seed.
+
+  Market i is `make_market(likes[i], seed=(seed, i), pool=pool, **options)`: the same length,
+  first bar and first price as its real frame, independent of the others, all drawn from one
+  pool (default: every frame of `likes`, so a placebo test market has the bars of the real
+  test period as well as the training period's).
+
+  Returns:
+    The markets, in the order of `likes`.
+  """
+  likes = list(likes)
+  pool = likes if pool is None else pool
+  return [make_market(like, seed=(seed, i), pool=pool, **options)
+          for i, like in enumerate(likes)]

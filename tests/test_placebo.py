@@ -60,6 +60,8 @@ def test_summary_statistics_nested_names_and_json():
   assert '| net Sharpe | 1.500 | 0.400 |' in table[2]
   with pytest.raises(ValueError, match='no placebo results'):
     placebo.summarize(None, [])
+  with pytest.raises(ValueError, match='metric net_sharpe is an array of shape'):
+    placebo.summarize(None, [{'net_sharpe': np.zeros(3)}])
 
 
 def test_outputs_with_and_without_matplotlib(tmp_path, monkeypatch):
@@ -106,6 +108,9 @@ def test_runner_stores_resumes_and_extends(tmp_path):
   assert sorted(os.listdir(tmp_path / 'placebo')) == [f'run_{i:03d}.json' for i in range(5)]
   with pytest.raises(ValueError, match='market seed 100, this call expects 0'):
     placebo.run_placebos(run_one, 3, tmp_path, log=lines.append)
+  with pytest.raises(TypeError, match=r'run_one\(0\) returned a value JSON cannot hold'):
+    placebo.run_placebos(lambda seed: {'curve': object()}, 1, tmp_path / 'other', log=print)
+  assert os.listdir(tmp_path / 'other' / 'placebo') == []  # nothing half-written
 
 
 # --- a planted edge against placebo markets -------------------------------------------------

@@ -146,3 +146,13 @@ def test_a_planted_next_bar_peek_survives_only_unmirrored_blocks(real, method, r
     assert peek > 0.4
   else:
     assert abs(peek) < 4 / np.sqrt(len(df))
+
+
+def test_make_markets_one_per_real_frame_from_one_pool(real):
+  train, test = real.iloc[:8_000], real.iloc[8_000:]
+  markets = synthetic.make_markets([train, test], seed=4, method='block')
+  assert [len(m) for m in markets] == [len(train), len(test)]
+  assert [m.index[0] for m in markets] == [train.index[0], test.index[0]]
+  assert markets[0].attrs['synthetic']['pool_bars'] == len(real) - 2
+  alone = synthetic.make_market(test, seed=(4, 1), method='block', pool=[train, test])
+  pd.testing.assert_frame_equal(markets[1], alone)
