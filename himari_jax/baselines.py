@@ -410,7 +410,8 @@ class Decided:
   probs: (N, 3) calibrated, NaN rows where unavailable; available: (N,) bool;
   actions: (N,) int32 (HOLD where unavailable); confidence: (N,) float32 (0 where
   unavailable); calibration: fitted on validation; summary: JSON-able (mode, bias,
-  temperature, validation bars used).
+  temperature, validation bars used, threshold, and for a fitted calibration the validation
+  expected calibration error before and after, as `evaluate.fit_member_calibration`).
   """
 
   probs: np.ndarray
@@ -445,6 +446,7 @@ def calibrate_and_decide(val_probs: np.ndarray, val_labels: np.ndarray, val_mask
   logits = _as_logits(probs, 'probs')
   val_labels = np.asarray(val_labels)
   val_mask = np.asarray(val_mask, bool) & ~np.isnan(val_logits).any(axis=-1)
+  summary = {'mode': mode}
   if mode in ('none', 'fixed') and not temperature:
     cal = calibration_lib.Calibration(
         bias=tuple(bias) if mode == 'fixed' else (0.0, 0.0, 0.0), temperature=1.0)
@@ -454,6 +456,10 @@ def calibrate_and_decide(val_probs: np.ndarray, val_labels: np.ndarray, val_mask
                           'available prediction')
     cal = calibration_lib.fit_calibration(val_logits, val_labels, val_mask, mode=mode,
                                           bias=bias, temperature=temperature)
+    before = calibration_lib.Calibration(bias=(0.0, 0.0, 0.0), temperature=1.0)
+    for key, c in (('ece_before', before), ('ece_after', cal)):
+      summary[key] = calibration_lib.expected_calibration_error(
+          c.apply(val_logits[val_mask]), val_labels[val_mask])
   available = ~np.isnan(logits).any(axis=-1)
   calibrated = np.full(logits.shape, np.nan, np.float32)
   calibrated[available] = np.asarray(cal.apply(logits[available]), np.float32)
@@ -462,8 +468,7 @@ def calibrate_and_decide(val_probs: np.ndarray, val_labels: np.ndarray, val_mask
       'confidence_weighted', threshold=threshold)
   actions = np.where(available, np.asarray(actions), HOLD).astype(np.int32)
   confidence = np.where(available, np.asarray(confidence), 0.0).astype(np.float32)
-  summary = {'mode': mode, **cal.to_dict(), 'val_bars': int(val_mask.sum()),
-             'threshold': float(threshold)}
+  summary.update(cal.to_dict(), val_bars=int(val_mask.sum()), threshold=float(threshold))
   return Decided(probs=calibrated, available=available, actions=actions,
                  confidence=confidence, calibration=cal, summary=summary)
 

@@ -169,6 +169,9 @@ def test_calibrate_and_decide():
   # fit_rates: decisions on validation occur at the validation label rates.
   fitted = baselines.calibrate_and_decide(probs, val_labels, val_mask, probs, mode='fit_rates')
   rates = np.bincount(fitted.actions, minlength=3) / 3000
+  assert fitted.summary['mode'] == 'fit_rates' and fitted.summary['val_bars'] == 3000
+  assert fitted.summary['temperature'] == fitted.calibration.temperature
+  assert 0 <= fitted.summary['ece_after'] <= 1 and 'ece_before' in fitted.summary
   np.testing.assert_allclose(rates, np.bincount(val_labels, minlength=3) / 3000, atol=0.01)
   # A threshold above every confidence leaves only HOLD.
   strict = baselines.calibrate_and_decide(probs, val_labels, val_mask, test, mode='none',
