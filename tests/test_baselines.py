@@ -1,6 +1,5 @@
 """Baselines: one interface, no look-ahead, save/load round trips, FLAG-TRADER-like decisions."""
 
-import importlib.util
 import sys
 
 import numpy as np
@@ -13,9 +12,9 @@ FIT_END = 1200  # bars [WARMUP, FIT_END) train every model
 CUT = 1600  # the leak test changes bars from here on
 RUN = 'checkpoints/small_a'  # a small trained FLAG-TRADER run kept in the repository
 
-_NO_LIGHTGBM = importlib.util.find_spec('lightgbm') is None
+_NO_LIGHTGBM = baselines.unavailable_reason('lightgbm')
 _LIGHTGBM = pytest.param('lightgbm', marks=pytest.mark.skipif(
-    _NO_LIGHTGBM, reason='lightgbm is not installed (the optional "baselines" extra)'))
+    _NO_LIGHTGBM is not None, reason=f'optional LightGBM baseline: {_NO_LIGHTGBM}'))
 # Tiny settings: a few optimisation steps / trees keep every fit well under a second.
 SMALL = {'logistic': {'steps': 40}, 'mlp': {'hidden': (16,), 'context_length': 4, 'steps': 40,
                                              'batch_size': 128},
