@@ -243,6 +243,47 @@ def load_ohlcv(path_or_buffer: PathOrBuffer, *, sort: bool = False,
   return df
 
 
+def check_frame(df: pd.DataFrame, what: str = 'frame') -> None:
+  """Checks an in-memory OHLCV frame as functions that compute on bars need it.
+
+  Args:
+    df: N bars; a DatetimeIndex of bar times and columns open, high, low, close, volume.
+    what: how messages name the frame (e.g. 'compute_features input').
+
+  Raises:
+    DataError: naming the first bad row and time and the fix, for missing columns, an index
+      that is not a DatetimeIndex, duplicate or decreasing times, or NaN / inf values.
+  """
+  source = df.attrs.get('source')
+  name = f'{what} ({source})' if source else what
+  missing = [c for c in COLUMNS if c not in df.columns]
+  if missing:
+    raise DataError(f'{name} is missing column(s) {", ".join(missing)}; it needs '
+                    f'{", ".join(COLUMNS)} (data.load_ohlcv gives such a frame)')
+  if not isinstance(df.index, pd.DatetimeIndex):
+    raise DataError(f'{name} has a {type(df.index).__name__}, not the bar times; set a '
+                    "DatetimeIndex, e.g. df.set_index(pd.to_datetime(df['timestamp'], utc=True))")
+  ns = df.index.asi8
+  duplicated = np.flatnonzero(df.index.duplicated(keep='first'))
+  if duplicated.size:
+    i = int(duplicated[0])
+    raise DataError(f'{name} row {i}: duplicate bar time {df.index[i]} ({duplicated.size} '
+                    "duplicates); keep one row per time: df[~df.index.duplicated(keep='last')]")
+  backwards = np.flatnonzero(ns[1:] < ns[:-1])
+  if backwards.size:
+    i = int(backwards[0]) + 1
+    raise DataError(f'{name} row {i}: {df.index[i]} comes after {df.index[i - 1]}; the bars '
+                    'are not in time order, sort them with df.sort_index()')
+  for col in COLUMNS:
+    values = df[col].to_numpy(np.float64)
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size:
+      i = int(bad[0])
+      raise DataError(f'{name} row {i} ({df.index[i]}), column {col}: {values[i]} '
+                      f'({bad.size} non-finite values); drop or repair those bars, or load '
+                      'the file with data.load_ohlcv, which rejects them')
+
+
 # ------------------------------------------------------------------------------- gaps
 
 
