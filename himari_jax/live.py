@@ -185,9 +185,9 @@ class BinanceSource:
 
   def bars(self, start: pd.Timestamp | None, count: int) -> pd.DataFrame:
     if start is None:
-      # The newest `count` closed bars plus the forming one.
-      url = self.url(None, min(count + 1, self.page_size))
-      return self._frame(self._get(url), url)
+      # The newest `count` closed bars plus the forming one, from the newest open time.
+      url = self.url(None, 1)
+      start = self._frame(self._get(url), url).index[-1] - self.interval * count
     frames, page_start = [], start
     while True:
       url = self.url(page_start, self.page_size)

@@ -16,6 +16,7 @@ import urllib.parse
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import load_config_file
 
 from himari_jax import backtest, data, live
 
@@ -115,7 +116,7 @@ def momentum(frame):
 def follow(market, ledger_dir, logs=None, symbol='BTCUSDT', settings=None, **options):
   exchange, clock, url = market
   logs = [] if logs is None else logs
-  source = live.BinanceSource(symbol, base_url=url, backoff=0.5, retries=2, page_size=50,
+  source = live.BinanceSource(symbol, base_url=url, backoff=0.5, retries=2, page_size=20,
                               sleep=clock.sleep, log=logs.append)
   ledger = live.Ledger.open(ledger_dir, settings or {'data': source.name, 'history': HISTORY},
                             log=logs.append)
@@ -231,7 +232,9 @@ def test_server_errors_are_retried_with_backoff_then_reported(market, tmp_path):
     follow(market, tmp_path / 'paper', max_polls=1)
   with pytest.raises(live.FeedError, match=r'HTTP 400 .*Invalid symbol.*check the symbol'):
     follow(market, tmp_path / 'other', symbol='NOPEUSDT', max_polls=1)
-  assert len(exchange.requests) == 3 + 3 + 1  # a client error is not retried
+  # 2 errors, the newest bar, 2 pages of 20 for 25 bars; then 3 errors; then one client error,
+  # which is not retried.
+  assert len(exchange.requests) == 5 + 3 + 1
 
 
 def test_stale_feed_is_reported(market, tmp_path):
@@ -262,6 +265,26 @@ def test_latest_decision_leaves_out_an_unclosed_last_row(tmp_path):
   assert lines[0] == 'bars.csv: bar 2025-01-02 14:00 UTC, closed 2025-01-02 15:00 UTC'
   with pytest.raises(data.DataError, match='23 bars up to .* a decision needs 24'):
     live.latest_decision(live.CsvSource(path), momentum, HISTORY, bars.index[23])
+
+
+def test_model_decider_decides_as_the_backtest_does(repo_root):
+  from himari_jax import evaluate
+
+  config = load_config_file('backtest')
+  config.calibration.mode, config.calibration.temperature = 'fixed', False
+  config.strategy, config.confidence_threshold = 'confidence_weighted', 0.4
+  paths = [str(repo_root / 'checkpoints' / name) for name in ('small_a', 'small_b')]
+  window = data.builtin_dataset('btc_usdt_1h_2025_2026').iloc[1000:1250]
+  decide = live.model_decider(paths, config, len(window), log=lambda line: None)
+  action, probs, confidence, target = decide(window)
+  expected = evaluate.decide([evaluate.load_member(p) for p in paths], paths, window,
+                             strategy=config.strategy, threshold=config.confidence_threshold,
+                             weights=None, calibration_config=config.calibration)
+  assert action == expected.actions[-1]
+  assert confidence == pytest.approx(float(expected.confidence[-1]), abs=1e-6)
+  np.testing.assert_allclose(probs, expected.probs[:, -1].mean(axis=0), atol=1e-6)
+  assert np.isnan(target) if action == 1 else target == live.target_position(
+      action, confidence, backtest.params_from_config(config))
 
 
 def test_cli_prints_the_decision_of_the_shipped_checkpoint(repo_root, tmp_path):
