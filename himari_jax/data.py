@@ -1,8 +1,11 @@
-"""OHLCV loading and validation: CSV (canonical or Binance kline) -> checked pandas frame.
+"""OHLCV loading and validation: CSV or JSON candles -> checked pandas frame.
 
 The canonical file has the header `timestamp,open,high,low,close,volume` with UTC bar open
 times. Binance kline CSVs (no header; open time in milliseconds, or microseconds in archives
-from 2025 on; then open, high, low, close, volume and six more columns) are read as well.
+from 2025 on; then open, high, low, close, volume and six more columns) are read as well, and
+so are other exchanges' and tools' layouts, detected from the file itself (`load_ohlcv`):
+CryptoDataDownload exports, CSVs with common column spellings, and JSON candle arrays
+(freqtrade, ccxt, Binance REST).
 
 Every defect of SPEC section 2 raises `DataError` naming the file, the row and the column.
 Row numbers are 1-based line numbers of the file (the header, when present, is row 1), so an
@@ -241,6 +244,10 @@ def _csv_fields(raw: pd.DataFrame, source: str
     return fields, lines, 'open_time', 'binance_klines'
   header = [str(h).strip().lower() for h in raw.iloc[top]]
   time_col = next((c for c in _TIME_COLUMNS if c in header), None)
+  if time_col in ('time', 'date') and {'time', 'date'} <= set(header):
+    raise DataError(f'{source} row {top + 1}, column {time_col}: separate date and time columns '
+                    '(header is ' + ','.join(header) + '); join them into one timestamp column '
+                    "such as '2024-03-01 13:00:00' (UTC)")
   where = {c: next((header.index(a) for a in _ALIASES[c] if a in header), None)
            for c in PRICE_COLUMNS}
   where['volume'] = _pick_volume(header, raw, source, top + 1) if all(

@@ -384,3 +384,10 @@ def test_binance_rest_klines_with_string_prices():
   df = data.load_ohlcv(buffer)
   assert df.index[0] == pd.Timestamp('2020-03-12 00:00', tz='UTC')
   assert df.iloc[0].tolist() == [7934.58, 7966.17, 7897.63, 7913.42, 1772.473459]
+
+
+def test_separate_date_and_time_columns_are_ambiguous(tmp_path):
+  rows = [f'2024.03.01,{h:02d}:00,100,101,99,100.5,10' for h in range(3)]
+  path = _write(tmp_path, rows, header='Date,Time,Open,High,Low,Close,Volume', name='mt.csv')
+  with pytest.raises(data.DataError, match=r'mt\.csv row 1, column time: separate date and time'):
+    data.load_ohlcv(path)
