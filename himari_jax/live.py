@@ -26,6 +26,7 @@ Gapped or stale data stops the loop with an error that names the missing bar.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import os
@@ -156,7 +157,8 @@ class BinanceSource:
     return f'{self.base_url}/api/v3/klines?{urllib.parse.urlencode(query)}'
 
   def _get(self, url: str) -> list:
-    for attempt in range(self.retries + 1):
+    attempt = 0
+    while True:
       try:
         with urllib.request.urlopen(url, timeout=self.timeout) as response:
           return json.loads(response.read())
@@ -174,13 +176,13 @@ class BinanceSource:
       wait = self.backoff * 2**attempt
       self.log(f'{self.name}: {problem}; retrying in {wait:g} s')
       self.sleep(wait)
-    raise AssertionError('unreachable')
+      attempt += 1
 
   def _frame(self, klines: list, url: str) -> pd.DataFrame:
     # A kline served twice (pages overlap, or the server repeats itself) is one bar; two
     # different klines at one open time stay and are refused as duplicates.
-    unique = list({json.dumps(k): k for k in klines}.values())
-    buffer = _NamedText(json.dumps(unique), url)
+    buffer = io.StringIO(json.dumps(list({json.dumps(k): k for k in klines}.values())))
+    buffer.name = url
     return data_lib.load_ohlcv(buffer)
 
   def bars(self, start: pd.Timestamp | None, count: int) -> pd.DataFrame:
@@ -202,16 +204,6 @@ class BinanceSource:
       raise FeedError(f'{self.name}: no bars from {start} on ({self.url(start, 1)})')
     df = pd.concat(frames)
     return df[~df.index.duplicated(keep='last')]
-
-
-class _NamedText:
-  """A text buffer with a `name` for the loader's messages."""
-
-  def __init__(self, text: str, name: str):
-    self._text, self.name = text, name
-
-  def read(self) -> str:
-    return self._text
 
 
 def parse_source(spec: str, *, interval: str = '1h', **binance_options: Any) -> BarSource:
