@@ -52,8 +52,8 @@ def main(argv):
   try:
     source = live.parse_source(_DATA.value, interval=_INTERVAL.value, base_url=_BASE_URL.value)
     params = backtest.params_from_config(config)
-    decide = live.model_decider(checkpoints, config, _HISTORY.value)
     if not _FOLLOW.value:
+      decide = live.model_decider(checkpoints, config, _HISTORY.value)
       decision, unclosed = live.latest_decision(source, decide, _HISTORY.value)
       for line in live.format_decision(decision, source.interval, source.name):
         print(line)
@@ -65,7 +65,8 @@ def main(argv):
                 'confidence_threshold': config.confidence_threshold,
                 'calibration': config.calibration.to_dict(),
                 'backtest': backtest.params_to_dict(params)}
-    ledger = live.Ledger.open(_LEDGER.value, settings)
+    ledger = live.Ledger.open(_LEDGER.value, settings)  # before the slow model loading
+    decide = live.model_decider(checkpoints, config, _HISTORY.value)
     decided = live.paper_trade(source, decide, ledger, params, history=_HISTORY.value,
                                max_bars=_MAX_BARS.value, max_polls=_MAX_POLLS.value,
                                poll_delay=_POLL_DELAY.value, stale_after=_STALE_AFTER.value)

@@ -73,8 +73,8 @@ class FakeExchange:
 
 @pytest.fixture
 def market():
-  """(exchange, clock, base_url): BTC bars of February 2025; the clock at 2025-02-03 10:20."""
-  bars = data.builtin_dataset('btc_usdt_1h_2025_2026').loc['2025-02-01':'2025-02-05']
+  """(exchange, clock, base_url): BTC bars of 2025-01-20 .. 02-05; the clock at 02-03 10:20."""
+  bars = data.builtin_dataset('btc_usdt_1h_2025_2026').loc['2025-01-20':'2025-02-05']
   clock = FakeClock('2025-02-03 10:20:00+00:00')
   exchange = FakeExchange(bars, clock)
 
@@ -287,18 +287,42 @@ def test_model_decider_decides_as_the_backtest_does(repo_root):
       action, confidence, backtest.params_from_config(config))
 
 
+def run_cli(repo_root, *flags):
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'PYTHONPATH': str(repo_root)}
+  return subprocess.run(
+      [sys.executable, str(repo_root / 'launch' / 'trade_signal.py'),
+       '--checkpoints=checkpoints/small_a', *flags,
+       # The seed's fixed logit bias: fitting one needs the member's training data, which
+       # the backtest tests cover; these tests are about the command.
+       '--config.calibration.mode=fixed', '--config.calibration.temperature=False'],
+      capture_output=True, text=True, cwd=repo_root, env=env, timeout=600)
+
+
+def test_cli_follows_binance_and_resumes_its_ledger(market, repo_root, tmp_path):
+  exchange, clock, url = market
+  exchange.frozen_at = clock.now  # the real clock is later: serve only bars closed by then
+  flags = ['--data=binance:BTCUSDT', f'--base_url={url}', '--history=250', '--follow',
+           f'--ledger={tmp_path / "paper"}', '--max_polls=1']
+  first = run_cli(repo_root, *flags)
+  assert first.returncode == 0, first.stderr[-3000:]
+  ledger_csv = tmp_path / 'paper' / live.LEDGER_CSV
+  assert first.stdout.splitlines()[-1] == f'1 bar(s) decided; ledger: {ledger_csv}'
+  again = run_cli(repo_root, *flags)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert again.stdout.splitlines()[-1].startswith('0 bar(s) decided')
+  rows = read_ledger(tmp_path / 'paper')
+  assert list(rows.index) == [pd.Timestamp('2025-02-03 09:00', tz='UTC')]
+  changed = run_cli(repo_root, *flags, '--config.strategy=disagreement')
+  assert changed.returncode != 0
+  assert changed.stderr.strip().splitlines()[-1].startswith('error: ')
+  assert 'other settings (strategy' in changed.stderr
+
+
 def test_cli_prints_the_decision_of_the_shipped_checkpoint(repo_root, tmp_path):
   bars = data.builtin_dataset('btc_usdt_1h_2025_2026').iloc[:260]
   path = tmp_path / 'btc.csv'
   bars.to_csv(path)
-  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'PYTHONPATH': str(repo_root)}
-  done = subprocess.run(
-      [sys.executable, str(repo_root / 'launch' / 'trade_signal.py'),
-       '--checkpoints=checkpoints/small_a', f'--data={path}', '--history=250',
-       # The seed's fixed logit bias: fitting one needs the member's training data, which
-       # the backtest tests cover; this test is about the command.
-       '--config.calibration.mode=fixed', '--config.calibration.temperature=False'],
-      capture_output=True, text=True, cwd=repo_root, env=env, timeout=600)
+  done = run_cli(repo_root, f'--data={path}', '--history=250')
   assert done.returncode == 0, done.stderr[-3000:]
   lines = done.stdout.splitlines()[-4:]
   assert lines[0] == f'{path}: bar 2025-01-11 19:00 UTC, closed 2025-01-11 20:00 UTC'
@@ -306,10 +330,7 @@ def test_cli_prints_the_decision_of_the_shipped_checkpoint(repo_root, tmp_path):
   probs = [float(x) for x in lines[2].split()[2::2]]
   assert lines[2].split()[1::2] == ['SELL', 'HOLD', 'BUY'] and sum(probs) == pytest.approx(1, 1e-2)
   assert lines[3].startswith('  target      ')
-  bad = subprocess.run(
-      [sys.executable, str(repo_root / 'launch' / 'trade_signal.py'),
-       '--checkpoints=checkpoints/small_a', f'--data={path}', '--history=100'],
-      capture_output=True, text=True, cwd=repo_root, env=env, timeout=600)
+  bad = run_cli(repo_root, f'--data={path}', '--history=100')
   assert bad.returncode != 0
   assert bad.stderr.strip().splitlines()[-1] == ('error: history=100 bars is too short: these '
                                                  'models need 200 bars per decision')
