@@ -242,6 +242,9 @@ def check_inputs(prices: Prices, actions: Any, confidence: Any) -> None:
           f'prices.{name} must be finite and > 0: bar {bad[0]} is {values[bad[0]]} '
           f'({bad.size} bad bars)')
   actions = np.asarray(actions)
+  if actions.dtype == bool:  # True / False would silently read as HOLD / SELL
+    raise ValueError('actions are booleans; pass ints 0 (SELL), 1 (HOLD) or 2 (BUY), e.g. '
+                     'np.where(signal, 2, 0) for long / flat')
   bad = np.flatnonzero((actions != SELL) & (actions != HOLD) & (actions != BUY))
   if bad.size:
     raise ValueError(f'actions must be 0 (SELL), 1 (HOLD) or 2 (BUY): bar {bad[0]} is '

@@ -16,7 +16,10 @@ actions (e.g. `[0.4, 0.2, 0.4]`) votes HOLD. Strategies:
 * `voting`: an action needs strictly more than half of the total vote weight, otherwise HOLD.
   So ties (BUY, SELL) and split votes (BUY, SELL, HOLD, or BUY, BUY, SELL, HOLD) give HOLD,
   while a majority overrules a minority (SELL, SELL, BUY gives SELL).
-* `confidence_weighted`: the argmax of `q` (ties in `q` give HOLD).
+* `confidence_weighted`: the argmax of `q` (ties in `q` give HOLD). The weighted mean is
+  computed in floating point, so two entries that are equal in exact arithmetic (mirrored
+  members such as (0.2, 0.3, 0.5) and (0.5, 0.3, 0.2)) can differ in the last bits; entries
+  within `_TIE_ULPS` units of rounding at 1.0 of the maximum count as tied.
 * `disagreement` (unanimous): BUY / SELL only when every model votes for it, otherwise HOLD.
 
 Threshold: a BUY / SELL whose confidence is below `threshold` becomes HOLD (with confidence
@@ -43,6 +46,9 @@ STRATEGIES = ('voting', 'confidence_weighted', 'disagreement')
 
 _NUM_ACTIONS = 3
 _SUM_TOLERANCE = 1e-3  # probability vectors must sum to 1 within this
+# Rounding of a weighted mean of probabilities in [0, 1] stays within a few units of
+# eps; 8 (about 1e-6 in float32) is far below any difference a model expresses.
+_TIE_ULPS = 8
 
 
 def combine(probs: Any, strategy: str, *, threshold: float = 0.0,
@@ -99,9 +105,10 @@ def combine_by_index(probs: jax.Array, strategy_id: jax.Array, threshold: jax.Ar
           jnp.where(demote, mean_probs[:, HOLD], confidence))
 
 
-def _argmax_hold_on_ties(probs: jax.Array) -> jax.Array:
-  """probs: (..., 3) -> (...,) int32 argmax, HOLD where the maximum is not unique."""
-  is_top = probs == jnp.max(probs, axis=-1, keepdims=True)
+def _argmax_hold_on_ties(probs: jax.Array, tolerance: Any = 0.0) -> jax.Array:
+  """probs: (..., 3) -> (...,) int32 argmax, HOLD where another entry is within `tolerance`
+  of the maximum."""
+  is_top = probs >= jnp.max(probs, axis=-1, keepdims=True) - tolerance
   unique = jnp.sum(is_top, axis=-1) == 1
   return jnp.where(unique, jnp.argmax(probs, axis=-1), HOLD).astype(jnp.int32)
 
@@ -119,7 +126,7 @@ def _confidence_weighted(votes: jax.Array, mean_probs: jax.Array, weights: jax.A
                          ) -> jax.Array:
   """The argmax of the weighted mean probability vector, (bars, 3) -> (bars,)."""
   del votes, weights  # same signature for every branch of lax.switch
-  return _argmax_hold_on_ties(mean_probs)
+  return _argmax_hold_on_ties(mean_probs, _TIE_ULPS * jnp.finfo(mean_probs.dtype).eps)
 
 
 def _unanimous(votes: jax.Array, mean_probs: jax.Array, weights: jax.Array) -> jax.Array:

@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from himari_jax import data as data_lib
+
 NUM_FEATURES = 60
 NUM_COMPUTED = 49
 CLIP = 10.0  # normalised features are clipped to +-CLIP
@@ -205,7 +207,12 @@ def compute_features(df: pd.DataFrame, feature_set: str = DEFAULT_FEATURE_SET) -
   Returns:
     float32 (N, 60): row t depends on rows <= t only; columns follow FEATURE_NAMES; rows
     before a column's warm-up (FEATURE_WARMUP) are 0; columns 49-59 are reserved zeros.
+
+  Raises:
+    data.DataError: for a frame that is unsorted, has duplicate times or NaN / inf values
+      (rolling windows would silently mix bars), naming the row and the fix.
   """
+  data_lib.check_frame(df, 'compute_features input')
   o, h, low, c, v = (df[k].to_numpy(np.float64) for k in ('open', 'high', 'low', 'close',
                                                           'volume'))
   if get_feature_set(feature_set).name != 'himari':  # also rejects unknown names

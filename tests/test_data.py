@@ -258,3 +258,136 @@ def test_load_dataset_by_name_or_path(tmp_path):
     data.load_dataset(str(tmp_path / 'nope.csv'))
   frames = data.load_datasets(f'btc_usdt_1h_2025_2026, {path}', fill_gaps=True)
   assert [len(f) for f in frames] == [11_280, 4]
+
+
+# ----------------------------------------------------------------- other exchanges' layouts
+
+CDD = FIXTURES / 'Binance_BTCUSDT_1h-cryptodatadownload.csv'
+FREQTRADE = FIXTURES / 'BTC_USDT-1h.json'
+CCXT = FIXTURES / 'ETH_USDT-1h-ccxt.csv'
+
+
+def _bundled(name, start, bars):
+  return data.builtin_dataset(name).loc[start:].iloc[:bars]
+
+
+@pytest.mark.parametrize('path, layout, name, start, bars', [
+    (CDD, 'cryptodatadownload', 'btc_usdt_1h_2017_2019', '2019-10-17 00:00', 48),
+    (FREQTRADE, 'json_candles', 'btc_usdt_1h_2020_2024', '2020-03-12 00:00', 48),
+    (CCXT, 'canonical', 'eth_usdt_1h_2020_2024', '2021-05-19 00:00', 36),
+])
+def test_exchange_layouts_read_back_the_bundled_bars(path, layout, name, start, bars):
+  df = data.load_ohlcv(path)
+  # The fixtures hold bundled rows (see fixtures/README.md): they must read back identically.
+  pd.testing.assert_frame_equal(df, _bundled(name, start, bars), check_freq=False)
+  assert df.attrs['layout'] == layout
+  assert df.attrs['gaps']['count'] == 0
+
+
+@pytest.mark.parametrize('path', [CDD, FREQTRADE])
+def test_exchange_layouts_compute_features_and_backtest(path):
+  from himari_jax import backtest, features
+
+  df = data.load_ohlcv(path)
+  feats = features.compute_features(df)
+  assert feats.shape == (len(df), features.NUM_FEATURES) and np.isfinite(feats).all()
+  momentum = np.where(feats[:, 0] > 0, 2, 0)  # ret_1 > 0: BUY, else SELL
+  result = backtest.run_backtest(df, momentum, np.ones(len(df)), backtest.make_params())
+  assert np.asarray(result.fill_qty).any()
+  equity = np.asarray(result.equity)
+  assert np.isfinite(equity).all() and equity[-1] != 100_000.0
+
+
+def test_cryptodatadownload_dates_when_there_is_no_unix_column(tmp_path):
+  lines = CDD.read_text().splitlines()
+  rows = [','.join(line.split(',')[1:]) for line in lines[1:]]  # drop the unix column
+  path = tmp_path / 'cdd.csv'
+  path.write_text('\n'.join([lines[0], *rows]) + '\n')
+  df = data.load_ohlcv(path)
+  assert df.index[0] == pd.Timestamp('2019-10-17 00:00', tz='UTC')
+  assert df.index[12] == pd.Timestamp('2019-10-17 12:00', tz='UTC')  # 12-PM is noon
+  pd.testing.assert_frame_equal(df, data.load_ohlcv(CDD), check_freq=False)
+
+
+def test_common_column_spellings(tmp_path):
+  expected = data.load_ohlcv(_write(tmp_path, GOOD_ROWS, name='canonical.csv'))
+  rows = [r.split(',') for r in GOOD_ROWS]
+  iso = [','.join([r[0].replace(' ', 'T') + 'Z', *r[1:], 'x']) for r in rows]
+  spelled = data.load_ohlcv(_write(tmp_path, iso, header='Date,Open,High,Low,Close,Volume,Note'))
+  pd.testing.assert_frame_equal(spelled, expected, check_freq=False)
+  assert spelled.attrs['layout'] == 'csv'
+  one_volume = _write(tmp_path, GOOD_ROWS, header='time,open,high,low,close,Volume BTC',
+                      name='one_volume.csv')
+  pd.testing.assert_frame_equal(data.load_ohlcv(one_volume), expected, check_freq=False)
+
+
+def test_base_volume_is_picked_by_the_symbol(tmp_path):
+  expected = data.load_ohlcv(_write(tmp_path, GOOD_ROWS, name='canonical.csv'))
+  base_last = [f'{r.rsplit(",", 1)[0]},{float(r.rsplit(",", 1)[1]) * 100},{r.rsplit(",", 1)[1]},'
+               'BTC-USDT' for r in GOOD_ROWS]
+  path = _write(tmp_path, base_last,
+                header='timestamp,open,high,low,close,Volume USDT,Volume BTC,symbol')
+  pd.testing.assert_frame_equal(data.load_ohlcv(path), expected, check_freq=False)
+
+
+def test_two_volumes_without_a_symbol_are_ambiguous(tmp_path):
+  rows = [f'{r},{float(r.rsplit(",", 1)[1]) * 100}' for r in GOOD_ROWS]
+  path = _write(tmp_path, ['https://example.com/export', *rows],
+                header=None, name='two_volumes.csv')
+  path.write_text(path.read_text().replace(
+      'https://example.com/export\n',
+      'https://example.com/export\ndate,open,high,low,close,Volume BTC,Volume USDT\n'))
+  with pytest.raises(data.DataError, match=r'two_volumes\.csv row 2, column volume btc: 2 volume '
+                                           r'columns \(volume btc, volume usdt\) and no symbol'):
+    data.load_ohlcv(path)
+
+
+def test_newest_first_is_reversed_but_other_disorder_is_not(tmp_path):
+  df = data.load_ohlcv(_write(tmp_path, GOOD_ROWS[::-1]))
+  assert df.index.is_monotonic_increasing
+  np.testing.assert_array_equal(df['close'], [100.5, 101, 100.8, 102.9])
+  with pytest.raises(data.DataError, match=r'row 3, column timestamp: .*out of order'):
+    data.load_ohlcv(_write(tmp_path, [GOOD_ROWS[3], GOOD_ROWS[2], GOOD_ROWS[0], GOOD_ROWS[1]]))
+
+
+def test_newest_first_errors_still_name_file_lines():
+  lines = CDD.read_text().splitlines()
+  fields = lines[5].split(',')
+  fields[4] = '1.0'  # high below open and close
+  buffer = io.StringIO('\n'.join([*lines[:5], ','.join(fields), *lines[6:]]))
+  buffer.name = 'cdd.csv'
+  with pytest.raises(data.DataError, match=r'cdd\.csv row 6, column high: high 1\.0 <'):
+    data.load_ohlcv(buffer)
+
+
+@pytest.mark.parametrize('text, words', [
+    ('[[1583971200000, 1, 2, 0.5, 1.5]]', r'row 1 \(candle 1\): expected \[time_ms, open'),
+    ('[[1583971200000, 1, 2, 0.5, 1.5, 3], [1583974800000, 1, 2, 0.5, null, 3]]',
+     r'row 2, column close: the value is missing'),
+    ('[[1583971200000, 1, 2, 0.5, 1.5, 3], [1583974800000, 1, 2, 0.5, NaN, 3]]',
+     r'row 2, column close: close is nan'),
+    ('[[1583971200000, 1, 2, 0.5, 1.5, 3],\n [1583974800000, 1, 2, 0.5, 1.5 3]]',
+     r'row 2: not valid JSON'),
+    ('[]', 'non-empty JSON array'),
+])
+def test_json_candle_defects(text, words):
+  buffer = io.StringIO(text)
+  buffer.name = 'candles.json'
+  with pytest.raises(data.DataError, match=r'candles\.json.*' + words):
+    data.load_ohlcv(buffer)
+
+
+def test_binance_rest_klines_with_string_prices():
+  klines = [[1583971200000, '7934.58', '7966.17', '7897.63', '7913.42', '1772.473459',
+             1583974799999, '14049823.3', 25361, '903.5', '7161923.1', '0']]
+  buffer = io.StringIO(json.dumps(klines))
+  df = data.load_ohlcv(buffer)
+  assert df.index[0] == pd.Timestamp('2020-03-12 00:00', tz='UTC')
+  assert df.iloc[0].tolist() == [7934.58, 7966.17, 7897.63, 7913.42, 1772.473459]
+
+
+def test_separate_date_and_time_columns_are_ambiguous(tmp_path):
+  rows = [f'2024.03.01,{h:02d}:00,100,101,99,100.5,10' for h in range(3)]
+  path = _write(tmp_path, rows, header='Date,Time,Open,High,Low,Close,Volume', name='mt.csv')
+  with pytest.raises(data.DataError, match=r'mt\.csv row 1, column time: separate date and time'):
+    data.load_ohlcv(path)

@@ -74,6 +74,26 @@ def test_confidence_weighted():
   assert ensemble.combine(probs, 'disagreement')[0][2] == HOLD
 
 
+def test_confidence_weighted_exact_ties_hold_despite_rounding():
+  # Mirrored members tie BUY with SELL in exact arithmetic; float32 rounding of the inputs
+  # and of the weighted mean used to break some of these ties towards one side.
+  rng = np.random.default_rng(0)
+  members = rng.dirichlet([1.0, 1.0, 1.0], size=500)
+  probs = np.stack([members, members[:, ::-1]]).astype(np.float32)
+  actions, confidence = ensemble.combine(probs, 'confidence_weighted')
+  assert set(np.asarray(actions).tolist()) == {HOLD}
+  np.testing.assert_allclose(confidence, members[:, 1], rtol=1e-6)
+  # Three members, unequal weights: 0.5 * a + 0.25 * (b + c) = (0.35, 0.3, 0.35) exactly.
+  probs = np.array([[[0.1, 0.3, 0.6]], [[0.7, 0.2, 0.1]], [[0.5, 0.4, 0.1]]], np.float32)
+  assert ensemble.combine(probs, 'confidence_weighted', weights=[0.5, 0.25, 0.25])[0][0] == HOLD
+
+
+def test_confidence_weighted_near_ties_still_trade():
+  probs = np.array([[[0.35, 0.3, 0.35 + 1e-5]], [[0.35, 0.3, 0.35 - 1e-5 + 2e-5]]], np.float32)
+  probs /= probs.sum(axis=-1, keepdims=True)
+  assert ensemble.combine(probs, 'confidence_weighted')[0][0] == BUY
+
+
 @pytest.mark.parametrize('votes, expected', [
     ([BUY] * 5, BUY),
     ([SELL] * 5, SELL),
