@@ -70,6 +70,27 @@ def sharpe_labels(close: np.ndarray, low: np.ndarray, *, horizon: int = 24,
   return labels, valid
 
 
+def rolling_sigma(close: np.ndarray, *, window: int = 168) -> np.ndarray:
+  """sigma_t: std (ddof 1) of the `window` one-bar log returns ending at bar t (bars <= t).
+
+  Args:
+    close: (N,) closes.
+
+  Returns:
+    (N,) float64, NaN for t < window (fewer than `window` returns known).
+  """
+  if int(window) != window or window < 2:
+    raise ValueError(f'window must be a whole number >= 2, got {window}')
+  window = int(window)
+  close = np.asarray(close, np.float64)
+  sigma = np.full(len(close), np.nan)
+  returns = np.diff(np.log(close))  # returns[t - 1] ends at bar t
+  if len(returns) >= window:
+    sigma[window:] = np.lib.stride_tricks.sliding_window_view(returns, window).std(axis=1,
+                                                                                    ddof=1)
+  return sigma
+
+
 def make_labels(df: pd.DataFrame, kind: str = 'threshold',
                 **params: Any) -> tuple[np.ndarray, np.ndarray]:
   """Labels of an OHLCV frame by rule `kind` ('threshold' or 'sharpe').
