@@ -211,8 +211,9 @@ def test_attribution_matches_the_metrics():
   n = len(closes)
   np.testing.assert_allclose(values['net_sharpe'], float(full['sharpe']), rtol=1e-9)
   np.testing.assert_allclose(values['net_total_return'], float(full['total_return']), rtol=1e-9)
+  market = np.asarray(metrics.market_returns(closes))
   np.testing.assert_allclose(values['gross_sharpe'],
-                             numpy_metrics(gross, 100_000.0, np.asarray(metrics.market_returns(closes)))['sharpe'], rtol=1e-9)
+                             numpy_metrics(gross, 100_000.0, market)['sharpe'], rtol=1e-9)
   np.testing.assert_allclose(values['cost_drag_sharpe'],
                              values['gross_sharpe'] - values['net_sharpe'], rtol=1e-12)
   assert values['cost_drag_sharpe'] > 0
