@@ -56,8 +56,9 @@ SIZINGS = ('confidence', 'fixed', 'vol_target')
 _ARGMAX = SIGNALS.index('argmax')
 _CONFIDENCE, _FIXED = SIZINGS.index('confidence'), SIZINGS.index('fixed')
 OBJECTIVES = ('sharpe', 'sharpe_minus_turnover')
-# Counter value of "no exit yet": above any cooldown.
-_NEVER = 1e9
+# Bar counter before any entry or exit, and its cap: above any min_hold or cooldown, and
+# exact in float32.
+_NEVER = 1e6
 # A buy capped by cash is skipped when what cash still pays is below this fraction of equity.
 _DUST = 1e-6
 
@@ -126,8 +127,10 @@ def check_policy(policy: PolicyParams) -> None:
       ('signal', np.isin(v['signal'], range(len(SIGNALS))), f'must index {SIGNALS}'),
       ('entry', (v['entry'] >= 0) & (v['entry'] <= 1), 'must be in [0, 1]'),
       ('exit', (v['exit'] >= -1) & (v['exit'] <= 1), 'must be in [-1, 1]'),
-      ('min_hold', whole['min_hold'] & (v['min_hold'] >= 0), 'must be a whole number >= 0'),
-      ('cooldown', whole['cooldown'] & (v['cooldown'] >= 0), 'must be a whole number >= 0'),
+      ('min_hold', whole['min_hold'] & (v['min_hold'] >= 0) & (v['min_hold'] < _NEVER),
+       f'must be a whole number in [0, {_NEVER:.0f})'),
+      ('cooldown', whole['cooldown'] & (v['cooldown'] >= 0) & (v['cooldown'] < _NEVER),
+       f'must be a whole number in [0, {_NEVER:.0f})'),
       ('sizing', np.isin(v['sizing'], range(len(SIZINGS))), f'must index {SIZINGS}'),
       ('max_position_pct', finite['max_position_pct'] & (v['max_position_pct'] > 0),
        'must be finite and > 0'),
@@ -275,38 +278,41 @@ def policy_signal(probs: Any, sigma_annual: Any) -> tuple[jax.Array, ...]:
           probs[..., BUY], inv_sigma)
 
 
-def _init_state(q: PolicyParams, like: jax.Array) -> tuple[jax.Array, ...]:
-  """(side, bars since the entry, bars since the last exit) before bar 0."""
+def _init_state(q: PolicyParams, like: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(side, bars since the side last changed) before bar 0: flat since long ago."""
   del q
-  return jnp.zeros_like(like), jnp.zeros_like(like), jnp.full_like(like, _NEVER)
+  return jnp.zeros_like(like), jnp.full_like(like, _NEVER)
 
 
 def _decide_policy(cash, pos, signal, ref, inv_ref, p, inv, q, state):
-  """Signed units to trade for one decision bar of policy `q` (module docstring), new state."""
+  """Signed units to trade for one decision bar of policy `q` (module docstring), new state.
+
+  One counter serves min_hold and cooldown: in a position it counts bars since the entry,
+  flat it counts bars since the exit (every carried variable costs a kernel per bar on CPU).
+  """
   s, action, p_sell, p_buy, inv_sigma = signal
-  side, age, since = state
+  side, bars = state
   margin = q.signal < 0.5
   long_in = jnp.where(margin, s > q.entry, (action == BUY) & (p_buy >= q.entry))
   long_out = jnp.where(margin, s < q.exit, (action == SELL) & (p_sell >= q.exit))
   short_in = (q.allow_short > 0.5) & jnp.where(margin, s < -q.entry,
                                                (action == SELL) & (p_sell >= q.entry))
   short_out = jnp.where(margin, s > -q.exit, (action == BUY) & (p_buy >= q.exit))
-  age, since = age + 1, since + 1
-  exits = (((side > 0) & long_out) | ((side < 0) & short_out)) & (age >= q.min_hold)
-  since = jnp.where(exits, 0.0, since)
-  can_enter = ((side == 0) | exits) & ((since > q.cooldown) | (exits & (q.cooldown == 0)))
+  bars = jnp.minimum(bars + 1, _NEVER)
+  exits = jnp.where(side > 0, long_out, (side < 0) & short_out) & (bars >= q.min_hold)
+  # After an exit the opposite entry may follow in the same bar only without a cooldown.
+  can_enter = jnp.where(exits, q.cooldown == 0, (side == 0) & (bars > q.cooldown))
   enter_long = can_enter & long_in
   enter_short = can_enter & short_in
   side = jnp.where(enter_long, 1.0, jnp.where(enter_short, -1.0, jnp.where(exits, 0.0, side)))
-  age = jnp.where(enter_long | enter_short, 0.0, age)
+  bars = jnp.where(exits | enter_long | enter_short, 0.0, bars)
   confirmed = jnp.where(side > 0, long_in, (side < 0) & short_in)
-
   conf = jnp.where(side > 0, p_buy, p_sell)
   fraction = jnp.where(q.sizing == _CONFIDENCE, conf * q.max_position_pct,
                        jnp.where(q.sizing == _FIXED, q.max_position_pct,
                                  jnp.minimum(q.target_vol * inv_sigma, q.max_leverage)))
   budget = jnp.maximum(cash + pos * ref, 0.0)
-  # Grouped as the seed's backtest groups it, so the seed policy's fills match it bit for bit.
+  # Grouped as the seed's backtest groups it, so the seed policy's sizes match it closely.
   units = budget * inv_ref
   sized = jnp.where(side > 0, units * (fraction * inv.buy), -(units * (fraction * inv.sell)))
   target = jnp.where(confirmed, sized, jnp.where(side == 0, 0.0, pos))
@@ -319,7 +325,7 @@ def _decide_policy(cash, pos, signal, ref, inv_ref, p, inv, q, state):
   dust = (delta > affordable) & (affordable * ref <= _DUST * budget)
   qty = jnp.where(trade & ~dust,
                   jnp.where(delta > 0, jnp.minimum(delta, affordable), delta), 0.0)
-  return qty, (side, age, since)
+  return qty, (side, bars)
 
 
 POLICY_RULE = backtest.DecisionRule(
@@ -409,6 +415,8 @@ def sweep(prices: Any, probs: Any, policies: PolicyParams, params: backtest.Back
   params = jax.tree.map(np.atleast_1d, params)
   num_signals = probs.shape[0]
   num_policies, num_costs = np.shape(policies.entry)[0], np.shape(params.sizing)[0]
+  if not num_policies or not num_costs:
+    raise ValueError(f'nothing to sweep: {num_policies} policies, {num_costs} cost settings')
   names = [str(s) for s in range(num_signals)] if signal_names is None else list(signal_names)
   if len(names) != num_signals:
     raise ValueError(f'{len(names)} signal_names for {num_signals} signals')
