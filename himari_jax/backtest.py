@@ -6,7 +6,10 @@ shorting, sizing) are numeric flags applied with `jnp.where`, so one compiled ca
 grid that mixes them and `jax.vmap` batches over settings and over signals (models, ensemble
 strategies). `sweep` runs such a grid in one jit call and returns a table of metrics:
 every metric, or (`metrics='core'`) returns, risk ratios, drawdown and trades from running
-sums carried through the scan, the fast mode for screening large grids.
+sums carried through the scan, the fast mode for screening large grids. The scan takes a
+`DecisionRule`: `ACTIONS_RULE` executes SELL / HOLD / BUY actions as below; `policy.py`
+supplies a rule that maps probabilities to target positions (SPEC section 8) and runs on the
+same scan and sweep (`policy.run_policy`, `policy.sweep`).
 
 Semantics (defaults are the seed's):
 

@@ -201,9 +201,9 @@ def make_policy_grid(base: Mapping[str, Any] | None = None,
 
 def default_grid(*, allow_short: bool = False, max_position_pct: float = 0.10,
                  target_vol: float = 0.05) -> PolicyParams:
-  """The grid `select_policy` searches by default: 364 policies.
+  """The grid `select_policy` searches by default: 484 policies.
 
-  360 margin policies (entry 0.1 .. 0.5, exit 0 .. 0.3 below entry, min_hold 0 / 6 / 24,
+  480 margin policies (entry 0.1 .. 0.5, exit 0 .. 0.3 below entry, min_hold 0 / 6 / 24 / 72,
   cooldown 0 / 12, the three sizings, a 1 % band) and the seed at thresholds 0, 0.4, 0.5,
   0.6, so selection can keep the seed when nothing beats it.
   """
@@ -213,7 +213,7 @@ def default_grid(*, allow_short: bool = False, max_position_pct: float = 0.10,
         dict(entry=entry, band=0.01, allow_short=allow_short,
              max_position_pct=max_position_pct, target_vol=target_vol,
              max_leverage=max_position_pct),
-        exit=[round(entry - gap, 2) for gap in (0.0, 0.1, 0.2, 0.3)], min_hold=(0, 6, 24),
+        exit=[round(entry - gap, 2) for gap in (0.0, 0.1, 0.2, 0.3)], min_hold=(0, 6, 24, 72),
         cooldown=(0, 12), sizing=SIZINGS))
   seeds = [seed_policy(t, max_position_pct=max_position_pct, allow_short=allow_short)
            for t in (0.0, 0.4, 0.5, 0.6)]
