@@ -29,9 +29,10 @@ Per decision bar, with `p = (sell, hold, buy)`:
   `confidence_threshold`, `allow_short` and `max_position_pct` are not used: the policy's
   fields replace them.
 
-`seed_policy(threshold)` is exactly the seed's argmax + threshold backtest (same fills)
+`seed_policy(threshold)` reproduces the seed's argmax + threshold backtest: the same fill bars,
+quantities equal up to the order of floating-point operations (1e-12 relative in float64),
 wherever the seed's buys are affordable, which holds for long-only runs with
-`max_position_pct < 1 / (1 + commission)`.
+`max_position_pct < 1 / (1 + commission)` (the seed skips an unaffordable buy, a policy caps it).
 """
 
 from __future__ import annotations
