@@ -15,9 +15,14 @@ else SELL) with confidence `0.5 + 0.5 * tanh(20 * |fast / slow - 1|)` in [0.5, 1
     slippages grid with `Portfolio.from_order_func` (a numba order function), vs `sweep` on
     the same grid. Both get the same final equities (printed as a check).
 
+(d) `policy.sweep` of `--policies` decision policies (entry x exit x min_hold x cooldown x
+    band x sizing) on `--policy_dataset` in one compiled call, `metrics='core'` and 'all'. The
+    probabilities come from the crossover's fast / slow gap through a softmax.
+
 Compile time is reported apart from run time (best of `--repeats`).
 
   python benchmarks/bench_backtest.py [--dataset=btc_usdt_1h_2020_2024] [--configs=1000]
+      [--policies=10000] [--policy_dataset=btc_usdt_1h_2025_2026]
 """
 
 import math
@@ -29,7 +34,7 @@ import numpy as np
 import pandas as pd
 from absl import app, flags
 
-from himari_jax import backtest, data
+from himari_jax import backtest, data, policy
 from himari_jax.ensemble import BUY, HOLD, SELL
 
 FLAGS = flags.FLAGS
@@ -39,6 +44,8 @@ flags.DEFINE_integer('python_runs', 5, 'Settings the Python loop runs in (b), ex
 flags.DEFINE_integer('repeats', 3, 'Timed runs of each compiled call (the best is reported).')
 flags.DEFINE_integer('batch_size', 1024, 'Settings simulated together by `sweep`.')
 flags.DEFINE_bool('vectorbt', True, 'Run (c) when vectorbt is importable.')
+flags.DEFINE_integer('policies', 10_000, 'Policies in the policy sweep (d), up to 15,000.')
+flags.DEFINE_string('policy_dataset', 'btc_usdt_1h_2025_2026', 'Dataset of the policy sweep (d).')
 
 
 def crossover_signal(close: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -228,6 +235,46 @@ def bench_vectorbt(frame, actions, confidence):
           f'{np.max(np.abs(table["final_equity"].to_numpy() / vbt_final - 1)):.1e}')
 
 
+def policy_grid(num: int) -> policy.PolicyParams:
+  """`num` policies evenly spread over 15,000: 10 entries x 5 exits x 5 min_holds x
+  4 cooldowns x 5 bands x 3 sizings."""
+  axes = np.meshgrid(np.linspace(0.05, 0.5, 10), (0.0, 0.05, 0.1, 0.2, 0.3), (0, 3, 6, 12, 24),
+                     (0, 6, 12, 24), (0.0, 0.005, 0.01, 0.02, 0.05), np.arange(3),
+                     indexing='ij')
+  pick = np.linspace(0, axes[0].size - 1, num).astype(int)
+  entry, gap, min_hold, cooldown, band, sizing = (a.ravel()[pick] for a in axes)
+  grid = policy.PolicyParams(
+      signal=np.zeros(num, np.int32), entry=entry, exit=entry - gap, min_hold=min_hold,
+      cooldown=cooldown, sizing=sizing.astype(np.int32), max_position_pct=np.full(num, 0.1),
+      target_vol=np.full(num, 0.05), max_leverage=np.full(num, 0.1), band=band,
+      allow_short=np.zeros(num, np.int32), trim=np.ones(num, np.int32))
+  policy.check_policy(grid)
+  return grid
+
+
+def bench_policy_sweep():
+  frame = data.load_dataset(FLAGS.policy_dataset)
+  close = frame['close'].to_numpy()
+  fast = pd.Series(close).rolling(24, min_periods=1).mean().to_numpy()
+  slow = pd.Series(close).rolling(168, min_periods=1).mean().to_numpy()
+  gap = 40 * (fast / slow - 1)
+  logits = np.stack([-gap, np.zeros_like(gap), gap], axis=1)
+  probs = (np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)).astype(np.float32)
+  grid = policy_grid(FLAGS.policies)
+  num, n = int(np.shape(grid.entry)[0]), len(frame)
+  params = backtest.make_params()
+  print(f'(d) policy sweep of {num:,} policies x {n:,} bars ({FLAGS.policy_dataset}) in one '
+        f'compiled call, batch_size {FLAGS.batch_size}')
+  for metrics in ('core', 'all'):
+    first, run, table = best_time(lambda metrics=metrics: policy.sweep(
+        frame, probs, grid, params, metrics=metrics, batch_size=FLAGS.batch_size),
+                                  FLAGS.repeats)
+    print(f"    metrics='{metrics}': compile {first - run:.2f} s, run {run:.3f} s "
+          f'({num * n / run / 1e6:.1f} M setting-bars/s); trades per policy: median '
+          f'{table["num_trades"].median():.0f}, range {table["num_trades"].min()}-'
+          f'{table["num_trades"].max()}')
+
+
 def main(argv):
   del argv
   frame = data.load_dataset(FLAGS.dataset)
@@ -241,6 +288,7 @@ def main(argv):
         f'XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}')
   bench_single(frame, lists, actions, confidence)
   bench_sweep(frame, lists, actions, confidence)
+  bench_policy_sweep()
   if FLAGS.vectorbt:
     try:
       bench_vectorbt(frame, actions, confidence)

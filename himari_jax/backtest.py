@@ -6,7 +6,10 @@ shorting, sizing) are numeric flags applied with `jnp.where`, so one compiled ca
 grid that mixes them and `jax.vmap` batches over settings and over signals (models, ensemble
 strategies). `sweep` runs such a grid in one jit call and returns a table of metrics:
 every metric, or (`metrics='core'`) returns, risk ratios, drawdown and trades from running
-sums carried through the scan, the fast mode for screening large grids.
+sums carried through the scan, the fast mode for screening large grids. The scan takes a
+`DecisionRule`: `ACTIONS_RULE` executes SELL / HOLD / BUY actions as below; `policy.py`
+supplies a rule that maps probabilities to target positions (SPEC section 8) and runs on the
+same scan and sweep (`policy.run_policy`, `policy.sweep`).
 
 Semantics (defaults are the seed's):
 
@@ -40,7 +43,7 @@ from __future__ import annotations
 
 import functools
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import flax.struct
@@ -297,11 +300,41 @@ def buy_and_hold(prices: Any, params: BacktestParams) -> BacktestResult:
 def _simulate(prices: Prices, actions: jax.Array, confidence: jax.Array,
               params: BacktestParams) -> BacktestResult:
   """The simulation without validation, traceable in every argument."""
-  return _scan_bars(prices, actions, confidence, params, track='result')
+  dtype = jnp.result_type(float)
+  signal = (jnp.asarray(actions, jnp.int32), jnp.asarray(confidence, dtype))
+  record, executed = _scan_bars(prices, signal, params, (), track='result')
+  return BacktestResult(*record, confidence=executed[1])
 
 
-def _scan_bars(prices: Prices, actions: jax.Array, confidence: jax.Array, params: BacktestParams,
-               track: str, risk_free_per_bar: Any = 0.0) -> Any:
+class DecisionRule(NamedTuple):
+  """How the scan turns one bar's signal into a fill: the seed's actions, or a policy.
+
+  pad(dtype): the signal of a bar without a decision, a pytree of (1,) arrays.
+  init_state(rule_params, like): the rule's state before bar 0 (like: a scalar of the batch).
+  decide(cash, pos, signal, ref, inv_ref, params, inv, rule_params, state): signed units to
+    trade at reference price `ref` for the executed decision's signal, and the new state.
+  """
+
+  pad: Callable[[Any], Any]
+  init_state: Callable[[Any, jax.Array], Any]
+  decide: Callable[..., tuple[jax.Array, Any]]
+
+
+def _decide_actions(cash, pos, signal, ref, inv_ref, p, inv, rule_params, state):
+  del rule_params
+  action, conf = signal
+  return _decide_fill(cash, pos, action, conf, ref, inv_ref, p, inv), state
+
+
+ACTIONS_RULE = DecisionRule(
+    pad=lambda dtype: (jnp.full((1,), HOLD, jnp.int32), jnp.zeros((1,), dtype)),
+    init_state=lambda rule_params, like: (),
+    decide=_decide_actions)
+
+
+def _scan_bars(prices: Prices, signal: Any, params: BacktestParams, rule_params: Any,
+               track: str, risk_free_per_bar: Any = 0.0,
+               rule: DecisionRule = ACTIONS_RULE) -> Any:
   """The bar-by-bar scan.
 
   Step t decides the fill of bar t and books the fill of bar t-1 that the previous step
@@ -311,22 +344,27 @@ def _scan_bars(prices: Prices, actions: jax.Array, confidence: jax.Array, params
   On CPU each state variable costs a small kernel per bar, so a sweep carries only what its
   metrics need.
 
-  Returns, by `track`: 'result', a BacktestResult; 'all', the (N,) equity curve and the
-  metrics.TradeStats accumulated inside the scan; 'core', metrics.CoreStats and the final
+  Args:
+    signal: pytree of (N,) arrays that `rule.decide` reads bar by bar.
+    params: the costs, capital and fill timing (and, for ACTIONS_RULE, the sizing).
+    rule_params: the rule's own settings (a PolicyParams, or () for actions).
+
+  Returns, by `track`: 'result', the per-bar record (qty, price, commission, slippage,
+  position, cash, equity) and the signal each bar executed; 'all', the (N,) equity curve and
+  the metrics.TradeStats accumulated inside the scan; 'core', metrics.CoreStats and the final
   equity.
   """
   dtype = jnp.result_type(float)
   opens, closes = (jnp.asarray(x, dtype) for x in prices)
-  actions = jnp.asarray(actions, jnp.int32)
-  confidence = jnp.asarray(confidence, dtype)
   p = jax.tree.map(lambda x: jnp.asarray(x, dtype), params)
+  q = jax.tree.map(lambda x: jnp.asarray(x, dtype), rule_params)
   next_open = p.fill_next_open > 0.5
   inv = _reciprocals(p)
 
   def step(carry, x):
-    cash, pos, qty, stats = carry
-    (bar, action, conf, open_, close, prev_action, prev_conf, prev_open, prev_close,
-     before_close, inv_open, inv_close) = x
+    cash, pos, qty, stats, state = carry
+    (bar, now_signal, open_, close, prev_signal, prev_open, prev_close, before_close,
+     inv_open, inv_close) = x
     # Bar t executes the decision of bar t ('close') or of bar t-1 ('next_open'). The inputs
     # are selected here, per bar, so they stay shared by every setting of a sweep.
     prev_ref = jnp.where(next_open, prev_open, prev_close)
@@ -343,35 +381,37 @@ def _scan_bars(prices: Prices, actions: jax.Array, confidence: jax.Array, params
       record = None
     else:
       record = (qty, price, commission, slippage, new_pos, new_cash, equity)
-    next_qty = _decide_fill(
-        new_cash, new_pos, jnp.where(next_open, prev_action, action),
-        jnp.where(next_open, prev_conf, conf), jnp.where(next_open, open_, close),
-        jnp.where(next_open, inv_open, inv_close), p, inv)
-    return (new_cash, new_pos, next_qty, stats), record
+    executed = jax.tree.map(lambda a, b: jnp.where(next_open, b, a), now_signal, prev_signal)
+    next_qty, state = rule.decide(
+        new_cash, new_pos, executed, jnp.where(next_open, open_, close),
+        jnp.where(next_open, inv_open, inv_close), p, inv, q, state)
+    return (new_cash, new_pos, next_qty, stats, state), record
 
   # One step more than bars: step 0 books nothing (bar -1 is flat at the capital), step N
-  # decides nothing (HOLD) and books bar N-1.
+  # decides nothing (the pad signal) and books bar N-1.
   n = closes.shape[0]
-  hold, zero = jnp.full((1,), HOLD, jnp.int32), jnp.zeros((1,), dtype)
+  pad = rule.pad(dtype)
   stats = {'all': metrics_lib.init_trade_stats, 'core': metrics_lib.init_core_stats,
            'result': lambda capital: ()}[track](p.initial_capital)
   zero_qty = jnp.zeros_like(p.initial_capital)
-  init = (p.initial_capital, zero_qty, zero_qty, stats)
-  now = (jnp.concatenate([actions, hold]), jnp.concatenate([confidence, zero]),
-         jnp.concatenate([opens, opens[-1:]]), jnp.concatenate([closes, closes[-1:]]))
-  before = (jnp.concatenate([hold, actions]), jnp.concatenate([zero, confidence]),
-            jnp.concatenate([opens[:1], opens]), jnp.concatenate([closes[:1], closes]))
+  init = (p.initial_capital, zero_qty, zero_qty, stats, rule.init_state(q, zero_qty))
+  now_signal = jax.tree.map(lambda x, e: jnp.concatenate([x, e]), signal, pad)
+  prev_signal = jax.tree.map(lambda x, e: jnp.concatenate([e, x]), signal, pad)
+  now = (jnp.concatenate([opens, opens[-1:]]), jnp.concatenate([closes, closes[-1:]]))
+  before = (jnp.concatenate([opens[:1], opens]), jnp.concatenate([closes[:1], closes]))
   # Bar t-2's close for step t (step 1's state is the capital, flat: any price marks it).
   before_close = jnp.concatenate([closes[:1], closes[:1], closes[:-1]])
-  xs = (jnp.arange(n + 1, dtype=jnp.int32), *now, *before, before_close, 1 / now[2], 1 / now[3])
-  (cash, pos, _, stats), record = jax.lax.scan(step, init, xs)
+  xs = (jnp.arange(n + 1, dtype=jnp.int32), now_signal, *now, prev_signal, *before,
+        before_close, 1 / now[0], 1 / now[1])
+  (cash, pos, _, stats, _), record = jax.lax.scan(step, init, xs)
   if track == 'core':
     return stats, cash + pos * closes[-1]  # as the last step marks bar N - 1
   record = jax.tree.map(lambda r: r[1:], record)
   if track == 'all':
     return record, stats
-  executed_confidence = jnp.where(next_open, before[1][:-1], confidence)
-  return BacktestResult(*record, confidence=executed_confidence)
+  executed = jax.tree.map(lambda now_x, prev_x: jnp.where(next_open, prev_x[:-1], now_x[:-1]),
+                          now_signal, prev_signal)
+  return record, executed
 
 
 class _Reciprocals(NamedTuple):
@@ -475,18 +515,9 @@ def sweep(prices: Any, actions: Any, confidence: Any, params: BacktestParams, *,
   if len(names) != num_signals:
     raise ValueError(f'{len(names)} signal_names for {num_signals} signals')
 
-  # Every signal runs with a chunk of settings at a time: the scan's per-bar inputs stay
-  # shared by the settings instead of being copied for each pair.
-  chunk = max(1, min(num_settings, batch_size // num_signals))
-  num_chunks = -(-num_settings // chunk)
-  # Pad to whole chunks (repeating the last setting) so a single body is compiled.
-  padded = jax.tree.map(
-      lambda leaf: leaf[np.arange(num_chunks * chunk).clip(max=num_settings - 1)], params)
-  table = _sweep_metrics(prices, jnp.asarray(actions, jnp.int32), jnp.asarray(confidence),
-                         padded, periods_per_year, risk_free_rate, chunk, metrics)
-  metric_names = (metrics_lib.METRIC_NAMES if metrics == 'all'
-                  else metrics_lib.CORE_METRIC_NAMES)
-  table = {k: np.asarray(table[k])[:, :num_settings].reshape(-1) for k in metric_names}
+  table = sweep_metrics(prices, (jnp.asarray(actions, jnp.int32), jnp.asarray(confidence)),
+                        params, (), ACTIONS_RULE, periods_per_year=periods_per_year,
+                        risk_free_rate=risk_free_rate, metrics=metrics, batch_size=batch_size)
   settings = params_table(params)
   rows = pd.concat([settings] * num_signals, ignore_index=True)
   rows.insert(0, 'signal', np.repeat(names, num_settings))
@@ -495,6 +526,80 @@ def sweep(prices: Any, actions: Any, confidence: Any, params: BacktestParams, *,
     frames.append(_benchmark_rows(prices, settings.to_dict('records'), periods_per_year,
                                   risk_free_rate)[frames[0].columns])
   return pd.concat(frames, ignore_index=True)
+
+
+def sweep_metrics(prices: Prices, signals: Any, params: BacktestParams, rule_params: Any,
+                  rule: DecisionRule, *, periods_per_year: float, risk_free_rate: float,
+                  metrics: str, batch_size: int) -> dict[str, np.ndarray]:
+  """Metrics of every (signal, setting) pair in one compiled call, without input checks.
+
+  Args:
+    prices: Prices of (N,) arrays.
+    signals: pytree of (S, N) arrays, one row per signal, as `rule.decide` reads them.
+    params: BacktestParams batched to (C,) leaves; rule_params: the rule's settings batched
+      to the same (C,) (or () for ACTIONS_RULE): setting c is (params[c], rule_params[c]).
+    metrics, batch_size, periods_per_year, risk_free_rate: as in `sweep`.
+
+  Returns:
+    {metric name: (S * C,) array}, signal-major.
+  """
+  num_signals = jax.tree.leaves(signals)[0].shape[0]
+  num_settings = np.shape(params.sizing)[0]
+  # Every signal runs with a chunk of settings at a time: the scan's per-bar inputs stay
+  # shared by the settings instead of being copied for each pair.
+  chunk = max(1, min(num_settings, batch_size // num_signals))
+  num_chunks = -(-num_settings // chunk)
+  # Pad to whole chunks (repeating the last setting) so a single body is compiled.
+  take = np.arange(num_chunks * chunk).clip(max=num_settings - 1)
+  padded = jax.tree.map(lambda leaf: np.asarray(leaf)[take], (params, rule_params))
+  table = _sweep_metrics(prices, signals, *padded, periods_per_year, risk_free_rate, chunk,
+                         metrics, rule)
+  metric_names = (metrics_lib.METRIC_NAMES if metrics == 'all'
+                  else metrics_lib.CORE_METRIC_NAMES)
+  return {k: np.asarray(table[k])[:, :num_settings].reshape(-1) for k in metric_names}
+
+
+# Multiples of the configured costs in a cost-sensitivity curve (SPEC section 9).
+COST_MULTIPLIERS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
+
+
+def cost_grid(params: BacktestParams,
+              multipliers: Sequence[float] = COST_MULTIPLIERS) -> BacktestParams:
+  """Scalar `params` with every commission and slippage rate scaled by each multiplier.
+
+  Returns:
+    BacktestParams batched to (len(multipliers),).
+  """
+  scale = np.asarray(multipliers, np.float64)
+  if scale.ndim != 1 or not np.all(np.isfinite(scale) & (scale >= 0)):
+    raise ValueError(f'cost multipliers must be finite and >= 0, got {multipliers}')
+  costs = ('commission_buy', 'commission_sell', 'slippage_buy', 'slippage_sell')
+  grid = {k: (np.asarray(v) * scale if k in costs else np.repeat(np.asarray(v), scale.size))
+          for k, v in vars(params).items()}
+  grid = BacktestParams(**grid)
+  check_params(grid)
+  return grid
+
+
+def sensitivity_frame(table: pd.DataFrame, multipliers: Sequence[float]) -> pd.DataFrame:
+  """The cost-sensitivity curve from a sweep over `cost_grid(params, multipliers)`."""
+  frame = table[['sharpe', 'total_return', 'num_trades']].reset_index(drop=True)
+  frame.insert(0, 'cost_multiplier', np.asarray(multipliers, np.float64))
+  return frame
+
+
+def cost_sensitivity(prices: Any, actions: Any, confidence: Any, params: BacktestParams, *,
+                     multipliers: Sequence[float] = COST_MULTIPLIERS,
+                     periods_per_year: float = 8760.0) -> pd.DataFrame:
+  """Net Sharpe ratio and return of one signal at multiples of the configured costs, in one
+  sweep call (each multiple re-simulated, as sizes depend on the equity costs leave).
+
+  Returns:
+    DataFrame with `cost_multiplier`, `sharpe`, `total_return`, `num_trades`.
+  """
+  table = sweep(prices, actions, confidence, cost_grid(params, multipliers),
+                periods_per_year=periods_per_year, metrics='core')
+  return sensitivity_frame(table, multipliers)
 
 
 def _benchmark_rows(prices: Prices, settings: Sequence[Mapping[str, Any]],
@@ -520,35 +625,37 @@ def _benchmark_rows(prices: Prices, settings: Sequence[Mapping[str, Any]],
 _SUMMARY_BATCH = 16
 
 
-@functools.partial(jax.jit, static_argnames=('chunk', 'metrics'))
-def _sweep_metrics(prices: Prices, actions: jax.Array, confidence: jax.Array,
-                   params: BacktestParams, periods_per_year: float, risk_free_rate: float,
-                   chunk: int, metrics: str) -> dict[str, jax.Array]:
+@functools.partial(jax.jit, static_argnames=('chunk', 'metrics', 'rule'))
+def _sweep_metrics(prices: Prices, signals: Any, params: BacktestParams, rule_params: Any,
+                   periods_per_year: float, risk_free_rate: float, chunk: int, metrics: str,
+                   rule: DecisionRule) -> dict[str, jax.Array]:
   """Metrics of signals (S, N) x settings (C,), C a multiple of `chunk`: (S, C) arrays."""
   market = metrics_lib.market_returns(jnp.asarray(prices.close, jnp.result_type(float)))
   num_bars = market.shape[0]
+  num_signals = jax.tree.leaves(signals)[0].shape[0]
 
-  def simulate(signal, p):
-    return _scan_bars(prices, *signal, p, track=metrics,
-                      risk_free_per_bar=risk_free_rate / periods_per_year)
+  def simulate(signal, setting):
+    return _scan_bars(prices, signal, *setting, track=metrics,
+                      risk_free_per_bar=risk_free_rate / periods_per_year, rule=rule)
 
   def summarize(args):
     equity, stats, capital = args
     return metrics_lib.summarize(stats, equity, market, capital,
                                  periods_per_year=periods_per_year, risk_free_rate=risk_free_rate)
 
-  def one_chunk(p):
+  def one_chunk(setting):
     # (S, chunk) pairs: signals outer, settings inner.
-    result = jax.vmap(jax.vmap(simulate, (None, 0)), (0, None))((actions, confidence), p)
-    capital = jnp.broadcast_to(p.initial_capital, (actions.shape[0], chunk))
+    result = jax.vmap(jax.vmap(simulate, (None, 0)), (0, None))(signals, setting)
+    capital = jnp.broadcast_to(setting[0].initial_capital, (num_signals, chunk))
     if metrics == 'core':
       return jax.vmap(jax.vmap(functools.partial(
           metrics_lib.summarize_core, num_bars=num_bars, periods_per_year=periods_per_year,
           risk_free_rate=risk_free_rate)))(*result, initial_capital=capital)
     pairs = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), (*result, capital))
     table = jax.lax.map(summarize, pairs, batch_size=min(_SUMMARY_BATCH, pairs[-1].shape[0]))
-    return jax.tree.map(lambda x: x.reshape(actions.shape[0], chunk), table)
+    return jax.tree.map(lambda x: x.reshape(num_signals, chunk), table)
 
-  table = jax.lax.map(one_chunk, jax.tree.map(lambda x: x.reshape(-1, chunk), params))
+  settings = jax.tree.map(lambda x: x.reshape(-1, chunk), (params, rule_params))
+  table = jax.lax.map(one_chunk, settings)
   # (chunks, S, chunk) -> (S, C)
   return jax.tree.map(lambda x: jnp.moveaxis(x, 1, 0).reshape(x.shape[1], -1), table)

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 METRIC_NAMES = (
     'total_return', 'cagr', 'volatility', 'sharpe', 'sortino', 'max_drawdown', 'calmar',
@@ -323,3 +324,65 @@ def compute_metrics(result: Any, market: jax.Array, initial_capital: Any, *,
   """
   return summarize(trade_stats(result, initial_capital), result.equity, market, initial_capital,
                    periods_per_year=periods_per_year, risk_free_rate=risk_free_rate)
+
+
+ATTRIBUTION_NAMES = (
+    'gross_total_return', 'gross_sharpe', 'commission', 'slippage', 'net_total_return',
+    'net_sharpe', 'cost_drag_sharpe', 'commission_return', 'slippage_return',
+    'turnover_per_year', 'mean_holding_bars', 'trade_bar_share', 'num_trades')
+
+
+def gross_equity(result: Any) -> jax.Array:
+  """(N,) equity of the same fills at zero commission and slippage.
+
+  A fill's slippage (currency) is exactly what its slipped price cost over the reference
+  price, so the cost-free cash is the booked cash plus every cost paid so far.
+  """
+  return result.equity + jnp.cumsum(result.commission + result.slippage)
+
+
+def attribution(result: Any, initial_capital: Any, *, periods_per_year: float = 8760.0,
+                risk_free_rate: float = 0.0) -> dict[str, float]:
+  """Where the returns of one backtest go (SPEC section 9): gross, costs, net.
+
+  Args:
+    result: backtest.BacktestResult of (N,) arrays (from run_backtest or policy.run_policy).
+    initial_capital: its starting capital.
+
+  Returns:
+    Floats (keys `ATTRIBUTION_NAMES`): `gross_*` from `gross_equity` (the same fills at zero
+    cost), `net_*` from the booked equity; `commission`, `slippage` in currency and
+    `*_return` as fractions of the capital; `cost_drag_sharpe` = gross Sharpe - net Sharpe;
+    `turnover_per_year` = traded notional / mean equity, annualised; `mean_holding_bars` of
+    closed round trips (NaN without any); `trade_bar_share`: bars with a fill / bars.
+  """
+  capital = float(np.asarray(initial_capital))
+  n = int(np.shape(result.equity)[0])
+
+  def sharpe(equity):
+    q = np.diff(np.concatenate([[capital], np.asarray(equity, np.float64)]))
+    q = q / np.concatenate([[capital], np.asarray(equity, np.float64)[:-1]])
+    std = np.std(q, ddof=1) if n > 1 else np.nan
+    mean = np.mean(q) - risk_free_rate / periods_per_year
+    return float(mean / std * np.sqrt(periods_per_year)) if std > 0 else float('nan')
+
+  gross = np.asarray(gross_equity(result), np.float64)
+  net = np.asarray(result.equity, np.float64)
+  qty = np.asarray(result.fill_qty, np.float64)
+  notional = np.sum(np.abs(qty) * np.asarray(result.fill_price, np.float64))
+  commission = float(np.sum(np.asarray(result.commission, np.float64)))
+  slippage = float(np.sum(np.asarray(result.slippage, np.float64)))
+  stats = trade_stats(result, initial_capital)
+  trips = int(stats.num_round_trips)
+  values = {
+      'gross_total_return': gross[-1] / capital - 1, 'gross_sharpe': sharpe(gross),
+      'commission': commission, 'slippage': slippage,
+      'net_total_return': net[-1] / capital - 1, 'net_sharpe': sharpe(net),
+      'commission_return': commission / capital, 'slippage_return': slippage / capital,
+      'turnover_per_year': notional / np.mean(net) * periods_per_year / n,
+      'mean_holding_bars': float(stats.holding_bars) / trips if trips else float('nan'),
+      'trade_bar_share': float(np.mean(qty != 0)), 'num_trades': int(np.sum(qty != 0)),
+  }
+  values['cost_drag_sharpe'] = values['gross_sharpe'] - values['net_sharpe']
+  return {name: (values[name] if name == 'num_trades' else float(values[name]))
+          for name in ATTRIBUTION_NAMES}

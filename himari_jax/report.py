@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import json
 import math
 import os
@@ -34,6 +35,7 @@ from absl import logging
 
 from himari_jax import backtest as backtest_lib
 from himari_jax import metrics as metrics_lib
+from himari_jax import significance
 from himari_jax.ensemble import BUY, HOLD, SELL
 
 RESULTS_JSON = 'backtest_results.json'
@@ -328,3 +330,121 @@ img {{ max-width: 100%; display: block; margin: 1em 0; }}
 {''.join(figures)}
 </body></html>
 """
+
+
+# Attribution (SPEC section 9): where the returns go. Rows of the gross | costs | net table.
+_ATTRIBUTION_ROWS = (
+    ('total return', 'gross_total_return', None, 'net_total_return', '{:+.2%}'),
+    ('Sharpe ratio', 'gross_sharpe', 'cost_drag_sharpe', 'net_sharpe', '{:+.2f}'),
+    ('commission (of capital)', None, 'commission_return', None, '{:.2%}'),
+    ('slippage (of capital)', None, 'slippage_return', None, '{:.2%}'),
+)
+
+
+def attribution_intervals(result: backtest_lib.BacktestResult, initial_capital: float, *,
+                          num_resamples: int = 1000, seed: int = 0,
+                          periods_per_year: float = 8760.0) -> dict[str, dict[str, Any]]:
+  """Block-bootstrap confidence intervals of the gross and the net Sharpe ratio.
+
+  Both use the same seed, so the same resampled blocks: their intervals are comparable.
+
+  Returns:
+    {'gross_sharpe': ..., 'net_sharpe': ...}, each `significance.block_bootstrap_ci`'s dict
+    without the resamples.
+  """
+  out = {}
+  for name, equity in (('gross_sharpe', metrics_lib.gross_equity(result)),
+                       ('net_sharpe', result.equity)):
+    returns = np.asarray(metrics_lib.period_returns(jnp.asarray(equity), initial_capital))
+    ci = significance.block_bootstrap_ci(returns, 'sharpe', num_resamples=num_resamples,
+                                         seed=seed, periods_per_year=periods_per_year)
+    out[name] = {k: v for k, v in ci.items() if k != 'resamples'}
+  return out
+
+
+def attribution_lines(attribution: Mapping[str, Any],
+                      intervals: Mapping[str, Mapping[str, Any]] | None = None) -> list[str]:
+  """Console lines: gross, costs and net side by side, then trading activity."""
+  def ci(name):
+    if not intervals or name not in intervals:
+      return ''
+    return f' [{intervals[name]["low"]:+.2f}, {intervals[name]["high"]:+.2f}]'
+
+  a = attribution
+  return [
+      f'gross: return {a["gross_total_return"]:+.2%}, Sharpe {a["gross_sharpe"]:+.2f}'
+      f'{ci("gross_sharpe")}',
+      f'costs: commission {a["commission"]:,.0f} ({a["commission_return"]:.2%} of capital), '
+      f'slippage {a["slippage"]:,.0f} ({a["slippage_return"]:.2%}); cost drag '
+      f'{a["cost_drag_sharpe"]:.2f} Sharpe',
+      f'net:   return {a["net_total_return"]:+.2%}, Sharpe {a["net_sharpe"]:+.2f}'
+      f'{ci("net_sharpe")}',
+      f'turnover {a["turnover_per_year"]:.1f}x equity a year, {a["num_trades"]} fills on '
+      f'{a["trade_bar_share"]:.1%} of bars, mean holding {a["mean_holding_bars"]:.1f} bars',
+  ]
+
+
+def cost_sensitivity_png(sensitivity: pd.DataFrame) -> bytes | None:
+  """The net Sharpe ratio against the cost multiplier as PNG bytes (None without matplotlib).
+
+  Args:
+    sensitivity: `backtest.cost_sensitivity` / `policy.cost_sensitivity` output.
+  """
+  try:
+    import matplotlib
+  except ImportError:
+    logging.warning('matplotlib is not installed: skipping the cost-sensitivity plot')
+    return None
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+
+  fig, ax = plt.subplots(figsize=(6, 3.5))
+  ax.plot(sensitivity['cost_multiplier'], sensitivity['sharpe'], marker='o')
+  ax.axhline(0, color='black', lw=0.6)
+  ax.axvline(1, color='gray', lw=0.8, ls='--', label='configured costs')
+  ax.set(title='Cost sensitivity', xlabel='x configured commission and slippage',
+         ylabel='net Sharpe ratio')
+  ax.legend()
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format='png', dpi=110)
+  plt.close(fig)
+  return buffer.getvalue()
+
+
+def attribution_html(attribution: Mapping[str, Any], sensitivity: pd.DataFrame | None = None,
+                     intervals: Mapping[str, Mapping[str, Any]] | None = None, *,
+                     plot: bool = True) -> str:
+  """An HTML section for the backtest page: gross | costs | net table (with the Sharpe
+  intervals when given), trading activity, and the cost-sensitivity curve (a plot, or a
+  table without matplotlib or with `plot=False`)."""
+  def cell(key, fmt, ci_key=None):
+    if key is None:
+      return '<td></td>'
+    text = fmt.format(attribution[key])
+    if intervals and ci_key in intervals:
+      text += f' [{intervals[ci_key]["low"]:+.2f}, {intervals[ci_key]["high"]:+.2f}]'
+    return f'<td>{html.escape(text)}</td>'
+
+  rows = ''.join(
+      f'<tr><td>{label}</td>{cell(gross, fmt, gross)}{cell(cost, fmt)}{cell(net, fmt, net)}</tr>'
+      for label, gross, cost, net, fmt in _ATTRIBUTION_ROWS)
+  a = attribution
+  activity = (f'turnover {a["turnover_per_year"]:.1f}x equity a year; {a["num_trades"]} fills '
+              f'on {a["trade_bar_share"]:.1%} of bars; mean holding '
+              f'{a["mean_holding_bars"]:.1f} bars')
+  curve = ''
+  if sensitivity is not None:
+    image = cost_sensitivity_png(sensitivity) if plot else None
+    if image is not None:
+      curve = (f'<img alt="cost sensitivity" src="data:image/png;base64,'
+               f'{base64.b64encode(image).decode("ascii")}">')
+    else:
+      curve = '<table><tr><th>cost multiplier</th><th>net Sharpe</th><th>net return</th></tr>'
+      curve += ''.join(f'<tr><td>{m:g}x</td><td>{s:+.2f}</td><td>{r:+.2%}</td></tr>'
+                       for m, s, r in sensitivity[['cost_multiplier', 'sharpe',
+                                                   'total_return']].itertuples(index=False))
+      curve += '</table>'
+  return (f'<h2>Where the returns go</h2><table><tr><th></th><th>gross</th><th>costs</th>'
+          f'<th>net</th></tr>{rows}</table><p>{html.escape(activity)}</p>{curve}')

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from himari_jax import backtest, metrics
+from himari_jax import backtest, metrics, report
 from himari_jax.ensemble import BUY, SELL
 
 PERIODS = 8760.0
@@ -179,3 +179,75 @@ def test_cross_check_with_vectorbt():
 def test_market_returns_start_at_zero():
   closes = np.array([100.0, 110.0, 99.0])
   np.testing.assert_allclose(metrics.market_returns(closes), [0.0, 0.1, -0.1], rtol=1e-6)
+
+
+@pytest.mark.parametrize('fill', backtest.FILLS)
+def test_gross_equity_is_the_same_fills_at_zero_cost(fill):
+  rng = np.random.default_rng(4)
+  closes = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, 400)))
+  opens = closes * np.exp(rng.normal(0, 0.002, 400))
+  actions = rng.choice(3, 400, p=[0.2, 0.6, 0.2])
+  params = backtest.make_params(commission=0.002, slippage=0.001, allow_short=True, fill=fill,
+                                max_position_pct=0.5)
+  with jax.enable_x64(True):
+    result = backtest.run_backtest(backtest.Prices(opens, closes), actions, np.full(400, 0.8),
+                                   params)
+    gross = np.asarray(metrics.gross_equity(result))
+  # Reference: replay the fills at the unslipped price without commission.
+  ref = closes if fill == 'close' else opens
+  qty = np.asarray(result.fill_qty)
+  cash = 100_000.0 - np.cumsum(qty * ref)
+  np.testing.assert_allclose(gross, cash + np.cumsum(qty) * closes, rtol=1e-9)
+  assert np.sum(qty != 0) > 30 and gross[-1] > float(result.equity[-1])
+
+
+def test_attribution_matches_the_metrics():
+  with jax.enable_x64(True):
+    result, closes = random_backtest(allow_short=True)
+    values = metrics.attribution(result, 100_000.0)
+    full = metrics.compute_metrics(result, metrics.market_returns(closes), 100_000.0)
+    gross = np.asarray(metrics.gross_equity(result))
+  assert set(values) == set(metrics.ATTRIBUTION_NAMES)
+  n = len(closes)
+  np.testing.assert_allclose(values['net_sharpe'], float(full['sharpe']), rtol=1e-9)
+  np.testing.assert_allclose(values['net_total_return'], float(full['total_return']), rtol=1e-9)
+  market = np.asarray(metrics.market_returns(closes))
+  np.testing.assert_allclose(values['gross_sharpe'],
+                             numpy_metrics(gross, 100_000.0, market)['sharpe'], rtol=1e-9)
+  np.testing.assert_allclose(values['cost_drag_sharpe'],
+                             values['gross_sharpe'] - values['net_sharpe'], rtol=1e-12)
+  assert values['cost_drag_sharpe'] > 0
+  np.testing.assert_allclose(values['commission'], float(full['total_commission']), rtol=1e-9)
+  np.testing.assert_allclose(values['slippage_return'], float(full['total_slippage']) / 1e5,
+                             rtol=1e-9)
+  np.testing.assert_allclose(values['turnover_per_year'], float(full['turnover']) * 8760 / n,
+                             rtol=1e-9)
+  np.testing.assert_allclose(values['mean_holding_bars'], float(full['avg_holding_bars']),
+                             rtol=1e-9)
+  assert values['trade_bar_share'] == pytest.approx(float(full['trade_bar_share']))
+  assert values['num_trades'] == int(full['num_trades'])
+  # Without costs, gross is net.
+  with jax.enable_x64(True):
+    free, _ = random_backtest(allow_short=True, commission=0.0, slippage=0.0)
+    values = metrics.attribution(free, 100_000.0)
+  assert values['cost_drag_sharpe'] == 0.0 and values['commission'] == 0.0
+
+
+def test_attribution_report_section():
+  with jax.enable_x64(True):
+    result, closes = random_backtest()
+    values = metrics.attribution(result, 100_000.0)
+    intervals = report.attribution_intervals(result, 100_000.0, num_resamples=200)
+    curve = backtest.cost_sensitivity(backtest.Prices(closes, closes),
+                                      np.where(np.arange(500) % 7 == 0, BUY, 1),
+                                      np.full(500, 0.9), backtest.make_params())
+  assert intervals['net_sharpe']['low'] <= values['net_sharpe'] <= intervals['net_sharpe']['high']
+  lines = report.attribution_lines(values, intervals)
+  assert len(lines) == 4 and f'{values["net_sharpe"]:+.2f}' in lines[2]
+  page = report.attribution_html(values, curve, intervals, plot=False)
+  assert 'Where the returns go' in page and f'{values["gross_total_return"]:+.2%}' in page
+  assert page.count('<tr>') == 1 + 4 + 1 + len(backtest.COST_MULTIPLIERS)
+  assert list(curve['cost_multiplier']) == list(backtest.COST_MULTIPLIERS)
+  assert curve['sharpe'].iloc[0] > curve['sharpe'].iloc[-1]
+  if report.cost_sensitivity_png(curve) is not None:
+    assert 'data:image/png;base64,' in report.attribution_html(values, curve)
