@@ -4,8 +4,9 @@ Sections (each timed; the report is rewritten after each, so a cut-off run keeps
   device      JAX version, devices, driver (nvidia-smi when present).
   parity      logits on the default device vs the CPU, float32 at highest matmul precision.
   train_step  seed sizes at T = 1 and T = 256 (batch 64, remat at T = 256), float32 and
-              bfloat16, explicit-softmax and fused attention: peak memory, FLOPs, step time,
-              MFU (`profiling.profile_train_step`).
+              bfloat16, explicit-softmax and fused attention (XLA's kernel; on a GPU in
+              bfloat16 also cuDNN flash attention): peak memory, FLOPs, step time, MFU
+              (`profiling.profile_train_step`).
   latency     one decision: the seed model on one window of T = 1, jitted, median of calls.
   sweep       100,000 backtest settings over the 43,816 bars of BTC 2020-2024, sharded over
               the local devices (`sharding.map_settings`): setting-bars/s.
@@ -80,21 +81,34 @@ def parity_section(config: model.ModelConfig, length: int) -> dict:
 
 
 def train_step_section(tiny: bool) -> list[dict]:
+  on_gpu = jax.devices()[0].platform == 'gpu'
   rows = []
   for variant in profiling.TRAIN_VARIANTS:
     config, batch, length, remat = profiling.variant_shapes(variant, tiny)
-    # At T = 1 attention copies the values: the attention path does not matter.
-    drops = (0.1,) if length == 1 else (0.1, 0.0)
     for dtype in ('float32', 'bfloat16'):
-      for drop in drops:
-        profile = profiling.profile_train_step(
-            dataclasses.replace(config, attention_dropout=drop), batch, length, dtype=dtype,
-            remat=remat, steps=2 if tiny else 10, repeats=1 if tiny else 2)
-        rows.append({'variant': variant, 'dtype': dtype, 'batch': batch,
-                     'context_length': length, 'remat': remat,
-                     'attention': 'fused' if drop == 0 and length > 1 else 'softmax',
-                     **profile.as_dict(), 'summary': profile.summary()})
-        print(rows[-1]['variant'], dtype, rows[-1]['attention'], profile.summary(), flush=True)
+      # (name, attention_dropout, implementation). At T = 1 attention copies the values, so
+      # the path does not matter; cuDNN flash attention takes only half-precision inputs.
+      paths = [('softmax', 0.1, None)]
+      if length > 1:
+        paths.append(('fused', 0.0, None))
+        if on_gpu and dtype == 'bfloat16':
+          paths.append(('cudnn', 0.0, 'cudnn'))
+      for attention, drop, implementation in paths:
+        row = {'variant': variant, 'dtype': dtype, 'batch': batch, 'context_length': length,
+               'remat': remat, 'attention': attention}
+        try:
+          profile = profiling.profile_train_step(
+              dataclasses.replace(config, attention_dropout=drop,
+                                  attention_implementation=implementation),
+              batch, length, dtype=dtype, remat=remat, steps=2 if tiny else 10,
+              repeats=1 if tiny else 2)
+          row.update(profile.as_dict(), summary=profile.summary())
+        except Exception as e:  # noqa: BLE001 - a kernel this GPU lacks is a finding
+          if attention != 'cudnn':
+            raise
+          row['error'] = f'{type(e).__name__}: {str(e)[:500]}'
+        rows.append(row)
+        print(variant, dtype, attention, row.get('summary', row.get('error')), flush=True)
   return rows
 
 

@@ -34,6 +34,9 @@ class ModelConfig:
   # Dropout on the attention probabilities. It has no fused kernel: 0.0 sends attention through
   # `jax.nn.dot_product_attention` (cuDNN flash attention on a GPU in bf16/fp16).
   attention_dropout: float = 0.1
+  # Kernel of the fused path: None (XLA's, in JAX 0.10 on every backend), 'xla' or 'cudnn'
+  # (cuDNN flash attention: GPUs from Ampere on, bfloat16/float16, head_dim <= 128).
+  attention_implementation: str | None = None
   lora_rank: int = 16
   lora_alpha: float = 16.0
   lora_targets: tuple[str, ...] = LORA_PROJECTIONS
@@ -59,6 +62,9 @@ class ModelConfig:
     for name in ('dropout_rate', 'attention_dropout'):
       if not 0.0 <= getattr(self, name) < 1.0:
         raise ValueError(f'model.{name}={getattr(self, name)} must be in [0, 1).')
+    if self.attention_implementation not in (None, 'xla', 'cudnn'):
+      raise ValueError(f'model.attention_implementation={self.attention_implementation!r} is '
+                       "unknown; use None, 'xla' or 'cudnn'.")
     if self.lora_targets and self.lora_rank <= 0:
       raise ValueError('model.lora_rank must be positive when model.lora_targets is not empty.')
 
@@ -129,7 +135,8 @@ class MultiHeadAttention(nn.Module):
 
   With `config.attention_dropout > 0` the scores go through an explicit softmax so dropout can
   act on the probabilities (the PyTorch original's path); with 0 through
-  `jax.nn.dot_product_attention`, which XLA fuses and a GPU runs as cuDNN flash attention.
+  `jax.nn.dot_product_attention`: XLA's kernel, or cuDNN flash attention on a GPU with
+  `config.attention_implementation='cudnn'`.
   """
 
   config: ModelConfig
@@ -168,7 +175,8 @@ class MultiHeadAttention(nn.Module):
       probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=deterministic)
       out = jnp.einsum('bhqk,bkhd->bqhd', probs, v)
     else:
-      out = jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation=None)
+      out = jax.nn.dot_product_attention(q, k, v, is_causal=causal,
+                                         implementation=cfg.attention_implementation)
     return self._proj('out_proj', d)(out.reshape(batch, length, d))
 
 

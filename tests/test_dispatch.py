@@ -16,7 +16,8 @@ def make_trial_fn(results_dir):
     from himari_jax import metrics  # noqa: PLC0415 - imported where the trial runs
 
     rng = np.random.default_rng(trial['seed'])
-    equity = 100.0 * np.cumprod(1 + trial['scale'] * rng.standard_normal(500))
+    equity = (100.0 * np.cumprod(1 + trial['scale'] * rng.standard_normal(500))).astype(
+        np.float32)
     returns = metrics.period_returns(equity, 100.0)
     result = {'seed': trial['seed'], 'mean': float(np.mean(returns)), 'pid': os.getpid()}
     with open(os.path.join(results_dir, f'trial_{trial["seed"]}.json'), 'w') as f:
@@ -43,6 +44,8 @@ def test_resources_are_one_gpu_per_trial_when_the_cluster_has_gpus():
   assert dispatch.trial_resources({'GPU': 4.0}, gpus_per_trial=0.5) == {'num_gpus': 0.5}
 
 
+# ray.init starts its raylet with fork+exec (no Python runs in the child), which JAX warns about.
+@pytest.mark.filterwarnings('ignore:os.fork:RuntimeWarning')
 def test_two_trials_on_local_ray_match_in_process(tmp_path):
   ray = pytest.importorskip('ray')
   for name in ('local', 'ray'):

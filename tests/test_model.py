@@ -161,9 +161,11 @@ def test_attention_dropout_acts_only_in_training_and_only_when_set(length):
   assert np.abs(logits(0.5, False) - logits(0.5, True)).max() > 1e-3
 
 
-def test_model_config_rejects_a_dropout_outside_its_range():
+def test_model_config_rejects_bad_attention_settings():
   with pytest.raises(ValueError, match='model.attention_dropout=1.0'):
     model.ModelConfig(attention_dropout=1.0)
+  with pytest.raises(ValueError, match="model.attention_implementation='flash'"):
+    model.ModelConfig(attention_implementation='flash')
 
 
 def _loss_and_grads(config, params, batch):
@@ -190,6 +192,9 @@ def test_remat_keeps_the_parameter_tree_loss_and_gradients():
   assert (jax.tree.structure(init_params(remat, jax.random.key(0), 8))
           == jax.tree.structure(params))
   batch = _random_batch(4, 8)
+  jaxpr = jax.make_jaxpr(lambda p: model.FlagTrader(remat).apply({'params': p}, batch['inputs']))
+  remats = [e for e in jaxpr(params).eqns if e.primitive.name in ('checkpoint', 'remat2')]
+  assert len(remats) == remat.num_layers  # one rematerialised region per block
   loss, grads = _loss_and_grads(SMALL, params, batch)
   remat_loss, remat_grads = _loss_and_grads(remat, params, batch)
   np.testing.assert_allclose(remat_loss, loss, atol=1e-6, rtol=0)
