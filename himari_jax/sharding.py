@@ -32,7 +32,8 @@ def num_settings(settings: Any) -> int:
   return sizes.pop()
 
 
-@functools.cache
+# Bounded: a caller passing a fresh lambda per call would otherwise keep every program alive.
+@functools.lru_cache(maxsize=32)
 def _sharded_map(fn: Callable, devices: tuple[jax.Device, ...], batch_size: int | None,
                  num_shared: int) -> tuple[Callable, Mesh]:
   """The jitted sweep for one (fn, devices, batch_size): compiled once, reused per call."""
