@@ -45,7 +45,7 @@ DEVICE_PEAK_TFLOPS = {
 # seed sizes at T = 256 and batch 64, which must fit a 24 GB card.
 TRAIN_VARIANTS = {'seed': (64, 1, False), 'seed_long': (64, 256, True)}
 # Sizes that stand in for the seed model where only a CPU is at hand (--tiny modes).
-TINY_MODEL = {'d_model': 32, 'num_layers': 2, 'num_heads': 4, 'dim_feedforward': 64,
+TINY_MODEL = {'d_model': 32, 'num_layers': 1, 'num_heads': 4, 'dim_feedforward': 64,
               'max_length': 16, 'lora_rank': 4}
 TINY_SHAPES = {'batch': 8, 'max_context': 8}
 
@@ -120,19 +120,22 @@ class StepProfile:
 
   def summary(self) -> str:
     """One line a person can act on, e.g. before renting a GPU."""
-    gib = 2.0 ** 30
-    parts = [f'peak memory {self.peak_memory_bytes / gib:.2f} GiB '
-             f'(activations {self.temp_bytes / gib:.2f} GiB)',
-             f'{self.flops / 1e9:.1f} GFLOP/step', f'compile {self.compile_s:.1f} s']
+    parts = [f'peak memory {_bytes(self.peak_memory_bytes)} '
+             f'(activations {_bytes(self.temp_bytes)})',
+             f'{self.flops / 1e9:.4g} GFLOP/step', f'compile {self.compile_s:.1f} s']
     if self.step_s is not None:
-      parts.append(f'{1e3 * self.step_s:.1f} ms/step, {self.achieved_tflops:.2f} TFLOP/s')
+      parts.append(f'{1e3 * self.step_s:.3g} ms/step, {self.achieved_tflops:.3g} TFLOP/s')
     if self.mfu is not None:
       parts.append(f'MFU {100 * self.mfu:.1f} %')
     if self.fits is not None:
-      limit = f'{self.device_memory_bytes / gib:.1f} GiB of {self.device_kind}'
+      limit = f'{_bytes(self.device_memory_bytes)} of {self.device_kind}'
       parts.append(f'fits in {limit}' if self.fits else
                    f'DOES NOT FIT in {limit}: lower the batch or turn on remat')
     return '; '.join(parts)
+
+
+def _bytes(count: int) -> str:
+  return f'{count / 2**30:.2f} GiB' if count >= 2**30 else f'{count / 2**20:.1f} MiB'
 
 
 def _memory(stats: Any) -> tuple[int, int, int]:
