@@ -31,8 +31,8 @@ class ModelConfig:
   dim_feedforward: int = 3072
   max_length: int = 256
   dropout_rate: float = 0.1
-  # Dropout on the attention probabilities. It has no fused kernel: 0.0 sends attention through
-  # `jax.nn.dot_product_attention` (cuDNN flash attention on a GPU in bf16/fp16).
+  # Dropout on the attention probabilities (the PyTorch original uses dropout_rate here too). It
+  # has no fused kernel: 0.0 sends attention through `jax.nn.dot_product_attention`.
   attention_dropout: float = 0.1
   # Kernel of the fused path: None (XLA's, in JAX 0.10 on every backend), 'xla' or 'cudnn'
   # (cuDNN flash attention: GPUs from Ampere on, bfloat16/float16, head_dim <= 128).
