@@ -1,140 +1,66 @@
-"""Training-step throughput: trainable-only vs full-tree gradients, seed and small models.
+"""Training step before a run: peak memory, FLOPs, step time and MFU per variant and dtype.
 
-  python benchmarks/bench_train.py                       # seed (T=1, batch 64) and small
-  python benchmarks/bench_train.py --variants=small --steps=20 --dtype=bfloat16
+  python benchmarks/bench_train.py                              # seed and seed_long, fp32/bf16
+  python benchmarks/bench_train.py --variants=seed_long --dtypes=bfloat16 --attention_dropout=0
+  python benchmarks/bench_train.py --tiny                       # the same rows at CPU sizes
 
-For each variant and gradient mode it compiles the real train step (`train.make_train_step`,
-jitted over the device mesh exactly as `train_and_evaluate` does), reports the compile time
-separately, then times `--steps` steps on random batches (best of `--repeats`): steps/s,
-samples/s, and the FLOPs per step from XLA's cost analysis. On a GPU it also reports model
-FLOPs utilisation (MFU) against the device's peak dense throughput (`--peak_tflops`, or a
-table of known GPUs).
+Variants (`profiling.TRAIN_VARIANTS`): `seed` is the seed model at T = 1, batch 64;
+`seed_long` the same sizes at T = 256, batch 64 with remat on. For each variant, dtype and
+attention dropout (0.1: explicit softmax with dropout, the seed's path; 0: fused
+`jax.nn.dot_product_attention`) the real train step (`train.make_train_step`, sharded over
+all devices as in training) is compiled, XLA's memory and cost analyses are read, and
+`--steps` steps are timed (best of `--repeats`). MFU needs a known GPU (`profiling.
+DEVICE_PEAK_TFLOPS`) and "fits" a device that reports its memory; on a CPU both are n/a.
+At T = 1 attention is a copy of the values, so only one attention setting is run.
 """
 
-import importlib.util
+import dataclasses
 import os
 import sys
-import time
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 from absl import app, flags
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from himari_jax import model, train  # noqa: E402 - after the path fix (source checkout)
+from himari_jax import profiling  # noqa: E402 - after the path fix (source checkout)
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list('variants', ['seed', 'small'], 'configs/flag_trader.py variants to time.')
-flags.DEFINE_integer('steps', 10, 'Timed steps per measurement (after compilation).')
-flags.DEFINE_integer('repeats', 3, 'Measurements per setting; the fastest is reported.')
-flags.DEFINE_integer('batch_size', 0, 'Global batch; 0 = the variant\'s own.')
-flags.DEFINE_string('dtype', '', 'Compute dtype override (float32, bfloat16); default: config.')
-flags.DEFINE_float('peak_tflops', 0.0, 'Peak dense TFLOP/s of one device for MFU; 0 = table.')
-
-# Peak dense TFLOP/s per device (bf16 tensor cores; float32 runs as TF32 on tensor cores).
-PEAK_TFLOPS = {'H100': {'bfloat16': 989.0, 'float32': 494.5},
-               'H200': {'bfloat16': 989.0, 'float32': 494.5},
-               'A100': {'bfloat16': 312.0, 'float32': 156.0},
-               'L40S': {'bfloat16': 362.0, 'float32': 183.0},
-               'RTX 4090': {'bfloat16': 165.2, 'float32': 82.6}}
-
-
-def load_config(variant: str):
-  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs',
-                      'flag_trader.py')
-  spec = importlib.util.spec_from_file_location('flag_trader_config', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant)
-
-
-def peak_tflops(dtype: str) -> float | None:
-  if FLAGS.peak_tflops:
-    return FLAGS.peak_tflops
-  kind = jax.devices()[0].device_kind
-  for name, peaks in PEAK_TFLOPS.items():
-    if name in kind:
-      return peaks.get(dtype)
-  return None
-
-
-def bench(config, trainable_only: bool) -> dict:
-  """Compiles and times one train step of `config`; returns the measurements."""
-  t = config.train
-  model_config = model.ModelConfig.from_config(config.model)
-  mesh = train.make_mesh()
-  replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
-  params = jax.jit(model.init_params, static_argnums=(0, 2), out_shardings=replicated)(
-      model_config, jax.random.key(0), t.context_length)
-  labels = model.param_labels(params, freeze_base=model_config.freeze_base)
-  total = 1000
-  optimizer = train.make_optimizer(t, labels, total)
-  step = train.make_train_step(model.FlagTrader(model_config), optimizer, labels, jnp.ones(3),
-                               train.learning_rate_schedule(t, total),
-                               trainable_only_grad=trainable_only)
-  state = jax.jit(lambda p: train.TrainState(step=jnp.zeros((), jnp.int32), params=p,
-                                             opt_state=optimizer.init(p),
-                                             rng=jax.random.PRNGKey(0)),
-                  out_shardings=replicated)(params)
-  rng = np.random.default_rng(0)
-  shape = (t.batch_size, t.context_length)
-  batch = {'inputs': rng.normal(size=(*shape, 60)).astype(np.float32),
-           'targets': rng.integers(0, 3, shape).astype(np.int32),
-           'mask': np.ones(shape, bool)}
-  batch = jax.device_put(batch, sharded)
-  jitted = jax.jit(step, in_shardings=(replicated, sharded), out_shardings=(replicated,
-                                                                            replicated),
-                   donate_argnums=0)
-  start = time.perf_counter()
-  compiled = jitted.lower(state, batch).compile()
-  compile_s = time.perf_counter() - start
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, list) else cost
-  flops = float(cost.get('flops', 0.0)) if cost else 0.0
-  state, metrics = compiled(state, batch)  # warm-up
-  jax.block_until_ready(metrics)
-  elapsed = []
-  for _ in range(FLAGS.repeats):  # the fastest repeat: least disturbed by other processes
-    start = time.perf_counter()
-    for _ in range(FLAGS.steps):
-      state, metrics = compiled(state, batch)
-    jax.block_until_ready((state, metrics))
-    elapsed.append(time.perf_counter() - start)
-  steps_per_s = FLAGS.steps / min(elapsed)
-  return {'compile_s': compile_s, 'steps_per_s': steps_per_s,
-          'samples_per_s': steps_per_s * t.batch_size, 'gflop_per_step': flops / 1e9,
-          'achieved_tflops': flops * steps_per_s / 1e12,
-          'params': model.count_params(params, labels)}
+flags.DEFINE_list('variants', list(profiling.TRAIN_VARIANTS), 'Variants to profile.')
+flags.DEFINE_list('dtypes', ['float32', 'bfloat16'], 'Compute dtypes.')
+flags.DEFINE_list('attention_dropout', ['0.1', '0.0'],
+                  'Attention dropout values; 0 takes the fused attention path.')
+flags.DEFINE_integer('steps', 10, 'Timed steps per measurement; 0 compiles only.')
+flags.DEFINE_integer('repeats', 2, 'Measurements per setting; the fastest is reported.')
+flags.DEFINE_integer('batch_size', 0, 'Global batch override; 0 = the variant\'s own.')
+flags.DEFINE_bool('tiny', False, 'Tiny model and shapes (a CPU check of this script).')
 
 
 def main(argv):
   del argv
   device = jax.devices()[0]
   print(f'JAX {jax.__version__}, {jax.device_count()} x {device.device_kind} '
-        f'({device.platform}), {os.cpu_count()} CPU cores visible')
-  header = (f'{"variant":8} {"grad":10} {"batch":>5} {"T":>3} {"compile s":>9} {"steps/s":>8} '
-            f'{"samples/s":>10} {"GFLOP/step":>10} {"TFLOP/s":>8} {"MFU":>6}')
-  print(header)
+        f'({device.platform})')
+  print(f'{"variant":9} {"dtype":8} {"attn":5} {"batch":>5} {"T":>3} {"remat":5} '
+        f'{"peak GiB":>8} {"act GiB":>7} {"GFLOP":>8} {"ms/step":>8} {"TFLOP/s":>7} '
+        f'{"MFU":>6} {"fits":>4}')
   for variant in FLAGS.variants:
-    config = load_config(variant)
-    if FLAGS.batch_size:
-      config.train.batch_size = FLAGS.batch_size
-    if FLAGS.dtype:
-      config.model.dtype = FLAGS.dtype
-    peak = peak_tflops(config.model.dtype) if device.platform == 'gpu' else None
-    for trainable_only in (True, False):
-      r = bench(config, trainable_only)
-      mfu = (f'{100 * r["achieved_tflops"] / (peak * jax.device_count()):5.1f}%' if peak
-             else '   n/a')
-      print(f'{variant:8} {"trainable" if trainable_only else "full-tree":10} '
-            f'{config.train.batch_size:5d} {config.train.context_length:3d} '
-            f'{r["compile_s"]:9.1f} {r["steps_per_s"]:8.2f} {r["samples_per_s"]:10.1f} '
-            f'{r["gflop_per_step"]:10.2f} {r["achieved_tflops"]:8.3f} {mfu}', flush=True)
-    print(f'  {variant} params: {r["params"]}')
+    model_config, batch, length, remat = profiling.variant_shapes(variant, FLAGS.tiny)
+    batch = FLAGS.batch_size or batch
+    drops = FLAGS.attention_dropout[:1] if length == 1 else FLAGS.attention_dropout
+    for dtype in FLAGS.dtypes:
+      for drop in drops:
+        config = dataclasses.replace(model_config, attention_dropout=float(drop))
+        p = profiling.profile_train_step(config, batch, length, dtype=dtype, remat=remat,
+                                         steps=FLAGS.steps, repeats=FLAGS.repeats)
+        attn = 'fused' if float(drop) == 0 and length > 1 else 'soft'
+        ms = f'{1e3 * p.step_s:8.2f}' if p.step_s else '     n/a'
+        tflops = f'{p.achieved_tflops:7.3f}' if p.achieved_tflops else '    n/a'
+        mfu = f'{100 * p.mfu:5.1f}%' if p.mfu is not None else '   n/a'
+        fits = {None: 'n/a', True: 'yes', False: 'NO'}[p.fits]
+        print(f'{variant:9} {dtype:8} {attn:5} {batch:5d} {length:3d} {str(remat):5} '
+              f'{p.peak_memory_bytes / 2**30:8.3f} {p.temp_bytes / 2**30:7.3f} '
+              f'{p.flops / 1e9:8.2f} {ms} {tflops} {mfu} {fits:>4}', flush=True)
 
 
 if __name__ == '__main__':

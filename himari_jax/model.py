@@ -31,12 +31,23 @@ class ModelConfig:
   dim_feedforward: int = 3072
   max_length: int = 256
   dropout_rate: float = 0.1
+  # Dropout on the attention probabilities (the PyTorch original uses dropout_rate here too). It
+  # has no fused kernel: 0.0 sends attention through `jax.nn.dot_product_attention`.
+  attention_dropout: float = 0.1
+  # Kernel of the fused path: None (XLA's, in JAX 0.10 on every backend), 'xla' or 'cudnn'
+  # (cuDNN flash attention: GPUs from Ampere on, bfloat16/float16, head_dim <= 128).
+  attention_implementation: str | None = None
   lora_rank: int = 16
   lora_alpha: float = 16.0
   lora_targets: tuple[str, ...] = LORA_PROJECTIONS
   freeze_base: bool = True
   causal: bool = True
+  # Compute dtype of matmuls and activations; parameters, LayerNorms, softmax and logits stay
+  # float32.
   dtype: str = 'float32'
+  # Recompute each block's activations in the backward pass instead of storing them: memory
+  # per block drops to its input, at the cost of a second forward pass.
+  remat: bool = False
 
   def __post_init__(self):
     if self.d_model % self.num_heads:
@@ -48,6 +59,12 @@ class ModelConfig:
       raise ValueError(
           f'model.lora_targets has unknown projections {sorted(unknown)}; '
           f'valid: {",".join(LORA_PROJECTIONS)}.')
+    for name in ('dropout_rate', 'attention_dropout'):
+      if not 0.0 <= getattr(self, name) < 1.0:
+        raise ValueError(f'model.{name}={getattr(self, name)} must be in [0, 1).')
+    if self.attention_implementation not in (None, 'xla', 'cudnn'):
+      raise ValueError(f'model.attention_implementation={self.attention_implementation!r} is '
+                       "unknown; use None, 'xla' or 'cudnn'.")
     if self.lora_targets and self.lora_rank <= 0:
       raise ValueError('model.lora_rank must be positive when model.lora_targets is not empty.')
 
@@ -114,7 +131,13 @@ class LoRADense(nn.Module):
 
 
 class MultiHeadAttention(nn.Module):
-  """Self-attention with LoRA projections and dropout on the attention probabilities."""
+  """Self-attention with LoRA projections.
+
+  With `config.attention_dropout > 0` the scores go through an explicit softmax so dropout can
+  act on the probabilities (the PyTorch original's path); with 0 through
+  `jax.nn.dot_product_attention`: XLA's kernel, or cuDNN flash attention on a GPU with
+  `config.attention_implementation='cudnn'`.
+  """
 
   config: ModelConfig
 
@@ -124,8 +147,8 @@ class MultiHeadAttention(nn.Module):
     return LoRADense(features, rank, cfg.lora_alpha, cfg.compute_dtype, name=name)
 
   @nn.compact
-  def __call__(self, x: jax.Array, mask: jax.Array | None, deterministic: bool) -> jax.Array:
-    """x: (batch, T, d); mask: (T, T) bool, True where attention is allowed, or None."""
+  def __call__(self, x: jax.Array, causal: bool, deterministic: bool) -> jax.Array:
+    """x: (batch, T, d) -> (batch, T, d); `causal` hides later positions from earlier ones."""
     cfg = self.config
     batch, length, d = x.shape
     head_dim = d // cfg.num_heads
@@ -139,15 +162,22 @@ class MultiHeadAttention(nn.Module):
     if length == 1:
       # One key takes all the attention (softmax of one score is exactly 1), so q and k do not
       # affect the output and XLA drops their projections (1/6 of the matmuls at T = 1).
-      probs = jnp.ones((batch, cfg.num_heads, 1, 1), v.dtype)
-    else:
+      # Dropout on that probability still scales the value, as in PyTorch.
+      probs = nn.Dropout(cfg.attention_dropout)(jnp.ones((batch, cfg.num_heads, 1, 1), v.dtype),
+                                                deterministic=deterministic)
+      out = v * jnp.swapaxes(probs, 1, 2)
+    elif cfg.attention_dropout > 0:
       scores = jnp.einsum('bqhd,bkhd->bhqk', q, k) / jnp.sqrt(head_dim).astype(q.dtype)
-      if mask is not None:
+      if causal:
+        mask = jnp.tril(jnp.ones((length, length), bool))
         scores = jnp.where(mask, scores, jnp.finfo(scores.dtype).min)
       probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(v.dtype)
-    probs = nn.Dropout(cfg.dropout_rate)(probs, deterministic=deterministic)
-    out = jnp.einsum('bhqk,bkhd->bqhd', probs, v).reshape(batch, length, d)
-    return self._proj('out_proj', d)(out)
+      probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=deterministic)
+      out = jnp.einsum('bhqk,bkhd->bqhd', probs, v)
+    else:
+      out = jax.nn.dot_product_attention(q, k, v, is_causal=causal,
+                                         implementation=cfg.attention_implementation)
+    return self._proj('out_proj', d)(out.reshape(batch, length, d))
 
 
 class TransformerBlock(nn.Module):
@@ -156,14 +186,14 @@ class TransformerBlock(nn.Module):
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, x: jax.Array, mask: jax.Array | None, deterministic: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, causal: bool, deterministic: bool) -> jax.Array:
     cfg = self.config
 
     def lora(name, features):
       rank = cfg.lora_rank if name in cfg.lora_targets else 0
       return LoRADense(features, rank, cfg.lora_alpha, cfg.compute_dtype, name=name)
 
-    attended = MultiHeadAttention(cfg, name='attention')(x, mask, deterministic)
+    attended = MultiHeadAttention(cfg, name='attention')(x, causal, deterministic)
     x = nn.LayerNorm(epsilon=1e-5, dtype=jnp.float32, name='norm1')(x + attended)
     h = lora('ffn_1', cfg.dim_feedforward)(x)
     h = nn.gelu(h, approximate=False)
@@ -193,9 +223,10 @@ class FlagTrader(nn.Module):
     pos = self.param('pos_embedding', normal, (1, cfg.max_length, cfg.d_model))
     x = x + pos[:, :length].astype(x.dtype)
     causal = cfg.causal if causal is None else causal
-    mask = jnp.tril(jnp.ones((length, length), bool)) if causal and length > 1 else None
+    # `causal` and `deterministic` pick Python branches, so remat must not trace them.
+    block = nn.remat(TransformerBlock, static_argnums=(2, 3)) if cfg.remat else TransformerBlock
     for i in range(cfg.num_layers):
-      x = TransformerBlock(cfg, name=f'transformer_blocks_{i}')(x, mask, deterministic)
+      x = block(cfg, name=f'transformer_blocks_{i}')(x, causal, deterministic)
     x = nn.LayerNorm(epsilon=1e-5, dtype=jnp.float32, name='output_norm')(x)
     logits = nn.Dense(cfg.action_dim, kernel_init=normal, bias_init=nn.initializers.zeros,
                       dtype=cfg.compute_dtype, name='action_head')(x)

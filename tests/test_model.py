@@ -133,3 +133,103 @@ def test_frozen_params_stay_bit_identical_while_trainable_ones_move(tiny_config)
   assert kinds['frozen'] and kinds['trainable']
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), final[True],
                final[False])
+
+
+@pytest.mark.parametrize('causal', [True, False])
+@pytest.mark.parametrize('length', [1, 8])
+def test_fused_attention_gives_the_explicit_softmax_logits(causal, length):
+  """attention_dropout=0 (jax.nn.dot_product_attention) == the softmax path, dropout off."""
+  params = _random_adapters(init_params(SMALL, jax.random.key(0), 8))
+  states = jax.random.normal(jax.random.key(1), (3, length, 60))
+  explicit = apply(dataclasses.replace(SMALL, attention_dropout=0.1), params, states, causal=causal)
+  fused = apply(dataclasses.replace(SMALL, attention_dropout=0.0), params, states, causal=causal)
+  np.testing.assert_allclose(fused, explicit, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize('length', [1, 8])
+def test_attention_dropout_acts_only_in_training_and_only_when_set(length):
+  params = _random_adapters(init_params(SMALL, jax.random.key(0), 8))
+  states = jax.random.normal(jax.random.key(1), (2, length, 60))
+
+  def logits(attention_dropout, deterministic):
+    config = dataclasses.replace(SMALL, dropout_rate=0.0, attention_dropout=attention_dropout)
+    return model.FlagTrader(config).apply({'params': params}, states,
+                                          deterministic=deterministic,
+                                          rngs={'dropout': jax.random.key(5)})
+
+  np.testing.assert_allclose(logits(0.0, False), logits(0.0, True), atol=1e-6)
+  assert np.abs(logits(0.5, False) - logits(0.5, True)).max() > 1e-3
+
+
+def test_model_config_rejects_bad_attention_settings():
+  with pytest.raises(ValueError, match='model.attention_dropout=1.0'):
+    model.ModelConfig(attention_dropout=1.0)
+  with pytest.raises(ValueError, match="model.attention_implementation='flash'"):
+    model.ModelConfig(attention_implementation='flash')
+
+
+def _loss_and_grads(config, params, batch):
+  """Training-mode loss (dropout on) and its gradient with respect to every parameter."""
+
+  def loss_fn(p):
+    logits = model.FlagTrader(config).apply({'params': p}, batch['inputs'], deterministic=False,
+                                            rngs={'dropout': jax.random.key(7)})
+    return train.weighted_cross_entropy(logits, batch['targets'], batch['mask'], jnp.ones(3))[0]
+
+  return jax.jit(jax.value_and_grad(loss_fn))(params)
+
+
+def _random_batch(batch, length, seed=0):
+  rng = np.random.default_rng(seed)
+  return {'inputs': rng.normal(size=(batch, length, 60)).astype(np.float32),
+          'targets': rng.integers(0, 3, (batch, length)).astype(np.int32),
+          'mask': np.ones((batch, length), bool)}
+
+
+def test_remat_keeps_the_parameter_tree_loss_and_gradients():
+  params = _random_adapters(init_params(SMALL, jax.random.key(0), 8))
+  remat = dataclasses.replace(SMALL, remat=True)
+  assert (jax.tree.structure(init_params(remat, jax.random.key(0), 8))
+          == jax.tree.structure(params))
+  batch = _random_batch(4, 8)
+  jaxpr = jax.make_jaxpr(lambda p: model.FlagTrader(remat).apply({'params': p}, batch['inputs']))
+  remats = [e for e in jaxpr(params).eqns if e.primitive.name in ('checkpoint', 'remat2')]
+  assert len(remats) == remat.num_layers  # one rematerialised region per block
+  loss, grads = _loss_and_grads(SMALL, params, batch)
+  remat_loss, remat_grads = _loss_and_grads(remat, params, batch)
+  np.testing.assert_allclose(remat_loss, loss, atol=1e-6, rtol=0)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=0), remat_grads,
+               grads)
+
+
+def test_bfloat16_compute_keeps_float32_params_and_logits_near_float32():
+  params = _random_adapters(init_params(SMALL, jax.random.key(0), 8))
+  bf16 = dataclasses.replace(SMALL, dtype='bfloat16')
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(init_params(bf16, jax.random.key(0))))
+  states = jax.random.normal(jax.random.key(1), (4, 8, 60))
+  reference, low = apply(SMALL, params, states), apply(bf16, params, states)
+  assert low.dtype == jnp.float32
+  # bfloat16 keeps 8 mantissa bits (relative step 2^-8 = 0.4 %); errors add up over two layers.
+  scale = float(np.abs(reference).max())
+  np.testing.assert_allclose(low, reference, atol=0.05 * scale, rtol=0)
+  assert not np.allclose(low, reference, atol=1e-6, rtol=0)  # bf16 really ran
+
+
+def test_bfloat16_training_steps_stay_finite_and_lower_the_loss(tiny_config):
+  tiny_config.model.dtype = 'bfloat16'
+  config = model.ModelConfig.from_config(tiny_config.model)
+  params = init_params(config, jax.random.key(0), 8)
+  labels = model.param_labels(params)
+  optimizer = train.make_optimizer(tiny_config.train, labels, total_steps=20)
+  step = jax.jit(train.make_train_step(model.FlagTrader(config), optimizer, labels, jnp.ones(3),
+                                       train.learning_rate_schedule(tiny_config.train, 20)))
+  state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                           opt_state=optimizer.init(params), rng=jax.random.PRNGKey(0))
+  batch = _random_batch(8, 8)
+  losses = []
+  for _ in range(6):
+    state, metrics = step(state, batch)
+    losses.append(float(metrics['loss']))
+  assert metrics['loss'].dtype == jnp.float32
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(state.params))
+  assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
