@@ -14,7 +14,7 @@ import pytest
 from conftest import load_config_file
 
 from himari_jax import checkpoint as checkpoint_lib
-from himari_jax import convert, train
+from himari_jax import convert, input_pipeline, train
 from himari_jax import features as features_lib
 from himari_jax import model as model_lib
 
@@ -294,7 +294,7 @@ def test_converted_run_is_a_run(tmp_path, tiny_pt, tiny_config):
                        strict=True):
     np.testing.assert_array_equal(got, np.asarray(want))
   assert loaded.meta['normalizer_source'].startswith('fitted by the converter')
-  fitted = train.prepare_data(loaded.config).normalizer
+  fitted = input_pipeline.prepare_data(loaded.config).normalizer
   np.testing.assert_array_equal(loaded.normalizer.mean, fitted.mean)
   assert loaded.meta['source']['metadata'] == {'epoch': 4, 'val_loss': 0.9}
   # Fine-tuning starts from the run or from the .pt itself (config.train.init_from).
