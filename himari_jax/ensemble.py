@@ -38,10 +38,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-SELL, HOLD, BUY = 0, 1, 2
+from himari_jax.constants import BUY, HOLD, SELL
+from himari_jax.constants import NUM_ACTIONS as _NUM_ACTIONS
+
 STRATEGIES = ('voting', 'confidence_weighted', 'disagreement')
 
-_NUM_ACTIONS = 3
 _SUM_TOLERANCE = 1e-3  # probability vectors must sum to 1 within this
 
 
