@@ -11,7 +11,6 @@ FLOPs utilisation (MFU) against the device's peak dense throughput (`--peak_tflo
 table of known GPUs).
 """
 
-import importlib.util
 import os
 import sys
 import time
@@ -25,7 +24,8 @@ from jax.sharding import PartitionSpec as P
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from himari_jax import model, train  # noqa: E402 - after the path fix (source checkout)
+from himari_jax import config as config_lib  # noqa: E402 - after the path fix (source checkout)
+from himari_jax import model, train  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list('variants', ['seed', 'small'], 'configs/flag_trader.py variants to time.')
@@ -44,12 +44,7 @@ PEAK_TFLOPS = {'H100': {'bfloat16': 989.0, 'float32': 494.5},
 
 
 def load_config(variant: str):
-  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs',
-                      'flag_trader.py')
-  spec = importlib.util.spec_from_file_location('flag_trader_config', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant)
+  return config_lib.flag_trader_config(variant)
 
 
 def peak_tflops(dtype: str) -> float | None:

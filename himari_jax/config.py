@@ -12,7 +12,9 @@ Configs (name: argument):
 - `pretrain`: an arm of `PRETRAIN_ARMS`, optionally followed by `,tiny`.
 
 Conventions: a list of names or paths is one comma-separated string ('a,b'), split by
-`split_list`; a field left at None means "derive it" (the embargo from the label horizon,
+`split_list` (the one splitter; it also accepts a sequence); a vector of numbers (a logit
+bias, a threshold grid) is a tuple, `--config.sweep.confidence_thresholds='(0.0,0.6)'` on the
+command line. A field left at None means "derive it" (the embargo from the label horizon,
 every bar, one full pass over the windows).
 """
 
@@ -36,6 +38,16 @@ def split_list(text: str | Sequence[str] | None) -> list[str]:
     return []
   items = text.split(',') if isinstance(text, str) else list(text)
   return [str(item).strip() for item in items if str(item).strip()]
+
+
+# Other names of ensemble strategies (himari_jax.ensemble.STRATEGIES): the seed called
+# `disagreement` "unanimous" (BUY / SELL only when every member agrees).
+STRATEGY_ALIASES = {'unanimous': 'disagreement'}
+
+
+def strategy_name(name: str) -> str:
+  """The `ensemble.STRATEGIES` name of a strategy, resolving `STRATEGY_ALIASES`."""
+  return STRATEGY_ALIASES.get(name, name)
 
 
 # ------------------------------------------------------------------------------ training
@@ -197,7 +209,7 @@ def backtest_config() -> ml_collections.ConfigDict:
 
   config.sweep = ml_collections.ConfigDict()
   config.sweep.confidence_thresholds = (0.0, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-  config.sweep.strategies = ('voting', 'confidence_weighted', 'disagreement')
+  config.sweep.strategies = 'voting,confidence_weighted,disagreement'
   # 'all' (every metric) or 'core' (returns, Sharpe, drawdown, trades: several times faster
   # for large grids; see backtest.sweep).
   config.sweep.metrics = 'all'

@@ -10,7 +10,7 @@ time. Per fold (`run_fold`):
    or with `per_fold='finetune'` starting from the previous fold's run);
 2. the best checkpoint is calibrated on the fold's own validation split and scores the test
    bars from their trailing windows, computed from the bars before each of them
-   (`evaluate.decide` on the test window plus its warm-up and context);
+   (`members.decide` on the test window plus its warm-up and context);
 3. actions and confidences of the test bars go to `fold_<k>/predictions.npz`, written last:
    a fold with that file is done and is skipped when the run is resumed.
 
@@ -49,6 +49,7 @@ from himari_jax import binance, evaluate, input_pipeline
 from himari_jax import checkpoint as checkpoint_lib
 from himari_jax import data as data_lib
 from himari_jax import ensemble as ensemble_lib
+from himari_jax import members as members_lib
 from himari_jax import metrics as metrics_lib
 from himari_jax import predict as predict_lib
 from himari_jax import report as report_lib
@@ -270,13 +271,13 @@ def run_fold(config: ml_collections.ConfigDict, df: pd.DataFrame, fold: Fold, fo
   train_lib.train_and_evaluate(fold_config, fold_dir)
   train_seconds = None if resumed else time.time() - tick  # a resumed run's would be partial
   bt = config.backtest
-  member = evaluate.load_member(fold_dir, bt.which)
+  member = members_lib.load_member(fold_dir, bt.which)
   # The test bars, preceded by the warm-up and context their first window reads.
   lead = predict_lib.first_available_bar(int(fold_config.train.context_length))
   window = df.iloc[max(0, fold.test.start - lead):fold.test.stop]
-  decisions = evaluate.decide([member], [fold_dir], window, strategy=bt.strategy,
-                              threshold=bt.confidence_threshold, weights=None,
-                              calibration_config=bt.calibration)
+  decisions = members_lib.decide([member], [fold_dir], window, strategy=bt.strategy,
+                                 threshold=bt.confidence_threshold, weights=None,
+                                 calibration_config=bt.calibration)
   num_test = fold.test.stop - fold.test.start
   epoch = member.meta.get('epoch_metrics', {})
   record = {

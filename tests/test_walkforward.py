@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from conftest import load_config_file
 
-from himari_jax import data, evaluate, walkforward, windows
+from himari_jax import data, members, walkforward, windows
 from himari_jax.features import WARMUP_BARS
 
 H = 6  # label horizon of the threshold rule, the default embargo
@@ -148,7 +148,7 @@ def test_two_folds_train_before_their_test_windows_and_resume(workdir, repo_root
     assert trained.index[0] == df.index[fold.data.start]
     assert trained.index[-1] == df.index[fold.data.stop - 1]
     assert trained.index[-1] + pd.Timedelta(hours=H) < df.index[fold.test.start]
-    summary = evaluate.load_member(str(fold_dir)).meta['data']
+    summary = members.load_member(str(fold_dir)).meta['data']
     assert summary['embargo'] == H
     assert summary['files'][0]['bars'] == fold.data.stop - fold.data.start
     assert summary['files'][0]['train_bars'] == fold.train.stop - fold.data.start
