@@ -25,7 +25,7 @@ import dataclasses
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import ml_collections
@@ -225,3 +225,25 @@ def gather_eval_batch(prepared: PreparedData, ends: np.ndarray, context_length: 
   """inputs (B, T, 60), targets int32 (B,) of the last bars, mask bool (B,) for padding."""
   return {'inputs': windows_lib.gather_windows(prepared.features, ends, context_length),
           'targets': prepared.labels[ends], 'mask': mask}
+
+
+def train_batches(prepared: PreparedData, *, seed: int, batch_size: int, context_length: int,
+                  steps_per_epoch: int, start_step: int, total_steps: int,
+                  process_index: int = 0, process_count: int = 1
+                  ) -> Iterator[tuple[int, int, dict[str, np.ndarray]]]:
+  """(step, epoch, batch) for steps `start_step` .. `total_steps - 1`, both 0-based.
+
+  The global batch of a step is a function of (seed, step) only (`epoch_order`), so a run
+  resumed at any step replays the same batches; each process gets its contiguous slice of
+  `batch_size // process_count` windows (`gather_batch` layout).
+  """
+  local = batch_size // process_count
+  order, order_epoch = None, -1
+  for step in range(start_step, total_steps):
+    epoch = step // steps_per_epoch
+    if epoch != order_epoch:
+      order = epoch_order(seed, epoch, len(prepared.train_ends), steps_per_epoch * batch_size)
+      order_epoch = epoch
+    global_idx = order[(step - epoch * steps_per_epoch) * batch_size:][:batch_size]
+    local_idx = global_idx[process_index * local:][:local]
+    yield step, epoch, gather_batch(prepared, prepared.train_ends[local_idx], context_length)
