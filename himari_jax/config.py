@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 import ml_collections
 from ml_collections import config_dict
 
-from himari_jax import constants
+from himari_jax import constants, diagnostics
 
 
 class ConfigError(ValueError):
@@ -103,7 +103,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.train.checkpoint_every_steps = 500  # also checkpoint mid-epoch (pre-emption); 0 = off
   config.train.keep_latest = 2  # latest checkpoints kept besides the best one
   config.train.eval_batch_size = 512  # windows per validation batch (global)
-  config.train.collapse_threshold = 0.85  # warn when one action exceeds this share
+  config.train.collapse_threshold = diagnostics.COLLAPSE_THRESHOLD  # warn above this share
   config.train.init_from = ''  # checkpoint dir or PyTorch .pt to start from (fine-tuning)
   config.train.fresh_adapters = False  # with init_from: merge its adapters, start new ones
 
