@@ -54,7 +54,7 @@ import numpy as np
 import pandas as pd
 
 from himari_jax import metrics as metrics_lib
-from himari_jax.ensemble import BUY, HOLD, SELL
+from himari_jax.constants import BUY, HOLD, PERIODS_PER_YEAR, SELL
 
 FILLS = ('close', 'next_open')
 SIZINGS = ('confidence', 'fixed', 'full')
@@ -471,7 +471,7 @@ def _book_fill(cash: jax.Array, pos: jax.Array, qty: jax.Array, ref: jax.Array,
 
 def sweep(prices: Any, actions: Any, confidence: Any, params: BacktestParams, *,
           signal_names: Sequence[str] | None = None, benchmark: bool = False,
-          periods_per_year: float = 8760.0, risk_free_rate: float = 0.0,
+          periods_per_year: float = PERIODS_PER_YEAR, risk_free_rate: float = 0.0,
           metrics: str = 'all', batch_size: int = 1024) -> pd.DataFrame:
   """Metrics of every (signal, setting) pair, computed in one compiled call.
 

@@ -41,10 +41,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-SEED_BIAS = (3.0, -2.5, 1.0)  # the original HIMARI hand-tuned logit correction
+from himari_jax import constants
+
+SEED_BIAS = constants.SEED_LOGIT_BIAS  # the original HIMARI hand-tuned logit correction
 MODES = ('none', 'fixed', 'fit_rates', 'fit_logloss')  # how `fit_calibration` sets the bias
 
-_NUM_ACTIONS = 3
+_NUM_ACTIONS = constants.NUM_ACTIONS
 _NEWTON_STEPS = 20
 _NUM_STEP_SIZES = 24  # line search tries step sizes 1, 1/2, ..., 2**-23 in parallel
 _MAX_STEP = 10.0  # no Newton step moves a logit-scale unknown further than this

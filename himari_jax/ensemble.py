@@ -41,10 +41,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-SELL, HOLD, BUY = 0, 1, 2
+from himari_jax.constants import BUY, HOLD, SELL
+from himari_jax.constants import NUM_ACTIONS as _NUM_ACTIONS
+
 STRATEGIES = ('voting', 'confidence_weighted', 'disagreement')
 
-_NUM_ACTIONS = 3
 _SUM_TOLERANCE = 1e-3  # probability vectors must sum to 1 within this
 # Rounding of a weighted mean of probabilities in [0, 1] stays within a few units of
 # eps; 8 (about 1e-6 in float32) is far below any difference a model expresses.

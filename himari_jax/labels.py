@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-SELL, HOLD, BUY = 0, 1, 2
-ACTION_NAMES = ('SELL', 'HOLD', 'BUY')
+from himari_jax.constants import ACTION_NAMES, BUY, HOLD, SELL  # noqa: F401 - re-exported
+
 FIXED_CLASS_WEIGHTS = (2.5, 0.83, 2.5)
 
 

@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from himari_jax.constants import PERIODS_PER_YEAR
+
 METRIC_NAMES = (
     'total_return', 'cagr', 'volatility', 'sharpe', 'sortino', 'max_drawdown', 'calmar',
     'var_95', 'cvar_95', 'beta', 'final_equity', 'num_trades', 'trade_bar_share', 'exposure',
@@ -182,7 +184,7 @@ def trade_stats(result: Any, initial_capital: Any) -> TradeStats:
 
 
 def summarize(stats: TradeStats, equity: jax.Array, market: jax.Array, initial_capital: Any,
-              *, periods_per_year: float = 8760.0,
+              *, periods_per_year: float = PERIODS_PER_YEAR,
               risk_free_rate: float = 0.0) -> dict[str, jax.Array]:
   """Every SPEC section 7 metric (keys: `METRIC_NAMES`) from the equity curve and totals.
 
@@ -294,7 +296,7 @@ def update_core_stats(stats: CoreStats, counts: jax.Array, prev_equity: jax.Arra
 
 
 def summarize_core(stats: CoreStats, final_equity: jax.Array, num_bars: int,
-                   initial_capital: Any, *, periods_per_year: float = 8760.0,
+                   initial_capital: Any, *, periods_per_year: float = PERIODS_PER_YEAR,
                    risk_free_rate: float = 0.0) -> dict[str, jax.Array]:
   """CORE_METRIC_NAMES from the running sums and equity after the last of `num_bars` bars.
 
@@ -316,7 +318,7 @@ def summarize_core(stats: CoreStats, final_equity: jax.Array, num_bars: int,
 
 @jax.jit
 def compute_metrics(result: Any, market: jax.Array, initial_capital: Any, *,
-                    periods_per_year: float = 8760.0,
+                    periods_per_year: float = PERIODS_PER_YEAR,
                     risk_free_rate: float = 0.0) -> dict[str, jax.Array]:
   """Every SPEC section 7 metric of a backtest.BacktestResult of (N,) arrays (see `summarize`).
 

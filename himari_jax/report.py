@@ -36,7 +36,7 @@ from absl import logging
 from himari_jax import backtest as backtest_lib
 from himari_jax import metrics as metrics_lib
 from himari_jax import significance
-from himari_jax.ensemble import BUY, HOLD, SELL
+from himari_jax.constants import ACTION_NAMES, HOLD
 
 RESULTS_JSON = 'backtest_results.json'
 TRADES_CSV = 'backtest_trades.csv'
@@ -44,7 +44,6 @@ REPORT_HTML = 'backtest_report.html'
 PLOTS = ('equity', 'drawdown', 'position', 'actions')
 TRADE_COLUMNS = ('time', 'side', 'price', 'quantity', 'commission', 'slippage',
                  'position_after', 'equity_after', 'confidence')
-_ACTION_NAMES = {SELL: 'SELL', HOLD: 'HOLD', BUY: 'BUY'}
 # How each metric is printed: percentages, currency, ratios, counts.
 _PERCENT = frozenset({'total_return', 'cagr', 'volatility', 'max_drawdown', 'var_95', 'cvar_95',
                       'trade_bar_share', 'exposure', 'win_rate'})
@@ -128,6 +127,26 @@ def significance_lines(significance: Mapping[str, Any]) -> list[str]:
   return lines
 
 
+def print_backtest_summary(outcome: dict, top: int = 10) -> None:
+  """Console summary of `evaluate.backtest_pipeline`: metrics vs buy-and-hold, luck, sweep,
+  files."""
+  print()
+  print_metrics_table(outcome['metrics'], outcome['benchmark'])
+  print()
+  for line in significance_lines(outcome['significance']):
+    print(f'  {line}')
+  table = outcome['sweep']
+  if table is not None:
+    columns = [c for c in ('signal', 'confidence_threshold', 'total_return', 'sharpe',
+                           'max_drawdown', 'num_trades', 'exposure') if c in table]
+    best = table.sort_values('sharpe', ascending=False).head(top)[columns]
+    print(f'\nsweep: best {len(best)} of {len(table)} configurations by Sharpe')
+    print(best.to_string(index=False, float_format=lambda v: f'{v:.4g}'))
+  print('\nwrote:')
+  for name, path in outcome['paths'].items():
+    print(f'  {name:>9}: {path}')
+
+
 def trades_frame(result: backtest_lib.BacktestResult, index: pd.Index) -> pd.DataFrame:
   """One row per fill (columns `TRADE_COLUMNS`) from a BacktestResult of (N,) arrays.
 
@@ -188,8 +207,8 @@ def write_reports(outdir: str | os.PathLike, result: backtest_lib.BacktestResult
   executed = np.where((actions != HOLD) & (np.asarray(confidence) < config.confidence_threshold),
                       HOLD, actions)
   action_counts = {
-      'signal': {name: int(np.sum(actions == a)) for a, name in _ACTION_NAMES.items()},
-      'after_threshold': {name: int(np.sum(executed == a)) for a, name in _ACTION_NAMES.items()},
+      'signal': {name: int(np.sum(actions == a)) for a, name in enumerate(ACTION_NAMES)},
+      'after_threshold': {name: int(np.sum(executed == a)) for a, name in enumerate(ACTION_NAMES)},
   }
 
   paths = {'json': os.path.join(outdir, RESULTS_JSON), 'trades': os.path.join(outdir, TRADES_CSV)}
@@ -276,7 +295,7 @@ def _write_plots(outdir: str | os.PathLike, times: pd.DatetimeIndex,
   save(fig, 'position')
 
   fig, ax = plt.subplots(figsize=(6, 3.5))
-  names = list(_ACTION_NAMES.values())
+  names = list(ACTION_NAMES)
   width = 0.4
   for offset, (label, counts) in zip((-width / 2, width / 2), action_counts.items(),
                                      strict=True):

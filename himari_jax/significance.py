@@ -26,7 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-PERIODS_PER_YEAR = 8760
+from himari_jax.constants import PERIODS_PER_YEAR
+
 EULER_GAMMA = 0.5772156649015329
 # Resampled values held in memory at once per batch (indices plus gathered returns).
 _ELEMENTS_PER_BATCH = 1 << 22
@@ -507,13 +508,20 @@ def positions_from_actions(actions: Any, allow_short: bool = False) -> np.ndarra
 
 def _position_returns(positions: jax.Array, market_returns: jax.Array,
                       cost_rate: float | jax.Array) -> jax.Array:
-  """`position_returns` on JAX arrays: (bars,) positions and returns -> (bars,) returns."""
+  """`position_returns` on JAX arrays: (bars,) positions and returns -> (bars,) returns.
+
+  cost_rate: () the same both ways, or (2,) (buying, selling) per unit of traded notional.
+  """
   previous = jnp.concatenate([jnp.zeros_like(positions[:1]), positions[:-1]])
-  return previous * market_returns - cost_rate * jnp.abs(positions - previous)
+  change = positions - previous
+  rate = jnp.asarray(cost_rate)
+  if rate.ndim:  # a raised position was bought, a lowered one sold (shorting sells)
+    rate = jnp.where(change > 0, rate[0], rate[1])
+  return previous * market_returns - rate * jnp.abs(change)
 
 
 def position_returns(positions: Any, market_returns: Any,
-                     cost_rate: float = DEFAULT_COST_RATE) -> np.ndarray:
+                     cost_rate: float | tuple[float, float] = DEFAULT_COST_RATE) -> np.ndarray:
   """Per-bar returns of holding `positions`, a simple cost model independent of the backtester.
 
   `q_t = p_{t-1} * r_t - cost_rate * |p_t - p_{t-1}|` with `p_{-1} = 0`: the position decided
@@ -523,7 +531,8 @@ def position_returns(positions: Any, market_returns: Any,
     positions: (bars,) exposure as a fraction of equity (1 = fully long, -1 = fully short).
     market_returns: (bars,) `close_t / close_{t-1} - 1`; bar 0 is multiplied by `p_{-1} = 0`
       but must still be finite.
-    cost_rate: cost per unit of traded notional.
+    cost_rate: cost per unit of traded notional (commission plus slippage), or a
+      (buy, sell) pair when selling costs differ.
 
   Returns:
     (bars,) strategy returns (computed in JAX's default float precision).
@@ -607,7 +616,7 @@ def shuffled_signal_test(
     positions: Any,
     market_returns: Any,
     *,
-    cost_rate: float = DEFAULT_COST_RATE,
+    cost_rate: float | tuple[float, float] = DEFAULT_COST_RATE,
     num_shuffles: int = 1000,
     block_length: int | None = None,
     seed: int = 0,
@@ -622,7 +631,7 @@ def shuffled_signal_test(
   Args:
     positions: (bars,) exposure decided at each bar's close, e.g. `positions_from_actions`.
     market_returns: (bars,) `close_t / close_{t-1} - 1` of the traded asset.
-    cost_rate: cost per unit of traded notional.
+    cost_rate: cost per unit of traded notional, or a (buy, sell) pair.
     num_shuffles: K.
     block_length: bars per shuffled block; None = the whole series, so each shuffle is a
       random rotation in time: it keeps every holding period and the number of position
@@ -696,7 +705,7 @@ def significance_report(
     block_length: float | None = None,
     method: str = 'stationary',
     confidence: float = 0.95,
-    cost_rate: float = DEFAULT_COST_RATE,
+    cost_rate: float | tuple[float, float] = DEFAULT_COST_RATE,
     seed: int = 0,
     periods_per_year: float = PERIODS_PER_YEAR,
 ) -> dict[str, Any]:
@@ -716,7 +725,8 @@ def significance_report(
       functions above, `trial_sharpes` and `trial_sharpe_variance` are *annualised* here, as a
       sweep reports them. Nothing given = one trial (DSR = PSR(0)).
     num_resamples, block_length, method, confidence: of the block bootstraps.
-    num_shuffles, cost_rate: of the shuffled-signal null.
+    num_shuffles, cost_rate: of the shuffled-signal null (cost_rate: one rate, or a (buy,
+      sell) pair of commission plus slippage per unit of traded notional).
     seed: seeds every resampling; the same seed gives the same report.
     periods_per_year: 8,760 for hourly bars.
 

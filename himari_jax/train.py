@@ -1,9 +1,9 @@
 """Training loop: `train_and_evaluate(config, workdir)`, in the style of the Flax examples.
 
-Data flow: `prepare_data` loads the training files, computes features and labels, splits
-each file chronologically (train | embargo | validation), fits the normaliser on the training
-rows only and lists the end bars of the training windows. A batch is gathered on the host
-from window end indices, so no window array is ever materialised.
+Data flow (input_pipeline.py): `prepare_data` loads the training files, computes features and
+labels, splits each file chronologically (train | embargo | validation), fits one normaliser
+per asset on its training rows only and lists the end bars of the training windows. A batch
+is gathered on the host from window end indices, so no window array is ever materialised.
 
 Objective: class-weighted cross-entropy over every valid position of every window (labels
 without a known future and feature warm-up rows are masked), normalised like PyTorch's
@@ -22,8 +22,9 @@ measures the same FLOPs for both); the split guarantees it instead of relying on
 elimination, which a full-tree gradient norm or clip would defeat (+46 % FLOPs at seed size).
 
 Checkpoints (checkpoint.py): every `checkpoint_every_steps` steps and at every epoch end,
-keeping the latest few and the best by `best_metric`; a workdir with checkpoints resumes.
-A NaN/inf loss, gradient or update raises `TrainingDivergedError` before anything is saved.
+keeping the latest few and the best by `best_metric`; a workdir with checkpoints resumes (the
+`TrainState` holds the epoch's loss sums too). A NaN/inf loss, gradient or update raises
+`TrainingDivergedError` before anything is saved (train_logging.py).
 
 Determinism: the window order of epoch e is a function of (seed, e) and the dropout key of
 step s is `fold_in(rng, s)`, so a run resumed from any checkpoint replays the same batches.
@@ -34,12 +35,8 @@ trailing window, exactly as `predict.py` does at inference.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import json
-import math
 import os
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -56,39 +53,24 @@ from jax.sharding import PartitionSpec as P
 
 from himari_jax import adapters as adapters_lib
 from himari_jax import checkpoint as checkpoint_lib
+from himari_jax import config as config_lib
+from himari_jax import constants, input_pipeline, train_logging
 from himari_jax import data as data_lib
-from himari_jax import features as features_lib
-from himari_jax import labels as labels_lib
+from himari_jax import diagnostics as diagnostics_lib
 from himari_jax import model as model_lib
-from himari_jax import tb_writer
-from himari_jax import windows as windows_lib
 
-ACTIONS = labels_lib.ACTION_NAMES
 CLASS_WEIGHT_MODES = ('fixed', 'inverse', 'sqrt', 'none')
 COMPUTE_DTYPES = ('float32', 'bfloat16', 'float16')
-# Fields configs/default.py may lack; configs/flag_trader.py sets the same values.
-TRAIN_DEFAULTS = {'checkpoint_every_steps': 500, 'eval_batch_size': 512,
-                  'collapse_threshold': 0.85, 'keep_latest': 2, 'fresh_adapters': False}
-
-
-class ConfigError(ValueError):
-  """The config cannot work; the message names the field and what to change."""
-
-
-class TrainingDivergedError(RuntimeError):
-  """The loss or gradient became NaN/inf; the last good checkpoint is kept."""
+ConfigError = config_lib.ConfigError  # raised here for an unusable config; kept importable
+TrainingDivergedError = train_logging.TrainingDivergedError
 
 
 def train_option(config: ml_collections.ConfigDict, name: str) -> Any:
-  """`config.train.<name>`, or its `TRAIN_DEFAULTS` value when the config predates it."""
-  return config.train.get(name, TRAIN_DEFAULTS[name])
+  """`config.train.<name>`, or the package default when the config predates the field."""
+  return config.train.get(name, config_lib.default_config().train[name])
 
 
 # ----------------------------------------------------------------------------- config
-
-
-def _dataset_items(spec: str) -> list[str]:
-  return [s.strip() for s in str(spec).split(',') if s.strip()]
 
 
 def validate_config(config: ml_collections.ConfigDict) -> model_lib.ModelConfig:
@@ -124,7 +106,7 @@ def validate_config(config: ml_collections.ConfigDict) -> model_lib.ModelConfig:
     raise ConfigError(
         f'config.train.context_length={t.context_length} exceeds config.model.max_length='
         f'{config.model.max_length}; lower the context or raise --config.model.max_length.')
-  if t.steps_per_epoch < 0 or train_option(config, 'checkpoint_every_steps') < 0:
+  if (t.steps_per_epoch or 0) < 0 or train_option(config, 'checkpoint_every_steps') < 0:
     raise ConfigError('config.train.steps_per_epoch and checkpoint_every_steps must be >= 0.')
   if not t.learning_rate > 0:
     raise ConfigError(f'config.train.learning_rate={t.learning_rate} must be positive.')
@@ -141,7 +123,7 @@ def validate_config(config: ml_collections.ConfigDict) -> model_lib.ModelConfig:
   if not 0.0 < config.data.val_fraction < 1.0:
     raise ConfigError(f'config.data.val_fraction={config.data.val_fraction} must be in (0, 1): '
                       'validation picks the best checkpoint.')
-  items = _dataset_items(config.data.train)
+  items = config_lib.split_list(config.data.train)
   if not items:
     raise ConfigError('config.data.train is empty; give a builtin dataset name '
                       f'({", ".join(data_lib.builtin_dataset_names())}) or a CSV path.')
@@ -154,123 +136,6 @@ def validate_config(config: ml_collections.ConfigDict) -> model_lib.ModelConfig:
     raise ConfigError(f'config.train.init_from={t.init_from!r} does not exist; give a '
                       'training workdir, its checkpoints/ folder or a PyTorch .pt file.')
   return model_config
-
-
-# ------------------------------------------------------------------------------- data
-
-
-@dataclasses.dataclass(frozen=True)
-class PreparedData:
-  """Every training file's bars, concatenated, with the window ends of both splits.
-
-  Attributes:
-    features: float32 (N, 60), normalised with `normalizer`.
-    labels: int32 (N,); valid: bool (N,) (label known and past the feature warm-up).
-    train_ends: int64 (W,) end bars of the training windows (whole window in the train part).
-    val_ends: int64 (V,) validation bars with a valid label; each is scored from the window
-      ending there (which may reach back across the embargo, as at inference).
-    normalizer: fitted on the training rows only.
-    class_weights: float32 (3,) loss weight per action, from the training labels.
-    summary: JSON-able description (files, bars, split sizes, label distribution).
-  """
-
-  features: np.ndarray
-  labels: np.ndarray
-  valid: np.ndarray
-  train_ends: np.ndarray
-  val_ends: np.ndarray
-  normalizer: features_lib.Normalizer
-  class_weights: np.ndarray
-  summary: dict[str, Any]
-
-
-def label_params(labels_config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """Keyword arguments of `labels.make_labels` from `config.labels`.
-
-  `horizon` and `threshold` belong to the threshold rule; the sharpe rule takes its own
-  defaults plus any of its parameters added to `config.labels` (sharpe, min_return, ...).
-  """
-  params = {k: v for k, v in labels_config.items() if k != 'kind'}
-  if labels_config.kind == 'sharpe':
-    params.pop('horizon', None)
-    params.pop('threshold', None)
-  return params
-
-
-def prepare_data(config: ml_collections.ConfigDict) -> PreparedData:
-  """Loads `config.data.train`, computes features and labels, splits and normalises."""
-  kind = config.labels.kind
-  params = label_params(config.labels)
-  embargo = config.data.embargo
-  if embargo < 0:
-    embargo = labels_lib.label_horizon(kind, **params)
-  context = config.train.context_length
-  parts, train_rows, files = [], [], []
-  train_ends, val_ends = [], []
-  offset = 0
-  for item, df in zip(_dataset_items(config.data.train),
-                      data_lib.load_datasets(config.data.train, fill_gaps=config.data.fill_gaps),
-                      strict=True):
-    if config.data.max_bars:
-      df = df.iloc[-config.data.max_bars:]
-    n = len(df)
-    feats = features_lib.compute_features(df)
-    labels, valid = labels_lib.make_labels(df, kind, **params)
-    valid = valid & (np.arange(n) >= features_lib.WARMUP_BARS)
-    split = windows_lib.chronological_split(n, val=config.data.val_fraction, embargo=embargo)
-    ends = windows_lib.window_ends(n, context, stride=config.train.window_stride,
-                                   start=split.train.start, end=split.train.stop, valid=valid)
-    val = windows_lib.window_ends(n, context, start=max(0, split.val.start - context + 1),
-                                  end=split.val.stop)
-    train_ends.append(ends + offset)
-    val_ends.append(val[valid[val]] + offset)
-    rows = np.zeros(n, bool)
-    rows[max(split.train.start, features_lib.WARMUP_BARS):split.train.stop] = True
-    train_rows.append(rows)
-    parts.append((feats, labels, valid))
-    files.append({'name': item, 'bars': n, 'first': str(df.index[0]), 'last': str(df.index[-1]),
-                  'train_bars': split.sizes()['train'], 'val_bars': split.sizes()['val'],
-                  'train_windows': len(ends), 'val_windows': int(valid[val].sum())})
-    offset += n
-  feats = np.concatenate([p[0] for p in parts])
-  labels = np.concatenate([p[1] for p in parts])
-  valid = np.concatenate([p[2] for p in parts])
-  train_rows = np.concatenate(train_rows)
-  train_ends, val_ends = np.concatenate(train_ends), np.concatenate(val_ends)
-  if not len(train_ends) or not len(val_ends):
-    raise ConfigError(
-        f'{config.data.train}: {len(train_ends)} training and {len(val_ends)} validation '
-        'windows; use more bars (config.data.max_bars), a shorter context_length or a '
-        'different data.val_fraction.')
-  normalizer = features_lib.Normalizer.fit(feats, train_rows)
-  weights = labels_lib.class_weights(labels[train_rows], valid[train_rows],
-                                     config.train.class_weights)
-  summary = {'files': files, 'embargo': embargo,
-             'train_labels': labels_lib.label_distribution(labels[train_rows],
-                                                           valid[train_rows]),
-             'val_labels': labels_lib.label_distribution(labels[val_ends],
-                                                         np.ones(len(val_ends), bool))}
-  return PreparedData(features=normalizer.apply(feats).astype(np.float32), labels=labels,
-                      valid=valid, train_ends=train_ends, val_ends=val_ends,
-                      normalizer=normalizer, class_weights=weights, summary=summary)
-
-
-def epoch_order(seed: int, epoch: int, num_windows: int, num_samples: int) -> np.ndarray:
-  """Window indices of one epoch: `num_samples` of them, a function of (seed, epoch) only.
-
-  Successive permutations are concatenated when an epoch needs more than one pass.
-  """
-  passes = max(1, math.ceil(num_samples / num_windows))
-  return np.concatenate([np.random.default_rng([seed, epoch, k]).permutation(num_windows)
-                         for k in range(passes)])[:num_samples]
-
-
-def gather_batch(prepared: PreparedData, ends: np.ndarray,
-                 context_length: int) -> dict[str, np.ndarray]:
-  """inputs float32 (B, T, 60), targets int32 (B, T), mask bool (B, T) of windows `ends`."""
-  return {'inputs': windows_lib.gather_windows(prepared.features, ends, context_length),
-          'targets': windows_lib.gather_windows(prepared.labels, ends, context_length),
-          'mask': windows_lib.gather_windows(prepared.valid, ends, context_length)}
 
 
 # ------------------------------------------------------------------- loss, optimiser
@@ -331,21 +196,27 @@ def merge_params(trainable: dict, frozen: dict) -> Any:
 
 @flax.struct.dataclass
 class TrainState:
-  """Everything a restart needs besides the data: step, params, optimiser state, RNG key."""
+  """Everything a restart needs besides the data: step, params, optimiser state, RNG key,
+  and the training-loss sum and step count of the epoch in progress (so a resumed epoch
+  reports the same mean loss as an uninterrupted one)."""
 
   step: jax.Array
   params: Any
   opt_state: Any
   rng: jax.Array
+  loss_sum: jax.Array = np.float32(0.0)
+  loss_count: jax.Array = np.int32(0)
 
 
 def make_train_step(model: model_lib.FlagTrader, optimizer: optax.GradientTransformation,
                     labels: Any, class_weights: jax.Array, schedule: optax.Schedule, *,
-                    trainable_only_grad: bool = True) -> Callable:
+                    trainable_only_grad: bool = True,
+                    steps_per_epoch: int | None = None) -> Callable:
   """`step(state, batch) -> (state, metrics)`, not yet jitted.
 
   `trainable_only_grad=False` differentiates the whole parameter tree (the naive way; the
-  benchmark compares the two).
+  benchmark compares the two). The state's loss sums restart at every multiple of
+  `steps_per_epoch` (None: they never restart).
   """
 
   def loss_fn(params, batch, rng):
@@ -371,7 +242,11 @@ def make_train_step(model: model_lib.FlagTrader, optimizer: optax.GradientTransf
                'grad_norm': optax.tree.norm(trainable_grads),
                'update_norm': optax.tree.norm(split_params(updates, labels)[0]),
                'learning_rate': schedule(state.step)}
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    fresh = state.step % steps_per_epoch == 0 if steps_per_epoch else False
+    loss_sum = jnp.where(fresh, 0.0, state.loss_sum) + loss.astype(jnp.float32)
+    loss_count = jnp.where(fresh, 0, state.loss_count) + 1
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                         loss_sum=loss_sum, loss_count=loss_count), metrics
 
   return step
 
@@ -391,7 +266,8 @@ def make_eval_step(model: model_lib.FlagTrader, class_weights: jax.Array) -> Cal
     nll = -jnp.take_along_axis(log_probs, targets[:, None], axis=-1)[:, 0]
     weights = class_weights[targets] * mask
     preds = jnp.argmax(logits, axis=-1)
-    confusion = jnp.zeros((3, 3), jnp.float32).at[targets, preds].add(mask.astype(jnp.float32))
+    confusion = jnp.zeros((constants.NUM_ACTIONS,) * 2, jnp.float32).at[targets, preds].add(
+        mask.astype(jnp.float32))
     return {'weighted_nll': jnp.sum(weights * nll), 'weight': jnp.sum(weights),
             'nll': jnp.sum(nll * mask), 'count': jnp.sum(mask.astype(jnp.float32)),
             'confusion': confusion}
@@ -400,32 +276,32 @@ def make_eval_step(model: model_lib.FlagTrader, class_weights: jax.Array) -> Cal
 
 
 def validation_metrics(sums: dict[str, np.ndarray], collapse_threshold: float) -> dict[str, Any]:
-  """Loss, accuracy, per-class accuracy, confusion matrix and predicted-action shares."""
-  confusion = np.asarray(sums['confusion'], np.float64)
+  """Loss, accuracy, per-class accuracy, confusion matrix and predicted-action shares.
+
+  The shares, accuracies and collapse flag are `diagnostics.confusion_summary`'s (the same
+  logic as launch/diagnose.py), under `val_` keys.
+  """
+  summary = diagnostics_lib.confusion_summary(sums['confusion'], collapse_threshold)
   count = max(float(sums['count']), 1.0)
-  support = confusion.sum(axis=1)
-  per_class = np.divide(np.diag(confusion), support, out=np.full(3, np.nan), where=support > 0)
-  # A class absent from validation has no accuracy: None in JSON, left out of TensorBoard.
-  predicted = confusion.sum(axis=0) / count
   metrics: dict[str, Any] = {
       'val_loss': float(sums['weighted_nll']) / max(float(sums['weight']), 1e-12),
       'val_nll': float(sums['nll']) / count,
-      'val_accuracy': float(np.trace(confusion)) / count,
-      'val_balanced_accuracy': float(np.nanmean(per_class)),
-      'val_confusion': confusion.astype(np.int64).tolist(),
+      'val_accuracy': summary['accuracy'],
+      'val_balanced_accuracy': summary['balanced_accuracy'],
+      'val_confusion': summary['confusion'],
   }
-  for i, action in enumerate(ACTIONS):
-    metrics[f'val_accuracy_{action}'] = float(per_class[i]) if support[i] else None
-    metrics[f'val_pred_share_{action}'] = float(predicted[i])
-  top = int(np.argmax(predicted))
-  metrics['val_collapsed'] = bool(predicted[top] > collapse_threshold)
-  if metrics['val_collapsed']:
-    metrics['val_collapsed_to'] = ACTIONS[top]
+  for action in constants.ACTION_NAMES:
+    # A class absent from validation has no accuracy: None in JSON, left out of TensorBoard.
+    metrics[f'val_accuracy_{action}'] = summary['recall'][action]
+    metrics[f'val_pred_share_{action}'] = summary['predicted_share'][action]
+  metrics['val_collapsed'] = summary['collapsed']
+  if summary['collapsed']:
+    metrics['val_collapsed_to'] = summary['collapsed_to']
   return metrics
 
 
-def evaluate(eval_step: Callable, params: Any, prepared: PreparedData, context_length: int,
-             batch_size: int, sharding: NamedSharding,
+def validate(eval_step: Callable, params: Any, prepared: input_pipeline.PreparedData,
+             context_length: int, batch_size: int, sharding: NamedSharding,
              collapse_threshold: float) -> dict[str, Any]:
   """`validation_metrics` of every validation bar, in global batches of `batch_size`.
 
@@ -438,8 +314,8 @@ def evaluate(eval_step: Callable, params: Any, prepared: PreparedData, context_l
   for start in range(0, len(ends), batch_size):
     idx = np.arange(start, start + batch_size)[jax.process_index() * local:][:local]
     batch_ends = ends[np.minimum(idx, len(ends) - 1)]
-    batch = {'inputs': windows_lib.gather_windows(prepared.features, batch_ends, context_length),
-             'targets': prepared.labels[batch_ends], 'mask': idx < len(ends)}
+    batch = input_pipeline.gather_eval_batch(prepared, batch_ends, context_length,
+                                             idx < len(ends))
     sums = eval_step(params, shard_batch(batch, sharding, batch_size))
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   return validation_metrics(jax.device_get(totals), collapse_threshold)
@@ -504,73 +380,23 @@ def initial_params(config: ml_collections.ConfigDict, model_config: model_lib.Mo
   return replicate(jax.tree.map(lambda x: np.asarray(x, np.float32), params), sharding)
 
 
-# ----------------------------------------------------------------------- logging
-
-
-class MetricWriter:
-  """metrics.jsonl and TensorBoard scalars, written by process 0 only."""
-
-  def __init__(self, workdir: str, resume_step: int | None):
-    self.active = jax.process_index() == 0
-    self.path = os.path.join(workdir, 'metrics.jsonl')
-    if not self.active:
-      return
-    if os.path.exists(self.path):
-      # Drop records past the checkpoint we resume from (all of them on a fresh start):
-      # those steps are replayed.
-      with open(self.path) as f:
-        kept = [line for line in f
-                if line.strip() and json.loads(line)['step'] <= (resume_step or 0)]
-      with open(self.path, 'w') as f:
-        f.writelines(kept)
-    self.tb = tb_writer.SummaryWriter(os.path.join(workdir, 'tensorboard'))
-
-  def write(self, record: dict[str, Any]) -> None:
-    if not self.active:
-      return
-    with open(self.path, 'a') as f:
-      f.write(json.dumps(record) + '\n')
-    scalars = {f'{record["kind"]}/{k}': float(v) for k, v in record.items()
-               if isinstance(v, (int, float)) and k not in ('step', 'epoch')}
-    self.tb.scalars(record['step'], scalars)
-    self.tb.flush()
-
-  def close(self) -> None:
-    if self.active:
-      self.tb.close()
-
-
-def _format_eta(seconds: float) -> str:
-  seconds = int(max(seconds, 0))
-  return f'{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'
+def _final_metrics(manager: Any, best_metric: str, ckpt_dir: str,
+                   epoch_metrics: dict[str, Any]) -> dict[str, Any]:
+  """The last epoch's metrics (read back when a finished run was rerun) and the best step."""
+  best = manager.best_step()
+  best = manager.latest_step() if best is None else best
+  metric_name, _ = checkpoint_lib.parse_best_metric(best_metric)
+  best_metrics = checkpoint_lib.read_meta(manager, best).get('epoch_metrics', {})
+  if not epoch_metrics:
+    epoch_metrics = checkpoint_lib.read_meta(manager, manager.latest_step()).get(
+        'epoch_metrics', {})
+  manager.close()
+  return {**epoch_metrics, 'best_step': best,
+          'best_checkpoint': os.path.join(ckpt_dir, str(best)),
+          f'best_{metric_name}': best_metrics.get(metric_name)}
 
 
 # -------------------------------------------------------------------------- loop
-
-
-def _check_finite(history: list[tuple[int, dict]], last_good: int | None, ckpt_dir: str) -> None:
-  for step, metrics in history:
-    values = {k: float(metrics[k]) for k in ('loss', 'grad_norm', 'update_norm')}
-    if not all(math.isfinite(v) for v in values.values()):
-      kept = (f'the last good checkpoint is step {last_good} in {ckpt_dir}' if last_good
-              is not None else 'no checkpoint was saved')
-      shown = ', '.join(f'{k}={v}' for k, v in values.items())
-      raise TrainingDivergedError(
-          f'training diverged at step {step + 1}: {shown}; {kept}. Lower '
-          '--config.train.learning_rate, add warm-up steps or check the input data.')
-
-
-def _log_epoch(metrics: dict[str, Any], collapse_threshold: float) -> None:
-  logging.info('epoch %d: val_loss %.4f val_accuracy %.3f balanced %.3f predicted %s',
-               metrics['epoch'], metrics['val_loss'], metrics['val_accuracy'],
-               metrics['val_balanced_accuracy'],
-               {a: round(metrics[f'val_pred_share_{a}'], 3) for a in ACTIONS})
-  if metrics['val_collapsed']:
-    action = metrics['val_collapsed_to']
-    logging.warning('epoch %d: PREDICTIONS COLLAPSED: %.1f%% of validation bars are %s '
-                    '(threshold %.0f%%); try --config.train.class_weights=inverse, a lower '
-                    'learning rate or more data', metrics['epoch'],
-                    100 * metrics[f'val_pred_share_{action}'], action, 100 * collapse_threshold)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -588,19 +414,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   t = config.train
-  prepared = prepare_data(config)
-  num_windows = len(prepared.train_ends)
-  steps_per_epoch = t.steps_per_epoch or max(1, num_windows // t.batch_size)
+  prepared = input_pipeline.prepare_data(config)
+  steps_per_epoch = t.steps_per_epoch or max(1, len(prepared.train_ends) // t.batch_size)
   total_steps = steps_per_epoch * t.num_epochs
-
   mesh = make_mesh()
-  replicated = NamedSharding(mesh, P())
-  data_sharding = NamedSharding(mesh, P('data'))
-  local_batch = t.batch_size // jax.process_count()
+  replicated, data_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
   logging.info('process %d/%d, mesh %s over %d devices; %d training windows, %d validation '
                'bars; %d steps of %d (%d per process)', jax.process_index(),
-               jax.process_count(), dict(mesh.shape), jax.device_count(), num_windows,
-               len(prepared.val_ends), total_steps, t.batch_size, local_batch)
+               jax.process_count(), dict(mesh.shape), jax.device_count(),
+               len(prepared.train_ends), len(prepared.val_ends), total_steps, t.batch_size,
+               t.batch_size // jax.process_count())
 
   model = model_lib.FlagTrader(model_config)
   root = jax.random.PRNGKey(config.seed)
@@ -609,17 +432,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   counts = model_lib.count_params(params, labels)
   logging.info('parameters: %s', counts)
   optimizer = make_optimizer(t, labels, total_steps)
-  schedule = learning_rate_schedule(t, total_steps)
   class_weights = jnp.asarray(prepared.class_weights)
-
-  def init_state(params):
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=optimizer.init(params), rng=jax.random.fold_in(root, 1))
-
-  state = jax.jit(init_state, out_shardings=replicated)(params)
+  state = jax.jit(lambda p: TrainState(
+      step=jnp.zeros((), jnp.int32), params=p, opt_state=optimizer.init(p),
+      rng=jax.random.fold_in(root, 1), loss_sum=jnp.zeros((), jnp.float32),
+      loss_count=jnp.zeros((), jnp.int32)), out_shardings=replicated)(params)
   del params  # the state owns them; its buffers are donated to the train step
   train_step = jax.jit(
-      make_train_step(model, optimizer, labels, class_weights, schedule),
+      make_train_step(model, optimizer, labels, class_weights,
+                      learning_rate_schedule(t, total_steps), steps_per_epoch=steps_per_epoch),
       in_shardings=(replicated, data_sharding), out_shardings=(replicated, replicated),
       donate_argnums=0)
   eval_step = jax.jit(make_eval_step(model, class_weights),
@@ -628,95 +449,51 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   ckpt_dir = os.path.join(workdir, checkpoint_lib.CHECKPOINT_SUBDIR)
   manager = checkpoint_lib.make_manager(ckpt_dir, best_metric=t.best_metric,
                                         keep_latest=train_option(config, 'keep_latest'))
-  resume_step = manager.latest_step()
-  # Training-loss sum and count of the epoch in progress, so a resumed epoch reports the
-  # same mean as an uninterrupted one.
-  epoch_loss = {'sum': 0.0, 'count': 0}
-  if resume_step is not None:
-    state, restored_meta = checkpoint_lib.restore(manager, resume_step,
-                                                  checkpoint_lib.abstract_like(state))
-    epoch_loss = restored_meta.get('epoch_loss', epoch_loss)
-    logging.info('resumed from %s/%d', ckpt_dir, resume_step)
-  writer = MetricWriter(workdir, resume_step)
+  start_step = int(manager.latest_step() or 0)
+  if start_step:
+    state, _ = checkpoint_lib.restore(manager, start_step, checkpoint_lib.abstract_like(state))
+    logging.info('resumed from %s/%d', ckpt_dir, start_step)
   meta = {'config': config.to_dict(), 'normalizer': prepared.normalizer.to_dict(),
+          'normalizers': {k: v.to_dict() for k, v in prepared.normalizers.items()},
           'class_weights': prepared.class_weights, 'data': prepared.summary,
           'param_counts': counts, 'steps_per_epoch': steps_per_epoch,
           'total_steps': total_steps}
-  eval_batch = train_option(config, 'eval_batch_size')
   collapse = train_option(config, 'collapse_threshold')
   every = train_option(config, 'checkpoint_every_steps')
-
-  step = start_step = int(resume_step or 0)
-  last_good = resume_step
-  history: list[tuple[int, dict]] = []
+  writer = train_logging.MetricWriter(workdir, start_step or None)
+  logger = train_logging.StepLogger(writer, start_step=start_step, total_steps=total_steps,
+                      num_epochs=t.num_epochs, batch_size=t.batch_size, ckpt_dir=ckpt_dir)
+  batches = input_pipeline.train_batches(
+      prepared, seed=config.seed, batch_size=t.batch_size, context_length=t.context_length,
+      steps_per_epoch=steps_per_epoch, start_step=start_step, total_steps=total_steps,
+      process_index=jax.process_index(), process_count=jax.process_count())
   epoch_metrics: dict[str, Any] = {}
-  order_epoch = -1
-  tick, tick_step = time.time(), step
   try:
-    while step < total_steps:
-      epoch = step // steps_per_epoch
-      if epoch != order_epoch:
-        order = epoch_order(config.seed, epoch, num_windows, steps_per_epoch * t.batch_size)
-        order_epoch = epoch
-        if step % steps_per_epoch == 0:  # a fresh epoch, not one resumed part-way
-          epoch_loss = {'sum': 0.0, 'count': 0}
-      global_idx = order[(step - epoch * steps_per_epoch) * t.batch_size:][:t.batch_size]
-      local_idx = global_idx[jax.process_index() * local_batch:][:local_batch]
-      batch = gather_batch(prepared, prepared.train_ends[local_idx], t.context_length)
+    for index, epoch, batch in batches:
       state, metrics = train_step(state, shard_batch(batch, data_sharding, t.batch_size))
-      history.append((step, metrics))
-      if step == start_step:
-        jax.block_until_ready(metrics)
-        logging.info('first step (compilation included) took %.1f s', time.time() - tick)
-        tick, tick_step = time.time(), step + 1
-      step += 1
-      epoch_end = step % steps_per_epoch == 0
-      periodic_save = every and step % every == 0
+      logger.add(index, metrics)
+      step = index + 1
+      epoch_end, periodic_save = step % steps_per_epoch == 0, every and step % every == 0
       if step % t.log_every_steps == 0 or epoch_end or periodic_save:
-        # Syncs with the device only here, and always before a save: a diverged state is
-        # never checkpointed.
-        history = jax.device_get(history)
-        _check_finite(history, last_good, ckpt_dir)
-        for _, m in history:
-          epoch_loss = {'sum': epoch_loss['sum'] + float(m['loss']),
-                        'count': epoch_loss['count'] + 1}
-        rate = (step - tick_step) / max(time.time() - tick, 1e-9)
-        record = {'kind': 'train', 'step': step, 'epoch': epoch + 1,
-                  **{k: float(np.mean([m[k] for _, m in history])) for k in history[0][1]},
-                  'steps_per_sec': rate, 'samples_per_sec': rate * t.batch_size}
-        writer.write(record)
-        logging.info('step %d/%d epoch %d/%d | loss %.4f acc %.3f | %.1f steps/s %.0f '
-                     'samples/s | ETA %s', step, total_steps, epoch + 1, t.num_epochs,
-                     record['loss'], record['accuracy'], rate, rate * t.batch_size,
-                     _format_eta((total_steps - step) / max(rate, 1e-9)))
-        history, tick, tick_step = [], time.time(), step
+        logger.flush(step, epoch)  # always before a save: a diverged state is never saved
       if epoch_end:
+        loss_sum, loss_count = jax.device_get((state.loss_sum, state.loss_count))
         epoch_metrics = {'step': step, 'epoch': epoch + 1,
-                         'train_loss': epoch_loss['sum'] / epoch_loss['count'],
-                         **evaluate(eval_step, state.params, prepared, t.context_length,
-                                    eval_batch, data_sharding, collapse)}
+                         'train_loss': float(loss_sum) / int(loss_count),
+                         **validate(eval_step, state.params, prepared, t.context_length,
+                                    train_option(config, 'eval_batch_size'), data_sharding,
+                                    collapse)}
         writer.write({'kind': 'val', **epoch_metrics})
-        _log_epoch(epoch_metrics, collapse)
-        checkpoint_lib.save(manager, step, state,
-                            {**meta, 'epoch_metrics': epoch_metrics, 'epoch_loss': epoch_loss},
+        train_logging.log_epoch(epoch_metrics, collapse)
+        checkpoint_lib.save(manager, step, state, {**meta, 'epoch_metrics': epoch_metrics},
                             {k: epoch_metrics[k] for k in checkpoint_lib.VALIDATION_METRICS})
-        last_good = step
-        tick = time.time()  # throughput excludes validation
+        logger.restart_clock(step)  # throughput excludes validation
       elif periodic_save:
-        checkpoint_lib.save(manager, step, state, {**meta, 'epoch_loss': epoch_loss})
-        last_good = step
+        checkpoint_lib.save(manager, step, state, meta)
+      if epoch_end or periodic_save:
+        logger.last_good = step
   finally:
     # Also on divergence or interruption: pending saves of good states complete.
     manager.wait_until_finished()
     writer.close()
-  best = manager.best_step()
-  best = manager.latest_step() if best is None else best
-  metric_name, _ = checkpoint_lib.parse_best_metric(t.best_metric)
-  best_metrics = checkpoint_lib.read_meta(manager, best).get('epoch_metrics', {})
-  if not epoch_metrics:  # resumed from a finished run: report its last epoch
-    epoch_metrics = checkpoint_lib.read_meta(manager, manager.latest_step()).get(
-        'epoch_metrics', {})
-  manager.close()
-  return {**epoch_metrics, 'best_step': best,
-          'best_checkpoint': os.path.join(ckpt_dir, str(best)),
-          f'best_{metric_name}': best_metrics.get(metric_name)}
+  return _final_metrics(manager, t.best_metric, ckpt_dir, epoch_metrics)

@@ -1,10 +1,11 @@
 """Backtests trained models: checkpoints -> predictions -> ensemble -> backtest -> reports.
 
   python launch/backtest.py --checkpoints=runs/small --outdir=runs/small/backtest
-  python launch/backtest.py --checkpoints=runs/a,runs/b --config.strategy=confidence_weighted
+  python launch/backtest.py --checkpoints=runs/a,runs/b --strategy=confidence_weighted
   python launch/backtest.py --sweep   # every strategy x threshold of config.sweep, one jit call
 
 Settings: configs/backtest.py (any field can be overridden, e.g. --config.fill=next_open).
+launch/ensemble_backtest.py is this program with configs/ensemble.py as its default.
 """
 
 import os
@@ -13,27 +14,44 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+from himari_jax import checkpoint, data, ensemble, evaluate, report
 
-from himari_jax import evaluate  # noqa: E402 - after the path fix
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', os.path.join(REPO, 'configs', 'backtest.py'), 'Backtest configuration.')
-_CHECKPOINTS = flags.DEFINE_list('checkpoints', None,
-                                 'Training workdirs or .pt files (overrides config.checkpoints).')
-_OUTDIR = flags.DEFINE_string('outdir', 'runs/backtest', 'Folder for the reports.')
-_SWEEP = flags.DEFINE_bool('sweep', False, 'Also sweep strategies x confidence thresholds.')
+
+def define_flags(default_config: str, default_outdir: str) -> None:
+  """The program's flags; `default_config` is a file name in configs/."""
+  config_flags.DEFINE_config_file('config', os.path.join(CONFIGS, default_config),
+                                  'Backtest configuration.')
+  flags.DEFINE_list('checkpoints', None,
+                    'Training workdirs or .pt files (overrides config.checkpoints).')
+  flags.DEFINE_string('strategy', None,
+                      f'One of {", ".join(ensemble.STRATEGIES)} (overrides config.strategy).')
+  flags.DEFINE_float('confidence_threshold', None,
+                     'BUY/SELL below this confidence become HOLD, in [0, 1] (overrides config).')
+  flags.DEFINE_string('outdir', default_outdir, 'Folder for the reports.')
+  flags.DEFINE_bool('sweep', False, 'Also sweep strategies x confidence thresholds.')
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  config = _CONFIG.value
-  if _CHECKPOINTS.value:
-    config.checkpoints = ','.join(_CHECKPOINTS.value)
-  evaluate.backtest_command(config, _OUTDIR.value, sweep=_SWEEP.value)
+  config = flags.FLAGS.config
+  if flags.FLAGS.checkpoints:
+    config.checkpoints = ','.join(flags.FLAGS.checkpoints)
+  if flags.FLAGS.strategy is not None:
+    config.strategy = flags.FLAGS.strategy
+  if flags.FLAGS.confidence_threshold is not None:
+    config.confidence_threshold = flags.FLAGS.confidence_threshold
+  checkpoint.quiet_orbax_logging()
+  try:
+    outcome = evaluate.backtest_pipeline(config, flags.FLAGS.outdir, sweep=flags.FLAGS.sweep)
+  except (checkpoint.CheckpointError, data.DataError, ValueError, OSError) as e:
+    # A mistake a user can fix: one line instead of a traceback.
+    sys.exit(f'error: {e}')
+  report.print_backtest_summary(outcome)
 
 
 if __name__ == '__main__':
+  define_flags('backtest.py', 'runs/backtest')
   app.run(main)

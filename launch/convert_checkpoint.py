@@ -26,10 +26,9 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, _REPO)
+from himari_jax import checkpoint, convert, features
 
-from himari_jax import checkpoint, convert, features  # noqa: E402 - after the path fix
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 _INPUT = flags.DEFINE_string('input', None, 'flag_trader_best.pt, or a run with --reverse.',
                              required=True)

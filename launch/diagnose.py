@@ -13,7 +13,8 @@ import sys
 
 from absl import app, flags, logging
 
-from himari_jax import checkpoint, data, evaluate, labels, predict, train
+from himari_jax import checkpoint, constants, data, diagnostics, input_pipeline, labels, predict
+from himari_jax import members as members_lib
 
 _CHECKPOINTS = flags.DEFINE_list('checkpoints', None, 'Training workdirs or .pt files.',
                                  required=True)
@@ -31,21 +32,21 @@ def main(argv):
     if len(bias) != 3:
       raise ValueError(f'--logit_bias needs 3 numbers (SELL,HOLD,BUY), got {_BIAS.value}')
     df = data.load_dataset(_DATASET.value, fill_gaps=True)
-    members = [evaluate.load_member(path, _WHICH.value) for path in _CHECKPOINTS.value]
+    members = [members_lib.load_member(path, _WHICH.value) for path in _CHECKPOINTS.value]
   except (checkpoint.CheckpointError, data.DataError, ValueError, OSError) as e:
     sys.exit(f'error: {e}')
   report = {'dataset': _DATASET.value, 'bars': len(df), 'logit_bias': bias, 'models': {}}
   for path, loaded in zip(_CHECKPOINTS.value, members, strict=True):
     preds = predict.predict_logits(loaded, df)
     y, valid = labels.make_labels(df, loaded.config.labels.kind,
-                                  **train.label_params(loaded.config.labels))
-    result = evaluate.diagnostics(preds.logits + bias, y, valid & preds.available,
-                                  collapse_threshold=loaded.config.train.get(
-                                      'collapse_threshold', 0.85))
+                                  **input_pipeline.label_params(loaded.config.labels))
+    result = diagnostics.diagnostics(preds.logits + bias, y, valid & preds.available,
+                                     collapse_threshold=loaded.config.train.get(
+                                      'collapse_threshold', diagnostics.COLLAPSE_THRESHOLD))
     report['models'][path] = result
     print(f'\n== {path} (step {loaded.step}) on {_DATASET.value}: {result["bars"]} scored bars')
     print(f'{"":>6} {"label %":>8} {"pred %":>8} {"precision":>10} {"recall":>8}   mean logits')
-    for action in labels.ACTION_NAMES:
+    for action in constants.ACTION_NAMES:
       precision, recall = result['precision'][action], result['recall'][action]
       print(f'{action:>6} {100 * result["label_share"][action]:8.1f} '
             f'{100 * result["predicted_share"][action]:8.1f} '

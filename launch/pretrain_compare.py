@@ -25,28 +25,25 @@ import importlib.util
 import json
 import os
 import pathlib
-import sys
 from collections.abc import Sequence
 from typing import Any
 
+import jax
+import ml_collections
+import numpy as np
+import pandas as pd
 from absl import app, flags, logging
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from himari_jax import adapters as adapters_lib
+from himari_jax import checkpoint as checkpoint_lib
+from himari_jax import config as config_lib
+from himari_jax import data as data_lib
+from himari_jax import diagnostics, input_pipeline
+from himari_jax import features as features_lib
+from himari_jax import labels as labels_lib
+from himari_jax import predict as predict_lib
+from himari_jax import train as train_lib
 
-import jax  # noqa: E402 - after the path fix so a source checkout works uninstalled
-import ml_collections  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from himari_jax import adapters as adapters_lib  # noqa: E402
-from himari_jax import checkpoint as checkpoint_lib  # noqa: E402
-from himari_jax import data as data_lib  # noqa: E402
-from himari_jax import features as features_lib  # noqa: E402
-from himari_jax import labels as labels_lib  # noqa: E402
-from himari_jax import predict as predict_lib  # noqa: E402
-from himari_jax import train as train_lib  # noqa: E402
-
-CONFIG_FILE = pathlib.Path(__file__).resolve().parent.parent / 'configs' / 'pretrain.py'
 ARMS = ('finetune', 'full_finetune', 'scratch_lora')
 REFERENCE = 'pretrained_only'
 HAS_BACKTEST = importlib.util.find_spec('himari_jax.backtest') is not None
@@ -58,17 +55,15 @@ _TINY = flags.DEFINE_bool('tiny', False, 'Test sizes (seconds per run).')
 
 
 def load_arm_config(arm: str, *, tiny: bool = False) -> ml_collections.ConfigDict:
-  """`configs/pretrain.py:<arm>[,tiny]`, loaded by path as --config does."""
-  spec = importlib.util.spec_from_file_location('himari_pretrain_config', CONFIG_FILE)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(f'{arm},tiny' if tiny else arm)
+  """The config `configs/pretrain.py:<arm>[,tiny]` gives."""
+  return config_lib.pretrain_config(f'{arm},tiny' if tiny else arm)
 
 
 def label_test_bars(config: ml_collections.ConfigDict,
                 df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
   """(labels int32 (N,), valid bool (N,)) of the test bars under the run's label rule."""
-  return labels_lib.make_labels(df, config.labels.kind, **train_lib.label_params(config.labels))
+  return labels_lib.make_labels(df, config.labels.kind,
+                                **input_pipeline.label_params(config.labels))
 
 
 def score_logits(logits: np.ndarray, labels: np.ndarray, valid: np.ndarray,
@@ -86,7 +81,7 @@ def score_logits(logits: np.ndarray, labels: np.ndarray, valid: np.ndarray,
   np.add.at(confusion, (targets, logits.argmax(axis=1)), 1.0)
   sums = {'weighted_nll': (weights * nll).sum(), 'weight': weights.sum(), 'nll': nll.sum(),
           'count': float(len(targets)), 'confusion': confusion}
-  metrics = train_lib.validation_metrics(sums, train_lib.TRAIN_DEFAULTS['collapse_threshold'])
+  metrics = train_lib.validation_metrics(sums, diagnostics.COLLAPSE_THRESHOLD)
   return {'test_' + k.removeprefix('val_'): v for k, v in metrics.items()}
 
 

@@ -1,6 +1,6 @@
 """The main job on the bundled data: train FLAG-TRADER, then backtest it out of sample.
 
-  python launch/quickstart.py --workdir=runs/quickstart          # `small`: ~5-15 min on 2 cores
+  python launch/quickstart.py --workdir=runs/quickstart          # `small`: ~2 min on 2 cores
   python launch/quickstart.py --workdir=/tmp/qs --fast           # `tiny`: about a minute
 
 1. trains `configs/flag_trader.py:small` on BTC/USDT 1h 2020-2024 (validation: its last 15 %),
@@ -17,10 +17,10 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+from himari_jax import checkpoint, data, evaluate, report, train
+from himari_jax import config as config_lib
 
-from himari_jax import checkpoint, data, evaluate, train  # noqa: E402 - after the path fix
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 _TRAIN = config_flags.DEFINE_config_file(
     'config', os.path.join(REPO, 'configs', 'flag_trader.py') + ':small', 'Model and training.')
@@ -49,18 +49,12 @@ def main(argv):
     outcome = evaluate.backtest_pipeline(backtest, os.path.join(_WORKDIR.value, 'backtest'))
   except (checkpoint.CheckpointError, data.DataError, ValueError, OSError) as e:
     sys.exit(f'error: {e}')
-  evaluate.print_backtest_summary(outcome)
+  report.print_backtest_summary(outcome)
 
 
 def _tiny(config):
   """The `tiny` variant's sizes, keeping any command-line data overrides."""
-  import importlib.util
-
-  spec = importlib.util.spec_from_file_location(
-      'himari_flag_trader_config', os.path.join(REPO, 'configs', 'flag_trader.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  tiny = module.get_config('tiny')
+  tiny = config_lib.flag_trader_config('tiny')
   tiny.data.train = config.data.train
   return tiny
 

@@ -6,17 +6,12 @@ Any config field can be overridden, e.g. `--config.train.batch_size=32`. Multi-h
 `--coordinator_address`, `--num_processes` and `--process_id`).
 """
 
-import os
-import sys
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import jax  # noqa: E402 - after the path fix so a source checkout works uninstalled
-
-from himari_jax import checkpoint, train  # noqa: E402
+from himari_jax import checkpoint, train
 
 FLAGS = flags.FLAGS
 

@@ -13,15 +13,13 @@ JAX_COMPILATION_CACHE_DIR names another place), so folds after the first skip co
 import os
 import sys
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from himari_jax import checkpoint, data, walkforward
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-
-import jax  # noqa: E402 - after the path fix so a source checkout works uninstalled
-
-from himari_jax import checkpoint, data, walkforward  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', os.path.join(REPO, 'configs', 'walk_forward.py') + ':small',

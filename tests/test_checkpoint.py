@@ -19,7 +19,7 @@ SAVES = [(1, None), (2, {'val_loss': 0.5, 'val_accuracy': 0.4}), (3, None),
          (4, {'val_loss': 0.7, 'val_accuracy': 0.6}), (5, None)]
 
 
-def _write_run(workdir, config, *, keep_latest=2):
+def _write_run(workdir, config, *, keep_latest=2, extra_meta=None):
   """Saves SAVES with params shifted by the step number, so a loaded step is recognisable."""
   model_config = model.ModelConfig.from_config(config.model)
   params = jax.jit(model.init_params, static_argnums=(0, 2))(model_config, jax.random.key(0), 8)
@@ -34,7 +34,8 @@ def _write_run(workdir, config, *, keep_latest=2):
     state = train.TrainState(step=jnp.int32(step), params=shifted,
                              opt_state=optimizer.init(shifted), rng=jax.random.PRNGKey(0))
     meta = {'config': config.to_dict(), 'normalizer': normalizer.to_dict(),
-            'class_weights': np.ones(3, np.float32), 'epoch_metrics': metrics or {}}
+            'class_weights': np.ones(3, np.float32), 'epoch_metrics': metrics or {},
+            **(extra_meta or {})}
     checkpoint.save(manager, step, state, meta, metrics)
   manager.wait_until_finished()
   manager.close()
@@ -52,6 +53,18 @@ def _assert_step(loaded, params, step):
   assert loaded.step == step
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, np.asarray(b) + step, rtol=1e-6),
                loaded.params, params)
+
+
+def test_per_asset_normalisers_are_loaded_and_picked_by_asset(tmp_path):
+  config = load_config_file('flag_trader', 'tiny')
+  eth = features.Normalizer(mean=np.ones(60, np.float32), std=np.full(60, 3.0, np.float32))
+  _write_run(str(tmp_path), config, keep_latest=1, extra_meta={'normalizers': {
+      'btc_usdt': {'mean': list(range(60)), 'std': [2.0] * 60}, 'eth_usdt': eth.to_dict()}})
+  loaded = checkpoint.load_model(str(tmp_path))
+  assert list(loaded.normalizers) == ['btc_usdt', 'eth_usdt']
+  np.testing.assert_array_equal(loaded.for_asset('eth_usdt').normalizer.std, eth.std)
+  for asset in ('btc_usdt', 'doge_usdt', None):  # an unseen asset keeps the first one
+    np.testing.assert_array_equal(loaded.for_asset(asset).normalizer.mean, np.arange(60))
 
 
 def test_keeps_latest_and_best_steps(run):

@@ -1,7 +1,5 @@
 """Tests of ensemble strategies on hand-built probabilities with known answers."""
 
-import importlib.util
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -9,6 +7,7 @@ import numpy as np
 import pytest
 
 from himari_jax import calibration, data, ensemble
+from himari_jax import config as config_lib
 from himari_jax.ensemble import BUY, HOLD, SELL, STRATEGIES
 
 
@@ -188,11 +187,7 @@ def test_bad_inputs_raise(kwargs, message):
 
 
 def test_ensemble_config_names_valid_choices():
-  path = pathlib.Path(__file__).parents[1] / 'configs' / 'ensemble.py'
-  spec = importlib.util.spec_from_file_location('ensemble_config', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = config_lib.load_config('ensemble')
   assert config.strategy in STRATEGIES
   assert config.calibration.mode in calibration.MODES
   assert config.dataset in data.builtin_dataset_names()

@@ -1,9 +1,13 @@
 """Shared evaluation steps: diagnostics on known arrays, decisions with unavailable bars."""
 
+import dataclasses
+
+import jax
 import ml_collections
 import numpy as np
 
-from himari_jax import evaluate
+from himari_jax import config as config_lib
+from himari_jax import diagnostics, members
 
 
 def test_diagnostics_known_confusion():
@@ -12,7 +16,7 @@ def test_diagnostics_known_confusion():
   preds = np.array([0, 1, 2, 2, 2, 1, 2])
   logits = np.eye(3)[preds] * 2.0
   mask = np.array([1, 1, 1, 1, 1, 1, 0], bool)
-  out = evaluate.diagnostics(logits, labels, mask)
+  out = diagnostics.diagnostics(logits, labels, mask)
   assert out['bars'] == 6
   assert out['confusion'] == [[1, 0, 0], [0, 1, 1], [0, 1, 2]]
   assert out['accuracy'] == 4 / 6
@@ -29,15 +33,15 @@ def test_diagnostics_flags_collapse_and_skips_unavailable():
   logits[:5] = [3.0, 0.0, 0.0]
   logits[-10:] = np.nan  # unavailable predictions are not counted
   labels = np.ones(100, int)
-  out = evaluate.diagnostics(logits, labels, np.ones(100, bool))
+  out = diagnostics.diagnostics(logits, labels, np.ones(100, bool))
   assert out['bars'] == 90
   assert out['collapsed'] and out['collapsed_to'] == 'HOLD'
   assert out['precision']['BUY'] is None and out['recall']['SELL'] is None
 
 
 def test_split_list():
-  assert evaluate.split_list(' a, b ,,c ') == ['a', 'b', 'c']
-  assert evaluate.split_list(('x', ' y')) == ['x', 'y']
+  assert config_lib.split_list(' a, b ,,c ') == ['a', 'b', 'c']
+  assert config_lib.split_list(('x', ' y')) == ['x', 'y']
 
 
 def test_decide_holds_where_a_member_is_unavailable(tiny_config, tmp_path):
@@ -46,12 +50,12 @@ def test_decide_holds_where_a_member_is_unavailable(tiny_config, tmp_path):
   tiny_config.train.num_epochs = 1
   tiny_config.train.steps_per_epoch = 2
   train.train_and_evaluate(tiny_config, str(tmp_path))
-  member = evaluate.load_member(str(tmp_path))
+  member = members.load_member(str(tmp_path))
   df = data.builtin_dataset('btc_usdt_1h_2025_2026').iloc[:400]
   cal = ml_collections.ConfigDict({'mode': 'fit_rates', 'bias': (0.0, 0.0, 0.0),
                                    'temperature': True, 'num_bins': 10})
-  decisions = evaluate.decide([member, member], ['a', 'b'], df, strategy='voting',
-                              threshold=0.0, weights=None, calibration_config=cal)
+  decisions = members.decide([member, member], ['a', 'b'], df, strategy='voting',
+                             threshold=0.0, weights=None, calibration_config=cal)
   first = ~decisions.available
   assert first[:100].all() and decisions.available[-100:].all()
   assert (decisions.actions[first] == 1).all() and (decisions.confidence[first] == 0).all()
@@ -60,3 +64,12 @@ def test_decide_holds_where_a_member_is_unavailable(tiny_config, tmp_path):
   # Two identical members agree, so voting equals either member's argmax after calibration.
   np.testing.assert_array_equal(decisions.actions[decisions.available],
                                 decisions.probs[0][decisions.available].argmax(axis=1))
+
+  # `unanimous` is the seed's name of `disagreement`.
+  other = dataclasses.replace(member, params=jax.tree.map(lambda p: p * 1.5, member.params))
+  decided = {s: members.decide([member, other], ['a', 'b'], df, strategy=s, threshold=0.0,
+                               weights=None, calibration_config=cal)
+             for s in ('unanimous', 'disagreement')}
+  np.testing.assert_array_equal(decided['unanimous'].actions, decided['disagreement'].actions)
+  np.testing.assert_array_equal(decided['unanimous'].confidence,
+                                decided['disagreement'].confidence)

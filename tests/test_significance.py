@@ -317,6 +317,18 @@ def test_position_returns_by_hand():
                              expected, rtol=1e-6)
 
 
+def test_position_returns_charge_selling_at_the_sell_side_rate():
+  positions = [1.0, 1.0, 0.0, -0.5]
+  market = [0.10, 0.02, -0.01, 0.04]
+  # Buying 1 at 1 %, selling 1 then 0.5 (going short) at 3 %.
+  expected = [0 - 0.01 * 1, 0.02 - 0, -0.01 - 0.03 * 1, 0 - 0.03 * 0.5]
+  np.testing.assert_allclose(
+      significance.position_returns(positions, market, cost_rate=(0.01, 0.03)), expected,
+      rtol=1e-6)
+  symmetric = significance.position_returns(positions, market, cost_rate=(0.01, 0.01))
+  np.testing.assert_allclose(symmetric, significance.position_returns(positions, market, 0.01))
+
+
 def test_block_permutations_are_bijections_that_keep_blocks():
   n, length = 103, 10
   permutations = np.asarray(significance.block_permutations(

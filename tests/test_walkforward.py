@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from conftest import load_config_file
 
-from himari_jax import data, evaluate, walkforward, windows
+from himari_jax import data, members, walkforward, windows
 from himari_jax.features import WARMUP_BARS
 
 H = 6  # label horizon of the threshold rule, the default embargo
@@ -26,7 +26,7 @@ def _check_fold_invariants(fold, *, embargo, val_fraction):
   assert fold.data.stop + embargo == fold.test.start < fold.test.stop
   assert fold.train.stop - 1 + H < fold.val.start
   assert fold.val.stop - 1 + H < fold.test.start
-  # The same split train.prepare_data makes of the fold's file.
+  # The same split input_pipeline.prepare_data makes of the fold's file.
   split = windows.chronological_split(fold.data.stop - fold.data.start, val=val_fraction,
                                       embargo=embargo)
   assert fold.data.start + split.train.stop == fold.train.stop
@@ -105,7 +105,7 @@ def test_finetune_starts_each_fold_from_the_previous_run():
                                                  'wf/fold_000')
   assert fold_config.data.train == 'wf/fold_001/train.csv'
   assert fold_config.train.init_from == 'wf/fold_000'
-  assert fold_config.data.embargo == 12 and fold_config.data.max_bars == 0
+  assert fold_config.data.embargo == 12 and fold_config.data.max_bars is None
   assert config.data.train == '' and config.train.init_from == ''
 
 
@@ -148,7 +148,7 @@ def test_two_folds_train_before_their_test_windows_and_resume(workdir, repo_root
     assert trained.index[0] == df.index[fold.data.start]
     assert trained.index[-1] == df.index[fold.data.stop - 1]
     assert trained.index[-1] + pd.Timedelta(hours=H) < df.index[fold.test.start]
-    summary = evaluate.load_member(str(fold_dir)).meta['data']
+    summary = members.load_member(str(fold_dir)).meta['data']
     assert summary['embargo'] == H
     assert summary['files'][0]['bars'] == fold.data.stop - fold.data.start
     assert summary['files'][0]['train_bars'] == fold.train.stop - fold.data.start

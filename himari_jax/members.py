@@ -1,0 +1,147 @@
+"""From trained models to decisions: load members, predict, calibrate, combine.
+
+The steps every evaluation entry point shares (launch/backtest.py, diagnose.py, quickstart.py,
+walk-forward): each member is loaded (an Orbax training run or a PyTorch `.pt`), scored on
+every bar of a dataset, calibrated on the validation split of its own training data, and the
+members' probability vectors are combined into one action and confidence per bar (SPEC 5).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+
+import ml_collections
+import numpy as np
+import pandas as pd
+
+from himari_jax import calibration as calibration_lib
+from himari_jax import checkpoint as checkpoint_lib
+from himari_jax import config as config_lib
+from himari_jax import constants, input_pipeline
+from himari_jax import ensemble as ensemble_lib
+from himari_jax import model as model_lib
+from himari_jax import predict as predict_lib
+
+# Probability vector given to an ensemble for bars a member cannot score yet (HOLD).
+HOLD_PROBS = np.eye(constants.NUM_ACTIONS, dtype=np.float32)[constants.HOLD]
+
+
+def load_member(path: str, which: str = 'best') -> checkpoint_lib.LoadedModel:
+  """A training run (workdir or its checkpoints/) or a PyTorch `.pt` file, ready to predict.
+
+  A `.pt` file carries no normalisation statistics and no context length: it is scored at
+  T = 1 (as the seed was trained) with a normaliser fitted on the training split of the
+  default config's training data (`himari_jax.config.default_config()`), which is what the seed
+  trained on.
+  """
+  if not os.fspath(path).endswith('.pt'):
+    return checkpoint_lib.load_model(path, which)
+  from himari_jax import convert  # torch is an optional extra
+
+  model_fields, params = convert.load_torch_checkpoint(path)
+  config = config_lib.default_config()
+  config.model.update(dict(model_fields))
+  config.model.causal = False  # the original model has no mask
+  config.train.context_length = 1
+  prepared = input_pipeline.prepare_data(config)
+  return checkpoint_lib.LoadedModel(
+      config=config, model_config=model_lib.ModelConfig.from_config(config.model),
+      params=params, normalizer=prepared.normalizer, meta={'source': os.fspath(path)}, step=0,
+      path=os.fspath(path), normalizers=prepared.normalizers)
+
+
+def validation_logits(loaded: checkpoint_lib.LoadedModel) -> tuple[np.ndarray, np.ndarray]:
+  """Logits `(V, 3)` and labels `(V,)` of a member on the validation split it trained with."""
+  prepared = input_pipeline.prepare_data(loaded.config)
+  context = int(loaded.config.train.context_length)
+  logits = predict_lib.predict_logits_from_features(
+      loaded.params, loaded.model_config, prepared.features, context, bars=prepared.val_ends)
+  return logits[prepared.val_ends], prepared.labels[prepared.val_ends]
+
+
+def fit_member_calibration(loaded: checkpoint_lib.LoadedModel,
+                           calibration_config: ml_collections.ConfigDict
+                           ) -> tuple[calibration_lib.Calibration, dict]:
+  """The member's `Calibration` and a JSON-able summary (bias, temperature, ECE before/after)."""
+  mode = calibration_config.mode
+  if mode not in calibration_lib.MODES:
+    raise ValueError(f'calibration.mode={mode!r}; valid: {", ".join(calibration_lib.MODES)}')
+  if mode in ('none', 'fixed') and not calibration_config.temperature:
+    bias = calibration_config.bias if mode == 'fixed' else (0.0, 0.0, 0.0)
+    cal = calibration_lib.Calibration(bias=np.asarray(bias, np.float32), temperature=1.0)
+    return cal, {'mode': mode, **cal.to_dict()}
+  logits, labels = validation_logits(loaded)
+  mask = ~np.isnan(logits).any(axis=1)
+  cal = calibration_lib.fit_calibration(logits, labels, mask, mode=mode,
+                                        bias=calibration_config.bias,
+                                        temperature=calibration_config.temperature)
+  bins = calibration_config.get('num_bins', 15)
+  before = calibration_lib.Calibration(bias=np.zeros(3, np.float32), temperature=1.0)
+  ece = {name: float(calibration_lib.expected_calibration_error(c.apply(logits[mask]),
+                                                                labels[mask], num_bins=bins))
+         for name, c in (('ece_before', before), ('ece_after', cal))}
+  return cal, {'mode': mode, **cal.to_dict(), **ece}
+
+
+@dataclasses.dataclass
+class Decisions:
+  """Everything decided on one dataset.
+
+  probs: (M, N, 3) calibrated member probabilities (HOLD vectors where unavailable);
+  available: (N,) bool, every member could score the bar; actions: (N,) int32;
+  confidence: (N,) float32; calibrations: one summary dict per member.
+  """
+
+  index: pd.DatetimeIndex
+  probs: np.ndarray
+  available: np.ndarray
+  actions: np.ndarray
+  confidence: np.ndarray
+  members: list[str]
+  calibrations: list[dict]
+
+
+def member_probabilities(members: Sequence[checkpoint_lib.LoadedModel], df: pd.DataFrame,
+                         calibration_config: ml_collections.ConfigDict, *,
+                         asset: str | None = None
+                         ) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+  """Calibrated probabilities `(M, N, 3)`, availability `(N,)` and calibration summaries.
+
+  `asset` (`input_pipeline.asset_name` of the data) picks each member's normaliser of that
+  asset when it trained on several; None or an unseen asset uses its first one.
+  """
+  probs, available, summaries = [], np.ones(len(df), bool), []
+  for loaded in members:
+    cal, summary = fit_member_calibration(loaded, calibration_config)
+    preds = predict_lib.predict_logits(loaded.for_asset(asset), df)
+    member = np.array(cal.apply(np.nan_to_num(preds.logits)), np.float32)
+    member[~preds.available] = HOLD_PROBS
+    probs.append(member)
+    available &= preds.available
+    summaries.append(summary)
+  return np.stack(probs), available, summaries
+
+
+def decide(members: Sequence[checkpoint_lib.LoadedModel], names: Sequence[str],
+           df: pd.DataFrame, *, strategy: str, threshold: float,
+           weights: Sequence[float] | None,
+           calibration_config: ml_collections.ConfigDict, asset: str | None = None) -> Decisions:
+  """Calibrated, combined decisions of `members` for every bar of `df` (of `asset`)."""
+  probs, available, summaries = member_probabilities(members, df, calibration_config,
+                                                     asset=asset)
+  actions, confidence = ensemble_lib.combine(probs, config_lib.strategy_name(strategy),
+                                             threshold=threshold, weights=weights)
+  actions = np.where(available, np.asarray(actions), constants.HOLD).astype(np.int32)
+  confidence = np.where(available, np.asarray(confidence), 0.0).astype(np.float32)
+  return Decisions(index=df.index, probs=probs, available=available, actions=actions,
+                   confidence=confidence, members=list(names), calibrations=summaries)
+
+
+def resolve_path(path: str) -> str:
+  """`path` as given if it exists, else relative to the repository (shipped checkpoints)."""
+  if os.path.exists(path) or os.path.isabs(path):
+    return path
+  in_repo = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), path)
+  return in_repo if os.path.exists(in_repo) else path
