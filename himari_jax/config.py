@@ -65,6 +65,8 @@ def default_config() -> ml_collections.ConfigDict:
   config.data.embargo = config_dict.placeholder(int)  # bars between splits; None = label horizon
   config.data.fill_gaps = True  # forward-fill missing hours with zero-volume bars
   config.data.max_bars = config_dict.placeholder(int)  # last N bars of each file; None = all
+  config.data.feature_set = 'himari'  # 'himari', 'seed_causal' or 'seed_exact' (SPEC 3)
+  config.data.allow_lookahead = False  # True only to reproduce the seed with seed_exact
 
   config.labels = ml_collections.ConfigDict()
   config.labels.kind = 'threshold'  # 'threshold' or 'sharpe' (SPEC 4)
@@ -80,6 +82,9 @@ def default_config() -> ml_collections.ConfigDict:
   config.model.dim_feedforward = 3072
   config.model.max_length = 256  # rows of the positional table
   config.model.dropout_rate = 0.1
+  config.model.attention_dropout = 0.1  # on attention probabilities; 0.0 takes the fused path
+  config.model.attention_implementation = config_dict.placeholder(str)  # None, 'xla', 'cudnn'
+  config.model.remat = False  # recompute each block in the backward pass (long contexts)
   config.model.lora_rank = 16
   config.model.lora_alpha = 16.0
   config.model.lora_targets = 'q_proj,k_proj,v_proj,out_proj,ffn_1,ffn_2'  # with adapters
@@ -133,6 +138,12 @@ def _seed(config: ml_collections.ConfigDict) -> None:
   config.decision.logit_bias = constants.SEED_LOGIT_BIAS
 
 
+def _seed_long(config: ml_collections.ConfigDict) -> None:
+  """The seed sizes at T = 256, batch 64: remat on, fused attention, bf16 compute."""
+  config.model.update(remat=True, attention_dropout=0.0, dtype='bfloat16')
+  config.train.update(context_length=256, batch_size=64)
+
+
 def _small(config: ml_collections.ConfigDict) -> None:
   _small_sizes(config)
   config.train.checkpoint_every_steps = 100
@@ -146,7 +157,7 @@ def _tiny(config: ml_collections.ConfigDict) -> None:
 
 
 FLAG_TRADER_VARIANTS: dict[str, Callable[[ml_collections.ConfigDict], None]] = {
-    'seed': _seed, 'small': _small, 'tiny': _tiny}
+    'seed': _seed, 'seed_long': _seed_long, 'small': _small, 'tiny': _tiny}
 
 
 def flag_trader_config(variant: str | None = 'seed') -> ml_collections.ConfigDict:
@@ -154,6 +165,7 @@ def flag_trader_config(variant: str | None = 'seed') -> ml_collections.ConfigDic
 
   - `seed`: the 88M-parameter seed model and its exact hyper-parameters (T = 1, batch 64,
     lr 1e-4, 10 epochs, fixed class weights) with the seed's logit bias.
+  - `seed_long`: the seed sizes at T = 256, batch 64 (remat, fused attention, bf16) for a GPU.
   - `small`: a context-32 model that trains on the bundled BTC 2020-2024 bars on two CPU
     cores in a few minutes.
   - `tiny`: for tests; seconds on one CPU core.

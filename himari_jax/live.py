@@ -41,10 +41,13 @@ import numpy as np
 import pandas as pd
 
 from himari_jax import backtest as backtest_lib
+from himari_jax import config as config_lib
 from himari_jax import data as data_lib
 from himari_jax import ensemble as ensemble_lib
 from himari_jax import features as features_lib
 from himari_jax import labels as labels_lib
+from himari_jax import members as members_lib
+from himari_jax import predict as predict_lib
 
 BINANCE_API = 'https://api.binance.com'
 _KLINES_PAGE = 1000  # Binance's largest `limit` for /api/v3/klines
@@ -284,14 +287,10 @@ def model_decider(checkpoints: Sequence[str], config: Any, history: int,
   Raises:
     ValueError: if `history` bars are too few for the members' feature warm-up and context.
   """
-  # The only import of evaluate here: member loading and calibration are shared with the
-  # backtest entry points, and importing it pulls in the training stack.
-  from himari_jax import evaluate as evaluate_lib
-  from himari_jax import predict as predict_lib
 
   params = backtest_lib.params_from_config(config)
-  weights = [float(w) for w in evaluate_lib.split_list(config.get('weights', '') or '')] or None
-  members = [evaluate_lib.load_member(evaluate_lib.resolve_path(p), config.which)
+  weights = [float(w) for w in config_lib.split_list(config.get('weights', '') or '')] or None
+  members = [members_lib.load_member(members_lib.resolve_path(p), config.which)
              for p in checkpoints]
   contexts = [int(m.config.train.context_length) for m in members]
   needed = max(predict_lib.first_available_bar(t) for t in contexts) + 1
@@ -300,7 +299,7 @@ def model_decider(checkpoints: Sequence[str], config: Any, history: int,
                      'per decision')
   calibrations = []
   for path, loaded in zip(checkpoints, members, strict=True):
-    calibration, summary = evaluate_lib.fit_member_calibration(loaded, config.calibration)
+    calibration, summary = members_lib.fit_member_calibration(loaded, config.calibration)
     log(f'member {path}: step {loaded.step}, calibration {summary["mode"]}')
     calibrations.append(calibration)
 

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from himari_jax import constants, tb_writer
+from himari_jax import constants, tb_events
 
 
 class TrainingDivergedError(RuntimeError):
@@ -40,7 +40,7 @@ class MetricWriter:
                 if line.strip() and json.loads(line)['step'] <= (resume_step or 0)]
       with open(self.path, 'w') as f:
         f.writelines(kept)
-    self.tb = tb_writer.SummaryWriter(os.path.join(workdir, 'tensorboard'))
+    self.tb = tb_events.SummaryWriter(os.path.join(workdir, 'tensorboard'))
 
   def write(self, record: dict[str, Any]) -> None:
     if not self.active:

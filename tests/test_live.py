@@ -268,7 +268,7 @@ def test_latest_decision_leaves_out_an_unclosed_last_row(tmp_path):
 
 
 def test_model_decider_decides_as_the_backtest_does(repo_root):
-  from himari_jax import evaluate
+  from himari_jax import members
 
   config = load_config_file('backtest')
   config.calibration.mode, config.calibration.temperature = 'fixed', False
@@ -277,7 +277,7 @@ def test_model_decider_decides_as_the_backtest_does(repo_root):
   window = data.builtin_dataset('btc_usdt_1h_2025_2026').iloc[1000:1250]
   decide = live.model_decider(paths, config, len(window), log=lambda line: None)
   action, probs, confidence, target = decide(window)
-  expected = evaluate.decide([evaluate.load_member(p) for p in paths], paths, window,
+  expected = members.decide([members.load_member(p) for p in paths], paths, window,
                              strategy=config.strategy, threshold=config.confidence_threshold,
                              weights=None, calibration_config=config.calibration)
   assert action == expected.actions[-1]

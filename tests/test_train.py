@@ -20,7 +20,7 @@ from jax.experimental.compilation_cache import compilation_cache
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from himari_jax import checkpoint, data, features, input_pipeline, labels, model, tb_writer, train
+from himari_jax import checkpoint, data, features, input_pipeline, labels, model, tb_events, train
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 TINY = f'{REPO / "configs" / "flag_trader.py"}:tiny'
@@ -73,7 +73,7 @@ def test_tiny_run_learns_and_writes_every_output(trained):
   assert os.path.isdir(result['best_checkpoint'])
   assert result['best_val_loss'] == min(r['val_loss'] for r in val)
   (event_file,) = os.listdir(os.path.join(workdir, 'tensorboard'))
-  scalars = tb_writer.read_scalars(os.path.join(workdir, 'tensorboard', event_file))
+  scalars = tb_events.read_scalars(os.path.join(workdir, 'tensorboard', event_file))
   assert [s for s, _ in scalars['train/loss']] == [r['step'] for r in _records(workdir, 'train')]
   assert len(scalars['val/val_accuracy']) == 2
 
