@@ -1,5 +1,6 @@
 """FLAG-TRADER variants: `--config=configs/flag_trader.py:<variant>` with variant one of
-`seed`, `seed_long`, `small`, `tiny` (default `seed`); defined in `himari_jax.config.flag_trader_config`.
+`seed`, `seed_long`, `small`, `tiny` (default `seed`); defined in
+`himari_jax.config.flag_trader_config`.
 
 Any field can still be overridden on the command line, e.g.
 `--config=configs/flag_trader.py:small --config.train.num_epochs=3`.
