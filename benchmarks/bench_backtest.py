@@ -99,16 +99,23 @@ def python_backtest(opens, closes, actions, confidence, settings):
   return equity
 
 
+# Best CPU time (all threads) of the last `best_time` call: on a shared, loaded machine it
+# varies less than wall time, so compare changes by it.
+_CPU = {'best': math.nan}
+
+
 def best_time(fn, repeats):
-  """(first call seconds, best of `repeats` later calls, last result)."""
+  """(first call seconds, best of `repeats` later calls, last result); CPU time in _CPU."""
   start = time.perf_counter()
   result = jax.block_until_ready(fn())
   first = time.perf_counter() - start
-  best = math.inf
+  best = cpu = math.inf
   for _ in range(repeats):
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     result = jax.block_until_ready(fn())
     best = min(best, time.perf_counter() - start)
+    cpu = min(cpu, time.process_time() - cpu_start)
+  _CPU['best'] = cpu
   return first, best, result
 
 
@@ -146,10 +153,12 @@ def bench_sweep(frame, lists, actions, confidence):
       max_position_pct=np.linspace(0.1, 0.5, max(1, FLAGS.configs // 200)))
   num, n = int(np.shape(grid.sizing)[0]), len(frame)
   runs = {}
+  cpu = {}
   for metrics in FLAGS.metrics:
     runs[metrics] = best_time(lambda metrics=metrics: backtest.sweep(
         frame, actions, confidence, grid, metrics=metrics, batch_size=FLAGS.batch_size),
                               FLAGS.repeats)
+    cpu[metrics] = _CPU['best']
   picks = np.linspace(0, num - 1, FLAGS.python_runs).astype(int)
   python, worst = 0.0, 0.0
   for i in picks:
@@ -167,8 +176,9 @@ def bench_sweep(frame, lists, actions, confidence):
     first, run, _ = runs[metrics]
     label = labels[metrics]
     print(f'    jax {label}: compile {first - run:.2f} s, run {run:.3f} s '
-          f'({num * n / run / 1e6:.1f} M setting-bars/s); speed-up (run) {python / run:.0f}x, '
-          f'(compile + run) {python / first:.0f}x')
+          f'({num * n / run / 1e6:.1f} M setting-bars/s; CPU time {cpu[metrics]:.3f} s, '
+          f'{num * n / cpu[metrics] / 1e6:.1f} M setting-bars per CPU second); speed-up (run) '
+          f'{python / run:.0f}x, (compile + run) {python / first:.0f}x')
   print(f'    max |final equity / python - 1| = {worst:.1e}')
   if {'core', 'all'} <= set(runs):
     core, full = runs['core'][2], runs['all'][2]
@@ -276,7 +286,9 @@ def bench_policy_sweep():
         frame, probs, grid, params, metrics=metrics, batch_size=FLAGS.batch_size),
                                   FLAGS.repeats)
     print(f"    metrics='{metrics}': compile {first - run:.2f} s, run {run:.3f} s "
-          f'({num * n / run / 1e6:.1f} M setting-bars/s); trades per policy: median '
+          f'({num * n / run / 1e6:.1f} M setting-bars/s; CPU time {_CPU["best"]:.3f} s, '
+          f'{num * n / _CPU["best"] / 1e6:.1f} M setting-bars per CPU second); trades per '
+          f'policy: median '
           f'{table["num_trades"].median():.0f}, range {table["num_trades"].min()}-'
           f'{table["num_trades"].max()}')
 
