@@ -47,6 +47,8 @@ flags.DEFINE_integer('batch_size', 1024, 'Settings simulated together by `sweep`
 flags.DEFINE_bool('vectorbt', True, 'Run (c) when vectorbt is importable.')
 flags.DEFINE_integer('policies', 10_000, 'Policies in the policy sweep (d), up to 15,000.')
 flags.DEFINE_string('policy_dataset', 'btc_usdt_1h_2025_2026', 'Dataset of the policy sweep (d).')
+flags.DEFINE_integer('policy_batch_size', policy.BATCH_SIZE,
+                     'Policies simulated together by `policy.sweep` in (d).')
 flags.DEFINE_string('sections', 'abcd', 'Sections to run, e.g. bd to compare (b) and (d).')
 flags.DEFINE_list('metrics', ['core', 'all'], "Metric modes of the sweeps (b), (c), (d).")
 
@@ -280,10 +282,10 @@ def bench_policy_sweep():
   num, n = int(np.shape(grid.entry)[0]), len(frame)
   params = backtest.make_params()
   print(f'(d) policy sweep of {num:,} policies x {n:,} bars ({FLAGS.policy_dataset}) in one '
-        f'compiled call, batch_size {FLAGS.batch_size}')
+        f'compiled call, batch_size {FLAGS.policy_batch_size}')
   for metrics in FLAGS.metrics:
     first, run, table = best_time(lambda metrics=metrics: policy.sweep(
-        frame, probs, grid, params, metrics=metrics, batch_size=FLAGS.batch_size),
+        frame, probs, grid, params, metrics=metrics, batch_size=FLAGS.policy_batch_size),
                                   FLAGS.repeats)
     print(f"    metrics='{metrics}': compile {first - run:.2f} s, run {run:.3f} s "
           f'({num * n / run / 1e6:.1f} M setting-bars/s; CPU time {_CPU["best"]:.3f} s, '

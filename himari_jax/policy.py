@@ -62,6 +62,11 @@ OBJECTIVES = ('sharpe', 'sharpe_minus_turnover')
 _NEVER = 1e6
 # A buy capped by cash is skipped when what cash still pays is below this fraction of equity.
 _DUST = 1e-6
+# Policies simulated together by default. From about 512 settings XLA:CPU splits the policy
+# step's two large per-bar kernels over threads; on a shared, loaded CPU the threads wait on
+# each other (and spin) at every bar, and a 10,000-policy sweep takes 1.7x the CPU time of
+# unsplit batches of 256, with widely varying wall time (benchmarks/bench_backtest.py).
+BATCH_SIZE = 256
 
 
 @flax.struct.dataclass
@@ -407,7 +412,7 @@ def _simulate_policy(prices, signal, p_hold, params, policy):
 def sweep(prices: Any, probs: Any, policies: PolicyParams, params: backtest.BacktestParams, *,
           sigma_annual: Any = None, signal_names: Sequence[str] | None = None,
           periods_per_year: float = 8760.0, risk_free_rate: float = 0.0,
-          metrics: str = 'all', batch_size: int = 1024) -> pd.DataFrame:
+          metrics: str = 'all', batch_size: int = BATCH_SIZE) -> pd.DataFrame:
   """Metrics of every (signal, policy, cost setting) triple in one compiled call.
 
   Args:
@@ -416,7 +421,8 @@ def sweep(prices: Any, probs: Any, policies: PolicyParams, params: backtest.Back
     policies: PolicyParams batched to (P,) (e.g. `make_policy_grid`) or scalar.
     params: BacktestParams batched to (K,) (costs, capital, fill timing) or scalar.
     sigma_annual: (N,) annualised volatility for `vol_target` (default: 168-bar, from closes).
-    metrics, batch_size, periods_per_year, risk_free_rate: as in `backtest.sweep`.
+    metrics, batch_size, periods_per_year, risk_free_rate: as in `backtest.sweep` (see
+      `BATCH_SIZE` for the default batch size).
 
   Returns:
     DataFrame of S * P * K rows (signal-major, then policy, then cost setting): `signal`,
@@ -483,7 +489,8 @@ class PolicySelection:
 def select_policy(prices: Any, probs: Any, params: backtest.BacktestParams, *,
                   grid: PolicyParams | None = None, objective: str = 'sharpe',
                   turnover_penalty: float = 0.0, sigma_annual: Any = None,
-                  periods_per_year: float = 8760.0, batch_size: int = 1024) -> PolicySelection:
+                  periods_per_year: float = 8760.0,
+                  batch_size: int = BATCH_SIZE) -> PolicySelection:
   """Sweeps a policy grid on validation bars and picks the best by a named objective.
 
   Only what is passed is seen: give the validation split's prices and calibrated
