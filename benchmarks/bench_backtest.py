@@ -22,7 +22,8 @@ else SELL) with confidence `0.5 + 0.5 * tanh(20 * |fast / slow - 1|)` in [0.5, 1
 Compile time is reported apart from run time (best of `--repeats`).
 
   python benchmarks/bench_backtest.py [--dataset=btc_usdt_1h_2020_2024] [--configs=1000]
-      [--policies=10000] [--policy_dataset=btc_usdt_1h_2025_2026]
+      [--policies=10000] [--policy_dataset=btc_usdt_1h_2025_2026] [--sections=abcd]
+      [--metrics=core,all]
 """
 
 import math
@@ -46,6 +47,10 @@ flags.DEFINE_integer('batch_size', 1024, 'Settings simulated together by `sweep`
 flags.DEFINE_bool('vectorbt', True, 'Run (c) when vectorbt is importable.')
 flags.DEFINE_integer('policies', 10_000, 'Policies in the policy sweep (d), up to 15,000.')
 flags.DEFINE_string('policy_dataset', 'btc_usdt_1h_2025_2026', 'Dataset of the policy sweep (d).')
+flags.DEFINE_integer('policy_batch_size', policy.BATCH_SIZE,
+                     'Policies simulated together by `policy.sweep` in (d).')
+flags.DEFINE_string('sections', 'abcd', 'Sections to run, e.g. bd to compare (b) and (d).')
+flags.DEFINE_list('metrics', ['core', 'all'], "Metric modes of the sweeps (b), (c), (d).")
 
 
 def crossover_signal(close: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -96,16 +101,23 @@ def python_backtest(opens, closes, actions, confidence, settings):
   return equity
 
 
+# Best CPU time (all threads) of the last `best_time` call: on a shared, loaded machine it
+# varies less than wall time, so compare changes by it.
+_CPU = {'best': math.nan}
+
+
 def best_time(fn, repeats):
-  """(first call seconds, best of `repeats` later calls, last result)."""
+  """(first call seconds, best of `repeats` later calls, last result); CPU time in _CPU."""
   start = time.perf_counter()
   result = jax.block_until_ready(fn())
   first = time.perf_counter() - start
-  best = math.inf
+  best = cpu = math.inf
   for _ in range(repeats):
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     result = jax.block_until_ready(fn())
     best = min(best, time.perf_counter() - start)
+    cpu = min(cpu, time.process_time() - cpu_start)
+  _CPU['best'] = cpu
   return first, best, result
 
 
@@ -143,32 +155,38 @@ def bench_sweep(frame, lists, actions, confidence):
       max_position_pct=np.linspace(0.1, 0.5, max(1, FLAGS.configs // 200)))
   num, n = int(np.shape(grid.sizing)[0]), len(frame)
   runs = {}
-  for metrics in ('core', 'all'):
+  cpu = {}
+  for metrics in FLAGS.metrics:
     runs[metrics] = best_time(lambda metrics=metrics: backtest.sweep(
         frame, actions, confidence, grid, metrics=metrics, batch_size=FLAGS.batch_size),
                               FLAGS.repeats)
+    cpu[metrics] = _CPU['best']
   picks = np.linspace(0, num - 1, FLAGS.python_runs).astype(int)
   python, worst = 0.0, 0.0
   for i in picks:
     start = time.perf_counter()
     equity = python_backtest(*lists, settings_at(grid, i))
     python += time.perf_counter() - start
-    worst = max(worst, abs(runs['core'][2]['final_equity'][i] / equity[-1] - 1))
+    worst = max(worst, abs(runs[FLAGS.metrics[0]][2]['final_equity'][i] / equity[-1] - 1))
   python = python / len(picks) * num
   print(f'(b) sweep of {num} settings x {n:,} bars in one compiled call, batch_size '
         f'{FLAGS.batch_size}')
   print(f'    python loop x {num} (extrapolated from {len(picks)} runs, equity only): '
         f'{python:.1f} s ({num * n / python / 1e6:.2f} M setting-bars/s)')
-  for metrics, label in (('core', "metrics='core' (10 metrics)"),
-                         ('all', "metrics='all' (all 22 metrics)")):
+  labels = {'core': "metrics='core' (10 metrics)", 'all': "metrics='all' (all 22 metrics)"}
+  for metrics in FLAGS.metrics:
     first, run, _ = runs[metrics]
+    label = labels[metrics]
     print(f'    jax {label}: compile {first - run:.2f} s, run {run:.3f} s '
-          f'({num * n / run / 1e6:.1f} M setting-bars/s); speed-up (run) {python / run:.0f}x, '
-          f'(compile + run) {python / first:.0f}x')
-  core, full = runs['core'][2], runs['all'][2]
-  sharpe = np.max(np.abs(core['sharpe'] / full['sharpe'] - 1))
-  print(f'    max |final equity / python - 1| = {worst:.1e}; core vs all Sharpe (float32 running '
-        f'sums vs two-pass): max relative difference {sharpe:.1e}')
+          f'({num * n / run / 1e6:.1f} M setting-bars/s; CPU time {cpu[metrics]:.3f} s, '
+          f'{num * n / cpu[metrics] / 1e6:.1f} M setting-bars per CPU second); speed-up (run) '
+          f'{python / run:.0f}x, (compile + run) {python / first:.0f}x')
+  print(f'    max |final equity / python - 1| = {worst:.1e}')
+  if {'core', 'all'} <= set(runs):
+    core, full = runs['core'][2], runs['all'][2]
+    sharpe = np.max(np.abs(core['sharpe'] / full['sharpe'] - 1))
+    print(f'    core vs all Sharpe (float32 running sums vs two-pass): max relative difference '
+          f'{sharpe:.1e}')
 
 
 def bench_vectorbt(frame, actions, confidence):
@@ -224,7 +242,7 @@ def bench_vectorbt(frame, actions, confidence):
   print(f'    vectorbt from_order_func: first call {vbt_first:.2f} s (numba compile), run '
         f'{vbt_run:.2f} s ({num * n / vbt_run / 1e6:.1f} M setting-bars/s); with 7 metrics '
         f'{vbt_metrics:.2f} s')
-  for metrics in ('core', 'all'):
+  for metrics in FLAGS.metrics:
     first, run, table = best_time(lambda metrics=metrics: backtest.sweep(
         frame, actions, confidence, grid, metrics=metrics, batch_size=FLAGS.batch_size),
                                   FLAGS.repeats)
@@ -264,13 +282,15 @@ def bench_policy_sweep():
   num, n = int(np.shape(grid.entry)[0]), len(frame)
   params = backtest.make_params()
   print(f'(d) policy sweep of {num:,} policies x {n:,} bars ({FLAGS.policy_dataset}) in one '
-        f'compiled call, batch_size {FLAGS.batch_size}')
-  for metrics in ('core', 'all'):
+        f'compiled call, batch_size {FLAGS.policy_batch_size}')
+  for metrics in FLAGS.metrics:
     first, run, table = best_time(lambda metrics=metrics: policy.sweep(
-        frame, probs, grid, params, metrics=metrics, batch_size=FLAGS.batch_size),
+        frame, probs, grid, params, metrics=metrics, batch_size=FLAGS.policy_batch_size),
                                   FLAGS.repeats)
     print(f"    metrics='{metrics}': compile {first - run:.2f} s, run {run:.3f} s "
-          f'({num * n / run / 1e6:.1f} M setting-bars/s); trades per policy: median '
+          f'({num * n / run / 1e6:.1f} M setting-bars/s; CPU time {_CPU["best"]:.3f} s, '
+          f'{num * n / _CPU["best"] / 1e6:.1f} M setting-bars per CPU second); trades per '
+          f'policy: median '
           f'{table["num_trades"].median():.0f}, range {table["num_trades"].min()}-'
           f'{table["num_trades"].max()}')
 
@@ -286,10 +306,13 @@ def main(argv):
   print(f'{FLAGS.dataset}: {len(frame):,} bars; jax {jax.__version__} on '
         f'{jax.devices()[0].device_kind}, {os.cpu_count()} CPUs; '
         f'XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}')
-  bench_single(frame, lists, actions, confidence)
-  bench_sweep(frame, lists, actions, confidence)
-  bench_policy_sweep()
-  if FLAGS.vectorbt:
+  if 'a' in FLAGS.sections:
+    bench_single(frame, lists, actions, confidence)
+  if 'b' in FLAGS.sections:
+    bench_sweep(frame, lists, actions, confidence)
+  if 'd' in FLAGS.sections:
+    bench_policy_sweep()
+  if 'c' in FLAGS.sections and FLAGS.vectorbt:
     try:
       bench_vectorbt(frame, actions, confidence)
     except ImportError as error:

@@ -62,6 +62,11 @@ OBJECTIVES = ('sharpe', 'sharpe_minus_turnover')
 _NEVER = 1e6
 # A buy capped by cash is skipped when what cash still pays is below this fraction of equity.
 _DUST = 1e-6
+# Policies simulated together by default. From about 512 settings XLA:CPU splits the policy
+# step's two large per-bar kernels over threads; on a shared, loaded CPU the threads wait on
+# each other (and spin) at every bar, and a 10,000-policy sweep takes 1.7x the CPU time of
+# unsplit batches of 256, with widely varying wall time (benchmarks/bench_backtest.py).
+BATCH_SIZE = 256
 
 
 @flax.struct.dataclass
@@ -266,7 +271,8 @@ def policy_signal(probs: Any, sigma_annual: Any) -> tuple[jax.Array, ...]:
     sigma_annual: (N,) annualised volatility for `vol_target` sizing (NaN / 0: undefined).
 
   Returns:
-    (score, argmax action with ties HOLD, p_sell, p_buy, 1 / sigma_annual or 0), each (..., N).
+    (score, p_buy where the argmax (ties HOLD) is BUY else -inf, p_sell where it is SELL
+    else -inf, p_sell, p_buy, 1 / sigma_annual or 0), each (..., N).
   """
   dtype = jnp.result_type(float)
   probs = jnp.asarray(probs, dtype)
@@ -275,48 +281,66 @@ def policy_signal(probs: Any, sigma_annual: Any) -> tuple[jax.Array, ...]:
   sigma = np.asarray(sigma_annual, np.float64)
   inv_sigma = np.where(np.isfinite(sigma) & (sigma > 0), 1 / np.where(sigma > 0, sigma, 1), 0.0)
   inv_sigma = jnp.broadcast_to(jnp.asarray(inv_sigma, dtype), probs.shape[:-1])
-  return (probs[..., BUY] - probs[..., SELL], action.astype(jnp.int32), probs[..., SELL],
-          probs[..., BUY], inv_sigma)
+  p_sell, p_buy = probs[..., SELL], probs[..., BUY]
+  return (p_buy - p_sell, jnp.where(action == BUY, p_buy, -jnp.inf),
+          jnp.where(action == SELL, p_sell, -jnp.inf), p_sell, p_buy, inv_sigma)
 
 
-def _init_state(q: PolicyParams, like: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """(side, bars since the side last changed) before bar 0: flat since long ago."""
+# The policy state is one number, side * _SIDE + bars (exact integers in float32): each
+# carried variable costs the scan a kernel per bar on CPU, and XLA:CPU recomputes the entry /
+# exit logic inside every carried output that depends on it.
+_SIDE = 2.0 ** 21
+
+
+def _init_state(q: PolicyParams, like: jax.Array) -> jax.Array:
+  """The state before bar 0: flat since long ago."""
   del q
-  return jnp.zeros_like(like), jnp.full_like(like, _NEVER)
+  return jnp.full_like(like, _NEVER)
 
 
 def _decide_policy(cash, pos, signal, ref, inv_ref, p, inv, q, state):
   """Signed units to trade for one decision bar of policy `q` (module docstring), new state.
 
   One counter serves min_hold and cooldown: in a position it counts bars since the entry,
-  flat it counts bars since the exit (every carried variable costs a kernel per bar on CPU).
+  flat it counts bars since the exit.
   """
-  s, action, p_sell, p_buy, inv_sigma = signal
-  side, bars = state
+  s, argmax_buy, argmax_sell, p_sell, p_buy, inv_sigma = signal
+  # Every rule is `evidence > threshold`: `up` for a long entry or a short exit, `down` for
+  # a short entry or a long exit. The argmax rule's `p >= t` is `p > t's predecessor`; its
+  # evidence is -inf where the argmax is not that side. The thresholds depend only on the
+  # policy, so XLA hoists them out of the scan.
   margin = q.signal < 0.5
-  long_in = jnp.where(margin, s > q.entry, (action == BUY) & (p_buy >= q.entry))
-  long_out = jnp.where(margin, s < q.exit, (action == SELL) & (p_sell >= q.exit))
-  short_in = (q.allow_short > 0.5) & jnp.where(margin, s < -q.entry,
-                                               (action == SELL) & (p_sell >= q.entry))
-  short_out = jnp.where(margin, s > -q.exit, (action == BUY) & (p_buy >= q.exit))
-  bars = jnp.minimum(bars + 1, _NEVER)
-  exits = jnp.where(side > 0, long_out, (side < 0) & short_out) & (bars >= q.min_hold)
+  up = jnp.where(margin, s, argmax_buy)
+  down = jnp.where(margin, -s, argmax_sell)
+  below = lambda t: jnp.nextafter(t, jnp.full_like(t, -jnp.inf))  # noqa: E731
+  entry = jnp.where(margin, q.entry, below(q.entry))
+  exit_ = jnp.where(margin, -q.exit, below(q.exit))
+  long_in = up > entry
+  short_in = (q.allow_short > 0.5) & (down > entry)
+  side = (state > 0.5 * _SIDE).astype(s.dtype) - (state < -0.5 * _SIDE).astype(s.dtype)
+  bars = jnp.minimum(state - side * _SIDE + 1, _NEVER)
+  exits = ((side != 0) & (jnp.where(side > 0, down, up) > exit_) & (bars >= q.min_hold))
   # After an exit the opposite entry may follow in the same bar only without a cooldown.
   can_enter = jnp.where(exits, q.cooldown == 0, (side == 0) & (bars > q.cooldown))
   enter_long = can_enter & long_in
   enter_short = can_enter & short_in
-  side = jnp.where(enter_long, 1.0, jnp.where(enter_short, -1.0, jnp.where(exits, 0.0, side)))
-  bars = jnp.where(exits | enter_long | enter_short, 0.0, bars)
-  confirmed = jnp.where(side > 0, long_in, (side < 0) & short_in)
-  conf = jnp.where(side > 0, p_buy, p_sell)
+  new_side = jnp.where(enter_long, 1.0, jnp.where(enter_short, -1.0,
+                                                  jnp.where(exits, 0.0, side)))
+  # An exit and an entry of the same side never meet in one bar, so every event changes the
+  # side and restarts the counter.
+  state = new_side * _SIDE + jnp.where(new_side != side, 0.0, bars)
+  side = new_side
+  is_long = side > 0
+  confirmed = jnp.where(is_long, long_in, (side < 0) & short_in)
+  conf = jnp.where(is_long, p_buy, p_sell)
   fraction = jnp.where(q.sizing == _CONFIDENCE, conf * q.max_position_pct,
                        jnp.where(q.sizing == _FIXED, q.max_position_pct,
                                  jnp.minimum(q.target_vol * inv_sigma, q.max_leverage)))
   budget = jnp.maximum(cash + pos * ref, 0.0)
   # Grouped as the seed's backtest groups it, so the seed policy's sizes match it closely.
-  units = budget * inv_ref
-  sized = jnp.where(side > 0, units * (fraction * inv.buy), -(units * (fraction * inv.sell)))
-  target = jnp.where(confirmed, sized, jnp.where(side == 0, 0.0, pos))
+  size = (budget * inv_ref) * (fraction * jnp.where(is_long, inv.buy, inv.sell))
+  target = jnp.where(confirmed, jnp.where(is_long, size, -size),
+                     jnp.where(side == 0, 0.0, pos))
   delta = target - pos
   sign_change = (pos != 0) & (jnp.sign(target) != jnp.sign(pos))
   reduces = (jnp.sign(target) == jnp.sign(pos)) & (jnp.abs(target) < jnp.abs(pos))
@@ -326,12 +350,13 @@ def _decide_policy(cash, pos, signal, ref, inv_ref, p, inv, q, state):
   dust = (delta > affordable) & (affordable * ref <= _DUST * budget)
   qty = jnp.where(trade & ~dust,
                   jnp.where(delta > 0, jnp.minimum(delta, affordable), delta), 0.0)
-  return qty, (side, bars)
+  return qty, state
 
 
 POLICY_RULE = backtest.DecisionRule(
-    pad=lambda dtype: (jnp.zeros((1,), dtype), jnp.full((1,), HOLD, jnp.int32),
-                       jnp.zeros((1,), dtype), jnp.zeros((1,), dtype), jnp.zeros((1,), dtype)),
+    pad=lambda dtype: (jnp.zeros((1,), dtype), jnp.full((1,), -jnp.inf, dtype),
+                       jnp.full((1,), -jnp.inf, dtype), jnp.zeros((1,), dtype),
+                       jnp.zeros((1,), dtype), jnp.zeros((1,), dtype)),
     init_state=_init_state,
     decide=_decide_policy)
 
@@ -376,7 +401,7 @@ def run_policy(prices: Any, probs: Any, policy: PolicyParams,
 def _simulate_policy(prices, signal, p_hold, params, policy):
   record, executed = backtest._scan_bars(prices, signal, params, policy, track='result',
                                          rule=POLICY_RULE)
-  _, _, p_sell, p_buy, _ = executed
+  _, _, _, p_sell, p_buy, _ = executed
   p_hold = jnp.where(params.fill_next_open > 0.5,
                      jnp.concatenate([jnp.zeros((1,), p_hold.dtype), p_hold[:-1]]), p_hold)
   qty = record[0]
@@ -387,7 +412,7 @@ def _simulate_policy(prices, signal, p_hold, params, policy):
 def sweep(prices: Any, probs: Any, policies: PolicyParams, params: backtest.BacktestParams, *,
           sigma_annual: Any = None, signal_names: Sequence[str] | None = None,
           periods_per_year: float = 8760.0, risk_free_rate: float = 0.0,
-          metrics: str = 'all', batch_size: int = 1024) -> pd.DataFrame:
+          metrics: str = 'all', batch_size: int = BATCH_SIZE) -> pd.DataFrame:
   """Metrics of every (signal, policy, cost setting) triple in one compiled call.
 
   Args:
@@ -396,7 +421,8 @@ def sweep(prices: Any, probs: Any, policies: PolicyParams, params: backtest.Back
     policies: PolicyParams batched to (P,) (e.g. `make_policy_grid`) or scalar.
     params: BacktestParams batched to (K,) (costs, capital, fill timing) or scalar.
     sigma_annual: (N,) annualised volatility for `vol_target` (default: 168-bar, from closes).
-    metrics, batch_size, periods_per_year, risk_free_rate: as in `backtest.sweep`.
+    metrics, batch_size, periods_per_year, risk_free_rate: as in `backtest.sweep` (see
+      `BATCH_SIZE` for the default batch size).
 
   Returns:
     DataFrame of S * P * K rows (signal-major, then policy, then cost setting): `signal`,
@@ -463,7 +489,8 @@ class PolicySelection:
 def select_policy(prices: Any, probs: Any, params: backtest.BacktestParams, *,
                   grid: PolicyParams | None = None, objective: str = 'sharpe',
                   turnover_penalty: float = 0.0, sigma_annual: Any = None,
-                  periods_per_year: float = 8760.0, batch_size: int = 1024) -> PolicySelection:
+                  periods_per_year: float = 8760.0,
+                  batch_size: int = BATCH_SIZE) -> PolicySelection:
   """Sweeps a policy grid on validation bars and picks the best by a named objective.
 
   Only what is passed is seen: give the validation split's prices and calibrated
