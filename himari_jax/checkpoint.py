@@ -149,10 +149,13 @@ class LoadedModel:
     config: the full training config (ConfigDict), e.g. `config.train.context_length`.
     model_config: `model.ModelConfig` built from `config.model`.
     params: the Flax parameter tree, host numpy arrays.
-    normalizer: the feature normaliser fitted on the training split.
+    normalizer: the feature normaliser the model scores with: that of its first (or only)
+      training asset.
     meta: the checkpoint's JSON metadata (class weights, data summary, epoch metrics).
     step: the training step of the checkpoint.
     path: the step directory it was read from.
+    normalizers: asset name -> normaliser fitted on that asset's training rows (runs on
+      several assets); empty for checkpoints that store one normaliser only.
   """
 
   config: ml_collections.ConfigDict
@@ -162,6 +165,16 @@ class LoadedModel:
   meta: dict[str, Any]
   step: int
   path: str
+  normalizers: dict[str, features_lib.Normalizer] = dataclasses.field(default_factory=dict)
+
+  def for_asset(self, asset: str | None) -> LoadedModel:
+    """This model scoring with `asset`'s normaliser (`input_pipeline.asset_name`).
+
+    An asset it did not train on (or None) keeps `normalizer`, the first asset's.
+    """
+    if asset is None or asset not in self.normalizers:
+      return self
+    return dataclasses.replace(self, normalizer=self.normalizers[asset])
 
 
 def read_meta(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
@@ -222,7 +235,9 @@ def load_model(path: str | os.PathLike, which: str | int = 'best') -> LoadedMode
   manager.close()
   return LoadedModel(config=config, model_config=model_config, params=params,
                      normalizer=features_lib.Normalizer.from_dict(meta['normalizer']),
-                     meta=meta, step=step, path=os.path.join(directory, str(step)))
+                     meta=meta, step=step, path=os.path.join(directory, str(step)),
+                     normalizers={k: features_lib.Normalizer.from_dict(v)
+                                  for k, v in meta.get('normalizers', {}).items()})
 
 
 def _select_step(manager: ocp.CheckpointManager, which: str | int, directory: str) -> int:

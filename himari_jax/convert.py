@@ -539,9 +539,9 @@ def load_pt_model(pt_path: str | os.PathLike, base_config: ml_collections.Config
   elif loaded.normalizer is not None:
     normalizer, source = loaded.normalizer, f'stored in {path}'
   else:
-    from himari_jax import train as train_lib  # heavy: only when statistics must be fitted
+    from himari_jax import input_pipeline  # heavy: only when statistics must be fitted
 
-    normalizer = train_lib.prepare_data(config).normalizer
+    normalizer = input_pipeline.prepare_data(config).normalizer
     source = (f'fitted by the converter on the training split of {config.data.train} '
               '(the .pt holds no normalisation statistics)')
   meta = {'config': config.to_dict(), 'normalizer': normalizer.to_dict(),

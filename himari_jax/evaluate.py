@@ -21,20 +21,15 @@ import pandas as pd
 
 from himari_jax import calibration as calibration_lib
 from himari_jax import checkpoint as checkpoint_lib
+from himari_jax import config as config_lib
 from himari_jax import ensemble as ensemble_lib
+from himari_jax import input_pipeline
 from himari_jax import labels as labels_lib
 from himari_jax import model as model_lib
 from himari_jax import predict as predict_lib
-from himari_jax import train as train_lib
 
 # Probability vector given to an ensemble for bars a member cannot score yet (HOLD).
 _HOLD_PROBS = np.array([0.0, 1.0, 0.0], np.float32)
-
-
-def split_list(text: str | Sequence[str]) -> list[str]:
-  """'a, b' or ['a', 'b'] -> ['a', 'b'] (config fields hold comma-separated lists)."""
-  items = text.split(',') if isinstance(text, str) else list(text)
-  return [str(item).strip() for item in items if str(item).strip()]
 
 
 def load_member(path: str, which: str = 'best') -> checkpoint_lib.LoadedModel:
@@ -42,41 +37,28 @@ def load_member(path: str, which: str = 'best') -> checkpoint_lib.LoadedModel:
 
   A `.pt` file carries no normalisation statistics and no context length: it is scored at
   T = 1 (as the seed was trained) with a normaliser fitted on the training split of the
-  default config's training data, which is what the seed trained on.
+  default config's training data (`config.default_config()`), which is what the seed
+  trained on.
   """
   if not os.fspath(path).endswith('.pt'):
     return checkpoint_lib.load_model(path, which)
   from himari_jax import convert  # torch is an optional extra
 
   model_fields, params = convert.load_torch_checkpoint(path)
-  config = _default_config()
+  config = config_lib.default_config()
   config.model.update(dict(model_fields))
   config.model.causal = False  # the original model has no mask
   config.train.context_length = 1
-  prepared = train_lib.prepare_data(config)
+  prepared = input_pipeline.prepare_data(config)
   return checkpoint_lib.LoadedModel(
       config=config, model_config=model_lib.ModelConfig.from_config(config.model),
       params=params, normalizer=prepared.normalizer, meta={'source': os.fspath(path)}, step=0,
-      path=os.fspath(path))
-
-
-def _default_config() -> ml_collections.ConfigDict:
-  import importlib.util
-  import pathlib
-
-  # configs/ is not a package; load the base config by path as config_flags does.
-  path = pathlib.Path(__file__).resolve().parent.parent / 'configs' / 'default.py'
-  if not path.exists():
-    raise FileNotFoundError(f'{path} not found: .pt members need the repository configs/')
-  spec = importlib.util.spec_from_file_location('himari_default_config', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+      path=os.fspath(path), normalizers=prepared.normalizers)
 
 
 def validation_logits(loaded: checkpoint_lib.LoadedModel) -> tuple[np.ndarray, np.ndarray]:
   """Logits `(V, 3)` and labels `(V,)` of a member on the validation split it trained with."""
-  prepared = train_lib.prepare_data(loaded.config)
+  prepared = input_pipeline.prepare_data(loaded.config)
   context = int(loaded.config.train.context_length)
   logits = predict_lib.predict_logits_from_features(
       loaded.params, loaded.model_config, prepared.features, context, bars=prepared.val_ends)
@@ -126,13 +108,18 @@ class Decisions:
 
 
 def member_probabilities(members: Sequence[checkpoint_lib.LoadedModel], df: pd.DataFrame,
-                         calibration_config: ml_collections.ConfigDict
+                         calibration_config: ml_collections.ConfigDict, *,
+                         asset: str | None = None
                          ) -> tuple[np.ndarray, np.ndarray, list[dict]]:
-  """Calibrated probabilities `(M, N, 3)`, availability `(N,)` and calibration summaries."""
+  """Calibrated probabilities `(M, N, 3)`, availability `(N,)` and calibration summaries.
+
+  `asset` (`input_pipeline.asset_name` of the data) picks each member's normaliser of that
+  asset when it trained on several; None or an unseen asset uses its first one.
+  """
   probs, available, summaries = [], np.ones(len(df), bool), []
   for loaded in members:
     cal, summary = fit_member_calibration(loaded, calibration_config)
-    preds = predict_lib.predict_logits(loaded, df)
+    preds = predict_lib.predict_logits(loaded.for_asset(asset), df)
     member = np.array(cal.apply(np.nan_to_num(preds.logits)), np.float32)
     member[~preds.available] = _HOLD_PROBS
     probs.append(member)
@@ -144,9 +131,10 @@ def member_probabilities(members: Sequence[checkpoint_lib.LoadedModel], df: pd.D
 def decide(members: Sequence[checkpoint_lib.LoadedModel], names: Sequence[str],
            df: pd.DataFrame, *, strategy: str, threshold: float,
            weights: Sequence[float] | None,
-           calibration_config: ml_collections.ConfigDict) -> Decisions:
-  """Calibrated, combined decisions of `members` for every bar of `df`."""
-  probs, available, summaries = member_probabilities(members, df, calibration_config)
+           calibration_config: ml_collections.ConfigDict, asset: str | None = None) -> Decisions:
+  """Calibrated, combined decisions of `members` for every bar of `df` (of `asset`)."""
+  probs, available, summaries = member_probabilities(members, df, calibration_config,
+                                                     asset=asset)
   actions, confidence = ensemble_lib.combine(probs, strategy, threshold=threshold,
                                              weights=weights)
   actions = np.where(available, np.asarray(actions), ensemble_lib.HOLD).astype(np.int32)
@@ -205,7 +193,7 @@ def resolve_path(path: str) -> str:
 
 
 def _weights(config: ml_collections.ConfigDict, num_members: int) -> list[float] | None:
-  weights = [float(w) for w in split_list(config.get('weights', '') or '')]
+  weights = [float(w) for w in config_lib.split_list(config.get('weights', '') or '')]
   if weights and len(weights) != num_members:
     raise ValueError(f'weights has {len(weights)} entries for {num_members} checkpoints; give '
                      'one per checkpoint or leave it empty for equal weights')
@@ -230,7 +218,7 @@ def backtest_pipeline(config: ml_collections.ConfigDict, outdir: str, *,
   from himari_jax import backtest as backtest_lib
   from himari_jax import data as data_lib
 
-  paths = [resolve_path(p) for p in split_list(config.checkpoints)]
+  paths = [resolve_path(p) for p in config_lib.split_list(config.checkpoints)]
   if not paths:
     raise ValueError('no checkpoints given: set --checkpoints (or --config.checkpoints) to '
                      'one or more training workdirs or .pt files, comma-separated')
@@ -249,7 +237,8 @@ def backtest_pipeline(config: ml_collections.ConfigDict, outdir: str, *,
       f'{config.calibration.mode}')
   decisions = decide(members, paths, df, strategy=config.strategy,
                      threshold=config.confidence_threshold, weights=weights,
-                     calibration_config=config.calibration)
+                     calibration_config=config.calibration,
+                     asset=input_pipeline.asset_name(config.dataset))
 
   table = None
   trial_sharpes = None

@@ -1,9 +1,9 @@
 """Training loop: `train_and_evaluate(config, workdir)`, in the style of the Flax examples.
 
-Data flow: `prepare_data` loads the training files, computes features and labels, splits
-each file chronologically (train | embargo | validation), fits the normaliser on the training
-rows only and lists the end bars of the training windows. A batch is gathered on the host
-from window end indices, so no window array is ever materialised.
+Data flow (input_pipeline.py): `prepare_data` loads the training files, computes features and
+labels, splits each file chronologically (train | embargo | validation), fits one normaliser
+per asset on its training rows only and lists the end bars of the training windows. A batch
+is gathered on the host from window end indices, so no window array is ever materialised.
 
 Objective: class-weighted cross-entropy over every valid position of every window (labels
 without a known future and feature warm-up rows are masked), normalised like PyTorch's
@@ -34,7 +34,6 @@ trailing window, exactly as `predict.py` does at inference.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import math
@@ -56,23 +55,14 @@ from jax.sharding import PartitionSpec as P
 
 from himari_jax import adapters as adapters_lib
 from himari_jax import checkpoint as checkpoint_lib
+from himari_jax import config as config_lib
+from himari_jax import constants, input_pipeline, tb_writer
 from himari_jax import data as data_lib
-from himari_jax import features as features_lib
-from himari_jax import labels as labels_lib
 from himari_jax import model as model_lib
-from himari_jax import tb_writer
-from himari_jax import windows as windows_lib
 
-ACTIONS = labels_lib.ACTION_NAMES
 CLASS_WEIGHT_MODES = ('fixed', 'inverse', 'sqrt', 'none')
 COMPUTE_DTYPES = ('float32', 'bfloat16', 'float16')
-# Fields configs/default.py may lack; configs/flag_trader.py sets the same values.
-TRAIN_DEFAULTS = {'checkpoint_every_steps': 500, 'eval_batch_size': 512,
-                  'collapse_threshold': 0.85, 'keep_latest': 2, 'fresh_adapters': False}
-
-
-class ConfigError(ValueError):
-  """The config cannot work; the message names the field and what to change."""
+ConfigError = config_lib.ConfigError  # raised here for an unusable config; kept importable
 
 
 class TrainingDivergedError(RuntimeError):
@@ -80,15 +70,11 @@ class TrainingDivergedError(RuntimeError):
 
 
 def train_option(config: ml_collections.ConfigDict, name: str) -> Any:
-  """`config.train.<name>`, or its `TRAIN_DEFAULTS` value when the config predates it."""
-  return config.train.get(name, TRAIN_DEFAULTS[name])
+  """`config.train.<name>`, or the package default when the config predates the field."""
+  return config.train.get(name, config_lib.default_config().train[name])
 
 
 # ----------------------------------------------------------------------------- config
-
-
-def _dataset_items(spec: str) -> list[str]:
-  return [s.strip() for s in str(spec).split(',') if s.strip()]
 
 
 def validate_config(config: ml_collections.ConfigDict) -> model_lib.ModelConfig:
@@ -124,7 +110,7 @@ def validate_config(config: ml_collections.ConfigDict) -> model_lib.ModelConfig:
     raise ConfigError(
         f'config.train.context_length={t.context_length} exceeds config.model.max_length='
         f'{config.model.max_length}; lower the context or raise --config.model.max_length.')
-  if t.steps_per_epoch < 0 or train_option(config, 'checkpoint_every_steps') < 0:
+  if (t.steps_per_epoch or 0) < 0 or train_option(config, 'checkpoint_every_steps') < 0:
     raise ConfigError('config.train.steps_per_epoch and checkpoint_every_steps must be >= 0.')
   if not t.learning_rate > 0:
     raise ConfigError(f'config.train.learning_rate={t.learning_rate} must be positive.')
@@ -141,7 +127,7 @@ def validate_config(config: ml_collections.ConfigDict) -> model_lib.ModelConfig:
   if not 0.0 < config.data.val_fraction < 1.0:
     raise ConfigError(f'config.data.val_fraction={config.data.val_fraction} must be in (0, 1): '
                       'validation picks the best checkpoint.')
-  items = _dataset_items(config.data.train)
+  items = config_lib.split_list(config.data.train)
   if not items:
     raise ConfigError('config.data.train is empty; give a builtin dataset name '
                       f'({", ".join(data_lib.builtin_dataset_names())}) or a CSV path.')
@@ -154,123 +140,6 @@ def validate_config(config: ml_collections.ConfigDict) -> model_lib.ModelConfig:
     raise ConfigError(f'config.train.init_from={t.init_from!r} does not exist; give a '
                       'training workdir, its checkpoints/ folder or a PyTorch .pt file.')
   return model_config
-
-
-# ------------------------------------------------------------------------------- data
-
-
-@dataclasses.dataclass(frozen=True)
-class PreparedData:
-  """Every training file's bars, concatenated, with the window ends of both splits.
-
-  Attributes:
-    features: float32 (N, 60), normalised with `normalizer`.
-    labels: int32 (N,); valid: bool (N,) (label known and past the feature warm-up).
-    train_ends: int64 (W,) end bars of the training windows (whole window in the train part).
-    val_ends: int64 (V,) validation bars with a valid label; each is scored from the window
-      ending there (which may reach back across the embargo, as at inference).
-    normalizer: fitted on the training rows only.
-    class_weights: float32 (3,) loss weight per action, from the training labels.
-    summary: JSON-able description (files, bars, split sizes, label distribution).
-  """
-
-  features: np.ndarray
-  labels: np.ndarray
-  valid: np.ndarray
-  train_ends: np.ndarray
-  val_ends: np.ndarray
-  normalizer: features_lib.Normalizer
-  class_weights: np.ndarray
-  summary: dict[str, Any]
-
-
-def label_params(labels_config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """Keyword arguments of `labels.make_labels` from `config.labels`.
-
-  `horizon` and `threshold` belong to the threshold rule; the sharpe rule takes its own
-  defaults plus any of its parameters added to `config.labels` (sharpe, min_return, ...).
-  """
-  params = {k: v for k, v in labels_config.items() if k != 'kind'}
-  if labels_config.kind == 'sharpe':
-    params.pop('horizon', None)
-    params.pop('threshold', None)
-  return params
-
-
-def prepare_data(config: ml_collections.ConfigDict) -> PreparedData:
-  """Loads `config.data.train`, computes features and labels, splits and normalises."""
-  kind = config.labels.kind
-  params = label_params(config.labels)
-  embargo = config.data.embargo
-  if embargo < 0:
-    embargo = labels_lib.label_horizon(kind, **params)
-  context = config.train.context_length
-  parts, train_rows, files = [], [], []
-  train_ends, val_ends = [], []
-  offset = 0
-  for item, df in zip(_dataset_items(config.data.train),
-                      data_lib.load_datasets(config.data.train, fill_gaps=config.data.fill_gaps),
-                      strict=True):
-    if config.data.max_bars:
-      df = df.iloc[-config.data.max_bars:]
-    n = len(df)
-    feats = features_lib.compute_features(df)
-    labels, valid = labels_lib.make_labels(df, kind, **params)
-    valid = valid & (np.arange(n) >= features_lib.WARMUP_BARS)
-    split = windows_lib.chronological_split(n, val=config.data.val_fraction, embargo=embargo)
-    ends = windows_lib.window_ends(n, context, stride=config.train.window_stride,
-                                   start=split.train.start, end=split.train.stop, valid=valid)
-    val = windows_lib.window_ends(n, context, start=max(0, split.val.start - context + 1),
-                                  end=split.val.stop)
-    train_ends.append(ends + offset)
-    val_ends.append(val[valid[val]] + offset)
-    rows = np.zeros(n, bool)
-    rows[max(split.train.start, features_lib.WARMUP_BARS):split.train.stop] = True
-    train_rows.append(rows)
-    parts.append((feats, labels, valid))
-    files.append({'name': item, 'bars': n, 'first': str(df.index[0]), 'last': str(df.index[-1]),
-                  'train_bars': split.sizes()['train'], 'val_bars': split.sizes()['val'],
-                  'train_windows': len(ends), 'val_windows': int(valid[val].sum())})
-    offset += n
-  feats = np.concatenate([p[0] for p in parts])
-  labels = np.concatenate([p[1] for p in parts])
-  valid = np.concatenate([p[2] for p in parts])
-  train_rows = np.concatenate(train_rows)
-  train_ends, val_ends = np.concatenate(train_ends), np.concatenate(val_ends)
-  if not len(train_ends) or not len(val_ends):
-    raise ConfigError(
-        f'{config.data.train}: {len(train_ends)} training and {len(val_ends)} validation '
-        'windows; use more bars (config.data.max_bars), a shorter context_length or a '
-        'different data.val_fraction.')
-  normalizer = features_lib.Normalizer.fit(feats, train_rows)
-  weights = labels_lib.class_weights(labels[train_rows], valid[train_rows],
-                                     config.train.class_weights)
-  summary = {'files': files, 'embargo': embargo,
-             'train_labels': labels_lib.label_distribution(labels[train_rows],
-                                                           valid[train_rows]),
-             'val_labels': labels_lib.label_distribution(labels[val_ends],
-                                                         np.ones(len(val_ends), bool))}
-  return PreparedData(features=normalizer.apply(feats).astype(np.float32), labels=labels,
-                      valid=valid, train_ends=train_ends, val_ends=val_ends,
-                      normalizer=normalizer, class_weights=weights, summary=summary)
-
-
-def epoch_order(seed: int, epoch: int, num_windows: int, num_samples: int) -> np.ndarray:
-  """Window indices of one epoch: `num_samples` of them, a function of (seed, epoch) only.
-
-  Successive permutations are concatenated when an epoch needs more than one pass.
-  """
-  passes = max(1, math.ceil(num_samples / num_windows))
-  return np.concatenate([np.random.default_rng([seed, epoch, k]).permutation(num_windows)
-                         for k in range(passes)])[:num_samples]
-
-
-def gather_batch(prepared: PreparedData, ends: np.ndarray,
-                 context_length: int) -> dict[str, np.ndarray]:
-  """inputs float32 (B, T, 60), targets int32 (B, T), mask bool (B, T) of windows `ends`."""
-  return {'inputs': windows_lib.gather_windows(prepared.features, ends, context_length),
-          'targets': windows_lib.gather_windows(prepared.labels, ends, context_length),
-          'mask': windows_lib.gather_windows(prepared.valid, ends, context_length)}
 
 
 # ------------------------------------------------------------------- loss, optimiser
@@ -414,18 +283,18 @@ def validation_metrics(sums: dict[str, np.ndarray], collapse_threshold: float) -
       'val_balanced_accuracy': float(np.nanmean(per_class)),
       'val_confusion': confusion.astype(np.int64).tolist(),
   }
-  for i, action in enumerate(ACTIONS):
+  for i, action in enumerate(constants.ACTION_NAMES):
     metrics[f'val_accuracy_{action}'] = float(per_class[i]) if support[i] else None
     metrics[f'val_pred_share_{action}'] = float(predicted[i])
   top = int(np.argmax(predicted))
   metrics['val_collapsed'] = bool(predicted[top] > collapse_threshold)
   if metrics['val_collapsed']:
-    metrics['val_collapsed_to'] = ACTIONS[top]
+    metrics['val_collapsed_to'] = constants.ACTION_NAMES[top]
   return metrics
 
 
-def evaluate(eval_step: Callable, params: Any, prepared: PreparedData, context_length: int,
-             batch_size: int, sharding: NamedSharding,
+def evaluate(eval_step: Callable, params: Any, prepared: input_pipeline.PreparedData,
+             context_length: int, batch_size: int, sharding: NamedSharding,
              collapse_threshold: float) -> dict[str, Any]:
   """`validation_metrics` of every validation bar, in global batches of `batch_size`.
 
@@ -438,8 +307,8 @@ def evaluate(eval_step: Callable, params: Any, prepared: PreparedData, context_l
   for start in range(0, len(ends), batch_size):
     idx = np.arange(start, start + batch_size)[jax.process_index() * local:][:local]
     batch_ends = ends[np.minimum(idx, len(ends) - 1)]
-    batch = {'inputs': windows_lib.gather_windows(prepared.features, batch_ends, context_length),
-             'targets': prepared.labels[batch_ends], 'mask': idx < len(ends)}
+    batch = input_pipeline.gather_eval_batch(prepared, batch_ends, context_length,
+                                             idx < len(ends))
     sums = eval_step(params, shard_batch(batch, sharding, batch_size))
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   return validation_metrics(jax.device_get(totals), collapse_threshold)
@@ -564,7 +433,7 @@ def _log_epoch(metrics: dict[str, Any], collapse_threshold: float) -> None:
   logging.info('epoch %d: val_loss %.4f val_accuracy %.3f balanced %.3f predicted %s',
                metrics['epoch'], metrics['val_loss'], metrics['val_accuracy'],
                metrics['val_balanced_accuracy'],
-               {a: round(metrics[f'val_pred_share_{a}'], 3) for a in ACTIONS})
+               {a: round(metrics[f'val_pred_share_{a}'], 3) for a in constants.ACTION_NAMES})
   if metrics['val_collapsed']:
     action = metrics['val_collapsed_to']
     logging.warning('epoch %d: PREDICTIONS COLLAPSED: %.1f%% of validation bars are %s '
@@ -588,7 +457,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   t = config.train
-  prepared = prepare_data(config)
+  prepared = input_pipeline.prepare_data(config)
   num_windows = len(prepared.train_ends)
   steps_per_epoch = t.steps_per_epoch or max(1, num_windows // t.batch_size)
   total_steps = steps_per_epoch * t.num_epochs
@@ -639,6 +508,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     logging.info('resumed from %s/%d', ckpt_dir, resume_step)
   writer = MetricWriter(workdir, resume_step)
   meta = {'config': config.to_dict(), 'normalizer': prepared.normalizer.to_dict(),
+          'normalizers': {k: v.to_dict() for k, v in prepared.normalizers.items()},
           'class_weights': prepared.class_weights, 'data': prepared.summary,
           'param_counts': counts, 'steps_per_epoch': steps_per_epoch,
           'total_steps': total_steps}
@@ -656,13 +526,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     while step < total_steps:
       epoch = step // steps_per_epoch
       if epoch != order_epoch:
-        order = epoch_order(config.seed, epoch, num_windows, steps_per_epoch * t.batch_size)
+        order = input_pipeline.epoch_order(config.seed, epoch, num_windows,
+                                           steps_per_epoch * t.batch_size)
         order_epoch = epoch
         if step % steps_per_epoch == 0:  # a fresh epoch, not one resumed part-way
           epoch_loss = {'sum': 0.0, 'count': 0}
       global_idx = order[(step - epoch * steps_per_epoch) * t.batch_size:][:t.batch_size]
       local_idx = global_idx[jax.process_index() * local_batch:][:local_batch]
-      batch = gather_batch(prepared, prepared.train_ends[local_idx], t.context_length)
+      batch = input_pipeline.gather_batch(prepared, prepared.train_ends[local_idx],
+                                          t.context_length)
       state, metrics = train_step(state, shard_batch(batch, data_sharding, t.batch_size))
       history.append((step, metrics))
       if step == start_step:

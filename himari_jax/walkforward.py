@@ -45,11 +45,10 @@ import numpy as np
 import pandas as pd
 
 from himari_jax import backtest as backtest_lib
-from himari_jax import binance, evaluate
+from himari_jax import binance, evaluate, input_pipeline
 from himari_jax import checkpoint as checkpoint_lib
 from himari_jax import data as data_lib
 from himari_jax import ensemble as ensemble_lib
-from himari_jax import labels as labels_lib
 from himari_jax import metrics as metrics_lib
 from himari_jax import predict as predict_lib
 from himari_jax import report as report_lib
@@ -111,7 +110,7 @@ def make_folds(num_bars: int, *, train_bars: int, test_bars: int, step_bars: int
     embargo: bars left out between train and validation and between validation and test;
       the label horizon keeps labels from straddling a boundary.
     val_fraction: the last share of a fold's file held out for validation, as
-      `train.prepare_data` splits it (`windows.chronological_split`).
+      `input_pipeline.prepare_data` splits it (`windows.chronological_split`).
     first_test: the first test bar; None: the earliest with a full first training window.
     end: bars at or after it are not tested (None: N).
 
@@ -159,7 +158,7 @@ def make_folds(num_bars: int, *, train_bars: int, test_bars: int, step_bars: int
 
 
 def _fold_split(num_bars: int, val_fraction: float, embargo: int) -> windows_lib.Split:
-  """The train / validation split `train.prepare_data` makes of a fold's file."""
+  """The train / validation split `input_pipeline.prepare_data` makes of a fold's file."""
   split = windows_lib.chronological_split(num_bars, val=val_fraction, embargo=embargo)
   if split.train.stop <= WARMUP_BARS or split.val.stop <= split.val.start:
     raise ValueError(f'a fold file of {num_bars} bars leaves no training or validation bars '
@@ -203,10 +202,7 @@ def _bar_at(index: pd.DatetimeIndex, date: str) -> int:
 
 def folds_for(config: ml_collections.ConfigDict, df: pd.DataFrame) -> list[Fold]:
   """`make_folds` with the sizes and dates of a `configs/walk_forward.py` config."""
-  embargo = config.embargo
-  if embargo < 0:
-    embargo = labels_lib.label_horizon(config.labels.kind, **train_lib.label_params(
-        config.labels))
+  embargo = input_pipeline.embargo_bars(config)
   return make_folds(
       len(df), train_bars=config.train_bars, test_bars=config.test_bars,
       step_bars=config.step_bars or None, mode=config.mode, embargo=embargo,
@@ -234,7 +230,7 @@ def fold_training_config(config: ml_collections.ConfigDict, train_file: str,
   """The training config of one fold: the walk-forward config on the fold's file."""
   fold_config = config.copy_and_resolve_references()
   fold_config.data.train = train_file
-  fold_config.data.max_bars = 0  # the file holds exactly the fold's bars
+  fold_config.data.max_bars = None  # the file holds exactly the fold's bars
   fold_config.train.init_from = init_from
   return fold_config
 

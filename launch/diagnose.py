@@ -13,7 +13,7 @@ import sys
 
 from absl import app, flags, logging
 
-from himari_jax import checkpoint, data, evaluate, labels, predict, train
+from himari_jax import checkpoint, data, evaluate, input_pipeline, labels, predict
 
 _CHECKPOINTS = flags.DEFINE_list('checkpoints', None, 'Training workdirs or .pt files.',
                                  required=True)
@@ -38,7 +38,7 @@ def main(argv):
   for path, loaded in zip(_CHECKPOINTS.value, members, strict=True):
     preds = predict.predict_logits(loaded, df)
     y, valid = labels.make_labels(df, loaded.config.labels.kind,
-                                  **train.label_params(loaded.config.labels))
+                                  **input_pipeline.label_params(loaded.config.labels))
     result = evaluate.diagnostics(preds.logits + bias, y, valid & preds.available,
                                   collapse_threshold=loaded.config.train.get(
                                       'collapse_threshold', 0.85))

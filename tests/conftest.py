@@ -1,25 +1,23 @@
-"""Shared fixtures: configs loaded by path, as the launch scripts' --config flag does."""
+"""Shared fixtures: configs from `himari_jax.config`, the same the configs/ files return."""
 
-import importlib.util
 import pathlib
 
 import pytest
+
+from himari_jax import config as config_lib
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
 def load_config_file(name: str, arg: str | None = None):
-  """`configs/<name>.py`'s get_config(arg), loaded by path."""
-  spec = importlib.util.spec_from_file_location(f'configs_{name}', REPO / 'configs' / f'{name}.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg) if arg is not None else module.get_config()
+  """The config `configs/<name>.py:<arg>` names (`himari_jax.config.get_config`)."""
+  return config_lib.get_config(name, arg)
 
 
 @pytest.fixture
 def tiny_config():
   """A fresh `configs/flag_trader.py:tiny` config (tests may change it)."""
-  return load_config_file('flag_trader', 'tiny')
+  return config_lib.load_config('flag_trader:tiny')
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from conftest import load_config_file
 from seed_reference import seed_matrix
 
 from himari_jax import checkpoint as checkpoint_lib
-from himari_jax import convert, data, predict, train
+from himari_jax import convert, data, input_pipeline, predict, train
 from himari_jax import features as features_lib
 from himari_jax import model as model_lib
 
@@ -296,7 +296,7 @@ def test_converted_run_is_a_run(tmp_path, tiny_pt, tiny_config):
     np.testing.assert_array_equal(got, np.asarray(want))
   assert loaded.meta['normalizer_source'].startswith('fitted by the converter')
   assert loaded.meta['feature_set'] == loaded.config.data.feature_set == 'himari'
-  fitted = train.prepare_data(loaded.config).normalizer
+  fitted = input_pipeline.prepare_data(loaded.config).normalizer
   np.testing.assert_array_equal(loaded.normalizer.mean, fitted.mean)
   assert loaded.meta['source']['metadata'] == {'epoch': 4, 'val_loss': 0.9}
   # Fine-tuning starts from the run or from the .pt itself (config.train.init_from).

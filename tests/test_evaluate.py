@@ -3,6 +3,7 @@
 import ml_collections
 import numpy as np
 
+from himari_jax import config as config_lib
 from himari_jax import evaluate
 
 
@@ -36,8 +37,8 @@ def test_diagnostics_flags_collapse_and_skips_unavailable():
 
 
 def test_split_list():
-  assert evaluate.split_list(' a, b ,,c ') == ['a', 'b', 'c']
-  assert evaluate.split_list(('x', ' y')) == ['x', 'y']
+  assert config_lib.split_list(' a, b ,,c ') == ['a', 'b', 'c']
+  assert config_lib.split_list(('x', ' y')) == ['x', 'y']
 
 
 def test_decide_holds_where_a_member_is_unavailable(tiny_config, tmp_path):

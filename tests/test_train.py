@@ -20,7 +20,7 @@ from jax.experimental.compilation_cache import compilation_cache
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from himari_jax import checkpoint, data, features, labels, model, tb_writer, train
+from himari_jax import checkpoint, data, features, input_pipeline, labels, model, tb_writer, train
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 TINY = f'{REPO / "configs" / "flag_trader.py"}:tiny'
@@ -85,7 +85,7 @@ def test_checkpoint_holds_what_inference_needs(trained):
   assert loaded.config.to_dict() == json.loads(json.dumps(config.to_dict()))
   raw = features.compute_features(
       data.builtin_dataset('btc_usdt_1h_2020_2024', fill_gaps=True).iloc[-3000:])
-  prepared = train.prepare_data(config)
+  prepared = input_pipeline.prepare_data(config)
   np.testing.assert_allclose(loaded.normalizer.apply(raw), prepared.features, atol=1e-6)
   np.testing.assert_array_equal(loaded.meta['class_weights'], prepared.class_weights)
 
@@ -102,9 +102,9 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(trained, tmp_path, 
   config, workdir, _ = trained
   shutil.copytree(workdir, tmp_path, dirs_exist_ok=True)
   shutil.rmtree(tmp_path / 'checkpoints' / '40')  # resume at step 30 ...
-  prepared = train.prepare_data(config)
+  prepared = input_pipeline.prepare_data(config)
   poisoned = dataclasses.replace(prepared, features=np.full_like(prepared.features, np.nan))
-  monkeypatch.setattr(train, 'prepare_data', lambda _: poisoned)  # ... on corrupt inputs
+  monkeypatch.setattr(input_pipeline, 'prepare_data', lambda _: poisoned)  # ... on corrupt inputs
   with pytest.raises(train.TrainingDivergedError,
                      match='diverged at step 31: loss=nan.*last good checkpoint is step 30'):
     train.train_and_evaluate(config, str(tmp_path))
@@ -190,15 +190,15 @@ def test_weighted_cross_entropy_matches_pytorch_semantics():
 
 
 def test_epoch_order_is_a_function_of_seed_and_epoch():
-  a = train.epoch_order(0, 3, 100, 250)
-  np.testing.assert_array_equal(a, train.epoch_order(0, 3, 100, 250))
-  assert not np.array_equal(a, train.epoch_order(0, 4, 100, 250))
-  assert not np.array_equal(a, train.epoch_order(1, 3, 100, 250))
+  a = input_pipeline.epoch_order(0, 3, 100, 250)
+  np.testing.assert_array_equal(a, input_pipeline.epoch_order(0, 3, 100, 250))
+  assert not np.array_equal(a, input_pipeline.epoch_order(0, 4, 100, 250))
+  assert not np.array_equal(a, input_pipeline.epoch_order(1, 3, 100, 250))
   assert sorted(a[:100]) == list(range(100)) and sorted(a[100:200]) == list(range(100))
 
 
 def test_prepare_data_splits_with_embargo_and_fits_on_training_rows(tiny_config):
-  prepared = train.prepare_data(tiny_config)
+  prepared = input_pipeline.prepare_data(tiny_config)
   t = tiny_config.train.context_length
   embargo = prepared.summary['embargo']
   assert embargo == tiny_config.labels.horizon
@@ -211,7 +211,7 @@ def test_prepare_data_splits_with_embargo_and_fits_on_training_rows(tiny_config)
   raw = features.compute_features(df)
   expected = features.Normalizer.fit(raw[features.WARMUP_BARS:val_start - embargo])
   np.testing.assert_allclose(prepared.normalizer.mean, expected.mean, rtol=1e-5, atol=1e-6)
-  batch = train.gather_batch(prepared, prepared.train_ends[:4], t)
+  batch = input_pipeline.gather_batch(prepared, prepared.train_ends[:4], t)
   assert batch['inputs'].shape == (4, t, 60) and batch['targets'].shape == (4, t)
   assert batch['mask'].dtype == bool
 

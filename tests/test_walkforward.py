@@ -26,7 +26,7 @@ def _check_fold_invariants(fold, *, embargo, val_fraction):
   assert fold.data.stop + embargo == fold.test.start < fold.test.stop
   assert fold.train.stop - 1 + H < fold.val.start
   assert fold.val.stop - 1 + H < fold.test.start
-  # The same split train.prepare_data makes of the fold's file.
+  # The same split input_pipeline.prepare_data makes of the fold's file.
   split = windows.chronological_split(fold.data.stop - fold.data.start, val=val_fraction,
                                       embargo=embargo)
   assert fold.data.start + split.train.stop == fold.train.stop
@@ -105,7 +105,7 @@ def test_finetune_starts_each_fold_from_the_previous_run():
                                                  'wf/fold_000')
   assert fold_config.data.train == 'wf/fold_001/train.csv'
   assert fold_config.train.init_from == 'wf/fold_000'
-  assert fold_config.data.embargo == 12 and fold_config.data.max_bars == 0
+  assert fold_config.data.embargo == 12 and fold_config.data.max_bars is None
   assert config.data.train == '' and config.train.init_from == ''
 
 

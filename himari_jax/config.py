@@ -1,0 +1,338 @@
+"""Every configuration the package and its launch scripts use, with their defaults.
+
+The package never reads the repository's `configs/` folder: the defaults live here, and
+`configs/*.py` are thin files that return these configs (so `--config=configs/<name>.py:<arg>`
+on a launch script and `load_config('<name>:<arg>')` in Python give the same config).
+
+Configs (name: argument):
+- `default`: the base every FLAG-TRADER variant overrides.
+- `flag_trader`: variants `seed` (default), `small`, `tiny` (see `flag_trader_config`).
+- `backtest`: the seed's backtest settings (SPEC 6); `ensemble`: the same with two members.
+- `walk_forward`: variants `small` (default), `tiny`.
+- `pretrain`: an arm of `PRETRAIN_ARMS`, optionally followed by `,tiny`.
+
+Conventions: a list of names or paths is one comma-separated string ('a,b'), split by
+`split_list`; a field left at None means "derive it" (the embargo from the label horizon,
+every bar, one full pass over the windows).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import ml_collections
+from ml_collections import config_dict
+
+from himari_jax import constants
+
+
+class ConfigError(ValueError):
+  """The config cannot work; the message names the field and what to change."""
+
+
+def split_list(text: str | Sequence[str] | None) -> list[str]:
+  """'a, b' or ['a', 'b'] -> ['a', 'b']; None or '' -> [] (the one list splitter)."""
+  if text is None:
+    return []
+  items = text.split(',') if isinstance(text, str) else list(text)
+  return [str(item).strip() for item in items if str(item).strip()]
+
+
+# ------------------------------------------------------------------------------ training
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Base configuration shared by every FLAG-TRADER variant (the seed's sizes)."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  config.data = ml_collections.ConfigDict()
+  config.data.train = 'btc_usdt_1h_2020_2024'  # builtin names or CSV paths, comma-separated
+  config.data.test = 'btc_usdt_1h_2025_2026'  # out-of-sample era for backtests
+  config.data.val_fraction = 0.15  # last share of the training bars held out for validation
+  config.data.embargo = config_dict.placeholder(int)  # bars between splits; None = label horizon
+  config.data.fill_gaps = True  # forward-fill missing hours with zero-volume bars
+  config.data.max_bars = config_dict.placeholder(int)  # last N bars of each file; None = all
+
+  config.labels = ml_collections.ConfigDict()
+  config.labels.kind = 'threshold'  # 'threshold' or 'sharpe' (SPEC 4)
+  config.labels.horizon = 6  # bars ahead for the threshold rule
+  config.labels.threshold = 0.01  # |return| that makes a BUY / SELL
+
+  config.model = ml_collections.ConfigDict()
+  config.model.state_dim = 60
+  config.model.action_dim = constants.NUM_ACTIONS
+  config.model.d_model = 768
+  config.model.num_layers = 12
+  config.model.num_heads = 8
+  config.model.dim_feedforward = 3072
+  config.model.max_length = 256  # rows of the positional table
+  config.model.dropout_rate = 0.1
+  config.model.lora_rank = 16
+  config.model.lora_alpha = 16.0
+  config.model.lora_targets = 'q_proj,k_proj,v_proj,out_proj,ffn_1,ffn_2'  # with adapters
+  config.model.freeze_base = True  # False trains every weight (pre-training, full fine-tuning)
+  config.model.causal = True  # causal attention mask; False reproduces the original (no mask)
+  config.model.dtype = 'float32'  # compute dtype; 'bfloat16' on GPUs
+
+  config.train = ml_collections.ConfigDict()
+  config.train.context_length = 1  # T: bars the transformer sees per window (seed: 1)
+  config.train.window_stride = 1  # bars between consecutive training windows
+  config.train.batch_size = 64  # global batch, split across all devices
+  config.train.num_epochs = 10
+  config.train.steps_per_epoch = config_dict.placeholder(int)  # None = one full pass
+  config.train.learning_rate = 1e-4
+  config.train.warmup_steps = 0
+  config.train.weight_decay = 0.01
+  config.train.grad_clip = 1.0
+  config.train.class_weights = 'fixed'  # 'fixed', 'inverse', 'sqrt' or 'none'
+  config.train.best_metric = 'val_loss'  # checkpoint kept as "best"; '-val_accuracy' style for max
+  config.train.log_every_steps = 50
+  config.train.checkpoint_every_steps = 500  # also checkpoint mid-epoch (pre-emption); 0 = off
+  config.train.keep_latest = 2  # latest checkpoints kept besides the best one
+  config.train.eval_batch_size = 512  # windows per validation batch (global)
+  config.train.collapse_threshold = 0.85  # warn when one action exceeds this share
+  config.train.init_from = ''  # checkpoint dir or PyTorch .pt to start from (fine-tuning)
+  config.train.fresh_adapters = False  # with init_from: merge its adapters, start new ones
+
+  config.decision = ml_collections.ConfigDict()
+  config.decision.logit_bias = (0.0, 0.0, 0.0)  # added to logits before softmax
+  config.decision.confidence_threshold = 0.0  # BUY/SELL below this confidence become HOLD
+  return config
+
+
+def _small_sizes(config: ml_collections.ConfigDict) -> None:
+  """A context-32 model that trains on two CPU cores in minutes (small, pretrain budget)."""
+  config.model.update(d_model=64, num_layers=2, num_heads=4, dim_feedforward=256,
+                      max_length=64, lora_rank=8)
+  config.train.update(context_length=32, window_stride=8, batch_size=32, num_epochs=4,
+                      steps_per_epoch=300, learning_rate=1e-3, warmup_steps=50)
+
+
+def _tiny_sizes(config: ml_collections.ConfigDict) -> None:
+  """Seconds on one CPU core: the sizes of every test config."""
+  config.model.update(d_model=16, num_layers=1, num_heads=2, dim_feedforward=32,
+                      max_length=16, lora_rank=4)
+  config.train.update(context_length=8, window_stride=4, batch_size=8, learning_rate=3e-3,
+                      eval_batch_size=256)
+
+
+def _seed(config: ml_collections.ConfigDict) -> None:
+  config.decision.logit_bias = constants.SEED_LOGIT_BIAS
+
+
+def _small(config: ml_collections.ConfigDict) -> None:
+  _small_sizes(config)
+  config.train.checkpoint_every_steps = 100
+
+
+def _tiny(config: ml_collections.ConfigDict) -> None:
+  config.data.max_bars = 3000
+  _tiny_sizes(config)
+  config.train.update(num_epochs=2, steps_per_epoch=20, log_every_steps=5,
+                      checkpoint_every_steps=10)
+
+
+FLAG_TRADER_VARIANTS: dict[str, Callable[[ml_collections.ConfigDict], None]] = {
+    'seed': _seed, 'small': _small, 'tiny': _tiny}
+
+
+def flag_trader_config(variant: str | None = 'seed') -> ml_collections.ConfigDict:
+  """`default_config()` with a variant's overrides.
+
+  - `seed`: the 88M-parameter seed model and its exact hyper-parameters (T = 1, batch 64,
+    lr 1e-4, 10 epochs, fixed class weights) with the seed's logit bias.
+  - `small`: a context-32 model that trains on the bundled BTC 2020-2024 bars on two CPU
+    cores in a few minutes.
+  - `tiny`: for tests; seconds on one CPU core.
+  """
+  variant = variant or 'seed'
+  if variant not in FLAG_TRADER_VARIANTS:
+    raise ValueError(f'unknown config variant {variant!r}; valid variants: '
+                     f'{", ".join(FLAG_TRADER_VARIANTS)} (e.g. '
+                     '--config=configs/flag_trader.py:small)')
+  config = default_config()
+  FLAG_TRADER_VARIANTS[variant](config)
+  config.variant = variant
+  return config
+
+
+# ------------------------------------------------------------------------------ backtest
+
+
+def backtest_config() -> ml_collections.ConfigDict:
+  """The seed's backtest (SPEC 6): long-only, BUY sized at confidence * 10 % of equity, fills
+  at the decision bar's close, 0.1 % commission and 0.05 % slippage."""
+  config = ml_collections.ConfigDict()
+  config.checkpoints = 'checkpoints/small_a'  # workdirs or PyTorch .pt files, comma-separated
+  config.which = 'best'  # checkpoint of each workdir: 'best' or 'latest'
+  config.dataset = 'btc_usdt_1h_2025_2026'  # builtin dataset name or CSV path to backtest on
+  config.strategy = 'voting'  # ensemble of several checkpoints (himari_jax.ensemble.STRATEGIES)
+  config.weights = ''  # one non-negative weight per checkpoint, comma-separated; '' = equal
+  config.confidence_threshold = 0.0  # BUY/SELL with confidence below this become HOLD
+
+  # Logit correction of each member, fitted on the validation split of its own training run.
+  config.calibration = ml_collections.ConfigDict()
+  config.calibration.mode = 'fit_rates'  # 'none', 'fixed', 'fit_rates' (label rates), 'fit_logloss'
+  config.calibration.bias = constants.SEED_LOGIT_BIAS  # logit bias for mode 'fixed'
+  config.calibration.temperature = True  # also fit a temperature (changes confidences only)
+  config.calibration.num_bins = 15  # confidence bins of the reported calibration error
+
+  config.initial_capital = 100_000.0
+  config.commission = 0.001  # fraction of traded notional
+  config.slippage = 0.0005  # fraction of the reference price, against the trade
+  config.commission_sell = config_dict.placeholder(float)  # None: same as commission
+  config.slippage_sell = config_dict.placeholder(float)  # None: same as slippage
+  config.max_position_pct = 0.10  # BUY target: confidence * this share of equity
+  config.fill = 'close'  # 'close' of the decision bar (seed) or 'next_open'
+  config.allow_short = False  # SELL goes short (same target size) instead of flat
+  config.sizing = 'confidence'  # 'confidence' (seed), 'fixed' (max_position_pct) or 'full'
+  config.periods_per_year = constants.PERIODS_PER_YEAR
+  config.risk_free_rate = 0.0  # simple annual rate for Sharpe / Sortino
+
+  config.significance = ml_collections.ConfigDict()
+  config.significance.num_resamples = 2000  # block-bootstrap resamples
+  config.significance.num_shuffles = 1000  # shuffled-signal null draws
+  config.significance.seed = 0
+
+  config.sweep = ml_collections.ConfigDict()
+  config.sweep.confidence_thresholds = (0.0, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+  config.sweep.strategies = ('voting', 'confidence_weighted', 'disagreement')
+  # 'all' (every metric) or 'core' (returns, Sharpe, drawdown, trades: several times faster
+  # for large grids; see backtest.sweep).
+  config.sweep.metrics = 'all'
+  return config
+
+
+def ensemble_config() -> ml_collections.ConfigDict:
+  """`backtest_config()` with the shipped two-member ensemble voting."""
+  config = backtest_config()
+  config.checkpoints = 'checkpoints/small_a,checkpoints/small_b'
+  return config
+
+
+# --------------------------------------------------------------------------- walk-forward
+
+
+WALK_FORWARD_VARIANTS = ('small', 'tiny')
+
+
+def walk_forward_config(variant: str | None = 'small') -> ml_collections.ConfigDict:
+  """Walk-forward folds with the model and training of `flag_trader_config(variant)`.
+
+  Every fold trains on its own window of one asset's bars (all bundled eras of `asset`,
+  concatenated) and is tested on the bars that follow, `embargo` bars later; the test
+  windows are backtested as one series with the settings of `config.backtest`.
+  """
+  variant = variant or 'small'
+  if variant not in WALK_FORWARD_VARIANTS:
+    raise ValueError(f'unknown walk-forward variant {variant!r}; valid: '
+                     f'{", ".join(WALK_FORWARD_VARIANTS)}')
+  config = flag_trader_config(variant)
+  config.asset = 'btc'  # every bundled era of this asset, concatenated in time
+  config.datasets = ''  # or comma-separated builtin names / CSV paths, oldest first
+  config.test_start = '2025-01-01'  # first test bar; '' = earliest with a full training window
+  config.test_end = ''  # bars from this date on are not tested; '' = to the end of the data
+  config.train_bars = 8760  # bars of each training window, validation included (a year)
+  config.test_bars = 2820  # bars of each test window (~4 months: 4 folds to 2026-04-15)
+  config.step_bars = config_dict.placeholder(int)  # bars between test starts; None = test_bars
+  config.mode = 'rolling'  # 'rolling' window or 'expanding' from the first fold's start
+  config.embargo = config_dict.placeholder(int)  # train | val | test gap; None = label horizon
+  config.per_fold = 'retrain'  # 'retrain' from scratch or 'finetune' the previous fold's run
+  config.data.embargo = config.get_ref('embargo')
+  config.data.train = ''  # set per fold: the fold's training file
+  config.data.test = ''  # unused: every fold tests on the bars after its training window
+  config.data.max_bars = None  # a fold trains on its whole file
+
+  # Calibration, decision threshold, costs, sizing and significance of the backtests.
+  config.backtest = backtest_config()
+  config.backtest.checkpoints = ''  # unused: the folds' runs
+  config.backtest.dataset = ''  # unused: the folds' test windows
+
+  if variant == 'tiny':
+    config.test_start = '2025-06-01'
+    config.test_end = '2025-06-21'  # two folds
+    config.train_bars = 1200
+    config.test_bars = 240
+    config.train.update(num_epochs=1, steps_per_epoch=6, checkpoint_every_steps=0)
+    config.backtest.significance.update(num_resamples=200, num_shuffles=100)
+  return config
+
+
+# ---------------------------------------------------------------------------- pretraining
+
+
+PRETRAIN_DATA = 'btc_usdt_1h_2017_2019,eth_usdt_1h_2017_2019,eth_usdt_1h_2020_2024'
+FINETUNE_DATA = 'btc_usdt_1h_2020_2024'
+PRETRAIN_ARMS = ('pretrain', 'finetune', 'full_finetune', 'scratch_lora')
+
+
+def pretrain_config(arg: str | None = 'pretrain') -> ml_collections.ConfigDict:
+  """Pre-training then LoRA: `arg` is an arm of `PRETRAIN_ARMS`, optionally with `,tiny`.
+
+  - `pretrain`: the whole transformer trained (no adapters) on BTC 2017-2019, ETH 2017-2019
+    and ETH 2020-2024: a multi-asset, multi-era supervised base.
+  - `finetune`: LoRA on BTC 2020-2024 on the frozen pre-trained base (set
+    `train.init_from`); `fresh_adapters` starts new adapters (`lora_B = 0`).
+  - `full_finetune`: every weight trained on BTC 2020-2024 from the same pre-trained run.
+  - `scratch_lora`: the seed's recipe: LoRA on a randomly initialised, frozen base.
+
+  The fine-tuning arms share one budget (data, sizes, steps, batch, optimiser, schedule).
+  """
+  parts = split_list(arg or 'pretrain')
+  arm, switches = parts[0], set(parts[1:])
+  if arm not in PRETRAIN_ARMS or switches - {'tiny'}:
+    raise ValueError(f'unknown config argument {arg!r}; use one of {", ".join(PRETRAIN_ARMS)}, '
+                     'optionally followed by ",tiny" (e.g. configs/pretrain.py:finetune,tiny)')
+  config = default_config()
+  config.train.keep_latest = 1  # runs of minutes: the best and the last step suffice
+  config.train.fresh_adapters = arm != 'pretrain'
+  _small_sizes(config)
+  config.train.update(class_weights='sqrt', log_every_steps=100, checkpoint_every_steps=0)
+
+  pretrained = arm == 'pretrain'
+  config.data.train = PRETRAIN_DATA if pretrained else FINETUNE_DATA
+  # Pre-training and full fine-tuning train a plain transformer; LoRA arms add adapters.
+  lora = arm in ('finetune', 'scratch_lora')
+  config.model.lora_targets = default_config().model.lora_targets if lora else ''
+  config.model.freeze_base = lora
+  if pretrained:
+    config.train.num_epochs = 8  # three files: about twice the fine-tuning windows
+
+  if 'tiny' in switches:
+    config.data.max_bars = 1500
+    _tiny_sizes(config)
+    config.train.update(num_epochs=1, steps_per_epoch=4, warmup_steps=0, log_every_steps=2)
+  config.arm = arm
+  return config
+
+
+# -------------------------------------------------------------------------------- loading
+
+
+CONFIGS: dict[str, Callable[..., ml_collections.ConfigDict]] = {
+    'default': default_config, 'flag_trader': flag_trader_config,
+    'backtest': backtest_config, 'ensemble': ensemble_config,
+    'walk_forward': walk_forward_config, 'pretrain': pretrain_config}
+
+
+def get_config(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
+  """The config `name` of `CONFIGS` with its argument (a variant), as configs/<name>.py gives.
+
+  Raises:
+    ValueError: an unknown name or variant; the message lists the valid ones.
+  """
+  if name not in CONFIGS:
+    raise ValueError(f'unknown config {name!r}; valid: {", ".join(CONFIGS)}')
+  return CONFIGS[name](arg) if arg is not None else CONFIGS[name]()
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+  """'flag_trader:tiny', 'configs/flag_trader.py:tiny' or 'backtest' -> the config.
+
+  The one way tests, benchmarks and scripts load a config variant; a `configs/<name>.py`
+  path names the same config as `<name>` (those files return these configs).
+  """
+  name, _, arg = spec.partition(':')
+  name = name.rsplit('/', 1)[-1].removesuffix('.py')
+  return get_config(name, arg or None)
