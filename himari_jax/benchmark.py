@@ -821,7 +821,11 @@ def write_report(config: ml_collections.ConfigDict, summary: dict[str, Any], wor
             'stationary block-bootstrap CI. DSR: probability that the true Sharpe ratio '
             'beats the best of all benchmark trials under no skill. Last column: paired '
             'block bootstrap of the net Sharpe difference to the best baseline (one-sided '
-            'p of "better").', '', '## Wall time', '',
+            'p of "better"). A `-` Sharpe: the selected policy never traded on the test '
+            'bars (a constant prediction, such as the label prior or buy-and-hold, calibrated '
+            'to the validation label rates has HOLD as its argmax and a margin '
+            '`p_buy - p_sell` below every entry threshold); the market line above is the '
+            'fully invested buy-and-hold.', '', '## Wall time', '',
             '| model | trials | total | per trial |', '|---|---:|---:|---:|']
   for model, w in summary['wall'].items():
     lines.append(f'| {model} | {w["trials"]} | {_format_seconds(w["seconds"])} | '
