@@ -652,6 +652,24 @@ def _max_drawdown(returns: np.ndarray) -> float:
   return float(np.min(equity / np.maximum.accumulate(np.concatenate([[1.0], equity]))[1:] - 1))
 
 
+def _pooled_trials(records: Sequence[dict[str, Any]],
+                   num_observations: int) -> tuple[int, float]:
+  """(policies tried, variance of their per-period Sharpe ratios at `num_observations` bars).
+
+  The policies' Sharpe ratios are measured on the validation bars; the spread of a Sharpe
+  estimate shrinks as 1 / sqrt(bars), so their variance is rescaled by validation bars /
+  `num_observations` to be the spread expected over the tested bars (without it, a short
+  validation window would set the deflation bar too high).
+  """
+  num_trials = sum(r['policy']['num_trials'] for r in records)
+  count = sum(r['policy']['finite_trials'] for r in records)
+  total = sum(r['policy']['trial_sharpe_sum'] for r in records)
+  total_sq = sum(r['policy']['trial_sharpe_sumsq'] for r in records)
+  variance = (total_sq - total ** 2 / count) / (count - 1) if count > 1 else math.nan
+  val_bars = np.mean([r['fold_bounds']['val'][1] - r['fold_bounds']['val'][0] for r in records])
+  return num_trials, variance * val_bars / num_observations
+
+
 def summarize(config: ml_collections.ConfigDict, records: Sequence[dict[str, Any]],
               assets: Sequence[Asset], workdir: str) -> dict[str, Any]:
   """Per (model, asset): signal metrics across folds, stitched gross / net Sharpe with CIs,
@@ -661,10 +679,6 @@ def summarize(config: ml_collections.ConfigDict, records: Sequence[dict[str, Any
   ppy = float(config.backtest.periods_per_year)
   # Every policy tried in every trial is a trial of the benchmark (SPEC 8 and 10).
   num_trials = sum(r['policy']['num_trials'] for r in records)
-  count = sum(r['policy']['finite_trials'] for r in records)
-  total = sum(r['policy']['trial_sharpe_sum'] for r in records)
-  total_sq = sum(r['policy']['trial_sharpe_sumsq'] for r in records)
-  variance = (total_sq - total ** 2 / count) / (count - 1) if count > 1 else math.nan
   models = list(dict.fromkeys(r['model'] for r in records))
   rows, series = {}, {}
   for asset in assets:
@@ -701,11 +715,18 @@ def summarize(config: ml_collections.ConfigDict, records: Sequence[dict[str, Any
       row['net_total_return'] = float(np.prod(1.0 + stitched['net']) - 1.0)
       moments = significance_lib.return_moments(stitched['net']) if np.std(
           stitched['net']) > 0 else None
-      row['deflated_sharpe'] = math.nan if moments is None or not np.isfinite(variance) else \
-          significance_lib.deflated_sharpe_ratio(
-              moments['sharpe'], moments['num_observations'], moments['skewness'],
-              moments['kurtosis'], num_trials=max(num_trials, 1),
-              trial_sharpe_variance=variance)
+      # Deflated over all trials of the benchmark, and over this row's own policy trials
+      # only (what a reader who picked this model in advance would have to count).
+      n_obs = len(stitched['net'])
+      for key, trials in (('deflated_sharpe', records), ('deflated_sharpe_own', mine)):
+        n_trials, var = _pooled_trials(trials, n_obs)
+        row[key] = math.nan if moments is None or not np.isfinite(var) else \
+            significance_lib.deflated_sharpe_ratio(
+                moments['sharpe'], moments['num_observations'], moments['skewness'],
+                moments['kurtosis'], num_trials=max(n_trials, 1), trial_sharpe_variance=var)
+        row[f'{key}_bar'] = significance_lib.expected_max_sharpe(
+            max(n_trials, 1), var) * math.sqrt(ppy) if np.isfinite(var) else math.nan
+      row['own_trials'] = sum(r['policy']['num_trials'] for r in mine)
       rows[(model, asset.name)] = row
   best = {}
   for asset in assets:
@@ -740,7 +761,7 @@ def summarize(config: ml_collections.ConfigDict, records: Sequence[dict[str, Any
     w['trials'] += 1
     w['seconds'] += r['wall_seconds']
   return {'rows': list(rows.values()), 'best_baseline': best, 'num_trials': num_trials,
-          'trial_sharpe_variance': variance, 'market': market, 'wall': wall,
+          'market': market, 'wall': wall,
           'models': models, 'assets': {a.name: {'spec': a.spec, 'folds': [
               f.to_dict() for f in a.folds], 'test': [
               str(a.df.index[a.folds[0].test.start]),
@@ -783,7 +804,8 @@ def write_report(config: ml_collections.ConfigDict, summary: dict[str, Any], wor
     lines += [f'**{name} skipped**: {why}', '']
   header = ('| model | IC (t, ICIR) | rank IC (t, ICIR) | log-loss skill | Brier skill | '
             'bal. acc | macro F1 | gross Sharpe (95% CI) | net Sharpe (95% CI) | '
-            'turnover / yr | max DD | DSR | net vs best baseline (95% CI, p) |')
+            'turnover / yr | max DD | DSR (all / own trials) | '
+            'net vs best baseline (95% CI, p) |')
   rule = '|' + '---|' * 13
   for asset, info in summary['assets'].items():
     best = summary['best_baseline'].get(asset)
@@ -810,7 +832,8 @@ def write_report(config: ml_collections.ConfigDict, summary: dict[str, Any], wor
           f'{_fmt(s["balanced_accuracy"]["mean"], ".3f")} | '
           f'{_fmt(s["macro_f1"]["mean"], ".3f")} | {_ci(row["gross_sharpe"])} | '
           f'{_ci(row["net_sharpe"])} | {_fmt(row["turnover_per_year"], ".1f")} | '
-          f'{_fmt(row["max_drawdown"], ".2%")} | {_fmt(row["deflated_sharpe"], ".3f")} | '
+          f'{_fmt(row["max_drawdown"], ".2%")} | {_fmt(row["deflated_sharpe"], ".3f")} / '
+          f'{_fmt(row["deflated_sharpe_own"], ".3f")} | '
           f'{versus} |')
     lines.append('')
   lines += ['IC and rank IC: Pearson / Spearman correlation of `p_buy - p_sell` with the '
@@ -819,7 +842,9 @@ def write_report(config: ml_collections.ConfigDict, summary: dict[str, Any], wor
             '`1 - loss / loss of the training label prior`. Sharpe: annualised, of the test '
             'windows stitched in time order, per-bar returns averaged over seeds, with a '
             'stationary block-bootstrap CI. DSR: probability that the true Sharpe ratio '
-            'beats the best of all benchmark trials under no skill. Last column: paired '
+            'beats the best of all benchmark trials under no skill (all: every policy of '
+            'every trial; own: the row\'s own policy trials; the trials\' Sharpe variance '
+            'comes from the validation sweeps, rescaled to the tested bars). Last column: paired '
             'block bootstrap of the net Sharpe difference to the best baseline (one-sided '
             'p of "better"). A `-` Sharpe: the selected policy never traded on the test '
             'bars (a constant prediction, such as the label prior or buy-and-hold, calibrated '
