@@ -430,6 +430,19 @@ def _probs_for(config: ml_collections.ConfigDict, trial: Trial, data: FoldData,
   return model.predict(data.features, close=data.close), train_hash, val_hash
 
 
+def settings_hash(config: ml_collections.ConfigDict, model: str) -> str:
+  """A hash of everything a trial of `model` depends on besides its fold and seed: labels,
+  split, costs, calibration, policy grid and the model's own settings."""
+  own = (config.flag_traders[model].to_dict() if model in config.flag_traders
+         else dict(config.baselines.get(model, {}) or {}))
+  parts = {'labels': config.labels.to_dict(), 'data': config.data.to_dict(),
+           'backtest': {k: v for k, v in config.backtest.to_dict().items()
+                        if k not in ('significance', 'sweep')},
+           'policy': config.policy.to_dict(), 'model': own}
+  text = json.dumps(_jsonable(parts), sort_keys=True, default=str)
+  return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def run_trial(config: ml_collections.ConfigDict, trial: Trial, asset: Asset,
               data: FoldData, workdir: str) -> dict[str, Any]:
   """Fits, calibrates, selects a policy on validation, tests; returns the result line."""
@@ -486,7 +499,7 @@ def run_trial(config: ml_collections.ConfigDict, trial: Trial, asset: Asset,
   dd = equity / np.maximum.accumulate(np.concatenate([[capital], equity]))[1:] - 1.0
   return {
       'model': trial.model, 'asset': trial.asset, 'fold': trial.fold, 'seed': trial.seed,
-      'fold_bounds': fold.to_dict(),
+      'settings': settings_hash(config, trial.model), 'fold_bounds': fold.to_dict(),
       'dates': {'train': [str(asset.df.index[fold.train.start]),
                           str(asset.df.index[fold.val.stop - 1])],
                 'test': [str(asset.df.index[fold.test.start]),
@@ -553,7 +566,8 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str, *,
 
   Raises:
     ConfigError: unusable settings; DataError: an asset that cannot be loaded;
-    ValueError: a workdir whose finished trials used other folds.
+    ConfigError also for a workdir whose finished trials used other folds or settings;
+    ValueError: a results.jsonl line that is not JSON.
   """
   start = time.time()
   workdir = os.path.abspath(workdir)
@@ -569,6 +583,7 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str, *,
         f'{asset.df.index[asset.folds[0].test.start]:%Y-%m-%d} .. '
         f'{asset.df.index[asset.folds[-1].test.stop - 1]:%Y-%m-%d}')
   trials = plan_trials(config, assets, models)
+  hashes = {model: settings_hash(config, model) for model in models}
   done = {}
   for record in read_results(workdir):
     key = (record['model'], record['asset'], record['fold'], record['seed'])
@@ -576,9 +591,14 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str, *,
     if asset is None or record['fold'] >= len(asset.folds):
       continue
     if record['fold_bounds'] != asset.folds[record['fold']].to_dict():
-      raise ValueError(f'{workdir}/{RESULTS}: trial {key} used fold {record["fold_bounds"]}, '
-                       f'not {asset.folds[record["fold"]].to_dict()}: another config made it; '
-                       'use another --workdir')
+      raise config_lib.ConfigError(
+          f'{workdir}/{RESULTS}: trial {key} used fold {record["fold_bounds"]}, not '
+          f'{asset.folds[record["fold"]].to_dict()}: another config made it; use another '
+          '--workdir')
+    if record['model'] in models and record.get('settings') != hashes[record['model']]:
+      raise config_lib.ConfigError(
+          f'{workdir}/{RESULTS}: trial {key} was run with other labels, costs, policies or '
+          f'{record["model"]} settings than config; use another --workdir')
     done[key] = record
   todo = [t for t in trials if t.key not in done]
   log(f'{len(trials)} trials ({len(models)} models x {len(assets)} assets x folds x seeds); '

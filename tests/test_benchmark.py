@@ -87,7 +87,19 @@ def test_rerun_with_other_folds_is_refused(tiny_run):
   workdir, _, _ = tiny_run
   config = benchmark.benchmark_config('tiny')
   config.folds.train_bars = 1000
-  with pytest.raises(ValueError, match='another config'):
+  with pytest.raises(config_lib.ConfigError, match='another config'):
+    _run(config, workdir)
+
+
+def test_rerun_with_other_model_settings_is_refused(tiny_run):
+  workdir, _, _ = tiny_run
+  config = benchmark.benchmark_config('tiny')
+  config.baselines.logistic = {'steps': 31}
+  with pytest.raises(config_lib.ConfigError, match='other labels, costs, policies or logistic'):
+    _run(config, workdir)
+  config = benchmark.benchmark_config('tiny')
+  config.backtest.commission = 0.002
+  with pytest.raises(config_lib.ConfigError, match='use another --workdir'):
     _run(config, workdir)
 
 
@@ -151,6 +163,16 @@ def test_lightgbm_missing_is_skipped_and_said(tmp_path, monkeypatch):
   assert f'lightgbm skipped: {reason}' in lines
   assert {r['model'] for r in _records(tmp_path)} == {'momentum'}
   assert f'**lightgbm skipped**: {reason}' in (tmp_path / benchmark.REPORT).read_text()
+
+
+def test_gpu_variant_adds_seed_sized_flag_trader_at_t1_and_t64():
+  config = benchmark.benchmark_config('gpu')
+  models, _ = benchmark.model_kinds(config)
+  assert {'flag_trader', 'flag_trader_seed_t1', 'flag_trader_seed_t64'} <= set(models)
+  for name, context in (('flag_trader_seed_t1', 1), ('flag_trader_seed_t64', 64)):
+    ft = config.flag_traders[name]
+    assert (ft.model.d_model, ft.model.num_layers, ft.train.context_length) == (768, 12, context)
+  assert config.num_seeds == 3 and config.assets == 'btc,eth'
 
 
 def test_bad_settings_are_named(tmp_path):
