@@ -265,7 +265,8 @@ class FoldData:
   labels, train_mask, val_mask: (S,) from the training file's pipeline (False past it);
   test_labels, test_mask: (S,) labels of the test rows (from bars up to h after them);
   forward: (S,) forward h-bar returns; sigma: (S,) annualised volatility (bars <= t);
-  val, test: row slices; prior: (3,) training label frequencies; file: the training bars.
+  val, test: row slices; prior: (3,) training label frequencies; file: the training bars
+  (the fold's training file); span: the bars of the rows (file, embargo, test window).
   """
 
   raw: np.ndarray
@@ -339,6 +340,8 @@ def array_hash(*arrays: np.ndarray) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Trial:
+  """One (model, asset, fold, seed) cell of the benchmark; rule models use seed 0 only."""
+
   model: str
   asset: str
   fold: int
