@@ -177,7 +177,8 @@ def aggregate_folds(folds: Sequence[Mapping[str, float]],
     mean = float(values.mean()) if n else math.nan
     std = float(values.std(ddof=1)) if n >= 2 else math.nan
     spread = std if std > 0 else math.nan
-    entry = {'mean': mean, 'std': std, 't_stat': mean / (spread / math.sqrt(n)), 'n_folds': n}
+    t_stat = mean / (spread / math.sqrt(n)) if n else math.nan  # no defined fold: no t
+    entry = {'mean': mean, 'std': std, 't_stat': t_stat, 'n_folds': n}
     if name in _IC_METRICS:
       entry['icir'] = mean / spread
     out[name] = entry

@@ -1,0 +1,16 @@
+"""Model benchmark: `--config=configs/benchmark.py:<variant>`, variant one of `cpu` (default:
+bundled BTC and ETH, every baseline and a `small`-sized FLAG-TRADER, 3 seeds, about half an
+hour on two CPU cores), `gpu` (adds the seed-sized FLAG-TRADER at T = 1 and T = 64) or `tiny`
+(tests); defined in `himari_jax.benchmark.benchmark_config`.
+
+Any field can be overridden, e.g. `--config.assets=btc,data/sol.csv --config.num_seeds=1
+--config.models=logistic,lightgbm`.
+"""
+
+import ml_collections
+
+from himari_jax import benchmark
+
+
+def get_config(variant: str = 'cpu') -> ml_collections.ConfigDict:
+  return benchmark.benchmark_config(variant)

@@ -1,0 +1,228 @@
+"""Benchmark: end to end on the tiny variant, resume, equal folds and labels for every model."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from himari_jax import baselines, benchmark, significance
+from himari_jax import config as config_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(config, workdir):
+  lines = []
+  summary = benchmark.run_benchmark(config, str(workdir), log=lines.append)
+  return summary, lines
+
+
+@pytest.fixture(scope='module')
+def tiny_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('bench')
+  summary, lines = _run(benchmark.benchmark_config('tiny'), workdir)
+  return workdir, summary, lines
+
+
+def _records(workdir):
+  return benchmark.read_results(str(workdir))
+
+
+def test_tiny_runs_end_to_end(tiny_run):
+  workdir, summary, lines = tiny_run
+  records = _records(workdir)
+  # momentum once per fold, logistic per seed: 2 folds x (1 + 2 seeds).
+  assert sorted((r['model'], r['fold'], r['seed']) for r in records) == sorted(
+      [('momentum', k, 0) for k in (0, 1)] + [('logistic', k, s) for k in (0, 1) for s in (0, 1)])
+  progress = [line for line in lines if line.startswith('[')]
+  assert len(progress) == 6 and all('ETA' in line for line in progress)
+  report = (workdir / benchmark.REPORT).read_text()
+  for text in ('| momentum |', '| logistic |', 'net Sharpe (95% CI)', 'DSR', '## Wall time'):
+    assert text in report
+  rows = {r['model']: r for r in summary['rows']}
+  assert set(rows) == {'momentum', 'logistic'}
+  # Every policy tried in every trial counts in the deflated Sharpe ratio.
+  grid_size = np.size(benchmark.policy_grid(benchmark.benchmark_config('tiny').policy).entry)
+  assert summary['num_trials'] == grid_size * len(records)
+  assert all(r['policy']['num_trials'] == grid_size for r in records)
+
+
+def test_stitched_sharpe_matches_the_trial_returns(tiny_run):
+  workdir, summary, _ = tiny_run
+  records = [r for r in _records(workdir) if r['model'] == 'logistic']
+  per_fold = []
+  for k in (0, 1):
+    arrays = [np.load(os.path.join(benchmark.Trial('logistic', 'btc', k, s).directory(
+        str(workdir)), benchmark.TEST_ARRAYS))['net_returns'] for s in (0, 1)]
+    per_fold.append((arrays[0] + arrays[1]) / 2)
+  returns = np.concatenate(per_fold)
+  row = next(r for r in summary['rows'] if r['model'] == 'logistic')
+  expected = returns.mean() / returns.std(ddof=1) * np.sqrt(8760)
+  np.testing.assert_allclose(row['net_sharpe']['estimate'], expected, rtol=1e-4)
+  # Each trial's own net Sharpe is the Sharpe of the returns it saved.
+  for r in records:
+    saved = np.load(os.path.join(benchmark.Trial('logistic', 'btc', r['fold'], r['seed'])
+                                 .directory(str(workdir)), benchmark.TEST_ARRAYS))
+    np.testing.assert_allclose(r['backtest']['net_sharpe'],
+                               significance.sharpe_ratio(saved['net_returns']), rtol=1e-4)
+
+
+def test_rerun_skips_finished_trials(tiny_run):
+  workdir, _, _ = tiny_run
+  before = (workdir / benchmark.RESULTS).read_text()
+  npz = os.path.join(benchmark.Trial('logistic', 'btc', 0, 0).directory(str(workdir)),
+                     benchmark.TEST_ARRAYS)
+  stamp = os.stat(npz).st_mtime_ns
+  _, lines = _run(benchmark.benchmark_config('tiny'), workdir)
+  assert any('6 done, 0 to run' in line for line in lines)
+  assert not any(line.startswith('[') for line in lines)
+  assert (workdir / benchmark.RESULTS).read_text() == before
+  assert os.stat(npz).st_mtime_ns == stamp
+
+
+def test_rerun_with_other_folds_is_refused(tiny_run):
+  workdir, _, _ = tiny_run
+  config = benchmark.benchmark_config('tiny')
+  config.folds.train_bars = 1000
+  with pytest.raises(config_lib.ConfigError, match='another config'):
+    _run(config, workdir)
+
+
+def test_rerun_with_other_model_settings_is_refused(tiny_run):
+  workdir, _, _ = tiny_run
+  config = benchmark.benchmark_config('tiny')
+  config.baselines.logistic = {'steps': 31}
+  with pytest.raises(config_lib.ConfigError, match='other labels, costs, policies or logistic'):
+    _run(config, workdir)
+  config = benchmark.benchmark_config('tiny')
+  config.backtest.commission = 0.002
+  with pytest.raises(config_lib.ConfigError, match='use another --workdir'):
+    _run(config, workdir)
+
+
+def test_a_killed_trial_reruns_alone(tmp_path):
+  config = benchmark.benchmark_config('tiny')
+  config.num_seeds = 1
+  _run(config, tmp_path)
+  path = tmp_path / benchmark.RESULTS
+  lines = path.read_text().splitlines()
+  path.write_text('\n'.join(lines[:-1]) + '\n')  # the last trial never wrote its line
+  _, log = _run(config, tmp_path)
+  assert any(f'{len(lines) - 1} done, 1 to run' in line for line in log)
+  assert len(path.read_text().splitlines()) == len(lines)
+
+
+def _same_folds_and_labels(records):
+  by_fold = {}
+  for r in records:
+    by_fold.setdefault((r['asset'], r['fold']), []).append(r)
+  for group in by_fold.values():
+    assert len({r['model'] for r in group}) >= 2
+    assert all(r['fold_bounds'] == group[0]['fold_bounds'] for r in group)
+    assert all(r['label_hash'] == group[0]['label_hash'] for r in group)
+    assert all(r['costs'] == group[0]['costs'] for r in group)
+  # Different folds have different labels: the hash sees the data.
+  hashes = {g[0]['label_hash']['test'] for g in by_fold.values()}
+  assert len(hashes) == len(by_fold)
+
+
+def test_every_model_gets_the_same_folds_and_labels(tiny_run):
+  workdir, _, _ = tiny_run
+  _same_folds_and_labels(_records(workdir))
+
+
+def test_flag_trader_trains_per_fold_on_the_same_labels(tmp_path):
+  config = benchmark.benchmark_config('tiny')
+  config.models = 'label_prior,flag_trader'
+  config.num_seeds = 1
+  config.folds.test_end = '2025-06-11'  # one fold
+  summary, _ = _run(config, tmp_path)
+  records = _records(tmp_path)
+  assert {r['model'] for r in records} == {'label_prior', 'flag_trader'}
+  # FLAG-TRADER's hashes come from its own pipeline run on the CSV it trained on.
+  _same_folds_and_labels(records)
+  run = benchmark.Trial('flag_trader', 'btc', 0, 0).directory(str(tmp_path))
+  assert os.path.isdir(os.path.join(run, 'checkpoints'))
+  assert os.path.exists(os.path.join(run, benchmark.TRAIN_FILE))
+  ft = next(r for r in summary['rows'] if r['model'] == 'flag_trader')
+  assert ft['signal']['balanced_accuracy']['n_folds'] == 1
+
+
+def test_lightgbm_missing_is_skipped_and_said(tmp_path, monkeypatch):
+  reason = 'lightgbm is not installed (pip install "himari-jax[baselines]"): test'
+  available = {name: None for name in baselines.BASELINES}
+  monkeypatch.setattr(baselines, 'available_baselines',
+                      lambda: {**available, 'lightgbm': reason})
+  config = benchmark.benchmark_config('tiny')
+  config.models = 'momentum,lightgbm'
+  config.folds.test_end = '2025-06-11'
+  _, lines = _run(config, tmp_path)
+  assert f'lightgbm skipped: {reason}' in lines
+  assert {r['model'] for r in _records(tmp_path)} == {'momentum'}
+  assert f'**lightgbm skipped**: {reason}' in (tmp_path / benchmark.REPORT).read_text()
+
+
+def test_gpu_variant_adds_seed_sized_flag_trader_at_t1_and_t64():
+  config = benchmark.benchmark_config('gpu')
+  models, _ = benchmark.model_kinds(config)
+  assert {'flag_trader', 'flag_trader_seed_t1', 'flag_trader_seed_t64'} <= set(models)
+  for name, context in (('flag_trader_seed_t1', 1), ('flag_trader_seed_t64', 64)):
+    ft = config.flag_traders[name]
+    assert (ft.model.d_model, ft.model.num_layers, ft.train.context_length) == (768, 12, context)
+  assert config.num_seeds == 3 and config.assets == 'btc,eth'
+
+
+def test_bad_settings_are_named(tmp_path):
+  config = benchmark.benchmark_config('tiny')
+  config.models = 'momentum,xgboost'
+  with pytest.raises(config_lib.ConfigError, match="unknown model 'xgboost'"):
+    _run(config, tmp_path)
+  config = benchmark.benchmark_config('tiny')
+  config.assets = 'btc,btc'
+  with pytest.raises(config_lib.ConfigError, match='names an asset twice'):
+    _run(config, tmp_path)
+  with pytest.raises(ValueError, match='unknown benchmark variant'):
+    benchmark.benchmark_config('huge')
+
+
+def test_assets_accept_csv_paths(tmp_path, tiny_run):
+  from himari_jax import binance, walkforward
+
+  df = walkforward.load_series('btc_usdt_1h_2025_2026')
+  path = tmp_path / 'XYZ-USDT-1h.csv'
+  binance.write_canonical_csv(df, str(path))
+  name, spec = benchmark.asset_spec(str(path))
+  assert (name, spec) == ('xyz_usdt', str(path))
+  config = benchmark.benchmark_config('tiny')
+  config.assets = str(path)
+  config.models = 'momentum'
+  config.folds.test_end = '2025-06-11'
+  _run(config, tmp_path / 'run')
+  csv_record = _records(tmp_path / 'run')[0]
+  bundled = next(r for r in _records(tiny_run[0]) if r['model'] == 'momentum' and r['fold'] == 0)
+  assert csv_record['asset'] == 'xyz_usdt'
+  # The same bars from a CSV give the same test labels as the bundled files.
+  assert csv_record['label_hash']['test'] == bundled['label_hash']['test']
+
+
+def test_launch_prints_one_error_line(tmp_path):
+  env = {**os.environ, 'PYTHONPATH': REPO}
+  result = subprocess.run(
+      [sys.executable, os.path.join(REPO, 'launch', 'benchmark.py'),
+       '--config=' + os.path.join(REPO, 'configs', 'benchmark.py') + ':tiny',
+       '--config.assets=' + str(tmp_path / 'missing.csv'), f'--workdir={tmp_path / "w"}'],
+      capture_output=True, text=True, env=env, timeout=120)
+  assert result.returncode != 0
+  assert result.stderr.strip().splitlines()[-1].startswith('error: ')
+  assert 'missing.csv' in result.stderr
+  assert 'Traceback' not in result.stderr
+
+
+def test_results_are_json_lines(tiny_run):
+  workdir, _, _ = tiny_run
+  for line in (workdir / benchmark.RESULTS).read_text().splitlines():
+    record = json.loads(line)
+    assert {'signal', 'backtest', 'policy', 'label_hash', 'wall_seconds'} <= set(record)
