@@ -11,6 +11,11 @@ loses little) and the best step by `config.train.best_metric` among epoch-end sa
 carry validation metrics. The best metric is named as in the config: `val_loss` is
 minimised, a leading '-' (`-val_accuracy`) means larger is better.
 
+Saves are asynchronous (the arrays are copied to the host, then written by a background
+thread while training goes on); `train.py` waits for them before it exits, pre-empted or
+not. A save cut short (kill -9, a lost machine) leaves an Orbax temporary folder, not a
+step: it is never read and is removed when the next manager opens the directory.
+
 `load_model` restores only `state.params` (an Orbax partial restore of the `state` item), as
 host numpy arrays, so inference needs neither the optimiser state's structure nor its memory
 and the arrays go to whichever device the caller's `jax.jit` runs on.
@@ -83,7 +88,11 @@ def _has_steps(path: str) -> bool:
 
 def make_manager(directory: str | os.PathLike, *, best_metric: str = 'val_loss',
                  keep_latest: int = 2, read_only: bool = False) -> ocp.CheckpointManager:
-  """A CheckpointManager over `directory` keeping the `keep_latest` newest and the best step."""
+  """A CheckpointManager over `directory` keeping the `keep_latest` newest and the best step.
+
+  Items 'state' and 'meta'; asynchronous saves; a writable manager removes the temporary
+  folders of saves that a crash interrupted.
+  """
   name, mode = parse_best_metric(best_metric)
 
   def metric_of(metrics):
@@ -97,7 +106,8 @@ def make_manager(directory: str | os.PathLike, *, best_metric: str = 'val_loss',
   ])
   options = ocp.CheckpointManagerOptions(
       best_fn=metric_of, best_mode=mode, preservation_policy=policy, read_only=read_only,
-      create=not read_only)
+      create=not read_only, enable_async_checkpointing=True,
+      cleanup_tmp_directories=not read_only)
   return ocp.CheckpointManager(os.fspath(directory), options=options,
                                item_names=('state', 'meta'))
 

@@ -26,6 +26,11 @@ keeping the latest few and the best by `best_metric`; a workdir with checkpoints
 `TrainState` holds the epoch's loss sums too). A NaN/inf loss, gradient or update raises
 `TrainingDivergedError` before anything is saved (train_logging.py).
 
+Pre-emption: SIGTERM (how spot machines are stopped) or SIGINT during training finishes the
+step in flight, logs the metrics so far, saves a checkpoint of that step, waits for the
+pending saves and returns with `preempted` set (launch/train.py then exits with status 0); a
+second signal stops at once. Rerunning the same command resumes bit-identically.
+
 Determinism: the window order of epoch e is a function of (seed, e) and the dropout key of
 step s is `fold_in(rng, s)`, so a run resumed from any checkpoint replays the same batches.
 
@@ -37,6 +42,8 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -396,6 +403,50 @@ def _final_metrics(manager: Any, best_metric: str, ckpt_dir: str,
           f'best_{metric_name}': best_metrics.get(metric_name)}
 
 
+# -------------------------------------------------------------------- pre-emption
+
+PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class PreemptionGuard:
+  """Turns SIGTERM / SIGINT into a request to stop after the current step.
+
+  A context manager: the handlers are installed on entry (main thread only; elsewhere the
+  signals keep their handlers and `requested` stays None) and the previous ones restored on
+  exit. A second signal while a stop is pending runs the previous handler (SIGINT raises
+  KeyboardInterrupt, SIGTERM terminates), so an impatient user is never ignored.
+
+  Attributes:
+    requested: the name of the signal received ('SIGTERM'), or None.
+  """
+
+  def __init__(self, signals: tuple[signal.Signals, ...] = PREEMPTION_SIGNALS):
+    self.signals, self.requested, self._previous = signals, None, {}
+
+  def __enter__(self) -> PreemptionGuard:
+    if threading.current_thread() is threading.main_thread():
+      self._previous = {s: signal.signal(s, self._handle) for s in self.signals}
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    for s, handler in self._previous.items():
+      signal.signal(s, handler)
+    self._previous = {}
+
+  def _handle(self, signum: int, frame: Any) -> None:
+    if self.requested is None:
+      self.requested = signal.Signals(signum).name
+      logging.warning('%s received: stopping after the current step with a checkpoint '
+                      '(send it again to stop at once)', self.requested)
+      return
+    previous = self._previous.get(signal.Signals(signum), signal.SIG_DFL)
+    signal.signal(signum, previous)
+    if callable(previous):
+      previous(signum, frame)
+    else:
+      os.kill(os.getpid(), signum)
+
+
 # -------------------------------------------------------------------------- loop
 
 
@@ -404,7 +455,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   Returns:
     The last epoch's metrics plus `best_step`, `best_checkpoint` (its step directory) and
-    `best_<metric>`.
+    `best_<metric>`; after a SIGTERM / SIGINT also `preempted` (the signal's name) and
+    `preempted_step` (the step saved, where a rerun resumes).
 
   Raises:
     ConfigError: an unusable config, before any work is done.
@@ -468,32 +520,48 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       steps_per_epoch=steps_per_epoch, start_step=start_step, total_steps=total_steps,
       process_index=jax.process_index(), process_count=jax.process_count())
   epoch_metrics: dict[str, Any] = {}
+  saved, preempted = start_step, None
   try:
-    for index, epoch, batch in batches:
-      state, metrics = train_step(state, shard_batch(batch, data_sharding, t.batch_size))
-      logger.add(index, metrics)
-      step = index + 1
-      epoch_end, periodic_save = step % steps_per_epoch == 0, every and step % every == 0
-      if step % t.log_every_steps == 0 or epoch_end or periodic_save:
-        logger.flush(step, epoch)  # always before a save: a diverged state is never saved
-      if epoch_end:
-        loss_sum, loss_count = jax.device_get((state.loss_sum, state.loss_count))
-        epoch_metrics = {'step': step, 'epoch': epoch + 1,
-                         'train_loss': float(loss_sum) / int(loss_count),
-                         **validate(eval_step, state.params, prepared, t.context_length,
-                                    train_option(config, 'eval_batch_size'), data_sharding,
-                                    collapse)}
-        writer.write({'kind': 'val', **epoch_metrics})
-        train_logging.log_epoch(epoch_metrics, collapse)
-        checkpoint_lib.save(manager, step, state, {**meta, 'epoch_metrics': epoch_metrics},
-                            {k: epoch_metrics[k] for k in checkpoint_lib.VALIDATION_METRICS})
-        logger.restart_clock(step)  # throughput excludes validation
-      elif periodic_save:
-        checkpoint_lib.save(manager, step, state, meta)
-      if epoch_end or periodic_save:
-        logger.last_good = step
+    # Several processes must stop at the same step: jax.distributed's pre-emption notifier
+    # (SIGTERM) and Orbax's sync point decide there, so no handler of ours is installed.
+    single = jax.process_count() == 1
+    with PreemptionGuard(PREEMPTION_SIGNALS if single else ()) as guard:
+      for index, epoch, batch in batches:
+        state, metrics = train_step(state, shard_batch(batch, data_sharding, t.batch_size))
+        logger.add(index, metrics)
+        step = index + 1
+        epoch_end, periodic_save = step % steps_per_epoch == 0, every and step % every == 0
+        preempted = (guard.requested if single else 'SIGTERM' if manager.reached_preemption(
+            step) else None) if step < total_steps else None  # the last step just finishes
+        if step % t.log_every_steps == 0 or epoch_end or periodic_save or preempted:
+          logger.flush(step, epoch)  # always before a save: a diverged state is never saved
+        if epoch_end:
+          loss_sum, loss_count = jax.device_get((state.loss_sum, state.loss_count))
+          epoch_metrics = {'step': step, 'epoch': epoch + 1,
+                           'train_loss': float(loss_sum) / int(loss_count),
+                           **validate(eval_step, state.params, prepared, t.context_length,
+                                      train_option(config, 'eval_batch_size'), data_sharding,
+                                      collapse)}
+          writer.write({'kind': 'val', **epoch_metrics})
+          train_logging.log_epoch(epoch_metrics, collapse)
+          checkpoint_lib.save(manager, step, state, {**meta, 'epoch_metrics': epoch_metrics},
+                              {k: epoch_metrics[k] for k in checkpoint_lib.VALIDATION_METRICS})
+          logger.restart_clock(step)  # throughput excludes validation
+        elif periodic_save or preempted:
+          checkpoint_lib.save(manager, step, state, meta)
+        if epoch_end or periodic_save or preempted:
+          logger.last_good = saved = step
+        if preempted:
+          break
   finally:
     # Also on divergence or interruption: pending saves of good states complete.
     manager.wait_until_finished()
     writer.close()
+  if preempted:
+    logging.warning('pre-empted by %s: stopped at step %d of %d with a checkpoint in %s/%d; '
+                    'rerun the same command to resume', preempted, saved, total_steps,
+                    ckpt_dir, saved)
+    return {**_final_metrics(manager, t.best_metric, ckpt_dir, epoch_metrics),
+            'preempted': preempted, 'preempted_step': saved}
   return _final_metrics(manager, t.best_metric, ckpt_dir, epoch_metrics)
+

@@ -4,6 +4,10 @@
 Any config field can be overridden, e.g. `--config.train.batch_size=32`. Multi-host runs add
 `--jax_distributed` (coordinator, process count and id from the cluster environment, or
 `--coordinator_address`, `--num_processes` and `--process_id`).
+
+SIGTERM / SIGINT (a spot machine being stopped, Ctrl-C) finish the current step, save a
+checkpoint and exit with status 0 after the line "pre-empted by SIGTERM: stopped at step
+...; rerun the same command to resume"; a second signal stops at once.
 """
 
 
@@ -37,7 +41,8 @@ def main(argv):
                jax.process_count(), jax.local_devices())
   logging.info('config:\n%s', FLAGS.config)
   metrics = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  logging.info('final metrics: %s', metrics)
+  if not metrics.get('preempted'):
+    logging.info('final metrics: %s', metrics)
 
 
 if __name__ == '__main__':

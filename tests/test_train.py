@@ -153,6 +153,49 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path, subprocess_env
   assert got.meta['epoch_metrics'] == want.meta['epoch_metrics']
 
 
+def test_sigterm_saves_exits_cleanly_and_resumes_bit_identically(tmp_path, subprocess_env):
+  overrides = ['--config.train.num_epochs=1', '--config.train.steps_per_epoch=200',
+               '--config.train.checkpoint_every_steps=0', '--config.train.log_every_steps=10']
+  reference, resumed = tmp_path / 'reference', tmp_path / 'resumed'
+  subprocess.run(_launch(reference, *overrides, env=subprocess_env), env=subprocess_env,
+                 check=True, capture_output=True, timeout=300)
+
+  victim = subprocess.Popen(_launch(resumed, *overrides, env=subprocess_env),
+                            env=subprocess_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+  deadline = time.time() + 300
+  while not (os.path.exists(resumed / 'metrics.jsonl') and _records(resumed, 'train')):
+    assert victim.poll() is None and time.time() < deadline, 'no training step logged'
+    time.sleep(0.01)
+  victim.send_signal(signal.SIGTERM)
+  _, stderr = victim.communicate(timeout=120)
+  assert victim.returncode == 0, stderr[-2000:]
+  (stopped,) = _steps(resumed)  # no periodic saves: the one checkpoint is the pre-emption's
+  assert 10 <= stopped < 200, 'the run ended before the signal; make it longer'
+  assert f'pre-empted by SIGTERM: stopped at step {stopped} of 200' in stderr
+  assert _records(resumed, 'train')[-1]['step'] == stopped  # metrics flushed up to the stop
+  assert not [d for d in os.listdir(resumed / 'checkpoints') if 'tmp' in d]
+
+  subprocess.run(_launch(resumed, *overrides, env=subprocess_env), env=subprocess_env,
+                 check=True, capture_output=True, timeout=300)
+  want = checkpoint.load_model(reference, 'latest')
+  got = checkpoint.load_model(resumed, 'latest')
+  assert want.step == got.step == 200
+  jax.tree.map(np.testing.assert_array_equal, got.params, want.params)
+  assert got.meta['epoch_metrics'] == want.meta['epoch_metrics']
+
+
+def test_preemption_guard_turns_a_signal_into_a_stop_request():
+  previous = signal.getsignal(signal.SIGINT)
+  with train.PreemptionGuard() as guard:
+    assert guard.requested is None
+    signal.raise_signal(signal.SIGINT)  # first signal: a request, no KeyboardInterrupt
+    assert guard.requested == 'SIGINT'
+    with pytest.raises(KeyboardInterrupt):  # second: the previous handler, at once
+      signal.raise_signal(signal.SIGINT)
+  assert signal.getsignal(signal.SIGINT) is previous
+
+
 def test_bad_configs_fail_fast_with_the_fix(tiny_config, tmp_path, subprocess_env):
   with pytest.raises(ValueError, match='valid variants: seed, small, tiny'):
     load_config_file('flag_trader', 'huge')
