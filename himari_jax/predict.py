@@ -82,9 +82,20 @@ def predict_logits_from_features(params, model_config: model_lib.ModelConfig,
   return out
 
 
-def predict_logits(loaded, df: pd.DataFrame, *, batch_size: int = 512) -> Predictions:
-  """Predictions of a loaded checkpoint (`checkpoint.load_model`) for every bar of `df`."""
-  feats = loaded.normalizer.apply(features_lib.compute_features(df))
+def predict_logits(loaded, df: pd.DataFrame, *, batch_size: int = 512,
+                   feature_set: str | None = None) -> Predictions:
+  """Predictions of a loaded model (`checkpoint.load_model`, `members.load_member`) for every
+  bar of `df`, from the features of the set it was trained on (`loaded.feature_set`).
+
+  Args:
+    feature_set: the set the caller means to score with (e.g. its `config.data.feature_set`);
+      None = the model's own.
+
+  Raises:
+    features.FeatureSetError: `feature_set` differs from the model's.
+  """
+  feature_set = loaded.check_feature_set(feature_set)
+  feats = loaded.normalizer.apply(features_lib.compute_features(df, feature_set))
   context_length = int(loaded.config.train.context_length)
   logits = predict_logits_from_features(loaded.params, loaded.model_config, feats,
                                         context_length, batch_size=batch_size)
