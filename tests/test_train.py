@@ -82,6 +82,7 @@ def test_checkpoint_holds_what_inference_needs(trained):
   config, workdir, result = trained
   loaded = checkpoint.load_model(workdir)
   assert loaded.step == result['best_step']
+  assert loaded.meta['feature_set'] == loaded.feature_set == 'himari'
   assert loaded.config.to_dict() == json.loads(json.dumps(config.to_dict()))
   raw = features.compute_features(
       data.builtin_dataset('btc_usdt_1h_2020_2024', fill_gaps=True).iloc[-3000:])
@@ -153,9 +154,14 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path, subprocess_env
   assert got.meta['epoch_metrics'] == want.meta['epoch_metrics']
 
 
-def test_sigterm_saves_exits_cleanly_and_resumes_bit_identically(tmp_path, subprocess_env):
+@pytest.mark.parametrize('objective', ['classification', 'sharpe'])
+def test_sigterm_saves_exits_cleanly_and_resumes_bit_identically(tmp_path, subprocess_env,
+                                                                 objective):
   overrides = ['--config.train.num_epochs=1', '--config.train.steps_per_epoch=200',
-               '--config.train.checkpoint_every_steps=0', '--config.train.log_every_steps=10']
+               '--config.train.checkpoint_every_steps=0', '--config.train.log_every_steps=10',
+               f'--config.train.objective={objective}']
+  if objective == 'sharpe':
+    overrides.append('--config.train.best_metric=-val_net_sharpe')
   reference, resumed = tmp_path / 'reference', tmp_path / 'resumed'
   subprocess.run(_launch(reference, *overrides, env=subprocess_env), env=subprocess_env,
                  check=True, capture_output=True, timeout=300)
@@ -197,7 +203,7 @@ def test_preemption_guard_turns_a_signal_into_a_stop_request():
 
 
 def test_bad_configs_fail_fast_with_the_fix(tiny_config, tmp_path, subprocess_env):
-  with pytest.raises(ValueError, match='valid variants: seed, small, tiny'):
+  with pytest.raises(ValueError, match='valid variants: seed, seed_long, small, tiny'):
     load_config_file('flag_trader', 'huge')
   config = tiny_config.copy_and_resolve_references()
   config.data.train = 'btc_usdt_1h_2020_2024,missing/eth.csv'
@@ -282,3 +288,63 @@ def test_init_from_a_run_starts_from_its_best_params(trained):
   with pytest.raises(train.ConfigError, match='set the --config.model.* sizes'):
     train.initial_params(config, model.ModelConfig.from_config(config.model),
                          jax.random.PRNGKey(0), sharding)
+
+
+def test_feature_sets_in_training_config_checks(trained, tiny_config):
+  config = tiny_config.copy_and_resolve_references()
+  config.data.feature_set = 'seed_exact'
+  with pytest.raises(train.ConfigError, match='--config.data.allow_lookahead=True'):
+    train.validate_config(config)
+  config.data.allow_lookahead = True  # reproduction of the seed, knowingly
+  train.validate_config(config)
+  # Fine-tuning a run on another feature set would feed its weights other inputs.
+  _, workdir, _ = trained
+  config = tiny_config.copy_and_resolve_references()
+  config.train.init_from = workdir
+  config.data.feature_set = 'seed_causal'
+  sharding = NamedSharding(train.make_mesh(), P())
+  with pytest.raises(train.ConfigError, match="trained on feature set 'himari'.*"
+                     "--config.data.feature_set=himari"):
+    train.initial_params(config, model.ModelConfig.from_config(config.model),
+                         jax.random.PRNGKey(0), sharding)
+
+
+def test_sharpe_objective_trains_a_position_model(tiny_config, tmp_path):
+  config = tiny_config.copy_and_resolve_references()
+  config.train.objective = 'sharpe'
+  config.train.best_metric = '-val_net_sharpe'
+  result = train.train_and_evaluate(config, str(tmp_path))
+  steps = _records(tmp_path, 'train')
+  assert all(np.isfinite(r['sharpe']) and 0 <= r['turnover'] for r in steps)
+  val = _records(tmp_path, 'val')
+  assert [r['epoch'] for r in val] == [1, 2]
+  for r in val:
+    assert r['val_bars'] > 100 and 0 < r['val_mean_abs_position'] <= 1
+    assert np.isfinite([r['val_net_sharpe'], r['val_ic'], r['val_turnover_per_year']]).all()
+    assert r['val_net_sharpe'] < r['val_gross_sharpe']  # costs are charged
+  assert result['best_val_net_sharpe'] == max(r['val_net_sharpe'] for r in val)
+  assert checkpoint.load_model(tmp_path).step == result['best_step']
+
+
+def test_trading_objective_config_errors_name_the_fix(tiny_config):
+  config = tiny_config.copy_and_resolve_references()
+  config.train.objective = 'profit'
+  with pytest.raises(train.ConfigError, match="config.train.objective='profit' is unknown"):
+    train.validate_config(config)
+  config.train.objective = 'sharpe'
+  config.train.best_metric = 'val_nll'  # a classifier's metric (val_loss has both meanings)
+  with pytest.raises(train.ConfigError, match="not reported for objective 'sharpe'.*"
+                     "-val_net_sharpe"):
+    train.validate_config(config)
+  config.train.best_metric = '-val_net_sharpe'
+  config.train.cost_multiplier = -1.0
+  with pytest.raises(train.ConfigError, match='config.train.cost_multiplier=-1.0'):
+    train.validate_config(config)
+  config.train.cost_multiplier = 1.0
+  config.train.context_length = 1
+  with pytest.raises(train.ConfigError, match='context_length >= 2'):
+    train.validate_config(config)
+  config = tiny_config.copy_and_resolve_references()
+  config.train.best_metric = '-val_net_sharpe'
+  with pytest.raises(train.ConfigError, match="objective 'classification'"):
+    train.validate_config(config)
