@@ -116,6 +116,12 @@ def validate_config(config: ml_collections.ConfigDict) -> model_lib.ModelConfig:
           f'config.train.{name}={value} is not divisible by the {devices} devices; set '
           f'--config.train.{name} to a multiple of {devices}, e.g. '
           f'{f"{lower} or " if lower else ""}{upper}.')
+  if not config.model.causal and t.context_length > 1:
+    raise ConfigError(
+        f'config.model.causal=False with config.train.context_length={t.context_length}: '
+        'without the causal mask each position of a window sees the later bars that decide '
+        'its label; set --config.model.causal=True, or --config.train.context_length=1 (as '
+        'the unmasked original was trained).')
   if t.context_length > config.model.max_length:
     raise ConfigError(
         f'config.train.context_length={t.context_length} exceeds config.model.max_length='

@@ -221,8 +221,35 @@ def test_bad_configs_fail_fast_with_the_fix(tiny_config, tmp_path, subprocess_en
   failed = subprocess.run(_launch(tmp_path / 'b', '--config.data.train=nowhere.csv',
                                   env=subprocess_env),
                           env=subprocess_env, capture_output=True, text=True, timeout=120)
-  assert failed.returncode != 0 and 'config.data.train' in failed.stderr
+  assert failed.returncode == 1 and 'Traceback' not in failed.stderr
+  assert failed.stderr.strip().splitlines()[-1].startswith("error: config.data.train: "
+                                                           "'nowhere.csv' is neither")
   assert not os.path.exists(tmp_path / 'b' / 'checkpoints')
+  verbose = subprocess.run(_launch(tmp_path / 'b', '--config.model.causal=False', '--verbose',
+                                   env=subprocess_env),
+                           env=subprocess_env, capture_output=True, text=True, timeout=120)
+  assert verbose.returncode != 0 and 'Traceback' in verbose.stderr
+  assert 'ConfigError: config.model.causal=False' in verbose.stderr
+
+
+def test_unmasked_windows_are_refused_in_training(tiny_config):
+  config = tiny_config.copy_and_resolve_references()
+  config.model.causal = False
+  with pytest.raises(train.ConfigError, match='set --config.model.causal=True, or '
+                     '--config.train.context_length=1'):
+    train.validate_config(config)
+  config.train.context_length = 1  # the unmasked original at T = 1 is fine
+  train.validate_config(config)
+
+
+def test_dry_run_compiles_the_step_and_reports_its_cost(tmp_path, subprocess_env):
+  done = subprocess.run(_launch(tmp_path / 'run', '--dry_run', env=subprocess_env),
+                        env=subprocess_env, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-2000:]
+  (line,) = [x for x in done.stderr.splitlines() if 'dry run on' in x]
+  assert 'batch 8, context 8' in line and 'peak memory' in line and 'GFLOP/step' in line
+  assert 'fits' in done.stderr
+  assert not os.path.exists(tmp_path / 'run')  # nothing trained, nothing written
 
 
 def test_weighted_cross_entropy_matches_pytorch_semantics():
