@@ -199,6 +199,12 @@ class LoadedModel:
   normalizers: dict[str, features_lib.Normalizer] = dataclasses.field(default_factory=dict)
 
   @property
+  def objective(self) -> str:
+    """`config.train.objective`: 'classification' (logits are action scores), or 'sharpe' /
+    'utility' (a position model: `predict.positions` reads its target positions)."""
+    return self.config.train.get('objective', 'classification')
+
+  @property
   def feature_set(self) -> str:
     """The feature set the model was trained on (or converted for): the meta's record, else
     `config.data.feature_set` ('himari' for runs written before feature sets existed)."""

@@ -350,7 +350,8 @@ def test_sharpe_objective_trains_a_position_model(tiny_config, tmp_path):
     assert np.isfinite([r['val_net_sharpe'], r['val_ic'], r['val_turnover_per_year']]).all()
     assert r['val_net_sharpe'] < r['val_gross_sharpe']  # costs are charged
   assert result['best_val_net_sharpe'] == max(r['val_net_sharpe'] for r in val)
-  assert checkpoint.load_model(tmp_path).step == result['best_step']
+  loaded = checkpoint.load_model(tmp_path)
+  assert loaded.step == result['best_step'] and loaded.objective == 'sharpe'
 
 
 def test_trading_objective_config_errors_name_the_fix(tiny_config):
