@@ -139,3 +139,12 @@ def test_temporary_folders_of_interrupted_saves_are_removed(tmp_path):
   _write_run(str(tmp_path), config)  # a resumed run's manager: cleans up before its first save
   assert not partial.exists()
   assert sorted(int(d) for d in os.listdir(tmp_path / 'checkpoints')) == [2, 4, 5]
+
+
+def test_an_undefined_best_metric_ranks_last():
+  metrics = {'val_loss': 1.5, 'val_net_sharpe': float('nan'), 'val_ic': None, 'epoch': 3}
+  ranked = checkpoint.ranking_metrics(metrics, '-val_net_sharpe')
+  assert ranked == {'val_loss': 1.5, 'val_net_sharpe': -np.inf, 'val_ic': -np.inf}
+  assert checkpoint.ranking_metrics(metrics, 'val_loss')['val_net_sharpe'] == np.inf
+  with pytest.raises(ValueError, match="'-val_accuracy' is not among"):
+    checkpoint.ranking_metrics(metrics, '-val_accuracy')
