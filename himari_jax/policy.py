@@ -417,7 +417,7 @@ def sweep(prices: Any, probs: Any, policies: PolicyParams, params: backtest.Back
   """Metrics of every (signal, policy, cost setting) triple in one compiled call.
 
   The (policy, cost setting) pairs are spread over every local device
-  (`sharding.map_settings`); the table does not depend on how many there are.
+  (`sharding.map_settings`), as in `backtest.sweep`.
 
   Args:
     prices: (N,) bars as in `backtest.run_backtest`.

@@ -6,8 +6,9 @@ multiple of the device count (repeating the last one), laid out with
 `NamedSharding(mesh, P('settings'))` over a 1-D mesh of the local devices, and each device
 runs its own slice (`jax.shard_map`): `batch_size` settings at a time through `jax.lax.map`,
 so memory is bounded by the batch rather than by C / devices. The shared arguments (prices,
-signals) are replicated. The result does not depend on the number of devices: each setting
-is computed by the same function on the same inputs.
+signals) are replicated. Each setting is computed by the same function on the same inputs
+whatever the number of devices; XLA compiles one program per device count, so results can
+differ by rounding (fused arithmetic), not more.
 """
 
 from __future__ import annotations
