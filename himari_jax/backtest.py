@@ -544,9 +544,10 @@ def sweep_metrics(prices: Prices, signals: Any, params: BacktestParams, rule_par
 
   The settings are cut into chunks of `batch_size // S` (every signal runs with a chunk at a
   time, so the scan's per-bar inputs are shared by the chunk's settings instead of copied
-  per pair), and the chunks are spread over `devices` (`sharding.map_settings`), each device
-  running its chunks one after another: a chunk's metrics are computed by the same code
-  whatever the device count (up to XLA's rounding, see `sweep`).
+  per pair; smaller where that leaves a device without a chunk), and the chunks are spread
+  over `devices` (`sharding.map_settings`), each device running its chunks one after
+  another. Every setting's metrics come from the same code whatever the device count (up
+  to XLA's rounding, see `sweep`).
 
   Args:
     prices: Prices of (N,) arrays.
@@ -560,7 +561,10 @@ def sweep_metrics(prices: Prices, signals: Any, params: BacktestParams, rule_par
   """
   num_signals = jax.tree.leaves(signals)[0].shape[0]
   num_settings = np.shape(params.sizing)[0]
-  chunk = max(1, min(num_settings, batch_size // num_signals))
+  devices = tuple(devices or jax.local_devices())
+  # At least one chunk per device where there are enough settings: chunks are padded to a
+  # multiple of the device count, and padding is work thrown away.
+  chunk = max(1, min(-(-num_settings // len(devices)), batch_size // num_signals))
   num_chunks = -(-num_settings // chunk)
   # Pad to whole chunks (repeating the last setting) so a single body is compiled.
   take = np.arange(num_chunks * chunk).clip(max=num_settings - 1)
