@@ -13,8 +13,8 @@ What counts as a user's mistake:
   `convert.ConversionError`, `checkpoint.CheckpointError`, `features.FeatureSetError`,
   `adapters.AdapterError`, `baselines.BaselineError`;
 * `OSError`: a missing file or folder, a permission, a network failure;
-* the I/O errors that are not ValueErrors: `binance.DownloadError`, `live.FeedError`,
-  `live.LedgerError`;
+* the errors that are not ValueErrors: `binance.DownloadError`, `live.FeedError`,
+  `live.LedgerError`, and `train.TrainingDivergedError` (lower the learning rate);
 * bad flags, including a config file that fails to load (`--config=...:no_such_variant`) and
   an override of a field the config does not have (`--config.train.no_such_field=1`) where
   the config flag has no default path (`ml_collections` applies the overrides of one that has
@@ -35,7 +35,8 @@ _VERBOSE = flags.DEFINE_bool('verbose', False,
 # Errors of modules an entry point may not import: looked up only once it has (importing
 # `live` would load JAX and the model into every program, `download_data.py` included).
 _MODULE_ERRORS = {'himari_jax.binance': ('DownloadError',),
-                  'himari_jax.live': ('FeedError', 'LedgerError')}
+                  'himari_jax.live': ('FeedError', 'LedgerError'),
+                  'himari_jax.train_logging': ('TrainingDivergedError',)}
 
 
 def user_errors() -> tuple[type[BaseException], ...]:

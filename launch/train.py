@@ -14,7 +14,7 @@ checkpoint and exit with status 0 after the line "pre-empted by SIGTERM: stopped
 few steps) MFU, and whether it fits in device memory; exit status 1 when it does not fit.
 
 A config, data, conversion or checkpoint error, a missing file or a diverged run prints one
-`error: ...` line and exits with status 1; `--verbose` shows the traceback instead.
+`error: ...` line and exits with status 1 (`himari_jax.cli`); `--verbose` shows the traceback.
 """
 
 import sys
@@ -23,14 +23,13 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from himari_jax import checkpoint, data, features, profiling, train
+from himari_jax import checkpoint, cli, profiling, train
 
 FLAGS = flags.FLAGS
 
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and TensorBoard logs.')
 flags.DEFINE_bool('dry_run', False, 'Compile the training step, print its memory, FLOPs, '
                   'MFU (GPU) and whether it fits, then exit without training.')
-flags.DEFINE_bool('verbose', False, 'Show the traceback of a config, data or checkpoint error.')
 flags.DEFINE_bool('jax_distributed', False, 'Call jax.distributed.initialize() (multi-host).')
 flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 (multi-host).')
 flags.DEFINE_integer('num_processes', None, 'Number of processes (multi-host).')
@@ -40,11 +39,6 @@ config_flags.DEFINE_config_file(
     lock_config=True)
 flags.mark_flags_as_required(['config'])
 
-# Mistakes a user can fix from the message alone: one line, no traceback (`--verbose` shows
-# it). ConversionError (a bad .pt in init_from) is a ValueError, as are the others here.
-USER_ERRORS = (train.ConfigError, data.DataError, features.FeatureSetError,
-               checkpoint.CheckpointError, train.TrainingDivergedError, ValueError,
-               FileNotFoundError)
 TIMED_STEPS = 10  # steps timed by --dry_run on an accelerator, for the MFU
 
 
@@ -85,15 +79,9 @@ def main(argv):
   logging.info('JAX process %d / %d, local devices %s', jax.process_index(),
                jax.process_count(), jax.local_devices())
   logging.info('config:\n%s', FLAGS.config)
-  try:
-    status = run(FLAGS.config)
-  except USER_ERRORS as e:
-    if FLAGS.verbose:
-      raise
-    sys.exit(f'error: {e}')
-  sys.exit(status)
+  sys.exit(run(FLAGS.config))
 
 
 if __name__ == '__main__':
   jax.config.config_with_absl()
-  app.run(main)
+  cli.run(main)
