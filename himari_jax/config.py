@@ -232,7 +232,8 @@ def backtest_config() -> ml_collections.ConfigDict:
   config.policy = ml_collections.ConfigDict()
   # 'seed': argmax + confidence_threshold through the backtester (the seed's decisions);
   # 'fixed': the policy of the fields below; 'select': the best policy of the grid below on
-  # each run's validation split (never test bars), by `objective`.
+  # each run's validation split (never test bars), by `objective`; 'auto' (quickstart):
+  # 'select' if its choice beats the seed policy on validation, else 'seed'.
   config.policy.mode = 'seed'
   config.policy.signal = 'margin'  # 'margin' (p_buy - p_sell) or 'argmax' (the seed's rule)
   config.policy.entry = 0.2  # enter when the signal exceeds this
@@ -311,6 +312,8 @@ def walk_forward_config(variant: str | None = 'small') -> ml_collections.ConfigD
   config.backtest = backtest_config()
   config.backtest.checkpoints = ''  # unused: the folds' runs
   config.backtest.dataset = ''  # unused: the folds' test windows
+  # The decision policy, also settable as --config.policy.*: one object under two names.
+  config.policy = config.backtest.policy
 
   if variant == 'tiny':
     config.test_start = '2025-06-01'

@@ -43,7 +43,9 @@ def _weights(config: ml_collections.ConfigDict, num_members: int) -> list[float]
   return weights or None
 
 
-POLICY_MODES = ('seed', 'fixed', 'select')
+# 'auto' (quickstart's default): 'select', but the seed's decisions unless the selected
+# policy beats the seed policy at the configured threshold on the validation bars.
+POLICY_MODES = ('seed', 'fixed', 'select', 'auto')
 # Default axes of a 'select' grid given in part (policy.default_grid's values).
 _GRID_DEFAULTS = {'entry': (0.1, 0.2, 0.3, 0.4, 0.5), 'exit_gap': (0.0, 0.1, 0.2, 0.3),
                   'min_hold': (0, 6, 24, 72), 'cooldown': (0, 12), 'sizing': policy_lib.SIZINGS}
@@ -124,17 +126,17 @@ def choose_policy(config: ml_collections.ConfigDict, val_df: pd.DataFrame | None
   mode = pc.mode
   if mode not in POLICY_MODES:
     raise ValueError(f'policy.mode={mode!r}; use one of {", ".join(POLICY_MODES)}')
+  seed_summary = {'mode': 'seed', 'num_trials': 1,
+                  'policy': f'argmax + confidence_threshold {config.confidence_threshold:g}, '
+                            f'sizing {config.sizing}'}
   if mode == 'seed':
-    summary = {'mode': 'seed', 'num_trials': 1,
-               'policy': f'argmax + confidence_threshold {config.confidence_threshold:g}, '
-                         f'sizing {config.sizing}'}
-    return PolicyChoice('seed', None, None, summary)
+    return PolicyChoice('seed', None, None, seed_summary)
   if mode == 'fixed':
     policy = fixed_policy(pc)
     return PolicyChoice('fixed', policy, None, {'mode': 'fixed', 'num_trials': 1,
                                                 'policy': policy_lib.policy_to_dict(policy)})
   if val_df is None or val_probs is None:
-    raise ValueError("policy.mode='select' needs validation bars and their probabilities")
+    raise ValueError(f"policy.mode={mode!r} needs validation bars and their probabilities")
   params = backtest_lib.params_from_config(config)
   selection = policy_lib.select_policy(
       val_df, val_probs, params, grid=policy_grid(pc), objective=pc.objective,
@@ -155,6 +157,24 @@ def choose_policy(config: ml_collections.ConfigDict, val_df: pd.DataFrame | None
   log(f'policy: selected 1 of {selection.num_trials} on {len(val_df)} validation bars '
       f'({val_df.index[0]:%Y-%m-%d} .. {val_df.index[-1]:%Y-%m-%d}) by {selection.objective}: '
       f'validation Sharpe {chosen["sharpe"]:.2f}')
+  if mode == 'auto':
+    table = selection.table
+    seed = table[(table['policy.signal'] == 'argmax')
+                 & np.isclose(table['policy.entry'], config.confidence_threshold)]
+    seed_score = seed['objective'].max() if len(seed) else -np.inf
+    beats = bool(np.isfinite(chosen['objective'])
+                 and not (chosen['objective'] <= np.nan_to_num(seed_score, nan=-np.inf)))
+    summary['auto'] = {'selected_beats_seed': beats, 'seed_objective':
+                       float(seed_score) if np.isfinite(seed_score) else None}
+    log('policy auto: the selected policy ' + ('beats' if beats else 'does not beat') +
+        ' the seed policy on validation; using ' + ('it' if beats else "the seed's decisions"))
+    if not beats:
+      # The seed was kept after looking at every policy: they all count as trials.
+      return PolicyChoice('seed', None, selection,
+                          {**seed_summary, 'num_trials': selection.num_trials,
+                           'auto': summary['auto'], 'validation': summary['validation'],
+                           'objective': selection.objective})
+    summary['mode'] = 'select'
   return PolicyChoice('select', selection.policy, selection, summary)
 
 
@@ -226,7 +246,8 @@ def backtest_pipeline(config: ml_collections.ConfigDict, outdir: str, *,
                                  calibration_config=config.calibration, asset=asset,
                                  fitted=fitted)
   val = (validation_probabilities(members, config.calibration, fitted, weights=weights,
-                                  asset=asset) if config.policy.mode == 'select' else (None, None))
+                                  asset=asset)
+         if config.policy.mode in ('select', 'auto') else (None, None))
   choice = choose_policy(config, *val, log=log)
 
   table = None
@@ -274,6 +295,7 @@ def backtest_and_report(df: pd.DataFrame, actions: np.ndarray, confidence: np.nd
                         config: ml_collections.ConfigDict, outdir: str, *,
                         extra: dict | None = None,
                         trial_sharpes: np.ndarray | None = None,
+                        num_trials: int | None = None,
                         choice: PolicyChoice | None = None, probs: np.ndarray | None = None,
                         result: backtest_lib.BacktestResult | None = None,
                         warnings: Sequence[str] = ()) -> dict:
@@ -289,6 +311,8 @@ def backtest_and_report(df: pd.DataFrame, actions: np.ndarray, confidence: np.nd
       `attribution`, `cost_sensitivity`, `policy` and `lookahead_warning` are added.
     trial_sharpes: annualised Sharpe ratios of every configuration tried, for the deflated
       Sharpe ratio; None = this one only.
+    num_trials: trials to deflate by when not `len(trial_sharpes)` (walk-forward: each fold
+      tries the same grid).
     choice: the decision policy (default: the seed's, `choose_policy` of a 'seed' config).
     probs: (N, 3) probabilities the policy of `choice` trades (needed unless 'seed').
     result: an already simulated backtest of these bars (walk-forward's chained folds);
@@ -327,6 +351,11 @@ def backtest_and_report(df: pd.DataFrame, actions: np.ndarray, confidence: np.nd
   exposure = pd.Series(np.where(filled, exposure, np.nan)).ffill().fillna(0.0).to_numpy()
   market = np.asarray(metrics_lib.market_returns(close))
   sig = config.significance
+  trials = None if trial_sharpes is None else np.asarray(trial_sharpes, np.float64)
+  variance = None
+  if trials is not None and np.isfinite(trials).sum() < 2:
+    # Almost no policy traded on validation: no spread to estimate; count the trials only.
+    num_trials, trials, variance = num_trials or len(trials), None, 0.0
   significance = significance_lib.significance_report(
       np.asarray(metrics_lib.period_returns(result.equity, capital)),
       np.asarray(metrics_lib.period_returns(benchmark.equity, capital)),
@@ -334,8 +363,9 @@ def backtest_and_report(df: pd.DataFrame, actions: np.ndarray, confidence: np.nd
       num_resamples=sig.num_resamples, num_shuffles=sig.num_shuffles,
       cost_rate=(float(params.commission_buy + params.slippage_buy),
                  float(params.commission_sell + params.slippage_sell)),
-      seed=sig.seed, periods_per_year=config.periods_per_year, trial_sharpes=trial_sharpes,
-      num_trials=None if trial_sharpes is not None else choice.num_trials)
+      seed=sig.seed, periods_per_year=config.periods_per_year, trial_sharpes=trials,
+      trial_sharpe_variance=variance,
+      num_trials=num_trials if trial_sharpes is not None else choice.num_trials)
   # The same rotated-signal null without costs: does the timing beat chance before costs?
   gross_null = significance_lib.shuffled_signal_test(
       exposure, market, cost_rate=0.0, num_shuffles=sig.num_shuffles, seed=sig.seed,

@@ -142,6 +142,11 @@ def policy_lines(policy: Mapping[str, Any] | None) -> list[str]:
                           else f'{k}={described[k]}' for k in keys if k in described)
   lines = [f'decision policy: {mode} ({described}); {policy.get("num_trials", 1)} '
            'policy(ies) tried']
+  auto = policy.get('auto')
+  if auto:
+    lines.append('policy auto: the selected policy ' + (
+        'beat the seed policy on validation, so it was used' if auto['selected_beats_seed']
+        else "did not beat the seed policy on validation, so the seed's decisions were used"))
   val = policy.get('validation')
   if val:
     seed = val.get('best_seed_sharpe')
