@@ -267,6 +267,16 @@ def run_fold(config: ml_collections.ConfigDict, df: pd.DataFrame, fold: Fold, fo
     if record['fold'] != fold.to_dict():
       raise ValueError(f'{fold_dir} holds fold {record["fold"]}, not {fold.to_dict()}: it was '
                        'made with other walk-forward settings; use another --workdir')
+    settings = record.get('policy_settings')
+    if settings != _policy_settings(config.backtest) and not (
+        settings is None and config.backtest.policy.mode == 'seed'):
+      # Other policy settings than the fold was decided with: choose again on its validation
+      # bars; the model and its test-bar probabilities stay.
+      member = members_lib.load_member(fold_dir, config.backtest.which)
+      fitted = [members_lib.fit_member_calibration(member, config.backtest.calibration)]
+      record.update(choose_fold_policy(config.backtest, member, fitted, fold_dir))
+      with open(os.path.join(fold_dir, FOLD_JSON), 'w') as f:
+        json.dump(record, f, indent=1)
     with np.load(predictions_path) as saved:
       return FoldResult(fold=fold, record=record, actions=saved['actions'],
                         confidence=saved['confidence'], available=saved['available'],
@@ -290,12 +300,6 @@ def run_fold(config: ml_collections.ConfigDict, df: pd.DataFrame, fold: Fold, fo
   decisions = members_lib.decide([member], [fold_dir], window, strategy=bt.strategy,
                                  threshold=bt.confidence_threshold, weights=None,
                                  calibration_config=bt.calibration, fitted=fitted)
-  # The fold's policy, chosen on its own validation bars (never its test bars).
-  val = ((None, None) if bt.policy.mode not in ('select', 'auto') else
-         evaluate.validation_probabilities([member], bt.calibration, fitted))
-  choice = evaluate.choose_policy(bt, *val, log=lambda _: None)
-  if choice.selection is not None:
-    choice.selection.table.to_csv(os.path.join(fold_dir, evaluate.POLICY_CSV), index=False)
   num_test = fold.test.stop - fold.test.start
   epoch = member.meta.get('epoch_metrics', {})
   record = {
@@ -308,9 +312,7 @@ def run_fold(config: ml_collections.ConfigDict, df: pd.DataFrame, fold: Fold, fo
       'validation': {k: epoch.get(k) for k in ('val_loss', 'val_nll', 'val_accuracy',
                                                'val_balanced_accuracy')},
       'calibration': decisions.calibrations[0],
-      'policy': choice.summary,
-      'trial_sharpes': (None if choice.trial_sharpes is None else
-                        [v if np.isfinite(v) else None for v in choice.trial_sharpes.tolist()]),
+      **choose_fold_policy(bt, member, fitted, fold_dir),
       'train_seconds': train_seconds,
   }
   with open(os.path.join(fold_dir, FOLD_JSON), 'w') as f:
@@ -326,6 +328,34 @@ def run_fold(config: ml_collections.ConfigDict, df: pd.DataFrame, fold: Fold, fo
            time=df.index[fold.test].asi8)
   os.replace(partial, predictions_path)
   return result
+
+
+def _policy_settings(config: ml_collections.ConfigDict) -> dict:
+  """`config.policy` of a backtest config as it reads back from fold.json."""
+  return json.loads(json.dumps(config.policy.to_dict()))
+
+
+def choose_fold_policy(config: ml_collections.ConfigDict, member: checkpoint_lib.LoadedModel,
+                       fitted: Sequence, fold_dir: str) -> dict:
+  """The fold's decision policy, chosen on its own validation bars (never its test bars).
+
+  Args:
+    config: the walk-forward config's `backtest` section.
+    member: the fold's model; fitted: its `members.fit_member_calibration` output, in a list.
+
+  Returns:
+    fold.json fields: `policy_settings`, `policy` (`evaluate.PolicyChoice.summary`) and
+    `trial_sharpes` (annualised validation Sharpe ratios of every policy tried, or None).
+  """
+  val = ((None, None) if config.policy.mode not in ('select', 'auto') else
+         evaluate.validation_probabilities([member], config.calibration, fitted))
+  choice = evaluate.choose_policy(config, *val, log=lambda _: None)
+  if choice.selection is not None:
+    choice.selection.table.to_csv(os.path.join(fold_dir, evaluate.POLICY_CSV), index=False)
+  sharpes = choice.trial_sharpes
+  return {'policy_settings': _policy_settings(config), 'policy': choice.summary,
+          'trial_sharpes': None if sharpes is None else
+          [v if np.isfinite(v) else None for v in sharpes.tolist()]}
 
 
 # ------------------------------------------------------------------------- evaluation
@@ -466,7 +496,6 @@ def run_walk_forward(config: ml_collections.ConfigDict, workdir: str, *,
            'folds': details, 'available_bars': int(available.sum())}
   log(f'stitched backtest of {len(actions)} out-of-sample bars')
   chained = trial_sharpes = num_trials = None
-  choice = None
   if any(result.policy is not None for result in results):
     chained = chained_backtest(df, span, results, bt)
   summaries = [result.record.get('policy') or {'mode': 'seed', 'num_trials': 1}

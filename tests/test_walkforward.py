@@ -189,6 +189,16 @@ def test_two_folds_train_before_their_test_windows_and_resume(workdir, repo_root
     assert again[key] == results[key], key
   assert second['metrics'] == results['metrics']
 
+  # Other policy settings: each fold's policy is chosen again; no model is retrained.
+  models = {k: v for k, v in _mtimes(workdir / 'fold_000').items() if 'checkpoints' in k}
+  config.policy.mode = 'seed'
+  seeded = walkforward.run_walk_forward(config, str(workdir), log=lambda _: None)
+  assert seeded['policy']['num_trials'] == 1 and 'seed' in seeded['policy']['mode']
+  record = json.loads((workdir / 'fold_000' / walkforward.FOLD_JSON).read_text())
+  assert record['policy']['mode'] == 'seed' and record['trial_sharpes'] is None
+  assert {k: v for k, v in _mtimes(workdir / 'fold_000').items()
+          if 'checkpoints' in k} == models
+
   # Another fold layout in the same workdir is refused, not mixed in.
   config.test_bars = 120
   with pytest.raises(ValueError, match='other walk-forward settings'):
