@@ -268,8 +268,10 @@ def run_fold(config: ml_collections.ConfigDict, df: pd.DataFrame, fold: Fold, fo
       raise ValueError(f'{fold_dir} holds fold {record["fold"]}, not {fold.to_dict()}: it was '
                        'made with other walk-forward settings; use another --workdir')
     settings = record.get('policy_settings')
+    # A fold without recorded settings was decided by the seed's rule (or by its 'policy').
+    seed_before = settings is None and (record.get('policy') or {'mode': 'seed'})['mode'] == 'seed'
     if settings != _policy_settings(config.backtest) and not (
-        settings is None and config.backtest.policy.mode == 'seed'):
+        seed_before and config.backtest.policy.mode == 'seed'):
       # Other policy settings than the fold was decided with: choose again on its validation
       # bars; the model and its test-bar probabilities stay.
       member = members_lib.load_member(fold_dir, config.backtest.which)
