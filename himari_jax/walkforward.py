@@ -332,6 +332,14 @@ def run_fold(config: ml_collections.ConfigDict, df: pd.DataFrame, fold: Fold, fo
   return result
 
 
+def _describe(policy: dict | str) -> str:
+  """A fold's policy in a few words (a seed summary is a string already)."""
+  if isinstance(policy, str):
+    return policy
+  return (f'{policy["signal"]} {policy["entry"]:g}/{policy["exit"]:g}, hold '
+          f'{policy["min_hold"]}, cooldown {policy["cooldown"]}, {policy["sizing"]}')
+
+
 def _policy_settings(config: ml_collections.ConfigDict) -> dict:
   """`config.policy` of a backtest config as it reads back from fold.json."""
   return json.loads(json.dumps(config.policy.to_dict()))
@@ -513,7 +521,7 @@ def run_walk_forward(config: ml_collections.ConfigDict, workdir: str, *,
       '+'.join(modes), None, None,
       {'mode': f'{bt.policy.mode} per fold: ' + ', '.join(modes),
        'num_trials': num_trials or 1,
-       'policy': '; '.join(f'fold {r.fold.index}: {s["policy"]}'
+       'policy': '; '.join(f'fold {r.fold.index}: {_describe(s["policy"])}'
                            for r, s in zip(results, summaries, strict=True)
                            if 'policy' in s) or 'seed'})
   outcome = evaluate.backtest_and_report(df.iloc[span], actions, confidence, bt, workdir,
