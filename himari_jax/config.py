@@ -69,9 +69,18 @@ def default_config() -> ml_collections.ConfigDict:
   config.data.allow_lookahead = False  # True only to reproduce the seed with seed_exact
 
   config.labels = ml_collections.ConfigDict()
-  config.labels.kind = 'threshold'  # 'threshold' or 'sharpe' (SPEC 4)
-  config.labels.horizon = 6  # bars ahead for the threshold rule
-  config.labels.threshold = 0.01  # |return| that makes a BUY / SELL
+  # 'threshold', 'sharpe', 'volatility' or 'triple_barrier' (SPEC 4); each rule reads only
+  # its own fields (input_pipeline.label_params).
+  config.labels.kind = 'threshold'
+  config.labels.horizon = 6  # bars ahead (threshold, volatility, triple_barrier)
+  config.labels.threshold = 0.01  # |return| that makes a BUY / SELL (threshold rule)
+  config.labels.k = 1.0  # volatility rule: band = k * sigma_t * sqrt(horizon)
+  config.labels.k_up = 1.0  # triple_barrier: upper barrier k_up * sigma_t * sqrt(horizon)
+  config.labels.k_down = 1.0  # triple_barrier: lower barrier k_down * sigma_t * sqrt(horizon)
+  config.labels.window = 168  # bars of the rolling sigma_t (volatility, triple_barrier)
+  # Smallest move labelled BUY / SELL, every rule; labels.round_trip_cost() (0.003) is the
+  # seed's costs of one round trip.
+  config.labels.cost_floor = 0.0
 
   config.model = ml_collections.ConfigDict()
   config.model.state_dim = 60
@@ -227,6 +236,37 @@ def backtest_config() -> ml_collections.ConfigDict:
   config.significance.num_shuffles = 1000  # shuffled-signal null draws
   config.significance.seed = 0
 
+  # Decision policy (SPEC 8): how calibrated probabilities become positions.
+  config.policy = ml_collections.ConfigDict()
+  # 'seed': argmax + confidence_threshold through the backtester (the seed's decisions);
+  # 'fixed': the policy of the fields below; 'select': the best policy of the grid below on
+  # each run's validation split (never test bars), by `objective`; 'auto' (quickstart):
+  # 'select' if its choice beats the seed policy on validation, else 'seed'.
+  config.policy.mode = 'seed'
+  config.policy.signal = 'margin'  # 'margin' (p_buy - p_sell) or 'argmax' (the seed's rule)
+  config.policy.entry = 0.2  # enter when the signal exceeds this
+  config.policy.exit = 0.0  # leave when it falls below this (<= entry: hysteresis)
+  config.policy.min_hold = 0  # bars a position is held at least
+  config.policy.cooldown = 0  # bars after an exit without a new entry
+  config.policy.sizing = 'confidence'  # 'confidence', 'fixed' or 'vol_target'
+  config.policy.max_position_pct = 0.10  # share of equity ('confidence' scales it)
+  config.policy.target_vol = 0.05  # annualised volatility target ('vol_target')
+  config.policy.max_leverage = 0.10  # cap of the 'vol_target' fraction of equity
+  config.policy.band = 0.01  # trade only if the target moves by more than this share of equity
+  config.policy.allow_short = False
+  config.policy.trim = True  # a confirmation may also reduce the position
+  config.policy.objective = 'sharpe'  # 'sharpe' (net) or 'sharpe_minus_turnover'
+  config.policy.turnover_penalty = 0.0  # Sharpe units per 1x equity traded a year
+  config.policy.vol_window = 168  # bars of the volatility that 'vol_target' sizes by
+  # The grid of 'select': policy.default_grid() (484 policies, the seed at four thresholds
+  # among them) or any subset of it, as comma-separated values per axis; '' = the default.
+  config.policy.grid = ml_collections.ConfigDict()
+  config.policy.grid.entry = ''
+  config.policy.grid.exit_gap = ''  # exit = entry - gap
+  config.policy.grid.min_hold = ''
+  config.policy.grid.cooldown = ''
+  config.policy.grid.sizing = ''
+
   config.sweep = ml_collections.ConfigDict()
   config.sweep.confidence_thresholds = (0.0, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
   config.sweep.strategies = 'voting,confidence_weighted,disagreement'
@@ -280,6 +320,8 @@ def walk_forward_config(variant: str | None = 'small') -> ml_collections.ConfigD
   config.backtest = backtest_config()
   config.backtest.checkpoints = ''  # unused: the folds' runs
   config.backtest.dataset = ''  # unused: the folds' test windows
+  # The decision policy, also settable as --config.policy.*: one object under two names.
+  config.policy = config.backtest.policy
 
   if variant == 'tiny':
     config.test_start = '2025-06-01'

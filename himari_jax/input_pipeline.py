@@ -62,16 +62,19 @@ def asset_name(name: str) -> str:
 
 
 def label_params(labels_config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """Keyword arguments of `labels.make_labels` from `config.labels`.
+  """Keyword arguments of `labels.make_labels` from `config.labels`: the fields its rule takes.
 
-  `horizon` and `threshold` belong to the threshold rule; the sharpe rule takes its own
-  defaults plus any of its parameters added to `config.labels` (sharpe, min_return, ...).
+  A rule's fields missing from the config (a checkpoint saved before they existed) keep the
+  rule's defaults; the sharpe rule also takes any of its parameters added to `config.labels`.
   """
-  params = {k: v for k, v in labels_config.items() if k != 'kind'}
-  if labels_config.kind == 'sharpe':
-    params.pop('horizon', None)
-    params.pop('threshold', None)
-  return params
+  fields = {'threshold': ('horizon', 'threshold', 'cost_floor'),
+            'sharpe': ('sharpe', 'min_return', 'max_drawdown', 'cost_floor'),
+            'volatility': ('horizon', 'k', 'window', 'cost_floor'),
+            'triple_barrier': ('horizon', 'k_up', 'k_down', 'window', 'cost_floor')}
+  kind = labels_config.kind
+  if kind not in fields:
+    raise ValueError(f'config.labels.kind={kind!r} is unknown; use one of {", ".join(fields)}')
+  return {k: v for k, v in labels_config.items() if k in fields[kind]}
 
 
 def embargo_bars(config: ml_collections.ConfigDict) -> int:

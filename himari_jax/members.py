@@ -22,6 +22,7 @@ from himari_jax import config as config_lib
 from himari_jax import constants, input_pipeline
 from himari_jax import ensemble as ensemble_lib
 from himari_jax import predict as predict_lib
+from himari_jax import windows as windows_lib
 
 # Probability vector given to an ensemble for bars a member cannot score yet (HOLD).
 HOLD_PROBS = np.eye(constants.NUM_ACTIONS, dtype=np.float32)[constants.HOLD]
@@ -94,16 +95,19 @@ class Decisions:
 
 def member_probabilities(members: Sequence[checkpoint_lib.LoadedModel], df: pd.DataFrame,
                          calibration_config: ml_collections.ConfigDict, *,
-                         asset: str | None = None
+                         asset: str | None = None,
+                         fitted: Sequence[tuple[calibration_lib.Calibration, dict]] | None = None
                          ) -> tuple[np.ndarray, np.ndarray, list[dict]]:
   """Calibrated probabilities `(M, N, 3)`, availability `(N,)` and calibration summaries.
 
   `asset` (`input_pipeline.asset_name` of the data) picks each member's normaliser of that
-  asset when it trained on several; None or an unseen asset uses its first one.
+  asset when it trained on several; None or an unseen asset uses its first one. `fitted`:
+  each member's `fit_member_calibration` output, when already computed.
   """
+  if fitted is None:
+    fitted = [fit_member_calibration(loaded, calibration_config) for loaded in members]
   probs, available, summaries = [], np.ones(len(df), bool), []
-  for loaded in members:
-    cal, summary = fit_member_calibration(loaded, calibration_config)
+  for loaded, (cal, summary) in zip(members, fitted, strict=True):
     preds = predict_lib.predict_logits(loaded.for_asset(asset), df)
     member = np.array(cal.apply(np.nan_to_num(preds.logits)), np.float32)
     member[~preds.available] = HOLD_PROBS
@@ -116,16 +120,53 @@ def member_probabilities(members: Sequence[checkpoint_lib.LoadedModel], df: pd.D
 def decide(members: Sequence[checkpoint_lib.LoadedModel], names: Sequence[str],
            df: pd.DataFrame, *, strategy: str, threshold: float,
            weights: Sequence[float] | None,
-           calibration_config: ml_collections.ConfigDict, asset: str | None = None) -> Decisions:
+           calibration_config: ml_collections.ConfigDict, asset: str | None = None,
+           fitted: Sequence[tuple[calibration_lib.Calibration, dict]] | None = None
+           ) -> Decisions:
   """Calibrated, combined decisions of `members` for every bar of `df` (of `asset`)."""
   probs, available, summaries = member_probabilities(members, df, calibration_config,
-                                                     asset=asset)
+                                                     asset=asset, fitted=fitted)
   actions, confidence = ensemble_lib.combine(probs, config_lib.strategy_name(strategy),
                                              threshold=threshold, weights=weights)
   actions = np.where(available, np.asarray(actions), constants.HOLD).astype(np.int32)
   confidence = np.where(available, np.asarray(confidence), 0.0).astype(np.float32)
   return Decisions(index=df.index, probs=probs, available=available, actions=actions,
                    confidence=confidence, members=list(names), calibrations=summaries)
+
+
+def combined_probabilities(probs: np.ndarray, weights: Sequence[float] | None = None
+                           ) -> np.ndarray:
+  """The ensemble's probability vector per bar: the weighted mean of `(M, N, 3)` member
+  probabilities (what every strategy of `ensemble.combine` reads), `(N, 3)` float64."""
+  probs = np.asarray(probs, np.float64)
+  w = np.ones(probs.shape[0]) if weights is None else np.asarray(weights, np.float64)
+  mean = np.einsum('m,mnk->nk', w, probs) / w.sum()
+  return mean / mean.sum(axis=-1, keepdims=True)
+
+
+def validation_frame(loaded: checkpoint_lib.LoadedModel, asset: str | None = None
+                     ) -> tuple[pd.DataFrame, int]:
+  """The validation bars of a member's own training data, with the history they are scored
+  from: the bars `fit_member_calibration` calibrates on, to choose a policy on (SPEC 8).
+
+  A member trained on several files uses the file of `asset` (`input_pipeline.asset_name`),
+  else its first file; the split is `input_pipeline.prepare_data`'s (max_bars, val_fraction,
+  embargo).
+
+  Returns:
+    (frame, num_val): the last `num_val` rows of `frame` are the validation bars, the rows
+    before them the feature warm-up and context of the first one.
+  """
+  config = loaded.config
+  frames = input_pipeline.load_frames(config)
+  names = [n for n in frames if input_pipeline.asset_name(n) == asset] or list(frames)
+  df = frames[names[0]]
+  if config.data.max_bars:
+    df = df.iloc[-config.data.max_bars:]
+  split = windows_lib.chronological_split(len(df), val=config.data.val_fraction,
+                                          embargo=input_pipeline.embargo_bars(config))
+  lead = predict_lib.first_available_bar(int(config.train.context_length))
+  return df.iloc[max(0, split.val.start - lead):split.val.stop], split.val.stop - split.val.start
 
 
 def resolve_path(path: str) -> str:

@@ -24,7 +24,7 @@ import io
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax.numpy as jnp
@@ -119,20 +119,59 @@ def significance_lines(significance: Mapping[str, Any]) -> list[str]:
   diff = significance['benchmark']['sharpe_difference']
   lines.append(f'Sharpe minus buy & hold {num(diff["estimate"])} ({level} CI {num(diff["low"])} '
                f'.. {num(diff["high"])}), one-sided p = {num(diff["p_value"], ".3f")} for "better"')
-  shuffled = significance.get('shuffled_signal')
-  if shuffled:
-    lines.append(f'shuffled-signal null: observed Sharpe {num(shuffled["observed_sharpe"])} vs '
-                 f'null {num(shuffled["null_mean"])} +- {num(shuffled["null_std"])}, '
-                 f'p = {num(shuffled["p_value"], ".3f")}')
+  for key, label in (('shuffled_signal', 'net of costs'),
+                     ('shuffled_signal_gross', 'before costs')):
+    shuffled = significance.get(key)
+    if shuffled:
+      lines.append(f'rotated-signal null, {label}: observed Sharpe '
+                   f'{num(shuffled["observed_sharpe"])} vs null {num(shuffled["null_mean"])} '
+                   f'+- {num(shuffled["null_std"])}, p = {num(shuffled["p_value"], ".3f")}')
+  return lines
+
+
+def policy_lines(policy: Mapping[str, Any] | None) -> list[str]:
+  """How decisions were made (`evaluate.PolicyChoice.summary`), for console and HTML."""
+  if not policy:
+    return []
+  mode = policy['mode']
+  described = policy.get('policy')
+  if isinstance(described, Mapping):
+    keys = ('signal', 'entry', 'exit', 'min_hold', 'cooldown', 'sizing', 'max_position_pct',
+            'band', 'allow_short')
+    described = ', '.join(f'{k}={described[k]:g}' if isinstance(described[k], float)
+                          else f'{k}={described[k]}' for k in keys if k in described)
+  lines = [f'decision policy: {mode} ({described}); {policy.get("num_trials", 1)} '
+           'policy(ies) tried']
+  auto = policy.get('auto')
+  if auto:
+    lines.append('policy auto: the selected policy ' + (
+        'beat the seed policy on validation, so it was used' if auto['selected_beats_seed']
+        else "did not beat the seed policy on validation, so the seed's decisions were used"))
+  val = policy.get('validation')
+  if val:
+    seed = val.get('best_seed_sharpe')
+    lines.append(f'chosen on {val["bars"]} validation bars ({val["first"][:10]} .. '
+                 f'{val["last"][:10]}) by {policy.get("objective")}: validation Sharpe '
+                 f'{val["sharpe"]:.2f}, {val["num_trades"]} fills, turnover '
+                 f'{val["turnover_per_year"]:.1f}x a year' +
+                 ('' if seed is None else f' (best seed policy there: Sharpe {seed:.2f})'))
   return lines
 
 
 def print_backtest_summary(outcome: dict, top: int = 10) -> None:
   """Console summary of `evaluate.backtest_pipeline`: metrics vs buy-and-hold, luck, sweep,
   files."""
+  for warning in outcome.get('warnings', ()):
+    print(warning)
   print()
   print_metrics_table(outcome['metrics'], outcome['benchmark'])
   print()
+  for line in policy_lines(outcome.get('policy')):
+    print(f'  {line}')
+  attribution = outcome.get('attribution')
+  if attribution:
+    for line in attribution_lines(attribution['values'], attribution['intervals']):
+      print(f'  {line}')
   for line in significance_lines(outcome['significance']):
     print(f'  {line}')
   table = outcome['sweep']
@@ -173,7 +212,9 @@ def trades_frame(result: backtest_lib.BacktestResult, index: pd.Index) -> pd.Dat
 def write_reports(outdir: str | os.PathLike, result: backtest_lib.BacktestResult,
                   prices_df: pd.DataFrame, actions: Any, confidence: Any,
                   config: ml_collections.ConfigDict, *, plots: bool = True,
-                  extra: Mapping[str, Any] | None = None) -> dict[str, str]:
+                  extra: Mapping[str, Any] | None = None, warnings: Sequence[str] = (),
+                  attribution: tuple | None = None,
+                  policy: Mapping[str, Any] | None = None) -> dict[str, str]:
   """Writes every output of one backtest run and returns their paths by name.
 
   Args:
@@ -186,6 +227,10 @@ def write_reports(outdir: str | os.PathLike, result: backtest_lib.BacktestResult
     plots: False skips the PNG plots (the HTML page then has only the table).
     extra: more JSON-able sections for `backtest_results.json` (models, calibration, and
       `significance` from `significance.significance_report`, which the HTML page summarises).
+    warnings: caveats the HTML page shows first (look-ahead features, SPEC 3).
+    attribution: (`metrics.attribution` dict, `attribution_intervals` or None, cost
+      sensitivity frame or None) for the page's "where the returns go" section (SPEC 9).
+    policy: the decision policy's summary (`evaluate.PolicyChoice.summary`) for the page.
 
   Returns:
     {'json': ..., 'trades': ..., 'html': ..., plus one entry per written plot}.
@@ -232,7 +277,11 @@ def write_reports(outdir: str | os.PathLike, result: backtest_lib.BacktestResult
   paths['html'] = os.path.join(outdir, REPORT_HTML)
   with open(paths['html'], 'w') as f:
     f.write(_html_page(strategy_metrics, benchmark_metrics, prices_df.index, params, images,
-                       (extra or {}).get('significance')))
+                       (extra or {}).get('significance'), warnings=warnings,
+                       attribution=(attribution_html(attribution[0], attribution[2],
+                                                 attribution[1], plot=plots)
+                                    if attribution else ''),
+                       policy=policy_lines(policy)))
   return paths
 
 
@@ -311,8 +360,11 @@ def _write_plots(outdir: str | os.PathLike, times: pd.DatetimeIndex,
 
 def _html_page(strategy: Mapping[str, Any], benchmark: Mapping[str, Any], index: pd.Index,
                params: backtest_lib.BacktestParams, images: Mapping[str, str],
-               significance: Mapping[str, Any] | None = None) -> str:
-  """A self-contained one-page summary: period, settings, metrics, significance, plots."""
+               significance: Mapping[str, Any] | None = None, *,
+               warnings: Sequence[str] = (), attribution: str = '',
+               policy: Sequence[str] = ()) -> str:
+  """A self-contained one-page summary: caveats first, then period, settings, policy,
+  metrics, attribution, significance, plots."""
   rows = '\n'.join(
       f'<tr><td>{name}</td><td>{format_metric(name, strategy.get(name))}</td>'
       f'<td>{format_metric(name, benchmark.get(name))}</td></tr>'
@@ -329,6 +381,8 @@ def _html_page(strategy: Mapping[str, Any], benchmark: Mapping[str, Any], index:
   if significance:
     luck = '<h2>Is it luck?</h2><ul>' + ''.join(
         f'<li>{html.escape(line)}</li>' for line in significance_lines(significance)) + '</ul>'
+  caveats = ''.join(f'<p class="warning">{html.escape(w)}</p>' for w in warnings)
+  decided = ''.join(f'<p>{html.escape(line)}</p>' for line in policy)
   return f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>Backtest report</title>
 <style>
@@ -338,13 +392,17 @@ td, th {{ padding: 3px 12px; border-bottom: 1px solid #ddd; text-align: right; }
 td:first-child, th:first-child {{ text-align: left; }}
 img {{ max-width: 100%; display: block; margin: 1em 0; }}
 .small {{ color: #666; font-size: 0.9em; }}
+.warning {{ color: #a00; font-weight: bold; border: 2px solid #a00; padding: 0.5em; }}
 </style></head><body>
+{caveats}
 <h1>Backtest report</h1>
 <p>{html.escape(period)}</p>
 <p class="small">{html.escape(settings)}</p>
+{decided}
 <table><tr><th>metric</th><th>strategy</th><th>buy &amp; hold</th></tr>
 {rows}
 </table>
+{attribution}
 {luck}
 {''.join(figures)}
 </body></html>

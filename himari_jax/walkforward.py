@@ -51,6 +51,7 @@ from himari_jax import data as data_lib
 from himari_jax import ensemble as ensemble_lib
 from himari_jax import members as members_lib
 from himari_jax import metrics as metrics_lib
+from himari_jax import policy as policy_lib
 from himari_jax import predict as predict_lib
 from himari_jax import report as report_lib
 from himari_jax import train as train_lib
@@ -224,6 +225,15 @@ class FoldResult:
   actions: np.ndarray
   confidence: np.ndarray
   available: np.ndarray
+  probs: np.ndarray  # (n_test, 3) calibrated probabilities
+
+  @property
+  def policy(self) -> policy_lib.PolicyParams | None:
+    """The fold's decision policy; None: the seed's decisions (argmax + threshold)."""
+    summary = self.record.get('policy') or {'mode': 'seed'}
+    if summary['mode'] == 'seed':
+      return None
+    return policy_lib.make_policy(**summary['policy'])
 
 
 def fold_training_config(config: ml_collections.ConfigDict, train_file: str,
@@ -257,9 +267,22 @@ def run_fold(config: ml_collections.ConfigDict, df: pd.DataFrame, fold: Fold, fo
     if record['fold'] != fold.to_dict():
       raise ValueError(f'{fold_dir} holds fold {record["fold"]}, not {fold.to_dict()}: it was '
                        'made with other walk-forward settings; use another --workdir')
+    settings = record.get('policy_settings')
+    # A fold without recorded settings was decided by the seed's rule (or by its 'policy').
+    seed_before = settings is None and (record.get('policy') or {'mode': 'seed'})['mode'] == 'seed'
+    if settings != _policy_settings(config.backtest) and not (
+        seed_before and config.backtest.policy.mode == 'seed'):
+      # Other policy settings than the fold was decided with: choose again on its validation
+      # bars; the model and its test-bar probabilities stay.
+      member = members_lib.load_member(fold_dir, config.backtest.which)
+      fitted = [members_lib.fit_member_calibration(member, config.backtest.calibration)]
+      record.update(choose_fold_policy(config.backtest, member, fitted, fold_dir))
+      with open(os.path.join(fold_dir, FOLD_JSON), 'w') as f:
+        json.dump(record, f, indent=1)
     with np.load(predictions_path) as saved:
       return FoldResult(fold=fold, record=record, actions=saved['actions'],
-                        confidence=saved['confidence'], available=saved['available'])
+                        confidence=saved['confidence'], available=saved['available'],
+                        probs=saved['probs'])
 
   os.makedirs(fold_dir, exist_ok=True)
   train_file = os.path.join(fold_dir, TRAIN_FILE)
@@ -275,9 +298,10 @@ def run_fold(config: ml_collections.ConfigDict, df: pd.DataFrame, fold: Fold, fo
   # The test bars, preceded by the warm-up and context their first window reads.
   lead = predict_lib.first_available_bar(int(fold_config.train.context_length))
   window = df.iloc[max(0, fold.test.start - lead):fold.test.stop]
+  fitted = [members_lib.fit_member_calibration(member, bt.calibration)]
   decisions = members_lib.decide([member], [fold_dir], window, strategy=bt.strategy,
                                  threshold=bt.confidence_threshold, weights=None,
-                                 calibration_config=bt.calibration)
+                                 calibration_config=bt.calibration, fitted=fitted)
   num_test = fold.test.stop - fold.test.start
   epoch = member.meta.get('epoch_metrics', {})
   record = {
@@ -290,13 +314,15 @@ def run_fold(config: ml_collections.ConfigDict, df: pd.DataFrame, fold: Fold, fo
       'validation': {k: epoch.get(k) for k in ('val_loss', 'val_nll', 'val_accuracy',
                                                'val_balanced_accuracy')},
       'calibration': decisions.calibrations[0],
+      **choose_fold_policy(bt, member, fitted, fold_dir),
       'train_seconds': train_seconds,
   }
   with open(os.path.join(fold_dir, FOLD_JSON), 'w') as f:
     json.dump(record, f, indent=1)
   result = FoldResult(fold=fold, record=record, actions=decisions.actions[-num_test:],
                       confidence=decisions.confidence[-num_test:],
-                      available=decisions.available[-num_test:])
+                      available=decisions.available[-num_test:],
+                      probs=decisions.probs[0, -num_test:])
   # Written last, then renamed into place: its presence marks the fold as done.
   partial = os.path.join(fold_dir, 'predictions.partial.npz')
   np.savez(partial, actions=result.actions, confidence=result.confidence,
@@ -304,6 +330,42 @@ def run_fold(config: ml_collections.ConfigDict, df: pd.DataFrame, fold: Fold, fo
            time=df.index[fold.test].asi8)
   os.replace(partial, predictions_path)
   return result
+
+
+def _describe(policy: dict | str) -> str:
+  """A fold's policy in a few words (a seed summary is a string already)."""
+  if isinstance(policy, str):
+    return policy
+  return (f'{policy["signal"]} {policy["entry"]:g}/{policy["exit"]:g}, hold '
+          f'{policy["min_hold"]}, cooldown {policy["cooldown"]}, {policy["sizing"]}')
+
+
+def _policy_settings(config: ml_collections.ConfigDict) -> dict:
+  """`config.policy` of a backtest config as it reads back from fold.json."""
+  return json.loads(json.dumps(config.policy.to_dict()))
+
+
+def choose_fold_policy(config: ml_collections.ConfigDict, member: checkpoint_lib.LoadedModel,
+                       fitted: Sequence, fold_dir: str) -> dict:
+  """The fold's decision policy, chosen on its own validation bars (never its test bars).
+
+  Args:
+    config: the walk-forward config's `backtest` section.
+    member: the fold's model; fitted: its `members.fit_member_calibration` output, in a list.
+
+  Returns:
+    fold.json fields: `policy_settings`, `policy` (`evaluate.PolicyChoice.summary`) and
+    `trial_sharpes` (annualised validation Sharpe ratios of every policy tried, or None).
+  """
+  val = ((None, None) if config.policy.mode not in ('select', 'auto') else
+         evaluate.validation_probabilities([member], config.calibration, fitted))
+  choice = evaluate.choose_policy(config, *val, log=lambda _: None)
+  if choice.selection is not None:
+    choice.selection.table.to_csv(os.path.join(fold_dir, evaluate.POLICY_CSV), index=False)
+  sharpes = choice.trial_sharpes
+  return {'policy_settings': _policy_settings(config), 'policy': choice.summary,
+          'trial_sharpes': None if sharpes is None else
+          [v if np.isfinite(v) else None for v in sharpes.tolist()]}
 
 
 # ------------------------------------------------------------------------- evaluation
@@ -316,10 +378,56 @@ def fold_metrics(df: pd.DataFrame, result: FoldResult,
   params = backtest_lib.params_from_config(config)
   market = metrics_lib.market_returns(np.asarray(test_df['close'], np.float64))
   kwargs = dict(periods_per_year=config.periods_per_year, risk_free_rate=config.risk_free_rate)
-  strategy = backtest_lib.run_backtest(test_df, result.actions, result.confidence, params)
+  strategy = run_fold_backtest(test_df, result, config, params)
   benchmark = backtest_lib.buy_and_hold(test_df, params)
   return tuple(report_lib.to_python(metrics_lib.compute_metrics(
       run, market, params.initial_capital, **kwargs)) for run in (strategy, benchmark))
+
+
+def run_fold_backtest(test_df: pd.DataFrame, result: FoldResult,
+                      config: ml_collections.ConfigDict,
+                      params: backtest_lib.BacktestParams) -> backtest_lib.BacktestResult:
+  """The fold's test window backtested alone with its policy (or the seed's decisions)."""
+  policy = result.policy
+  if policy is None:
+    return backtest_lib.run_backtest(test_df, result.actions, result.confidence, params)
+  return policy_lib.run_policy(test_df, result.probs, policy, params,
+                               sigma_annual=evaluate.sigma_for(test_df, config),
+                               periods_per_year=config.periods_per_year)
+
+
+def chained_backtest(df: pd.DataFrame, span: slice, results: Sequence[FoldResult],
+                     config: ml_collections.ConfigDict) -> backtest_lib.BacktestResult:
+  """The stitched test bars as one backtest when folds trade different policies.
+
+  Each fold's policy runs on its own test window from flat, with the equity the previous
+  window ended with; bars between windows stay flat. A position still open at a window's
+  end is marked at that bar's close and not charged an exit, so costs are slightly
+  understated (by at most one exit per fold).
+  """
+  params = backtest_lib.params_from_config(config)
+  capital = float(params.initial_capital)
+  parts, cursor = [], span.start
+  segments = []
+  for result in results:
+    if result.fold.test.start > cursor:
+      segments.append((slice(cursor, result.fold.test.start), None))
+    segments.append((result.fold.test, result))
+    cursor = result.fold.test.stop
+  for bars, result in segments:
+    part_df = df.iloc[bars]
+    part_params = dataclasses.replace(params, initial_capital=np.asarray(
+        capital, np.asarray(params.initial_capital).dtype))
+    if result is None:
+      hold = np.full(len(part_df), ensemble_lib.HOLD, np.int32)
+      run = backtest_lib.run_backtest(part_df, hold, np.zeros(len(part_df)), part_params)
+    else:
+      run = run_fold_backtest(part_df, result, config, part_params)
+    parts.append(run)
+    capital = float(np.asarray(run.equity)[-1])
+  return backtest_lib.BacktestResult(*(np.concatenate([np.asarray(getattr(p, f.name))
+                                                        for p in parts])
+                                       for f in dataclasses.fields(parts[0])))
 
 
 def _fold_row(result: FoldResult, metrics: dict, benchmark: dict) -> dict:
@@ -397,8 +505,28 @@ def run_walk_forward(config: ml_collections.ConfigDict, workdir: str, *,
                             'config': config.copy_and_resolve_references().to_dict()},
            'folds': details, 'available_bars': int(available.sum())}
   log(f'stitched backtest of {len(actions)} out-of-sample bars')
+  chained = trial_sharpes = num_trials = None
+  if any(result.policy is not None for result in results):
+    chained = chained_backtest(df, span, results, bt)
+  summaries = [result.record.get('policy') or {'mode': 'seed', 'num_trials': 1}
+               for result in results]
+  if any(s['num_trials'] > 1 for s in summaries):
+    # Each fold chose among the same grid: that many trials, their spread over every fold.
+    num_trials = max(s['num_trials'] for s in summaries)
+    trial_sharpes = np.asarray([v for result in results
+                                for v in (result.record.get('trial_sharpes') or [])],
+                               np.float64)
+  modes = sorted({s['mode'] for s in summaries})
+  choice = evaluate.PolicyChoice(
+      '+'.join(modes), None, None,
+      {'mode': f'{bt.policy.mode} per fold: ' + ', '.join(modes),
+       'num_trials': num_trials or 1,
+       'policy': '; '.join(f'fold {r.fold.index}: {_describe(s["policy"])}'
+                           for r, s in zip(results, summaries, strict=True)
+                           if 'policy' in s) or 'seed'})
   outcome = evaluate.backtest_and_report(df.iloc[span], actions, confidence, bt, workdir,
-                                         extra=extra)
+                                         extra=extra, result=chained, choice=choice,
+                                         trial_sharpes=trial_sharpes, num_trials=num_trials)
   outcome['paths']['folds'] = os.path.join(workdir, FOLDS_CSV)
   return {'folds': table, **outcome}
 
@@ -416,6 +544,12 @@ def print_walk_forward_summary(outcome: dict) -> None:
   print('\nstitched out-of-sample backtest (every test window, in time order):')
   report_lib.print_metrics_table(outcome['metrics'], outcome['benchmark'])
   print()
+  for line in report_lib.policy_lines(outcome.get('policy')):
+    print(f'  {line}')
+  attribution = outcome.get('attribution')
+  if attribution:
+    for line in report_lib.attribution_lines(attribution['values'], attribution['intervals']):
+      print(f'  {line}')
   for line in report_lib.significance_lines(outcome['significance']):
     print(f'  {line}')
   print('\nwrote:')

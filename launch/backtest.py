@@ -3,6 +3,7 @@
   python launch/backtest.py --checkpoints=runs/small --outdir=runs/small/backtest
   python launch/backtest.py --checkpoints=runs/a,runs/b --strategy=confidence_weighted
   python launch/backtest.py --sweep   # every strategy x threshold of config.sweep, one jit call
+  python launch/backtest.py --config.policy.mode=select   # policy chosen on validation bars
 
 Settings: configs/backtest.py (any field can be overridden, e.g. --config.fill=next_open).
 launch/ensemble_backtest.py is this program with configs/ensemble.py as its default.

@@ -4,8 +4,10 @@
   python launch/quickstart.py --workdir=/tmp/qs --fast           # `tiny`: about a minute
 
 1. trains `configs/flag_trader.py:small` on BTC/USDT 1h 2020-2024 (validation: its last 15 %),
-2. calibrates it on that validation split and backtests it on BTC/USDT 1h 2025-2026 with the
-   seed's costs and sizing (configs/backtest.py),
+2. calibrates it on that validation split, chooses a decision policy there (`--policy=auto`:
+   the best of a grid if it beats the seed's argmax policy on validation, else the seed's;
+   the console and report say which), and backtests it on BTC/USDT 1h 2025-2026 with the
+   seed's costs (configs/backtest.py),
 3. prints the metrics against buy-and-hold with bootstrap error bars, and writes
    `backtest_results.json`, `backtest_trades.csv`, plots and `backtest_report.html`.
 Re-running with the same workdir resumes training where it stopped.
@@ -28,6 +30,11 @@ _BACKTEST = config_flags.DEFINE_config_file(
     'backtest', os.path.join(REPO, 'configs', 'backtest.py'), 'Backtest settings.')
 _WORKDIR = flags.DEFINE_string('workdir', 'runs/quickstart', 'Run folder.')
 _FAST = flags.DEFINE_bool('fast', False, 'Tiny model and fewer resamples (a smoke test).')
+_POLICY = flags.DEFINE_enum(
+    'policy', 'auto', evaluate.POLICY_MODES,
+    "Decision policy (sets --backtest.policy.mode): 'auto' selects one on the validation "
+    "split and uses it if it beats the seed's there, else the seed's; 'seed', 'fixed' or "
+    "'select' force one.")
 
 
 def main(argv):
@@ -39,6 +46,7 @@ def main(argv):
     config = _tiny(config)
     backtest.significance.num_resamples = 200
     backtest.significance.num_shuffles = 100
+  backtest.policy.mode = _POLICY.value
   run_dir = os.path.join(_WORKDIR.value, 'train')
   logging.info('1/2 training %s on %s -> %s', config.get('variant', ''), config.data.train,
                run_dir)

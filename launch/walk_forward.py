@@ -3,6 +3,7 @@
   python launch/walk_forward.py --config=configs/walk_forward.py:small --workdir=runs/wf
   python launch/walk_forward.py --config=configs/walk_forward.py:small --workdir=runs/wf_exp \
       --config.mode=expanding --config.test_start=2024-01-01
+  python launch/walk_forward.py --workdir=runs/wf_sel --config.policy.mode=select  # per fold
 
 Prints the per-fold table, the stitched out-of-sample metrics against buy-and-hold and their
 error bars. Re-running with the same workdir skips finished folds and resumes a fold's

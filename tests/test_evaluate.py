@@ -1,10 +1,13 @@
 """Shared evaluation steps: diagnostics on known arrays, decisions with unavailable bars."""
 
 import dataclasses
+import json
 
 import jax
 import ml_collections
 import numpy as np
+import pandas as pd
+import pytest
 
 from himari_jax import config as config_lib
 from himari_jax import diagnostics, members
@@ -73,3 +76,99 @@ def test_decide_holds_where_a_member_is_unavailable(tiny_config, tmp_path):
   np.testing.assert_array_equal(decided['unanimous'].actions, decided['disagreement'].actions)
   np.testing.assert_array_equal(decided['unanimous'].confidence,
                                 decided['disagreement'].confidence)
+
+
+def _select_config(dataset):
+  """The shipped model, 'select' over a small grid, few resamples: seconds, not minutes."""
+  config = config_lib.load_config('backtest')
+  config.checkpoints = 'checkpoints/small_a'
+  config.dataset = str(dataset)
+  config.policy.mode = 'select'
+  config.policy.grid.update(entry='0.2,0.4', exit_gap='0,0.2', min_hold='0,24', cooldown='0',
+                            sizing='fixed')
+  config.significance.update(num_resamples=50, num_shuffles=20)
+  return config
+
+
+def test_select_never_looks_at_test_bars_and_reports_it(tmp_path):
+  from himari_jax import binance, data, evaluate
+
+  test = data.builtin_dataset('btc_usdt_1h_2025_2026').iloc[:1200]
+  rng = np.random.default_rng(0)
+  shocked = test.copy()
+  # Other test-period prices (a random walk on top): a policy chosen on test bars would move.
+  scale = np.exp(np.cumsum(rng.normal(0, 0.01, len(test))))
+  for column in ('open', 'high', 'low', 'close'):
+    shocked[column] = test[column] * scale
+  shocked['high'] = shocked[['open', 'high', 'low', 'close']].max(axis=1)
+  shocked['low'] = shocked[['open', 'high', 'low', 'close']].min(axis=1)
+  outcomes = []
+  for name, frame in (('test', test), ('shocked', shocked)):
+    path = tmp_path / f'{name}.csv'
+    binance.write_canonical_csv(frame, path)
+    outcomes.append(evaluate.backtest_pipeline(_select_config(path), str(tmp_path / name),
+                                               log=lambda _: None))
+  original, perturbed = outcomes
+  assert original['policy'] == perturbed['policy']
+  assert original['metrics'] != perturbed['metrics']  # the test bars did change
+  policy = original['policy']
+  assert policy['mode'] == 'select' and policy['num_trials'] == 2 * 2 * 2 + 4
+  assert policy['validation']['last'] < str(test.index[0])
+  results = json.loads((tmp_path / 'test' / 'backtest_results.json').read_text())
+  assert results['policy'] == policy
+  assert results['significance']['deflated_sharpe']['num_trials'] == policy['num_trials']
+  assert {'gross_sharpe', 'net_sharpe', 'commission', 'slippage', 'cost_drag_sharpe',
+          'turnover_per_year', 'mean_holding_bars', 'trade_bar_share'} <= set(
+              results['attribution']['values'])
+  assert set(results['attribution']['intervals']) == {'gross_sharpe', 'net_sharpe'}
+  assert [row['cost_multiplier'] for row in results['cost_sensitivity']][0] == 0.0
+  assert results['significance']['shuffled_signal_gross']['p_value'] is not None
+  assert 'lookahead_warning' not in results
+  page = (tmp_path / 'test' / 'backtest_report.html').read_text()
+  assert 'Where the returns go' in page and 'decision policy: select' in page
+  assert 'before costs' in page and 'cost sensitivity' in page
+  table = pd.read_csv(tmp_path / 'test' / evaluate.POLICY_CSV)
+  assert len(table) == policy['num_trials']
+
+
+def test_policy_grid_and_fixed_policy_from_config():
+  from himari_jax import evaluate, policy
+
+  config = config_lib.load_config('backtest')
+  grid = evaluate.policy_grid(config.policy)
+  assert np.shape(grid.entry) == np.shape(policy.default_grid().entry)  # 484 policies
+  config.policy.grid.update(entry='0.3', exit_gap='0,0.1', min_hold='6', sizing='vol_target')
+  table = policy.policy_table(evaluate.policy_grid(config.policy))
+  margin = table[table['signal'] == 'margin']
+  assert len(margin) == 2 * 2 and set(margin['exit']) == {0.3, 0.2}
+  assert set(margin['sizing']) == {'vol_target'} and set(margin['min_hold']) == {6}
+  assert list(table[table['signal'] == 'argmax']['entry']) == [0.0, 0.4, 0.5, 0.6]
+  config.policy.update(entry=0.2, exit=0.3)
+  with pytest.raises(ValueError, match='exit must be <= entry'):
+    evaluate.fixed_policy(config.policy)
+  config.policy.update(exit=0.0, band=-0.1)
+  with pytest.raises(ValueError, match='band'):
+    evaluate.fixed_policy(config.policy)
+  config.policy.mode = 'best'
+  with pytest.raises(ValueError, match="policy.mode='best'"):
+    evaluate.choose_policy(config)
+
+
+def test_label_params_pass_each_rule_its_own_fields():
+  from himari_jax import input_pipeline, labels
+
+  config = config_lib.load_config('flag_trader:tiny')
+  config.labels.update(kind='volatility', cost_floor=labels.round_trip_cost())
+  assert input_pipeline.label_params(config.labels) == {
+      'horizon': 6, 'k': 1.0, 'window': 168, 'cost_floor': 0.003}
+  config.labels.kind = 'triple_barrier'
+  assert set(input_pipeline.label_params(config.labels)) == {
+      'horizon', 'k_up', 'k_down', 'window', 'cost_floor'}
+  config.labels.kind = 'threshold'
+  assert set(input_pipeline.label_params(config.labels)) == {'horizon', 'threshold',
+                                                             'cost_floor'}
+  config.labels.kind = 'sharpe'
+  assert input_pipeline.label_params(config.labels) == {'cost_floor': 0.003}
+  config.labels.kind = 'zigzag'
+  with pytest.raises(ValueError, match='labels.kind'):
+    input_pipeline.label_params(config.labels)

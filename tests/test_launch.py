@@ -56,6 +56,9 @@ def test_quickstart_trains_backtests_and_reports(quickstart):
   results = check_reports(workdir / 'backtest')
   assert results['metrics']['final_equity'] > 0
   assert 'buy & hold' in stdout and 'block-bootstrap CI' in stdout
+  # --policy=auto: selected on validation, used only if it beats the seed's policy there.
+  assert results['policy']['num_trials'] == 484 and 'auto' in results['policy']
+  assert 'policy auto: the selected policy' in stdout and 'gross: return' in stdout
 
 
 def test_backtest_with_sweep(quickstart, repo_root, tmp_path):
@@ -103,7 +106,22 @@ def test_diagnose(quickstart, repo_root, tmp_path):
   assert 'confusion' in done.stdout
 
 
+def test_backtest_selects_a_policy_on_validation_with_the_config_flag(repo_root, tmp_path):
+  out = tmp_path / 'select'
+  done = run(repo_root, 'backtest.py', '--checkpoints=checkpoints/small_a', f'--outdir={out}',
+             '--config.policy.mode=select', '--config.policy.grid.entry=0.2,0.4',
+             '--config.policy.grid.min_hold=0,24', '--config.policy.grid.sizing=fixed',
+             *FAST_STATS)
+  results = check_reports(out)
+  policy = results['policy']  # entries x exits x min_holds x cooldowns, plus 4 seed policies
+  assert policy['mode'] == 'select' and policy['num_trials'] == 2 * 4 * 2 * 2 + 4
+  assert results['config']['policy']['mode'] == 'select'
+  assert 'decision policy: select' in done.stdout and 'cost drag' in done.stdout
+  assert (out / 'policy_selection.csv').exists()
+
+
 @pytest.mark.parametrize('flags, message', [
+    (['--config.policy.mode=best'], "policy.mode='best'"),
     (['--strategy=majority'], "unknown strategy 'majority'"),
     (['--confidence_threshold=1.5'], 'must be in [0, 1]'),
     (['--checkpoints=no/such/run'], 'no such checkpoint directory'),

@@ -97,3 +97,34 @@ def test_metrics_table_and_json_values():
   assert row['final_equity'] == ['112,340.00', '112,340.00'] and row['num_trades'] == ['7', '7']
   assert report.format_metric('calmar', 1.23456) == '1.235'
   assert math.isclose(json.loads(json.dumps(values))['total_return'], 0.1234)
+
+
+def test_lookahead_features_are_flagged_first_everywhere(tmp_path, run, capsys):
+  import types
+
+  from himari_jax import config as config_lib
+  from himari_jax import evaluate, features
+
+  frame, _, actions, confidence, config = run
+  config = config.copy_and_resolve_references()
+  config.significance.update(num_resamples=50, num_shuffles=20)
+  seed_exact = config_lib.load_config('flag_trader:tiny')
+  seed_exact.data.feature_set = 'seed_exact'
+  causal = config_lib.load_config('flag_trader:tiny')
+  members = [types.SimpleNamespace(config=c) for c in (causal, seed_exact, seed_exact)]
+  warnings = evaluate.lookahead_warnings(members)
+  assert warnings == [features.lookahead_warning('seed_exact')]
+  assert evaluate.lookahead_warnings(members[:1]) == []
+  outcome = evaluate.backtest_and_report(frame, actions, confidence, config, str(tmp_path),
+                                         warnings=warnings)
+  results = json.loads((tmp_path / report.RESULTS_JSON).read_text())
+  assert results['lookahead_warning'] == warnings[0] and 'not evidence' in warnings[0]
+  body = (tmp_path / report.REPORT_HTML).read_text().split('<body>', 1)[1]
+  assert body.lstrip().startswith('<p class="warning">LOOK-AHEAD')
+  report.print_backtest_summary({**outcome, 'sweep': None})
+  assert capsys.readouterr().out.splitlines()[0] == warnings[0]
+  # The seed policy's attribution: gross minus costs is net, side by side in every output.
+  values = results['attribution']['values']
+  assert values['cost_drag_sharpe'] == pytest.approx(values['gross_sharpe']
+                                                     - values['net_sharpe'])
+  assert results['policy']['mode'] == 'seed' and len(results['cost_sensitivity']) == 9

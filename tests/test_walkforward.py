@@ -125,10 +125,15 @@ def _mtimes(folder):
           for root, _, files in os.walk(folder) for name in files}
 
 
+# Each fold picks its policy from a small grid on its own validation bars.
+SELECT_FLAGS = ('--config.policy.mode=select', '--config.policy.grid.entry=0.1,0.3',
+                '--config.policy.grid.min_hold=0,6', '--config.policy.grid.sizing=fixed')
+
+
 def test_two_folds_train_before_their_test_windows_and_resume(workdir, repo_root):
   done = subprocess.run(
       [sys.executable, str(repo_root / 'launch' / 'walk_forward.py'),
-       '--config=configs/walk_forward.py:tiny', f'--workdir={workdir}'],
+       '--config=configs/walk_forward.py:tiny', f'--workdir={workdir}', *SELECT_FLAGS],
       capture_output=True, text=True, cwd=repo_root, timeout=600,
       env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
   assert done.returncode == 0, done.stderr[-3000:]
@@ -137,6 +142,8 @@ def test_two_folds_train_before_their_test_windows_and_resume(workdir, repo_root
     assert heading in done.stdout
 
   config = load_config_file('walk_forward', 'tiny')
+  config.policy.mode = 'select'
+  config.policy.grid.update(entry='0.1,0.3', min_hold='0,6', sizing='fixed')
   df = walkforward.load_series(walkforward.asset_datasets('btc'))
   folds = walkforward.folds_for(config, df)
   assert len(folds) == 2
@@ -156,11 +163,18 @@ def test_two_folds_train_before_their_test_windows_and_resume(workdir, repo_root
     with np.load(fold_dir / walkforward.PREDICTIONS) as saved:
       np.testing.assert_array_equal(saved['time'], df.index[fold.test].asi8)
       assert saved['available'].all()
+    record = json.loads((fold_dir / walkforward.FOLD_JSON).read_text())
+    chosen = record['policy']  # on the fold's validation bars, which end before its test
+    assert chosen['mode'] == 'select' and chosen['num_trials'] == 2 * 4 * 2 * 2 + 4
+    assert chosen['validation']['last'] == str(df.index[fold.val.stop - 1])
+    assert len(record['trial_sharpes']) == chosen['num_trials']
 
   results = json.loads((workdir / 'backtest_results.json').read_text())
   assert len(results['curves']['time']) == 480 and len(results['folds']) == 2
   assert results['curves']['time'][0] == df.index[folds[0].test.start].isoformat()
   assert results['available_bars'] == 480
+  assert results['significance']['deflated_sharpe']['num_trials'] == 36
+  assert 'attribution' in results and 'decision policy' in done.stdout
   table = (workdir / walkforward.FOLDS_CSV).read_text()
   assert list(pd.read_csv(workdir / walkforward.FOLDS_CSV)['test_bars']) == [240, 240]
 
@@ -174,6 +188,16 @@ def test_two_folds_train_before_their_test_windows_and_resume(workdir, repo_root
   for key in ('metrics', 'benchmark', 'significance', 'action_counts', 'curves'):
     assert again[key] == results[key], key
   assert second['metrics'] == results['metrics']
+
+  # Other policy settings: each fold's policy is chosen again; no model is retrained.
+  models = {k: v for k, v in _mtimes(workdir / 'fold_000').items() if 'checkpoints' in k}
+  config.policy.mode = 'seed'
+  seeded = walkforward.run_walk_forward(config, str(workdir), log=lambda _: None)
+  assert seeded['policy']['num_trials'] == 1 and 'seed' in seeded['policy']['mode']
+  record = json.loads((workdir / 'fold_000' / walkforward.FOLD_JSON).read_text())
+  assert record['policy']['mode'] == 'seed' and record['trial_sharpes'] is None
+  assert {k: v for k, v in _mtimes(workdir / 'fold_000').items()
+          if 'checkpoints' in k} == models
 
   # Another fold layout in the same workdir is refused, not mixed in.
   config.test_bars = 120
