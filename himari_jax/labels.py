@@ -168,7 +168,7 @@ def triple_barrier_labels(close: np.ndarray, high: np.ndarray, low: np.ndarray, 
   return labels, valid
 
 
-_RULES = ('threshold', 'sharpe', 'volatility', 'triple_barrier')
+RULES = ('threshold', 'sharpe', 'volatility', 'triple_barrier')
 _DEFAULT_HORIZONS = {'threshold': 6, 'sharpe': 24, 'volatility': 6, 'triple_barrier': 24}
 
 
@@ -215,7 +215,7 @@ def make_labels(df: pd.DataFrame, kind: str = 'threshold',
 def label_horizon(kind: str = 'threshold', **params: Any) -> int:
   """Bars ahead a label of this rule looks (the embargo that keeps splits apart)."""
   if kind not in _DEFAULT_HORIZONS:
-    raise ValueError(f'unknown label kind {kind!r}; use one of {_RULES}')
+    raise ValueError(f'unknown label kind {kind!r}; use one of {RULES}')
   return int(params.get('horizon', _DEFAULT_HORIZONS[kind]))
 
 

@@ -70,6 +70,7 @@ from himari_jax import constants, input_pipeline, train_logging
 from himari_jax import data as data_lib
 from himari_jax import diagnostics as diagnostics_lib
 from himari_jax import features as features_lib
+from himari_jax import labels as labels_lib
 from himari_jax import model as model_lib
 from himari_jax import objectives as objectives_lib
 
@@ -133,9 +134,9 @@ def validate_config(config: ml_collections.ConfigDict) -> model_lib.ModelConfig:
   if t.class_weights not in CLASS_WEIGHT_MODES:
     raise ConfigError(f'config.train.class_weights={t.class_weights!r} is unknown; use one '
                       f'of {", ".join(CLASS_WEIGHT_MODES)}.')
-  if config.labels.kind not in ('threshold', 'sharpe'):
-    raise ConfigError(f"config.labels.kind={config.labels.kind!r} is unknown; use "
-                      "'threshold' or 'sharpe'.")
+  if config.labels.kind not in labels_lib.RULES:
+    raise ConfigError(f"config.labels.kind={config.labels.kind!r} is unknown; use one of "
+                      f"{', '.join(labels_lib.RULES)}.")
   objective = trading_objective(config)
   try:
     metric, _ = checkpoint_lib.parse_best_metric(t.best_metric)

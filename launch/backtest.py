@@ -10,12 +10,11 @@ launch/ensemble_backtest.py is this program with configs/ensemble.py as its defa
 """
 
 import os
-import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from himari_jax import checkpoint, data, ensemble, evaluate, report
+from himari_jax import checkpoint, cli, ensemble, evaluate, report
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
 
@@ -45,14 +44,10 @@ def main(argv):
   if flags.FLAGS.confidence_threshold is not None:
     config.confidence_threshold = flags.FLAGS.confidence_threshold
   checkpoint.quiet_orbax_logging()
-  try:
-    outcome = evaluate.backtest_pipeline(config, flags.FLAGS.outdir, sweep=flags.FLAGS.sweep)
-  except (checkpoint.CheckpointError, data.DataError, ValueError, OSError) as e:
-    # A mistake a user can fix: one line instead of a traceback.
-    sys.exit(f'error: {e}')
+  outcome = evaluate.backtest_pipeline(config, flags.FLAGS.outdir, sweep=flags.FLAGS.sweep)
   report.print_backtest_summary(outcome)
 
 
 if __name__ == '__main__':
   define_flags('backtest.py', 'runs/backtest')
-  app.run(main)
+  cli.run(main)

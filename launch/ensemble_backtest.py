@@ -8,8 +8,9 @@ overridden, e.g. --config.calibration.mode=fixed for the seed's logit bias.
 """
 
 import backtest  # launch/backtest.py, beside this file
-from absl import app
+
+from himari_jax import cli
 
 if __name__ == '__main__':
   backtest.define_flags('ensemble.py', 'runs/ensemble_backtest')
-  app.run(backtest.main)
+  cli.run(backtest.main)

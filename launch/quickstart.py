@@ -14,12 +14,11 @@ Re-running with the same workdir resumes training where it stopped.
 """
 
 import os
-import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from himari_jax import checkpoint, data, evaluate, report, train
+from himari_jax import checkpoint, cli, evaluate, report, train
 from himari_jax import config as config_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -50,13 +49,10 @@ def main(argv):
   run_dir = os.path.join(_WORKDIR.value, 'train')
   logging.info('1/2 training %s on %s -> %s', config.get('variant', ''), config.data.train,
                run_dir)
-  try:
-    train.train_and_evaluate(config, run_dir)
-    backtest.checkpoints = run_dir
-    logging.info('2/2 backtesting on %s', backtest.dataset)
-    outcome = evaluate.backtest_pipeline(backtest, os.path.join(_WORKDIR.value, 'backtest'))
-  except (checkpoint.CheckpointError, data.DataError, ValueError, OSError) as e:
-    sys.exit(f'error: {e}')
+  train.train_and_evaluate(config, run_dir)
+  backtest.checkpoints = run_dir
+  logging.info('2/2 backtesting on %s', backtest.dataset)
+  outcome = evaluate.backtest_pipeline(backtest, os.path.join(_WORKDIR.value, 'backtest'))
   report.print_backtest_summary(outcome)
 
 
@@ -68,4 +64,4 @@ def _tiny(config):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -12,13 +12,12 @@ JAX_COMPILATION_CACHE_DIR names another place), so folds after the first skip co
 """
 
 import os
-import sys
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from himari_jax import checkpoint, data, walkforward
+from himari_jax import checkpoint, cli, walkforward
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,12 +35,9 @@ def main(argv):
     # Every fold compiles the same training and inference steps: compile them once.
     jax.config.update('jax_compilation_cache_dir',
                       os.path.join(os.path.abspath(_WORKDIR.value), 'compilation_cache'))
-  try:
-    outcome = walkforward.run_walk_forward(_CONFIG.value, _WORKDIR.value, log=logging.info)
-  except (checkpoint.CheckpointError, data.DataError, ValueError, OSError) as e:
-    sys.exit(f'error: {e}')
+  outcome = walkforward.run_walk_forward(_CONFIG.value, _WORKDIR.value, log=logging.info)
   walkforward.print_walk_forward_summary(outcome)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)
