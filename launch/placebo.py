@@ -71,6 +71,8 @@ def main(argv):
   if _RUNS.value < 1:
     sys.exit(f'error: --runs must be >= 1, got {_RUNS.value}')
   p = config.placebo
+  if p.method not in synthetic.METHODS:
+    sys.exit(f'error: config.placebo.method={p.method!r}; valid: {", ".join(synthetic.METHODS)}')
   try:
     train_frames = pipeline.load_frames(config.train.data.train,
                                         fill_gaps=config.train.data.fill_gaps,
