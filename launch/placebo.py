@@ -15,8 +15,10 @@ Each run's folder (`<workdir>/real`, `<workdir>/placebo/run_XXX`) holds its mark
 files, its checkpoints and its backtest reports. Compiled programs are cached in
 `<workdir>/jax_cache` (unless JAX_COMPILATION_CACHE_DIR names another folder): the runs
 compile the same programs, so every run after the first skips most compilation.
-Re-running with the same workdir skips finished runs (a run stopped mid-training resumes from
-its checkpoints); a larger --runs adds runs, a smaller one summarises the first --runs.
+Re-running with the same workdir (and the same config, stored in
+`<workdir>/placebo_config.json`; another one is refused) skips finished runs (a run stopped
+mid-training resumes from its checkpoints); a larger --runs adds runs, a smaller one
+summarises the first --runs.
 """
 
 import json
@@ -41,6 +43,7 @@ _REAL = flags.DEFINE_bool('real', True, 'Also run the pipeline on the real files
 
 REAL_JSON = 'real.json'
 REAL_SUBDIR = 'real'
+CONFIG_JSON = 'placebo_config.json'
 JAX_CACHE_SUBDIR = 'jax_cache'  # unless JAX_COMPILATION_CACHE_DIR names one
 # Every number of a run, summarised over the placebo runs.
 SUMMARY_METRICS = (*placebo.DEFAULT_METRICS, 'rank_ic', 'num_trades', 'gross_total_return',
@@ -69,6 +72,35 @@ def _run_real(config, workdir: str, train_frames, test_frame) -> dict:
   return result
 
 
+def _flat(tree: dict, prefix: str = '') -> dict:
+  """{'a': {'b': 1}} -> {'a.b': 1}."""
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flat(value, f'{prefix}{key}.'))
+    else:
+      out[prefix + key] = value
+  return out
+
+
+def _check_config(config, workdir: str) -> None:
+  """Stores the config in `workdir` on the first call; later calls must bring the same one,
+  since stored runs are skipped, not redone: a mixed null would compare different pipelines."""
+  path = os.path.join(workdir, CONFIG_JSON)
+  current = json.loads(config.to_json_best_effort())
+  if not os.path.exists(path):
+    os.makedirs(workdir, exist_ok=True)
+    with open(path, 'w') as f:
+      json.dump(current, f, indent=1)
+    return
+  with open(path) as f:
+    stored, now = _flat(json.load(f)), _flat(current)
+  changed = sorted(k for k in stored.keys() | now.keys() if stored.get(k) != now.get(k))
+  if changed:
+    raise ValueError(f'{workdir} holds runs of another config ({", ".join(changed)} differ from '
+                     f'{path}); use another --workdir, or the config its runs were made with')
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
@@ -85,12 +117,12 @@ def main(argv):
   if p.method not in synthetic.METHODS:
     sys.exit(f'error: config.placebo.method={p.method!r}; valid: {", ".join(synthetic.METHODS)}')
   try:
+    _check_config(config, workdir)
     train_frames = pipeline.load_frames(config.train.data.train,
                                         fill_gaps=config.train.data.fill_gaps,
                                         last_bars=p.train_bars)
     test_name = config.backtest.dataset
     test = pipeline.load_frames(test_name, fill_gaps=True, last_bars=p.test_bars)[test_name]
-    os.makedirs(workdir, exist_ok=True)
     real = (_run_real(config, workdir, train_frames, (test_name, test))
             if _REAL.value else None)
     options = {'method': p.method, 'remove_drift': p.remove_drift}

@@ -65,6 +65,10 @@ def test_tiny_placebo_runs_resumes_and_writes_outputs(repo_root, tmp_path):
   assert 'training' not in again.stdout  # nothing trained again
   assert [p.stat().st_mtime_ns for p in [workdir / 'real.json', *runs]] == mtimes
 
+  # Stored runs are of one config: another one in the same workdir is refused, not mixed in.
+  other = run(repo_root, f'--workdir={workdir}', f'--runs={RUNS}', '--config.placebo.first_seed=5')
+  assert other.returncode != 0 and 'placebo.first_seed' in other.stderr.strip().splitlines()[-1]
+
 
 def test_bad_setting_is_one_error_line(repo_root, tmp_path):
   done = run(repo_root, f'--workdir={tmp_path}', '--config.placebo.method=shuffle')
