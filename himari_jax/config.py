@@ -384,10 +384,63 @@ def pretrain_config(arg: str | None = 'pretrain') -> ml_collections.ConfigDict:
 # -------------------------------------------------------------------------------- loading
 
 
+# ------------------------------------------------------------------------------ placebo
+
+
+PLACEBO_VARIANTS = ('quickstart', 'tiny')
+
+
+def placebo_config(variant: str | None = 'quickstart') -> ml_collections.ConfigDict:
+  """Placebo runs of a pipeline (launch/placebo.py).
+
+  - `quickstart`: the quickstart pipeline: the `small` model trained on BTC/USDT 1h 2020-2024,
+    calibrated and backtested on BTC/USDT 1h 2025-2026 with `backtest_config()`.
+  - `tiny`: the `tiny` model on the last 3000 training bars and the last 1000 test bars, with
+    few significance resamples: seconds per run, for tests.
+
+  Fields: `train` (a flag_trader config), `backtest` (its `checkpoints` is set per run, its
+  `dataset` is the test file), `placebo` (how markets are made: `synthetic.make_markets`
+  options, the first market seed and the cuts of the real files).
+  """
+  variant = variant or 'quickstart'
+  if variant not in PLACEBO_VARIANTS:
+    raise ValueError(f'unknown placebo variant {variant!r}; valid variants: '
+                     f'{", ".join(PLACEBO_VARIANTS)} (e.g. --config=configs/placebo.py:quickstart)')
+  config = ml_collections.ConfigDict()
+  config.variant = variant
+  config.train = flag_trader_config('small' if variant == 'quickstart' else 'tiny')
+  config.backtest = backtest_config()
+  config.backtest.dataset = config.train.data.test
+
+  config.placebo = ml_collections.ConfigDict()
+  config.placebo.method = 'iid'  # synthetic.METHODS: 'iid' or 'block' (volatility clustering)
+  config.placebo.mean_block_length = 24.0  # bars, for 'block'
+  config.placebo.remove_drift = False  # True: no trend for a long-only model to earn
+  config.placebo.first_seed = 0  # market seed of placebo run 0; run i uses first_seed + i
+  # Last N bars of each real file, for the real run and the markets alike; None = all.
+  config.placebo.train_bars = config_dict.placeholder(int)
+  config.placebo.test_bars = config_dict.placeholder(int)
+
+  if variant == 'tiny':
+    config.placebo.train_bars = 3000
+    config.placebo.test_bars = 1000
+    config.backtest.significance.num_resamples = 100
+    config.backtest.significance.num_shuffles = 50
+  return config
+
+
+def benchmark_config(variant: str | None = 'cpu') -> ml_collections.ConfigDict:
+  """The model benchmark's config (`benchmark.benchmark_config`; imported when asked for,
+  since the benchmark module imports the training stack, which imports this one)."""
+  from himari_jax import benchmark
+  return benchmark.benchmark_config(variant or 'cpu')
+
+
 CONFIGS: dict[str, Callable[..., ml_collections.ConfigDict]] = {
     'default': default_config, 'flag_trader': flag_trader_config,
     'backtest': backtest_config, 'ensemble': ensemble_config,
-    'walk_forward': walk_forward_config, 'pretrain': pretrain_config}
+    'walk_forward': walk_forward_config, 'pretrain': pretrain_config,
+    'placebo': placebo_config, 'benchmark': benchmark_config}
 
 
 def get_config(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
