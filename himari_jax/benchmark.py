@@ -165,6 +165,8 @@ def benchmark_config(variant: str | None = 'cpu') -> ml_collections.ConfigDict:
                         test_bars=240)
     config.baselines.logistic = {'steps': 30}
     config.baselines.mlp = {'hidden': (8,), 'context_length': 2, 'steps': 30}
+    config.baselines.mlp_sharpe = {'hidden': (8,), 'context_length': 2, 'steps': 30,
+                                   'batch_size': 8, 'window': 32}
     config.baselines.lightgbm = {'num_boost_round': 5, 'min_data_in_leaf': 20}
     tiny = config_lib.flag_trader_config('tiny')
     tiny.train.update(num_epochs=1, steps_per_epoch=4, checkpoint_every_steps=0, keep_latest=1)
