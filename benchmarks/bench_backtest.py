@@ -19,11 +19,16 @@ else SELL) with confidence `0.5 + 0.5 * tanh(20 * |fast / slow - 1|)` in [0.5, 1
     band x sizing) on `--policy_dataset` in one compiled call, `metrics='core'` and 'all'. The
     probabilities come from the crossover's fast / slow gap through a softmax.
 
+The sweeps (b) and (d) spread their settings over the local devices: `--device_counts`
+runs them on the first 1, 2, ... devices and reports setting-bars/s for each count. Fake CPU
+devices (XLA_FLAGS=--xla_force_host_platform_device_count=8) check the plumbing; they share
+the same cores, so they only speed a sweep up where cores outnumber what one device uses.
+
 Compile time is reported apart from run time (best of `--repeats`).
 
   python benchmarks/bench_backtest.py [--dataset=btc_usdt_1h_2020_2024] [--configs=1000]
       [--policies=10000] [--policy_dataset=btc_usdt_1h_2025_2026] [--sections=abcd]
-      [--metrics=core,all]
+      [--metrics=core,all] [--device_counts=1,8]
 """
 
 import math
@@ -51,6 +56,17 @@ flags.DEFINE_integer('policy_batch_size', policy.BATCH_SIZE,
                      'Policies simulated together by `policy.sweep` in (d).')
 flags.DEFINE_string('sections', 'abcd', 'Sections to run, e.g. bd to compare (b) and (d).')
 flags.DEFINE_list('metrics', ['core', 'all'], "Metric modes of the sweeps (b), (c), (d).")
+flags.DEFINE_list('device_counts', None,
+                  'Device counts the sweeps (b) and (d) run on (default: all local devices).')
+
+
+def device_counts() -> list[int]:
+  """--device_counts as ints, each at most the local device count."""
+  available = jax.local_device_count()
+  counts = [int(c) for c in FLAGS.device_counts or [available]]
+  if not all(1 <= c <= available for c in counts):
+    raise app.UsageError(f'--device_counts={counts}: {available} local device(s) here')
+  return counts
 
 
 def crossover_signal(close: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -106,6 +122,13 @@ def python_backtest(opens, closes, actions, confidence, settings):
 _CPU = {'best': math.nan}
 
 
+def table_difference(table: pd.DataFrame, other: pd.DataFrame) -> float:
+  """Largest absolute difference between two sweep tables' numeric columns."""
+  numeric = table.select_dtypes('number').columns
+  return float(np.nanmax(np.abs(table[numeric].to_numpy(np.float64)
+                                - other[numeric].to_numpy(np.float64))))
+
+
 def best_time(fn, repeats):
   """(first call seconds, best of `repeats` later calls, last result); CPU time in _CPU."""
   start = time.perf_counter()
@@ -157,33 +180,39 @@ def bench_sweep(frame, lists, actions, confidence):
   runs = {}
   cpu = {}
   for metrics in FLAGS.metrics:
-    runs[metrics] = best_time(lambda metrics=metrics: backtest.sweep(
-        frame, actions, confidence, grid, metrics=metrics, batch_size=FLAGS.batch_size),
-                              FLAGS.repeats)
-    cpu[metrics] = _CPU['best']
+    for count in device_counts():
+      runs[metrics, count] = best_time(lambda metrics=metrics, count=count: backtest.sweep(
+          frame, actions, confidence, grid, metrics=metrics, batch_size=FLAGS.batch_size,
+          devices=jax.local_devices()[:count]), FLAGS.repeats)
+      cpu[metrics, count] = _CPU['best']
+  reference = runs[FLAGS.metrics[0], device_counts()[0]][2]
   picks = np.linspace(0, num - 1, FLAGS.python_runs).astype(int)
   python, worst = 0.0, 0.0
   for i in picks:
     start = time.perf_counter()
     equity = python_backtest(*lists, settings_at(grid, i))
     python += time.perf_counter() - start
-    worst = max(worst, abs(runs[FLAGS.metrics[0]][2]['final_equity'][i] / equity[-1] - 1))
+    worst = max(worst, abs(reference['final_equity'][i] / equity[-1] - 1))
   python = python / len(picks) * num
   print(f'(b) sweep of {num} settings x {n:,} bars in one compiled call, batch_size '
         f'{FLAGS.batch_size}')
   print(f'    python loop x {num} (extrapolated from {len(picks)} runs, equity only): '
         f'{python:.1f} s ({num * n / python / 1e6:.2f} M setting-bars/s)')
   labels = {'core': "metrics='core' (10 metrics)", 'all': "metrics='all' (all 22 metrics)"}
-  for metrics in FLAGS.metrics:
-    first, run, _ = runs[metrics]
-    label = labels[metrics]
-    print(f'    jax {label}: compile {first - run:.2f} s, run {run:.3f} s '
-          f'({num * n / run / 1e6:.1f} M setting-bars/s; CPU time {cpu[metrics]:.3f} s, '
-          f'{num * n / cpu[metrics] / 1e6:.1f} M setting-bars per CPU second); speed-up (run) '
-          f'{python / run:.0f}x, (compile + run) {python / first:.0f}x')
+  for (metrics, count), (first, run, _) in runs.items():
+    print(f'    jax {labels[metrics]} on {count} device(s): compile {first - run:.2f} s, run '
+          f'{run:.3f} s ({num * n / run / 1e6:.1f} M setting-bars/s; CPU time '
+          f'{cpu[metrics, count]:.3f} s, {num * n / cpu[metrics, count] / 1e6:.1f} M '
+          f'setting-bars per CPU second); speed-up (run) {python / run:.0f}x, (compile + run) '
+          f'{python / first:.0f}x')
   print(f'    max |final equity / python - 1| = {worst:.1e}')
-  if {'core', 'all'} <= set(runs):
-    core, full = runs['core'][2], runs['all'][2]
+  first_count = device_counts()[0]
+  for count in device_counts()[1:]:
+    for metrics in FLAGS.metrics:
+      print(f"    {count} vs {first_count} device(s), metrics='{metrics}': max |difference| "
+            f'{table_difference(runs[metrics, count][2], runs[metrics, first_count][2]):.1e}')
+  if {'core', 'all'} <= set(FLAGS.metrics):
+    core, full = runs['core', device_counts()[0]][2], runs['all', device_counts()[0]][2]
     sharpe = np.max(np.abs(core['sharpe'] / full['sharpe'] - 1))
     print(f'    core vs all Sharpe (float32 running sums vs two-pass): max relative difference '
           f'{sharpe:.1e}')
@@ -284,15 +313,16 @@ def bench_policy_sweep():
   print(f'(d) policy sweep of {num:,} policies x {n:,} bars ({FLAGS.policy_dataset}) in one '
         f'compiled call, batch_size {FLAGS.policy_batch_size}')
   for metrics in FLAGS.metrics:
-    first, run, table = best_time(lambda metrics=metrics: policy.sweep(
-        frame, probs, grid, params, metrics=metrics, batch_size=FLAGS.policy_batch_size),
-                                  FLAGS.repeats)
-    print(f"    metrics='{metrics}': compile {first - run:.2f} s, run {run:.3f} s "
-          f'({num * n / run / 1e6:.1f} M setting-bars/s; CPU time {_CPU["best"]:.3f} s, '
-          f'{num * n / _CPU["best"] / 1e6:.1f} M setting-bars per CPU second); trades per '
-          f'policy: median '
-          f'{table["num_trades"].median():.0f}, range {table["num_trades"].min()}-'
-          f'{table["num_trades"].max()}')
+    for count in device_counts():
+      first, run, table = best_time(lambda metrics=metrics, count=count: policy.sweep(
+          frame, probs, grid, params, metrics=metrics, batch_size=FLAGS.policy_batch_size,
+          devices=jax.local_devices()[:count]), FLAGS.repeats)
+      print(f"    metrics='{metrics}' on {count} device(s): compile {first - run:.2f} s, run "
+            f'{run:.3f} s '
+            f'({num * n / run / 1e6:.1f} M setting-bars/s; CPU time {_CPU["best"]:.3f} s, '
+            f'{num * n / _CPU["best"] / 1e6:.1f} M setting-bars per CPU second); trades per '
+            f'policy: median {table["num_trades"].median():.0f}, range '
+            f'{table["num_trades"].min()}-{table["num_trades"].max()}')
 
 
 def main(argv):

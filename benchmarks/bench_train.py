@@ -15,15 +15,11 @@ At T = 1 attention is a copy of the values, so only one attention setting is run
 """
 
 import dataclasses
-import os
-import sys
 
 import jax
 from absl import app, flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from himari_jax import profiling  # noqa: E402 - after the path fix (source checkout)
+from himari_jax import profiling
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list('variants', list(profiling.TRAIN_VARIANTS), 'Variants to profile.')

@@ -29,21 +29,17 @@ what XLA's CPU thread pool uses.
 import copy
 import os
 import statistics
-import sys
 import time
 
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import torch
 from absl import app, flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import jax  # noqa: E402 - after the path fix so a source checkout works uninstalled
-import jax.numpy as jnp  # noqa: E402
-import ml_collections  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from himari_jax import convert, predict, torch_reference, train  # noqa: E402
-from himari_jax import model as model_lib  # noqa: E402
+from himari_jax import convert, predict, torch_reference, train
+from himari_jax import model as model_lib
 
 _REPEATS = flags.DEFINE_integer('repeats', 5, 'Interleaved repeats of every row.')
 _TRAIN_STEPS = flags.DEFINE_integer('train_steps', 5, 'Training steps timed per repeat.')

@@ -21,7 +21,6 @@ import json
 import os
 import platform
 import subprocess
-import sys
 import time
 
 import jax
@@ -29,10 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-# After the path fix (source checkout).
-from himari_jax import backtest, data, metrics, model, profiling, sharding  # noqa: E402
+from himari_jax import backtest, data, metrics, model, profiling, sharding
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('out', None, 'Folder for gpu_check.json.', required=True)

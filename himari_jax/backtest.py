@@ -54,6 +54,7 @@ import numpy as np
 import pandas as pd
 
 from himari_jax import metrics as metrics_lib
+from himari_jax import sharding
 from himari_jax.constants import BUY, HOLD, PERIODS_PER_YEAR, SELL
 
 FILLS = ('close', 'next_open')
@@ -472,8 +473,13 @@ def _book_fill(cash: jax.Array, pos: jax.Array, qty: jax.Array, ref: jax.Array,
 def sweep(prices: Any, actions: Any, confidence: Any, params: BacktestParams, *,
           signal_names: Sequence[str] | None = None, benchmark: bool = False,
           periods_per_year: float = PERIODS_PER_YEAR, risk_free_rate: float = 0.0,
-          metrics: str = 'all', batch_size: int = 1024) -> pd.DataFrame:
+          metrics: str = 'all', batch_size: int = 1024,
+          devices: Sequence[jax.Device] | None = None) -> pd.DataFrame:
   """Metrics of every (signal, setting) pair, computed in one compiled call.
+
+  The settings are spread over every local device (`sharding.map_settings`): the table is
+  the same on any number of devices, up to rounding in the last step of a 'core' ratio
+  (XLA compiles a program per device count; about 1e-13 relative in float64).
 
   `metrics='all'` gives every metric of SPEC section 7; `'core'` only `CORE_METRIC_NAMES`
   (returns, volatility, Sharpe, Sortino, drawdown, Calmar, trades) from running sums carried
@@ -491,9 +497,10 @@ def sweep(prices: Any, actions: Any, confidence: Any, params: BacktestParams, *,
       counts of configurations tried).
     periods_per_year, risk_free_rate: passed to the metrics.
     metrics: 'all' or 'core' (metrics.CORE_METRIC_NAMES).
-    batch_size: pairs simulated together (with 'all', memory about 8 * batch_size * N
-      bytes; with 'core', a few bytes per pair). On CPU,
+    batch_size: pairs simulated together on each device (with 'all', memory about
+      8 * batch_size * N bytes per device; with 'core', a few bytes per pair). On CPU,
       large batches amortise XLA's per-step overhead; see benchmarks/bench_backtest.py.
+    devices: devices the settings are spread over (default `jax.local_devices()`).
 
   Returns:
     DataFrame with S * C rows (signal-major), then the benchmark rows: `signal`, the
@@ -517,7 +524,8 @@ def sweep(prices: Any, actions: Any, confidence: Any, params: BacktestParams, *,
 
   table = sweep_metrics(prices, (jnp.asarray(actions, jnp.int32), jnp.asarray(confidence)),
                         params, (), ACTIONS_RULE, periods_per_year=periods_per_year,
-                        risk_free_rate=risk_free_rate, metrics=metrics, batch_size=batch_size)
+                        risk_free_rate=risk_free_rate, metrics=metrics, batch_size=batch_size,
+                        devices=devices)
   settings = params_table(params)
   rows = pd.concat([settings] * num_signals, ignore_index=True)
   rows.insert(0, 'signal', np.repeat(names, num_settings))
@@ -530,33 +538,46 @@ def sweep(prices: Any, actions: Any, confidence: Any, params: BacktestParams, *,
 
 def sweep_metrics(prices: Prices, signals: Any, params: BacktestParams, rule_params: Any,
                   rule: DecisionRule, *, periods_per_year: float, risk_free_rate: float,
-                  metrics: str, batch_size: int) -> dict[str, np.ndarray]:
+                  metrics: str, batch_size: int,
+                  devices: Sequence[jax.Device] | None = None) -> dict[str, np.ndarray]:
   """Metrics of every (signal, setting) pair in one compiled call, without input checks.
+
+  The settings are cut into chunks of `batch_size // S` (every signal runs with a chunk at a
+  time, so the scan's per-bar inputs are shared by the chunk's settings instead of copied
+  per pair; smaller where that leaves a device without a chunk), and the chunks are spread
+  over `devices` (`sharding.map_settings`), each device running its chunks one after
+  another. Every setting's metrics come from the same code whatever the device count (up
+  to XLA's rounding, see `sweep`).
 
   Args:
     prices: Prices of (N,) arrays.
     signals: pytree of (S, N) arrays, one row per signal, as `rule.decide` reads them.
     params: BacktestParams batched to (C,) leaves; rule_params: the rule's settings batched
       to the same (C,) (or () for ACTIONS_RULE): setting c is (params[c], rule_params[c]).
-    metrics, batch_size, periods_per_year, risk_free_rate: as in `sweep`.
+    metrics, batch_size, periods_per_year, risk_free_rate, devices: as in `sweep`.
 
   Returns:
     {metric name: (S * C,) array}, signal-major.
   """
   num_signals = jax.tree.leaves(signals)[0].shape[0]
   num_settings = np.shape(params.sizing)[0]
-  # Every signal runs with a chunk of settings at a time: the scan's per-bar inputs stay
-  # shared by the settings instead of being copied for each pair.
-  chunk = max(1, min(num_settings, batch_size // num_signals))
+  devices = tuple(devices or jax.local_devices())
+  # At least one chunk per device where there are enough settings: chunks are padded to a
+  # multiple of the device count, and padding is work thrown away.
+  chunk = max(1, min(-(-num_settings // len(devices)), batch_size // num_signals))
   num_chunks = -(-num_settings // chunk)
   # Pad to whole chunks (repeating the last setting) so a single body is compiled.
   take = np.arange(num_chunks * chunk).clip(max=num_settings - 1)
-  padded = jax.tree.map(lambda leaf: np.asarray(leaf)[take], (params, rule_params))
-  table = _sweep_metrics(prices, signals, *padded, periods_per_year, risk_free_rate, chunk,
-                         metrics, rule)
+  chunks = jax.tree.map(lambda leaf: np.asarray(leaf)[take].reshape(num_chunks, chunk),
+                        (params, rule_params))
+  table = sharding.map_settings(_chunk_metrics(metrics, rule), chunks, prices, signals,
+                                periods_per_year, risk_free_rate, batch_size=1,
+                                devices=devices)
   metric_names = (metrics_lib.METRIC_NAMES if metrics == 'all'
                   else metrics_lib.CORE_METRIC_NAMES)
-  return {k: np.asarray(table[k])[:, :num_settings].reshape(-1) for k in metric_names}
+  # (chunks, S, chunk) -> (S, C)
+  return {k: np.moveaxis(table[k], 1, 0).reshape(num_signals, -1)[:, :num_settings].reshape(-1)
+          for k in metric_names}
 
 
 # Multiples of the configured costs in a cost-sensitivity curve (SPEC section 9).
@@ -625,25 +646,28 @@ def _benchmark_rows(prices: Prices, settings: Sequence[Mapping[str, Any]],
 _SUMMARY_BATCH = 16
 
 
-@functools.partial(jax.jit, static_argnames=('chunk', 'metrics', 'rule'))
-def _sweep_metrics(prices: Prices, signals: Any, params: BacktestParams, rule_params: Any,
-                   periods_per_year: float, risk_free_rate: float, chunk: int, metrics: str,
-                   rule: DecisionRule) -> dict[str, jax.Array]:
-  """Metrics of signals (S, N) x settings (C,), C a multiple of `chunk`: (S, C) arrays."""
-  market = metrics_lib.market_returns(jnp.asarray(prices.close, jnp.result_type(float)))
-  num_bars = market.shape[0]
-  num_signals = jax.tree.leaves(signals)[0].shape[0]
+# One function object per (metrics, rule): `sharding.map_settings` compiles once per function.
+@functools.cache
+def _chunk_metrics(metrics: str, rule: DecisionRule) -> Callable[..., dict[str, jax.Array]]:
+  """`fn(setting, prices, signals, periods_per_year, risk_free_rate)`: metrics of signals
+  (S, N) x one chunk of settings (leaves (chunk,)), as (S, chunk) arrays."""
 
-  def simulate(signal, setting):
-    return _scan_bars(prices, signal, *setting, track=metrics,
-                      risk_free_per_bar=risk_free_rate / periods_per_year, rule=rule)
+  def chunk_metrics(setting, prices, signals, periods_per_year, risk_free_rate):
+    market = metrics_lib.market_returns(jnp.asarray(prices.close, jnp.result_type(float)))
+    num_bars = market.shape[0]
+    num_signals = jax.tree.leaves(signals)[0].shape[0]
+    chunk = np.shape(setting[0].sizing)[0]
 
-  def summarize(args):
-    equity, stats, capital = args
-    return metrics_lib.summarize(stats, equity, market, capital,
-                                 periods_per_year=periods_per_year, risk_free_rate=risk_free_rate)
+    def simulate(signal, one):
+      return _scan_bars(prices, signal, *one, track=metrics,
+                        risk_free_per_bar=risk_free_rate / periods_per_year, rule=rule)
 
-  def one_chunk(setting):
+    def summarize(args):
+      equity, stats, capital = args
+      return metrics_lib.summarize(stats, equity, market, capital,
+                                   periods_per_year=periods_per_year,
+                                   risk_free_rate=risk_free_rate)
+
     # (S, chunk) pairs: signals outer, settings inner.
     result = jax.vmap(jax.vmap(simulate, (None, 0)), (0, None))(signals, setting)
     capital = jnp.broadcast_to(setting[0].initial_capital, (num_signals, chunk))
@@ -655,7 +679,4 @@ def _sweep_metrics(prices: Prices, signals: Any, params: BacktestParams, rule_pa
     table = jax.lax.map(summarize, pairs, batch_size=min(_SUMMARY_BATCH, pairs[-1].shape[0]))
     return jax.tree.map(lambda x: x.reshape(num_signals, chunk), table)
 
-  settings = jax.tree.map(lambda x: x.reshape(-1, chunk), (params, rule_params))
-  table = jax.lax.map(one_chunk, settings)
-  # (chunks, S, chunk) -> (S, C)
-  return jax.tree.map(lambda x: jnp.moveaxis(x, 1, 0).reshape(x.shape[1], -1), table)
+  return chunk_metrics

@@ -3,13 +3,19 @@
 Layout (docs/ARCHITECTURE.md): `<workdir>/checkpoints/<step>/` holds two items,
 
   state  the `TrainState` pytree {params, opt_state, step, rng} (`ocp.args.StandardSave`);
-  meta   JSON: the config, the normalisation statistics, class weights, the data summary
-         and the epoch's metrics (`ocp.args.JsonSave`).
+  meta   JSON: the config, the feature set, the normalisation statistics, class weights,
+         the data summary and the epoch's metrics (`ocp.args.JsonSave`).
 
 Retention: the `keep_latest` newest steps (mid-epoch saves included, so a pre-empted run
 loses little) and the best step by `config.train.best_metric` among epoch-end saves, which
 carry validation metrics. The best metric is named as in the config: `val_loss` is
-minimised, a leading '-' (`-val_accuracy`) means larger is better.
+minimised, a leading '-' (`-val_accuracy`, `-val_net_sharpe`) means larger is better; an
+undefined value (NaN, e.g. the Sharpe ratio of a flat position) ranks last.
+
+Saves are asynchronous (the arrays are copied to the host, then written by a background
+thread while training goes on); `train.py` waits for them before it exits, pre-empted or
+not. A save cut short (kill -9, a lost machine) leaves an Orbax temporary folder, not a
+step: it is never read and is removed when the next manager opens the directory.
 
 `load_model` restores only `state.params` (an Orbax partial restore of the `state` item), as
 host numpy arrays, so inference needs neither the optimiser state's structure nor its memory
@@ -33,7 +39,11 @@ from himari_jax import features as features_lib
 from himari_jax import model as model_lib
 
 CHECKPOINT_SUBDIR = 'checkpoints'
-VALIDATION_METRICS = ('val_loss', 'val_nll', 'val_accuracy', 'val_balanced_accuracy')
+CLASSIFICATION_METRICS = ('val_loss', 'val_nll', 'val_accuracy', 'val_balanced_accuracy')
+# Position models (config.train.objective 'sharpe' / 'utility'; objectives.evaluate_positions).
+TRADING_METRICS = ('val_loss', 'val_net_sharpe', 'val_gross_sharpe', 'val_mean_net_return',
+                   'val_turnover_per_year', 'val_ic', 'val_accuracy')
+VALIDATION_METRICS = tuple(dict.fromkeys(CLASSIFICATION_METRICS + TRADING_METRICS))
 
 
 class CheckpointError(ValueError):
@@ -70,6 +80,22 @@ def parse_best_metric(spec: str) -> tuple[str, str]:
   return name, mode
 
 
+def ranking_metrics(metrics: dict[str, Any], best_metric: str) -> dict[str, float]:
+  """The validation metrics of `metrics` that rank a step, NaN/None replaced by the worst
+  value for `best_metric`'s direction (so an undefined ratio is never "best")."""
+  name, mode = parse_best_metric(best_metric)
+  worst = -np.inf if mode == 'max' else np.inf
+  out = {}
+  for key in VALIDATION_METRICS:
+    if key in metrics:
+      value = metrics[key]
+      out[key] = worst if value is None or not np.isfinite(value) else float(value)
+  if name not in out:
+    raise ValueError(f'best metric {best_metric!r} is not among the validation metrics '
+                     f'({", ".join(out)})')
+  return out
+
+
 def checkpoint_dir(path: str | os.PathLike) -> str:
   """The `checkpoints/` folder of a workdir; a path that already is one is returned as is."""
   path = os.path.abspath(os.fspath(path))
@@ -83,7 +109,11 @@ def _has_steps(path: str) -> bool:
 
 def make_manager(directory: str | os.PathLike, *, best_metric: str = 'val_loss',
                  keep_latest: int = 2, read_only: bool = False) -> ocp.CheckpointManager:
-  """A CheckpointManager over `directory` keeping the `keep_latest` newest and the best step."""
+  """A CheckpointManager over `directory` keeping the `keep_latest` newest and the best step.
+
+  Items 'state' and 'meta'; asynchronous saves; a writable manager removes the temporary
+  folders of saves that a crash interrupted.
+  """
   name, mode = parse_best_metric(best_metric)
 
   def metric_of(metrics):
@@ -97,7 +127,8 @@ def make_manager(directory: str | os.PathLike, *, best_metric: str = 'val_loss',
   ])
   options = ocp.CheckpointManagerOptions(
       best_fn=metric_of, best_mode=mode, preservation_policy=policy, read_only=read_only,
-      create=not read_only)
+      create=not read_only, enable_async_checkpointing=True,
+      cleanup_tmp_directories=not read_only)
   return ocp.CheckpointManager(os.fspath(directory), options=options,
                                item_names=('state', 'meta'))
 
@@ -166,6 +197,28 @@ class LoadedModel:
   step: int
   path: str
   normalizers: dict[str, features_lib.Normalizer] = dataclasses.field(default_factory=dict)
+
+  @property
+  def objective(self) -> str:
+    """`config.train.objective`: 'classification' (logits are action scores), or 'sharpe' /
+    'utility' (a position model: `predict.positions` reads its target positions)."""
+    return self.config.train.get('objective', 'classification')
+
+  @property
+  def feature_set(self) -> str:
+    """The feature set the model was trained on (or converted for): the meta's record, else
+    `config.data.feature_set` ('himari' for runs written before feature sets existed)."""
+    return self.meta.get('feature_set') or features_lib.feature_set_of(self.config)
+
+  def check_feature_set(self, requested: str | None) -> str:
+    """The set to score this model with: its own; `requested` (None = its own) must match.
+
+    Raises:
+      features.FeatureSetError: `requested` is another set (a run trained on one set refuses
+        to be scored with another).
+    """
+    features_lib.check_feature_set(self.feature_set, requested or self.feature_set)
+    return self.feature_set
 
   def for_asset(self, asset: str | None) -> LoadedModel:
     """This model scoring with `asset`'s normaliser (`input_pipeline.asset_name`).

@@ -111,6 +111,14 @@ def default_config() -> ml_collections.ConfigDict:
   config.train.collapse_threshold = diagnostics.COLLAPSE_THRESHOLD  # warn above this share
   config.train.init_from = ''  # checkpoint dir or PyTorch .pt to start from (fine-tuning)
   config.train.fresh_adapters = False  # with init_from: merge its adapters, start new ones
+  # What the loss optimises (himari_jax.objectives): 'classification' (weighted cross-entropy
+  # on the labels), or a position in [-1, 1] trained on its net-of-cost 'sharpe' ratio or
+  # mean-variance 'utility'; the four fields below apply to the trading objectives only.
+  config.train.objective = 'classification'
+  config.train.cost_multiplier = 1.0  # scales commission + slippage (0.15 % per unit traded)
+  config.train.turnover_penalty = 0.0  # weight of the mean |position change| per bar
+  config.train.risk_aversion = 1.0  # variance weight of 'utility' (annual units)
+  config.train.long_only = False  # positions in [0, 1] (sigmoid) instead of [-1, 1] (tanh)
 
   config.decision = ml_collections.ConfigDict()
   config.decision.logit_bias = (0.0, 0.0, 0.0)  # added to logits before softmax

@@ -2,9 +2,10 @@
 
 One pipeline, as the Flax examples keep `input_pipeline.py` beside `train.py`:
 
-  frames -> features (SPEC 3) -> labels (SPEC 4) -> chronological split with embargo
-  (train | embargo | validation per frame) -> one normaliser per asset, fitted on that
-  asset's training rows -> end bars of the training and validation windows.
+  frames -> features of `config.data.feature_set` (SPEC 3) -> labels (SPEC 4) ->
+  chronological split with embargo (train | embargo | validation per frame) -> one
+  normaliser per asset, fitted on that asset's training rows -> end bars of the training
+  and validation windows.
 
 Entry points:
 - `prepare_data(config)` loads `config.data.train` (builtin names or CSV paths);
@@ -12,6 +13,10 @@ Entry points:
   runs on synthetic data), keyed by name.
 - `epoch_order` and `gather_batch` turn window ends into training batches on the host, so
   no window array is ever materialised.
+
+Feature sets (`features.FEATURE_SETS`): 'himari' is normalised per asset as below; the seed
+sets ('seed_causal', 'seed_exact') are fed raw, as the seed was trained, so their normaliser
+is the identity (`features.fit_normalizer`).
 
 Per-asset normalisation: a pooled normaliser would mix one asset's volatility with
 another's; each asset (every frame whose name maps to it, e.g. BTC 2017-2019 and BTC
@@ -36,6 +41,7 @@ from himari_jax import config as config_lib
 from himari_jax import data as data_lib
 from himari_jax import features as features_lib
 from himari_jax import labels as labels_lib
+from himari_jax import objectives as objectives_lib
 from himari_jax import windows as windows_lib
 
 _TIMEFRAME = re.compile(r'[_-]\d+[mhdw](?:[_-]|$)')
@@ -84,8 +90,14 @@ class PreparedData:
   """Every frame's bars, concatenated, with the window ends of both splits.
 
   Attributes:
-    features: float32 (N, 60), each row normalised with its asset's normaliser.
+    features: float32 (N, 60) of `feature_set`, each row normalised with its asset's
+      normaliser (the identity for the seed sets).
     labels: int32 (N,); valid: bool (N,) (label known and past the feature warm-up).
+    forward_returns: float32 (N,) next-bar return `close[t+1] / close[t] - 1` of each file
+      (`objectives.next_bar_returns`), NaN at each file's last bar; what a position held at
+      bar t earns (the trading objectives).
+    trade_mask: bool (N,) bars a position model is trained and scored on: next return known
+      and past the feature warm-up.
     train_ends: int64 (W,) end bars of the training windows (whole window in the train part).
     val_ends: int64 (V,) validation bars with a valid label; each is scored from the window
       ending there (which may reach back across the embargo, as at inference).
@@ -93,8 +105,9 @@ class PreparedData:
       the assets first appear.
     asset_ids: int32 (N,) index into `normalizers` of each row's asset.
     class_weights: float32 (3,) loss weight per action, from the training labels.
-    summary: JSON-able description (files with their row offsets, bars, split sizes, label
-      distribution, embargo).
+    summary: JSON-able description (feature set, files with their row offsets, bars, split
+      sizes, label distribution, embargo).
+    feature_set: the `features.FEATURE_SETS` name the features were computed with.
   """
 
   features: np.ndarray
@@ -106,6 +119,9 @@ class PreparedData:
   asset_ids: np.ndarray
   class_weights: np.ndarray
   summary: dict[str, Any]
+  forward_returns: np.ndarray
+  trade_mask: np.ndarray
+  feature_set: str = features_lib.DEFAULT_FEATURE_SET
 
   @property
   def normalizer(self) -> features_lib.Normalizer:
@@ -129,7 +145,8 @@ def prepare_data(config: ml_collections.ConfigDict,
 
   Args:
     config: a training config (`config.data`, `config.labels`, `config.train` are read:
-      val_fraction, embargo, max_bars, context_length, window_stride, class_weights).
+      feature_set, val_fraction, embargo, max_bars, context_length, window_stride,
+      class_weights).
     frames: name -> OHLCV frame (`data.load_ohlcv` layout), oldest first within an asset;
       None loads `config.data.train`. A name's asset is `asset_name(name)`, so
       {'btc_a': ..., 'btc_b': ...} share one normaliser only if both map to 'btc'.
@@ -140,6 +157,7 @@ def prepare_data(config: ml_collections.ConfigDict,
   frames = load_frames(config) if frames is None else dict(frames)
   if not frames:
     raise config_lib.ConfigError('prepare_data got no frames; set config.data.train.')
+  feature_set = features_lib.feature_set_of(config)
   kind = config.labels.kind
   params = label_params(config.labels)
   embargo = embargo_bars(config)
@@ -153,9 +171,12 @@ def prepare_data(config: ml_collections.ConfigDict,
     if max_bars:
       df = df.iloc[-max_bars:]
     n = len(df)
-    feats = features_lib.compute_features(df)
+    feats = features_lib.compute_features(df, feature_set)
     labels, valid = labels_lib.make_labels(df, kind, **params)
-    valid = valid & (np.arange(n) >= features_lib.WARMUP_BARS)
+    warm = np.arange(n) >= features_lib.WARMUP_BARS
+    valid = valid & warm
+    # Per file, before concatenation: the last bar of one file has no next bar in the next.
+    ahead = objectives_lib.next_bar_returns(df['close'].to_numpy())
     split = windows_lib.chronological_split(n, val=config.data.val_fraction, embargo=embargo)
     ends = windows_lib.window_ends(n, context, stride=config.train.window_stride,
                                    start=split.train.start, end=split.train.stop, valid=valid)
@@ -168,7 +189,7 @@ def prepare_data(config: ml_collections.ConfigDict,
     train_rows.append(rows)
     asset = asset_name(name)
     asset_ids.append(np.full(n, assets.setdefault(asset, len(assets)), np.int32))
-    parts.append((feats, labels, valid))
+    parts.append((feats, labels, valid, ahead.astype(np.float32), np.isfinite(ahead) & warm))
     files.append({'name': name, 'asset': asset, 'offset': offset, 'bars': n,
                   'first': str(df.index[0]), 'last': str(df.index[-1]),
                   'train_bars': split.sizes()['train'], 'val_bars': split.sizes()['val'],
@@ -177,6 +198,8 @@ def prepare_data(config: ml_collections.ConfigDict,
   feats = np.concatenate([p[0] for p in parts])
   labels = np.concatenate([p[1] for p in parts])
   valid = np.concatenate([p[2] for p in parts])
+  forward_returns = np.concatenate([p[3] for p in parts])
+  trade_mask = np.concatenate([p[4] for p in parts])
   train_rows = np.concatenate(train_rows)
   asset_ids = np.concatenate(asset_ids)
   train_ends, val_ends = np.concatenate(train_ends), np.concatenate(val_ends)
@@ -188,18 +211,19 @@ def prepare_data(config: ml_collections.ConfigDict,
   normalizers, normalized = {}, np.empty(feats.shape, np.float32)
   for asset, i in assets.items():
     rows = asset_ids == i
-    normalizers[asset] = features_lib.Normalizer.fit(feats, train_rows & rows)
+    normalizers[asset] = features_lib.fit_normalizer(feature_set, feats, train_rows & rows)
     normalized[rows] = normalizers[asset].apply(feats[rows])
   weights = labels_lib.class_weights(labels[train_rows], valid[train_rows],
                                      config.train.class_weights)
-  summary = {'files': files, 'embargo': embargo,
+  summary = {'feature_set': feature_set, 'files': files, 'embargo': embargo,
              'train_labels': labels_lib.label_distribution(labels[train_rows],
                                                            valid[train_rows]),
              'val_labels': labels_lib.label_distribution(labels[val_ends],
                                                          np.ones(len(val_ends), bool))}
   return PreparedData(features=normalized, labels=labels, valid=valid, train_ends=train_ends,
                       val_ends=val_ends, normalizers=normalizers, asset_ids=asset_ids,
-                      class_weights=weights, summary=summary)
+                      class_weights=weights, summary=summary, forward_returns=forward_returns,
+                      trade_mask=trade_mask, feature_set=feature_set)
 
 
 def epoch_order(seed: int, epoch: int, num_windows: int, num_samples: int) -> np.ndarray:
@@ -212,9 +236,19 @@ def epoch_order(seed: int, epoch: int, num_windows: int, num_samples: int) -> np
                          for k in range(passes)])[:num_samples]
 
 
-def gather_batch(prepared: PreparedData, ends: np.ndarray,
-                 context_length: int) -> dict[str, np.ndarray]:
-  """inputs float32 (B, T, 60), targets int32 (B, T), mask bool (B, T) of windows `ends`."""
+def gather_batch(prepared: PreparedData, ends: np.ndarray, context_length: int,
+                 trading: bool = False) -> dict[str, np.ndarray]:
+  """The training batch of windows `ends`: inputs float32 (B, T, 60) and
+
+  - classification: targets int32 (B, T), mask bool (B, T) (label known);
+  - `trading`: forward_return float32 (B, T), mask bool (B, T) (`trade_mask`), the batch of
+    `objectives.make_loss_fn`.
+  """
+  if trading:
+    return {'inputs': windows_lib.gather_windows(prepared.features, ends, context_length),
+            'forward_return': windows_lib.gather_windows(prepared.forward_returns, ends,
+                                                         context_length),
+            'mask': windows_lib.gather_windows(prepared.trade_mask, ends, context_length)}
   return {'inputs': windows_lib.gather_windows(prepared.features, ends, context_length),
           'targets': windows_lib.gather_windows(prepared.labels, ends, context_length),
           'mask': windows_lib.gather_windows(prepared.valid, ends, context_length)}
@@ -229,13 +263,13 @@ def gather_eval_batch(prepared: PreparedData, ends: np.ndarray, context_length: 
 
 def train_batches(prepared: PreparedData, *, seed: int, batch_size: int, context_length: int,
                   steps_per_epoch: int, start_step: int, total_steps: int,
-                  process_index: int = 0, process_count: int = 1
+                  process_index: int = 0, process_count: int = 1, trading: bool = False
                   ) -> Iterator[tuple[int, int, dict[str, np.ndarray]]]:
   """(step, epoch, batch) for steps `start_step` .. `total_steps - 1`, both 0-based.
 
   The global batch of a step is a function of (seed, step) only (`epoch_order`), so a run
   resumed at any step replays the same batches; each process gets its contiguous slice of
-  `batch_size // process_count` windows (`gather_batch` layout).
+  `batch_size // process_count` windows (`gather_batch` layout; `trading` as there).
   """
   local = batch_size // process_count
   order, order_epoch = None, -1
@@ -246,4 +280,5 @@ def train_batches(prepared: PreparedData, *, seed: int, batch_size: int, context
       order_epoch = epoch
     global_idx = order[(step - epoch * steps_per_epoch) * batch_size:][:batch_size]
     local_idx = global_idx[process_index * local:][:local]
-    yield step, epoch, gather_batch(prepared, prepared.train_ends[local_idx], context_length)
+    yield step, epoch, gather_batch(prepared, prepared.train_ends[local_idx], context_length,
+                                    trading)

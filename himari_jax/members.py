@@ -21,7 +21,6 @@ from himari_jax import checkpoint as checkpoint_lib
 from himari_jax import config as config_lib
 from himari_jax import constants, input_pipeline
 from himari_jax import ensemble as ensemble_lib
-from himari_jax import model as model_lib
 from himari_jax import predict as predict_lib
 
 # Probability vector given to an ensemble for bars a member cannot score yet (HOLD).
@@ -31,25 +30,15 @@ HOLD_PROBS = np.eye(constants.NUM_ACTIONS, dtype=np.float32)[constants.HOLD]
 def load_member(path: str, which: str = 'best') -> checkpoint_lib.LoadedModel:
   """A training run (workdir or its checkpoints/) or a PyTorch `.pt` file, ready to predict.
 
-  A `.pt` file carries no normalisation statistics and no context length: it is scored at
-  T = 1 (as the seed was trained) with a normaliser fitted on the training split of the
-  default config's training data (`himari_jax.config.default_config()`), which is what the seed
-  trained on.
+  A `.pt` file is scored at T = 1 without a mask, as the seed was trained, on the feature set
+  it records, else 'seed_causal' (`convert.load_pt_model` with the default config): the
+  seed's own 22 inputs with trailing windows, fed raw.
   """
   if not os.fspath(path).endswith('.pt'):
     return checkpoint_lib.load_model(path, which)
   from himari_jax import convert  # torch is an optional extra
 
-  model_fields, params = convert.load_torch_checkpoint(path)
-  config = config_lib.default_config()
-  config.model.update(dict(model_fields))
-  config.model.causal = False  # the original model has no mask
-  config.train.context_length = 1
-  prepared = input_pipeline.prepare_data(config)
-  return checkpoint_lib.LoadedModel(
-      config=config, model_config=model_lib.ModelConfig.from_config(config.model),
-      params=params, normalizer=prepared.normalizer, meta={'source': os.fspath(path)}, step=0,
-      path=os.fspath(path), normalizers=prepared.normalizers)
+  return convert.load_pt_model(path, config_lib.default_config())
 
 
 def validation_logits(loaded: checkpoint_lib.LoadedModel) -> tuple[np.ndarray, np.ndarray]:

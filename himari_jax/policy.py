@@ -412,8 +412,12 @@ def _simulate_policy(prices, signal, p_hold, params, policy):
 def sweep(prices: Any, probs: Any, policies: PolicyParams, params: backtest.BacktestParams, *,
           sigma_annual: Any = None, signal_names: Sequence[str] | None = None,
           periods_per_year: float = 8760.0, risk_free_rate: float = 0.0,
-          metrics: str = 'all', batch_size: int = BATCH_SIZE) -> pd.DataFrame:
+          metrics: str = 'all', batch_size: int = BATCH_SIZE,
+          devices: Sequence[jax.Device] | None = None) -> pd.DataFrame:
   """Metrics of every (signal, policy, cost setting) triple in one compiled call.
+
+  The (policy, cost setting) pairs are spread over every local device
+  (`sharding.map_settings`), as in `backtest.sweep`.
 
   Args:
     prices: (N,) bars as in `backtest.run_backtest`.
@@ -421,8 +425,8 @@ def sweep(prices: Any, probs: Any, policies: PolicyParams, params: backtest.Back
     policies: PolicyParams batched to (P,) (e.g. `make_policy_grid`) or scalar.
     params: BacktestParams batched to (K,) (costs, capital, fill timing) or scalar.
     sigma_annual: (N,) annualised volatility for `vol_target` (default: 168-bar, from closes).
-    metrics, batch_size, periods_per_year, risk_free_rate: as in `backtest.sweep` (see
-      `BATCH_SIZE` for the default batch size).
+    metrics, batch_size, periods_per_year, risk_free_rate, devices: as in `backtest.sweep`
+      (see `BATCH_SIZE` for the default batch size).
 
   Returns:
     DataFrame of S * P * K rows (signal-major, then policy, then cost setting): `signal`,
@@ -454,7 +458,7 @@ def sweep(prices: Any, probs: Any, policies: PolicyParams, params: backtest.Back
       jax.tree.map(lambda x: x[which_cost], params),
       jax.tree.map(lambda x: x[which_policy], policies), POLICY_RULE,
       periods_per_year=periods_per_year, risk_free_rate=risk_free_rate, metrics=metrics,
-      batch_size=batch_size)
+      batch_size=batch_size, devices=devices)
   policy_columns = policy_table(policies).iloc[which_policy].reset_index(drop=True)
   cost_columns = backtest.params_table(params).iloc[which_cost].reset_index(drop=True)
   cost_columns = cost_columns.drop(columns=['max_position_pct', 'confidence_threshold',

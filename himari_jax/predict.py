@@ -18,6 +18,7 @@ import pandas as pd
 
 from himari_jax import features as features_lib
 from himari_jax import model as model_lib
+from himari_jax import objectives as objectives_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,10 +83,36 @@ def predict_logits_from_features(params, model_config: model_lib.ModelConfig,
   return out
 
 
-def predict_logits(loaded, df: pd.DataFrame, *, batch_size: int = 512) -> Predictions:
-  """Predictions of a loaded checkpoint (`checkpoint.load_model`) for every bar of `df`."""
-  feats = loaded.normalizer.apply(features_lib.compute_features(df))
+def predict_logits(loaded, df: pd.DataFrame, *, batch_size: int = 512,
+                   feature_set: str | None = None) -> Predictions:
+  """Predictions of a loaded model (`checkpoint.load_model`, `members.load_member`) for every
+  bar of `df`, from the features of the set it was trained on (`loaded.feature_set`).
+
+  Args:
+    feature_set: the set the caller means to score with (e.g. its `config.data.feature_set`);
+      None = the model's own.
+
+  Raises:
+    features.FeatureSetError: `feature_set` differs from the model's.
+  """
+  feature_set = loaded.check_feature_set(feature_set)
+  feats = loaded.normalizer.apply(features_lib.compute_features(df, feature_set))
   context_length = int(loaded.config.train.context_length)
   logits = predict_logits_from_features(loaded.params, loaded.model_config, feats,
                                         context_length, batch_size=batch_size)
   return Predictions(logits=logits, available=~np.isnan(logits).any(axis=1), index=df.index)
+
+
+def positions(loaded, preds: Predictions) -> np.ndarray:
+  """Target positions (N,) of a position model's predictions (`objectives.positions`):
+  in [-1, 1], or [0, 1] when it was trained `long_only`; NaN where unavailable.
+
+  Raises:
+    ValueError: `loaded` is a classifier (`config.train.objective='classification'`), whose
+      logits are action scores, not positions.
+  """
+  if loaded.objective == 'classification':
+    raise ValueError(f'{loaded.path}: a classifier (config.train.objective=classification) '
+                     'has no positions; use its probabilities (members.decide).')
+  long_only = bool(loaded.config.train.get('long_only', False))
+  return np.asarray(objectives_lib.positions(jnp.asarray(preds.logits), long_only))

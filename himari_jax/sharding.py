@@ -6,8 +6,9 @@ multiple of the device count (repeating the last one), laid out with
 `NamedSharding(mesh, P('settings'))` over a 1-D mesh of the local devices, and each device
 runs its own slice (`jax.shard_map`): `batch_size` settings at a time through `jax.lax.map`,
 so memory is bounded by the batch rather than by C / devices. The shared arguments (prices,
-signals) are replicated. The result does not depend on the number of devices: each setting
-is computed by the same function on the same inputs.
+signals) are replicated. Each setting is computed by the same function on the same inputs
+whatever the number of devices; XLA compiles one program per device count, so results can
+differ by rounding (fused arithmetic), not more.
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ def _sharded_map(fn: Callable, devices: tuple[jax.Device, ...], batch_size: int 
     one = lambda setting: fn(setting, *shared)  # noqa: E731 - closes over the shared inputs
     if batch_size is None:
       return jax.vmap(one)(settings)
+    if batch_size == 1:
+      # One at a time: `fn` itself, not `fn` under a vmap of size 1.
+      return jax.lax.map(one, settings)
     return jax.lax.map(one, settings, batch_size=batch_size)
 
   # check_vma=False: per-setting code (scans with constant initial carries) need not mark
@@ -64,8 +68,9 @@ def map_settings(fn: Callable[..., Any], settings: Any, *shared: Any,
       program (a module-level function or a `functools.partial` kept by the caller).
     settings: pytree whose leaves have the same leading axis C (e.g. `backtest.make_grid`).
     *shared: arrays every setting reads (prices, actions), replicated on every device.
-    batch_size: settings each device evaluates together (`jax.lax.map` batches); None
-      evaluates a device's whole slice in one `vmap`.
+    batch_size: settings each device evaluates together (`jax.lax.map` batches); 1 runs
+      `fn` on one setting at a time (unbatched); None evaluates a device's whole slice in
+      one `vmap`.
     devices: default `jax.local_devices()`.
 
   Returns:

@@ -5,9 +5,12 @@ labels, splits each file chronologically (train | embargo | validation), fits on
 per asset on its training rows only and lists the end bars of the training windows. A batch
 is gathered on the host from window end indices, so no window array is ever materialised.
 
-Objective: class-weighted cross-entropy over every valid position of every window (labels
-without a known future and feature warm-up rows are masked), normalised like PyTorch's
-weighted `CrossEntropyLoss`: `sum(w[y] * nll) / sum(w[y])` over the global batch.
+Objective (`config.train.objective`): 'classification' is class-weighted cross-entropy over
+every valid position of every window (labels without a known future and feature warm-up rows
+are masked), normalised like PyTorch's weighted `CrossEntropyLoss`: `sum(w[y] * nll) /
+sum(w[y])` over the global batch. 'sharpe' and 'utility' read the logits as a position
+(objectives.py) and minimise the negative net-of-cost Sharpe ratio (or utility) of the
+windows' next-bar returns (`PreparedData.forward_returns`, per file), costs included.
 
 Parallelism: one `jax.jit`-compiled step over a 1-D device mesh ('data'); the batch is
 sharded over 'data', params and optimiser state are replicated. The same code runs on one
@@ -26,17 +29,26 @@ keeping the latest few and the best by `best_metric`; a workdir with checkpoints
 `TrainState` holds the epoch's loss sums too). A NaN/inf loss, gradient or update raises
 `TrainingDivergedError` before anything is saved (train_logging.py).
 
+Pre-emption: SIGTERM (how spot machines are stopped) or SIGINT during training finishes the
+step in flight, logs the metrics so far, saves a checkpoint of that step, waits for the
+pending saves and returns with `preempted` set (launch/train.py then exits with status 0); a
+second signal stops at once. Rerunning the same command resumes bit-identically.
+
 Determinism: the window order of epoch e is a function of (seed, e) and the dropout key of
 step s is `fold_in(rng, s)`, so a run resumed from any checkpoint replays the same batches.
 
 Validation (every epoch end) scores each validation bar from the last position of its own
-trailing window, exactly as `predict.py` does at inference.
+trailing window, exactly as `predict.py` does at inference: loss, accuracies and confusion of
+a classifier, or a position model's net / gross Sharpe ratio, turnover and IC
+(`objectives.evaluate_positions`; rank checkpoints with `best_metric='-val_net_sharpe'`).
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import signal
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -57,7 +69,9 @@ from himari_jax import config as config_lib
 from himari_jax import constants, input_pipeline, train_logging
 from himari_jax import data as data_lib
 from himari_jax import diagnostics as diagnostics_lib
+from himari_jax import features as features_lib
 from himari_jax import model as model_lib
+from himari_jax import objectives as objectives_lib
 
 CLASS_WEIGHT_MODES = ('fixed', 'inverse', 'sqrt', 'none')
 COMPUTE_DTYPES = ('float32', 'bfloat16', 'float16')
@@ -102,6 +116,12 @@ def validate_config(config: ml_collections.ConfigDict) -> model_lib.ModelConfig:
           f'config.train.{name}={value} is not divisible by the {devices} devices; set '
           f'--config.train.{name} to a multiple of {devices}, e.g. '
           f'{f"{lower} or " if lower else ""}{upper}.')
+  if not config.model.causal and t.context_length > 1:
+    raise ConfigError(
+        f'config.model.causal=False with config.train.context_length={t.context_length}: '
+        'without the causal mask each position of a window sees the later bars that decide '
+        'its label; set --config.model.causal=True, or --config.train.context_length=1 (as '
+        'the unmasked original was trained).')
   if t.context_length > config.model.max_length:
     raise ConfigError(
         f'config.train.context_length={t.context_length} exceeds config.model.max_length='
@@ -116,10 +136,21 @@ def validate_config(config: ml_collections.ConfigDict) -> model_lib.ModelConfig:
   if config.labels.kind not in ('threshold', 'sharpe'):
     raise ConfigError(f"config.labels.kind={config.labels.kind!r} is unknown; use "
                       "'threshold' or 'sharpe'.")
+  objective = trading_objective(config)
   try:
-    checkpoint_lib.parse_best_metric(t.best_metric)
+    metric, _ = checkpoint_lib.parse_best_metric(t.best_metric)
   except ValueError as e:
     raise ConfigError(f'config.train.best_metric: {e}') from e
+  metrics = checkpoint_lib.TRADING_METRICS if objective else checkpoint_lib.CLASSIFICATION_METRICS
+  if metric not in metrics:
+    raise ConfigError(f'config.train.best_metric={t.best_metric!r} is not reported for '
+                      f"objective '{train_option(config, 'objective')}'; use one of "
+                      f'{", ".join(metrics)} (e.g. '
+                      f"{'-val_net_sharpe' if objective else 'val_loss'}).")
+  if objective and t.context_length < 2:
+    raise ConfigError(f"config.train.objective='{objective.kind}' needs "
+                      f'config.train.context_length >= 2 (the cost is charged on position '
+                      f'changes inside a window); got {t.context_length}.')
   if not 0.0 < config.data.val_fraction < 1.0:
     raise ConfigError(f'config.data.val_fraction={config.data.val_fraction} must be in (0, 1): '
                       'validation picks the best checkpoint.')
@@ -132,6 +163,11 @@ def validate_config(config: ml_collections.ConfigDict) -> model_lib.ModelConfig:
     if item not in builtin and not os.path.isfile(item):
       raise ConfigError(f'config.data.train: {item!r} is neither a builtin dataset nor an '
                         f'existing file; builtin names: {", ".join(sorted(builtin))}.')
+  try:
+    features_lib.check_training_feature_set(features_lib.feature_set_of(config),
+                                            bool(config.data.get('allow_lookahead', False)))
+  except features_lib.FeatureSetError as e:
+    raise ConfigError(str(e)) from e
   if t.init_from and not os.path.exists(t.init_from):
     raise ConfigError(f'config.train.init_from={t.init_from!r} does not exist; give a '
                       'training workdir, its checkpoints/ folder or a PyTorch .pt file.')
@@ -139,6 +175,19 @@ def validate_config(config: ml_collections.ConfigDict) -> model_lib.ModelConfig:
 
 
 # ------------------------------------------------------------------- loss, optimiser
+
+
+def trading_objective(config: ml_collections.ConfigDict) -> objectives_lib.TradingObjective | None:
+  """`config.train`'s trading objective (`objectives.TradingObjective.from_config`), None for
+  'classification'.
+
+  Raises:
+    ConfigError: an unknown objective or an invalid cost / penalty, naming the field.
+  """
+  try:
+    return objectives_lib.TradingObjective.from_config(config.train)
+  except ValueError as e:
+    raise ConfigError(str(e)) from e
 
 
 def weighted_cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array,
@@ -211,17 +260,29 @@ class TrainState:
 def make_train_step(model: model_lib.FlagTrader, optimizer: optax.GradientTransformation,
                     labels: Any, class_weights: jax.Array, schedule: optax.Schedule, *,
                     trainable_only_grad: bool = True,
-                    steps_per_epoch: int | None = None) -> Callable:
+                    steps_per_epoch: int | None = None,
+                    objective: objectives_lib.TradingObjective | None = None) -> Callable:
   """`step(state, batch) -> (state, metrics)`, not yet jitted.
+
+  The loss is `weighted_cross_entropy` on a classification batch (inputs, targets, mask), or,
+  with a trading `objective`, its net-of-cost loss (`objectives.make_loss_fn`) on a trading
+  batch (inputs, forward_return, mask; `input_pipeline.gather_batch(..., trading=True)`).
+  metrics: loss, the loss's aux scalars (accuracy; for a trading objective also sharpe,
+  gross_sharpe, mean_return, turnover, mean_abs_position), grad_norm, update_norm,
+  learning_rate.
 
   `trainable_only_grad=False` differentiates the whole parameter tree (the naive way; the
   benchmark compares the two). The state's loss sums restart at every multiple of
   `steps_per_epoch` (None: they never restart).
   """
 
+  trading_loss = objectives_lib.make_loss_fn(objective) if objective else None
+
   def loss_fn(params, batch, rng):
     logits = model.apply({'params': params}, batch['inputs'], deterministic=False,
                          rngs={'dropout': rng})
+    if trading_loss:
+      return trading_loss(logits.astype(jnp.float32), batch)
     return weighted_cross_entropy(logits, batch['targets'], batch['mask'], class_weights)
 
   def step(state, batch):
@@ -238,7 +299,7 @@ def make_train_step(model: model_lib.FlagTrader, optimizer: optax.GradientTransf
     params = optax.apply_updates(state.params, updates)
     # A finite loss and gradient can still give an infinite update (e.g. a huge learning
     # rate); its norm over the trainable leaves (frozen updates are zero) catches that.
-    metrics = {'loss': loss, 'accuracy': aux['accuracy'],
+    metrics = {'loss': loss, **aux,
                'grad_norm': optax.tree.norm(trainable_grads),
                'update_norm': optax.tree.norm(split_params(updates, labels)[0]),
                'learning_rate': schedule(state.step)}
@@ -321,6 +382,53 @@ def validate(eval_step: Callable, params: Any, prepared: input_pipeline.Prepared
   return validation_metrics(jax.device_get(totals), collapse_threshold)
 
 
+def make_position_step(model: model_lib.FlagTrader, long_only: bool) -> Callable:
+  """`position_step(params, batch) -> (B,)` positions at the last position of each window
+  (`objectives.positions`), batch: inputs (B, T, 60)."""
+
+  def position_step(params, batch):
+    logits = model.apply({'params': params}, batch['inputs'], deterministic=True)[:, -1]
+    return objectives_lib.positions(logits.astype(jnp.float32), long_only)
+
+  return position_step
+
+
+def validate_positions(position_step: Callable, params: Any,
+                       prepared: input_pipeline.PreparedData, context_length: int,
+                       batch_size: int, sharding: NamedSharding,
+                       objective: objectives_lib.TradingObjective) -> dict[str, Any]:
+  """`objectives.evaluate_positions` of a position model over every validation bar.
+
+  Each validation bar is scored from its own trailing window, as `predict.py` does; the
+  bars of each file form one contiguous series (one row of `evaluate_positions`, so costs
+  are charged between consecutive bars of a file only), masked where the next return is
+  unknown.
+  """
+  ends = prepared.val_ends
+  local = batch_size // jax.process_count()
+  held = []
+  for start in range(0, len(ends), batch_size):
+    idx = np.arange(start, start + batch_size)[jax.process_index() * local:][:local]
+    batch_ends = ends[np.minimum(idx, len(ends) - 1)]
+    inputs = input_pipeline.gather_eval_batch(prepared, batch_ends, context_length,
+                                              idx < len(ends))['inputs']
+    out = position_step(params, shard_batch({'inputs': inputs}, sharding, batch_size))
+    held.append(np.asarray(jax.device_get(out))[:min(batch_size, len(ends) - start)])
+  position = np.concatenate(held)
+  offsets = [f['offset'] for f in prepared.summary['files']][1:]
+  rows = np.split(np.arange(len(ends)), np.searchsorted(ends, offsets))
+  rows = [r for r in rows if len(r)]
+  width = max(len(r) for r in rows)
+  grid = {k: np.zeros((len(rows), width)) for k in ('position', 'forward_return')}
+  mask = np.zeros((len(rows), width), bool)
+  for i, r in enumerate(rows):
+    grid['position'][i, :len(r)] = position[r]
+    grid['forward_return'][i, :len(r)] = prepared.forward_returns[ends[r]]
+    mask[i, :len(r)] = prepared.trade_mask[ends[r]]
+  return objectives_lib.evaluate_positions(grid['position'], grid['forward_return'], mask,
+                                           objective)
+
+
 # ------------------------------------------------------------------- params, sharding
 
 
@@ -351,6 +459,8 @@ def initial_params(config: ml_collections.ConfigDict, model_config: model_lib.Mo
                    rng: jax.Array, sharding: NamedSharding) -> Any:
   """Fresh params (torch-style init), or those of `config.train.init_from`, replicated.
 
+  The checkpoint must have been trained on `config.data.feature_set`; a `.pt` that records
+  no set (an original seed file) is accepted, with a warning when the set is not a seed one.
   With `config.train.fresh_adapters` the checkpoint's adapters are merged into its base and
   new ones start at `lora_B = 0` (`adapters.with_fresh_adapters`): LoRA on a pre-trained base.
   """
@@ -359,13 +469,23 @@ def initial_params(config: ml_collections.ConfigDict, model_config: model_lib.Mo
     init = functools.partial(model_lib.init_params, model_config,
                              context_length=config.train.context_length)
     return jax.jit(init, out_shardings=sharding)(rng)
+  feature_set = features_lib.feature_set_of(config)
   if init_from.endswith('.pt'):
     from himari_jax import convert  # optional module (PyTorch conversion), imported on demand
-    source, params = convert.load_torch_checkpoint(init_from)
-    source = model_lib.ModelConfig.from_config(source)
+    torch_checkpoint = convert.read_torch_checkpoint(init_from)
+    source = model_lib.ModelConfig.from_config(torch_checkpoint.model_config)
+    params, trained_with = torch_checkpoint.params, torch_checkpoint.feature_set
+    if trained_with is None and features_lib.needs_normalization(feature_set):
+      logging.warning("%s records no feature set; an original seed file was trained on the "
+                      "seed's 22 inputs, so fine-tune it with --config.data.feature_set="
+                      "seed_causal rather than '%s'", init_from, feature_set)
   else:
     loaded = checkpoint_lib.load_model(init_from)
-    source, params = loaded.model_config, loaded.params
+    source, params, trained_with = loaded.model_config, loaded.params, loaded.feature_set
+  if trained_with is not None and trained_with != feature_set:
+    raise ConfigError(f"config.train.init_from={init_from} was trained on feature set "
+                      f"'{trained_with}' but config.data.feature_set='{feature_set}'; set "
+                      f'--config.data.feature_set={trained_with} (its weights read those inputs).')
   if train_option(config, 'fresh_adapters'):
     params = adapters_lib.with_fresh_adapters(params, source, model_config, rng)
   expected = jax.tree.map(lambda s: s.shape, model_lib.param_shapes(model_config))
@@ -396,6 +516,50 @@ def _final_metrics(manager: Any, best_metric: str, ckpt_dir: str,
           f'best_{metric_name}': best_metrics.get(metric_name)}
 
 
+# -------------------------------------------------------------------- pre-emption
+
+PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class PreemptionGuard:
+  """Turns SIGTERM / SIGINT into a request to stop after the current step.
+
+  A context manager: the handlers are installed on entry (main thread only; elsewhere the
+  signals keep their handlers and `requested` stays None) and the previous ones restored on
+  exit. A second signal while a stop is pending runs the previous handler (SIGINT raises
+  KeyboardInterrupt, SIGTERM terminates), so an impatient user is never ignored.
+
+  Attributes:
+    requested: the name of the signal received ('SIGTERM'), or None.
+  """
+
+  def __init__(self, signals: tuple[signal.Signals, ...] = PREEMPTION_SIGNALS):
+    self.signals, self.requested, self._previous = signals, None, {}
+
+  def __enter__(self) -> PreemptionGuard:
+    if threading.current_thread() is threading.main_thread():
+      self._previous = {s: signal.signal(s, self._handle) for s in self.signals}
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    for s, handler in self._previous.items():
+      signal.signal(s, handler)
+    self._previous = {}
+
+  def _handle(self, signum: int, frame: Any) -> None:
+    if self.requested is None:
+      self.requested = signal.Signals(signum).name
+      logging.warning('%s received: stopping after the current step with a checkpoint '
+                      '(send it again to stop at once)', self.requested)
+      return
+    previous = self._previous.get(signal.Signals(signum), signal.SIG_DFL)
+    signal.signal(signum, previous)
+    if callable(previous):
+      previous(signum, frame)
+    else:
+      os.kill(os.getpid(), signum)
+
+
 # -------------------------------------------------------------------------- loop
 
 
@@ -404,7 +568,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   Returns:
     The last epoch's metrics plus `best_step`, `best_checkpoint` (its step directory) and
-    `best_<metric>`.
+    `best_<metric>`; after a SIGTERM / SIGINT also `preempted` (the signal's name) and
+    `preempted_step` (the step saved, where a rerun resumes).
 
   Raises:
     ConfigError: an unusable config, before any work is done.
@@ -433,18 +598,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   logging.info('parameters: %s', counts)
   optimizer = make_optimizer(t, labels, total_steps)
   class_weights = jnp.asarray(prepared.class_weights)
+  collapse = train_option(config, 'collapse_threshold')
   state = jax.jit(lambda p: TrainState(
       step=jnp.zeros((), jnp.int32), params=p, opt_state=optimizer.init(p),
       rng=jax.random.fold_in(root, 1), loss_sum=jnp.zeros((), jnp.float32),
       loss_count=jnp.zeros((), jnp.int32)), out_shardings=replicated)(params)
   del params  # the state owns them; its buffers are donated to the train step
+  objective = trading_objective(config)
   train_step = jax.jit(
       make_train_step(model, optimizer, labels, class_weights,
-                      learning_rate_schedule(t, total_steps), steps_per_epoch=steps_per_epoch),
+                      learning_rate_schedule(t, total_steps), steps_per_epoch=steps_per_epoch,
+                      objective=objective),
       in_shardings=(replicated, data_sharding), out_shardings=(replicated, replicated),
       donate_argnums=0)
-  eval_step = jax.jit(make_eval_step(model, class_weights),
-                      in_shardings=(replicated, data_sharding), out_shardings=replicated)
+  eval_batch_size = train_option(config, 'eval_batch_size')
+  if objective:
+    position_step = jax.jit(make_position_step(model, objective.long_only),
+                            in_shardings=(replicated, data_sharding), out_shardings=replicated)
+    evaluate = functools.partial(validate_positions, position_step,
+                                 context_length=t.context_length, batch_size=eval_batch_size,
+                                 sharding=data_sharding, objective=objective)
+  else:
+    eval_step = jax.jit(make_eval_step(model, class_weights),
+                        in_shardings=(replicated, data_sharding), out_shardings=replicated)
+    evaluate = functools.partial(validate, eval_step, context_length=t.context_length,
+                                 batch_size=eval_batch_size, sharding=data_sharding,
+                                 collapse_threshold=collapse)
 
   ckpt_dir = os.path.join(workdir, checkpoint_lib.CHECKPOINT_SUBDIR)
   manager = checkpoint_lib.make_manager(ckpt_dir, best_metric=t.best_metric,
@@ -453,12 +632,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if start_step:
     state, _ = checkpoint_lib.restore(manager, start_step, checkpoint_lib.abstract_like(state))
     logging.info('resumed from %s/%d', ckpt_dir, start_step)
-  meta = {'config': config.to_dict(), 'normalizer': prepared.normalizer.to_dict(),
+  meta = {'config': config.to_dict(), 'feature_set': prepared.feature_set,
+          'normalizer': prepared.normalizer.to_dict(),
           'normalizers': {k: v.to_dict() for k, v in prepared.normalizers.items()},
           'class_weights': prepared.class_weights, 'data': prepared.summary,
           'param_counts': counts, 'steps_per_epoch': steps_per_epoch,
           'total_steps': total_steps}
-  collapse = train_option(config, 'collapse_threshold')
   every = train_option(config, 'checkpoint_every_steps')
   writer = train_logging.MetricWriter(workdir, start_step or None)
   logger = train_logging.StepLogger(writer, start_step=start_step, total_steps=total_steps,
@@ -466,34 +645,49 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   batches = input_pipeline.train_batches(
       prepared, seed=config.seed, batch_size=t.batch_size, context_length=t.context_length,
       steps_per_epoch=steps_per_epoch, start_step=start_step, total_steps=total_steps,
-      process_index=jax.process_index(), process_count=jax.process_count())
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      trading=objective is not None)
   epoch_metrics: dict[str, Any] = {}
+  saved, preempted = start_step, None
   try:
-    for index, epoch, batch in batches:
-      state, metrics = train_step(state, shard_batch(batch, data_sharding, t.batch_size))
-      logger.add(index, metrics)
-      step = index + 1
-      epoch_end, periodic_save = step % steps_per_epoch == 0, every and step % every == 0
-      if step % t.log_every_steps == 0 or epoch_end or periodic_save:
-        logger.flush(step, epoch)  # always before a save: a diverged state is never saved
-      if epoch_end:
-        loss_sum, loss_count = jax.device_get((state.loss_sum, state.loss_count))
-        epoch_metrics = {'step': step, 'epoch': epoch + 1,
-                         'train_loss': float(loss_sum) / int(loss_count),
-                         **validate(eval_step, state.params, prepared, t.context_length,
-                                    train_option(config, 'eval_batch_size'), data_sharding,
-                                    collapse)}
-        writer.write({'kind': 'val', **epoch_metrics})
-        train_logging.log_epoch(epoch_metrics, collapse)
-        checkpoint_lib.save(manager, step, state, {**meta, 'epoch_metrics': epoch_metrics},
-                            {k: epoch_metrics[k] for k in checkpoint_lib.VALIDATION_METRICS})
-        logger.restart_clock(step)  # throughput excludes validation
-      elif periodic_save:
-        checkpoint_lib.save(manager, step, state, meta)
-      if epoch_end or periodic_save:
-        logger.last_good = step
+    # Several processes must stop at the same step: jax.distributed's pre-emption notifier
+    # (SIGTERM) and Orbax's sync point decide there, so no handler of ours is installed.
+    single = jax.process_count() == 1
+    with PreemptionGuard(PREEMPTION_SIGNALS if single else ()) as guard:
+      for index, epoch, batch in batches:
+        state, metrics = train_step(state, shard_batch(batch, data_sharding, t.batch_size))
+        logger.add(index, metrics)
+        step = index + 1
+        epoch_end, periodic_save = step % steps_per_epoch == 0, every and step % every == 0
+        preempted = (guard.requested if single else 'SIGTERM' if manager.reached_preemption(
+            step) else None) if step < total_steps else None  # the last step just finishes
+        if step % t.log_every_steps == 0 or epoch_end or periodic_save or preempted:
+          logger.flush(step, epoch)  # always before a save: a diverged state is never saved
+        if epoch_end:
+          loss_sum, loss_count = jax.device_get((state.loss_sum, state.loss_count))
+          epoch_metrics = {'step': step, 'epoch': epoch + 1,
+                           'train_loss': float(loss_sum) / int(loss_count),
+                           **evaluate(state.params, prepared)}
+          writer.write({'kind': 'val', **epoch_metrics})
+          train_logging.log_epoch(epoch_metrics, collapse)
+          checkpoint_lib.save(manager, step, state, {**meta, 'epoch_metrics': epoch_metrics},
+                              checkpoint_lib.ranking_metrics(epoch_metrics, t.best_metric))
+          logger.restart_clock(step)  # throughput excludes validation
+        elif periodic_save or preempted:
+          checkpoint_lib.save(manager, step, state, meta)
+        if epoch_end or periodic_save or preempted:
+          logger.last_good = saved = step
+        if preempted:
+          break
   finally:
     # Also on divergence or interruption: pending saves of good states complete.
     manager.wait_until_finished()
     writer.close()
+  if preempted:
+    logging.warning('pre-empted by %s: stopped at step %d of %d with a checkpoint in %s/%d; '
+                    'rerun the same command to resume', preempted, saved, total_steps,
+                    ckpt_dir, saved)
+    return {**_final_metrics(manager, t.best_metric, ckpt_dir, epoch_metrics),
+            'preempted': preempted, 'preempted_step': saved}
   return _final_metrics(manager, t.best_metric, ckpt_dir, epoch_metrics)
+

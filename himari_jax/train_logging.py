@@ -120,6 +120,15 @@ def check_finite(history: list[tuple[int, dict]], last_good: int | None, ckpt_di
 
 
 def log_epoch(metrics: dict[str, Any], collapse_threshold: float) -> None:
+  """The epoch's validation line: a position model's net Sharpe ratio, turnover and IC, or a
+  classifier's loss, accuracies and predicted-action shares (with a collapse warning)."""
+  if 'val_net_sharpe' in metrics:
+    logging.info('epoch %d: val_loss %.4f net Sharpe %.2f (gross %.2f) turnover %.0f/yr '
+                 'mean |position| %.3f IC %.4f directional accuracy %.3f', metrics['epoch'],
+                 metrics['val_loss'], metrics['val_net_sharpe'], metrics['val_gross_sharpe'],
+                 metrics['val_turnover_per_year'], metrics['val_mean_abs_position'],
+                 metrics['val_ic'], metrics['val_accuracy'])
+    return
   logging.info('epoch %d: val_loss %.4f val_accuracy %.3f balanced %.3f predicted %s',
                metrics['epoch'], metrics['val_loss'], metrics['val_accuracy'],
                metrics['val_balanced_accuracy'],

@@ -21,12 +21,11 @@ cannot be converted.
 
 import json
 import os
-import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from himari_jax import checkpoint, convert, features
+from himari_jax import checkpoint, cli, convert, features
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -55,17 +54,14 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError('Too many command-line arguments.')
   checkpoint.quiet_orbax_logging()
-  try:
-    if _REVERSE.value:
-      which = int(_WHICH.value) if _WHICH.value.isdigit() else _WHICH.value
-      loaded = convert.run_to_torch_checkpoint(_INPUT.value, _OUTPUT.value, which)
-      logging.info('wrote %s from %s', _OUTPUT.value, loaded.path)
-      return
-    normalizer = _read_normalizer(_NORMALIZER.value) if _NORMALIZER.value else None
-    step_dir = convert.convert_to_run(_INPUT.value, _OUTPUT.value, flags.FLAGS.config,
-                                      normalizer, _FEATURE_SET.value)
-  except (convert.ConversionError, checkpoint.CheckpointError, OSError, ValueError) as e:
-    sys.exit(f'error: {e}')
+  if _REVERSE.value:
+    which = int(_WHICH.value) if _WHICH.value.isdigit() else _WHICH.value
+    loaded = convert.run_to_torch_checkpoint(_INPUT.value, _OUTPUT.value, which)
+    logging.info('wrote %s from %s', _OUTPUT.value, loaded.path)
+    return
+  normalizer = _read_normalizer(_NORMALIZER.value) if _NORMALIZER.value else None
+  step_dir = convert.convert_to_run(_INPUT.value, _OUTPUT.value, flags.FLAGS.config,
+                                    normalizer, _FEATURE_SET.value)
   loaded = checkpoint.load_model(_OUTPUT.value)
   logging.info('wrote %s: %s; feature set %s; normaliser %s', step_dir, loaded.model_config,
                loaded.meta['feature_set'], loaded.meta['normalizer_source'])
@@ -74,4 +70,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -9,11 +9,19 @@ per-class precision / recall, mean logits per true class, and a collapse flag.
 
 import json
 import os
-import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 
-from himari_jax import checkpoint, constants, data, diagnostics, input_pipeline, labels, predict
+from himari_jax import (
+  checkpoint,
+  cli,
+  constants,
+  data,
+  diagnostics,
+  input_pipeline,
+  labels,
+  predict,
+)
 from himari_jax import members as members_lib
 
 _CHECKPOINTS = flags.DEFINE_list('checkpoints', None, 'Training workdirs or .pt files.',
@@ -27,14 +35,11 @@ _OUTPUT = flags.DEFINE_string('output', None, 'Write the diagnostics as JSON her
 def main(argv):
   del argv
   checkpoint.quiet_orbax_logging()
-  try:
-    bias = [float(b) for b in _BIAS.value]
-    if len(bias) != 3:
-      raise ValueError(f'--logit_bias needs 3 numbers (SELL,HOLD,BUY), got {_BIAS.value}')
-    df = data.load_dataset(_DATASET.value, fill_gaps=True)
-    members = [members_lib.load_member(path, _WHICH.value) for path in _CHECKPOINTS.value]
-  except (checkpoint.CheckpointError, data.DataError, ValueError, OSError) as e:
-    sys.exit(f'error: {e}')
+  bias = [float(b) for b in _BIAS.value]
+  if len(bias) != 3:
+    raise ValueError(f'--logit_bias needs 3 numbers (SELL,HOLD,BUY), got {_BIAS.value}')
+  df = data.load_dataset(_DATASET.value, fill_gaps=True)
+  members = [members_lib.load_member(path, _WHICH.value) for path in _CHECKPOINTS.value]
   report = {'dataset': _DATASET.value, 'bars': len(df), 'logit_bias': bias, 'models': {}}
   for path, loaded in zip(_CHECKPOINTS.value, members, strict=True):
     preds = predict.predict_logits(loaded, df)
@@ -66,4 +71,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

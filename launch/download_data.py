@@ -7,11 +7,9 @@ Every archive is checked against its published sha256. Offline, fetch the `.zip`
 `.zip.CHECKSUM` files elsewhere and pass `--from_dir`.
 """
 
-import sys
+from absl import flags, logging
 
-from absl import app, flags, logging
-
-from himari_jax import binance, data
+from himari_jax import binance, cli, data
 
 _SYMBOL = flags.DEFINE_string('symbol', 'BTCUSDT', 'Binance spot symbol, e.g. BTCUSDT.')
 _INTERVAL = flags.DEFINE_string('interval', '1h', 'Kline interval.')
@@ -26,12 +24,9 @@ _BASE_URL = flags.DEFINE_string('base_url', binance.BASE_URL, 'Archive server.')
 
 def main(argv):
   del argv
-  try:
-    df = binance.download_klines(_SYMBOL.value, _INTERVAL.value, _START.value, _END.value,
-                                 from_dir=_FROM_DIR.value, cache_dir=_CACHE_DIR.value,
-                                 base_url=_BASE_URL.value, progress=logging.info)
-  except (binance.DownloadError, ValueError) as e:
-    sys.exit(f'error: {e}')
+  df = binance.download_klines(_SYMBOL.value, _INTERVAL.value, _START.value, _END.value,
+                               from_dir=_FROM_DIR.value, cache_dir=_CACHE_DIR.value,
+                               base_url=_BASE_URL.value, progress=logging.info)
   gaps = data.find_gaps(df)
   binance.write_canonical_csv(df, _OUTPUT.value)
   logging.info('wrote %s: %d bars %s .. %s; gaps: %s', _OUTPUT.value, len(df), df.index[0],
@@ -39,4 +34,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

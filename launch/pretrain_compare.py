@@ -36,9 +36,9 @@ from absl import app, flags, logging
 
 from himari_jax import adapters as adapters_lib
 from himari_jax import checkpoint as checkpoint_lib
+from himari_jax import cli, diagnostics, input_pipeline
 from himari_jax import config as config_lib
 from himari_jax import data as data_lib
-from himari_jax import diagnostics, input_pipeline
 from himari_jax import features as features_lib
 from himari_jax import labels as labels_lib
 from himari_jax import predict as predict_lib
@@ -272,4 +272,4 @@ def main(argv):
 
 if __name__ == '__main__':
   flags.mark_flags_as_required(['workdir'])
-  app.run(main)
+  cli.run(main)

@@ -14,12 +14,11 @@ e.g. --config.strategy=confidence_weighted --config.fill=next_open.
 """
 
 import os
-import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from himari_jax import backtest, checkpoint, data, live
+from himari_jax import backtest, checkpoint, cli, live
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -73,10 +72,7 @@ def main(argv):
     print(f'{decided} bar(s) decided; ledger: {ledger.csv_path}')
   except KeyboardInterrupt:
     print(f'stopped; rerun the same command to resume the ledger in {_LEDGER.value}')
-  except (data.DataError, live.FeedError, live.LedgerError, checkpoint.CheckpointError,
-          ValueError, OSError) as e:
-    sys.exit(f'error: {e}')
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

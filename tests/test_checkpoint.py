@@ -128,3 +128,23 @@ def test_quiet_orbax_logging_keeps_other_records_and_real_warnings():
   assert not absl_logger.filter(record(orbax, pylogging.WARNING, 'did not provide metrics.'))
   assert absl_logger.filter(record(orbax, pylogging.WARNING, 'disk full'))
   assert absl_logger.filter(record('/repo/himari_jax/train.py', pylogging.INFO, 'step 5'))
+
+
+def test_temporary_folders_of_interrupted_saves_are_removed(tmp_path):
+  config = load_config_file('flag_trader', 'tiny')
+  # What a save cut short by kill -9 leaves behind: Orbax's temporary step folder.
+  partial = tmp_path / 'checkpoints' / '9.orbax-checkpoint-tmp-1234'
+  partial.mkdir(parents=True)
+  (partial / 'state').write_text('half written')
+  _write_run(str(tmp_path), config)  # a resumed run's manager: cleans up before its first save
+  assert not partial.exists()
+  assert sorted(int(d) for d in os.listdir(tmp_path / 'checkpoints')) == [2, 4, 5]
+
+
+def test_an_undefined_best_metric_ranks_last():
+  metrics = {'val_loss': 1.5, 'val_net_sharpe': float('nan'), 'val_ic': None, 'epoch': 3}
+  ranked = checkpoint.ranking_metrics(metrics, '-val_net_sharpe')
+  assert ranked == {'val_loss': 1.5, 'val_net_sharpe': -np.inf, 'val_ic': -np.inf}
+  assert checkpoint.ranking_metrics(metrics, 'val_loss')['val_net_sharpe'] == np.inf
+  with pytest.raises(ValueError, match="'-val_accuracy' is not among"):
+    checkpoint.ranking_metrics(metrics, '-val_accuracy')

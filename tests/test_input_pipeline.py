@@ -50,3 +50,39 @@ def test_frames_of_one_asset_share_a_normaliser_and_short_frames_fail():
   assert list(shared.normalizers) == ['btc']
   with pytest.raises(config_lib.ConfigError, match='short: 0 training'):
     input_pipeline.prepare_data(config, {'short': df.iloc[:120]})
+
+
+def test_seed_feature_sets_are_fed_raw_with_an_identity_normaliser():
+  config = config_lib.load_config('flag_trader:tiny')
+  config.data.max_bars = 1200
+  config.data.feature_set = 'seed_causal'
+  frame = data.builtin_dataset('btc_usdt_1h_2020_2024', fill_gaps=True)
+  prepared = input_pipeline.prepare_data(config, {'btc_usdt_1h_2020_2024': frame})
+  assert prepared.feature_set == prepared.summary['feature_set'] == 'seed_causal'
+  assert prepared.normalizer.is_identity
+  raw = features.compute_features(frame.iloc[-1200:], 'seed_causal')
+  np.testing.assert_array_equal(prepared.features, raw.astype(np.float32))
+  config.data.feature_set = 'himari'
+  himari = input_pipeline.prepare_data(config, {'btc_usdt_1h_2020_2024': frame})
+  assert himari.feature_set == 'himari' and not himari.normalizer.is_identity
+
+
+def test_forward_returns_and_trade_mask_are_per_file():
+  config = config_lib.load_config('flag_trader:tiny')
+  config.data.max_bars = 600
+  names = ('btc_usdt_1h_2020_2024', 'eth_usdt_1h_2020_2024')
+  frames = {name: data.builtin_dataset(name, fill_gaps=True) for name in names}
+  prepared = input_pipeline.prepare_data(config, frames)
+  for i, name in enumerate(names):
+    close = frames[name]['close'].to_numpy()[-600:]
+    got = prepared.forward_returns[600 * i:600 * (i + 1)]
+    np.testing.assert_allclose(got[:-1], close[1:] / close[:-1] - 1, rtol=1e-6)
+    assert np.isnan(got[-1])  # a file's last bar does not earn the next file's first return
+    mask = prepared.trade_mask[600 * i:600 * (i + 1)]
+    assert not mask[:features.WARMUP_BARS].any() and not mask[-1]
+    assert mask[features.WARMUP_BARS:-1].all()
+  ends = prepared.train_ends[:4]
+  batch = input_pipeline.gather_batch(prepared, ends, 8, trading=True)
+  assert sorted(batch) == ['forward_return', 'inputs', 'mask']
+  np.testing.assert_array_equal(batch['forward_return'][:, -1], prepared.forward_returns[ends])
+  assert batch['mask'].dtype == bool and batch['mask'].all()

@@ -1,5 +1,7 @@
 """Inference: trailing windows, no look-ahead through batching or padding, availability."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -73,3 +75,48 @@ def test_last_position_equals_full_window_model_output(loaded, bars):
   window = feats[None, t - CONTEXT + 1:t + 1]
   direct = model.FlagTrader(loaded.model_config).apply({'params': loaded.params}, window)
   np.testing.assert_allclose(logits[t], np.asarray(direct)[0, -1], rtol=1e-4, atol=1e-5)
+
+
+def test_a_model_is_scored_with_its_own_feature_set_only(loaded, bars):
+  seed = dataclasses.replace(loaded, normalizer=features.Normalizer.identity(),
+                             meta={'feature_set': 'seed_causal'})
+  assert seed.feature_set == 'seed_causal'
+  preds = predict.predict_logits(seed, bars, feature_set='seed_causal')
+  want = predict.predict_logits_from_features(
+      seed.params, seed.model_config, features.compute_features(bars, 'seed_causal'), CONTEXT)
+  np.testing.assert_array_equal(preds.logits, want)
+  with pytest.raises(features.FeatureSetError, match="trained on feature set 'seed_causal'"):
+    predict.predict_logits(seed, bars, feature_set='himari')
+  # Without a meta record, the run's config says which set it trained on.
+  config = loaded.config.copy_and_resolve_references()
+  config.data.feature_set = 'seed_exact'
+  with pytest.raises(features.FeatureSetError, match="scored with 'himari'"):
+    predict.predict_logits(dataclasses.replace(loaded, config=config), bars, feature_set='himari')
+
+
+def test_a_pt_member_defaults_to_seed_causal(loaded, tmp_path):
+  pytest.importorskip('torch')
+  from himari_jax import convert, members
+
+  convert.save_torch_checkpoint(tmp_path / 'seed.pt', loaded.params, loaded.model_config)
+  member = members.load_member(str(tmp_path / 'seed.pt'))
+  assert member.feature_set == member.config.data.feature_set == 'seed_causal'
+  assert member.normalizer.is_identity and member.config.train.context_length == 1
+  jax.tree.map(np.testing.assert_array_equal, member.params, jax.device_get(loaded.params))
+
+
+def test_positions_of_a_position_model(loaded, bars):
+  preds = predict.predict_logits(loaded, bars)
+  with pytest.raises(ValueError, match='a classifier'):
+    predict.positions(loaded, preds)
+  config = loaded.config.copy_and_resolve_references()
+  config.train.objective = 'sharpe'
+  sharpe = dataclasses.replace(loaded, config=config)
+  held = predict.positions(sharpe, preds)
+  first = predict.first_available_bar(CONTEXT)
+  assert np.isnan(held[:first]).all()
+  np.testing.assert_allclose(held[first:], np.tanh(preds.logits[first:, 2] -
+                                                   preds.logits[first:, 0]), rtol=1e-6)
+  config.train.long_only = True
+  long_only = predict.positions(dataclasses.replace(loaded, config=config), preds)
+  assert ((long_only[first:] > 0) & (long_only[first:] < 1)).all()

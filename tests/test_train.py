@@ -82,6 +82,7 @@ def test_checkpoint_holds_what_inference_needs(trained):
   config, workdir, result = trained
   loaded = checkpoint.load_model(workdir)
   assert loaded.step == result['best_step']
+  assert loaded.meta['feature_set'] == loaded.feature_set == 'himari'
   assert loaded.config.to_dict() == json.loads(json.dumps(config.to_dict()))
   raw = features.compute_features(
       data.builtin_dataset('btc_usdt_1h_2020_2024', fill_gaps=True).iloc[-3000:])
@@ -153,8 +154,56 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path, subprocess_env
   assert got.meta['epoch_metrics'] == want.meta['epoch_metrics']
 
 
+@pytest.mark.parametrize('objective', ['classification', 'sharpe'])
+def test_sigterm_saves_exits_cleanly_and_resumes_bit_identically(tmp_path, subprocess_env,
+                                                                 objective):
+  overrides = ['--config.train.num_epochs=1', '--config.train.steps_per_epoch=200',
+               '--config.train.checkpoint_every_steps=0', '--config.train.log_every_steps=10',
+               f'--config.train.objective={objective}']
+  if objective == 'sharpe':
+    overrides.append('--config.train.best_metric=-val_net_sharpe')
+  reference, resumed = tmp_path / 'reference', tmp_path / 'resumed'
+  subprocess.run(_launch(reference, *overrides, env=subprocess_env), env=subprocess_env,
+                 check=True, capture_output=True, timeout=300)
+
+  victim = subprocess.Popen(_launch(resumed, *overrides, env=subprocess_env),
+                            env=subprocess_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+  deadline = time.time() + 300
+  while not (os.path.exists(resumed / 'metrics.jsonl') and _records(resumed, 'train')):
+    assert victim.poll() is None and time.time() < deadline, 'no training step logged'
+    time.sleep(0.01)
+  victim.send_signal(signal.SIGTERM)
+  _, stderr = victim.communicate(timeout=120)
+  assert victim.returncode == 0, stderr[-2000:]
+  (stopped,) = _steps(resumed)  # no periodic saves: the one checkpoint is the pre-emption's
+  assert 10 <= stopped < 200, 'the run ended before the signal; make it longer'
+  assert f'pre-empted by SIGTERM: stopped at step {stopped} of 200' in stderr
+  assert _records(resumed, 'train')[-1]['step'] == stopped  # metrics flushed up to the stop
+  assert not [d for d in os.listdir(resumed / 'checkpoints') if 'tmp' in d]
+
+  subprocess.run(_launch(resumed, *overrides, env=subprocess_env), env=subprocess_env,
+                 check=True, capture_output=True, timeout=300)
+  want = checkpoint.load_model(reference, 'latest')
+  got = checkpoint.load_model(resumed, 'latest')
+  assert want.step == got.step == 200
+  jax.tree.map(np.testing.assert_array_equal, got.params, want.params)
+  assert got.meta['epoch_metrics'] == want.meta['epoch_metrics']
+
+
+def test_preemption_guard_turns_a_signal_into_a_stop_request():
+  previous = signal.getsignal(signal.SIGINT)
+  with train.PreemptionGuard() as guard:
+    assert guard.requested is None
+    signal.raise_signal(signal.SIGINT)  # first signal: a request, no KeyboardInterrupt
+    assert guard.requested == 'SIGINT'
+    with pytest.raises(KeyboardInterrupt):  # second: the previous handler, at once
+      signal.raise_signal(signal.SIGINT)
+  assert signal.getsignal(signal.SIGINT) is previous
+
+
 def test_bad_configs_fail_fast_with_the_fix(tiny_config, tmp_path, subprocess_env):
-  with pytest.raises(ValueError, match='valid variants: seed, small, tiny'):
+  with pytest.raises(ValueError, match='valid variants: seed, seed_long, small, tiny'):
     load_config_file('flag_trader', 'huge')
   config = tiny_config.copy_and_resolve_references()
   config.data.train = 'btc_usdt_1h_2020_2024,missing/eth.csv'
@@ -172,8 +221,35 @@ def test_bad_configs_fail_fast_with_the_fix(tiny_config, tmp_path, subprocess_en
   failed = subprocess.run(_launch(tmp_path / 'b', '--config.data.train=nowhere.csv',
                                   env=subprocess_env),
                           env=subprocess_env, capture_output=True, text=True, timeout=120)
-  assert failed.returncode != 0 and 'config.data.train' in failed.stderr
+  assert failed.returncode == 1 and 'Traceback' not in failed.stderr
+  assert failed.stderr.strip().splitlines()[-1].startswith("error: config.data.train: "
+                                                           "'nowhere.csv' is neither")
   assert not os.path.exists(tmp_path / 'b' / 'checkpoints')
+  verbose = subprocess.run(_launch(tmp_path / 'b', '--config.model.causal=False', '--verbose',
+                                   env=subprocess_env),
+                           env=subprocess_env, capture_output=True, text=True, timeout=120)
+  assert verbose.returncode != 0 and 'Traceback' in verbose.stderr
+  assert 'ConfigError: config.model.causal=False' in verbose.stderr
+
+
+def test_unmasked_windows_are_refused_in_training(tiny_config):
+  config = tiny_config.copy_and_resolve_references()
+  config.model.causal = False
+  with pytest.raises(train.ConfigError, match='set --config.model.causal=True, or '
+                     '--config.train.context_length=1'):
+    train.validate_config(config)
+  config.train.context_length = 1  # the unmasked original at T = 1 is fine
+  train.validate_config(config)
+
+
+def test_dry_run_compiles_the_step_and_reports_its_cost(tmp_path, subprocess_env):
+  done = subprocess.run(_launch(tmp_path / 'run', '--dry_run', env=subprocess_env),
+                        env=subprocess_env, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-2000:]
+  (line,) = [x for x in done.stderr.splitlines() if 'dry run on' in x]
+  assert 'batch 8, context 8' in line and 'peak memory' in line and 'GFLOP/step' in line
+  assert 'fits' in done.stderr
+  assert not os.path.exists(tmp_path / 'run')  # nothing trained, nothing written
 
 
 def test_weighted_cross_entropy_matches_pytorch_semantics():
@@ -239,3 +315,64 @@ def test_init_from_a_run_starts_from_its_best_params(trained):
   with pytest.raises(train.ConfigError, match='set the --config.model.* sizes'):
     train.initial_params(config, model.ModelConfig.from_config(config.model),
                          jax.random.PRNGKey(0), sharding)
+
+
+def test_feature_sets_in_training_config_checks(trained, tiny_config):
+  config = tiny_config.copy_and_resolve_references()
+  config.data.feature_set = 'seed_exact'
+  with pytest.raises(train.ConfigError, match='--config.data.allow_lookahead=True'):
+    train.validate_config(config)
+  config.data.allow_lookahead = True  # reproduction of the seed, knowingly
+  train.validate_config(config)
+  # Fine-tuning a run on another feature set would feed its weights other inputs.
+  _, workdir, _ = trained
+  config = tiny_config.copy_and_resolve_references()
+  config.train.init_from = workdir
+  config.data.feature_set = 'seed_causal'
+  sharding = NamedSharding(train.make_mesh(), P())
+  with pytest.raises(train.ConfigError, match="trained on feature set 'himari'.*"
+                     "--config.data.feature_set=himari"):
+    train.initial_params(config, model.ModelConfig.from_config(config.model),
+                         jax.random.PRNGKey(0), sharding)
+
+
+def test_sharpe_objective_trains_a_position_model(tiny_config, tmp_path):
+  config = tiny_config.copy_and_resolve_references()
+  config.train.objective = 'sharpe'
+  config.train.best_metric = '-val_net_sharpe'
+  result = train.train_and_evaluate(config, str(tmp_path))
+  steps = _records(tmp_path, 'train')
+  assert all(np.isfinite(r['sharpe']) and 0 <= r['turnover'] for r in steps)
+  val = _records(tmp_path, 'val')
+  assert [r['epoch'] for r in val] == [1, 2]
+  for r in val:
+    assert r['val_bars'] > 100 and 0 < r['val_mean_abs_position'] <= 1
+    assert np.isfinite([r['val_net_sharpe'], r['val_ic'], r['val_turnover_per_year']]).all()
+    assert r['val_net_sharpe'] < r['val_gross_sharpe']  # costs are charged
+  assert result['best_val_net_sharpe'] == max(r['val_net_sharpe'] for r in val)
+  loaded = checkpoint.load_model(tmp_path)
+  assert loaded.step == result['best_step'] and loaded.objective == 'sharpe'
+
+
+def test_trading_objective_config_errors_name_the_fix(tiny_config):
+  config = tiny_config.copy_and_resolve_references()
+  config.train.objective = 'profit'
+  with pytest.raises(train.ConfigError, match="config.train.objective='profit' is unknown"):
+    train.validate_config(config)
+  config.train.objective = 'sharpe'
+  config.train.best_metric = 'val_nll'  # a classifier's metric (val_loss has both meanings)
+  with pytest.raises(train.ConfigError, match="not reported for objective 'sharpe'.*"
+                     "-val_net_sharpe"):
+    train.validate_config(config)
+  config.train.best_metric = '-val_net_sharpe'
+  config.train.cost_multiplier = -1.0
+  with pytest.raises(train.ConfigError, match='config.train.cost_multiplier=-1.0'):
+    train.validate_config(config)
+  config.train.cost_multiplier = 1.0
+  config.train.context_length = 1
+  with pytest.raises(train.ConfigError, match='context_length >= 2'):
+    train.validate_config(config)
+  config = tiny_config.copy_and_resolve_references()
+  config.train.best_metric = '-val_net_sharpe'
+  with pytest.raises(train.ConfigError, match="objective 'classification'"):
+    train.validate_config(config)

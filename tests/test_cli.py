@@ -1,0 +1,111 @@
+"""Entry points fail with one `error:` line; `--verbose` shows the traceback instead.
+
+The launchers are run as a user runs them (one subprocess each, on a bad input that fails
+before any work); what `--verbose` changes is the shared helper's, tested in-process.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from absl import flags
+from absl.testing import flagsaver
+from ml_collections import config_flags
+
+from himari_jax import cli, data
+
+# A config flag without a default path: overrides are applied while flags are parsed.
+config_flags.DEFINE_config_file('test_cli_config', None, 'A config for the tests below.')
+
+
+def run_launcher(repo_root, script, *args):
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'PYTHONPATH': str(repo_root)}
+  return subprocess.run([sys.executable, str(repo_root / 'launch' / script), *args],
+                        capture_output=True, text=True, cwd=repo_root, env=env, timeout=300)
+
+
+def error_lines(stderr):
+  return [line for line in stderr.splitlines() if line.startswith('error:')]
+
+
+@pytest.mark.parametrize('script, args, message', [
+    ('diagnose.py', ['--checkpoints=checkpoints/small_a', '--dataset={tmp}/missing.csv'],
+     'missing.csv: no such file'),
+    ('convert_checkpoint.py', ['--input={tmp}/corrupt.pt', '--output={tmp}/run'], 'corrupt.pt'),
+    ('download_data.py', ['--start=2024-13', '--end=2024-12', '--output={tmp}/out.csv'],
+     "start='2024-13'"),
+    ('pretrain_compare.py', ['--workdir={tmp}/runs', '--arms=finetune,no_such_arm'],
+     "arms ['no_such_arm']"),
+    ('trade_signal.py', ['--checkpoints=checkpoints/small_a', '--data={tmp}/missing.csv'],
+     'missing.csv: no such file'),
+])
+def test_a_bad_input_is_one_error_line(repo_root, tmp_path, script, args, message):
+  (tmp_path / 'corrupt.pt').write_bytes(b'PK\x03\x04 not a checkpoint')
+  done = run_launcher(repo_root, script, *(a.format(tmp=tmp_path) for a in args))
+  assert done.returncode == 1, done.stderr[-3000:]
+  (line,) = error_lines(done.stderr)
+  assert message in line, line
+  assert 'Traceback' not in done.stderr
+  assert not (tmp_path / 'run').exists() and not (tmp_path / 'out.csv').exists()
+
+
+def _main_raising(error):
+  def main(argv):
+    del argv
+    raise error
+  return main
+
+
+@pytest.mark.parametrize('error', [
+    data.DataError('prices.csv row 7: close is not a number'),
+    FileNotFoundError(2, 'No such file or directory', 'prices.csv'),
+])
+def test_user_errors_are_one_line_and_verbose_reraises(error, capsys):
+  with flagsaver.flagsaver(), pytest.raises(SystemExit) as exited:
+    cli.run(_main_raising(error), argv=['prog'])
+  assert exited.value.code == 1
+  stderr = capsys.readouterr().err
+  assert error_lines(stderr) == [cli.error_line(error)] and 'prices.csv' in stderr
+  assert 'Traceback' not in stderr
+  with flagsaver.flagsaver(), pytest.raises(type(error)):
+    cli.run(_main_raising(error), argv=['prog', '--verbose'])
+
+
+def test_a_bug_keeps_its_traceback():
+  with flagsaver.flagsaver(), pytest.raises(TypeError):
+    cli.run(_main_raising(TypeError('a bug, not a bad input')), argv=['prog'])
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--test_cli_config=configs/flag_trader.py:no_such_variant'],
+     "unknown config variant 'no_such_variant'"),
+    (['--no_such_flag=1'], 'no_such_flag'),
+])
+def test_bad_flags_are_one_line_and_verbose_reraises(repo_root, monkeypatch, capsys, argv,
+                                                     message):
+  monkeypatch.chdir(repo_root)
+  with flagsaver.flagsaver(), pytest.raises(SystemExit) as exited:
+    cli.parse_flags(['prog', *argv])
+  assert exited.value.code == 1
+  (line,) = error_lines(capsys.readouterr().err)
+  assert message in line, line
+  with flagsaver.flagsaver(), pytest.raises(flags.Error):
+    cli.parse_flags(['prog', *argv, '--verbose'])
+
+
+def test_an_override_of_no_config_field_names_it(repo_root, monkeypatch, capsys):
+  monkeypatch.chdir(repo_root)
+  argv = ['prog', '--test_cli_config=configs/flag_trader.py:tiny',
+          '--test_cli_config.train.no_such_field=1']
+  monkeypatch.setattr(sys, 'argv', argv)  # where ml_collections looks for override flags
+  with flagsaver.flagsaver(), pytest.raises(SystemExit):
+    cli.parse_flags(argv)
+  assert error_lines(capsys.readouterr().err) == [
+      "error: --test_cli_config.train.no_such_field: the config has no field 'no_such_field'"]
+
+
+def test_error_line_is_one_line():
+  assert cli.error_line(ValueError('first\nsecond')) == 'error: first second'
+  assert cli.error_line(IsADirectoryError(21, 'Is a directory', 'runs')) == (
+      'error: runs: Is a directory')
