@@ -887,7 +887,8 @@ def write_report(config: ml_collections.ConfigDict, summary: dict[str, Any], wor
            f'{bt.max_position_pct:.0%} of equity, '
            f'{"long/short" if bt.allow_short else "long-only"}.', '']
   lines += ['Every model: fitted on the fold\'s training rows, calibrated on its validation '
-            f'rows ({bt.calibration.mode}), decision policy selected on validation out of '
+            f'rows ({bt.calibration.mode}; position models, whose margin `p_buy - p_sell` is '
+            'their position, are not), decision policy selected on validation out of '
             f'{np.size(policy_grid(config.policy).entry)} policies, then tested once. '
             f'Trials in the deflated Sharpe ratio: {summary["num_trials"]:,} (every policy '
             'tried in every model x asset x fold x seed).', '']
