@@ -188,7 +188,8 @@ def has_trading_objective() -> bool:
 def sharpe_variant(base: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """`base` trained on the negative net-of-cost Sharpe ratio (`config.train.objective`).
 
-  Costs and long-only are set per trial from `config.backtest` (`position_settings`).
+  Long-only is set per trial from `config.backtest`, whose costs must be the ones its trading
+  loss charges (`with_benchmark_costs`).
   """
   out = base.copy_and_resolve_references()
   out.train.objective = 'sharpe'
