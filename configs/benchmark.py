@@ -1,6 +1,7 @@
 """Model benchmark: `--config=configs/benchmark.py:<variant>`, variant one of `cpu` (default:
-bundled BTC and ETH, every baseline and a `small`-sized FLAG-TRADER, 3 seeds, about half an
-hour on two CPU cores), `gpu` (adds the seed-sized FLAG-TRADER at T = 1 and T = 64) or `tiny`
+bundled BTC and ETH, every baseline and a `small`-sized FLAG-TRADER, each of the MLP and
+FLAG-TRADER also trained on the net-of-cost Sharpe ratio, 3 seeds, about half an hour on two
+CPU cores), `gpu` (adds the seed-sized FLAG-TRADER at T = 1 and T = 64) or `tiny`
 (tests); defined in `himari_jax.benchmark.benchmark_config`.
 
 Any field can be overridden, e.g. `--config.assets=btc,data/sol.csv --config.num_seeds=1

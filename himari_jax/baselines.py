@@ -22,11 +22,23 @@ Models (`BASELINES`):
   probability `confidence`, the rest shared by the other two; uniform when flat or undefined.
 * `logistic`: multinomial logistic regression on the last bar's features (JAX + optax, L2).
 * `mlp`: a Flax MLP on the last `context_length` bars' features, flattened.
+* `mlp_sharpe`: the `mlp` network trained for what is traded: its output is a position
+  `tanh(l_buy - l_sell)` in [-1, 1] (`sigmoid`, [0, 1], with `long_only`), trained on the
+  negative net-of-cost Sharpe ratio (`objectives.make_loss_fn`) of windows of consecutive
+  training bars, so turnover and costs are those of a held position. Needs `close`.
 * `lightgbm`: gradient-boosted trees (the optional `baselines` extra).
 * `flag_trader`: a finished training run (`train.train_and_evaluate`), read-only. Its `fit`
   trains nothing; the run must have been trained on the same split, and `features` must be
   normalised with its normaliser (`model.normalizer`), which a run trained through the same
-  input pipeline on the same fold has.
+  input pipeline on the same fold has. A run trained with a trading objective
+  (`config.train.objective` 'sharpe' / 'utility') is a position model like `mlp_sharpe`.
+
+Position models (`model.outputs_position`) give, instead of class probabilities,
+`policy.probs_from_score(position)`: `(max(-s, 0), 1 - |s|, max(s, 0))`, whose margin
+`p_buy - p_sell` is the position `s` itself, so a margin policy trades on the position and IC
+is the position's correlation with the forward return. They are not calibrated
+(`calibrate_and_decide(mode='skip')`): rescaling their "probabilities" to label rates would
+change the position they were trained to hold.
 
 `logistic`, `mlp` and `lightgbm` weigh classes like training (`class_weights`: 'fixed',
 'inverse', 'sqrt', 'none'; see `labels.class_weights`) and are deterministic given `seed`.
@@ -35,7 +47,8 @@ array parameters, `arrays.npz`; nothing is pickled.
 
 `calibrate_and_decide` turns validation and test probabilities into actions the way
 `evaluate` does for FLAG-TRADER: calibrate on validation (`calibration.fit_calibration` on
-log-probabilities), then the seed policy (argmax, BUY / SELL below `threshold` become HOLD).
+log-probabilities; `mode='skip'` for position models), then the seed policy (argmax, BUY /
+SELL below `threshold` become HOLD).
 """
 
 from __future__ import annotations
@@ -59,6 +72,8 @@ from himari_jax import calibration as calibration_lib
 from himari_jax import ensemble as ensemble_lib
 from himari_jax import features as features_lib
 from himari_jax import labels as labels_lib
+from himari_jax import objectives as objectives_lib
+from himari_jax import policy as policy_lib
 
 SELL, HOLD, BUY = 0, 1, 2
 CONFIG_FILE = 'baseline.json'
@@ -83,6 +98,8 @@ class Baseline(abc.ABC):
 
   name: ClassVar[str]
   defaults: ClassVar[dict[str, Any]]
+  # True: `predict` gives `policy.probs_from_score(position)`, not class probabilities.
+  outputs_position: bool = False
 
   def __init__(self, **config: Any):
     unknown = sorted(set(config) - set(self.defaults))
@@ -273,6 +290,89 @@ class LogisticRegression(DenseClassifier):
       'batch_size': 0, 'class_weights': 'fixed', 'seed': 0}
 
 
+class PositionMLP(DenseClassifier):
+  """The `mlp` network trained on the net-of-cost Sharpe ratio of the positions it outputs.
+
+  The network is `mlp`'s (`_Classifier` on the flattened last `context_length` bars), its
+  position `objectives.positions(logits, long_only)`. Each Adam step draws `batch_size`
+  windows of `window` consecutive bars (start bars from a key derived from `seed` and the
+  step) and minimises `objectives.make_loss_fn(TradingObjective(objective, ...))` over them
+  plus `l2 / 2 * sum(kernel**2)`: the bar-t position earns `close[t+1] / close[t] - 1` and
+  pays `cost_multiplier * (commission + slippage)` per unit of position change inside the
+  window. Only bars of the training mask with a known next return and a full look-back take
+  part. The labels are not used.
+  """
+
+  name = 'mlp_sharpe'
+  outputs_position = True
+  defaults: ClassVar[dict[str, Any]] = {
+      'hidden': (64,), 'context_length': 1, 'l2': 1e-4, 'learning_rate': 3e-3,
+      'steps': 400, 'batch_size': 32, 'window': 128, 'objective': 'sharpe',
+      'long_only': False, 'commission': 0.001, 'slippage': 0.0005, 'cost_multiplier': 1.0,
+      'turnover_penalty': 0.0, 'risk_aversion': 1.0, 'seed': 0}
+
+  def objective(self) -> objectives_lib.TradingObjective:
+    """The TradingObjective of this model's config (errors name the config field)."""
+    try:
+      return objectives_lib.TradingObjective(
+          kind=self.config['objective'], long_only=bool(self.config['long_only']),
+          **{k: float(self.config[k]) for k in ('commission', 'slippage', 'cost_multiplier',
+                                                'turnover_penalty', 'risk_aversion')})
+    except ValueError as e:
+      raise BaselineError(f'{self.name}: {e}') from e
+
+  def fit(self, features, labels, mask, *, close=None):
+    features, _, mask = _check_fit(self.name, features, labels, mask)
+    close = _check_close(self.name, close, len(features))
+    objective = self.objective()
+    context, window = int(self.config['context_length']), int(self.config['window'])
+    if context < 1:
+      raise BaselineError(f'{self.name}: context_length must be >= 1, got {context}')
+    if int(self.config['batch_size']) < 1:
+      raise BaselineError(f'{self.name}: batch_size (windows per step) must be >= 1, got '
+                          f'{self.config["batch_size"]}')
+    if window < 2:  # a one-bar window has no position change, so costs never reach the loss
+      raise BaselineError(f'{self.name}: window must be >= 2 bars, got {window}')
+    forward = objectives_lib.next_bar_returns(close)
+    valid = mask & np.isfinite(forward) & (np.arange(len(mask)) >= context - 1)
+    bars = np.flatnonzero(valid)
+    if len(bars) < window:
+      raise BaselineError(f'{self.name}: {len(bars)} training bars with a next return and '
+                          f'{context} bars of history, fewer than one window of {window}')
+    # Windows lie inside the span of valid bars; masked bars inside them take no part.
+    first, last = int(bars[0]), int(bars[-1]) - window + 1
+    ends = np.arange(first, int(bars[-1]) + 1)
+    x = _flat_windows(features, ends, context)
+    self.module = _Classifier(hidden=tuple(int(h) for h in self.config['hidden']))
+    params = self.module.init(jax.random.key(int(self.config['seed'])), x[:1])['params']
+    params = _train_positions(
+        self.module, objective, int(self.config['batch_size']), window,
+        jnp.int32(self.config['steps']), jnp.float32(self.config['learning_rate']),
+        jnp.float32(self.config['l2']), params, jnp.asarray(x, jnp.float32),
+        jnp.asarray(np.where(valid[ends], forward[ends], 0.0), jnp.float32),
+        jnp.asarray(valid[ends]), jnp.int32(last - first + 1),
+        jax.random.key(int(self.config['seed'])))
+    self.params = jax.device_get(params)
+    self.fitted = True
+    return self
+
+  def positions(self, features: np.ndarray) -> np.ndarray:
+    """float32 (N,) positions; NaN where the look-back does not fit."""
+    self._require_fitted()
+    features = _check_features(self.name, features)
+    context = int(self.config['context_length'])
+    out = np.full(len(features), np.nan, np.float32)
+    ends = np.arange(context - 1, len(features))
+    if len(ends):
+      logits = _apply(self.module, self.params, _flat_windows(features, ends, context))
+      out[ends] = np.asarray(objectives_lib.positions(jnp.asarray(logits),
+                                                      bool(self.config['long_only'])))
+    return out
+
+  def predict(self, features, *, close=None):
+    return _probs_from_positions(self.positions(features))
+
+
 class LightGBM(Baseline):
   """Gradient-boosted trees (multiclass LightGBM) on the last bar's features."""
 
@@ -326,6 +426,10 @@ class FlagTraderRun(Baseline):
     self.loaded = checkpoint_lib.load_model(self.config['path'], self.config['which'])
     self.normalizer = self.loaded.normalizer
     self.context_length = int(self.loaded.config.train.context_length)
+    # A run trained with a trading objective outputs a position, read like `mlp_sharpe`'s.
+    self.trading_objective = objectives_lib.TradingObjective.from_config(
+        self.loaded.config.train)
+    self.outputs_position = self.trading_objective is not None
 
   def fit(self, features, labels, mask, *, close=None):
     # Training is train.train_and_evaluate's job; this only checks the split can be scored.
@@ -341,11 +445,17 @@ class FlagTraderRun(Baseline):
     logits = predict_lib.predict_logits_from_features(
         self.loaded.params, self.loaded.model_config, features, self.context_length,
         batch_size=int(self.config['batch_size']))
+    if self.outputs_position:
+      available = ~np.isnan(logits).any(axis=-1)
+      position = np.full(len(features), np.nan, np.float32)
+      position[available] = np.asarray(objectives_lib.positions(
+          jnp.asarray(logits[available]), self.trading_objective.long_only))
+      return _probs_from_positions(position)
     return np.asarray(jax.nn.softmax(jnp.asarray(logits), axis=-1), np.float32)
 
 
 BASELINES = {cls.name: cls for cls in (LabelPrior, BuyAndHold, Momentum, LogisticRegression,
-                                       LightGBM, DenseClassifier, FlagTraderRun)}
+                                       LightGBM, DenseClassifier, PositionMLP, FlagTraderRun)}
 
 
 def unavailable_reason(name: str) -> str | None:
@@ -436,7 +546,9 @@ def calibrate_and_decide(val_probs: np.ndarray, val_labels: np.ndarray, val_mask
     val_probs: (V, 3) the model's validation probabilities (NaN rows unavailable).
     val_labels: (V,) int validation labels; val_mask: (V,) bool bars with a known label.
     probs: (N, 3) probabilities of the bars to decide (NaN rows unavailable).
-    mode, bias, temperature: as `config.calibration` (`calibration.fit_calibration`).
+    mode, bias, temperature: as `config.calibration` (`calibration.fit_calibration`);
+      `mode='skip'` (position models): the probabilities are used as given, no logits, no
+      fit, `bias` and `temperature` ignored.
     threshold: BUY / SELL with calibrated confidence below it become HOLD.
 
   Returns:
@@ -447,7 +559,9 @@ def calibrate_and_decide(val_probs: np.ndarray, val_labels: np.ndarray, val_mask
   val_labels = np.asarray(val_labels)
   val_mask = np.asarray(val_mask, bool) & ~np.isnan(val_logits).any(axis=-1)
   summary = {'mode': mode}
-  if mode in ('none', 'fixed') and not temperature:
+  if mode == 'skip':
+    cal = calibration_lib.Calibration(bias=(0.0, 0.0, 0.0), temperature=1.0)
+  elif mode in ('none', 'fixed') and not temperature:
     cal = calibration_lib.Calibration(
         bias=tuple(bias) if mode == 'fixed' else (0.0, 0.0, 0.0), temperature=1.0)
   else:
@@ -462,7 +576,10 @@ def calibrate_and_decide(val_probs: np.ndarray, val_labels: np.ndarray, val_mask
           c.apply(val_logits[val_mask]), val_labels[val_mask])
   available = ~np.isnan(logits).any(axis=-1)
   calibrated = np.full(logits.shape, np.nan, np.float32)
-  calibrated[available] = np.asarray(cal.apply(logits[available]), np.float32)
+  if mode == 'skip':  # exactly as given: the margin p_buy - p_sell is the position
+    calibrated[available] = np.asarray(probs, np.float32)[available]
+  else:
+    calibrated[available] = np.asarray(cal.apply(logits[available]), np.float32)
   actions, confidence = ensemble_lib.combine(
       np.where(available[:, None], calibrated, _HOLD_PROBS)[None],
       'confidence_weighted', threshold=threshold)
@@ -524,6 +641,48 @@ def _train_loop(module: nn.Module, batch: int, steps: jax.Array, learning_rate: 
 
   params, _ = jax.lax.fori_loop(0, steps, step, (params, optimizer.init(params)))
   return params
+
+
+# Static: the architecture, the objective (a frozen dataclass), windows per step and their
+# length; steps, rates and data are traced, so seeds and folds of one size share a compile.
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _train_positions(module: nn.Module, objective: objectives_lib.TradingObjective, batch: int,
+                     window: int, steps: jax.Array, learning_rate: jax.Array, l2: jax.Array,
+                     params: Any, x: jax.Array, forward: jax.Array, valid: jax.Array,
+                     num_starts: jax.Array, key: jax.Array) -> Any:
+  """Adam on the trading loss of `batch` random windows per step + L2 on kernels.
+
+  x: (M, D) inputs of M consecutive bars; forward, valid: (M,) next-bar returns and the bars
+  that take part; windows start at bars 0 .. num_starts - 1.
+  """
+  optimizer = optax.inject_hyperparams(optax.adam)(learning_rate=learning_rate)
+  trading_loss = objectives_lib.make_loss_fn(objective)
+  offsets = jnp.arange(window)
+
+  def loss_fn(p, rows):
+    logits = module.apply({'params': p}, x[rows])  # (B, T, 3)
+    loss, _ = trading_loss(logits, {'forward_return': forward[rows], 'mask': valid[rows]})
+    penalty = sum(jnp.sum(leaf ** 2) for path, leaf in traverse_util.flatten_dict(p).items()
+                  if path[-1] == 'kernel')
+    return loss + 0.5 * l2 * penalty
+
+  def step(i, carry):
+    p, opt_state = carry
+    starts = jax.random.randint(jax.random.fold_in(key, i), (batch,), 0, num_starts)
+    grads = jax.grad(loss_fn)(p, starts[:, None] + offsets[None, :])
+    updates, opt_state = optimizer.update(grads, opt_state, p)
+    return optax.apply_updates(p, updates), opt_state
+
+  params, _ = jax.lax.fori_loop(0, steps, step, (params, optimizer.init(params)))
+  return params
+
+
+def _probs_from_positions(position: np.ndarray) -> np.ndarray:
+  """(N,) positions (NaN: unavailable) -> float32 (N, 3) `policy.probs_from_score` rows."""
+  out = np.full((len(position), _NUM_ACTIONS), np.nan, np.float32)
+  available = np.isfinite(position)
+  out[available] = policy_lib.probs_from_score(np.clip(position[available], -1.0, 1.0))
+  return out
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -12,7 +12,11 @@ Every model sees, per asset and fold, the same bars, features, labels, split and
 3. Every model is fitted on the training rows, scores the validation and test bars, is
    calibrated on its validation bars (`baselines.calibrate_and_decide`), and a decision
    policy is selected on the validation bars (`policy.select_policy` over
-   `policy_grid(config.policy)`), then run once on the test bars.
+   `policy_grid(config.policy)`), then run once on the test bars. Position models (trained on
+   the net-of-cost Sharpe ratio: `mlp_sharpe`, `flag_trader_sharpe`) give probabilities whose
+   margin `p_buy - p_sell` is their position, skip the calibration and go through the same
+   policy selection, so they are decided from their position as the others are from their
+   margin. They train with the benchmark's costs and, when it is long-only, long-only.
 4. Per trial (model, asset, fold, seed): SPEC 9 signal metrics on the test bars, gross and
    net backtest attribution, the policy trials. Rule models (label prior, buy-and-hold,
    momentum) are deterministic and run once per fold.
@@ -53,6 +57,7 @@ from himari_jax import data as data_lib
 from himari_jax import features as features_lib
 from himari_jax import labels as labels_lib
 from himari_jax import metrics as metrics_lib
+from himari_jax import objectives as objectives_lib
 from himari_jax import policy as policy_lib
 from himari_jax import signal_metrics as signal_lib
 from himari_jax import significance as significance_lib
@@ -77,6 +82,8 @@ def benchmark_config(variant: str | None = 'cpu') -> ml_collections.ConfigDict:
   - `cpu`: bundled BTC and ETH, three 4-month test folds of 2024 each after a year of
     training, every baseline and a `small`-sized FLAG-TRADER with a short training budget,
     3 seeds; sized to finish in about half an hour on two CPU cores.
+    `mlp_sharpe` and (where training has `config.train.objective`) `flag_trader_sharpe`
+    are the `mlp` and `flag_trader` networks trained on the net-of-cost Sharpe ratio.
   - `gpu`: `cpu` plus the seed-sized FLAG-TRADER (88M) at T = 1 and at T = 64.
   - `tiny`: for tests; two short folds, a rule model and logistic regression, seconds.
   """
@@ -88,7 +95,8 @@ def benchmark_config(variant: str | None = 'cpu') -> ml_collections.ConfigDict:
   # Bundled asset names ('btc': every bundled era, concatenated), bundled dataset names or
   # CSV paths; comma-separated; several files of one asset joined with '+', oldest first.
   config.assets = 'btc,eth'
-  config.models = 'label_prior,buy_and_hold,momentum,logistic,lightgbm,mlp,flag_trader'
+  config.models = ('label_prior,buy_and_hold,momentum,logistic,lightgbm,mlp,mlp_sharpe,'
+                   'flag_trader')
   config.num_seeds = 3  # seeds 0 .. num_seeds - 1 of every learned model
 
   config.folds = ml_collections.ConfigDict()
@@ -109,6 +117,8 @@ def benchmark_config(variant: str | None = 'cpu') -> ml_collections.ConfigDict:
   config.baselines.momentum = {'lookback': 24}
   config.baselines.logistic = {'steps': 300}
   config.baselines.mlp = {'hidden': (64,), 'context_length': 4, 'steps': 400}
+  # The same network as `mlp`; costs and long-only come from config.backtest per trial.
+  config.baselines.mlp_sharpe = {'hidden': (64,), 'context_length': 4, 'steps': 400}
   config.baselines.lightgbm = {'num_boost_round': 100}
 
   # FLAG-TRADER models: name -> training config (`train.train_and_evaluate`); data, labels,
@@ -118,6 +128,9 @@ def benchmark_config(variant: str | None = 'cpu') -> ml_collections.ConfigDict:
   small.train.update(num_epochs=2, steps_per_epoch=100, warmup_steps=20,
                      checkpoint_every_steps=0, keep_latest=1, log_every_steps=100)
   config.flag_traders.flag_trader = small
+  if has_trading_objective():
+    config.flag_traders.flag_trader_sharpe = sharpe_variant(small)
+    config.models += ',flag_trader_sharpe'
 
   config.backtest = config_lib.backtest_config()  # costs, sizing cap, calibration
   config.policy = ml_collections.ConfigDict()
@@ -152,15 +165,35 @@ def benchmark_config(variant: str | None = 'cpu') -> ml_collections.ConfigDict:
                         test_bars=240)
     config.baselines.logistic = {'steps': 30}
     config.baselines.mlp = {'hidden': (8,), 'context_length': 2, 'steps': 30}
+    config.baselines.mlp_sharpe = {'hidden': (8,), 'context_length': 2, 'steps': 30,
+                                   'batch_size': 8, 'window': 32}
     config.baselines.lightgbm = {'num_boost_round': 5, 'min_data_in_leaf': 20}
     tiny = config_lib.flag_trader_config('tiny')
     tiny.train.update(num_epochs=1, steps_per_epoch=4, checkpoint_every_steps=0, keep_latest=1)
     config.flag_traders.flag_trader = tiny
+    if has_trading_objective():
+      config.flag_traders.flag_trader_sharpe = sharpe_variant(tiny)
     config.policy.update(entries=(0.1, 0.3), exit_gaps=(0.0,), min_holds=(0,),
                          sizings=('fixed',))
     config.significance.num_resamples = 100
     config.plots = False
   return config
+
+
+def has_trading_objective() -> bool:
+  """Whether training knows `config.train.objective` (FLAG-TRADER trained on a trading loss)."""
+  return 'objective' in config_lib.default_config().train
+
+
+def sharpe_variant(base: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`base` trained on the negative net-of-cost Sharpe ratio (`config.train.objective`).
+
+  Long-only is set per trial from `config.backtest`, whose costs must be the ones its trading
+  loss charges (`with_benchmark_costs`).
+  """
+  out = base.copy_and_resolve_references()
+  out.train.objective = 'sharpe'
+  return out
 
 
 def policy_grid(policy_config: ml_collections.ConfigDict, *, allow_short: bool = False,
@@ -395,9 +428,40 @@ def model_kinds(config: ml_collections.ConfigDict) -> tuple[list[str], dict[str,
   return run, skipped
 
 
+def with_benchmark_costs(config: ml_collections.ConfigDict,
+                         run_config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A FLAG-TRADER training config, long-only when the benchmark's backtests are if it
+  trains on a trading objective.
+
+  Raises:
+    ConfigError: its trading objective would charge other costs than the benchmark's.
+  """
+  objective = objectives_lib.TradingObjective.from_config(run_config.train)
+  if objective is None:
+    return run_config
+  bt = config.backtest
+  if (objective.commission, objective.slippage) != (bt.commission, bt.slippage):
+    raise config_lib.ConfigError(
+        f'config.backtest costs (commission {bt.commission}, slippage {bt.slippage}) differ '
+        f'from those FLAG-TRADER trains on ({objective.commission}, {objective.slippage}); '
+        'leave its trading-objective models out of config.models')
+  run_config.train.long_only = not bool(bt.allow_short)
+  return run_config
+
+
+def position_settings(config: ml_collections.ConfigDict,
+                      settings: dict[str, Any]) -> dict[str, Any]:
+  """A position baseline's settings with the benchmark's commission and slippage, and
+  long-only when its backtests are (fields set in `config.baselines` win)."""
+  bt = config.backtest
+  return {'commission': float(bt.commission), 'slippage': float(bt.slippage),
+          'long_only': not bool(bt.allow_short), **settings}
+
+
 def _probs_for(config: ml_collections.ConfigDict, trial: Trial, data: FoldData,
-               trial_dir: str) -> tuple[np.ndarray, str, str]:
-  """(S, 3) probabilities of a fitted model over the span, and the training label hashes."""
+               trial_dir: str) -> tuple[np.ndarray, str, str, bool]:
+  """(S, 3) probabilities of a fitted model over the span, the training label hashes, and
+  whether they are a position model's (`policy.probs_from_score` of its positions)."""
   train_hash = array_hash(data.labels[data.train_mask], np.flatnonzero(data.train_mask))
   val_hash = array_hash(data.labels[data.val_mask], np.flatnonzero(data.val_mask))
   n_file = len(data.file)
@@ -405,8 +469,8 @@ def _probs_for(config: ml_collections.ConfigDict, trial: Trial, data: FoldData,
     os.makedirs(trial_dir, exist_ok=True)
     train_file = os.path.join(trial_dir, TRAIN_FILE)
     binance.write_canonical_csv(data.file, train_file)
-    run_config = fold_prep_config(config, config.flag_traders[trial.model], train_file,
-                                  trial.seed)
+    run_config = with_benchmark_costs(config, fold_prep_config(
+        config, config.flag_traders[trial.model], train_file, trial.seed))
     train_lib.train_and_evaluate(run_config, trial_dir)
     # The labels and split FLAG-TRADER trained on, from its own pipeline run on the CSV.
     own = input_pipeline.prepare_data(run_config)
@@ -423,14 +487,17 @@ def _probs_for(config: ml_collections.ConfigDict, trial: Trial, data: FoldData,
     model = baselines_lib.make_baseline('flag_trader', path=trial_dir)
     model.fit(data.features[:n_file], data.labels[:n_file], data.train_mask[:n_file])
     probs = model.predict(model.normalizer.apply(data.raw).astype(np.float32))
-    return probs, train_hash, val_hash
+    return probs, train_hash, val_hash, model.outputs_position
   settings = dict(config.baselines.get(trial.model, {}) or {})
   if 'seed' in baselines_lib.BASELINES[trial.model].defaults:
     settings['seed'] = trial.seed
+  if baselines_lib.BASELINES[trial.model].outputs_position:
+    settings = position_settings(config, settings)
   model = baselines_lib.make_baseline(trial.model, **settings)
   model.fit(data.features[:n_file], data.labels[:n_file], data.train_mask[:n_file],
             close=data.close[:n_file])
-  return model.predict(data.features, close=data.close), train_hash, val_hash
+  return (model.predict(data.features, close=data.close), train_hash, val_hash,
+          model.outputs_position)
 
 
 def settings_hash(config: ml_collections.ConfigDict, model: str) -> str:
@@ -451,13 +518,15 @@ def run_trial(config: ml_collections.ConfigDict, trial: Trial, asset: Asset,
   """Fits, calibrates, selects a policy on validation, tests; returns the result line."""
   tick = time.time()
   trial_dir = trial.directory(workdir)
-  probs, train_hash, val_hash = _probs_for(config, trial, data, trial_dir)
+  probs, train_hash, val_hash, position = _probs_for(config, trial, data, trial_dir)
   fit_seconds = time.time() - tick
   bt = config.backtest
   val, test = data.val, data.test
+  # A position model's margin is its position: calibrating it to label rates would move it.
   decided = baselines_lib.calibrate_and_decide(
       probs[val], data.labels[val], data.val_mask[val],
-      np.concatenate([probs[val], probs[test]]), mode=bt.calibration.mode,
+      np.concatenate([probs[val], probs[test]]),
+      mode='skip' if position else bt.calibration.mode,
       bias=bt.calibration.bias, temperature=bt.calibration.temperature,
       threshold=bt.confidence_threshold)
   n_val = val.stop - val.start
@@ -819,7 +888,8 @@ def write_report(config: ml_collections.ConfigDict, summary: dict[str, Any], wor
            f'{bt.max_position_pct:.0%} of equity, '
            f'{"long/short" if bt.allow_short else "long-only"}.', '']
   lines += ['Every model: fitted on the fold\'s training rows, calibrated on its validation '
-            f'rows ({bt.calibration.mode}), decision policy selected on validation out of '
+            f'rows ({bt.calibration.mode}; position models, whose margin `p_buy - p_sell` is '
+            'their position, are not), decision policy selected on validation out of '
             f'{np.size(policy_grid(config.policy).entry)} policies, then tested once. '
             f'Trials in the deflated Sharpe ratio: {summary["num_trials"]:,} (every policy '
             'tried in every model x asset x fold x seed).', '']

@@ -18,8 +18,10 @@ _LIGHTGBM = pytest.param('lightgbm', marks=pytest.mark.skipif(
 # Tiny settings: a few optimisation steps / trees keep every fit well under a second.
 SMALL = {'logistic': {'steps': 40}, 'mlp': {'hidden': (16,), 'context_length': 4, 'steps': 40,
                                              'batch_size': 128},
+         'mlp_sharpe': {'hidden': (16,), 'context_length': 4, 'steps': 40, 'batch_size': 8,
+                        'window': 32},
          'lightgbm': {'num_boost_round': 10, 'min_data_in_leaf': 20}}
-MODELS = ['label_prior', 'buy_and_hold', 'momentum', 'logistic', 'mlp', _LIGHTGBM]
+MODELS = ['label_prior', 'buy_and_hold', 'momentum', 'logistic', 'mlp', 'mlp_sharpe', _LIGHTGBM]
 
 
 def _prepare(df, normalizer=None):
@@ -138,7 +140,8 @@ def test_flag_trader_adapter(bars, changed, tmp_path):
 
 def test_registry_and_missing_lightgbm(monkeypatch):
   assert set(baselines.available_baselines()) == {
-      'label_prior', 'buy_and_hold', 'momentum', 'logistic', 'lightgbm', 'mlp', 'flag_trader'}
+      'label_prior', 'buy_and_hold', 'momentum', 'logistic', 'lightgbm', 'mlp', 'mlp_sharpe',
+      'flag_trader'}
   monkeypatch.setitem(sys.modules, 'lightgbm', None)  # what an absent package looks like
   reasons = baselines.available_baselines()
   assert 'baselines' in reasons['lightgbm'] and reasons['logistic'] is None
@@ -176,3 +179,68 @@ def test_calibrate_and_decide():
   strict = baselines.calibrate_and_decide(probs, val_labels, val_mask, test, mode='none',
                                           temperature=False, threshold=1.0)
   assert (strict.actions == baselines.HOLD).all()
+
+
+def _planted_market(n=3000, seed=0):
+  """Features whose column 0 at bar t is the sign of the return from t to t + 1 (noisy)."""
+  rng = np.random.default_rng(seed)
+  returns = rng.normal(0.0, 0.01, size=n)
+  close = 100.0 * np.cumprod(np.concatenate([[1.0], 1.0 + returns[:-1]]))
+  x = rng.normal(size=(n, 60)).astype(np.float32)
+  x[:-1, 0] = np.sign(returns[:-1]) + rng.normal(0.0, 0.5, size=n - 1)
+  return x, close
+
+
+def test_mlp_sharpe_learns_a_planted_edge_and_pays_for_turnover():
+  x, close = _planted_market()
+  fit, test = slice(0, 2000), slice(2000, 3000)
+  labels_ = np.ones(len(x), np.int32)  # the trading objective does not read labels
+  config = {'hidden': (8,), 'context_length': 1, 'steps': 300, 'batch_size': 16, 'window': 64}
+
+  def fitted(**extra):
+    return baselines.make_baseline('mlp_sharpe', **config, **extra).fit(
+        x[fit], labels_[fit], np.ones(2000, bool), close=close[fit])
+
+  model = fitted()
+  position = model.positions(x[test])
+  forward = close[2001:] / close[2000:-1] - 1.0
+  assert np.corrcoef(position[:-1], forward)[0, 1] > 0.5
+  net = position[:-1] * forward - 0.0015 * np.abs(np.diff(position, prepend=position[0]))[:-1]
+  assert net.mean() > 0
+  probs = model.predict(x[test])
+  np.testing.assert_allclose(probs[:, 2] - probs[:, 0], position, atol=1e-6)
+  np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
+  assert model.outputs_position and (probs >= 0).all()
+  # Long-only: positions in [0, 1], long where the planted sign says up.
+  long_only = fitted(long_only=True).positions(x[test])
+  assert (long_only >= 0).all() and (long_only <= 1).all()
+  assert long_only[:-1][forward > 0].mean() > long_only[:-1][forward < 0].mean() + 0.3
+  # Costs reach the gradient: 20 times the costs, less turnover.
+  costly = fitted(cost_multiplier=20.0).positions(x[test])
+  assert np.abs(np.diff(costly)).mean() < 0.5 * np.abs(np.diff(position)).mean()
+
+
+def test_mlp_sharpe_settings_are_checked(prepared):
+  feats, y, train, close, _ = prepared
+  with pytest.raises(baselines.BaselineError, match='needs close prices'):
+    baselines.make_baseline('mlp_sharpe').fit(feats, y, train)
+  with pytest.raises(baselines.BaselineError, match='window must be >= 2'):
+    baselines.make_baseline('mlp_sharpe', window=1).fit(feats, y, train, close=close)
+  with pytest.raises(baselines.BaselineError, match="objective='logloss'"):
+    baselines.make_baseline('mlp_sharpe', objective='logloss').fit(feats, y, train,
+                                                                   close=close)
+  with pytest.raises(baselines.BaselineError, match='fewer than one window'):
+    baselines.make_baseline('mlp_sharpe', window=5000).fit(feats, y, train, close=close)
+
+
+def test_calibrate_and_decide_skip_keeps_position_probabilities():
+  position = np.linspace(-0.975, 0.975, 40)  # no bar exactly at the argmax tie of +-0.5
+  probs = baselines._probs_from_positions(position.astype(np.float32))
+  probs[:3] = np.nan
+  decided = baselines.calibrate_and_decide(probs, np.ones(40, np.int32), np.ones(40, bool),
+                                           probs, mode='skip')
+  np.testing.assert_array_equal(decided.probs, probs)
+  assert decided.summary['mode'] == 'skip' and not decided.available[:3].any()
+  # The seed policy's argmax: BUY above +0.5, SELL below -0.5, HOLD between.
+  expected = np.select([position > 0.5, position < -0.5], [2, 0], 1)
+  np.testing.assert_array_equal(decided.actions[3:], expected[3:])

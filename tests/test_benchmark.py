@@ -175,6 +175,70 @@ def test_gpu_variant_adds_seed_sized_flag_trader_at_t1_and_t64():
   assert config.num_seeds == 3 and config.assets == 'btc,eth'
 
 
+def test_position_model_is_decided_from_its_position(tmp_path):
+  config = benchmark.benchmark_config('tiny')
+  config.models = 'momentum,mlp_sharpe'
+  config.num_seeds = 1
+  config.folds.test_end = '2025-06-11'  # one fold
+  _run(config, tmp_path)
+  records = {r['model']: r for r in _records(tmp_path)}
+  _same_folds_and_labels(list(records.values()))
+  record = records['mlp_sharpe']
+  assert record['calibration']['mode'] == 'skip'  # the classifier next to it is calibrated
+  assert records['momentum']['calibration']['mode'] == config.backtest.calibration.mode
+  grid_size = np.size(benchmark.policy_grid(config.policy).entry)
+  assert record['policy']['num_trials'] == grid_size  # selected on validation like the rest
+  # The score the policy traded on is the position of the model trained at the benchmark's
+  # costs, long-only as its backtests are.
+  settings = benchmark.position_settings(config, {**config.baselines.mlp_sharpe, 'seed': 0})
+  assert settings['long_only'] and settings['commission'] == config.backtest.commission
+  asset = benchmark.load_assets(config)[0]
+  data = benchmark.fold_data(config, asset, asset.folds[0])
+  n_file = len(data.file)
+  model = baselines.make_baseline('mlp_sharpe', **settings).fit(
+      data.features[:n_file], data.labels[:n_file], data.train_mask[:n_file],
+      close=data.close[:n_file])
+  saved = np.load(os.path.join(benchmark.Trial('mlp_sharpe', 'btc', 0, 0).directory(
+      str(tmp_path)), benchmark.TEST_ARRAYS))
+  position = model.positions(data.features)[data.test]
+  np.testing.assert_allclose(saved['score'], position, atol=1e-6)
+  assert (position >= 0).all() and (position <= 1).all()
+
+
+def test_trading_objective_models_are_listed_only_where_training_has_them():
+  config = benchmark.benchmark_config('cpu')
+  models, _ = benchmark.model_kinds(config)
+  assert 'mlp_sharpe' in models and 'mlp' in models
+  assert ('flag_trader_sharpe' in models) == benchmark.has_trading_objective()
+  assert benchmark.has_trading_objective() == (
+      'objective' in config_lib.default_config().train)
+
+
+@pytest.mark.skipif(not benchmark.has_trading_objective(),
+                    reason='training has no config.train.objective yet')
+def test_flag_trader_sharpe_trains_on_the_benchmark_costs(tmp_path):
+  config = benchmark.benchmark_config('tiny')
+  config.models = 'momentum,flag_trader_sharpe'
+  config.num_seeds = 1
+  config.folds.test_end = '2025-06-11'  # one fold
+  summary, _ = _run(config, tmp_path)
+  records = {r['model']: r for r in _records(tmp_path)}
+  _same_folds_and_labels(list(records.values()))
+  assert records['flag_trader_sharpe']['calibration']['mode'] == 'skip'
+  model = baselines.make_baseline('flag_trader', path=benchmark.Trial(
+      'flag_trader_sharpe', 'btc', 0, 0).directory(str(tmp_path)))
+  assert model.outputs_position and model.trading_objective.kind == 'sharpe'
+  assert model.trading_objective.long_only  # the benchmark's backtests are long-only
+  score = np.load(os.path.join(benchmark.Trial('flag_trader_sharpe', 'btc', 0, 0).directory(
+      str(tmp_path)), benchmark.TEST_ARRAYS))['score']
+  assert (score >= 0).all() and (score <= 1).all()
+  assert any(r['model'] == 'flag_trader_sharpe' for r in summary['rows'])
+  # FLAG-TRADER's trading loss charges fixed costs: other benchmark costs are refused.
+  config.backtest.commission = 0.002
+  with pytest.raises(config_lib.ConfigError, match='differ from those FLAG-TRADER trains on'):
+    _run(config, tmp_path / 'other_costs')
+
+
 def test_bad_settings_are_named(tmp_path):
   config = benchmark.benchmark_config('tiny')
   config.models = 'momentum,xgboost'
