@@ -322,12 +322,12 @@ def test_init_from_a_run_starts_from_its_best_params(trained):
   config.train.init_from = workdir
   sharding = NamedSharding(mesh.make_mesh(), P())
   params = initialization.initial_params(config, model.ModelConfig.from_config(config.model),
-                                jax.random.PRNGKey(0), sharding)
+                                         jax.random.PRNGKey(0), sharding)
   jax.tree.map(np.testing.assert_array_equal, params, checkpoint.load_model(workdir).params)
   config.model.d_model = 32
   with pytest.raises(train.ConfigError, match='set the --config.model.* sizes'):
     initialization.initial_params(config, model.ModelConfig.from_config(config.model),
-                         jax.random.PRNGKey(0), sharding)
+                                  jax.random.PRNGKey(0), sharding)
 
 
 def test_feature_sets_in_training_config_checks(trained, tiny_config):
@@ -346,7 +346,7 @@ def test_feature_sets_in_training_config_checks(trained, tiny_config):
   with pytest.raises(train.ConfigError, match="trained on feature set 'himari'.*"
                      "--config.data.feature_set=himari"):
     initialization.initial_params(config, model.ModelConfig.from_config(config.model),
-                         jax.random.PRNGKey(0), sharding)
+                                  jax.random.PRNGKey(0), sharding)
 
 
 def test_sharpe_objective_trains_a_position_model(tiny_config, tmp_path):
