@@ -264,7 +264,7 @@ def with_fresh_adapters(params: Any, source_config: model_lib.ModelConfig,
   `load_base_params` does, so the two bases agree bit for bit); new `lora_A` / `lora_B` for
   `target_config.lora_targets` are initialised as in `model.init_params` (`lora_B = 0`), so
   the result computes the source model's function. Every other leaf is the source's; the
-  caller checks the tree against `target_config` (`train.initial_params` does).
+  caller checks the tree against `target_config` (`initialization.initial_params` does).
   """
   host = jax.tree.map(np.asarray, params)
   merged, _ = model_lib.merge_lora(host, source_config)

@@ -36,6 +36,7 @@ from absl import logging
 from orbax.checkpoint import checkpoint_managers
 
 from himari_jax import features as features_lib
+from himari_jax import input_pipeline
 from himari_jax import model as model_lib
 
 CHECKPOINT_SUBDIR = 'checkpoints'
@@ -151,6 +152,46 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> t
   restored = manager.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
   return restored['state'], restored['meta']
+
+
+def training_meta(config: ml_collections.ConfigDict, prepared: input_pipeline.PreparedData,
+                  **extra: Any) -> dict[str, Any]:
+  """The `meta` item of a training run's steps: the config, and the feature set, normalisers,
+  class weights and data summary of `prepared`, then `extra` (parameter counts, steps);
+  epoch-end saves add the epoch's metrics under 'epoch_metrics'."""
+  return {'config': config.to_dict(), 'feature_set': prepared.feature_set,
+          'normalizer': prepared.normalizer.to_dict(),
+          'normalizers': {k: v.to_dict() for k, v in prepared.normalizers.items()},
+          'class_weights': prepared.class_weights, 'data': prepared.summary, **extra}
+
+
+def restore_latest(manager: ocp.CheckpointManager, state: Any) -> tuple[Any, int]:
+  """(state, step) of the latest step, laid out like `state`; (`state`, 0) without steps."""
+  step = int(manager.latest_step() or 0)
+  if step:
+    state, _ = restore(manager, step, abstract_like(state))
+    logging.info('resumed from %s/%d', os.fspath(manager.directory), step)
+  return state, step
+
+
+def final_metrics(manager: ocp.CheckpointManager, best_metric: str,
+                  epoch_metrics: dict[str, Any]) -> dict[str, Any]:
+  """The last epoch's metrics and the best step, then closes `manager`.
+
+  Returns:
+    `epoch_metrics` (read back from the latest step when empty, as when a finished run is
+    rerun) plus `best_step`, `best_checkpoint` (its directory) and `best_<metric>`.
+  """
+  best = manager.best_step()
+  best = manager.latest_step() if best is None else best
+  metric_name, _ = parse_best_metric(best_metric)
+  best_metrics = read_meta(manager, best).get('epoch_metrics', {})
+  if not epoch_metrics:
+    epoch_metrics = read_meta(manager, manager.latest_step()).get('epoch_metrics', {})
+  manager.close()
+  return {**epoch_metrics, 'best_step': best,
+          'best_checkpoint': os.path.join(os.fspath(manager.directory), str(best)),
+          f'best_{metric_name}': best_metrics.get(metric_name)}
 
 
 def abstract_like(tree: Any) -> Any:

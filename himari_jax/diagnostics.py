@@ -1,7 +1,7 @@
 """What a model predicts against what happened: one summary for training and diagnose.py.
 
 `confusion_summary` turns a confusion matrix into shares, per-class precision / recall,
-accuracy and a collapse flag; training's validation metrics (`train.validation_metrics`)
+accuracy and a collapse flag; training's validation metrics (`validation.validation_metrics`)
 and `diagnostics` (launch/diagnose.py) are both built on it.
 """
 

@@ -27,6 +27,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from himari_jax import mesh as mesh_lib
 from himari_jax import model as model_lib
 from himari_jax import train as train_lib
 
@@ -226,7 +227,7 @@ def profile_train_step(model_config: model_lib.ModelConfig, batch_size: int,
     model_config: sizes and options; `dtype` / `remat` override its fields when given.
     batch_size: global batch, a multiple of the mesh size.
     context_length: T, at most `model_config.max_length`.
-    mesh: a 1-D ('data',) mesh; default `train.make_mesh()` over every device.
+    mesh: a 1-D ('data',) mesh; default `mesh.make_mesh()` over every device.
     train_config: optimiser fields (learning_rate, warmup_steps, weight_decay, grad_clip);
       default the seed's.
     trainable_only_grad: as in `train.make_train_step`.
@@ -240,7 +241,7 @@ def profile_train_step(model_config: model_lib.ModelConfig, batch_size: int,
   if context_length > model_config.max_length:
     raise ValueError(f'context_length={context_length} exceeds model.max_length='
                      f'{model_config.max_length}.')
-  mesh = mesh or train_lib.make_mesh()
+  mesh = mesh or mesh_lib.make_mesh()
   if batch_size % mesh.size:
     raise ValueError(f'batch_size={batch_size} is not divisible by the {mesh.size} devices '
                      'of the mesh.')

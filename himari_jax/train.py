@@ -12,10 +12,12 @@ sum(w[y])` over the global batch. 'sharpe' and 'utility' read the logits as a po
 (objectives.py) and minimise the negative net-of-cost Sharpe ratio (or utility) of the
 windows' next-bar returns (`PreparedData.forward_returns`, per file), costs included.
 
-Parallelism: one `jax.jit`-compiled step over a 1-D device mesh ('data'); the batch is
-sharded over 'data', params and optimiser state are replicated. The same code runs on one
+Parallelism: one `jax.jit`-compiled step over a 1-D device mesh ('data', mesh.py); the batch
+is sharded over 'data', params and optimiser state are replicated. The same code runs on one
 CPU, several GPUs, or several hosts after `jax.distributed.initialize()`: each process
 gathers only its slice of the global batch (`jax.make_array_from_process_local_data`).
+
+Initial params (initialization.py): fresh, or those of `config.train.init_from`.
 
 Freezing: `optax.multi_transform` with `set_to_zero` on the frozen base weights, and the
 gradient is taken with respect to the trainable subtree only (frozen weights enter the loss
@@ -29,26 +31,25 @@ keeping the latest few and the best by `best_metric`; a workdir with checkpoints
 `TrainState` holds the epoch's loss sums too). A NaN/inf loss, gradient or update raises
 `TrainingDivergedError` before anything is saved (train_logging.py).
 
-Pre-emption: SIGTERM (how spot machines are stopped) or SIGINT during training finishes the
-step in flight, logs the metrics so far, saves a checkpoint of that step, waits for the
-pending saves and returns with `preempted` set (launch/train.py then exits with status 0); a
-second signal stops at once. Rerunning the same command resumes bit-identically.
+Pre-emption (preemption.py): SIGTERM (how spot machines are stopped) or SIGINT during
+training finishes the step in flight, logs the metrics so far, saves a checkpoint of that
+step, waits for the pending saves and returns with `preempted` set (launch/train.py then
+exits with status 0); a second signal stops at once. Rerunning the same command resumes
+bit-identically.
 
 Determinism: the window order of epoch e is a function of (seed, e) and the dropout key of
 step s is `fold_in(rng, s)`, so a run resumed from any checkpoint replays the same batches.
 
-Validation (every epoch end) scores each validation bar from the last position of its own
-trailing window, exactly as `predict.py` does at inference: loss, accuracies and confusion of
-a classifier, or a position model's net / gross Sharpe ratio, turnover and IC
-(`objectives.evaluate_positions`; rank checkpoints with `best_metric='-val_net_sharpe'`).
+Validation (validation.py, every epoch end) scores each validation bar from the last
+position of its own trailing window, exactly as `predict.py` does at inference: loss,
+accuracies and confusion of a classifier, or a position model's net / gross Sharpe ratio,
+turnover and IC (`objectives.evaluate_positions`; rank checkpoints with
+`best_metric='-val_net_sharpe'`).
 """
 
 from __future__ import annotations
 
-import functools
 import os
-import signal
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -63,14 +64,13 @@ from flax import traverse_util
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from himari_jax import adapters as adapters_lib
 from himari_jax import checkpoint as checkpoint_lib
 from himari_jax import config as config_lib
-from himari_jax import constants, input_pipeline, train_logging
 from himari_jax import data as data_lib
-from himari_jax import diagnostics as diagnostics_lib
 from himari_jax import features as features_lib
+from himari_jax import initialization, input_pipeline, preemption, train_logging, validation
 from himari_jax import labels as labels_lib
+from himari_jax import mesh as mesh_lib
 from himari_jax import model as model_lib
 from himari_jax import objectives as objectives_lib
 
@@ -258,6 +258,27 @@ class TrainState:
   loss_count: jax.Array = np.int32(0)
 
 
+def create_train_state(config: ml_collections.ConfigDict, model_config: model_lib.ModelConfig,
+                       root: jax.Array, sharding: NamedSharding,
+                       total_steps: int) -> tuple[TrainState, optax.GradientTransformation, Any]:
+  """Step 0 of a run, replicated: initial params (initialization.py), optimiser state, RNG.
+
+  Returns:
+    (state, optimizer, labels): the optimiser of `make_optimizer` and the params' label tree
+    ('trainable' / 'frozen').
+  """
+  params = initialization.initial_params(config, model_config, jax.random.fold_in(root, 0),
+                                         sharding)
+  labels = model_lib.param_labels(params, freeze_base=model_config.freeze_base)
+  logging.info('parameters: %s', model_lib.count_params(params, labels))
+  optimizer = make_optimizer(config.train, labels, total_steps)
+  state = jax.jit(lambda p: TrainState(
+      step=jnp.zeros((), jnp.int32), params=p, opt_state=optimizer.init(p),
+      rng=jax.random.fold_in(root, 1), loss_sum=jnp.zeros((), jnp.float32),
+      loss_count=jnp.zeros((), jnp.int32)), out_shardings=sharding)(params)
+  return state, optimizer, labels
+
+
 def make_train_step(model: model_lib.FlagTrader, optimizer: optax.GradientTransformation,
                     labels: Any, class_weights: jax.Array, schedule: optax.Schedule, *,
                     trainable_only_grad: bool = True,
@@ -313,254 +334,6 @@ def make_train_step(model: model_lib.FlagTrader, optimizer: optax.GradientTransf
   return step
 
 
-def make_eval_step(model: model_lib.FlagTrader, class_weights: jax.Array) -> Callable:
-  """`eval_step(params, batch) -> sums` scoring the last position of each window.
-
-  batch: inputs (B, T, 60), targets int32 (B,), mask bool (B,) (False on padding).
-  Returns sums over the batch: weighted nll, weight, nll, count, confusion (3, 3)
-  [true action, predicted action].
-  """
-
-  def eval_step(params, batch):
-    logits = model.apply({'params': params}, batch['inputs'], deterministic=True)[:, -1]
-    targets, mask = batch['targets'], batch['mask']
-    log_probs = jax.nn.log_softmax(logits, axis=-1)
-    nll = -jnp.take_along_axis(log_probs, targets[:, None], axis=-1)[:, 0]
-    weights = class_weights[targets] * mask
-    preds = jnp.argmax(logits, axis=-1)
-    confusion = jnp.zeros((constants.NUM_ACTIONS,) * 2, jnp.float32).at[targets, preds].add(
-        mask.astype(jnp.float32))
-    return {'weighted_nll': jnp.sum(weights * nll), 'weight': jnp.sum(weights),
-            'nll': jnp.sum(nll * mask), 'count': jnp.sum(mask.astype(jnp.float32)),
-            'confusion': confusion}
-
-  return eval_step
-
-
-def validation_metrics(sums: dict[str, np.ndarray], collapse_threshold: float) -> dict[str, Any]:
-  """Loss, accuracy, per-class accuracy, confusion matrix and predicted-action shares.
-
-  The shares, accuracies and collapse flag are `diagnostics.confusion_summary`'s (the same
-  logic as launch/diagnose.py), under `val_` keys.
-  """
-  summary = diagnostics_lib.confusion_summary(sums['confusion'], collapse_threshold)
-  count = max(float(sums['count']), 1.0)
-  metrics: dict[str, Any] = {
-      'val_loss': float(sums['weighted_nll']) / max(float(sums['weight']), 1e-12),
-      'val_nll': float(sums['nll']) / count,
-      'val_accuracy': summary['accuracy'],
-      'val_balanced_accuracy': summary['balanced_accuracy'],
-      'val_confusion': summary['confusion'],
-  }
-  for action in constants.ACTION_NAMES:
-    # A class absent from validation has no accuracy: None in JSON, left out of TensorBoard.
-    metrics[f'val_accuracy_{action}'] = summary['recall'][action]
-    metrics[f'val_pred_share_{action}'] = summary['predicted_share'][action]
-  metrics['val_collapsed'] = summary['collapsed']
-  if summary['collapsed']:
-    metrics['val_collapsed_to'] = summary['collapsed_to']
-  return metrics
-
-
-def validate(eval_step: Callable, params: Any, prepared: input_pipeline.PreparedData,
-             context_length: int, batch_size: int, sharding: NamedSharding,
-             collapse_threshold: float) -> dict[str, Any]:
-  """`validation_metrics` of every validation bar, in global batches of `batch_size`.
-
-  Each process gathers its contiguous slice of a batch; the last batch is padded by
-  repeating the last bar, masked out.
-  """
-  ends = prepared.val_ends
-  local = batch_size // jax.process_count()
-  totals = None
-  for start in range(0, len(ends), batch_size):
-    idx = np.arange(start, start + batch_size)[jax.process_index() * local:][:local]
-    batch_ends = ends[np.minimum(idx, len(ends) - 1)]
-    batch = input_pipeline.gather_eval_batch(prepared, batch_ends, context_length,
-                                             idx < len(ends))
-    sums = eval_step(params, shard_batch(batch, sharding, batch_size))
-    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  return validation_metrics(jax.device_get(totals), collapse_threshold)
-
-
-def make_position_step(model: model_lib.FlagTrader, long_only: bool) -> Callable:
-  """`position_step(params, batch) -> (B,)` positions at the last position of each window
-  (`objectives.positions`), batch: inputs (B, T, 60)."""
-
-  def position_step(params, batch):
-    logits = model.apply({'params': params}, batch['inputs'], deterministic=True)[:, -1]
-    return objectives_lib.positions(logits.astype(jnp.float32), long_only)
-
-  return position_step
-
-
-def validate_positions(position_step: Callable, params: Any,
-                       prepared: input_pipeline.PreparedData, context_length: int,
-                       batch_size: int, sharding: NamedSharding,
-                       objective: objectives_lib.TradingObjective) -> dict[str, Any]:
-  """`objectives.evaluate_positions` of a position model over every validation bar.
-
-  Each validation bar is scored from its own trailing window, as `predict.py` does; the
-  bars of each file form one contiguous series (one row of `evaluate_positions`, so costs
-  are charged between consecutive bars of a file only), masked where the next return is
-  unknown.
-  """
-  ends = prepared.val_ends
-  local = batch_size // jax.process_count()
-  held = []
-  for start in range(0, len(ends), batch_size):
-    idx = np.arange(start, start + batch_size)[jax.process_index() * local:][:local]
-    batch_ends = ends[np.minimum(idx, len(ends) - 1)]
-    inputs = input_pipeline.gather_eval_batch(prepared, batch_ends, context_length,
-                                              idx < len(ends))['inputs']
-    out = position_step(params, shard_batch({'inputs': inputs}, sharding, batch_size))
-    held.append(np.asarray(jax.device_get(out))[:min(batch_size, len(ends) - start)])
-  position = np.concatenate(held)
-  offsets = [f['offset'] for f in prepared.summary['files']][1:]
-  rows = np.split(np.arange(len(ends)), np.searchsorted(ends, offsets))
-  rows = [r for r in rows if len(r)]
-  width = max(len(r) for r in rows)
-  grid = {k: np.zeros((len(rows), width)) for k in ('position', 'forward_return')}
-  mask = np.zeros((len(rows), width), bool)
-  for i, r in enumerate(rows):
-    grid['position'][i, :len(r)] = position[r]
-    grid['forward_return'][i, :len(r)] = prepared.forward_returns[ends[r]]
-    mask[i, :len(r)] = prepared.trade_mask[ends[r]]
-  return objectives_lib.evaluate_positions(grid['position'], grid['forward_return'], mask,
-                                           objective)
-
-
-# ------------------------------------------------------------------- params, sharding
-
-
-def make_mesh() -> jax.sharding.Mesh:
-  """A 1-D mesh ('data',) over every device of every process.
-
-  Auto axes: shardings of intermediates are left to the compiler (jax >= 0.7 would make
-  `jax.make_mesh` axes Explicit, which types every intermediate's sharding).
-  """
-  return jax.make_mesh((jax.device_count(),), ('data',),
-                       axis_types=(jax.sharding.AxisType.Auto,))
-
-
-def replicate(tree: Any, sharding: NamedSharding) -> Any:
-  """Host arrays -> global arrays replicated over the mesh (each process passes the same)."""
-  return jax.tree.map(
-      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree)
-
-
-def shard_batch(batch: dict[str, np.ndarray], sharding: NamedSharding,
-                global_batch: int) -> dict[str, jax.Array]:
-  """This process's slice of a batch -> global arrays sharded over the 'data' axis."""
-  return {k: jax.make_array_from_process_local_data(sharding, v, (global_batch, *v.shape[1:]))
-          for k, v in batch.items()}
-
-
-def initial_params(config: ml_collections.ConfigDict, model_config: model_lib.ModelConfig,
-                   rng: jax.Array, sharding: NamedSharding) -> Any:
-  """Fresh params (torch-style init), or those of `config.train.init_from`, replicated.
-
-  The checkpoint must have been trained on `config.data.feature_set`; a `.pt` that records
-  no set (an original seed file) is accepted, with a warning when the set is not a seed one.
-  With `config.train.fresh_adapters` the checkpoint's adapters are merged into its base and
-  new ones start at `lora_B = 0` (`adapters.with_fresh_adapters`): LoRA on a pre-trained base.
-  """
-  init_from = config.train.init_from
-  if not init_from:
-    init = functools.partial(model_lib.init_params, model_config,
-                             context_length=config.train.context_length)
-    return jax.jit(init, out_shardings=sharding)(rng)
-  feature_set = features_lib.feature_set_of(config)
-  if init_from.endswith('.pt'):
-    from himari_jax import convert  # optional module (PyTorch conversion), imported on demand
-    torch_checkpoint = convert.read_torch_checkpoint(init_from)
-    source = model_lib.ModelConfig.from_config(torch_checkpoint.model_config)
-    params, trained_with = torch_checkpoint.params, torch_checkpoint.feature_set
-    if trained_with is None and features_lib.needs_normalization(feature_set):
-      logging.warning("%s records no feature set; an original seed file was trained on the "
-                      "seed's 22 inputs, so fine-tune it with --config.data.feature_set="
-                      "seed_causal rather than '%s'", init_from, feature_set)
-  else:
-    loaded = checkpoint_lib.load_model(init_from)
-    source, params, trained_with = loaded.model_config, loaded.params, loaded.feature_set
-  if trained_with is not None and trained_with != feature_set:
-    raise ConfigError(f"config.train.init_from={init_from} was trained on feature set "
-                      f"'{trained_with}' but config.data.feature_set='{feature_set}'; set "
-                      f'--config.data.feature_set={trained_with} (its weights read those inputs).')
-  if train_option(config, 'fresh_adapters'):
-    params = adapters_lib.with_fresh_adapters(params, source, model_config, rng)
-  expected = jax.tree.map(lambda s: s.shape, model_lib.param_shapes(model_config))
-  got = jax.tree.map(lambda x: tuple(np.shape(x)), params)
-  if got != expected:
-    flat_e, flat_g = traverse_util.flatten_dict(expected), traverse_util.flatten_dict(got)
-    diff = sorted('/'.join(k) for k in set(flat_e) ^ set(flat_g)
-                  | {k for k in set(flat_e) & set(flat_g) if flat_e[k] != flat_g[k]})
-    raise ConfigError(f'config.train.init_from={init_from}: its parameters do not match '
-                      f'config.model (differing: {", ".join(diff[:6])}); set the '
-                      '--config.model.* sizes to those of the checkpoint.')
-  return replicate(jax.tree.map(lambda x: np.asarray(x, np.float32), params), sharding)
-
-
-def _final_metrics(manager: Any, best_metric: str, ckpt_dir: str,
-                   epoch_metrics: dict[str, Any]) -> dict[str, Any]:
-  """The last epoch's metrics (read back when a finished run was rerun) and the best step."""
-  best = manager.best_step()
-  best = manager.latest_step() if best is None else best
-  metric_name, _ = checkpoint_lib.parse_best_metric(best_metric)
-  best_metrics = checkpoint_lib.read_meta(manager, best).get('epoch_metrics', {})
-  if not epoch_metrics:
-    epoch_metrics = checkpoint_lib.read_meta(manager, manager.latest_step()).get(
-        'epoch_metrics', {})
-  manager.close()
-  return {**epoch_metrics, 'best_step': best,
-          'best_checkpoint': os.path.join(ckpt_dir, str(best)),
-          f'best_{metric_name}': best_metrics.get(metric_name)}
-
-
-# -------------------------------------------------------------------- pre-emption
-
-PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-
-class PreemptionGuard:
-  """Turns SIGTERM / SIGINT into a request to stop after the current step.
-
-  A context manager: the handlers are installed on entry (main thread only; elsewhere the
-  signals keep their handlers and `requested` stays None) and the previous ones restored on
-  exit. A second signal while a stop is pending runs the previous handler (SIGINT raises
-  KeyboardInterrupt, SIGTERM terminates), so an impatient user is never ignored.
-
-  Attributes:
-    requested: the name of the signal received ('SIGTERM'), or None.
-  """
-
-  def __init__(self, signals: tuple[signal.Signals, ...] = PREEMPTION_SIGNALS):
-    self.signals, self.requested, self._previous = signals, None, {}
-
-  def __enter__(self) -> PreemptionGuard:
-    if threading.current_thread() is threading.main_thread():
-      self._previous = {s: signal.signal(s, self._handle) for s in self.signals}
-    return self
-
-  def __exit__(self, *exc_info) -> None:
-    for s, handler in self._previous.items():
-      signal.signal(s, handler)
-    self._previous = {}
-
-  def _handle(self, signum: int, frame: Any) -> None:
-    if self.requested is None:
-      self.requested = signal.Signals(signum).name
-      logging.warning('%s received: stopping after the current step with a checkpoint '
-                      '(send it again to stop at once)', self.requested)
-      return
-    previous = self._previous.get(signal.Signals(signum), signal.SIG_DFL)
-    signal.signal(signum, previous)
-    if callable(previous):
-      previous(signum, frame)
-    else:
-      os.kill(os.getpid(), signum)
-
-
 # -------------------------------------------------------------------------- loop
 
 
@@ -583,28 +356,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   prepared = input_pipeline.prepare_data(config)
   steps_per_epoch = t.steps_per_epoch or max(1, len(prepared.train_ends) // t.batch_size)
   total_steps = steps_per_epoch * t.num_epochs
-  mesh = make_mesh()
+  mesh = mesh_lib.make_mesh()
   replicated, data_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
-  logging.info('process %d/%d, mesh %s over %d devices; %d training windows, %d validation '
-               'bars; %d steps of %d (%d per process)', jax.process_index(),
-               jax.process_count(), dict(mesh.shape), jax.device_count(),
-               len(prepared.train_ends), len(prepared.val_ends), total_steps, t.batch_size,
-               t.batch_size // jax.process_count())
+  train_logging.log_start(mesh, prepared, total_steps, t.batch_size)
 
   model = model_lib.FlagTrader(model_config)
-  root = jax.random.PRNGKey(config.seed)
-  params = initial_params(config, model_config, jax.random.fold_in(root, 0), replicated)
-  labels = model_lib.param_labels(params, freeze_base=model_config.freeze_base)
-  counts = model_lib.count_params(params, labels)
-  logging.info('parameters: %s', counts)
-  optimizer = make_optimizer(t, labels, total_steps)
+  state, optimizer, labels = create_train_state(
+      config, model_config, jax.random.PRNGKey(config.seed), replicated, total_steps)
   class_weights = jnp.asarray(prepared.class_weights)
-  collapse = train_option(config, 'collapse_threshold')
-  state = jax.jit(lambda p: TrainState(
-      step=jnp.zeros((), jnp.int32), params=p, opt_state=optimizer.init(p),
-      rng=jax.random.fold_in(root, 1), loss_sum=jnp.zeros((), jnp.float32),
-      loss_count=jnp.zeros((), jnp.int32)), out_shardings=replicated)(params)
-  del params  # the state owns them; its buffers are donated to the train step
   objective = trading_objective(config)
   train_step = jax.jit(
       make_train_step(model, optimizer, labels, class_weights,
@@ -612,37 +371,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                       objective=objective),
       in_shardings=(replicated, data_sharding), out_shardings=(replicated, replicated),
       donate_argnums=0)
-  eval_batch_size = train_option(config, 'eval_batch_size')
-  if objective:
-    position_step = jax.jit(make_position_step(model, objective.long_only),
-                            in_shardings=(replicated, data_sharding), out_shardings=replicated)
-    evaluate = functools.partial(validate_positions, position_step,
-                                 context_length=t.context_length, batch_size=eval_batch_size,
-                                 sharding=data_sharding, objective=objective)
-  else:
-    eval_step = jax.jit(make_eval_step(model, class_weights),
-                        in_shardings=(replicated, data_sharding), out_shardings=replicated)
-    evaluate = functools.partial(validate, eval_step, context_length=t.context_length,
-                                 batch_size=eval_batch_size, sharding=data_sharding,
-                                 collapse_threshold=collapse)
+  collapse = train_option(config, 'collapse_threshold')
+  evaluate = validation.make_evaluator(
+      model, mesh, objective=objective, class_weights=class_weights,
+      context_length=t.context_length, batch_size=train_option(config, 'eval_batch_size'),
+      collapse_threshold=collapse)
 
   ckpt_dir = os.path.join(workdir, checkpoint_lib.CHECKPOINT_SUBDIR)
   manager = checkpoint_lib.make_manager(ckpt_dir, best_metric=t.best_metric,
                                         keep_latest=train_option(config, 'keep_latest'))
-  start_step = int(manager.latest_step() or 0)
-  if start_step:
-    state, _ = checkpoint_lib.restore(manager, start_step, checkpoint_lib.abstract_like(state))
-    logging.info('resumed from %s/%d', ckpt_dir, start_step)
-  meta = {'config': config.to_dict(), 'feature_set': prepared.feature_set,
-          'normalizer': prepared.normalizer.to_dict(),
-          'normalizers': {k: v.to_dict() for k, v in prepared.normalizers.items()},
-          'class_weights': prepared.class_weights, 'data': prepared.summary,
-          'param_counts': counts, 'steps_per_epoch': steps_per_epoch,
-          'total_steps': total_steps}
+  state, start_step = checkpoint_lib.restore_latest(manager, state)
+  meta = checkpoint_lib.training_meta(
+      config, prepared, param_counts=model_lib.count_params(state.params, labels),
+      steps_per_epoch=steps_per_epoch, total_steps=total_steps)
   every = train_option(config, 'checkpoint_every_steps')
   writer = train_logging.MetricWriter(workdir, start_step or None)
   logger = train_logging.StepLogger(writer, start_step=start_step, total_steps=total_steps,
-                      num_epochs=t.num_epochs, batch_size=t.batch_size, ckpt_dir=ckpt_dir)
+                                    num_epochs=t.num_epochs, batch_size=t.batch_size,
+                                    ckpt_dir=ckpt_dir)
   batches = input_pipeline.train_batches(
       prepared, seed=config.seed, batch_size=t.batch_size, context_length=t.context_length,
       steps_per_epoch=steps_per_epoch, start_step=start_step, total_steps=total_steps,
@@ -651,17 +397,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   epoch_metrics: dict[str, Any] = {}
   saved, preempted = start_step, None
   try:
-    # Several processes must stop at the same step: jax.distributed's pre-emption notifier
-    # (SIGTERM) and Orbax's sync point decide there, so no handler of ours is installed.
-    single = jax.process_count() == 1
-    with PreemptionGuard(PREEMPTION_SIGNALS if single else ()) as guard:
+    with preemption.stop_requests(manager) as stop_requested:
       for index, epoch, batch in batches:
-        state, metrics = train_step(state, shard_batch(batch, data_sharding, t.batch_size))
+        state, metrics = train_step(state, mesh_lib.shard_batch(batch, data_sharding,
+                                                                t.batch_size))
         logger.add(index, metrics)
         step = index + 1
         epoch_end, periodic_save = step % steps_per_epoch == 0, every and step % every == 0
-        preempted = (guard.requested if single else 'SIGTERM' if manager.reached_preemption(
-            step) else None) if step < total_steps else None  # the last step just finishes
+        preempted = stop_requested(step) if step < total_steps else None  # the last finishes
         if step % t.log_every_steps == 0 or epoch_end or periodic_save or preempted:
           logger.flush(step, epoch)  # always before a save: a diverged state is never saved
         if epoch_end:
@@ -669,8 +412,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           epoch_metrics = {'step': step, 'epoch': epoch + 1,
                            'train_loss': float(loss_sum) / int(loss_count),
                            **evaluate(state.params, prepared)}
-          writer.write({'kind': 'val', **epoch_metrics})
-          train_logging.log_epoch(epoch_metrics, collapse)
+          logger.log_epoch(epoch_metrics, collapse)
           checkpoint_lib.save(manager, step, state, {**meta, 'epoch_metrics': epoch_metrics},
                               checkpoint_lib.ranking_metrics(epoch_metrics, t.best_metric))
           logger.restart_clock(step)  # throughput excludes validation
@@ -684,11 +426,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # Also on divergence or interruption: pending saves of good states complete.
     manager.wait_until_finished()
     writer.close()
-  if preempted:
-    logging.warning('pre-empted by %s: stopped at step %d of %d with a checkpoint in %s/%d; '
-                    'rerun the same command to resume', preempted, saved, total_steps,
-                    ckpt_dir, saved)
-    return {**_final_metrics(manager, t.best_metric, ckpt_dir, epoch_metrics),
-            'preempted': preempted, 'preempted_step': saved}
-  return _final_metrics(manager, t.best_metric, ckpt_dir, epoch_metrics)
-
+  if not preempted:
+    return checkpoint_lib.final_metrics(manager, t.best_metric, epoch_metrics)
+  train_logging.log_preemption(preempted, saved, total_steps, ckpt_dir)
+  return {**checkpoint_lib.final_metrics(manager, t.best_metric, epoch_metrics),
+          'preempted': preempted, 'preempted_step': saved}

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from himari_jax import constants, tb_events
+from himari_jax import constants, input_pipeline, tb_events
 
 
 class TrainingDivergedError(RuntimeError):
@@ -55,6 +55,22 @@ class MetricWriter:
   def close(self) -> None:
     if self.active:
       self.tb.close()
+
+
+def log_start(mesh: jax.sharding.Mesh, prepared: input_pipeline.PreparedData,
+              total_steps: int, batch_size: int) -> None:
+  """One line: the process, the mesh, the data and the steps of a run about to start."""
+  logging.info('process %d/%d, mesh %s over %d devices; %d training windows, %d validation '
+               'bars; %d steps of %d (%d per process)', jax.process_index(),
+               jax.process_count(), dict(mesh.shape), jax.device_count(),
+               len(prepared.train_ends), len(prepared.val_ends), total_steps, batch_size,
+               batch_size // jax.process_count())
+
+
+def log_preemption(signal_name: str, step: int, total_steps: int, ckpt_dir: str) -> None:
+  logging.warning('pre-empted by %s: stopped at step %d of %d with a checkpoint in %s/%d; '
+                  'rerun the same command to resume', signal_name, step, total_steps,
+                  ckpt_dir, step)
 
 
 def format_eta(seconds: float) -> str:
@@ -105,6 +121,11 @@ class StepLogger:
                  format_eta((self.total_steps - step) / max(rate, 1e-9)))
     self.history = []
     self.restart_clock(step)
+
+  def log_epoch(self, metrics: dict[str, Any], collapse_threshold: float) -> None:
+    """An epoch's validation `metrics`: a `val` record and the console line (`log_epoch`)."""
+    self.writer.write({'kind': 'val', **metrics})
+    log_epoch(metrics, collapse_threshold)
 
 
 def check_finite(history: list[tuple[int, dict]], last_good: int | None, ckpt_dir: str) -> None:

@@ -43,6 +43,7 @@ from himari_jax import features as features_lib
 from himari_jax import labels as labels_lib
 from himari_jax import predict as predict_lib
 from himari_jax import train as train_lib
+from himari_jax import validation as validation_lib
 
 ARMS = ('finetune', 'full_finetune', 'scratch_lora')
 REFERENCE = 'pretrained_only'
@@ -70,7 +71,7 @@ def score_logits(logits: np.ndarray, labels: np.ndarray, valid: np.ndarray,
                  class_weights: np.ndarray) -> dict[str, Any]:
   """Out-of-sample classification metrics of `logits: (N, 3)` (NaN rows = unavailable).
 
-  The same metrics as training's validation (`train.validation_metrics`), prefixed `test_`.
+  The same metrics as training's validation (`validation.validation_metrics`), prefixed `test_`.
   """
   scored = valid & ~np.isnan(logits).any(axis=1)
   logits, targets = logits[scored].astype(np.float64), labels[scored]
@@ -81,7 +82,7 @@ def score_logits(logits: np.ndarray, labels: np.ndarray, valid: np.ndarray,
   np.add.at(confusion, (targets, logits.argmax(axis=1)), 1.0)
   sums = {'weighted_nll': (weights * nll).sum(), 'weight': weights.sum(), 'nll': nll.sum(),
           'count': float(len(targets)), 'confusion': confusion}
-  metrics = train_lib.validation_metrics(sums, diagnostics.COLLAPSE_THRESHOLD)
+  metrics = validation_lib.validation_metrics(sums, diagnostics.COLLAPSE_THRESHOLD)
   return {'test_' + k.removeprefix('val_'): v for k, v in metrics.items()}
 
 

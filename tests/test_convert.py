@@ -15,7 +15,7 @@ from conftest import load_config_file
 from seed_reference import seed_matrix
 
 from himari_jax import checkpoint as checkpoint_lib
-from himari_jax import convert, data, input_pipeline, predict, train
+from himari_jax import convert, data, initialization, input_pipeline, mesh, predict
 from himari_jax import features as features_lib
 from himari_jax import model as model_lib
 
@@ -300,11 +300,11 @@ def test_converted_run_is_a_run(tmp_path, tiny_pt, tiny_config):
   np.testing.assert_array_equal(loaded.normalizer.mean, fitted.mean)
   assert loaded.meta['source']['metadata'] == {'epoch': 4, 'val_loss': 0.9}
   # Fine-tuning starts from the run or from the .pt itself (config.train.init_from).
-  sharding = jax.sharding.NamedSharding(train.make_mesh(), jax.sharding.PartitionSpec())
+  sharding = jax.sharding.NamedSharding(mesh.make_mesh(), jax.sharding.PartitionSpec())
   for init_from in (str(tmp_path / 'run'), str(tiny_pt)):
     config = loaded.config.copy_and_resolve_references()
     config.train.init_from = init_from
-    params = train.initial_params(config, loaded.model_config, jax.random.key(0), sharding)
+    params = initialization.initial_params(config, loaded.model_config, jax.random.key(0), sharding)
     for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(loaded.params), strict=True):
       np.testing.assert_array_equal(np.asarray(got), want)
 

@@ -11,7 +11,7 @@ from flax import traverse_util
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from himari_jax import adapters, checkpoint, data, model, train
+from himari_jax import adapters, checkpoint, data, initialization, mesh, model, train
 
 FINETUNE_ARMS = ('finetune', 'full_finetune', 'scratch_lora')
 # The only fields in which the fine-tuning arms may differ: which weights start where and train.
@@ -124,8 +124,8 @@ def test_step_zero_of_finetuning_computes_the_pretrained_model(comparison):
   config = load_config_file('pretrain', 'finetune,tiny')
   config.train.init_from = str(workdir / 'pretrain')
   model_config = train.validate_config(config)
-  sharding = NamedSharding(train.make_mesh(), P())
-  params = train.initial_params(config, model_config, jax.random.key(0), sharding)
+  sharding = NamedSharding(mesh.make_mesh(), P())
+  params = initialization.initial_params(config, model_config, jax.random.key(0), sharding)
   flat = traverse_util.flatten_dict(params)
   lora_a = [np.asarray(v) for k, v in flat.items() if k[-1] == 'lora_A']
   lora_b = [np.asarray(v) for k, v in flat.items() if k[-1] == 'lora_B']

@@ -20,7 +20,20 @@ from jax.experimental.compilation_cache import compilation_cache
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from himari_jax import checkpoint, data, features, input_pipeline, labels, model, tb_events, train
+from himari_jax import (
+  checkpoint,
+  data,
+  features,
+  initialization,
+  input_pipeline,
+  labels,
+  mesh,
+  model,
+  preemption,
+  tb_events,
+  train,
+  validation,
+)
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 TINY = f'{REPO / "configs" / "flag_trader.py"}:tiny'
@@ -193,7 +206,7 @@ def test_sigterm_saves_exits_cleanly_and_resumes_bit_identically(tmp_path, subpr
 
 def test_preemption_guard_turns_a_signal_into_a_stop_request():
   previous = signal.getsignal(signal.SIGINT)
-  with train.PreemptionGuard() as guard:
+  with preemption.PreemptionGuard() as guard:
     assert guard.requested is None
     signal.raise_signal(signal.SIGINT)  # first signal: a request, no KeyboardInterrupt
     assert guard.requested == 'SIGINT'
@@ -296,25 +309,25 @@ def test_collapsed_predictions_are_flagged():
   confusion = np.asarray([[1, 9, 0], [0, 80, 0], [0, 9, 1]], np.float32)
   sums = {'confusion': confusion, 'count': 100.0, 'weighted_nll': 50.0, 'weight': 100.0,
           'nll': 60.0}
-  metrics = train.validation_metrics(sums, collapse_threshold=0.85)
+  metrics = validation.validation_metrics(sums, collapse_threshold=0.85)
   assert metrics['val_collapsed'] and metrics['val_collapsed_to'] == 'HOLD'
   assert metrics['val_pred_share_HOLD'] == pytest.approx(0.98)
   assert metrics['val_accuracy_SELL'] == pytest.approx(0.1)
-  assert not train.validation_metrics(sums, collapse_threshold=0.99)['val_collapsed']
+  assert not validation.validation_metrics(sums, collapse_threshold=0.99)['val_collapsed']
 
 
 def test_init_from_a_run_starts_from_its_best_params(trained):
   config, workdir, _ = trained
   config = config.copy_and_resolve_references()
   config.train.init_from = workdir
-  sharding = NamedSharding(train.make_mesh(), P())
-  params = train.initial_params(config, model.ModelConfig.from_config(config.model),
-                                jax.random.PRNGKey(0), sharding)
+  sharding = NamedSharding(mesh.make_mesh(), P())
+  params = initialization.initial_params(config, model.ModelConfig.from_config(config.model),
+                                         jax.random.PRNGKey(0), sharding)
   jax.tree.map(np.testing.assert_array_equal, params, checkpoint.load_model(workdir).params)
   config.model.d_model = 32
   with pytest.raises(train.ConfigError, match='set the --config.model.* sizes'):
-    train.initial_params(config, model.ModelConfig.from_config(config.model),
-                         jax.random.PRNGKey(0), sharding)
+    initialization.initial_params(config, model.ModelConfig.from_config(config.model),
+                                  jax.random.PRNGKey(0), sharding)
 
 
 def test_feature_sets_in_training_config_checks(trained, tiny_config):
@@ -329,11 +342,11 @@ def test_feature_sets_in_training_config_checks(trained, tiny_config):
   config = tiny_config.copy_and_resolve_references()
   config.train.init_from = workdir
   config.data.feature_set = 'seed_causal'
-  sharding = NamedSharding(train.make_mesh(), P())
+  sharding = NamedSharding(mesh.make_mesh(), P())
   with pytest.raises(train.ConfigError, match="trained on feature set 'himari'.*"
                      "--config.data.feature_set=himari"):
-    train.initial_params(config, model.ModelConfig.from_config(config.model),
-                         jax.random.PRNGKey(0), sharding)
+    initialization.initial_params(config, model.ModelConfig.from_config(config.model),
+                                  jax.random.PRNGKey(0), sharding)
 
 
 def test_sharpe_objective_trains_a_position_model(tiny_config, tmp_path):
