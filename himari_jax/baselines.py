@@ -71,6 +71,7 @@ from flax import traverse_util
 from himari_jax import calibration as calibration_lib
 from himari_jax import ensemble as ensemble_lib
 from himari_jax import features as features_lib
+from himari_jax import json_types
 from himari_jax import labels as labels_lib
 from himari_jax import objectives as objectives_lib
 from himari_jax import policy as policy_lib
@@ -124,8 +125,8 @@ class Baseline(abc.ABC):
     os.makedirs(directory, exist_ok=True)
     state, arrays = self._state()
     with open(os.path.join(directory, CONFIG_FILE), 'w') as f:
-      json.dump({'format': _FORMAT, 'name': self.name, 'config': _jsonable(self.config),
-                 'state': state}, f, indent=1)
+      json.dump({'format': _FORMAT, 'name': self.name,
+                 'config': json_types.to_json_types(self.config), 'state': state}, f, indent=1)
     if arrays:
       np.savez(os.path.join(directory, ARRAYS_FILE), **arrays)
 
@@ -750,11 +751,3 @@ def _check_close(name: str, close: Any, n: int) -> np.ndarray:
   if bad.size:
     raise BaselineError(f'{name}: close of bar {bad[0]} is {close[bad[0]]}, not a positive price')
   return close
-
-
-def _jsonable(value: Any) -> Any:
-  if isinstance(value, dict):
-    return {k: _jsonable(v) for k, v in value.items()}
-  if isinstance(value, (tuple, list)):
-    return [_jsonable(v) for v in value]
-  return value

@@ -51,7 +51,7 @@ import pandas as pd
 
 from himari_jax import backtest as backtest_lib
 from himari_jax import baselines as baselines_lib
-from himari_jax import binance, input_pipeline, walkforward
+from himari_jax import binance, input_pipeline, json_types, walkforward
 from himari_jax import config as config_lib
 from himari_jax import data as data_lib
 from himari_jax import features as features_lib
@@ -509,7 +509,7 @@ def settings_hash(config: ml_collections.ConfigDict, model: str) -> str:
            'backtest': {k: v for k, v in config.backtest.to_dict().items()
                         if k not in ('significance', 'sweep')},
            'policy': config.policy.to_dict(), 'model': own}
-  text = json.dumps(_jsonable(parts), sort_keys=True, default=str)
+  text = json.dumps(json_types.to_json_types(parts), sort_keys=True, default=str)
   return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -580,8 +580,8 @@ def run_trial(config: ml_collections.ConfigDict, trial: Trial, asset: Asset,
                      'test': array_hash(data.test_labels[data.test_mask],
                                         np.flatnonzero(data.test_mask))},
       'costs': {'commission': bt.commission, 'slippage': bt.slippage},
-      'calibration': _jsonable(decided.summary),
-      'policy': {'index': selection.index, 'settings': _jsonable(
+      'calibration': json_types.to_json_types(decided.summary),
+      'policy': {'index': selection.index, 'settings': json_types.to_json_types(
           policy_lib.policy_to_dict(selection.policy)),
           'val_objective': float(selection.table['objective'].iloc[selection.index]),
           'num_trials': selection.num_trials, 'finite_trials': int(finite.size),
@@ -705,7 +705,8 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str, *,
     paths.update(write_plots(summary, records, workdir, log=log))
   paths['report'] = write_report(config, summary, workdir, plots=paths)
   with open(os.path.join(workdir, SUMMARY), 'w') as f:
-    json.dump(_jsonable({k: v for k, v in summary.items() if k != 'series'}), f, indent=1)
+    json.dump(json_types.to_json_types({k: v for k, v in summary.items() if k != 'series'}), f,
+              indent=1)
   paths['summary'] = os.path.join(workdir, SUMMARY)
   summary['paths'] = paths
   log(f'wrote {paths["report"]} ({_format_seconds(summary["run_seconds"])} this run)')
@@ -1004,15 +1005,3 @@ def write_plots(summary: dict[str, Any], records: Sequence[dict], workdir: str, 
     fig.savefig(paths[f'plot_equity_{asset}'], dpi=100)
     plt.close(fig)
   return paths
-
-
-def _jsonable(value: Any) -> Any:
-  if isinstance(value, dict):
-    return {str(k): _jsonable(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [_jsonable(v) for v in value]
-  if isinstance(value, np.ndarray):
-    return _jsonable(value.tolist())
-  if isinstance(value, np.generic):
-    return value.item()
-  return value

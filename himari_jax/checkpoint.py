@@ -36,7 +36,7 @@ from absl import logging
 from orbax.checkpoint import checkpoint_managers
 
 from himari_jax import features as features_lib
-from himari_jax import input_pipeline
+from himari_jax import input_pipeline, json_types
 from himari_jax import model as model_lib
 
 CHECKPOINT_SUBDIR = 'checkpoints'
@@ -142,7 +142,7 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict[str, 
   policy; steps saved without them are kept only while among the latest.
   """
   manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                             meta=ocp.args.JsonSave(_jsonable(meta))),
+                                             meta=ocp.args.JsonSave(json_types.to_json_types(meta))),
                metrics=metrics)
 
 
@@ -199,18 +199,6 @@ def abstract_like(tree: Any) -> Any:
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                       tree)
 
-
-def _jsonable(value: Any) -> Any:
-  """Converts numpy scalars / arrays and tuples inside `value` to plain JSON types."""
-  if isinstance(value, dict):
-    return {str(k): _jsonable(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [_jsonable(v) for v in value]
-  if isinstance(value, np.ndarray):
-    return value.tolist()
-  if isinstance(value, np.generic):
-    return value.item()
-  return value
 
 
 @dataclasses.dataclass(frozen=True)

@@ -35,6 +35,8 @@ from typing import Any
 import numpy as np
 from absl import logging
 
+from himari_jax import json_types
+
 # The metrics of the issue's null, as `run_one` should name them, and how they are shown.
 DEFAULT_METRICS = ('net_sharpe', 'gross_sharpe', 'total_return', 'deflated_sharpe', 'ic',
                    'turnover')
@@ -266,20 +268,6 @@ def write_outputs(summary: Mapping[str, Any], outdir: str | os.PathLike) -> dict
 # ---------------------------------------------------------------------------------- runner
 
 
-def _json_ready(value: Any) -> Any:
-  """A copy that `json.dumps(allow_nan=False)` takes: numpy / jax scalars and arrays as Python
-  values, NaN and infinities as None."""
-  if isinstance(value, Mapping):
-    return {str(k): _json_ready(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [_json_ready(v) for v in value]
-  if hasattr(value, '__array__'):  # numpy and jax arrays and scalars
-    value = np.asarray(value)
-    return _json_ready(value.tolist() if value.ndim else value.item())
-  if isinstance(value, float) and not math.isfinite(value):
-    return None
-  return value
-
 
 def run_path(workdir: str | os.PathLike, run: int) -> str:
   """Where placebo run `run` (0-based) is stored: `workdir/placebo/run_XXX.json`."""
@@ -342,7 +330,7 @@ def run_placebos(run_one: Callable[[int], Mapping[str, Any]], num_runs: int,
   for done, i in enumerate(todo, start=1):
     seed = first_seed + i
     run_start = time.monotonic()
-    result = _json_ready(dict(run_one(seed)))
+    result = json_types.to_json_types(dict(run_one(seed)), finite_only=True)
     seconds = time.monotonic() - run_start
     record = {'run': i, 'market_seed': seed, 'seconds': seconds, 'result': result}
     try:
