@@ -140,9 +140,12 @@ def subprocess_env(tmp_path_factory):
               XLA_FLAGS='--xla_backend_optimization_level=0', JAX_PLATFORMS='cpu')
 
 
-def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path, subprocess_env):
+@pytest.mark.parametrize('objective', ['classification', 'sharpe'])
+def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path, subprocess_env, objective):
   overrides = ['--config.train.num_epochs=1', '--config.train.steps_per_epoch=150',
                '--config.train.checkpoint_every_steps=25', '--config.train.log_every_steps=50']
+  if objective == 'sharpe':  # the net-of-cost objective resumes like the classifier (#17)
+    overrides += ['--config.train.objective=sharpe', '--config.train.best_metric=-val_net_sharpe']
   reference, resumed = tmp_path / 'reference', tmp_path / 'resumed'
   subprocess.run(_launch(reference, *overrides, env=subprocess_env), env=subprocess_env,
                  check=True, capture_output=True, timeout=300)
