@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 
 from himari_jax import backtest as backtest_lib
-from himari_jax import binance, evaluate, input_pipeline
+from himari_jax import binance, dispatch, evaluate, input_pipeline
 from himari_jax import checkpoint as checkpoint_lib
 from himari_jax import data as data_lib
 from himari_jax import ensemble as ensemble_lib
@@ -446,13 +446,26 @@ def _fold_row(result: FoldResult, metrics: dict, benchmark: dict) -> dict:
   }
 
 
+def _run_fold_trial(trial: tuple) -> str:
+  """One fold as a `dispatch.run_trials` trial: trains it and writes its files; its folder."""
+  config, df, fold, fold_dir = trial
+  run_fold(config, df, fold, fold_dir)
+  return fold_dir
+
+
 def run_walk_forward(config: ml_collections.ConfigDict, workdir: str, *,
+                     ray_address: str | None = None,
                      log: Callable[[str], None] = print) -> dict:
   """Every fold (resuming a previous run in `workdir`), then the stitched backtest.
 
   Args:
     config: a `configs/walk_forward.py` config.
-    workdir: the run folder (fold folders, per-fold table and reports).
+    workdir: the run folder (fold folders, per-fold table and reports); with `ray_address`
+      on storage every Ray node sees under the same path.
+    ray_address: None trains the folds here, one after another; otherwise the folds not
+      done yet train as Ray tasks on that cluster (`dispatch.run_trials`, one fold per GPU),
+      each writing its fold folder as in-process, and the finished folds are then read back
+      here. Needs `per_fold='retrain'` (a fine-tuned fold starts from the previous one).
     log: where progress lines go.
 
   Returns:
@@ -461,6 +474,10 @@ def run_walk_forward(config: ml_collections.ConfigDict, workdir: str, *,
   """
   if config.per_fold not in PER_FOLD:
     raise ValueError(f'per_fold={config.per_fold!r}; use one of {", ".join(PER_FOLD)}')
+  if ray_address is not None and config.per_fold != 'retrain':
+    raise ValueError(f'per_fold={config.per_fold!r} chains each fold to the previous one, so '
+                     'its folds cannot train in parallel on Ray: use per_fold=retrain or no '
+                     'ray_address')
   backtest_lib.params_from_config(config.backtest)  # validates costs and sizing up front
   workdir = os.path.abspath(workdir)
   spec = config.datasets or ','.join(asset_datasets(config.asset))
@@ -471,9 +488,15 @@ def run_walk_forward(config: ml_collections.ConfigDict, workdir: str, *,
       f'{df.index[folds[-1].test.stop - 1]:%Y-%m-%d}; {config.per_fold} per fold')
 
   when = lambda bar: f'{df.index[bar]:%Y-%m-%d %H:%M}'
+  fold_dirs = [os.path.join(workdir, f'fold_{fold.index:03d}') for fold in folds]
+  if ray_address is not None:
+    # Only the unfinished folds go to Ray; the loop below then reads every fold back.
+    todo = [(config, df, fold, fold_dir) for fold, fold_dir in zip(folds, fold_dirs, strict=True)
+            if not os.path.exists(os.path.join(fold_dir, PREDICTIONS))]
+    log(f'training {len(todo)} of {len(folds)} folds on Ray at {ray_address}')
+    dispatch.run_trials(_run_fold_trial, todo, ray_address)
   results, previous = [], ''
-  for fold in folds:
-    fold_dir = os.path.join(workdir, f'fold_{fold.index:03d}')
+  for fold, fold_dir in zip(folds, fold_dirs, strict=True):
     done = os.path.exists(os.path.join(fold_dir, PREDICTIONS))
     log(f'fold {fold.index + 1}/{len(folds)}: train {when(fold.train.start)} .. '
         f'{when(fold.val.stop - 1)}, test {when(fold.test.start)} .. '

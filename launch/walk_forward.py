@@ -9,6 +9,7 @@ Prints the per-fold table, the stitched out-of-sample metrics against buy-and-ho
 error bars. Re-running with the same workdir skips finished folds and resumes a fold's
 training where it stopped. Compiled steps are cached in <workdir>/compilation_cache (unless
 JAX_COMPILATION_CACHE_DIR names another place), so folds after the first skip compilation.
+With --ray_address the unfinished folds train in parallel as Ray tasks (one per GPU).
 """
 
 import os
@@ -25,6 +26,9 @@ _CONFIG = config_flags.DEFINE_config_file(
     'config', os.path.join(REPO, 'configs', 'walk_forward.py') + ':small',
     'Walk-forward configuration, e.g. configs/walk_forward.py:small.')
 _WORKDIR = flags.DEFINE_string('workdir', 'runs/walk_forward', 'Run folder (resumed if present).')
+_RAY_ADDRESS = flags.DEFINE_string(
+    'ray_address', None, "Train the unfinished folds as Ray tasks on this cluster ('auto', "
+    "'ray://head:10001', 'local'), one per GPU; the workdir must be on storage every node sees.")
 
 
 def main(argv):
@@ -35,7 +39,8 @@ def main(argv):
     # Every fold compiles the same training and inference steps: compile them once.
     jax.config.update('jax_compilation_cache_dir',
                       os.path.join(os.path.abspath(_WORKDIR.value), 'compilation_cache'))
-  outcome = walkforward.run_walk_forward(_CONFIG.value, _WORKDIR.value, log=logging.info)
+  outcome = walkforward.run_walk_forward(_CONFIG.value, _WORKDIR.value,
+                                         ray_address=_RAY_ADDRESS.value, log=logging.info)
   walkforward.print_walk_forward_summary(outcome)
 
 

@@ -203,3 +203,40 @@ def test_two_folds_train_before_their_test_windows_and_resume(workdir, repo_root
   config.test_bars = 120
   with pytest.raises(ValueError, match='other walk-forward settings'):
     walkforward.run_walk_forward(config, str(workdir), log=lambda _: None)
+
+
+def test_folds_trained_on_ray_match_in_process(tmp_path, repo_root):
+  ray = pytest.importorskip('ray')
+  config = load_config_file('walk_forward', 'tiny')
+  here = walkforward.run_walk_forward(config, str(tmp_path / 'here'), log=lambda _: None)
+  # Workers import this checkout's package and run JAX on the CPU, like this process.
+  ray.init(num_cpus=2, log_to_driver=False, include_dashboard=False, runtime_env={
+      'env_vars': {'PYTHONPATH': str(repo_root), 'JAX_PLATFORMS': 'cpu'}})
+  try:
+    lines = []
+    remote = walkforward.run_walk_forward(config, str(tmp_path / 'ray'), ray_address='auto',
+                                          log=lines.append)
+    assert 'training 2 of 2 folds on Ray at auto' in lines
+    # Resumed with Ray: nothing left to train, every fold is read back.
+    kept = _mtimes(tmp_path / 'ray' / 'fold_000')
+    lines.clear()
+    walkforward.run_walk_forward(config, str(tmp_path / 'ray'), ray_address='auto',
+                                 log=lines.append)
+    assert 'training 0 of 2 folds on Ray at auto' in lines
+    assert _mtimes(tmp_path / 'ray' / 'fold_000') == kept
+  finally:
+    ray.shutdown()
+  for k in range(2):
+    with (np.load(tmp_path / 'here' / f'fold_{k:03d}' / walkforward.PREDICTIONS) as a,
+          np.load(tmp_path / 'ray' / f'fold_{k:03d}' / walkforward.PREDICTIONS) as b):
+      for name in ('actions', 'confidence', 'available', 'probs', 'time'):
+        np.testing.assert_array_equal(a[name], b[name], err_msg=f'fold {k} {name}')
+  pd.testing.assert_frame_equal(remote['folds'], here['folds'])
+  assert remote['metrics'] == here['metrics']
+
+
+def test_ray_refuses_chained_finetune_folds(tmp_path):
+  config = load_config_file('walk_forward', 'tiny')
+  config.per_fold = 'finetune'
+  with pytest.raises(ValueError, match='per_fold=retrain'):
+    walkforward.run_walk_forward(config, str(tmp_path), ray_address='auto', log=lambda _: None)
