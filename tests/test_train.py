@@ -140,6 +140,17 @@ def subprocess_env(tmp_path_factory):
               XLA_FLAGS='--xla_backend_optimization_level=0', JAX_PLATFORMS='cpu')
 
 
+def _resume_and_compare(reference, resumed, overrides, env, *, final_step):
+  """Reruns the interrupted run to the end: its last checkpoint equals the uninterrupted one."""
+  subprocess.run(_launch(resumed, *overrides, env=env), env=env, check=True,
+                 capture_output=True, timeout=300)
+  want = checkpoint.load_model(reference, 'latest')
+  got = checkpoint.load_model(resumed, 'latest')
+  assert want.step == got.step == final_step
+  jax.tree.map(np.testing.assert_array_equal, got.params, want.params)
+  assert got.meta['epoch_metrics'] == want.meta['epoch_metrics']
+
+
 @pytest.mark.parametrize('objective', ['classification', 'sharpe'])
 def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path, subprocess_env, objective):
   overrides = ['--config.train.num_epochs=1', '--config.train.steps_per_epoch=150',
@@ -161,13 +172,7 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path, subprocess_env
   assert victim.wait(timeout=60) == -signal.SIGKILL
   assert 150 not in _steps(resumed)  # killed part-way
 
-  subprocess.run(_launch(resumed, *overrides, env=subprocess_env), env=subprocess_env,
-                 check=True, capture_output=True, timeout=300)
-  want = checkpoint.load_model(reference, 'latest')
-  got = checkpoint.load_model(resumed, 'latest')
-  assert want.step == got.step == 150
-  jax.tree.map(np.testing.assert_array_equal, got.params, want.params)
-  assert got.meta['epoch_metrics'] == want.meta['epoch_metrics']
+  _resume_and_compare(reference, resumed, overrides, subprocess_env, final_step=150)
 
 
 @pytest.mark.parametrize('objective', ['classification', 'sharpe'])
@@ -198,13 +203,7 @@ def test_sigterm_saves_exits_cleanly_and_resumes_bit_identically(tmp_path, subpr
   assert _records(resumed, 'train')[-1]['step'] == stopped  # metrics flushed up to the stop
   assert not [d for d in os.listdir(resumed / 'checkpoints') if 'tmp' in d]
 
-  subprocess.run(_launch(resumed, *overrides, env=subprocess_env), env=subprocess_env,
-                 check=True, capture_output=True, timeout=300)
-  want = checkpoint.load_model(reference, 'latest')
-  got = checkpoint.load_model(resumed, 'latest')
-  assert want.step == got.step == 200
-  jax.tree.map(np.testing.assert_array_equal, got.params, want.params)
-  assert got.meta['epoch_metrics'] == want.meta['epoch_metrics']
+  _resume_and_compare(reference, resumed, overrides, subprocess_env, final_step=200)
 
 
 def test_preemption_guard_turns_a_signal_into_a_stop_request():
