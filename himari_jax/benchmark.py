@@ -25,6 +25,11 @@ Resumable: a trial is done when its line is in `results.jsonl` (written last, wi
 `test.npz` of per-bar returns before it); a rerun skips it. A FLAG-TRADER trial that stopped
 mid-training resumes from its checkpoints.
 
+Trials are independent: with `ray_address` the unfinished ones run as Ray tasks
+(`dispatch.run_trials`; one GPU per FLAG-TRADER trial on a cluster with GPUs, one CPU per
+baseline trial), each worker loading its asset and fold itself; their lines reach
+`results.jsonl` as they finish, so resumption is the same as in-process.
+
 Run folder:
 
   <workdir>/results.jsonl       one line per finished trial
@@ -51,7 +56,7 @@ import pandas as pd
 
 from himari_jax import backtest as backtest_lib
 from himari_jax import baselines as baselines_lib
-from himari_jax import binance, input_pipeline, json_types, walkforward
+from himari_jax import binance, dispatch, input_pipeline, json_types, walkforward
 from himari_jax import config as config_lib
 from himari_jax import data as data_lib
 from himari_jax import features as features_lib
@@ -624,13 +629,52 @@ def _format_seconds(seconds: float) -> str:
   return f'{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'
 
 
+# What this process has loaded: {'key': config hash, 'assets': {name: Asset},
+# 'fold': ((asset, fold), FoldData)}; one fold's arrays at a time.
+_LOADED: dict[str, Any] = {}
+
+
+def _config_key(config: ml_collections.ConfigDict) -> str:
+  return hashlib.sha256(config.to_json_best_effort(sort_keys=True).encode()).hexdigest()
+
+
+def _remember_assets(config: ml_collections.ConfigDict, assets: Sequence[Asset]) -> None:
+  _LOADED.clear()
+  _LOADED.update(key=_config_key(config), assets={a.name: a for a in assets})
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialRunner:
+  """One trial from its `Trial`, here or in a Ray worker (it pickles as its config and
+  workdir): loads the assets once per process and one fold's arrays at a time."""
+
+  config: ml_collections.ConfigDict
+  workdir: str
+
+  def __call__(self, trial: Trial) -> dict[str, Any]:
+    if _LOADED.get('key') != _config_key(self.config):
+      _remember_assets(self.config, load_assets(self.config))
+    asset = _LOADED['assets'][trial.asset]
+    key = (trial.asset, trial.fold)
+    if _LOADED.get('fold', (None,))[0] != key:
+      _LOADED.pop('fold', None)
+      _LOADED['fold'] = (key, fold_data(self.config, asset, asset.folds[trial.fold]))
+    return run_trial(self.config, trial, asset, _LOADED['fold'][1], self.workdir)
+
+
 def run_benchmark(config: ml_collections.ConfigDict, workdir: str, *,
+                  ray_address: str | None = None,
                   log: Callable[[str], None] = print) -> dict[str, Any]:
   """Runs every unfinished trial, then writes `benchmark.md`, `summary.json` and plots.
 
   Args:
     config: a `benchmark_config` (configs/benchmark.py).
-    workdir: the run folder; finished trials in its `results.jsonl` are skipped.
+    workdir: the run folder; finished trials in its `results.jsonl` are skipped. With
+      `ray_address`, on storage every Ray node sees under the same path.
+    ray_address: None runs the trials here, one after another; otherwise the unfinished
+      trials run as Ray tasks on that cluster (`dispatch.run_trials`: one GPU per
+      FLAG-TRADER trial when the cluster has GPUs, one CPU per baseline trial), with the
+      same results and the same `results.jsonl`.
     log: where progress lines go (one per trial, with its wall time and the run's ETA).
 
   Returns:
@@ -649,6 +693,7 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str, *,
   for name, why in skipped.items():
     log(f'{name} skipped: {why}')
   assets = load_assets(config)
+  _remember_assets(config, assets)
   by_name = {a.name: a for a in assets}
   for asset in assets:
     log(f'{asset.name}: {asset.spec}, {len(asset.df)} bars; {len(asset.folds)} folds testing '
@@ -673,29 +718,37 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str, *,
           f'{record["model"]} settings than config; use another --workdir')
     done[key] = record
   todo = [t for t in trials if t.key not in done]
+  where = f' on Ray at {ray_address}' if ray_address is not None else ''
   log(f'{len(trials)} trials ({len(models)} models x {len(assets)} assets x folds x seeds); '
-      f'{len(trials) - len(todo)} done, {len(todo)} to run')
+      f'{len(trials) - len(todo)} done, {len(todo)} to run{where}')
   seconds: dict[str, list[float]] = {}
   for record in done.values():
     seconds.setdefault(record['model'], []).append(record['wall_seconds'])
-  cache: dict[tuple[str, int], FoldData] = {}
-  for i, trial in enumerate(todo, 1):
-    key = (trial.asset, trial.fold)
-    if key not in cache:
-      cache.clear()  # one fold's arrays at a time
-      asset = by_name[trial.asset]
-      cache[key] = fold_data(config, asset, asset.folds[trial.fold])
-    record = run_trial(config, trial, by_name[trial.asset], cache[key], workdir)
+  remaining = {t.key: t for t in todo}
+  trial_seconds_this_run = []
+
+  def finished(_: int, record: dict[str, Any]) -> None:
+    trial = remaining.pop((record['model'], record['asset'], record['fold'], record['seed']))
     _append_result(workdir, record)
     done[trial.key] = record
     seconds.setdefault(trial.model, []).append(record['wall_seconds'])
+    trial_seconds_this_run.append(record['wall_seconds'])
+    # Trial seconds still to run, scaled by how many ran side by side so far (1 here).
     mean_all = np.mean([s for v in seconds.values() for s in v])
-    eta = sum(np.mean(seconds.get(t.model, [mean_all])) for t in todo[i:])
+    parallel = sum(trial_seconds_this_run) / max(time.time() - start, 1e-9)
+    eta = sum(np.mean(seconds.get(t.model, [mean_all])) for t in remaining.values()) / max(
+        parallel, 1.0)
     log(f'[{len(done)}/{len(trials)}] {trial.model} {trial.asset} fold {trial.fold} seed '
         f'{trial.seed}: IC {record["signal"]["ic"]:+.3f}, bal.acc '
         f'{record["signal"]["balanced_accuracy"]:.3f}, net Sharpe '
         f'{record["backtest"]["net_sharpe"]:+.2f} | {record["wall_seconds"]:.1f} s | '
         f'elapsed {_format_seconds(time.time() - start)}, ETA {_format_seconds(eta)}')
+
+  try:
+    dispatch.run_trials(TrialRunner(config, workdir), todo, ray_address,
+                        uses_gpu=lambda t: t.model in config.flag_traders, on_result=finished)
+  finally:
+    _LOADED.clear()
   records = [done[t.key] for t in trials]
   summary = summarize(config, records, assets, workdir)
   summary['skipped'] = skipped

@@ -24,6 +24,7 @@ as the share of placebo runs trading at least as much, a description rather than
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import json
 import math
@@ -35,7 +36,7 @@ from typing import Any
 import numpy as np
 from absl import logging
 
-from himari_jax import json_types
+from himari_jax import dispatch, json_types
 
 # The metrics of the issue's null, as `run_one` should name them, and how they are shown.
 DEFAULT_METRICS = ('net_sharpe', 'gross_sharpe', 'total_return', 'deflated_sharpe', 'ic',
@@ -296,6 +297,7 @@ def _duration(seconds: float) -> str:
 def run_placebos(run_one: Callable[[int], Mapping[str, Any]], num_runs: int,
                  workdir: str | os.PathLike, *, first_seed: int = 0,
                  show: Sequence[str] = ('net_sharpe', 'gross_sharpe'),
+                 ray_address: str | None = None,
                  log: Callable[[str], None] = print) -> list[dict[str, Any]]:
   """Runs `run_one(market_seed)` for runs 0 .. num_runs - 1, skipping stored ones.
 
@@ -306,11 +308,15 @@ def run_placebos(run_one: Callable[[int], Mapping[str, Any]], num_runs: int,
 
   Args:
     run_one: the pipeline on the market of one seed -> dict of metrics (JSON-able after
-      numpy scalars become floats; NaN and inf are stored as null).
+      numpy scalars become floats; NaN and inf are stored as null). With `ray_address` it is
+      pickled to the workers (`dispatch.run_trials`), so any folder it writes must be on
+      storage every node sees.
     num_runs: N.
     workdir: the experiment's directory.
     first_seed: market seed of run 0.
     show: metrics printed in each progress line when the result has them.
+    ray_address: None runs here, one run after another; otherwise the missing runs are Ray
+      tasks on that cluster (one GPU each when it has GPUs), stored here as each finishes.
     log: where progress lines go.
 
   Returns:
@@ -324,14 +330,14 @@ def run_placebos(run_one: Callable[[int], Mapping[str, Any]], num_runs: int,
     if os.path.exists(run_path(workdir, i)):
       results[i] = _load_run(run_path(workdir, i), first_seed + i)
   todo = [i for i in range(num_runs) if results[i] is None]
+  where = f' on Ray at {ray_address}' if ray_address is not None else ''
   log(f'placebo: {num_runs - len(todo)} of {num_runs} runs stored in '
-      f'{os.path.join(workdir, RUNS_DIR)}, {len(todo)} to run')
+      f'{os.path.join(workdir, RUNS_DIR)}, {len(todo)} to run{where}')
   started = time.monotonic()
-  for done, i in enumerate(todo, start=1):
+
+  def store(_: int, outcome: tuple[int, dict[str, Any], float]) -> None:
+    i, result, seconds = outcome
     seed = first_seed + i
-    run_start = time.monotonic()
-    result = json_types.to_json_types(dict(run_one(seed)), finite_only=True)
-    seconds = time.monotonic() - run_start
     record = {'run': i, 'market_seed': seed, 'seconds': seconds, 'result': result}
     try:
       text = json.dumps(record, indent=1, allow_nan=False)
@@ -343,9 +349,25 @@ def run_placebos(run_one: Callable[[int], Mapping[str, Any]], num_runs: int,
       f.write(text)
     os.replace(path + '.tmp', path)
     results[i] = result
-    eta = (time.monotonic() - started) / done * (len(todo) - done)
+    stored = sum(results[j] is not None for j in todo)
+    eta = (time.monotonic() - started) / stored * (len(todo) - stored)
     shown = ', '.join(f'{name} {_number(_finite_or_none(metric_value(result, name)))}'
                       for name in show if name.split('.')[0] in result)
     log(f'placebo run {i + 1}/{num_runs} (market seed {seed}) in {seconds:.1f}s'
-        f'{": " + shown if shown else ""}; {done}/{len(todo)} new, ETA {_duration(eta)}')
+        f'{": " + shown if shown else ""}; {stored}/{len(todo)} new, ETA {_duration(eta)}')
+
+  dispatch.run_trials(_Run(run_one, first_seed), todo, ray_address, on_result=store)
   return results
+
+
+@dataclasses.dataclass(frozen=True)
+class _Run:
+  """Run i of `run_placebos` (a `dispatch.run_trials` trial): (i, its result, seconds)."""
+
+  run_one: Callable[[int], Mapping[str, Any]]
+  first_seed: int
+
+  def __call__(self, i: int) -> tuple[int, dict[str, Any], float]:
+    start = time.monotonic()
+    result = json_types.to_json_types(dict(self.run_one(self.first_seed + i)), finite_only=True)
+    return i, result, time.monotonic() - start

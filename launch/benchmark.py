@@ -5,20 +5,24 @@
 Writes <workdir>/results.jsonl (one line per trial), benchmark.md (the table), summary.json
 and plots. Re-running with the same workdir skips finished trials. Compiled steps are cached
 in <workdir>/compilation_cache (unless JAX_COMPILATION_CACHE_DIR names another place).
+With --ray_address the unfinished trials run in parallel as Ray tasks (one GPU per
+FLAG-TRADER trial, one CPU per baseline trial).
 """
 
 import os
 import sys
 
-import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from himari_jax import benchmark, checkpoint, config, data
+from himari_jax import benchmark, checkpoint, config, data, dispatch
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Benchmark configuration, e.g. configs/benchmark.py:cpu.')
 _WORKDIR = flags.DEFINE_string('workdir', 'runs/bench', 'Run folder (resumed if present).')
+_RAY_ADDRESS = flags.DEFINE_string(
+    'ray_address', None, "Run the unfinished trials as Ray tasks on this cluster ('auto', "
+    "'ray://head:10001', 'local'); the workdir must be on storage every node sees.")
 
 
 def _log(line: str) -> None:
@@ -31,11 +35,11 @@ def main(argv):
   if _CONFIG.value is None:
     sys.exit('error: --config is required, e.g. --config=configs/benchmark.py:cpu')
   checkpoint.quiet_orbax_logging()
-  if not jax.config.jax_compilation_cache_dir:
-    jax.config.update('jax_compilation_cache_dir',
-                      os.path.join(os.path.abspath(_WORKDIR.value), 'compilation_cache'))
   try:
-    benchmark.run_benchmark(_CONFIG.value, _WORKDIR.value, log=_log)
+    dispatch.share_compilation_cache(os.path.join(_WORKDIR.value, 'compilation_cache'),
+                                     _RAY_ADDRESS.value)
+    benchmark.run_benchmark(_CONFIG.value, _WORKDIR.value, ray_address=_RAY_ADDRESS.value,
+                            log=_log)
   except (config.ConfigError, data.DataError, FileNotFoundError) as e:
     sys.exit(f'error: {e}')
 

@@ -18,7 +18,8 @@ compile the same programs, so every run after the first skips most compilation.
 Re-running with the same workdir (and the same config, stored in
 `<workdir>/placebo_config.json`; another one is refused) skips finished runs (a run stopped
 mid-training resumes from its checkpoints); a larger --runs adds runs, a smaller one
-summarises the first --runs.
+summarises the first --runs. With --ray_address the missing placebo runs train in parallel
+as Ray tasks (one per GPU); the workdir must then be on storage every node sees.
 """
 
 import json
@@ -30,7 +31,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from himari_jax import checkpoint, data, pipeline, placebo, synthetic, train_logging
+from himari_jax import checkpoint, data, dispatch, pipeline, placebo, synthetic, train_logging
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -40,6 +41,9 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string('workdir', 'runs/placebo', 'Experiment folder.')
 _RUNS = flags.DEFINE_integer('runs', 20, 'Number of placebo runs (synthetic markets).')
 _REAL = flags.DEFINE_bool('real', True, 'Also run the pipeline on the real files.')
+_RAY_ADDRESS = flags.DEFINE_string(
+    'ray_address', None, "Run the missing placebo runs as Ray tasks on this cluster ('auto', "
+    "'ray://head:10001', 'local'), one per GPU.")
 
 REAL_JSON = 'real.json'
 REAL_SUBDIR = 'real'
@@ -105,12 +109,12 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   checkpoint.quiet_orbax_logging()
-  config, workdir = _CONFIG.value, _WORKDIR.value
+  config, workdir = _CONFIG.value, os.path.abspath(_WORKDIR.value)
   if jax.config.jax_compilation_cache_dir is None:
     # Every run compiles the same programs (same config, same shapes): the persistent cache
     # compiles them once, which on CPU saves most of a small run's fixed cost.
-    jax.config.update('jax_compilation_cache_dir', os.path.join(workdir, JAX_CACHE_SUBDIR))
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+  dispatch.share_compilation_cache(os.path.join(workdir, JAX_CACHE_SUBDIR), _RAY_ADDRESS.value)
   if _RUNS.value < 1:
     sys.exit(f'error: --runs must be >= 1, got {_RUNS.value}')
   p = config.placebo
@@ -139,7 +143,7 @@ def main(argv):
                                    test_frame=(test_name, market), log=_log)
 
     results = placebo.run_placebos(run_one, _RUNS.value, workdir, first_seed=p.first_seed,
-                                   log=_log)
+                                   ray_address=_RAY_ADDRESS.value, log=_log)
     summary = placebo.summarize(real, results, metrics=SUMMARY_METRICS)
     summary['config'] = {'variant': config.get('variant', ''), 'placebo': p.to_dict(),
                          'train': config.train.train.to_dict()}

@@ -14,11 +14,10 @@ With --ray_address the unfinished folds train in parallel as Ray tasks (one per 
 
 import os
 
-import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from himari_jax import checkpoint, cli, walkforward
+from himari_jax import checkpoint, cli, dispatch, walkforward
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -35,10 +34,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   checkpoint.quiet_orbax_logging()
-  if not jax.config.jax_compilation_cache_dir:
-    # Every fold compiles the same training and inference steps: compile them once.
-    jax.config.update('jax_compilation_cache_dir',
-                      os.path.join(os.path.abspath(_WORKDIR.value), 'compilation_cache'))
+  # Every fold compiles the same training and inference steps: compile them once.
+  dispatch.share_compilation_cache(os.path.join(_WORKDIR.value, 'compilation_cache'),
+                                   _RAY_ADDRESS.value)
   outcome = walkforward.run_walk_forward(_CONFIG.value, _WORKDIR.value,
                                          ray_address=_RAY_ADDRESS.value, log=logging.info)
   walkforward.print_walk_forward_summary(outcome)

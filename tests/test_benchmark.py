@@ -290,3 +290,44 @@ def test_results_are_json_lines(tiny_run):
   for line in (workdir / benchmark.RESULTS).read_text().splitlines():
     record = json.loads(line)
     assert {'signal', 'backtest', 'policy', 'label_hash', 'wall_seconds'} <= set(record)
+
+
+def _without_timings(record):
+  return {k: v for k, v in record.items() if k not in ('fit_seconds', 'wall_seconds')}
+
+
+# ray.init starts its raylet with fork+exec (no Python runs in the child), which JAX warns about.
+@pytest.mark.filterwarnings('ignore:os.fork:RuntimeWarning')
+def test_trials_on_ray_match_in_process_and_resume_the_same_way(tmp_path, tiny_run, repo_root):
+  ray = pytest.importorskip('ray')
+  here_dir, _, _ = tiny_run
+  config = benchmark.benchmark_config('tiny')
+  config.num_seeds = 1  # momentum and logistic seed 0 on both folds: 4 trials
+  # Workers import this checkout's package and run JAX on the CPU, like this process.
+  ray.init(num_cpus=2, log_to_driver=False, include_dashboard=False, runtime_env={
+      'env_vars': {'PYTHONPATH': str(repo_root), 'JAX_PLATFORMS': 'cpu'}})
+  try:
+    lines = []
+    benchmark.run_benchmark(config, str(tmp_path), ray_address='auto', log=lines.append)
+    assert any('4 trials' in line and '0 done, 4 to run on Ray at auto' in line
+               for line in lines)
+    assert len([line for line in lines if line.startswith('[')]) == 4
+    # A trial whose line never reached results.jsonl reruns alone, on Ray as here.
+    path = tmp_path / benchmark.RESULTS
+    kept = path.read_text().splitlines()
+    path.write_text('\n'.join(kept[:-1]) + '\n')
+    lines.clear()
+    benchmark.run_benchmark(config, str(tmp_path), ray_address='auto', log=lines.append)
+    assert any('3 done, 1 to run on Ray' in line for line in lines)
+  finally:
+    ray.shutdown()
+  remote = {(r['model'], r['fold']): r for r in _records(tmp_path)}
+  here = {(r['model'], r['fold']): r for r in _records(here_dir) if r['seed'] == 0}
+  assert remote.keys() == here.keys() and len(_records(tmp_path)) == 4
+  for key, record in remote.items():
+    assert _without_timings(record) == _without_timings(here[key]), key
+    trial = benchmark.Trial(key[0], 'btc', key[1], 0)
+    with (np.load(os.path.join(trial.directory(str(tmp_path)), benchmark.TEST_ARRAYS)) as a,
+          np.load(os.path.join(trial.directory(str(here_dir)), benchmark.TEST_ARRAYS)) as b):
+      for name in b.files:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=f'{key} {name}')

@@ -4,6 +4,7 @@ and a planted edge against placebo markets through the real backtester."""
 import json
 import math
 import os
+import shutil
 import sys
 
 import numpy as np
@@ -111,6 +112,40 @@ def test_runner_stores_resumes_and_extends(tmp_path):
   with pytest.raises(TypeError, match=r'run_one\(0\) returned a value JSON cannot hold'):
     placebo.run_placebos(lambda seed: {'curve': object()}, 1, tmp_path / 'other', log=print)
   assert os.listdir(tmp_path / 'other' / 'placebo') == []  # nothing half-written
+
+
+# ray.init starts its raylet with fork+exec (no Python runs in the child), which JAX warns about.
+@pytest.mark.filterwarnings('ignore:os.fork:RuntimeWarning')
+def test_runs_on_ray_are_stored_as_here(tmp_path):
+  ray = pytest.importorskip('ray')
+
+  def _seeded_run(seed):
+    """A run that depends on nothing but its seed, and says where it ran (defined here so
+    that it is pickled by value: Ray workers cannot import this test module)."""
+    returns = np.random.default_rng(seed).normal(0.0, 0.01, 500)
+    return {'net_sharpe': float(returns.mean() / returns.std() * np.sqrt(8760)),
+            'pid': os.getpid()}
+
+  here = placebo.run_placebos(_seeded_run, 3, tmp_path / 'here', first_seed=7, log=print)
+  ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+  try:
+    lines = []
+    # Run 1 is stored already: only runs 0 and 2 go to Ray.
+    os.makedirs(tmp_path / 'ray' / 'placebo')
+    shutil.copy(placebo.run_path(tmp_path / 'here', 1), placebo.run_path(tmp_path / 'ray', 1))
+    remote = placebo.run_placebos(_seeded_run, 3, tmp_path / 'ray', first_seed=7,
+                                  ray_address='local', log=lines.append)
+  finally:
+    ray.shutdown()
+  assert any('1 of 3 runs stored' in line and '2 to run on Ray at local' in line
+             for line in lines)
+  assert sum(line.startswith('placebo run ') for line in lines) == 2
+  assert [r['net_sharpe'] for r in remote] == [r['net_sharpe'] for r in here]
+  assert remote[1]['pid'] == here[1]['pid'] == os.getpid()  # read back, not rerun
+  assert remote[0]['pid'] != os.getpid() and remote[2]['pid'] != os.getpid()
+  for i in (0, 2):
+    with open(placebo.run_path(tmp_path / 'ray', i)) as f:
+      assert json.load(f)['result'] == remote[i]
 
 
 # --- a planted edge against placebo markets -------------------------------------------------
