@@ -16,9 +16,9 @@ What counts as a user's mistake:
 * the errors that are not ValueErrors: `binance.DownloadError`, `live.FeedError`,
   `live.LedgerError`, and `train.TrainingDivergedError` (lower the learning rate);
 * bad flags, including a config file that fails to load (`--config=...:no_such_variant`) and
-  an override of a field the config does not have (`--config.train.no_such_field=1`) where
-  the config flag has no default path (`ml_collections` applies the overrides of one that has
-  while the flag is defined, before `run`).
+  an override of a field the config does not have (`--config.train.no_such_field=1`). A
+  config flag with a default path applies the overrides while it is defined, before `run`:
+  define it with `define_config_file` to report them the same way.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from absl import app, flags
+from ml_collections import config_flags
 
 _VERBOSE = flags.DEFINE_bool('verbose', False,
                              'Show the Python traceback of an error instead of one line.')
@@ -90,16 +91,35 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
       raise
     _fail(error_line(ValueError(_flag_error_message(e))))
   except (AttributeError, KeyError) as e:
-    # ml_collections' answer to `--config.<path>=...` naming no field of the config (a config
-    # flag without a default path; with one, overrides are applied when the flag is defined).
+    # ml_collections' answer to `--config.<path>=...` naming no field of the config.
     if _verbose_in(argv):
       raise
-    name = str(e).strip('"\'')
-    overrides = [a.split('=', 1)[0] for a in argv[1:]
-                 if a.startswith('--') and '.' in a.split('=', 1)[0]]
-    named = [a for a in overrides if a.rsplit('.', 1)[-1] == name] or overrides
-    _fail(error_line(ValueError(f'{", ".join(named) or "a flag"}: the config has no field '
-                                f'{name!r}')))
+    _fail(_no_field_line(e, argv))
+
+
+def _no_field_line(error: BaseException, argv: Sequence[str]) -> str:
+  """`error: --config.x.y: the config has no field 'y'` for ml_collections' KeyError."""
+  name = str(error).strip('"\'')
+  overrides = [a.split('=', 1)[0] for a in argv[1:]
+               if a.startswith('--') and '.' in a.split('=', 1)[0]]
+  named = [a for a in overrides if a.rsplit('.', 1)[-1] == name] or overrides
+  return error_line(ValueError(f'{", ".join(named) or "a flag"}: the config has no field '
+                               f'{name!r}'))
+
+
+def define_config_file(name: str, default: str | None, help_string: str, **kwargs: Any):
+  """`config_flags.DEFINE_config_file`, with a bad override of a default config as one line.
+
+  With a default path, `ml_collections` loads the config and applies the command line's
+  `--<name>.<field>=...` overrides as the flag is defined (at import of the script), where an
+  unknown field would otherwise end in a traceback.
+  """
+  try:
+    return config_flags.DEFINE_config_file(name, default, help_string, **kwargs)
+  except (AttributeError, KeyError) as e:
+    if _verbose_in(sys.argv):
+      raise
+    _fail(_no_field_line(e, sys.argv))
 
 
 def _guarded(main: Callable[[list[str]], Any]) -> Callable[[list[str]], Any]:

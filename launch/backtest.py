@@ -12,7 +12,6 @@ launch/ensemble_backtest.py is this program with configs/ensemble.py as its defa
 import os
 
 from absl import app, flags
-from ml_collections import config_flags
 
 from himari_jax import checkpoint, cli, ensemble, evaluate, report
 
@@ -21,7 +20,7 @@ CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def define_flags(default_config: str, default_outdir: str) -> None:
   """The program's flags; `default_config` is a file name in configs/."""
-  config_flags.DEFINE_config_file('config', os.path.join(CONFIGS, default_config),
+  cli.define_config_file('config', os.path.join(CONFIGS, default_config),
                                   'Backtest configuration.')
   flags.DEFINE_list('checkpoints', None,
                     'Training workdirs or .pt files (overrides config.checkpoints).')

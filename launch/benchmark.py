@@ -13,11 +13,10 @@ import os
 import sys
 
 from absl import app, flags
-from ml_collections import config_flags
 
-from himari_jax import benchmark, checkpoint, config, data, dispatch
+from himari_jax import benchmark, checkpoint, cli, config, data, dispatch
 
-_CONFIG = config_flags.DEFINE_config_file(
+_CONFIG = cli.define_config_file(
     'config', None, 'Benchmark configuration, e.g. configs/benchmark.py:cpu.')
 _WORKDIR = flags.DEFINE_string('workdir', 'runs/bench', 'Run folder (resumed if present).')
 _RAY_ADDRESS = flags.DEFINE_string(
@@ -45,4 +44,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -23,7 +23,6 @@ import json
 import os
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 from himari_jax import checkpoint, cli, convert, features
 
@@ -40,7 +39,7 @@ _NORMALIZER = flags.DEFINE_string('normalizer', None,
 _FEATURE_SET = flags.DEFINE_enum(
     'feature_set', None, list(features.FEATURE_SETS),
     "Inputs the converted run is scored with; default: the file's own, else 'seed_causal'.")
-config_flags.DEFINE_config_file(
+cli.define_config_file(
     'config', os.path.join(_REPO, 'configs', 'flag_trader.py') + ':seed',
     'Config recorded with the converted run (its .model is replaced by the checkpoint\'s).')
 

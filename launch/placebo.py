@@ -29,13 +29,12 @@ import sys
 
 import jax
 from absl import app, flags
-from ml_collections import config_flags
 
-from himari_jax import checkpoint, data, dispatch, pipeline, placebo, synthetic, train_logging
+from himari_jax import checkpoint, cli, data, dispatch, pipeline, placebo, synthetic, train_logging
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-_CONFIG = config_flags.DEFINE_config_file(
+_CONFIG = cli.define_config_file(
     'config', os.path.join(REPO, 'configs', 'placebo.py') + ':quickstart',
     'Pipeline and placebo settings.')
 _WORKDIR = flags.DEFINE_string('workdir', 'runs/placebo', 'Experiment folder.')
@@ -159,4 +158,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -16,16 +16,15 @@ Re-running with the same workdir resumes training where it stopped.
 import os
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 from himari_jax import checkpoint, cli, evaluate, report, train
 from himari_jax import config as config_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-_TRAIN = config_flags.DEFINE_config_file(
+_TRAIN = cli.define_config_file(
     'config', os.path.join(REPO, 'configs', 'flag_trader.py') + ':small', 'Model and training.')
-_BACKTEST = config_flags.DEFINE_config_file(
+_BACKTEST = cli.define_config_file(
     'backtest', os.path.join(REPO, 'configs', 'backtest.py'), 'Backtest settings.')
 _WORKDIR = flags.DEFINE_string('workdir', 'runs/quickstart', 'Run folder.')
 _FAST = flags.DEFINE_bool('fast', False, 'Tiny model and fewer resamples (a smoke test).')

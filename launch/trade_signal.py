@@ -16,11 +16,10 @@ e.g. --config.strategy=confidence_weighted --config.fill=next_open.
 import os
 
 from absl import app, flags
-from ml_collections import config_flags
 
 from himari_jax import backtest, checkpoint, cli, live
 
-_CONFIG = config_flags.DEFINE_config_file(
+_CONFIG = cli.define_config_file(
     'config', os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                            'configs', 'backtest.py'), 'Decision and backtest settings.')
 _CHECKPOINTS = flags.DEFINE_list('checkpoints', None,

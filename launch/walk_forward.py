@@ -15,13 +15,12 @@ With --ray_address the unfinished folds train in parallel as Ray tasks (one per 
 import os
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 from himari_jax import checkpoint, cli, dispatch, walkforward
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-_CONFIG = config_flags.DEFINE_config_file(
+_CONFIG = cli.define_config_file(
     'config', os.path.join(REPO, 'configs', 'walk_forward.py') + ':small',
     'Walk-forward configuration, e.g. configs/walk_forward.py:small.')
 _WORKDIR = flags.DEFINE_string('workdir', 'runs/walk_forward', 'Run folder (resumed if present).')

@@ -39,6 +39,9 @@ def error_lines(stderr):
      "arms ['no_such_arm']"),
     ('trade_signal.py', ['--checkpoints=checkpoints/small_a', '--data={tmp}/missing.csv'],
      'missing.csv: no such file'),
+    # A config flag with a default path applies its overrides as the script is imported.
+    ('walk_forward.py', ['--config.no_such_field=1'],
+     "--config.no_such_field: the config has no field 'no_such_field'"),
 ])
 def test_a_bad_input_is_one_error_line(repo_root, tmp_path, script, args, message):
   (tmp_path / 'corrupt.pt').write_bytes(b'PK\x03\x04 not a checkpoint')
@@ -103,6 +106,26 @@ def test_an_override_of_no_config_field_names_it(repo_root, monkeypatch, capsys)
     cli.parse_flags(argv)
   assert error_lines(capsys.readouterr().err) == [
       "error: --test_cli_config.train.no_such_field: the config has no field 'no_such_field'"]
+
+
+def test_an_override_of_no_field_of_a_default_config_names_it(repo_root, monkeypatch, capsys):
+  default = str(repo_root / 'configs' / 'flag_trader.py') + ':tiny'
+  argv = ['prog', '--cfg.train.no_such_field=1']
+  monkeypatch.setattr(sys, 'argv', argv)
+  with pytest.raises(SystemExit) as exited:
+    cli.define_config_file('cfg', default, 'help', flag_values=flags.FlagValues())
+  assert exited.value.code == 1
+  assert error_lines(capsys.readouterr().err) == [
+      "error: --cfg.train.no_such_field: the config has no field 'no_such_field'"]
+  monkeypatch.setattr(sys, 'argv', [*argv, '--verbose'])
+  with pytest.raises((AttributeError, KeyError)):
+    cli.define_config_file('cfg', default, 'help', flag_values=flags.FlagValues())
+  # A known field is applied, as by config_flags itself.
+  monkeypatch.setattr(sys, 'argv', ['prog', '--cfg.train.batch_size=3'])
+  values = flags.FlagValues()
+  cli.define_config_file('cfg', default, 'help', flag_values=values)
+  values(['prog', '--cfg.train.batch_size=3'])
+  assert values.cfg.train.batch_size == 3
 
 
 def test_error_line_is_one_line():
