@@ -31,7 +31,8 @@ Models (`BASELINES`):
   trains nothing; the run must have been trained on the same split, and `features` must be
   normalised with its normaliser (`model.normalizer`), which a run trained through the same
   input pipeline on the same fold has. A run trained with a trading objective
-  (`config.train.objective` 'sharpe' / 'utility') is a position model like `mlp_sharpe`.
+  (`config.train.objective` 'sharpe' / 'utility') is a position model like `mlp_sharpe`;
+  one trained by 'reinforce' is an action policy, read like a classifier.
 
 Position models (`model.outputs_position`) give, instead of class probabilities,
 `policy.probs_from_score(position)`: `(max(-s, 0), 1 - |s|, max(s, 0))`, whose margin
@@ -427,10 +428,12 @@ class FlagTraderRun(Baseline):
     self.loaded = checkpoint_lib.load_model(self.config['path'], self.config['which'])
     self.normalizer = self.loaded.normalizer
     self.context_length = int(self.loaded.config.train.context_length)
-    # A run trained with a trading objective outputs a position, read like `mlp_sharpe`'s.
+    # A run trained with a trading objective outputs a position, read like `mlp_sharpe`'s;
+    # one trained by 'reinforce' scores actions, like a classifier.
     self.trading_objective = objectives_lib.TradingObjective.from_config(
         self.loaded.config.train)
-    self.outputs_position = self.trading_objective is not None
+    self.outputs_position = (self.trading_objective is not None
+                             and not self.trading_objective.acts)
 
   def fit(self, features, labels, mask, *, close=None):
     # Training is train.train_and_evaluate's job; this only checks the split can be scored.

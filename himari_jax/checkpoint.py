@@ -41,7 +41,7 @@ from himari_jax import model as model_lib
 
 CHECKPOINT_SUBDIR = 'checkpoints'
 CLASSIFICATION_METRICS = ('val_loss', 'val_nll', 'val_accuracy', 'val_balanced_accuracy')
-# Position models (config.train.objective 'sharpe' / 'utility'; objectives.evaluate_positions).
+# Trading objectives ('sharpe' / 'utility' / 'reinforce'; objectives.evaluate_positions).
 TRADING_METRICS = ('val_loss', 'val_net_sharpe', 'val_gross_sharpe', 'val_mean_net_return',
                    'val_turnover_per_year', 'val_ic', 'val_accuracy')
 VALIDATION_METRICS = tuple(dict.fromkeys(CLASSIFICATION_METRICS + TRADING_METRICS))
@@ -229,8 +229,8 @@ class LoadedModel:
 
   @property
   def objective(self) -> str:
-    """`config.train.objective`: 'classification' (logits are action scores), or 'sharpe' /
-    'utility' (a position model: `predict.positions` reads its target positions)."""
+    """`config.train.objective`: 'classification' or 'reinforce' (logits are action scores),
+    or 'sharpe' / 'utility' (a position model: `predict.positions` reads its positions)."""
     return self.config.train.get('objective', 'classification')
 
   @property

@@ -121,13 +121,16 @@ def default_config() -> ml_collections.ConfigDict:
   config.train.init_from = ''  # checkpoint dir or PyTorch .pt to start from (fine-tuning)
   config.train.fresh_adapters = False  # with init_from: merge its adapters, start new ones
   # What the loss optimises (himari_jax.objectives): 'classification' (weighted cross-entropy
-  # on the labels), or a position in [-1, 1] trained on its net-of-cost 'sharpe' ratio or
-  # mean-variance 'utility'; the four fields below apply to the trading objectives only.
+  # on the labels), a position in [-1, 1] trained on its net-of-cost 'sharpe' ratio or
+  # mean-variance 'utility', or a SELL / HOLD / BUY policy trained by 'reinforce' on the same
+  # net return (FLAG-Trader's policy gradient); the fields below apply to these three only.
   config.train.objective = 'classification'
   config.train.cost_multiplier = 1.0  # scales commission + slippage (0.15 % per unit traded)
   config.train.turnover_penalty = 0.0  # weight of the mean |position change| per bar
   config.train.risk_aversion = 1.0  # variance weight of 'utility' (annual units)
   config.train.long_only = False  # positions in [0, 1] (sigmoid) instead of [-1, 1] (tanh)
+  config.train.reinforce_samples = 4  # 'reinforce': plays of each window per step (>= 2)
+  config.train.entropy_coef = 0.01  # 'reinforce': weight of the policy-entropy bonus
 
   config.decision = ml_collections.ConfigDict()
   config.decision.logit_bias = (0.0, 0.0, 0.0)  # added to logits before softmax

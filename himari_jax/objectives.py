@@ -5,7 +5,9 @@ never reach its gradient. Here the model's output is read as a *position* and th
 the negative Sharpe ratio (or mean-variance utility) of the position's net return, costs
 included (Moody & Saffell 2001, "Learning to trade via direct reinforcement"; Lim, Zohren &
 Roberts 2019). `reinforce_loss` is the policy-gradient form of the FLAG-Trader paper
-(arXiv 2502.11433): a stochastic SELL / HOLD / BUY policy rewarded with the same net return.
+(arXiv 2502.11433): a stochastic SELL / HOLD / BUY policy rewarded with the same net return
+(`config.train.objective='reinforce'`); its logits stay action scores, and it is validated
+and traded by its greedy action (`greedy_positions`).
 
 Position head. The position is read from the model's existing three logits (0 = SELL,
 1 = HOLD, 2 = BUY), `d = l_buy - l_sell`:
@@ -57,8 +59,8 @@ import jax.numpy as jnp
 import numpy as np
 
 SELL, HOLD, BUY = 0, 1, 2
-OBJECTIVES = ('classification', 'sharpe', 'utility')
-TRADING_KINDS = ('sharpe', 'utility')
+OBJECTIVES = ('classification', 'sharpe', 'utility', 'reinforce')
+TRADING_KINDS = ('sharpe', 'utility', 'reinforce')
 INITIAL_POSITIONS = ('first', 'flat')
 
 
@@ -67,7 +69,8 @@ class TradingObjective:
   """What a position model is trained for.
 
   Attributes:
-    kind: 'sharpe' or 'utility' (see the module docstring).
+    kind: 'sharpe' or 'utility' (a position model, see the module docstring), or 'reinforce'
+      (an action policy trained by `reinforce_loss`, played greedily: see `acts`).
     cost_multiplier: scales `commission + slippage` (0 trains on gross returns; > 1 for
       robustness to costs higher than assumed).
     commission, slippage: fractions of traded notional, as in the backtester (SPEC 6).
@@ -78,6 +81,8 @@ class TradingObjective:
     std_epsilon: added in quadrature to the std of the Sharpe ratio, so its gradient stays
       finite when the positions (and with them the std) go to zero.
     periods_per_year: bars per year (8760 for hourly bars, as in metrics.py).
+    reinforce_samples: 'reinforce': plays of each window per step (>= 2).
+    entropy_coef: 'reinforce': weight of the policy-entropy bonus (>= 0).
   """
 
   kind: str = 'sharpe'
@@ -90,6 +95,8 @@ class TradingObjective:
   initial_position: str = 'first'
   std_epsilon: float = 1e-6
   periods_per_year: float = 8760.0
+  reinforce_samples: int = 4
+  entropy_coef: float = 0.01
 
   def __post_init__(self):
     if self.kind not in TRADING_KINDS:
@@ -110,6 +117,18 @@ class TradingObjective:
       value = getattr(self, name)
       if not (math.isfinite(value) and value > 0):
         raise ValueError(f'{name}={value} must be a finite number > 0.')
+    if not (isinstance(self.reinforce_samples, int) and self.reinforce_samples >= 2):
+      raise ValueError(f'reinforce_samples={self.reinforce_samples} must be an integer >= 2 '
+                       '(the leave-one-out baseline needs the other samples).')
+    if not (math.isfinite(self.entropy_coef) and self.entropy_coef >= 0):
+      raise ValueError(f'entropy_coef={self.entropy_coef} must be a finite number >= 0.')
+
+  @property
+  def acts(self) -> bool:
+    """Whether the model is an action policy ('reinforce'): its logits score SELL / HOLD /
+    BUY like a classifier's, and it trades by its greedy action, the position following
+    the backtester's rules (`greedy_positions`), not by `positions(logits)`."""
+    return self.kind == 'reinforce'
 
   @property
   def cost(self) -> float:
@@ -272,7 +291,7 @@ def _objective_loss(mean: jax.Array, var: jax.Array, turnover: jax.Array,
                     objective: TradingObjective) -> jax.Array:
   """The loss from the net return's mean and variance and the mean position change."""
   annual = objective.periods_per_year
-  if objective.kind == 'sharpe':
+  if objective.kind in ('sharpe', 'reinforce'):  # a policy's validation loss: -net Sharpe
     score = mean / jnp.sqrt(var + objective.std_epsilon ** 2) * math.sqrt(annual)
   else:
     score = (mean - 0.5 * objective.risk_aversion * var) * annual
@@ -286,15 +305,22 @@ def _sharpe(mean: jax.Array, var: jax.Array, periods_per_year: float) -> jax.Arr
       periods_per_year)
 
 
-def make_loss_fn(objective: TradingObjective) -> Callable[[jax.Array, Mapping[str, jax.Array]],
-                                                          tuple[jax.Array, dict]]:
-  """`loss_fn(logits, batch) -> (loss, aux)` for a training step.
+def make_loss_fn(objective: TradingObjective) -> Callable[..., tuple[jax.Array, dict]]:
+  """`loss_fn(logits, batch, rng=None) -> (loss, aux)` for a training step.
 
   batch: 'forward_return' (B, T) and 'mask' (B, T) bool (True where the next return is
-  known); other keys are ignored. logits: (B, T, 3).
+  known); other keys are ignored. logits: (B, T, 3). `rng` draws the actions of
+  'reinforce' (`reinforce_loss`); the differentiable objectives do not use it.
   """
 
-  def loss_fn(logits: jax.Array, batch: Mapping[str, jax.Array]) -> tuple[jax.Array, dict]:
+  def loss_fn(logits: jax.Array, batch: Mapping[str, jax.Array],
+              rng: jax.Array | None = None) -> tuple[jax.Array, dict]:
+    if objective.acts:
+      if rng is None:
+        raise ValueError("objective 'reinforce' samples actions: pass loss_fn an rng key")
+      return reinforce_loss(logits, batch, rng, objective,
+                            num_samples=objective.reinforce_samples,
+                            entropy_coef=objective.entropy_coef)
     return trading_loss(logits, batch['forward_return'], batch['mask'], objective)
 
   return loss_fn
@@ -321,6 +347,19 @@ def sampled_positions(actions: jax.Array, mask: jax.Array, long_only: bool) -> j
   last = jax.lax.cummax(index, axis=actions.ndim - 1)
   held = jnp.take_along_axis(targets, jnp.maximum(last, 0), axis=-1)
   return jnp.where(last >= 0, held, 0.0)
+
+
+def greedy_positions(logits: jax.Array, mask: jax.Array, long_only: bool) -> jax.Array:
+  """Positions held when an action policy plays its most likely action at every bar
+  (`sampled_positions` of the argmax), as the backtester trades an argmax decision.
+
+  Args:
+    logits: (..., T, 3); mask: (..., T) bool (False bars count as HOLD).
+
+  Returns:
+    (..., T) float32 positions.
+  """
+  return sampled_positions(jnp.argmax(logits, -1), mask, long_only)
 
 
 def reinforce_loss(logits: jax.Array, batch: Mapping[str, jax.Array], rng: jax.Array,

@@ -108,11 +108,11 @@ def positions(loaded, preds: Predictions) -> np.ndarray:
   in [-1, 1], or [0, 1] when it was trained `long_only`; NaN where unavailable.
 
   Raises:
-    ValueError: `loaded` is a classifier (`config.train.objective='classification'`), whose
-      logits are action scores, not positions.
+    ValueError: `loaded` is a classifier or an action policy (`config.train.objective`
+      'classification' or 'reinforce'), whose logits are action scores, not positions.
   """
-  if loaded.objective == 'classification':
-    raise ValueError(f'{loaded.path}: a classifier (config.train.objective=classification) '
-                     'has no positions; use its probabilities (members.decide).')
+  if loaded.objective in ('classification', 'reinforce'):
+    raise ValueError(f'{loaded.path}: config.train.objective={loaded.objective} scores '
+                     'actions and has no positions; use its probabilities (members.decide).')
   long_only = bool(loaded.config.train.get('long_only', False))
   return np.asarray(objectives_lib.positions(jnp.asarray(preds.logits), long_only))

@@ -11,6 +11,9 @@ are masked), normalised like PyTorch's weighted `CrossEntropyLoss`: `sum(w[y] * 
 sum(w[y])` over the global batch. 'sharpe' and 'utility' read the logits as a position
 (objectives.py) and minimise the negative net-of-cost Sharpe ratio (or utility) of the
 windows' next-bar returns (`PreparedData.forward_returns`, per file), costs included.
+'reinforce' trains the logits as a SELL / HOLD / BUY policy by REINFORCE on the same net
+return (`objectives.reinforce_loss`; `reinforce_samples` plays per window, `entropy_coef`);
+it is validated, and trades, by its greedy action.
 
 Parallelism: one `jax.jit`-compiled step over a 1-D device mesh ('data', mesh.py); the batch
 is sharded over 'data', params and optimiser state are replicated. The same code runs on one
@@ -303,8 +306,8 @@ def make_train_step(model: model_lib.FlagTrader, optimizer: optax.GradientTransf
   def loss_fn(params, batch, rng):
     logits = model.apply({'params': params}, batch['inputs'], deterministic=False,
                          rngs={'dropout': rng})
-    if trading_loss:
-      return trading_loss(logits.astype(jnp.float32), batch)
+    if trading_loss:  # 'reinforce' draws its actions from a key of its own
+      return trading_loss(logits.astype(jnp.float32), batch, jax.random.fold_in(rng, 1))
     return weighted_cross_entropy(logits, batch['targets'], batch['mask'], class_weights)
 
   def step(state, batch):

@@ -38,7 +38,7 @@ def make_evaluator(model: model_lib.FlagTrader, mesh: jax.sharding.Mesh, *,
   """
   replicated, data_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
   if objective:
-    position_step = jax.jit(make_position_step(model, objective.long_only),
+    position_step = jax.jit(make_position_step(model, objective.long_only, objective.acts),
                             in_shardings=(replicated, data_sharding), out_shardings=replicated)
     return functools.partial(validate_positions, position_step, context_length=context_length,
                              batch_size=batch_size, sharding=data_sharding, objective=objective)
@@ -119,12 +119,17 @@ def validate(eval_step: Callable, params: Any, prepared: input_pipeline.Prepared
   return validation_metrics(jax.device_get(totals), collapse_threshold)
 
 
-def make_position_step(model: model_lib.FlagTrader, long_only: bool) -> Callable:
+def make_position_step(model: model_lib.FlagTrader, long_only: bool,
+                       acts: bool = False) -> Callable:
   """`position_step(params, batch) -> (B,)` positions at the last position of each window
-  (`objectives.positions`), batch: inputs (B, T, 60)."""
+  (`objectives.positions`), batch: inputs (B, T, 60). With `acts` (an action policy), the
+  greedy action there instead (0 / 1 / 2, as float32), which `validate_positions` turns
+  into the position it holds."""
 
   def position_step(params, batch):
     logits = model.apply({'params': params}, batch['inputs'], deterministic=True)[:, -1]
+    if acts:
+      return jnp.argmax(logits, -1).astype(jnp.float32)
     return objectives_lib.positions(logits.astype(jnp.float32), long_only)
 
   return position_step
@@ -139,7 +144,8 @@ def validate_positions(position_step: Callable, params: Any,
   Each validation bar is scored from its own trailing window, as `predict.py` does; the
   bars of each file form one contiguous series (one row of `evaluate_positions`, so costs
   are charged between consecutive bars of a file only), masked where the next return is
-  unknown.
+  unknown. An action policy's greedy actions become the positions they hold along each
+  file (`objectives.sampled_positions`: HOLD keeps the position, every file starts flat).
   """
   ends = prepared.val_ends
   local = batch_size // jax.process_count()
@@ -162,5 +168,8 @@ def validate_positions(position_step: Callable, params: Any,
     grid['position'][i, :len(r)] = position[r]
     grid['forward_return'][i, :len(r)] = prepared.forward_returns[ends[r]]
     mask[i, :len(r)] = prepared.trade_mask[ends[r]]
+  if objective.acts:
+    grid['position'] = np.asarray(objectives_lib.sampled_positions(
+        jnp.asarray(grid['position'], jnp.int32), jnp.asarray(mask), objective.long_only))
   return objectives_lib.evaluate_positions(grid['position'], grid['forward_return'], mask,
                                            objective)

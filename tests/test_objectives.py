@@ -61,6 +61,8 @@ def test_next_bar_returns_and_its_errors():
     ('slippage', -0.1, 'slippage=-0.1 must be'),
     ('initial_position', 'zero', "initial_position='zero' is unknown"),
     ('std_epsilon', 0.0, 'std_epsilon=0.0 must be'),
+    ('reinforce_samples', 1, 'reinforce_samples=1 must be an integer >= 2'),
+    ('entropy_coef', -0.1, 'entropy_coef=-0.1 must be'),
 ])
 def test_objective_validation_names_the_field(field, value, message):
   with pytest.raises(ValueError, match=message):
@@ -394,6 +396,27 @@ def test_sampled_positions_follow_the_backtester():
     obj.reinforce_loss(jnp.zeros((1, 6, 3)), {'forward_return': jnp.zeros((1, 6)),
                                               'mask': mask}, jax.random.key(0),
                        obj.TradingObjective(), num_samples=1)
+
+
+def test_reinforce_objective_from_config_is_the_policy_gradient_loss():
+  train = ml_collections.ConfigDict({'objective': 'reinforce', 'reinforce_samples': 3,
+                                     'entropy_coef': 0.05, 'long_only': True})
+  objective = obj.TradingObjective.from_config(train)
+  assert objective.acts and not obj.TradingObjective(kind='sharpe').acts
+  logits = jax.random.normal(jax.random.key(1), (2, 6, 3))
+  batch = {'forward_return': 0.01 * jax.random.normal(jax.random.key(2), (2, 6)),
+           'mask': jnp.ones((2, 6), bool)}
+  key = jax.random.key(3)
+  loss, aux = obj.make_loss_fn(objective)(logits, batch, key)
+  expected, _ = obj.reinforce_loss(logits, batch, key, objective, num_samples=3,
+                                   entropy_coef=0.05)
+  assert float(loss) == float(expected) and {'mean_reward', 'entropy'} <= set(aux)
+  with pytest.raises(ValueError, match='pass loss_fn an rng key'):
+    obj.make_loss_fn(objective)(logits, batch)
+  # The greedy play: the argmax action at every bar, held by the backtester's rules.
+  np.testing.assert_array_equal(
+      obj.greedy_positions(logits, batch['mask'], True),
+      obj.sampled_positions(jnp.argmax(logits, -1), batch['mask'], True))
 
 
 # ------------------------------------------------------------- evaluation, decisions

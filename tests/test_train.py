@@ -21,6 +21,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from himari_jax import (
+  baselines,
   checkpoint,
   data,
   features,
@@ -29,6 +30,8 @@ from himari_jax import (
   labels,
   mesh,
   model,
+  objectives,
+  predict,
   preemption,
   tb_events,
   train,
@@ -367,6 +370,48 @@ def test_sharpe_objective_trains_a_position_model(tiny_config, tmp_path):
   assert result['best_val_net_sharpe'] == max(r['val_net_sharpe'] for r in val)
   loaded = checkpoint.load_model(tmp_path)
   assert loaded.step == result['best_step'] and loaded.objective == 'sharpe'
+
+
+def test_reinforce_trains_a_policy_validated_by_its_greedy_play(tiny_config, tmp_path):
+  config = tiny_config.copy_and_resolve_references()
+  config.train.objective = 'reinforce'
+  config.train.best_metric = '-val_net_sharpe'
+  config.train.learning_rate = 0.01  # moves the tiny model's greedy action off HOLD in 20 steps
+  result = train.train_and_evaluate(config, str(tmp_path))
+  steps = _records(tmp_path, 'train')
+  assert all(np.isfinite([r['loss'], r['mean_reward'], r['entropy']]).all() for r in steps)
+  assert all(0 < r['entropy'] <= np.log(3) + 1e-6 for r in steps)
+  val = _records(tmp_path, 'val')
+  # A policy that never trades has no Sharpe ratio (NaN) and ranks last.
+  assert result['best_val_net_sharpe'] == np.nanmax([r['val_net_sharpe'] for r in val])
+  loaded = checkpoint.load_model(tmp_path)
+  assert loaded.objective == 'reinforce'
+  with pytest.raises(ValueError, match='scores actions and has no positions'):
+    predict.positions(loaded, None)
+  # The benchmark reads it like a classifier: probabilities, calibrated, not a position.
+  assert not baselines.make_baseline('flag_trader', path=str(tmp_path)).outputs_position
+  # The best step's validation, played by hand: the greedy action at every validation bar
+  # from its own window, held by the backtester's rules (HOLD keeps the position), net of
+  # costs.
+  prepared = input_pipeline.prepare_data(config)
+  ends = prepared.val_ends
+  logits = predict.predict_logits_from_features(
+      loaded.params, loaded.model_config, prepared.features, config.train.context_length,
+      bars=ends)[ends]
+  mask = prepared.trade_mask[ends]
+  held = np.zeros(len(ends))
+  for i, action in enumerate(np.argmax(logits, -1)):
+    held[i] = held[i - 1] if i else 0.0
+    if mask[i] and action != 1:
+      held[i] = 1.0 if action == 2 else -1.0
+  objective = objectives.TradingObjective.from_config(config.train)
+  by_hand = objectives.evaluate_positions(held, prepared.forward_returns[ends], mask, objective)
+  best = next(r for r in val if r['step'] == result['best_step'])
+  assert best['val_turnover_per_year'] > 0  # the greedy policy trades
+  for name in ('val_net_sharpe', 'val_gross_sharpe', 'val_turnover_per_year',
+               'val_mean_abs_position'):
+    np.testing.assert_allclose(best[name], by_hand[name], rtol=1e-4, atol=1e-6, err_msg=name)
+  assert best['val_net_sharpe'] < best['val_gross_sharpe']  # costs are charged
 
 
 def test_trading_objective_config_errors_name_the_fix(tiny_config):
