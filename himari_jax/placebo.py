@@ -266,6 +266,32 @@ def write_outputs(summary: Mapping[str, Any], outdir: str | os.PathLike) -> dict
   return paths
 
 
+_SECTION_START, _SECTION_END = '<!-- placebo section -->', '<!-- /placebo section -->'
+
+
+def embed_in_report(report_path: str | os.PathLike, section: str) -> str:
+  """Puts `section` (`html_section`) into an HTML report (the real run's
+  `backtest_report.html`) before `</body>`, replacing the one a previous call put there, so
+  the real result and its null are read on one page. Returns the report's path.
+
+  Raises:
+    ValueError: the file has no `</body>` (not an HTML page).
+  """
+  with open(report_path) as f:
+    page = f.read()
+  start, end = page.find(_SECTION_START), page.find(_SECTION_END)
+  if start >= 0 and end > start:
+    page = page[:start] + page[end + len(_SECTION_END):]
+  close = page.rfind('</body>')
+  if close < 0:
+    raise ValueError(f'{report_path}: no </body>; not an HTML report')
+  page = f'{page[:close]}{_SECTION_START}\n{section}{_SECTION_END}\n{page[close:]}'
+  with open(f'{report_path}.tmp', 'w') as f:
+    f.write(page)
+  os.replace(f'{report_path}.tmp', report_path)
+  return os.fspath(report_path)
+
+
 # ---------------------------------------------------------------------------------- runner
 
 

@@ -10,7 +10,8 @@
    `placebo.first_seed + i` -> `<workdir>/placebo/run_XXX.json`,
 3. writes the null distribution of every result number and the real result's empirical
    p-value: `placebo_summary.json`, `placebo_table.md`, `placebo_hist.png` and
-   `placebo_section.html` (a section for an HTML report) in `<workdir>`.
+   `placebo_section.html` in `<workdir>`, and puts that section into the real run's
+   `<workdir>/real/backtest/backtest_report.html`, so one page holds the result and its null.
 Each run's folder (`<workdir>/real`, `<workdir>/placebo/run_XXX`) holds its market as CSV
 files, its checkpoints and its backtest reports. Compiled programs are cached in
 `<workdir>/jax_cache` (unless JAX_COMPILATION_CACHE_DIR names another folder): the runs
@@ -30,7 +31,17 @@ import sys
 import jax
 from absl import app, flags
 
-from himari_jax import checkpoint, cli, data, dispatch, pipeline, placebo, synthetic, train_logging
+from himari_jax import (
+  checkpoint,
+  cli,
+  data,
+  dispatch,
+  pipeline,
+  placebo,
+  report,
+  synthetic,
+  train_logging,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -147,6 +158,11 @@ def main(argv):
     summary['config'] = {'variant': config.get('variant', ''), 'placebo': p.to_dict(),
                          'train': config.train.train.to_dict()}
     paths = placebo.write_outputs(summary, workdir)
+    real_report = os.path.join(workdir, REAL_SUBDIR, pipeline.BACKTEST_SUBDIR,
+                               report.REPORT_HTML)
+    if real is not None and os.path.exists(real_report):
+      with open(paths['html']) as f:
+        paths['report'] = placebo.embed_in_report(real_report, f.read())
   except (checkpoint.CheckpointError, data.DataError, ValueError, OSError,
           train_logging.TrainingDivergedError) as e:
     sys.exit(f'error: {e}')

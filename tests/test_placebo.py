@@ -83,6 +83,19 @@ def test_outputs_with_and_without_matplotlib(tmp_path, monkeypatch):
     assert '<img' not in f.read()
 
 
+def test_section_is_embedded_in_a_report_once(tmp_path):
+  page = tmp_path / 'backtest_report.html'
+  page.write_text('<html><body><h1>Backtest report</h1>\n</body></html>\n')
+  placebo.embed_in_report(page, '<h2>Placebo runs</h2><p>first</p>\n')
+  placebo.embed_in_report(page, '<h2>Placebo runs</h2><p>second</p>\n')
+  text = page.read_text()
+  assert text.count('<h2>Placebo runs</h2>') == 1 and 'second' in text and 'first' not in text
+  assert text.index('<h1>Backtest report</h1>') < text.index('second') < text.index('</body>')
+  (tmp_path / 'notes.txt').write_text('not a page')
+  with pytest.raises(ValueError, match='no </body>'):
+    placebo.embed_in_report(tmp_path / 'notes.txt', '<h2>Placebo runs</h2>')
+
+
 # --- runner ----------------------------------------------------------------------------------
 
 

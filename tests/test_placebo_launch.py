@@ -57,6 +57,9 @@ def test_tiny_placebo_runs_resumes_and_writes_outputs(repo_root, tmp_path):
   assert table.startswith('| metric | real | p-value') and '| gross Sharpe (zero cost) |' in table
   assert '<h2>Placebo runs</h2>' in (workdir / 'placebo_section.html').read_text()
   assert (workdir / 'placebo_hist.png').stat().st_size > 1000
+  # The real run's report carries the null: one page for the result and its placebo runs.
+  report = workdir / 'real' / 'backtest' / 'backtest_report.html'
+  assert report.read_text().count('<h2>Placebo runs</h2>') == 1
 
   mtimes = [p.stat().st_mtime_ns for p in [workdir / 'real.json', *runs]]
   again = run(repo_root, f'--workdir={workdir}', f'--runs={RUNS}')
@@ -64,6 +67,7 @@ def test_tiny_placebo_runs_resumes_and_writes_outputs(repo_root, tmp_path):
   assert f'{RUNS} of {RUNS} runs stored' in again.stdout and 'real result: stored' in again.stdout
   assert 'training' not in again.stdout  # nothing trained again
   assert [p.stat().st_mtime_ns for p in [workdir / 'real.json', *runs]] == mtimes
+  assert report.read_text().count('<h2>Placebo runs</h2>') == 1  # replaced, not added
 
   # Stored runs are of one config: another one in the same workdir is refused, not mixed in.
   other = run(repo_root, f'--workdir={workdir}', f'--runs={RUNS}', '--config.placebo.first_seed=5')
