@@ -241,6 +241,9 @@ def backtest_pipeline(config: ml_collections.ConfigDict, outdir: str, *,
       f'{config.calibration.mode}; policy: {config.policy.mode}')
   asset = input_pipeline.asset_name(config.dataset)
   fitted = [members_lib.fit_member_calibration(m, config.calibration) for m in members]
+  for path, (_, summary) in zip(paths, fitted, strict=True):
+    if 'skipped' in summary:
+      log(f'{path}: {summary["skipped"]}')
   decisions = members_lib.decide(members, paths, df, strategy=config.strategy,
                                  threshold=config.confidence_threshold, weights=weights,
                                  calibration_config=config.calibration, asset=asset,

@@ -54,10 +54,20 @@ def validation_logits(loaded: checkpoint_lib.LoadedModel) -> tuple[np.ndarray, n
 def fit_member_calibration(loaded: checkpoint_lib.LoadedModel,
                            calibration_config: ml_collections.ConfigDict
                            ) -> tuple[calibration_lib.Calibration, dict]:
-  """The member's `Calibration` and a JSON-able summary (bias, temperature, ECE before/after)."""
+  """The member's `Calibration` and a JSON-able summary (bias, temperature, ECE before/after).
+
+  A run trained on net returns (`config.train.objective` other than 'classification') is not
+  fitted to the label rates: that would move the decisions it was trained to make. Its
+  summary says so (`skipped`); a 'fixed' calibration still applies as given.
+  """
   mode = calibration_config.mode
   if mode not in calibration_lib.MODES:
     raise ValueError(f'calibration.mode={mode!r}; valid: {", ".join(calibration_lib.MODES)}')
+  if mode not in ('none', 'fixed') and loaded.objective != 'classification':
+    cal = calibration_lib.Calibration(bias=np.zeros(3, np.float32), temperature=1.0)
+    return cal, {'mode': 'none', **cal.to_dict(),
+                 'skipped': f'calibration.mode={mode} not applied: trained on net returns '
+                            f'(objective {loaded.objective}), not on labels'}
   if mode in ('none', 'fixed') and not calibration_config.temperature:
     bias = calibration_config.bias if mode == 'fixed' else (0.0, 0.0, 0.0)
     cal = calibration_lib.Calibration(bias=np.asarray(bias, np.float32), temperature=1.0)

@@ -28,6 +28,7 @@ from himari_jax import (
   initialization,
   input_pipeline,
   labels,
+  members,
   mesh,
   model,
   objectives,
@@ -37,6 +38,7 @@ from himari_jax import (
   train,
   validation,
 )
+from himari_jax import config as config_lib
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 TINY = f'{REPO / "configs" / "flag_trader.py"}:tiny'
@@ -388,8 +390,13 @@ def test_reinforce_trains_a_policy_validated_by_its_greedy_play(tiny_config, tmp
   assert loaded.objective == 'reinforce'
   with pytest.raises(ValueError, match='scores actions and has no positions'):
     predict.positions(loaded, None)
-  # The benchmark reads it like a classifier: probabilities, calibrated, not a position.
+  # The benchmark reads it like a classifier (probabilities, not a position); a backtest does
+  # not fit its probabilities to the label rates it never trained on.
   assert not baselines.make_baseline('flag_trader', path=str(tmp_path)).outputs_position
+  calibration, summary = members.fit_member_calibration(
+      loaded, config_lib.backtest_config().calibration)
+  assert 'objective reinforce' in summary['skipped']
+  np.testing.assert_array_equal(calibration.bias, 0.0)
   # The best step's validation, played by hand: the greedy action at every validation bar
   # from its own window, held by the backtester's rules (HOLD keeps the position), net of
   # costs.
