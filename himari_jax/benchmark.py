@@ -136,6 +136,8 @@ def benchmark_config(variant: str | None = 'cpu') -> ml_collections.ConfigDict:
   if has_trading_objective():
     config.flag_traders.flag_trader_sharpe = sharpe_variant(small)
     config.models += ',flag_trader_sharpe'
+  # Not in `models` by default: --config.models=...,flag_trader_reinforce adds it.
+  config.flag_traders.flag_trader_reinforce = reinforce_variant(small)
 
   config.backtest = config_lib.backtest_config()  # costs, sizing cap, calibration
   config.policy = ml_collections.ConfigDict()
@@ -178,6 +180,7 @@ def benchmark_config(variant: str | None = 'cpu') -> ml_collections.ConfigDict:
     config.flag_traders.flag_trader = tiny
     if has_trading_objective():
       config.flag_traders.flag_trader_sharpe = sharpe_variant(tiny)
+    config.flag_traders.flag_trader_reinforce = reinforce_variant(tiny)
     config.policy.update(entries=(0.1, 0.3), exit_gaps=(0.0,), min_holds=(0,),
                          sizings=('fixed',))
     config.significance.num_resamples = 100
@@ -198,6 +201,18 @@ def sharpe_variant(base: ml_collections.ConfigDict) -> ml_collections.ConfigDict
   """
   out = base.copy_and_resolve_references()
   out.train.objective = 'sharpe'
+  return out
+
+
+def reinforce_variant(base: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`base` trained as a SELL / HOLD / BUY policy by REINFORCE on the net-of-cost return
+  (`config.train.objective='reinforce'`, FLAG-Trader's policy gradient), best checkpoint by
+  the net Sharpe of its greedy play on validation. An action model: its probabilities go
+  through the policy selection uncalibrated (it never trained on the labels).
+  """
+  out = base.copy_and_resolve_references()
+  out.train.objective = 'reinforce'
+  out.train.best_metric = '-val_net_sharpe'
   return out
 
 
@@ -466,7 +481,8 @@ def position_settings(config: ml_collections.ConfigDict,
 def _probs_for(config: ml_collections.ConfigDict, trial: Trial, data: FoldData,
                trial_dir: str) -> tuple[np.ndarray, str, str, bool]:
   """(S, 3) probabilities of a fitted model over the span, the training label hashes, and
-  whether they are a position model's (`policy.probs_from_score` of its positions)."""
+  whether they skip the calibration: a position model's (`policy.probs_from_score` of its
+  positions) or a FLAG-TRADER trained on net returns, not on the labels ('reinforce')."""
   train_hash = array_hash(data.labels[data.train_mask], np.flatnonzero(data.train_mask))
   val_hash = array_hash(data.labels[data.val_mask], np.flatnonzero(data.val_mask))
   n_file = len(data.file)
@@ -492,7 +508,8 @@ def _probs_for(config: ml_collections.ConfigDict, trial: Trial, data: FoldData,
     model = baselines_lib.make_baseline('flag_trader', path=trial_dir)
     model.fit(data.features[:n_file], data.labels[:n_file], data.train_mask[:n_file])
     probs = model.predict(model.normalizer.apply(data.raw).astype(np.float32))
-    return probs, train_hash, val_hash, model.outputs_position
+    return probs, train_hash, val_hash, (model.outputs_position
+                                         or model.trading_objective is not None)
   settings = dict(config.baselines.get(trial.model, {}) or {})
   if 'seed' in baselines_lib.BASELINES[trial.model].defaults:
     settings['seed'] = trial.seed
@@ -523,7 +540,7 @@ def run_trial(config: ml_collections.ConfigDict, trial: Trial, asset: Asset,
   """Fits, calibrates, selects a policy on validation, tests; returns the result line."""
   tick = time.time()
   trial_dir = trial.directory(workdir)
-  probs, train_hash, val_hash, position = _probs_for(config, trial, data, trial_dir)
+  probs, train_hash, val_hash, uncalibrated = _probs_for(config, trial, data, trial_dir)
   fit_seconds = time.time() - tick
   bt = config.backtest
   val, test = data.val, data.test
@@ -531,7 +548,7 @@ def run_trial(config: ml_collections.ConfigDict, trial: Trial, asset: Asset,
   decided = baselines_lib.calibrate_and_decide(
       probs[val], data.labels[val], data.val_mask[val],
       np.concatenate([probs[val], probs[test]]),
-      mode='skip' if position else bt.calibration.mode,
+      mode='skip' if uncalibrated else bt.calibration.mode,
       bias=bt.calibration.bias, temperature=bt.calibration.temperature,
       threshold=bt.confidence_threshold)
   n_val = val.stop - val.start
@@ -943,7 +960,8 @@ def write_report(config: ml_collections.ConfigDict, summary: dict[str, Any], wor
            f'{"long/short" if bt.allow_short else "long-only"}.', '']
   lines += ['Every model: fitted on the fold\'s training rows, calibrated on its validation '
             f'rows ({bt.calibration.mode}; position models, whose margin `p_buy - p_sell` is '
-            'their position, are not), decision policy selected on validation out of '
+            'their position, and models trained on net returns are not), decision policy '
+            'selected on validation out of '
             f'{np.size(policy_grid(config.policy).entry)} policies, then tested once. '
             f'Trials in the deflated Sharpe ratio: {summary["num_trials"]:,} (every policy '
             'tried in every model x asset x fold x seed).', '']

@@ -216,9 +216,9 @@ def test_trading_objective_models_are_listed_only_where_training_has_them():
 
 @pytest.mark.skipif(not benchmark.has_trading_objective(),
                     reason='training has no config.train.objective yet')
-def test_flag_trader_sharpe_trains_on_the_benchmark_costs(tmp_path):
+def test_flag_traders_on_net_returns_train_on_the_benchmark_costs(tmp_path):
   config = benchmark.benchmark_config('tiny')
-  config.models = 'momentum,flag_trader_sharpe'
+  config.models = 'momentum,flag_trader_sharpe,flag_trader_reinforce'
   config.num_seeds = 1
   config.folds.test_end = '2025-06-11'  # one fold
   summary, _ = _run(config, tmp_path)
@@ -233,6 +233,13 @@ def test_flag_trader_sharpe_trains_on_the_benchmark_costs(tmp_path):
       str(tmp_path)), benchmark.TEST_ARRAYS))['score']
   assert (score >= 0).all() and (score <= 1).all()
   assert any(r['model'] == 'flag_trader_sharpe' for r in summary['rows'])
+  # REINFORCE: an action policy, read as probabilities, and not calibrated to label rates.
+  assert records['flag_trader_reinforce']['calibration']['mode'] == 'skip'
+  policy = baselines.make_baseline('flag_trader', path=benchmark.Trial(
+      'flag_trader_reinforce', 'btc', 0, 0).directory(str(tmp_path)))
+  assert not policy.outputs_position and policy.trading_objective.kind == 'reinforce'
+  assert policy.trading_objective.long_only
+  assert any(r['model'] == 'flag_trader_reinforce' for r in summary['rows'])
   # FLAG-TRADER's trading loss charges fixed costs: other benchmark costs are refused.
   config.backtest.commission = 0.002
   with pytest.raises(config_lib.ConfigError, match='differ from those FLAG-TRADER trains on'):
