@@ -107,7 +107,7 @@ def test_a_pt_member_defaults_to_seed_causal(loaded, tmp_path):
 
 def test_positions_of_a_position_model(loaded, bars):
   preds = predict.predict_logits(loaded, bars)
-  with pytest.raises(ValueError, match='a classifier'):
+  with pytest.raises(ValueError, match='objective=classification scores actions'):
     predict.positions(loaded, preds)
   config = loaded.config.copy_and_resolve_references()
   config.train.objective = 'sharpe'

@@ -212,14 +212,18 @@ def test_sigterm_saves_exits_cleanly_and_resumes_bit_identically(tmp_path, subpr
 
 
 def test_preemption_guard_turns_a_signal_into_a_stop_request():
-  previous = signal.getsignal(signal.SIGINT)
-  with preemption.PreemptionGuard() as guard:
-    assert guard.requested is None
-    signal.raise_signal(signal.SIGINT)  # first signal: a request, no KeyboardInterrupt
-    assert guard.requested == 'SIGINT'
-    with pytest.raises(KeyboardInterrupt):  # second: the previous handler, at once
-      signal.raise_signal(signal.SIGINT)
-  assert signal.getsignal(signal.SIGINT) is previous
+  # From Python's own SIGINT handler (a shell's background job starts with SIGINT ignored).
+  outside = signal.signal(signal.SIGINT, signal.default_int_handler)
+  try:
+    with preemption.PreemptionGuard() as guard:
+      assert guard.requested is None
+      signal.raise_signal(signal.SIGINT)  # first signal: a request, no KeyboardInterrupt
+      assert guard.requested == 'SIGINT'
+      with pytest.raises(KeyboardInterrupt):  # second: the previous handler, at once
+        signal.raise_signal(signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+  finally:
+    signal.signal(signal.SIGINT, outside)
 
 
 def test_bad_configs_fail_fast_with_the_fix(tiny_config, tmp_path, subprocess_env):
