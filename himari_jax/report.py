@@ -457,8 +457,16 @@ def attribution_lines(attribution: Mapping[str, Any],
       f'net:   return {a["net_total_return"]:+.2%}, Sharpe {a["net_sharpe"]:+.2f}'
       f'{ci("net_sharpe")}',
       f'turnover {a["turnover_per_year"]:.1f}x equity a year, {a["num_trades"]} fills on '
-      f'{a["trade_bar_share"]:.1%} of bars, mean holding {a["mean_holding_bars"]:.1f} bars',
+      f'{a["trade_bar_share"]:.1%} of bars, {_holding(a)}',
   ]
+
+
+def _holding(attribution: Mapping[str, Any]) -> str:
+  """'mean holding 12.5 bars', or what stands in for it when no round trip was closed."""
+  bars = attribution['mean_holding_bars']
+  if bars is None or not math.isfinite(bars):
+    return 'no round trip closed (no holding time)'
+  return f'mean holding {bars:.1f} bars'
 
 
 def cost_sensitivity_png(sensitivity: pd.DataFrame) -> bytes | None:
@@ -509,8 +517,7 @@ def attribution_html(attribution: Mapping[str, Any], sensitivity: pd.DataFrame |
       for label, gross, cost, net, fmt in _ATTRIBUTION_ROWS)
   a = attribution
   activity = (f'turnover {a["turnover_per_year"]:.1f}x equity a year; {a["num_trades"]} fills '
-              f'on {a["trade_bar_share"]:.1%} of bars; mean holding '
-              f'{a["mean_holding_bars"]:.1f} bars')
+              f'on {a["trade_bar_share"]:.1%} of bars; {_holding(a)}')
   curve = ''
   if sensitivity is not None:
     image = cost_sensitivity_png(sensitivity) if plot else None

@@ -244,6 +244,11 @@ def test_attribution_report_section():
   assert intervals['net_sharpe']['low'] <= values['net_sharpe'] <= intervals['net_sharpe']['high']
   lines = report.attribution_lines(values, intervals)
   assert len(lines) == 4 and f'{values["net_sharpe"]:+.2f}' in lines[2]
+  assert f'mean holding {values["mean_holding_bars"]:.1f} bars' in lines[3]
+  # Positions opened and never closed (a buy-and-hold) have no holding time to show.
+  held = {**values, 'mean_holding_bars': float('nan')}
+  assert report.attribution_lines(held)[3].endswith('no round trip closed (no holding time)')
+  assert 'nan' not in report.attribution_html(held, plot=False)
   page = report.attribution_html(values, curve, intervals, plot=False)
   assert 'Where the returns go' in page and f'{values["gross_total_return"]:+.2%}' in page
   assert page.count('<tr>') == 1 + 4 + 1 + len(backtest.COST_MULTIPLIERS)
