@@ -111,9 +111,10 @@ def run_trials(fn: Callable[[Trial], Result], trials: Sequence[Trial],
       this process is not connected yet (`connect`).
 
   Returns:
-    The results, in the order of `trials`. A failing trial raises its exception (with Ray,
-    wrapped in `ray.exceptions.RayTaskError`) after the others were submitted; the results
-    of trials that finished before it have been passed to `on_result`.
+    The results, in the order of `trials`. A failing trial raises its exception: in-process
+    at once, the later trials not run; with Ray (wrapped in `ray.exceptions.RayTaskError`)
+    once every other trial has finished and been passed to `on_result`, so nothing that
+    ran is lost (the first failing trial's, in the order of `trials`, when several fail).
   """
   if ray_address is None:
     results = []
@@ -132,10 +133,18 @@ def run_trials(fn: Callable[[Trial], Result], trials: Sequence[Trial],
   pending = {remote.options(**options[uses_gpu is None or bool(uses_gpu(trial))]).remote(
       fn_ref, trial): i for i, trial in enumerate(trials)}
   results: list[Any] = [None] * len(trials)
+  failed: list[tuple[int, BaseException]] = []
   while pending:
     ready, _ = ray.wait(list(pending), num_returns=1)
     i = pending.pop(ready[0])
-    results[i] = ray.get(ready[0])
+    try:
+      results[i] = ray.get(ready[0])
+    except Exception as e:  # noqa: BLE001 - raised below, once the others are stored
+      failed.append((i, e))
+      continue
     if on_result is not None:
       on_result(i, results[i])
+  if failed:
+    # The other trials were running anyway: their results are stored (on_result) first.
+    raise min(failed, key=lambda f: f[0])[1]
   return results

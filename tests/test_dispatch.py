@@ -100,3 +100,25 @@ def test_ray_workers_share_the_compilation_cache(tmp_path):
       jax.config.update(name, value)
   assert cache == str(tmp_path / 'cache') and jax.config.jax_compilation_cache_dir != cache
   assert seen == [(cache, saved['jax_persistent_cache_min_compile_time_secs'])]
+
+
+@pytest.mark.filterwarnings('ignore:os.fork:RuntimeWarning')
+def test_a_failing_trial_on_ray_raises_after_the_others_are_stored(tmp_path):
+  ray = pytest.importorskip('ray')
+  run_trial = make_trial_fn(str(tmp_path))
+
+  def fn(trial):
+    if trial['seed'] == 1:
+      raise ValueError('trial 1 failed')
+    return run_trial(trial)
+
+  stored = []
+  ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+  try:
+    with pytest.raises(ray.exceptions.RayTaskError, match='trial 1 failed'):
+      dispatch.run_trials(fn, [*TRIALS, {'seed': 3, 'scale': 0.03}], ray_address='local',
+                          on_result=lambda i, r: stored.append((i, r['seed'])))
+  finally:
+    ray.shutdown()
+  assert sorted(stored) == [(1, 2), (2, 3)]  # both other trials finished and were stored
+  assert sorted(os.listdir(tmp_path)) == ['trial_2.json', 'trial_3.json']
