@@ -87,8 +87,9 @@ def benchmark_config(variant: str | None = 'cpu') -> ml_collections.ConfigDict:
   - `cpu`: bundled BTC and ETH, three 4-month test folds of 2024 each after a year of
     training, every baseline and a `small`-sized FLAG-TRADER with a short training budget,
     3 seeds; sized to finish in about half an hour on two CPU cores.
-    `mlp_sharpe` and (where training has `config.train.objective`) `flag_trader_sharpe`
-    are the `mlp` and `flag_trader` networks trained on the net-of-cost Sharpe ratio.
+    `mlp_sharpe` and `flag_trader_sharpe` are the `mlp` and `flag_trader` networks trained on
+    the net-of-cost Sharpe ratio; `flag_trader_reinforce` (not run unless named in
+    `models`) is `flag_trader` trained by REINFORCE.
   - `gpu`: `cpu` plus the seed-sized FLAG-TRADER (88M) at T = 1 and at T = 64.
   - `tiny`: for tests; two short folds, a rule model and logistic regression, seconds.
   """
@@ -133,9 +134,8 @@ def benchmark_config(variant: str | None = 'cpu') -> ml_collections.ConfigDict:
   small.train.update(num_epochs=2, steps_per_epoch=100, warmup_steps=20,
                      checkpoint_every_steps=0, keep_latest=1, log_every_steps=100)
   config.flag_traders.flag_trader = small
-  if has_trading_objective():
-    config.flag_traders.flag_trader_sharpe = sharpe_variant(small)
-    config.models += ',flag_trader_sharpe'
+  config.flag_traders.flag_trader_sharpe = sharpe_variant(small)
+  config.models += ',flag_trader_sharpe'
   # Not in `models` by default: --config.models=...,flag_trader_reinforce adds it.
   config.flag_traders.flag_trader_reinforce = reinforce_variant(small)
 
@@ -178,19 +178,13 @@ def benchmark_config(variant: str | None = 'cpu') -> ml_collections.ConfigDict:
     tiny = config_lib.flag_trader_config('tiny')
     tiny.train.update(num_epochs=1, steps_per_epoch=4, checkpoint_every_steps=0, keep_latest=1)
     config.flag_traders.flag_trader = tiny
-    if has_trading_objective():
-      config.flag_traders.flag_trader_sharpe = sharpe_variant(tiny)
+    config.flag_traders.flag_trader_sharpe = sharpe_variant(tiny)
     config.flag_traders.flag_trader_reinforce = reinforce_variant(tiny)
     config.policy.update(entries=(0.1, 0.3), exit_gaps=(0.0,), min_holds=(0,),
                          sizings=('fixed',))
     config.significance.num_resamples = 100
     config.plots = False
   return config
-
-
-def has_trading_objective() -> bool:
-  """Whether training knows `config.train.objective` (FLAG-TRADER trained on a trading loss)."""
-  return 'objective' in config_lib.default_config().train
 
 
 def sharpe_variant(base: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -134,12 +134,17 @@ def test_every_model_gets_the_same_folds_and_labels(tiny_run):
   _same_folds_and_labels(_records(workdir))
 
 
-def test_flag_trader_trains_per_fold_on_the_same_labels(tmp_path):
+def _one_fold_config(models):
+  """The tiny benchmark cut to one fold and one seed of `models`."""
   config = benchmark.benchmark_config('tiny')
-  config.models = 'label_prior,flag_trader'
+  config.models = models
   config.num_seeds = 1
   config.folds.test_end = '2025-06-11'  # one fold
-  summary, _ = _run(config, tmp_path)
+  return config
+
+
+def test_flag_trader_trains_per_fold_on_the_same_labels(tmp_path):
+  summary, _ = _run(_one_fold_config('label_prior,flag_trader'), tmp_path)
   records = _records(tmp_path)
   assert {r['model'] for r in records} == {'label_prior', 'flag_trader'}
   # FLAG-TRADER's hashes come from its own pipeline run on the CSV it trained on.
@@ -176,10 +181,7 @@ def test_gpu_variant_adds_seed_sized_flag_trader_at_t1_and_t64():
 
 
 def test_position_model_is_decided_from_its_position(tmp_path):
-  config = benchmark.benchmark_config('tiny')
-  config.models = 'momentum,mlp_sharpe'
-  config.num_seeds = 1
-  config.folds.test_end = '2025-06-11'  # one fold
+  config = _one_fold_config('momentum,mlp_sharpe')
   _run(config, tmp_path)
   records = {r['model']: r for r in _records(tmp_path)}
   _same_folds_and_labels(list(records.values()))
@@ -205,22 +207,17 @@ def test_position_model_is_decided_from_its_position(tmp_path):
   assert (position >= 0).all() and (position <= 1).all()
 
 
-def test_trading_objective_models_are_listed_only_where_training_has_them():
+def test_models_trained_on_net_returns_are_listed():
   config = benchmark.benchmark_config('cpu')
   models, _ = benchmark.model_kinds(config)
-  assert 'mlp_sharpe' in models and 'mlp' in models
-  assert ('flag_trader_sharpe' in models) == benchmark.has_trading_objective()
-  assert benchmark.has_trading_objective() == (
-      'objective' in config_lib.default_config().train)
+  assert {'mlp', 'mlp_sharpe', 'flag_trader', 'flag_trader_sharpe'} <= set(models)
+  # REINFORCE is available, run when named.
+  assert 'flag_trader_reinforce' in config.flag_traders
+  assert 'flag_trader_reinforce' not in models
 
 
-@pytest.mark.skipif(not benchmark.has_trading_objective(),
-                    reason='training has no config.train.objective yet')
 def test_flag_traders_on_net_returns_train_on_the_benchmark_costs(tmp_path):
-  config = benchmark.benchmark_config('tiny')
-  config.models = 'momentum,flag_trader_sharpe,flag_trader_reinforce'
-  config.num_seeds = 1
-  config.folds.test_end = '2025-06-11'  # one fold
+  config = _one_fold_config('momentum,flag_trader_sharpe,flag_trader_reinforce')
   summary, _ = _run(config, tmp_path)
   records = {r['model']: r for r in _records(tmp_path)}
   _same_folds_and_labels(list(records.values()))
