@@ -40,8 +40,10 @@ import numpy as np
 import pandas as pd
 from absl import app, flags
 
-from himari_jax import backtest, data, policy
-from himari_jax.ensemble import BUY, HOLD, SELL
+from himari_jax.backtest import engine as backtest
+from himari_jax.backtest import policy
+from himari_jax.data import ohlcv as data
+from himari_jax.inference.ensemble import BUY, HOLD, SELL
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('dataset', 'btc_usdt_1h_2020_2024', 'Builtin dataset name or CSV path.')

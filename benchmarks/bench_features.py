@@ -15,7 +15,8 @@ import time
 import numpy as np
 from absl import app, flags
 
-from himari_jax import data, features
+from himari_jax.data import features
+from himari_jax.data import ohlcv as data
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('dataset', 'btc_usdt_1h_2020_2024', 'Builtin dataset name or CSV path.')

@@ -19,7 +19,7 @@ import dataclasses
 import jax
 from absl import app, flags
 
-from himari_jax import profiling
+from himari_jax.training import profiling
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list('variants', list(profiling.TRAIN_VARIANTS), 'Variants to profile.')

@@ -38,8 +38,10 @@ import numpy as np
 import torch
 from absl import app, flags
 
-from himari_jax import convert, predict, torch_reference, train
-from himari_jax import model as model_lib
+from himari_jax.inference import predict
+from himari_jax.model import convert, torch_reference
+from himari_jax.model import flag_trader as model_lib
+from himari_jax.training import train
 
 _REPEATS = flags.DEFINE_integer('repeats', 5, 'Interleaved repeats of every row.')
 _TRAIN_STEPS = flags.DEFINE_integer('train_steps', 5, 'Training steps timed per repeat.')

@@ -28,7 +28,12 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from himari_jax import backtest, data, metrics, model, profiling, sharding
+from himari_jax.backtest import engine as backtest
+from himari_jax.backtest import sharding
+from himari_jax.data import ohlcv as data
+from himari_jax.model import flag_trader as model
+from himari_jax.stats import metrics
+from himari_jax.training import profiling
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('out', None, 'Folder for gpu_check.json.', required=True)

@@ -2,7 +2,7 @@
 bundled BTC and ETH, every baseline and a `small`-sized FLAG-TRADER, each of the MLP and
 FLAG-TRADER also trained on the net-of-cost Sharpe ratio, 3 seeds, about half an hour on two
 CPU cores), `gpu` (adds the seed-sized FLAG-TRADER at T = 1 and T = 64) or `tiny`
-(tests); defined in `himari_jax.benchmark.benchmark_config`.
+(tests); defined in `himari_jax.config.benchmark_config`.
 
 Any field can be overridden, e.g. `--config.assets=btc,data/sol.csv --config.num_seeds=1
 --config.models=logistic,lightgbm`.
@@ -10,8 +10,8 @@ Any field can be overridden, e.g. `--config.assets=btc,data/sol.csv --config.num
 
 import ml_collections
 
-from himari_jax import benchmark
+from himari_jax import config as config_lib
 
 
 def get_config(variant: str = 'cpu') -> ml_collections.ConfigDict:
-  return benchmark.benchmark_config(variant)
+  return config_lib.benchmark_config(variant)

@@ -2,7 +2,7 @@
 (`himari_jax.config.ensemble_config`).
 
 Each member is calibrated on the validation split of its own training run, then the members'
-probability vectors are combined by `himari_jax.ensemble.combine`. Override on the command
+probability vectors are combined by `himari_jax.inference.ensemble.combine`. Override on the command
 line, e.g. `--config.checkpoints=runs/a,runs/b,runs/c --config.weights=2,1,1
 --config.calibration.mode=fixed` (the seed's hand-tuned bias).
 """

@@ -35,9 +35,9 @@ _VERBOSE = flags.DEFINE_bool('verbose', False,
 
 # Errors of modules an entry point may not import: looked up only once it has (importing
 # `live` would load JAX and the model into every program, `download_data.py` included).
-_MODULE_ERRORS = {'himari_jax.binance': ('DownloadError',),
-                  'himari_jax.live': ('FeedError', 'LedgerError'),
-                  'himari_jax.train_logging': ('TrainingDivergedError',)}
+_MODULE_ERRORS = {'himari_jax.data.binance': ('DownloadError',),
+                  'himari_jax.live.paper': ('FeedError', 'LedgerError'),
+                  'himari_jax.training.train_logging': ('TrainingDivergedError',)}
 
 
 def user_errors() -> tuple[type[BaseException], ...]:

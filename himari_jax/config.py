@@ -25,7 +25,8 @@ from collections.abc import Callable, Sequence
 import ml_collections
 from ml_collections import config_dict
 
-from himari_jax import constants, diagnostics
+from himari_jax import constants
+from himari_jax.stats import diagnostics
 
 
 class ConfigError(ValueError):
@@ -40,7 +41,7 @@ def split_list(text: str | Sequence[str] | None) -> list[str]:
   return [str(item).strip() for item in items if str(item).strip()]
 
 
-# Other names of ensemble strategies (himari_jax.ensemble.STRATEGIES): the seed called
+# Other names of ensemble strategies (himari_jax.inference.ensemble.STRATEGIES): the seed called
 # `disagreement` "unanimous" (BUY / SELL only when every member agrees).
 STRATEGY_ALIASES = {'unanimous': 'disagreement'}
 
@@ -120,7 +121,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.train.collapse_threshold = diagnostics.COLLAPSE_THRESHOLD  # warn above this share
   config.train.init_from = ''  # checkpoint dir or PyTorch .pt to start from (fine-tuning)
   config.train.fresh_adapters = False  # with init_from: merge its adapters, start new ones
-  # What the loss optimises (himari_jax.objectives): 'classification' (weighted cross-entropy
+  # What the loss optimises (himari_jax.model.objectives): 'classification' (weighted cross-entropy
   # on the labels), a position in [-1, 1] trained on its net-of-cost 'sharpe' ratio or
   # mean-variance 'utility', or a SELL / HOLD / BUY policy trained by 'reinforce' on the same
   # net return (FLAG-Trader's policy gradient); the fields below apply to these three only.
@@ -211,7 +212,7 @@ def backtest_config() -> ml_collections.ConfigDict:
   config.checkpoints = 'checkpoints/small_a'  # workdirs or PyTorch .pt files, comma-separated
   config.which = 'best'  # checkpoint of each workdir: 'best' or 'latest'
   config.dataset = 'btc_usdt_1h_2025_2026'  # builtin dataset name or CSV path to backtest on
-  config.strategy = 'voting'  # ensemble of several checkpoints (himari_jax.ensemble.STRATEGIES)
+  config.strategy = 'voting'  # ensemble of several checkpoints (inference.ensemble.STRATEGIES)
   config.weights = ''  # one non-negative weight per checkpoint, comma-separated; '' = equal
   config.confidence_threshold = 0.0  # BUY/SELL with confidence below this become HOLD
 
@@ -432,11 +433,137 @@ def placebo_config(variant: str | None = 'quickstart') -> ml_collections.ConfigD
   return config
 
 
+BENCHMARK_VARIANTS = ('cpu', 'gpu', 'tiny')
+
+
 def benchmark_config(variant: str | None = 'cpu') -> ml_collections.ConfigDict:
-  """The model benchmark's config (`benchmark.benchmark_config`; imported when asked for,
-  since the benchmark module imports the training stack, which imports this one)."""
-  from himari_jax import benchmark
-  return benchmark.benchmark_config(variant or 'cpu')
+  """The benchmark of `configs/benchmark.py:<variant>`.
+
+  - `cpu`: bundled BTC and ETH, three 4-month test folds of 2024 each after a year of
+    training, every baseline and a `small`-sized FLAG-TRADER with a short training budget,
+    3 seeds; sized to finish in about half an hour on two CPU cores.
+    `mlp_sharpe` and `flag_trader_sharpe` are the `mlp` and `flag_trader` networks trained on
+    the net-of-cost Sharpe ratio; `flag_trader_reinforce` (not run unless named in
+    `models`) is `flag_trader` trained by REINFORCE.
+  - `gpu`: `cpu` plus the seed-sized FLAG-TRADER (88M) at T = 1 and at T = 64.
+  - `tiny`: for tests; two short folds, a rule model and logistic regression, seconds.
+  """
+  variant = variant or 'cpu'
+  if variant not in BENCHMARK_VARIANTS:
+    raise ValueError(f'unknown benchmark variant {variant!r}; '
+                     f'valid: {", ".join(BENCHMARK_VARIANTS)}')
+  config = ml_collections.ConfigDict()
+  config.variant = variant
+  # Bundled asset names ('btc': every bundled era, concatenated), bundled dataset names or
+  # CSV paths; comma-separated; several files of one asset joined with '+', oldest first.
+  config.assets = 'btc,eth'
+  config.models = ('label_prior,buy_and_hold,momentum,logistic,lightgbm,mlp,mlp_sharpe,'
+                   'flag_trader')
+  config.num_seeds = 3  # seeds 0 .. num_seeds - 1 of every learned model
+
+  config.folds = ml_collections.ConfigDict()
+  config.folds.test_start = '2024-01-01'  # both bundled assets cover 2024
+  config.folds.test_end = '2025-01-01'
+  config.folds.train_bars = 8760  # a year before each test window, validation included
+  config.folds.test_bars = 2928  # 4 months: 3 folds cover 2024
+  config.folds.step_bars = 0  # 0 = test_bars (the test windows tile the test era)
+  config.folds.mode = 'rolling'
+
+  config.data = ml_collections.ConfigDict()
+  config.data.val_fraction = 0.15
+  config.data.embargo = ml_collections.config_dict.placeholder(int)  # None = label horizon
+  config.labels = default_config().labels
+
+  # Per-model settings (baselines.make_baseline fields); `seed` is set per trial.
+  config.baselines = ml_collections.ConfigDict()
+  config.baselines.momentum = {'lookback': 24}
+  config.baselines.logistic = {'steps': 300}
+  config.baselines.mlp = {'hidden': (64,), 'context_length': 4, 'steps': 400}
+  # The same network as `mlp`; costs and long-only come from config.backtest per trial.
+  config.baselines.mlp_sharpe = {'hidden': (64,), 'context_length': 4, 'steps': 400}
+  config.baselines.lightgbm = {'num_boost_round': 100}
+
+  # FLAG-TRADER models: name -> training config (`train.train_and_evaluate`); data, labels,
+  # split and seed are set per fold.
+  config.flag_traders = ml_collections.ConfigDict()
+  small = flag_trader_config('small')
+  small.train.update(num_epochs=2, steps_per_epoch=100, warmup_steps=20,
+                     checkpoint_every_steps=0, keep_latest=1, log_every_steps=100)
+  config.flag_traders.flag_trader = small
+  config.flag_traders.flag_trader_sharpe = sharpe_variant(small)
+  config.models += ',flag_trader_sharpe'
+  # Not in `models` by default: --config.models=...,flag_trader_reinforce adds it.
+  config.flag_traders.flag_trader_reinforce = reinforce_variant(small)
+
+  config.backtest = backtest_config()  # costs, sizing cap, calibration
+  config.policy = ml_collections.ConfigDict()
+  config.policy.entries = (0.1, 0.2, 0.3)
+  config.policy.exit_gaps = (0.0, 0.1)  # exit = entry - gap
+  config.policy.min_holds = (0, 24)
+  config.policy.sizings = ('confidence', 'fixed')
+  config.policy.band = 0.01
+  config.policy.seed_thresholds = (0.0,)  # the seed policy stays a candidate
+  config.policy.objective = 'sharpe'
+
+  config.significance = ml_collections.ConfigDict()
+  config.significance.num_resamples = 1000
+  config.significance.seed = 0
+  config.plots = True
+
+  if variant == 'gpu':
+    for name, context in (('flag_trader_seed_t1', 1), ('flag_trader_seed_t64', 64)):
+      seed = flag_trader_config('seed')
+      seed.train.update(context_length=context, checkpoint_every_steps=0, keep_latest=1,
+                        num_epochs=3, steps_per_epoch=400, log_every_steps=100)
+      seed.model.dtype = 'bfloat16'
+      if context > 1:
+        seed.train.window_stride = 8
+      config.flag_traders[name] = seed
+    config.models += ',flag_trader_seed_t1,flag_trader_seed_t64'
+  elif variant == 'tiny':
+    config.assets = 'btc'
+    config.models = 'momentum,logistic'
+    config.num_seeds = 2
+    config.folds.update(test_start='2025-06-01', test_end='2025-06-21', train_bars=1200,
+                        test_bars=240)
+    config.baselines.logistic = {'steps': 30}
+    config.baselines.mlp = {'hidden': (8,), 'context_length': 2, 'steps': 30}
+    config.baselines.mlp_sharpe = {'hidden': (8,), 'context_length': 2, 'steps': 30,
+                                   'batch_size': 8, 'window': 32}
+    config.baselines.lightgbm = {'num_boost_round': 5, 'min_data_in_leaf': 20}
+    tiny = flag_trader_config('tiny')
+    tiny.train.update(num_epochs=1, steps_per_epoch=4, checkpoint_every_steps=0, keep_latest=1)
+    config.flag_traders.flag_trader = tiny
+    config.flag_traders.flag_trader_sharpe = sharpe_variant(tiny)
+    config.flag_traders.flag_trader_reinforce = reinforce_variant(tiny)
+    config.policy.update(entries=(0.1, 0.3), exit_gaps=(0.0,), min_holds=(0,),
+                         sizings=('fixed',))
+    config.significance.num_resamples = 100
+    config.plots = False
+  return config
+
+
+def sharpe_variant(base: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`base` trained on the negative net-of-cost Sharpe ratio (`config.train.objective`).
+
+  Long-only is set per trial from `config.backtest`, whose costs must be the ones its trading
+  loss charges (`with_benchmark_costs`).
+  """
+  out = base.copy_and_resolve_references()
+  out.train.objective = 'sharpe'
+  return out
+
+
+def reinforce_variant(base: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`base` trained as a SELL / HOLD / BUY policy by REINFORCE on the net-of-cost return
+  (`config.train.objective='reinforce'`, FLAG-Trader's policy gradient), best checkpoint by
+  the net Sharpe of its greedy play on validation. An action model: its probabilities go
+  through the policy selection uncalibrated (it never trained on the labels).
+  """
+  out = base.copy_and_resolve_references()
+  out.train.objective = 'reinforce'
+  out.train.best_metric = '-val_net_sharpe'
+  return out
 
 
 CONFIGS: dict[str, Callable[..., ml_collections.ConfigDict]] = {

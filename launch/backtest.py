@@ -13,7 +13,10 @@ import os
 
 from absl import app, flags
 
-from himari_jax import checkpoint, cli, ensemble, evaluate, report
+from himari_jax import cli
+from himari_jax.backtest import evaluate, report
+from himari_jax.inference import ensemble
+from himari_jax.model import checkpoint
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
 

@@ -14,7 +14,10 @@ import sys
 
 from absl import app, flags
 
-from himari_jax import benchmark, checkpoint, cli, config, data, dispatch
+from himari_jax import cli, config
+from himari_jax.data import ohlcv as data
+from himari_jax.model import checkpoint
+from himari_jax.research import benchmark, dispatch
 
 _CONFIG = cli.define_config_file(
     'config', None, 'Benchmark configuration, e.g. configs/benchmark.py:cpu.')

@@ -24,7 +24,9 @@ import os
 
 from absl import app, flags, logging
 
-from himari_jax import checkpoint, cli, convert, features
+from himari_jax import cli
+from himari_jax.data import features
+from himari_jax.model import checkpoint, convert
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -12,17 +12,13 @@ import os
 
 from absl import flags, logging
 
-from himari_jax import (
-  checkpoint,
-  cli,
-  constants,
-  data,
-  diagnostics,
-  input_pipeline,
-  labels,
-  predict,
-)
-from himari_jax import members as members_lib
+from himari_jax import cli, constants
+from himari_jax.data import input_pipeline, labels
+from himari_jax.data import ohlcv as data
+from himari_jax.inference import members as members_lib
+from himari_jax.inference import predict
+from himari_jax.model import checkpoint
+from himari_jax.stats import diagnostics
 
 _CHECKPOINTS = flags.DEFINE_list('checkpoints', None, 'Training workdirs or .pt files.',
                                  required=True)

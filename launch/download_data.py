@@ -9,7 +9,9 @@ Every archive is checked against its published sha256. Offline, fetch the `.zip`
 
 from absl import flags, logging
 
-from himari_jax import binance, cli, data
+from himari_jax import cli
+from himari_jax.data import binance
+from himari_jax.data import ohlcv as data
 
 _SYMBOL = flags.DEFINE_string('symbol', 'BTCUSDT', 'Binance spot symbol, e.g. BTCUSDT.')
 _INTERVAL = flags.DEFINE_string('interval', '1h', 'Kline interval.')

@@ -31,17 +31,13 @@ import sys
 import jax
 from absl import app, flags
 
-from himari_jax import (
-  checkpoint,
-  cli,
-  data,
-  dispatch,
-  pipeline,
-  placebo,
-  report,
-  synthetic,
-  train_logging,
-)
+from himari_jax import cli
+from himari_jax.backtest import report
+from himari_jax.data import ohlcv as data
+from himari_jax.data import synthetic
+from himari_jax.model import checkpoint
+from himari_jax.research import dispatch, pipeline, placebo
+from himari_jax.training import train_logging
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

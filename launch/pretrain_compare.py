@@ -34,16 +34,18 @@ import numpy as np
 import pandas as pd
 from absl import app, flags, logging
 
-from himari_jax import adapters as adapters_lib
-from himari_jax import checkpoint as checkpoint_lib
-from himari_jax import cli, diagnostics, input_pipeline
+from himari_jax import cli
 from himari_jax import config as config_lib
-from himari_jax import data as data_lib
-from himari_jax import features as features_lib
-from himari_jax import labels as labels_lib
-from himari_jax import predict as predict_lib
-from himari_jax import train as train_lib
-from himari_jax import validation as validation_lib
+from himari_jax.data import features as features_lib
+from himari_jax.data import input_pipeline
+from himari_jax.data import labels as labels_lib
+from himari_jax.data import ohlcv as data_lib
+from himari_jax.inference import predict as predict_lib
+from himari_jax.model import adapters as adapters_lib
+from himari_jax.model import checkpoint as checkpoint_lib
+from himari_jax.stats import diagnostics
+from himari_jax.training import train as train_lib
+from himari_jax.training import validation as validation_lib
 
 ARMS = ('finetune', 'full_finetune', 'scratch_lora')
 REFERENCE = 'pretrained_only'
@@ -100,7 +102,8 @@ def decisions(logits: np.ndarray,
 def backtest_table(df: pd.DataFrame, signals: dict[str, tuple[np.ndarray, np.ndarray]]
                    ) -> dict[str, dict[str, float]]:
   """Seed-policy backtest metrics per signal name, plus 'buy_and_hold'."""
-  from himari_jax import backtest, metrics  # optional stage, checked by HAS_BACKTEST
+  from himari_jax.backtest import engine as backtest  # optional stage, checked by HAS_BACKTEST
+  from himari_jax.stats import metrics
 
   params = backtest.make_params()
   names = list(signals)

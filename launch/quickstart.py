@@ -17,8 +17,11 @@ import os
 
 from absl import app, flags, logging
 
-from himari_jax import checkpoint, cli, evaluate, report, train
+from himari_jax import cli
 from himari_jax import config as config_lib
+from himari_jax.backtest import evaluate, report
+from himari_jax.model import checkpoint
+from himari_jax.training import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -17,7 +17,10 @@ import os
 
 from absl import app, flags
 
-from himari_jax import backtest, checkpoint, cli, live
+from himari_jax import cli
+from himari_jax.backtest import engine as backtest
+from himari_jax.live import paper as live
+from himari_jax.model import checkpoint
 
 _CONFIG = cli.define_config_file(
     'config', os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),

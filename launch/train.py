@@ -23,7 +23,9 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from himari_jax import checkpoint, cli, profiling, train
+from himari_jax import cli
+from himari_jax.model import checkpoint
+from himari_jax.training import profiling, train
 
 FLAGS = flags.FLAGS
 

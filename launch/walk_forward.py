@@ -16,7 +16,9 @@ import os
 
 from absl import app, flags, logging
 
-from himari_jax import checkpoint, cli, dispatch, walkforward
+from himari_jax import cli
+from himari_jax.model import checkpoint
+from himari_jax.research import dispatch, walkforward
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,5 +1,5 @@
 """The seed's 22 input columns computed bar by bar from the formulas of SPEC 3 ("The seed's own
-input"), independently of himari_jax.features: loops over bars and explicit windows, no
+input"), independently of himari_jax.data.features: loops over bars and explicit windows, no
 convolution, no sliding views. Shared by test_features.py and test_convert.py as ground truth.
 """
 

@@ -8,7 +8,9 @@ import pytest
 from conftest import load_config_file
 from flax import traverse_util
 
-from himari_jax import adapters, features, model
+from himari_jax.data import features
+from himari_jax.model import adapters
+from himari_jax.model import flag_trader as model
 
 CONTEXT = 8
 

@@ -7,8 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from himari_jax import backtest, data, metrics
-from himari_jax.ensemble import BUY, HOLD, SELL
+from himari_jax.backtest import engine as backtest
+from himari_jax.data import ohlcv as data
+from himari_jax.inference.ensemble import BUY, HOLD, SELL
+from himari_jax.stats import metrics
 
 
 def reference_backtest(opens, closes, actions, confidence, *, capital=100_000.0,

@@ -5,7 +5,9 @@ import sys
 import numpy as np
 import pytest
 
-from himari_jax import baselines, data, features, labels
+from himari_jax.data import features, labels
+from himari_jax.data import ohlcv as data
+from himari_jax.research import baselines
 
 NUM_BARS = 2000
 FIT_END = 1200  # bars [WARMUP, FIT_END) train every model

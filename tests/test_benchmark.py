@@ -8,8 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from himari_jax import baselines, benchmark, significance
 from himari_jax import config as config_lib
+from himari_jax.research import baselines, benchmark
+from himari_jax.stats import significance
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -23,7 +24,7 @@ def _run(config, workdir):
 @pytest.fixture(scope='module')
 def tiny_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp('bench')
-  summary, lines = _run(benchmark.benchmark_config('tiny'), workdir)
+  summary, lines = _run(config_lib.benchmark_config('tiny'), workdir)
   return workdir, summary, lines
 
 
@@ -45,7 +46,7 @@ def test_tiny_runs_end_to_end(tiny_run):
   rows = {r['model']: r for r in summary['rows']}
   assert set(rows) == {'momentum', 'logistic'}
   # Every policy tried in every trial counts in the deflated Sharpe ratio.
-  grid_size = np.size(benchmark.policy_grid(benchmark.benchmark_config('tiny').policy).entry)
+  grid_size = np.size(benchmark.policy_grid(config_lib.benchmark_config('tiny').policy).entry)
   assert summary['num_trials'] == grid_size * len(records)
   assert all(r['policy']['num_trials'] == grid_size for r in records)
 
@@ -76,7 +77,7 @@ def test_rerun_skips_finished_trials(tiny_run):
   npz = os.path.join(benchmark.Trial('logistic', 'btc', 0, 0).directory(str(workdir)),
                      benchmark.TEST_ARRAYS)
   stamp = os.stat(npz).st_mtime_ns
-  _, lines = _run(benchmark.benchmark_config('tiny'), workdir)
+  _, lines = _run(config_lib.benchmark_config('tiny'), workdir)
   assert any('6 done, 0 to run' in line for line in lines)
   assert not any(line.startswith('[') for line in lines)
   assert (workdir / benchmark.RESULTS).read_text() == before
@@ -85,7 +86,7 @@ def test_rerun_skips_finished_trials(tiny_run):
 
 def test_rerun_with_other_folds_is_refused(tiny_run):
   workdir, _, _ = tiny_run
-  config = benchmark.benchmark_config('tiny')
+  config = config_lib.benchmark_config('tiny')
   config.folds.train_bars = 1000
   with pytest.raises(config_lib.ConfigError, match='another config'):
     _run(config, workdir)
@@ -93,18 +94,18 @@ def test_rerun_with_other_folds_is_refused(tiny_run):
 
 def test_rerun_with_other_model_settings_is_refused(tiny_run):
   workdir, _, _ = tiny_run
-  config = benchmark.benchmark_config('tiny')
+  config = config_lib.benchmark_config('tiny')
   config.baselines.logistic = {'steps': 31}
   with pytest.raises(config_lib.ConfigError, match='other labels, costs, policies or logistic'):
     _run(config, workdir)
-  config = benchmark.benchmark_config('tiny')
+  config = config_lib.benchmark_config('tiny')
   config.backtest.commission = 0.002
   with pytest.raises(config_lib.ConfigError, match='use another --workdir'):
     _run(config, workdir)
 
 
 def test_a_killed_trial_reruns_alone(tmp_path):
-  config = benchmark.benchmark_config('tiny')
+  config = config_lib.benchmark_config('tiny')
   config.num_seeds = 1
   _run(config, tmp_path)
   path = tmp_path / benchmark.RESULTS
@@ -136,7 +137,7 @@ def test_every_model_gets_the_same_folds_and_labels(tiny_run):
 
 def _one_fold_config(models):
   """The tiny benchmark cut to one fold and one seed of `models`."""
-  config = benchmark.benchmark_config('tiny')
+  config = config_lib.benchmark_config('tiny')
   config.models = models
   config.num_seeds = 1
   config.folds.test_end = '2025-06-11'  # one fold
@@ -161,7 +162,7 @@ def test_lightgbm_missing_is_skipped_and_said(tmp_path, monkeypatch):
   available = {name: None for name in baselines.BASELINES}
   monkeypatch.setattr(baselines, 'available_baselines',
                       lambda: {**available, 'lightgbm': reason})
-  config = benchmark.benchmark_config('tiny')
+  config = config_lib.benchmark_config('tiny')
   config.models = 'momentum,lightgbm'
   config.folds.test_end = '2025-06-11'
   _, lines = _run(config, tmp_path)
@@ -171,7 +172,7 @@ def test_lightgbm_missing_is_skipped_and_said(tmp_path, monkeypatch):
 
 
 def test_gpu_variant_adds_seed_sized_flag_trader_at_t1_and_t64():
-  config = benchmark.benchmark_config('gpu')
+  config = config_lib.benchmark_config('gpu')
   models, _ = benchmark.model_kinds(config)
   assert {'flag_trader', 'flag_trader_seed_t1', 'flag_trader_seed_t64'} <= set(models)
   for name, context in (('flag_trader_seed_t1', 1), ('flag_trader_seed_t64', 64)):
@@ -208,7 +209,7 @@ def test_position_model_is_decided_from_its_position(tmp_path):
 
 
 def test_models_trained_on_net_returns_are_listed():
-  config = benchmark.benchmark_config('cpu')
+  config = config_lib.benchmark_config('cpu')
   models, _ = benchmark.model_kinds(config)
   assert {'mlp', 'mlp_sharpe', 'flag_trader', 'flag_trader_sharpe'} <= set(models)
   # REINFORCE is available, run when named.
@@ -244,27 +245,28 @@ def test_flag_traders_on_net_returns_train_on_the_benchmark_costs(tmp_path):
 
 
 def test_bad_settings_are_named(tmp_path):
-  config = benchmark.benchmark_config('tiny')
+  config = config_lib.benchmark_config('tiny')
   config.models = 'momentum,xgboost'
   with pytest.raises(config_lib.ConfigError, match="unknown model 'xgboost'"):
     _run(config, tmp_path)
-  config = benchmark.benchmark_config('tiny')
+  config = config_lib.benchmark_config('tiny')
   config.assets = 'btc,btc'
   with pytest.raises(config_lib.ConfigError, match='names an asset twice'):
     _run(config, tmp_path)
   with pytest.raises(ValueError, match='unknown benchmark variant'):
-    benchmark.benchmark_config('huge')
+    config_lib.benchmark_config('huge')
 
 
 def test_assets_accept_csv_paths(tmp_path, tiny_run):
-  from himari_jax import binance, walkforward
+  from himari_jax.data import binance
+  from himari_jax.research import walkforward
 
   df = walkforward.load_series('btc_usdt_1h_2025_2026')
   path = tmp_path / 'XYZ-USDT-1h.csv'
   binance.write_canonical_csv(df, str(path))
   name, spec = benchmark.asset_spec(str(path))
   assert (name, spec) == ('xyz_usdt', str(path))
-  config = benchmark.benchmark_config('tiny')
+  config = config_lib.benchmark_config('tiny')
   config.assets = str(path)
   config.models = 'momentum'
   config.folds.test_end = '2025-06-11'
@@ -305,7 +307,7 @@ def _without_timings(record):
 def test_trials_on_ray_match_in_process_and_resume_the_same_way(tmp_path, tiny_run, repo_root):
   ray = pytest.importorskip('ray')
   here_dir, _, _ = tiny_run
-  config = benchmark.benchmark_config('tiny')
+  config = config_lib.benchmark_config('tiny')
   config.num_seeds = 1  # momentum and logistic seed 0 on both folds: 4 trials
   # Workers import this checkout's package and run JAX on the CPU, like this process.
   ray.init(num_cpus=2, log_to_driver=False, include_dashboard=False, runtime_env={

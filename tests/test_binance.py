@@ -10,7 +10,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from himari_jax import binance, data
+from himari_jax.data import binance
+from himari_jax.data import ohlcv as data
 
 FIXTURES = pathlib.Path(__file__).parent / 'fixtures'
 REPO = pathlib.Path(__file__).parent.parent

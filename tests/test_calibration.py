@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from himari_jax import calibration
-from himari_jax.calibration import Calibration
+from himari_jax.inference import calibration
+from himari_jax.inference.calibration import Calibration
 
 _LABEL_RATES = (0.2, 0.6, 0.2)
 

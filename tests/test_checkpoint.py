@@ -12,7 +12,10 @@ import pytest
 from absl import logging
 from conftest import load_config_file
 
-from himari_jax import checkpoint, features, model, train
+from himari_jax.data import features
+from himari_jax.model import checkpoint
+from himari_jax.model import flag_trader as model
+from himari_jax.training import train
 
 # (step, validation metrics or None for a mid-epoch save)
 SAVES = [(1, None), (2, {'val_loss': 0.5, 'val_accuracy': 0.4}), (3, None),
@@ -127,7 +130,7 @@ def test_quiet_orbax_logging_keeps_other_records_and_real_warnings():
   assert not absl_logger.filter(record(orbax, pylogging.INFO, 'Saving checkpoint'))
   assert not absl_logger.filter(record(orbax, pylogging.WARNING, 'did not provide metrics.'))
   assert absl_logger.filter(record(orbax, pylogging.WARNING, 'disk full'))
-  assert absl_logger.filter(record('/repo/himari_jax/train.py', pylogging.INFO, 'step 5'))
+  assert absl_logger.filter(record('/repo/himari_jax/training/train.py', pylogging.INFO, 'step 5'))
 
 
 def test_temporary_folders_of_interrupted_saves_are_removed(tmp_path):

@@ -13,7 +13,8 @@ from absl import flags
 from absl.testing import flagsaver
 from ml_collections import config_flags
 
-from himari_jax import cli, data
+from himari_jax import cli
+from himari_jax.data import ohlcv as data
 
 # A config flag without a default path: overrides are applied while flags are parsed.
 config_flags.DEFINE_config_file('test_cli_config', None, 'A config for the tests below.')

@@ -14,13 +14,17 @@ import pytest
 from conftest import load_config_file
 from seed_reference import seed_matrix
 
-from himari_jax import checkpoint as checkpoint_lib
-from himari_jax import convert, data, initialization, input_pipeline, mesh, predict
-from himari_jax import features as features_lib
-from himari_jax import model as model_lib
+from himari_jax.data import features as features_lib
+from himari_jax.data import input_pipeline
+from himari_jax.data import ohlcv as data
+from himari_jax.inference import predict
+from himari_jax.model import checkpoint as checkpoint_lib
+from himari_jax.model import convert
+from himari_jax.model import flag_trader as model_lib
+from himari_jax.training import initialization, mesh
 
 torch = pytest.importorskip('torch')
-torch_reference = pytest.importorskip('himari_jax.torch_reference')
+torch_reference = pytest.importorskip('himari_jax.model.torch_reference')
 
 SMALL = dict(d_model=32, num_layers=2, num_heads=4, dim_feedforward=64, lora_rank=4,
              max_length=32)

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from himari_jax import data
+from himari_jax.data import ohlcv as data
 
 FIXTURES = pathlib.Path(__file__).parent / 'fixtures'
 HEADER = 'timestamp,open,high,low,close,volume'
@@ -286,7 +286,8 @@ def test_exchange_layouts_read_back_the_bundled_bars(path, layout, name, start, 
 
 @pytest.mark.parametrize('path', [CDD, FREQTRADE])
 def test_exchange_layouts_compute_features_and_backtest(path):
-  from himari_jax import backtest, features
+  from himari_jax.backtest import engine as backtest
+  from himari_jax.data import features
 
   df = data.load_ohlcv(path)
   feats = features.compute_features(df)

@@ -6,14 +6,14 @@ import os
 import numpy as np
 import pytest
 
-from himari_jax import dispatch
+from himari_jax.research import dispatch
 
 
 def make_trial_fn(results_dir):
   """A trial that writes its result file (the caller's resumption record) and returns it."""
 
   def run_trial(trial):
-    from himari_jax import metrics  # noqa: PLC0415 - imported where the trial runs
+    from himari_jax.stats import metrics  # noqa: PLC0415 - imported where the trial runs
 
     rng = np.random.default_rng(trial['seed'])
     equity = (100.0 * np.cumprod(1 + trial['scale'] * rng.standard_normal(500))).astype(

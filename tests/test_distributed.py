@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from himari_jax import checkpoint
+from himari_jax.model import checkpoint
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 TINY = f'{REPO / "configs" / "flag_trader.py"}:tiny'
@@ -29,7 +29,7 @@ import sys
 import jax
 from absl import flags, logging
 from ml_collections import config_flags
-from himari_jax import train
+from himari_jax.training import train
 assert jax.device_count() == 8, jax.devices()
 logging.set_verbosity(logging.INFO)
 config_flags.DEFINE_config_file('config')

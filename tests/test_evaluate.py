@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from himari_jax import config as config_lib
-from himari_jax import diagnostics, members
+from himari_jax.inference import members
+from himari_jax.stats import diagnostics
 
 
 def test_diagnostics_known_confusion():
@@ -48,7 +49,8 @@ def test_split_list():
 
 
 def test_decide_holds_where_a_member_is_unavailable(tiny_config, tmp_path):
-  from himari_jax import data, train
+  from himari_jax.data import ohlcv as data
+  from himari_jax.training import train
 
   tiny_config.train.num_epochs = 1
   tiny_config.train.steps_per_epoch = 2
@@ -91,7 +93,9 @@ def _select_config(dataset):
 
 
 def test_select_never_looks_at_test_bars_and_reports_it(tmp_path):
-  from himari_jax import binance, data, evaluate
+  from himari_jax.backtest import evaluate
+  from himari_jax.data import binance
+  from himari_jax.data import ohlcv as data
 
   test = data.builtin_dataset('btc_usdt_1h_2025_2026').iloc[:1200]
   rng = np.random.default_rng(0)
@@ -132,7 +136,7 @@ def test_select_never_looks_at_test_bars_and_reports_it(tmp_path):
 
 
 def test_policy_grid_and_fixed_policy_from_config():
-  from himari_jax import evaluate, policy
+  from himari_jax.backtest import evaluate, policy
 
   config = config_lib.load_config('backtest')
   grid = evaluate.policy_grid(config.policy)
@@ -155,7 +159,7 @@ def test_policy_grid_and_fixed_policy_from_config():
 
 
 def test_label_params_pass_each_rule_its_own_fields():
-  from himari_jax import input_pipeline, labels
+  from himari_jax.data import input_pipeline, labels
 
   config = config_lib.load_config('flag_trader:tiny')
   config.labels.update(kind='volatility', cost_floor=labels.round_trip_cost())

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from himari_jax import data
-from himari_jax import features as F
+from himari_jax.data import features as F
+from himari_jax.data import ohlcv as data
 
 col = {name: j for j, name in enumerate(F.FEATURE_NAMES)}
 

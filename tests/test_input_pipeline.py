@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from himari_jax import config as config_lib
-from himari_jax import data, features, input_pipeline
+from himari_jax.data import features, input_pipeline
+from himari_jax.data import ohlcv as data
 
 
 def test_asset_names_group_eras_of_one_coin():

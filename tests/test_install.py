@@ -13,7 +13,12 @@ SCRIPT = textwrap.dedent('''
     import os, sys
     import numpy as np
     import himari_jax
-    from himari_jax import config, convert, data, members, model, predict
+    from himari_jax import config
+    from himari_jax.model import convert
+    from himari_jax.data import ohlcv as data
+    from himari_jax.inference import members
+    from himari_jax.model import flag_trader as model
+    from himari_jax.inference import predict
 
     site, checkpoint, pt = sys.argv[1:]
     assert himari_jax.__file__.startswith(site), himari_jax.__file__

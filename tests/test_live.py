@@ -18,7 +18,9 @@ import pandas as pd
 import pytest
 from conftest import load_config_file
 
-from himari_jax import backtest, data, live
+from himari_jax.backtest import engine as backtest
+from himari_jax.data import ohlcv as data
+from himari_jax.live import paper as live
 
 HOUR = pd.Timedelta('1h')
 HISTORY = 24
@@ -268,7 +270,7 @@ def test_latest_decision_leaves_out_an_unclosed_last_row(tmp_path):
 
 
 def test_model_decider_decides_as_the_backtest_does(repo_root):
-  from himari_jax import members
+  from himari_jax.inference import members
 
   config = load_config_file('backtest')
   config.calibration.mode, config.calibration.temperature = 'fixed', False

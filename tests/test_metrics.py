@@ -6,8 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from himari_jax import backtest, metrics, report
-from himari_jax.ensemble import BUY, SELL
+from himari_jax.backtest import engine as backtest
+from himari_jax.backtest import report
+from himari_jax.inference.ensemble import BUY, SELL
+from himari_jax.stats import metrics
 
 PERIODS = 8760.0
 

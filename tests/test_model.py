@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from himari_jax import model, train
+from himari_jax.model import flag_trader as model
+from himari_jax.training import train
 
 SMALL = model.ModelConfig(d_model=32, num_layers=2, num_heads=4, dim_feedforward=64,
                           max_length=16, lora_rank=4)

@@ -13,9 +13,11 @@ import numpy as np
 import optax
 import pytest
 
-from himari_jax import data, model
-from himari_jax import features as features_lib
-from himari_jax import objectives as obj
+from himari_jax.data import features as features_lib
+from himari_jax.data import labels as labels_lib
+from himari_jax.data import ohlcv as data
+from himari_jax.model import flag_trader as model
+from himari_jax.model import objectives as obj
 
 TINY = model.ModelConfig(d_model=16, num_layers=1, num_heads=2, dim_feedforward=32,
                          max_length=16, lora_rank=4, dropout_rate=0.0)
@@ -45,11 +47,11 @@ def test_position_head_reads_the_buy_sell_preference():
 
 
 def test_next_bar_returns_and_its_errors():
-  returns = obj.next_bar_returns([100.0, 110.0, 99.0, 99.0])
+  returns = labels_lib.next_bar_returns([100.0, 110.0, 99.0, 99.0])
   np.testing.assert_allclose(returns[:3], [0.1, -0.1, 0.0])
   assert np.isnan(returns[3])
   with pytest.raises(ValueError, match='close row 2 is 0.0'):
-    obj.next_bar_returns([1.0, 2.0, 0.0])
+    labels_lib.next_bar_returns([1.0, 2.0, 0.0])
 
 
 @pytest.mark.parametrize('field, value, message', [
@@ -121,7 +123,7 @@ def test_loss_on_a_hand_built_path_equals_a_per_bar_loop(kind, initial, long_onl
   path = np.array([100.0, 101.0, 99.5, 99.5, 102.0, 101.0, 103.0, 100.0, 98.0, 99.0])
   # Two windows of 5 bars; the second ends at the path's last bar (next return unknown) and
   # has a masked bar inside (a gap in a window is skipped, its neighbours are compared).
-  returns = obj.next_bar_returns(path).reshape(2, 5)
+  returns = labels_lib.next_bar_returns(path).reshape(2, 5)
   masks = np.isfinite(returns) & np.array([[1, 1, 1, 1, 1], [1, 1, 0, 1, 1]], bool)
   assert masks.sum() == 8
   logits = np.random.default_rng(0).normal(size=(2, 5, 3))

@@ -1,4 +1,4 @@
-"""Tests of himari_jax.placebo: the null summary, the empirical p-value, the resumable runner,
+"""Tests of research.placebo: the null summary, the empirical p-value, the resumable runner,
 and a planted edge against placebo markets through the real backtester."""
 
 import json
@@ -10,7 +10,11 @@ import sys
 import numpy as np
 import pytest
 
-from himari_jax import backtest, data, metrics, placebo, significance, synthetic
+from himari_jax.backtest import engine as backtest
+from himari_jax.data import ohlcv as data
+from himari_jax.data import synthetic
+from himari_jax.research import placebo
+from himari_jax.stats import metrics, significance
 
 NUM_BARS = 2_000
 NUM_RUNS = 20

@@ -10,7 +10,12 @@ import sys
 import numpy as np
 import pytest
 
-from himari_jax import backtest, config, data, evaluate, metrics, pipeline
+from himari_jax import config
+from himari_jax.backtest import engine as backtest
+from himari_jax.backtest import evaluate
+from himari_jax.data import ohlcv as data
+from himari_jax.research import pipeline
+from himari_jax.stats import metrics
 
 RUNS = 2
 

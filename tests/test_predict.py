@@ -7,7 +7,11 @@ import numpy as np
 import pytest
 from conftest import load_config_file
 
-from himari_jax import checkpoint, data, features, model, predict
+from himari_jax.data import features
+from himari_jax.data import ohlcv as data
+from himari_jax.inference import predict
+from himari_jax.model import checkpoint
+from himari_jax.model import flag_trader as model
 
 CONTEXT = 8
 
@@ -96,7 +100,8 @@ def test_a_model_is_scored_with_its_own_feature_set_only(loaded, bars):
 
 def test_a_pt_member_defaults_to_seed_causal(loaded, tmp_path):
   pytest.importorskip('torch')
-  from himari_jax import convert, members
+  from himari_jax.inference import members
+  from himari_jax.model import convert
 
   convert.save_torch_checkpoint(tmp_path / 'seed.pt', loaded.params, loaded.model_config)
   member = members.load_member(str(tmp_path / 'seed.pt'))

@@ -11,7 +11,10 @@ from flax import traverse_util
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from himari_jax import adapters, checkpoint, data, initialization, mesh, model, train
+from himari_jax.data import ohlcv as data
+from himari_jax.model import adapters, checkpoint
+from himari_jax.model import flag_trader as model
+from himari_jax.training import initialization, mesh, train
 
 FINETUNE_ARMS = ('finetune', 'full_finetune', 'scratch_lora')
 # The only fields in which the fine-tuning arms may differ: which weights start where and train.

@@ -4,7 +4,8 @@ import types
 
 import pytest
 
-from himari_jax import model, profiling
+from himari_jax.model import flag_trader as model
+from himari_jax.training import profiling
 
 TINY = model.ModelConfig(d_model=32, num_layers=2, num_heads=4, dim_feedforward=64,
                          max_length=32, lora_rank=4)

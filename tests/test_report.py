@@ -10,8 +10,10 @@ import pandas as pd
 import pytest
 from conftest import load_config_file
 
-from himari_jax import backtest, metrics, report
-from himari_jax.ensemble import BUY, HOLD, SELL
+from himari_jax.backtest import engine as backtest
+from himari_jax.backtest import report
+from himari_jax.inference.ensemble import BUY, HOLD, SELL
+from himari_jax.stats import metrics
 
 
 @pytest.fixture(scope='module')
@@ -103,7 +105,8 @@ def test_lookahead_features_are_flagged_first_everywhere(tmp_path, run, capsys):
   import types
 
   from himari_jax import config as config_lib
-  from himari_jax import evaluate, features
+  from himari_jax.backtest import evaluate
+  from himari_jax.data import features
 
   frame, _, actions, confidence, config = run
   config = config.copy_and_resolve_references()

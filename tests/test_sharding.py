@@ -12,7 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from himari_jax import backtest, metrics, policy, sharding
+from himari_jax.backtest import engine as backtest
+from himari_jax.backtest import policy, sharding
+from himari_jax.stats import metrics
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -43,7 +45,7 @@ import jax
 import numpy as np
 sys.path.insert(0, {str(pathlib.Path(__file__).parent)!r})
 import test_sharding
-from himari_jax import sharding
+from himari_jax.backtest import sharding
 assert jax.local_device_count() == 8, jax.devices()
 grid, *shared = test_sharding.make_inputs()
 table = sharding.map_settings(test_sharding.one_setting, grid, *shared, batch_size=2)

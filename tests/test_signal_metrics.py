@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from himari_jax import signal_metrics as sm
+from himari_jax.stats import signal_metrics as sm
 
 
 def _random_case(n=400, seed=0):

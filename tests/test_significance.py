@@ -1,4 +1,4 @@
-"""Tests of himari_jax.significance against closed forms and published values."""
+"""Tests of himari_jax.stats.significance against closed forms and published values."""
 
 import json
 import math
@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from himari_jax import significance
+from himari_jax.stats import significance
 
 NORMAL = statistics.NormalDist()
 

@@ -1,4 +1,4 @@
-"""Tests of himari_jax.synthetic: resampled markets keep the real bars' distribution, lose
+"""Tests of himari_jax.data.synthetic: resampled markets keep the real bars' distribution, lose
 their predictability, and pass every check a real frame passes."""
 
 import io
@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 import scipy.stats
 
-from himari_jax import data, features, synthetic
+from himari_jax.data import features, synthetic
+from himari_jax.data import ohlcv as data
 
 NUM_BARS = 12_000  # the last 12,000 BTC bars (2023-2024): long enough for tail quantiles
 

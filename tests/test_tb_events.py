@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from himari_jax import tb_events
+from himari_jax.training import tb_events
 
 
 def _write_run(logdir):

@@ -20,25 +20,14 @@ from jax.experimental.compilation_cache import compilation_cache
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from himari_jax import (
-  baselines,
-  checkpoint,
-  data,
-  features,
-  initialization,
-  input_pipeline,
-  labels,
-  members,
-  mesh,
-  model,
-  objectives,
-  predict,
-  preemption,
-  tb_events,
-  train,
-  validation,
-)
 from himari_jax import config as config_lib
+from himari_jax.data import features, input_pipeline, labels
+from himari_jax.data import ohlcv as data
+from himari_jax.inference import members, predict
+from himari_jax.model import checkpoint, objectives
+from himari_jax.model import flag_trader as model
+from himari_jax.research import baselines
+from himari_jax.training import initialization, mesh, preemption, tb_events, train, validation
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 TINY = f'{REPO / "configs" / "flag_trader.py"}:tiny'

@@ -4,7 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from himari_jax import backtest, data, features
+from himari_jax.backtest import engine as backtest
+from himari_jax.data import features
+from himari_jax.data import ohlcv as data
 
 
 @pytest.fixture(scope='module')

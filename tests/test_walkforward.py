@@ -11,8 +11,11 @@ import pandas as pd
 import pytest
 from conftest import load_config_file
 
-from himari_jax import data, members, walkforward, windows
-from himari_jax.features import WARMUP_BARS
+from himari_jax.data import ohlcv as data
+from himari_jax.data import windows
+from himari_jax.data.features import WARMUP_BARS
+from himari_jax.inference import members
+from himari_jax.research import walkforward
 
 H = 6  # label horizon of the threshold rule, the default embargo
 

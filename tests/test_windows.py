@@ -5,9 +5,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from himari_jax import labels as L
-from himari_jax import windows as W
-from himari_jax.features import WARMUP_BARS
+from himari_jax.data import labels as L
+from himari_jax.data import windows as W
+from himari_jax.data.features import WARMUP_BARS
 
 
 def _arrays(n=400, f=60, horizon=6):

@@ -1,0 +1,407 @@
+"""The backtest pipeline: checkpoints -> decisions (members.py) -> backtest -> reports.
+
+`backtest_pipeline` is what launch/backtest.py and quickstart.py run; `backtest_and_report`
+backtests given decisions against buy-and-hold, adds the significance tests (SPEC 7), the
+gross / cost / net attribution and cost-sensitivity curve (SPEC 9) and writes every report file
+(walk-forward uses it on its stitched test windows).
+
+`config.policy.mode` says how probabilities become positions (SPEC 8): 'seed' (argmax plus
+confidence threshold through the backtester, the seed's decisions), 'fixed' (the policy of
+`config.policy`) or 'select' (the best policy of a grid on the validation bars the members'
+calibration uses, never test bars; its trials count in the deflated Sharpe ratio).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Sequence
+
+import ml_collections
+import numpy as np
+import pandas as pd
+
+from himari_jax import config as config_lib
+from himari_jax import constants
+from himari_jax.backtest import engine as backtest_lib
+from himari_jax.backtest import policy as policy_lib
+from himari_jax.backtest import report as report_lib
+from himari_jax.data import features as features_lib
+from himari_jax.data import input_pipeline
+from himari_jax.data import ohlcv as data_lib
+from himari_jax.inference import ensemble as ensemble_lib
+from himari_jax.inference import members as members_lib
+from himari_jax.stats import metrics as metrics_lib
+from himari_jax.stats import significance as significance_lib
+
+
+def _weights(config: ml_collections.ConfigDict, num_members: int) -> list[float] | None:
+  weights = [float(w) for w in config_lib.split_list(config.get('weights', '') or '')]
+  if weights and len(weights) != num_members:
+    raise ValueError(f'weights has {len(weights)} entries for {num_members} checkpoints; give '
+                     'one per checkpoint or leave it empty for equal weights')
+  return weights or None
+
+
+# 'auto' (quickstart's default): 'select', but the seed's decisions unless the selected
+# policy beats the seed policy at the configured threshold on the validation bars.
+POLICY_MODES = ('seed', 'fixed', 'select', 'auto')
+# Default axes of a 'select' grid given in part (policy.default_grid's values).
+_GRID_DEFAULTS = {'entry': (0.1, 0.2, 0.3, 0.4, 0.5), 'exit_gap': (0.0, 0.1, 0.2, 0.3),
+                  'min_hold': (0, 6, 24, 72), 'cooldown': (0, 12), 'sizing': policy_lib.SIZINGS}
+_SEED_THRESHOLDS = (0.0, 0.4, 0.5, 0.6)  # seed policies every 'select' grid also tries
+
+
+def fixed_policy(policy_config: ml_collections.ConfigDict) -> policy_lib.PolicyParams:
+  """The policy of `config.policy`'s fields (validated: errors name the bad field)."""
+  fields = ('signal', 'entry', 'exit', 'min_hold', 'cooldown', 'sizing', 'max_position_pct',
+            'target_vol', 'max_leverage', 'band', 'allow_short', 'trim')
+  return policy_lib.make_policy(**{k: policy_config[k] for k in fields})
+
+
+def policy_grid(policy_config: ml_collections.ConfigDict) -> policy_lib.PolicyParams:
+  """The grid 'select' searches: `policy.default_grid()` with the sizes, band and shorting of
+  `config.policy`, each axis narrowed to `config.policy.grid.<axis>` where that is set, plus
+  the seed at thresholds 0, 0.4, 0.5 and 0.6 (so selection can keep the seed)."""
+  pc = policy_config
+  cast = {'entry': float, 'exit_gap': float, 'min_hold': int, 'cooldown': int, 'sizing': str}
+  axes = {}
+  for name, kind in cast.items():
+    given = config_lib.split_list(str(pc.grid.get(name, '') or ''))
+    try:
+      axes[name] = [kind(v) for v in given] or list(_GRID_DEFAULTS[name])
+    except ValueError as e:
+      raise ValueError(f'policy.grid.{name}={pc.grid[name]!r}: {e}') from None
+  base = dict(band=pc.band, allow_short=pc.allow_short, max_position_pct=pc.max_position_pct,
+              target_vol=pc.target_vol, max_leverage=pc.max_leverage, trim=pc.trim)
+  margin = [policy_lib.make_policy_grid(
+      dict(base, entry=entry), exit=[round(entry - gap, 4) for gap in axes['exit_gap']],
+      min_hold=axes['min_hold'], cooldown=axes['cooldown'], sizing=axes['sizing'])
+      for entry in axes['entry'] if any(entry - gap >= -1 for gap in axes['exit_gap'])]
+  seeds = [policy_lib.seed_policy(t, max_position_pct=pc.max_position_pct,
+                                  allow_short=pc.allow_short) for t in _SEED_THRESHOLDS]
+  return policy_lib.stack_policies([*margin, *seeds])
+
+
+@dataclasses.dataclass
+class PolicyChoice:
+  """How decisions were made: `mode` of `POLICY_MODES`; `policy` (None for 'seed');
+  `selection` (for 'select'): the validation sweep; `summary`: JSON-able description."""
+
+  mode: str
+  policy: policy_lib.PolicyParams | None
+  selection: policy_lib.PolicySelection | None
+  summary: dict
+
+  @property
+  def num_trials(self) -> int:
+    return self.selection.num_trials if self.selection is not None else 1
+
+  @property
+  def trial_sharpes(self) -> np.ndarray | None:
+    """Annualised validation Sharpe ratios of every policy tried (None: one trial)."""
+    if self.selection is None:
+      return None
+    return self.selection.table['sharpe'].to_numpy(np.float64)
+
+
+def sigma_for(df: pd.DataFrame, config: ml_collections.ConfigDict) -> np.ndarray:
+  """(N,) annualised volatility `vol_target` sizes by, from bars <= t."""
+  return policy_lib.annualized_volatility(
+      np.asarray(df['close'], np.float64), window=int(config.policy.vol_window),
+      periods_per_year=config.periods_per_year)
+
+
+def choose_policy(config: ml_collections.ConfigDict, val_df: pd.DataFrame | None = None,
+                  val_probs: np.ndarray | None = None, *, log=print) -> PolicyChoice:
+  """The policy of `config.policy.mode`; 'select' sweeps the grid on validation bars.
+
+  Args:
+    config: a backtest config (`policy`, costs, periods_per_year).
+    val_df: (V,) validation bars (for 'select' only; never test bars).
+    val_probs: (V, 3) calibrated probabilities of those bars (one member's, or an ensemble's
+      combined vector).
+  """
+  pc = config.policy
+  mode = pc.mode
+  if mode not in POLICY_MODES:
+    raise ValueError(f'policy.mode={mode!r}; use one of {", ".join(POLICY_MODES)}')
+  seed_summary = {'mode': 'seed', 'num_trials': 1,
+                  'policy': f'argmax + confidence_threshold {config.confidence_threshold:g}, '
+                            f'sizing {config.sizing}'}
+  if mode == 'seed':
+    return PolicyChoice('seed', None, None, seed_summary)
+  if mode == 'fixed':
+    policy = fixed_policy(pc)
+    return PolicyChoice('fixed', policy, None, {'mode': 'fixed', 'num_trials': 1,
+                                                'policy': policy_lib.policy_to_dict(policy)})
+  if val_df is None or val_probs is None:
+    raise ValueError(f"policy.mode={mode!r} needs validation bars and their probabilities")
+  params = backtest_lib.params_from_config(config)
+  selection = policy_lib.select_policy(
+      val_df, val_probs, params, grid=policy_grid(pc), objective=pc.objective,
+      turnover_penalty=pc.turnover_penalty, sigma_annual=sigma_for(val_df, config),
+      periods_per_year=config.periods_per_year)
+  chosen = selection.table.iloc[selection.index]
+  seeds = selection.table[selection.table['policy.signal'] == 'argmax']
+  summary = {
+      'mode': 'select', 'objective': selection.objective, 'num_trials': selection.num_trials,
+      'policy': policy_lib.policy_to_dict(selection.policy),
+      'validation': {'first': str(val_df.index[0]), 'last': str(val_df.index[-1]),
+                     'bars': len(val_df), 'sharpe': float(chosen['sharpe']),
+                     'total_return': float(chosen['total_return']),
+                     'num_trades': int(chosen['num_trades']),
+                     'turnover_per_year': float(chosen['turnover_per_year']),
+                     'best_seed_sharpe': float(np.nanmax(seeds['sharpe']))
+                     if len(seeds) and np.isfinite(seeds['sharpe']).any() else None}}
+  log(f'policy: selected 1 of {selection.num_trials} on {len(val_df)} validation bars '
+      f'({val_df.index[0]:%Y-%m-%d} .. {val_df.index[-1]:%Y-%m-%d}) by {selection.objective}: '
+      f'validation Sharpe {chosen["sharpe"]:.2f}')
+  if mode == 'auto':
+    table = selection.table
+    seed = table[(table['policy.signal'] == 'argmax')
+                 & np.isclose(table['policy.entry'], config.confidence_threshold)]
+    seed_score = seed['objective'].max() if len(seed) else -np.inf
+    beats = bool(np.isfinite(chosen['objective'])
+                 and not (chosen['objective'] <= np.nan_to_num(seed_score, nan=-np.inf)))
+    summary['auto'] = {'selected_beats_seed': beats, 'seed_objective':
+                       float(seed_score) if np.isfinite(seed_score) else None}
+    log('policy auto: the selected policy ' + ('beats' if beats else 'does not beat') +
+        ' the seed policy on validation; using ' + ('it' if beats else "the seed's decisions"))
+    if not beats:
+      # The seed was kept after looking at every policy: they all count as trials.
+      return PolicyChoice('seed', None, selection,
+                          {**seed_summary, 'num_trials': selection.num_trials,
+                           'auto': summary['auto'], 'validation': summary['validation'],
+                           'objective': selection.objective})
+    summary['mode'] = 'select'
+  return PolicyChoice('select', selection.policy, selection, summary)
+
+
+def validation_probabilities(members: Sequence, calibration_config: ml_collections.ConfigDict,
+                             fitted: Sequence, *, weights: Sequence[float] | None = None,
+                             asset: str | None = None) -> tuple[pd.DataFrame, np.ndarray]:
+  """Validation bars of the first member's training data and the members' combined,
+  calibrated probabilities on them, `(V, 3)`: what 'select' chooses a policy on."""
+  frame, num_val = members_lib.validation_frame(members[0], asset)
+  probs, _, _ = members_lib.member_probabilities(members, frame, calibration_config,
+                                                 asset=asset, fitted=fitted)
+  return frame.iloc[-num_val:], members_lib.combined_probabilities(probs[:, -num_val:], weights)
+
+
+def lookahead_warnings(members: Sequence) -> list[str]:
+  """The look-ahead caveat of every feature set a member uses (SPEC 3), once each."""
+  found = [features_lib.lookahead_warning(features_lib.feature_set_of(m.config))
+           for m in members]
+  return list(dict.fromkeys(w for w in found if w))
+
+
+def backtest_pipeline(config: ml_collections.ConfigDict, outdir: str, *,
+                      sweep: bool = False, log=print) -> dict:
+  """checkpoints -> predictions -> calibration -> ensemble -> policy -> backtest -> reports.
+
+  Args:
+    config: a `configs/backtest.py` config (checkpoints, dataset, strategy, calibration,
+      policy, costs and sizing, sweep grid, significance settings).
+    outdir: where the reports go.
+    sweep: also backtest every (strategy, confidence threshold) of `config.sweep` in one
+      compiled call, write `sweep.csv`, and deflate the Sharpe ratio by that many trials
+      (with 'select', by those and the policies tried).
+    log: where progress lines go; a look-ahead caveat (SPEC 3) is the first.
+
+  Returns:
+    {'metrics', 'benchmark', 'significance', 'attribution', 'policy', 'paths', 'sweep'
+     (a DataFrame or None), 'warnings'}.
+  """
+  paths = [members_lib.resolve_path(p) for p in config_lib.split_list(config.checkpoints)]
+  if not paths:
+    raise ValueError('no checkpoints given: set --checkpoints (or --config.checkpoints) to '
+                     'one or more training workdirs or .pt files, comma-separated')
+  valid = (*ensemble_lib.STRATEGIES, *config_lib.STRATEGY_ALIASES)
+  swept = config_lib.split_list(config.sweep.strategies) if sweep else []
+  for strategy in (config.strategy, *swept):
+    if strategy not in valid:
+      raise ValueError(f'unknown strategy {strategy!r}; valid: {", ".join(valid)}')
+  if not 0.0 <= config.confidence_threshold <= 1.0:
+    raise ValueError(f'confidence_threshold={config.confidence_threshold} must be in [0, 1]')
+  backtest_lib.params_from_config(config)  # validates costs and sizing up front
+  if config.policy.mode not in POLICY_MODES:
+    raise ValueError(f'policy.mode={config.policy.mode!r}; use one of {", ".join(POLICY_MODES)}')
+  if config.policy.mode == 'fixed':
+    fixed_policy(config.policy)  # validates the policy up front
+  weights = _weights(config, len(paths))
+  df = data_lib.load_dataset(config.dataset, fill_gaps=True)
+  members = [members_lib.load_member(p, config.which) for p in paths]
+  warnings = lookahead_warnings(members)
+  for warning in warnings:
+    log(warning)
+  log(f'loaded {len(paths)} model(s): {", ".join(paths)}')
+  log(f'predicting {len(df)} bars of {config.dataset} '
+      f'({df.index[0]:%Y-%m-%d} .. {df.index[-1]:%Y-%m-%d}); calibration: '
+      f'{config.calibration.mode}; policy: {config.policy.mode}')
+  asset = input_pipeline.asset_name(config.dataset)
+  fitted = [members_lib.fit_member_calibration(m, config.calibration) for m in members]
+  for path, (_, summary) in zip(paths, fitted, strict=True):
+    if 'skipped' in summary:
+      log(f'{path}: {summary["skipped"]}')
+  decisions = members_lib.decide(members, paths, df, strategy=config.strategy,
+                                 threshold=config.confidence_threshold, weights=weights,
+                                 calibration_config=config.calibration, asset=asset,
+                                 fitted=fitted)
+  val = (validation_probabilities(members, config.calibration, fitted, weights=weights,
+                                  asset=asset)
+         if config.policy.mode in ('select', 'auto') else (None, None))
+  choice = choose_policy(config, *val, log=log)
+
+  table = None
+  trial_sharpes = choice.trial_sharpes
+  if sweep:
+    strategies = swept
+    signals = [ensemble_lib.combine(decisions.probs, config_lib.strategy_name(s),
+                                    weights=weights) for s in strategies]
+    actions = np.stack([np.where(decisions.available, a, constants.HOLD) for a, _ in signals])
+    confidence = np.stack([np.where(decisions.available, c, 0.0) for _, c in signals])
+    grid = backtest_lib.make_grid(backtest_lib.settings_from_config(config),
+                                  confidence_threshold=list(config.sweep.confidence_thresholds))
+    table = backtest_lib.sweep(df, actions, confidence, grid, signal_names=strategies,
+                               periods_per_year=config.periods_per_year,
+                               risk_free_rate=config.risk_free_rate,
+                               metrics=config.sweep.get('metrics', 'all'))
+    os.makedirs(outdir, exist_ok=True)
+    table.to_csv(os.path.join(outdir, 'sweep.csv'), index=False)
+    swept_sharpes = table['sharpe'].to_numpy(float)
+    trial_sharpes = (swept_sharpes if trial_sharpes is None
+                     else np.concatenate([trial_sharpes, swept_sharpes]))
+    log(f'sweep: {len(table)} configurations in one compiled call -> '
+        f'{os.path.join(outdir, "sweep.csv")}')
+  if choice.selection is not None:
+    os.makedirs(outdir, exist_ok=True)
+    choice.selection.table.to_csv(os.path.join(outdir, POLICY_CSV), index=False)
+
+  extra = {'models': paths, 'calibration': decisions.calibrations,
+           'available_bars': int(decisions.available.sum())}
+  probs = None
+  if choice.policy is not None:
+    probs = members_lib.combined_probabilities(decisions.probs, weights)
+  outcome = backtest_and_report(df, decisions.actions, decisions.confidence, config, outdir,
+                                extra=extra, trial_sharpes=trial_sharpes, choice=choice,
+                                probs=probs, warnings=warnings)
+  if choice.selection is not None:
+    outcome['paths']['policies'] = os.path.join(outdir, POLICY_CSV)
+  return {**outcome, 'sweep': table}
+
+
+POLICY_CSV = 'policy_selection.csv'
+
+
+def backtest_and_report(df: pd.DataFrame, actions: np.ndarray, confidence: np.ndarray,
+                        config: ml_collections.ConfigDict, outdir: str, *,
+                        extra: dict | None = None,
+                        trial_sharpes: np.ndarray | None = None,
+                        num_trials: int | None = None,
+                        choice: PolicyChoice | None = None, probs: np.ndarray | None = None,
+                        result: backtest_lib.BacktestResult | None = None,
+                        warnings: Sequence[str] = ()) -> dict:
+  """Backtest of decisions, buy-and-hold, significance, attribution and every report file.
+
+  Args:
+    df: the OHLCV frame of the N bars decided on.
+    actions: (N,) int actions; confidence: (N,) float in [0, 1]: the model's signal (the
+      seed policy trades it; the reports count it).
+    config: a `configs/backtest.py` config (costs, sizing, policy, significance settings).
+    outdir: where the reports go.
+    extra: more JSON-able sections for `backtest_results.json`; `significance`,
+      `attribution`, `cost_sensitivity`, `policy` and `lookahead_warning` are added.
+    trial_sharpes: annualised Sharpe ratios of every configuration tried, for the deflated
+      Sharpe ratio; None = this one only.
+    num_trials: trials to deflate by when not `len(trial_sharpes)` (walk-forward: each fold
+      tries the same grid).
+    choice: the decision policy (default: the seed's, `choose_policy` of a 'seed' config).
+    probs: (N, 3) probabilities the policy of `choice` trades (needed unless 'seed').
+    result: an already simulated backtest of these bars (walk-forward's chained folds);
+      None simulates `choice` here. Without simulation here, no cost-sensitivity curve.
+    warnings: caveats shown first (look-ahead features, SPEC 3).
+
+  Returns:
+    {'metrics', 'benchmark', 'significance', 'attribution', 'policy', 'paths', 'warnings'}.
+  """
+  params = backtest_lib.params_from_config(config)
+  choice = choice or PolicyChoice('seed', None, None, {'mode': 'seed', 'num_trials': 1})
+  multipliers = backtest_lib.COST_MULTIPLIERS
+  sensitivity = None
+  if result is None and choice.policy is None:
+    result = backtest_lib.run_backtest(df, actions, confidence, params)
+    sensitivity = backtest_lib.cost_sensitivity(df, actions, confidence, params,
+                                                multipliers=multipliers,
+                                                periods_per_year=config.periods_per_year)
+  elif result is None:
+    if probs is None:
+      raise ValueError(f'policy mode {choice.mode!r} needs the probabilities it trades')
+    sigma = sigma_for(df, config)
+    result = policy_lib.run_policy(df, probs, choice.policy, params, sigma_annual=sigma,
+                                   periods_per_year=config.periods_per_year)
+    sensitivity = policy_lib.cost_sensitivity(df, probs, choice.policy, params,
+                                              multipliers=multipliers, sigma_annual=sigma,
+                                              periods_per_year=config.periods_per_year)
+  close = np.asarray(df['close'], np.float64)
+  benchmark = backtest_lib.buy_and_hold(df, params)
+  capital = params.initial_capital
+  equity = np.asarray(result.equity, np.float64)
+  # Exposure as set at each fill and held until the next one: the signal whose timing the
+  # shuffled-signal null permutes (marking to market between fills is not a decision).
+  exposure = np.asarray(result.position, np.float64) * close / np.maximum(equity, 1e-12)
+  filled = np.asarray(result.fill_qty) != 0
+  exposure = pd.Series(np.where(filled, exposure, np.nan)).ffill().fillna(0.0).to_numpy()
+  market = np.asarray(metrics_lib.market_returns(close))
+  sig = config.significance
+  trials = None if trial_sharpes is None else np.asarray(trial_sharpes, np.float64)
+  variance = None
+  if trials is not None and np.isfinite(trials).sum() < 2:
+    # Almost no policy traded on validation: no spread to estimate; count the trials only.
+    num_trials, trials, variance = num_trials or len(trials), None, 0.0
+  significance = significance_lib.significance_report(
+      np.asarray(metrics_lib.period_returns(result.equity, capital)),
+      np.asarray(metrics_lib.period_returns(benchmark.equity, capital)),
+      positions=exposure, market_returns=market,
+      num_resamples=sig.num_resamples, num_shuffles=sig.num_shuffles,
+      cost_rate=(float(params.commission_buy + params.slippage_buy),
+                 float(params.commission_sell + params.slippage_sell)),
+      seed=sig.seed, periods_per_year=config.periods_per_year, trial_sharpes=trials,
+      trial_sharpe_variance=variance,
+      num_trials=num_trials if trial_sharpes is not None else choice.num_trials)
+  # The same rotated-signal null without costs: does the timing beat chance before costs?
+  gross_null = significance_lib.shuffled_signal_test(
+      exposure, market, cost_rate=0.0, num_shuffles=sig.num_shuffles, seed=sig.seed,
+      periods_per_year=config.periods_per_year)
+  significance['shuffled_signal_gross'] = {
+      k: (v if np.isfinite(v) else None) for k, v in gross_null.items()
+      if not isinstance(v, np.ndarray)}
+  attribution = metrics_lib.attribution(result, capital,
+                                        periods_per_year=config.periods_per_year,
+                                        risk_free_rate=config.risk_free_rate)
+  intervals = report_lib.attribution_intervals(result, capital,
+                                               num_resamples=sig.num_resamples, seed=sig.seed,
+                                               periods_per_year=config.periods_per_year)
+  attribution_json = {'values': report_lib.to_python(attribution),
+                      'intervals': {k: report_lib.to_python(v) for k, v in intervals.items()}}
+  sections = {
+      'policy': choice.summary,
+      'significance': significance,
+      'attribution': attribution_json,
+      'cost_sensitivity': (None if sensitivity is None else
+                           [report_lib.to_python(row) for row in sensitivity.to_dict('records')]),
+  }
+  if warnings:
+    sections['lookahead_warning'] = ' '.join(warnings)
+  written = report_lib.write_reports(
+      outdir, result, df, actions, confidence, config, extra={**(extra or {}), **sections},
+      warnings=warnings, attribution=(attribution, intervals, sensitivity),
+      policy=choice.summary)
+  with open(written['json']) as f:
+    results = json.load(f)
+  return {'metrics': results['metrics'], 'benchmark': results['benchmark']['metrics'],
+          'significance': significance,
+          'attribution': {'values': attribution, 'intervals': intervals},
+          'policy': choice.summary, 'paths': written,
+          'warnings': list(warnings)}

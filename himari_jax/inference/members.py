@@ -1,0 +1,190 @@
+"""From trained models to decisions: load members, predict, calibrate, combine.
+
+The steps every evaluation entry point shares (launch/backtest.py, diagnose.py, quickstart.py,
+walk-forward): each member is loaded (an Orbax training run or a PyTorch `.pt`), scored on
+every bar of a dataset, calibrated on the validation split of its own training data, and the
+members' probability vectors are combined into one action and confidence per bar (SPEC 5).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+from collections.abc import Sequence
+
+import ml_collections
+import numpy as np
+import pandas as pd
+
+from himari_jax import config as config_lib
+from himari_jax import constants
+from himari_jax.data import input_pipeline
+from himari_jax.data import windows as windows_lib
+from himari_jax.inference import calibration as calibration_lib
+from himari_jax.inference import ensemble as ensemble_lib
+from himari_jax.inference import predict as predict_lib
+from himari_jax.model import checkpoint as checkpoint_lib
+
+# Probability vector given to an ensemble for bars a member cannot score yet (HOLD).
+HOLD_PROBS = np.eye(constants.NUM_ACTIONS, dtype=np.float32)[constants.HOLD]
+
+
+def load_member(path: str, which: str = 'best') -> checkpoint_lib.LoadedModel:
+  """A training run (workdir or its checkpoints/) or a PyTorch `.pt` file, ready to predict.
+
+  A `.pt` file is scored at T = 1 without a mask, as the seed was trained, on the feature set
+  it records, else 'seed_causal' (`convert.load_pt_model` with the default config): the
+  seed's own 22 inputs with trailing windows, fed raw.
+  """
+  if not os.fspath(path).endswith('.pt'):
+    return checkpoint_lib.load_model(path, which)
+  from himari_jax.model import convert  # torch is an optional extra
+
+  return convert.load_pt_model(path, config_lib.default_config())
+
+
+def validation_logits(loaded: checkpoint_lib.LoadedModel) -> tuple[np.ndarray, np.ndarray]:
+  """Logits `(V, 3)` and labels `(V,)` of a member on the validation split it trained with."""
+  prepared = input_pipeline.prepare_data(loaded.config)
+  context = int(loaded.config.train.context_length)
+  logits = predict_lib.predict_logits_from_features(
+      loaded.params, loaded.model_config, prepared.features, context, bars=prepared.val_ends)
+  return logits[prepared.val_ends], prepared.labels[prepared.val_ends]
+
+
+def fit_member_calibration(loaded: checkpoint_lib.LoadedModel,
+                           calibration_config: ml_collections.ConfigDict
+                           ) -> tuple[calibration_lib.Calibration, dict]:
+  """The member's `Calibration` and a JSON-able summary (bias, temperature, ECE before/after).
+
+  A run trained on net returns (`config.train.objective` other than 'classification') is not
+  fitted to the label rates: that would move the decisions it was trained to make. Its
+  summary says so (`skipped`); a 'fixed' calibration still applies as given.
+  """
+  mode = calibration_config.mode
+  if mode not in calibration_lib.MODES:
+    raise ValueError(f'calibration.mode={mode!r}; valid: {", ".join(calibration_lib.MODES)}')
+  if mode not in ('none', 'fixed') and loaded.objective != 'classification':
+    cal = calibration_lib.Calibration(bias=np.zeros(3, np.float32), temperature=1.0)
+    return cal, {'mode': 'none', **cal.to_dict(),
+                 'skipped': f'calibration.mode={mode} not applied: trained on net returns '
+                            f'(objective {loaded.objective}), not on labels'}
+  if mode in ('none', 'fixed') and not calibration_config.temperature:
+    bias = calibration_config.bias if mode == 'fixed' else (0.0, 0.0, 0.0)
+    cal = calibration_lib.Calibration(bias=np.asarray(bias, np.float32), temperature=1.0)
+    return cal, {'mode': mode, **cal.to_dict()}
+  logits, labels = validation_logits(loaded)
+  mask = ~np.isnan(logits).any(axis=1)
+  cal = calibration_lib.fit_calibration(logits, labels, mask, mode=mode,
+                                        bias=calibration_config.bias,
+                                        temperature=calibration_config.temperature)
+  bins = calibration_config.get('num_bins', 15)
+  before = calibration_lib.Calibration(bias=np.zeros(3, np.float32), temperature=1.0)
+  ece = {name: float(calibration_lib.expected_calibration_error(c.apply(logits[mask]),
+                                                                labels[mask], num_bins=bins))
+         for name, c in (('ece_before', before), ('ece_after', cal))}
+  return cal, {'mode': mode, **cal.to_dict(), **ece}
+
+
+@dataclasses.dataclass
+class Decisions:
+  """Everything decided on one dataset.
+
+  probs: (M, N, 3) calibrated member probabilities (HOLD vectors where unavailable);
+  available: (N,) bool, every member could score the bar; actions: (N,) int32;
+  confidence: (N,) float32; calibrations: one summary dict per member.
+  """
+
+  index: pd.DatetimeIndex
+  probs: np.ndarray
+  available: np.ndarray
+  actions: np.ndarray
+  confidence: np.ndarray
+  members: list[str]
+  calibrations: list[dict]
+
+
+def member_probabilities(members: Sequence[checkpoint_lib.LoadedModel], df: pd.DataFrame,
+                         calibration_config: ml_collections.ConfigDict, *,
+                         asset: str | None = None,
+                         fitted: Sequence[tuple[calibration_lib.Calibration, dict]] | None = None
+                         ) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+  """Calibrated probabilities `(M, N, 3)`, availability `(N,)` and calibration summaries.
+
+  `asset` (`input_pipeline.asset_name` of the data) picks each member's normaliser of that
+  asset when it trained on several; None or an unseen asset uses its first one. `fitted`:
+  each member's `fit_member_calibration` output, when already computed.
+  """
+  if fitted is None:
+    fitted = [fit_member_calibration(loaded, calibration_config) for loaded in members]
+  probs, available, summaries = [], np.ones(len(df), bool), []
+  for loaded, (cal, summary) in zip(members, fitted, strict=True):
+    preds = predict_lib.predict_logits(loaded.for_asset(asset), df)
+    member = np.array(cal.apply(np.nan_to_num(preds.logits)), np.float32)
+    member[~preds.available] = HOLD_PROBS
+    probs.append(member)
+    available &= preds.available
+    summaries.append(summary)
+  return np.stack(probs), available, summaries
+
+
+def decide(members: Sequence[checkpoint_lib.LoadedModel], names: Sequence[str],
+           df: pd.DataFrame, *, strategy: str, threshold: float,
+           weights: Sequence[float] | None,
+           calibration_config: ml_collections.ConfigDict, asset: str | None = None,
+           fitted: Sequence[tuple[calibration_lib.Calibration, dict]] | None = None
+           ) -> Decisions:
+  """Calibrated, combined decisions of `members` for every bar of `df` (of `asset`)."""
+  probs, available, summaries = member_probabilities(members, df, calibration_config,
+                                                     asset=asset, fitted=fitted)
+  actions, confidence = ensemble_lib.combine(probs, config_lib.strategy_name(strategy),
+                                             threshold=threshold, weights=weights)
+  actions = np.where(available, np.asarray(actions), constants.HOLD).astype(np.int32)
+  confidence = np.where(available, np.asarray(confidence), 0.0).astype(np.float32)
+  return Decisions(index=df.index, probs=probs, available=available, actions=actions,
+                   confidence=confidence, members=list(names), calibrations=summaries)
+
+
+def combined_probabilities(probs: np.ndarray, weights: Sequence[float] | None = None
+                           ) -> np.ndarray:
+  """The ensemble's probability vector per bar: the weighted mean of `(M, N, 3)` member
+  probabilities (what every strategy of `ensemble.combine` reads), `(N, 3)` float64."""
+  probs = np.asarray(probs, np.float64)
+  w = np.ones(probs.shape[0]) if weights is None else np.asarray(weights, np.float64)
+  mean = np.einsum('m,mnk->nk', w, probs) / w.sum()
+  return mean / mean.sum(axis=-1, keepdims=True)
+
+
+def validation_frame(loaded: checkpoint_lib.LoadedModel, asset: str | None = None
+                     ) -> tuple[pd.DataFrame, int]:
+  """The validation bars of a member's own training data, with the history they are scored
+  from: the bars `fit_member_calibration` calibrates on, to choose a policy on (SPEC 8).
+
+  A member trained on several files uses the file of `asset` (`input_pipeline.asset_name`),
+  else its first file; the split is `input_pipeline.prepare_data`'s (max_bars, val_fraction,
+  embargo).
+
+  Returns:
+    (frame, num_val): the last `num_val` rows of `frame` are the validation bars, the rows
+    before them the feature warm-up and context of the first one.
+  """
+  config = loaded.config
+  frames = input_pipeline.load_frames(config)
+  names = [n for n in frames if input_pipeline.asset_name(n) == asset] or list(frames)
+  df = frames[names[0]]
+  if config.data.max_bars:
+    df = df.iloc[-config.data.max_bars:]
+  split = windows_lib.chronological_split(len(df), val=config.data.val_fraction,
+                                          embargo=input_pipeline.embargo_bars(config))
+  lead = predict_lib.first_available_bar(int(config.train.context_length))
+  return df.iloc[max(0, split.val.start - lead):split.val.stop], split.val.stop - split.val.start
+
+
+def resolve_path(path: str) -> str:
+  """`path` as given if it exists, else relative to the repository (shipped checkpoints)."""
+  if os.path.exists(path) or os.path.isabs(path):
+    return path
+  repo = pathlib.Path(__file__).resolve().parents[2]  # himari_jax/inference/members.py
+  in_repo = os.path.join(repo, path)
+  return in_repo if os.path.exists(in_repo) else path
