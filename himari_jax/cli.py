@@ -36,7 +36,8 @@ _VERBOSE = flags.DEFINE_bool('verbose', False,
 # Errors of modules an entry point may not import: looked up only once it has (importing
 # `live` would load JAX and the model into every program, `download_data.py` included).
 _MODULE_ERRORS = {'himari_jax.data.binance': ('DownloadError',),
-                  'himari_jax.live.paper': ('FeedError', 'LedgerError'),
+                  'himari_jax.live.sources': ('FeedError',),
+                  'himari_jax.live.ledger': ('LedgerError',),
                   'himari_jax.training.train_logging': ('TrainingDivergedError',)}
 
 

@@ -19,7 +19,9 @@ from absl import app, flags
 
 from himari_jax import cli
 from himari_jax.backtest import engine as backtest
+from himari_jax.live import ledger as ledger_lib
 from himari_jax.live import paper as live
+from himari_jax.live import sources
 from himari_jax.model import checkpoint
 
 _CONFIG = cli.define_config_file(
@@ -33,7 +35,7 @@ _HISTORY = flags.DEFINE_integer('history', 1000, 'Bars per decision window (feat
                                 'warm-up; longer windows match backtest features more closely).')
 _FOLLOW = flags.DEFINE_bool('follow', False, 'Paper-trade every newly closed bar.')
 _LEDGER = flags.DEFINE_string('ledger', 'runs/paper', 'Ledger folder for --follow.')
-_BASE_URL = flags.DEFINE_string('base_url', live.BINANCE_API, 'Binance REST API base URL.')
+_BASE_URL = flags.DEFINE_string('base_url', sources.BINANCE_API, 'Binance REST API base URL.')
 _MAX_BARS = flags.DEFINE_integer('max_bars', None, 'With --follow: stop after this many bars.')
 _MAX_POLLS = flags.DEFINE_integer('max_polls', None, 'With --follow: stop after this many polls.')
 _POLL_DELAY = flags.DEFINE_float('poll_delay', 5.0,
@@ -51,7 +53,7 @@ def main(argv):
   checkpoints = _CHECKPOINTS.value or [p for p in config.checkpoints.split(',') if p.strip()]
   checkpoint.quiet_orbax_logging()
   try:
-    source = live.parse_source(_DATA.value, interval=_INTERVAL.value, base_url=_BASE_URL.value)
+    source = sources.parse_source(_DATA.value, interval=_INTERVAL.value, base_url=_BASE_URL.value)
     params = backtest.params_from_config(config)
     if not _FOLLOW.value:
       decide = live.model_decider(checkpoints, config, _HISTORY.value)
@@ -66,7 +68,7 @@ def main(argv):
                 'confidence_threshold': config.confidence_threshold,
                 'calibration': config.calibration.to_dict(),
                 'backtest': backtest.params_to_dict(params)}
-    ledger = live.Ledger.open(_LEDGER.value, settings)  # before the slow model loading
+    ledger = ledger_lib.Ledger.open(_LEDGER.value, settings)  # before the slow model loading
     decide = live.model_decider(checkpoints, config, _HISTORY.value)
     decided = live.paper_trade(source, decide, ledger, params, history=_HISTORY.value,
                                max_bars=_MAX_BARS.value, max_polls=_MAX_POLLS.value,

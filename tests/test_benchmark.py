@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from himari_jax import config as config_lib
-from himari_jax.research import baselines, benchmark
+from himari_jax.research import baselines, benchmark, benchmark_folds
 from himari_jax.stats import significance
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,13 +40,13 @@ def test_tiny_runs_end_to_end(tiny_run):
       [('momentum', k, 0) for k in (0, 1)] + [('logistic', k, s) for k in (0, 1) for s in (0, 1)])
   progress = [line for line in lines if line.startswith('[')]
   assert len(progress) == 6 and all('ETA' in line for line in progress)
-  report = (workdir / benchmark.REPORT).read_text()
+  report = (workdir / benchmark_folds.REPORT).read_text()
   for text in ('| momentum |', '| logistic |', 'net Sharpe (95% CI)', 'DSR', '## Wall time'):
     assert text in report
   rows = {r['model']: r for r in summary['rows']}
   assert set(rows) == {'momentum', 'logistic'}
   # Every policy tried in every trial counts in the deflated Sharpe ratio.
-  grid_size = np.size(benchmark.policy_grid(config_lib.benchmark_config('tiny').policy).entry)
+  grid_size = np.size(benchmark_folds.policy_grid(config_lib.benchmark_config('tiny').policy).entry)
   assert summary['num_trials'] == grid_size * len(records)
   assert all(r['policy']['num_trials'] == grid_size for r in records)
 
@@ -56,8 +56,8 @@ def test_stitched_sharpe_matches_the_trial_returns(tiny_run):
   records = [r for r in _records(workdir) if r['model'] == 'logistic']
   per_fold = []
   for k in (0, 1):
-    arrays = [np.load(os.path.join(benchmark.Trial('logistic', 'btc', k, s).directory(
-        str(workdir)), benchmark.TEST_ARRAYS))['net_returns'] for s in (0, 1)]
+    arrays = [np.load(os.path.join(benchmark_folds.Trial('logistic', 'btc', k, s).directory(
+        str(workdir)), benchmark_folds.TEST_ARRAYS))['net_returns'] for s in (0, 1)]
     per_fold.append((arrays[0] + arrays[1]) / 2)
   returns = np.concatenate(per_fold)
   row = next(r for r in summary['rows'] if r['model'] == 'logistic')
@@ -65,22 +65,22 @@ def test_stitched_sharpe_matches_the_trial_returns(tiny_run):
   np.testing.assert_allclose(row['net_sharpe']['estimate'], expected, rtol=1e-4)
   # Each trial's own net Sharpe is the Sharpe of the returns it saved.
   for r in records:
-    saved = np.load(os.path.join(benchmark.Trial('logistic', 'btc', r['fold'], r['seed'])
-                                 .directory(str(workdir)), benchmark.TEST_ARRAYS))
+    saved = np.load(os.path.join(benchmark_folds.Trial('logistic', 'btc', r['fold'], r['seed'])
+                                 .directory(str(workdir)), benchmark_folds.TEST_ARRAYS))
     np.testing.assert_allclose(r['backtest']['net_sharpe'],
                                significance.sharpe_ratio(saved['net_returns']), rtol=1e-4)
 
 
 def test_rerun_skips_finished_trials(tiny_run):
   workdir, _, _ = tiny_run
-  before = (workdir / benchmark.RESULTS).read_text()
-  npz = os.path.join(benchmark.Trial('logistic', 'btc', 0, 0).directory(str(workdir)),
-                     benchmark.TEST_ARRAYS)
+  before = (workdir / benchmark_folds.RESULTS).read_text()
+  npz = os.path.join(benchmark_folds.Trial('logistic', 'btc', 0, 0).directory(str(workdir)),
+                     benchmark_folds.TEST_ARRAYS)
   stamp = os.stat(npz).st_mtime_ns
   _, lines = _run(config_lib.benchmark_config('tiny'), workdir)
   assert any('6 done, 0 to run' in line for line in lines)
   assert not any(line.startswith('[') for line in lines)
-  assert (workdir / benchmark.RESULTS).read_text() == before
+  assert (workdir / benchmark_folds.RESULTS).read_text() == before
   assert os.stat(npz).st_mtime_ns == stamp
 
 
@@ -108,7 +108,7 @@ def test_a_killed_trial_reruns_alone(tmp_path):
   config = config_lib.benchmark_config('tiny')
   config.num_seeds = 1
   _run(config, tmp_path)
-  path = tmp_path / benchmark.RESULTS
+  path = tmp_path / benchmark_folds.RESULTS
   lines = path.read_text().splitlines()
   path.write_text('\n'.join(lines[:-1]) + '\n')  # the last trial never wrote its line
   _, log = _run(config, tmp_path)
@@ -150,9 +150,9 @@ def test_flag_trader_trains_per_fold_on_the_same_labels(tmp_path):
   assert {r['model'] for r in records} == {'label_prior', 'flag_trader'}
   # FLAG-TRADER's hashes come from its own pipeline run on the CSV it trained on.
   _same_folds_and_labels(records)
-  run = benchmark.Trial('flag_trader', 'btc', 0, 0).directory(str(tmp_path))
+  run = benchmark_folds.Trial('flag_trader', 'btc', 0, 0).directory(str(tmp_path))
   assert os.path.isdir(os.path.join(run, 'checkpoints'))
-  assert os.path.exists(os.path.join(run, benchmark.TRAIN_FILE))
+  assert os.path.exists(os.path.join(run, benchmark_folds.TRAIN_FILE))
   ft = next(r for r in summary['rows'] if r['model'] == 'flag_trader')
   assert ft['signal']['balanced_accuracy']['n_folds'] == 1
 
@@ -168,7 +168,7 @@ def test_lightgbm_missing_is_skipped_and_said(tmp_path, monkeypatch):
   _, lines = _run(config, tmp_path)
   assert f'lightgbm skipped: {reason}' in lines
   assert {r['model'] for r in _records(tmp_path)} == {'momentum'}
-  assert f'**lightgbm skipped**: {reason}' in (tmp_path / benchmark.REPORT).read_text()
+  assert f'**lightgbm skipped**: {reason}' in (tmp_path / benchmark_folds.REPORT).read_text()
 
 
 def test_gpu_variant_adds_seed_sized_flag_trader_at_t1_and_t64():
@@ -189,20 +189,20 @@ def test_position_model_is_decided_from_its_position(tmp_path):
   record = records['mlp_sharpe']
   assert record['calibration']['mode'] == 'skip'  # the classifier next to it is calibrated
   assert records['momentum']['calibration']['mode'] == config.backtest.calibration.mode
-  grid_size = np.size(benchmark.policy_grid(config.policy).entry)
+  grid_size = np.size(benchmark_folds.policy_grid(config.policy).entry)
   assert record['policy']['num_trials'] == grid_size  # selected on validation like the rest
   # The score the policy traded on is the position of the model trained at the benchmark's
   # costs, long-only as its backtests are.
   settings = benchmark.position_settings(config, {**config.baselines.mlp_sharpe, 'seed': 0})
   assert settings['long_only'] and settings['commission'] == config.backtest.commission
-  asset = benchmark.load_assets(config)[0]
-  data = benchmark.fold_data(config, asset, asset.folds[0])
+  asset = benchmark_folds.load_assets(config)[0]
+  data = benchmark_folds.fold_data(config, asset, asset.folds[0])
   n_file = len(data.file)
   model = baselines.make_baseline('mlp_sharpe', **settings).fit(
       data.features[:n_file], data.labels[:n_file], data.train_mask[:n_file],
       close=data.close[:n_file])
-  saved = np.load(os.path.join(benchmark.Trial('mlp_sharpe', 'btc', 0, 0).directory(
-      str(tmp_path)), benchmark.TEST_ARRAYS))
+  saved = np.load(os.path.join(benchmark_folds.Trial('mlp_sharpe', 'btc', 0, 0).directory(
+      str(tmp_path)), benchmark_folds.TEST_ARRAYS))
   position = model.positions(data.features)[data.test]
   np.testing.assert_allclose(saved['score'], position, atol=1e-6)
   assert (position >= 0).all() and (position <= 1).all()
@@ -223,17 +223,17 @@ def test_flag_traders_on_net_returns_train_on_the_benchmark_costs(tmp_path):
   records = {r['model']: r for r in _records(tmp_path)}
   _same_folds_and_labels(list(records.values()))
   assert records['flag_trader_sharpe']['calibration']['mode'] == 'skip'
-  model = baselines.make_baseline('flag_trader', path=benchmark.Trial(
+  model = baselines.make_baseline('flag_trader', path=benchmark_folds.Trial(
       'flag_trader_sharpe', 'btc', 0, 0).directory(str(tmp_path)))
   assert model.outputs_position and model.trading_objective.kind == 'sharpe'
   assert model.trading_objective.long_only  # the benchmark's backtests are long-only
-  score = np.load(os.path.join(benchmark.Trial('flag_trader_sharpe', 'btc', 0, 0).directory(
-      str(tmp_path)), benchmark.TEST_ARRAYS))['score']
+  score = np.load(os.path.join(benchmark_folds.Trial('flag_trader_sharpe', 'btc', 0, 0).directory(
+      str(tmp_path)), benchmark_folds.TEST_ARRAYS))['score']
   assert (score >= 0).all() and (score <= 1).all()
   assert any(r['model'] == 'flag_trader_sharpe' for r in summary['rows'])
   # REINFORCE: an action policy, read as probabilities, and not calibrated to label rates.
   assert records['flag_trader_reinforce']['calibration']['mode'] == 'skip'
-  policy = baselines.make_baseline('flag_trader', path=benchmark.Trial(
+  policy = baselines.make_baseline('flag_trader', path=benchmark_folds.Trial(
       'flag_trader_reinforce', 'btc', 0, 0).directory(str(tmp_path)))
   assert not policy.outputs_position and policy.trading_objective.kind == 'reinforce'
   assert policy.trading_objective.long_only
@@ -264,7 +264,7 @@ def test_assets_accept_csv_paths(tmp_path, tiny_run):
   df = walkforward.load_series('btc_usdt_1h_2025_2026')
   path = tmp_path / 'XYZ-USDT-1h.csv'
   binance.write_canonical_csv(df, str(path))
-  name, spec = benchmark.asset_spec(str(path))
+  name, spec = benchmark_folds.asset_spec(str(path))
   assert (name, spec) == ('xyz_usdt', str(path))
   config = config_lib.benchmark_config('tiny')
   config.assets = str(path)
@@ -293,7 +293,7 @@ def test_launch_prints_one_error_line(tmp_path):
 
 def test_results_are_json_lines(tiny_run):
   workdir, _, _ = tiny_run
-  for line in (workdir / benchmark.RESULTS).read_text().splitlines():
+  for line in (workdir / benchmark_folds.RESULTS).read_text().splitlines():
     record = json.loads(line)
     assert {'signal', 'backtest', 'policy', 'label_hash', 'wall_seconds'} <= set(record)
 
@@ -319,7 +319,7 @@ def test_trials_on_ray_match_in_process_and_resume_the_same_way(tmp_path, tiny_r
                for line in lines)
     assert len([line for line in lines if line.startswith('[')]) == 4
     # A trial whose line never reached results.jsonl reruns alone, on Ray as here.
-    path = tmp_path / benchmark.RESULTS
+    path = tmp_path / benchmark_folds.RESULTS
     kept = path.read_text().splitlines()
     path.write_text('\n'.join(kept[:-1]) + '\n')
     lines.clear()
@@ -332,8 +332,8 @@ def test_trials_on_ray_match_in_process_and_resume_the_same_way(tmp_path, tiny_r
   assert remote.keys() == here.keys() and len(_records(tmp_path)) == 4
   for key, record in remote.items():
     assert _without_timings(record) == _without_timings(here[key]), key
-    trial = benchmark.Trial(key[0], 'btc', key[1], 0)
-    with (np.load(os.path.join(trial.directory(str(tmp_path)), benchmark.TEST_ARRAYS)) as a,
-          np.load(os.path.join(trial.directory(str(here_dir)), benchmark.TEST_ARRAYS)) as b):
+    trial = benchmark_folds.Trial(key[0], 'btc', key[1], 0)
+    with (np.load(os.path.join(trial.directory(str(tmp_path)), benchmark_folds.TEST_ARRAYS)) as a,
+          np.load(os.path.join(trial.directory(str(here_dir)), benchmark_folds.TEST_ARRAYS)) as b):
       for name in b.files:
         np.testing.assert_array_equal(a[name], b[name], err_msg=f'{key} {name}')

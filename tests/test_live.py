@@ -20,7 +20,9 @@ from conftest import load_config_file
 
 from himari_jax.backtest import engine as backtest
 from himari_jax.data import ohlcv as data
+from himari_jax.live import ledger as ledger_lib
 from himari_jax.live import paper as live
+from himari_jax.live import sources
 
 HOUR = pd.Timedelta('1h')
 HISTORY = 24
@@ -118,9 +120,9 @@ def momentum(frame):
 def follow(market, ledger_dir, logs=None, symbol='BTCUSDT', settings=None, **options):
   exchange, clock, url = market
   logs = [] if logs is None else logs
-  source = live.BinanceSource(symbol, base_url=url, backoff=0.5, retries=2, page_size=20,
+  source = sources.BinanceSource(symbol, base_url=url, backoff=0.5, retries=2, page_size=20,
                               sleep=clock.sleep, log=logs.append)
-  ledger = live.Ledger.open(ledger_dir, settings or {'data': source.name, 'history': HISTORY},
+  ledger = ledger_lib.Ledger.open(ledger_dir, settings or {'data': source.name, 'history': HISTORY},
                             log=logs.append)
   decided = live.paper_trade(source, momentum, ledger, PARAMS, history=HISTORY, clock=clock,
                              sleep=clock.sleep, log=logs.append, **options)
@@ -128,7 +130,7 @@ def follow(market, ledger_dir, logs=None, symbol='BTCUSDT', settings=None, **opt
 
 
 def read_ledger(ledger_dir):
-  rows = pd.read_csv(ledger_dir / live.LEDGER_CSV)
+  rows = pd.read_csv(ledger_dir / ledger_lib.LEDGER_CSV)
   rows.index = pd.DatetimeIndex(pd.to_datetime(rows.pop('time'), utc=True)).as_unit('ns')
   return rows
 
@@ -153,7 +155,7 @@ def test_follow_decides_each_closed_bar_once_as_the_backtest_fills(market, tmp_p
   for name in ('fill_qty', 'fill_price', 'commission', 'position', 'cash', 'equity'):
     np.testing.assert_array_equal(rows[name], np.asarray(result.__getattribute__(name)), name)
   assert rows['fill_qty'].ne(0).any()
-  state = json.loads((tmp_path / 'paper' / live.LEDGER_STATE).read_text())
+  state = json.loads((tmp_path / 'paper' / ledger_lib.LEDGER_STATE).read_text())
   assert state['bars'] == 6 and state['last_bar'] == '2025-02-03T14:00:00+00:00'
   assert state['equity'] == rows['equity'].iloc[-1]
 
@@ -164,10 +166,10 @@ def test_restart_in_the_middle_neither_repeats_nor_skips(market, tmp_path):
   follow(market, tmp_path / 'straight', max_bars=8)
   clock.now = start
   follow(market, tmp_path / 'restarted', max_bars=3)
-  state_after_3 = (tmp_path / 'restarted' / live.LEDGER_STATE).read_text()
+  state_after_3 = (tmp_path / 'restarted' / ledger_lib.LEDGER_STATE).read_text()
   follow(market, tmp_path / 'restarted', max_bars=1)
   # Stopped for 2.5 hours, and killed between the CSV row and the state of its 4th bar.
-  (tmp_path / 'restarted' / live.LEDGER_STATE).write_text(state_after_3)
+  (tmp_path / 'restarted' / ledger_lib.LEDGER_STATE).write_text(state_after_3)
   clock.now += pd.Timedelta(hours=2.5)
   logs = []
   decided, _ = follow(market, tmp_path / 'restarted', logs, max_bars=4)
@@ -181,7 +183,7 @@ def test_restart_in_the_middle_neither_repeats_nor_skips(market, tmp_path):
 def test_a_torn_last_line_is_decided_again(market, tmp_path):
   follow(market, tmp_path / 'paper', max_bars=2)
   expected = read_ledger(tmp_path / 'paper')
-  with open(tmp_path / 'paper' / live.LEDGER_CSV, 'a') as f:
+  with open(tmp_path / 'paper' / ledger_lib.LEDGER_CSV, 'a') as f:
     f.write('2025-02-03T11:00:00+00:00,97000.0,97')  # killed while writing the next row
   market[1].now -= pd.Timedelta(minutes=30)  # back at 10:35, before bar 10:00 closes
   follow(market, tmp_path / 'paper', max_bars=1)
@@ -193,7 +195,7 @@ def test_a_torn_last_line_is_decided_again(market, tmp_path):
 def test_gap_is_refused_and_the_ledger_kept(market, tmp_path):
   exchange, _, _ = market
   exchange.missing = {pd.Timestamp('2025-02-03 12:00', tz='UTC')}
-  with pytest.raises(live.FeedError, match=r'bar 2025-02-03 12:00 UTC is missing \(the next bar '
+  with pytest.raises(sources.FeedError, match=r'bar 2025-02-03 12:00 UTC is missing \(the next bar '
                                            r'served is 2025-02-03 13:00\); refusing'):
     # Until bar 13:00 closes a missing 12:00 bar is only late; past `stale_after` the feed
     # counts as stale (test_stale_feed_is_reported).
@@ -215,8 +217,9 @@ def test_a_bar_decided_before_it_closed_is_refused(market, tmp_path):
   exchange.lag = pd.Timedelta(minutes=30)  # the loop's clock runs 30 minutes fast
   clock.now = pd.Timestamp('2025-02-03 10:50', tz='UTC')
   follow(market, tmp_path / 'paper', max_polls=1)  # takes the forming 10:00 bar as closed
-  with pytest.raises(live.FeedError, match=r'bar 2025-02-03 10:00 UTC was decided on as .* but is '
-                                           r'now served as .*not closed when decided'):
+  with pytest.raises(sources.FeedError,
+                     match=r'bar 2025-02-03 10:00 UTC was decided on as .* but is '
+                           r'now served as .*not closed when decided'):
     follow(market, tmp_path / 'paper', max_bars=3)
 
 
@@ -230,9 +233,9 @@ def test_server_errors_are_retried_with_backoff_then_reported(market, tmp_path):
       '0.5 s', 'binance:BTCUSDT: HTTP 502 Bad Gateway: {"code": -1, "msg": "busy"}; retrying '
       'in 1 s']
   exchange.errors = [500] * 3
-  with pytest.raises(live.FeedError, match=r'HTTP 500 .*gave up after 3 attempts'):
+  with pytest.raises(sources.FeedError, match=r'HTTP 500 .*gave up after 3 attempts'):
     follow(market, tmp_path / 'paper', max_polls=1)
-  with pytest.raises(live.FeedError, match=r'HTTP 400 .*Invalid symbol.*check the symbol'):
+  with pytest.raises(sources.FeedError, match=r'HTTP 400 .*Invalid symbol.*check the symbol'):
     follow(market, tmp_path / 'other', symbol='NOPEUSDT', max_polls=1)
   # 2 errors, the newest bar, 2 pages of 20 for 25 bars; then 3 errors; then one client error,
   # which is not retried.
@@ -242,7 +245,7 @@ def test_server_errors_are_retried_with_backoff_then_reported(market, tmp_path):
 def test_stale_feed_is_reported(market, tmp_path):
   exchange, clock, _ = market
   exchange.frozen_at = pd.Timestamp('2025-02-03 11:30', tz='UTC')
-  with pytest.raises(live.FeedError, match=r'stale feed, bar 2025-02-03 11:00 UTC should have '
+  with pytest.raises(sources.FeedError, match=r'stale feed, bar 2025-02-03 11:00 UTC should have '
                                            r'closed at 12:00 .*latest closed bar .* 10:00'):
     follow(market, tmp_path / 'paper', stale_after=120, max_bars=10)
   assert len(read_ledger(tmp_path / 'paper')) == 2
@@ -250,7 +253,7 @@ def test_stale_feed_is_reported(market, tmp_path):
 
 def test_other_settings_are_refused(market, tmp_path):
   follow(market, tmp_path / 'paper', max_bars=1)
-  with pytest.raises(live.LedgerError, match=r'other settings \(history: \[24\] vs \[48\]\)'):
+  with pytest.raises(ledger_lib.LedgerError, match=r'other settings \(history: \[24\] vs \[48\]\)'):
     follow(market, tmp_path / 'paper', settings={'data': 'binance:BTCUSDT', 'history': 48},
            max_bars=1)
 
@@ -260,13 +263,13 @@ def test_latest_decision_leaves_out_an_unclosed_last_row(tmp_path):
   path = tmp_path / 'bars.csv'
   bars.to_csv(path)
   now = bars.index[-1] + pd.Timedelta(minutes=59)
-  decision, unclosed = live.latest_decision(live.CsvSource(path), momentum, HISTORY, now)
+  decision, unclosed = live.latest_decision(sources.CsvSource(path), momentum, HISTORY, now)
   assert (decision.time, unclosed) == (bars.index[-2], 1)
   assert decision.target == pytest.approx(0.06 if decision.action == 2 else 0.0)
   lines = live.format_decision(decision, HOUR, 'bars.csv')
   assert lines[0] == 'bars.csv: bar 2025-01-02 14:00 UTC, closed 2025-01-02 15:00 UTC'
   with pytest.raises(data.DataError, match='23 bars up to .* a decision needs 24'):
-    live.latest_decision(live.CsvSource(path), momentum, HISTORY, bars.index[23])
+    live.latest_decision(sources.CsvSource(path), momentum, HISTORY, bars.index[23])
 
 
 def test_model_decider_decides_as_the_backtest_does(repo_root):
@@ -307,7 +310,7 @@ def test_cli_follows_binance_and_resumes_its_ledger(market, repo_root, tmp_path)
            f'--ledger={tmp_path / "paper"}', '--max_polls=1']
   first = run_cli(repo_root, *flags)
   assert first.returncode == 0, first.stderr[-3000:]
-  ledger_csv = tmp_path / 'paper' / live.LEDGER_CSV
+  ledger_csv = tmp_path / 'paper' / ledger_lib.LEDGER_CSV
   assert first.stdout.splitlines()[-1] == f'1 bar(s) decided; ledger: {ledger_csv}'
   again = run_cli(repo_root, *flags)
   assert again.returncode == 0, again.stderr[-3000:]

@@ -10,32 +10,20 @@ simple deterministic ones:
 targets `confidence * max_position_pct` under seed sizing, a SELL 0, or the short of the same
 size with shorting) and NaN for HOLD, which keeps the position.
 
-Bars come from a `BarSource`: `CsvSource` (a file, re-read on every poll) or `BinanceSource`
-(Binance's public REST klines through urllib: no key, no extra dependency). A bar counts as
-closed once its open time plus the interval is not after the clock; unclosed bars are never
-decided on.
-
-`paper_trade` is the loop: for each newly closed bar it decides, simulates the fill with the
-backtester (`backtest.run_backtest` replays every bar of the ledger, so fills, costs and
-equity are exactly what a backtest of the same decisions gives) and appends one row to a
-`Ledger` (CSV + JSON state) that survives restarts: a bar is decided once, a restart resumes
-at the bar after the last recorded one, and bars missed while stopped are caught up in order.
-Gapped or stale data stops the loop with an error that names the missing bar.
+Bars come from a `sources.BarSource` (see `live.sources`). `paper_trade` is the loop: for
+each newly closed bar it decides, simulates the fill with the backtester (`live.ledger.simulate`)
+and appends one row to a `live.ledger.Ledger` that survives restarts: a bar is decided once, a
+restart resumes at the bar after the last recorded one, and bars missed while stopped are
+caught up in order. Gapped or stale data stops the loop with an error that names the missing
+bar.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import io
-import json
 import math
-import os
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -48,24 +36,8 @@ from himari_jax.data import ohlcv as data_lib
 from himari_jax.inference import ensemble as ensemble_lib
 from himari_jax.inference import members as members_lib
 from himari_jax.inference import predict as predict_lib
-
-BINANCE_API = 'https://api.binance.com'
-_KLINES_PAGE = 1000  # Binance's largest `limit` for /api/v3/klines
-_PAD_BARS = 256  # replays are padded to a multiple of this, so jit compiles rarely
-LEDGER_CSV = 'ledger.csv'
-LEDGER_STATE = 'state.json'
-_LEDGER_COLUMNS = (
-    'time', 'open', 'high', 'low', 'close', 'volume', 'action', 'p_sell', 'p_hold', 'p_buy',
-    'confidence', 'target', 'fill_qty', 'fill_price', 'commission', 'slippage', 'position',
-    'cash', 'equity', 'decided_at')
-
-
-class FeedError(RuntimeError):
-  """Bars could not be fetched (after retries), or the feed is stale or gapped."""
-
-
-class LedgerError(RuntimeError):
-  """A ledger folder does not match its settings or its files disagree."""
+from himari_jax.live import ledger as ledger_lib
+from himari_jax.live import sources
 
 
 class Decision(NamedTuple):
@@ -103,125 +75,6 @@ def target_position(action: int, confidence: float, params: backtest_lib.Backtes
 # ----------------------------------------------------------------------------- sources
 
 
-class BarSource(Protocol):
-  """Where bars come from: `name` for messages, `interval` the bar length."""
-
-  name: str
-  interval: pd.Timedelta
-
-  def bars(self, start: pd.Timestamp | None, count: int) -> pd.DataFrame:
-    """Bars with open time >= `start` (closed or not, oldest first); with `start=None` the
-    latest `count` of them at least. Validated as `data.load_ohlcv` does."""
-
-
-def closed_bars(df: pd.DataFrame, interval: pd.Timedelta, now: pd.Timestamp) -> pd.DataFrame:
-  """The bars of `df` that have closed by `now` (open time + interval <= now)."""
-  return df[df.index + interval <= now]
-
-
-class CsvSource:
-  """Bars of a file `data.load_ohlcv` reads; re-read on every call, so it can be followed
-  while another program appends to it."""
-
-  def __init__(self, path: str | os.PathLike, interval: str | pd.Timedelta = '1h'):
-    self.path = os.fspath(path)
-    self.name = self.path
-    self.interval = pd.Timedelta(interval)
-
-  def bars(self, start: pd.Timestamp | None, count: int) -> pd.DataFrame:
-    df = data_lib.load_ohlcv(self.path)
-    return df if start is None else df[df.index >= start]
-
-
-class BinanceSource:
-  """Spot klines of `symbol` from Binance's public REST API (`GET /api/v3/klines`, no key).
-
-  Network errors, HTTP 429 and 5xx are retried `retries` times, waiting `backoff * 2**k`
-  seconds before retry k; then, or at once for other HTTP errors (e.g. an unknown symbol),
-  a FeedError says what the server answered.
-  """
-
-  def __init__(self, symbol: str, interval: str = '1h', *, base_url: str = BINANCE_API,
-               timeout: float = 10.0, retries: int = 4, backoff: float = 1.0,
-               page_size: int = _KLINES_PAGE, sleep: Callable[[float], None] = time.sleep,
-               log: Callable[[str], None] = print):
-    self.symbol = symbol.upper()
-    self.interval_text = interval
-    self.interval = pd.Timedelta(interval)
-    self.base_url = base_url.rstrip('/')
-    self.name = f'binance:{self.symbol}'
-    self.timeout, self.retries, self.backoff = timeout, retries, backoff
-    self.page_size, self.sleep, self.log = page_size, sleep, log
-
-  def url(self, start: pd.Timestamp | None, limit: int) -> str:
-    query = {'symbol': self.symbol, 'interval': self.interval_text, 'limit': limit}
-    if start is not None:
-      query['startTime'] = start.value // 10**6
-    return f'{self.base_url}/api/v3/klines?{urllib.parse.urlencode(query)}'
-
-  def _get(self, url: str) -> list:
-    attempt = 0
-    while True:
-      try:
-        with urllib.request.urlopen(url, timeout=self.timeout) as response:
-          return json.loads(response.read())
-      except urllib.error.HTTPError as e:
-        body = e.read().decode('utf-8', 'replace')[:200]
-        problem = f'HTTP {e.code} {e.reason}: {body}'
-        if e.code != 429 and e.code < 500:
-          raise FeedError(f'{url}: {problem}; check the symbol and interval') from e
-      except (urllib.error.URLError, TimeoutError, OSError) as e:
-        problem = f'cannot reach the server ({getattr(e, "reason", e)})'
-      except json.JSONDecodeError as e:
-        problem = f'the answer is not JSON ({e})'
-      if attempt == self.retries:
-        raise FeedError(f'{url}: {problem}; gave up after {self.retries + 1} attempts')
-      wait = self.backoff * 2**attempt
-      self.log(f'{self.name}: {problem}; retrying in {wait:g} s')
-      self.sleep(wait)
-      attempt += 1
-
-  def _frame(self, klines: list, url: str) -> pd.DataFrame:
-    # A kline served twice (pages overlap, or the server repeats itself) is one bar; two
-    # different klines at one open time stay and are refused as duplicates.
-    buffer = io.StringIO(json.dumps(list({json.dumps(k): k for k in klines}.values())))
-    buffer.name = url
-    return data_lib.load_ohlcv(buffer)
-
-  def bars(self, start: pd.Timestamp | None, count: int) -> pd.DataFrame:
-    if start is None:
-      # The newest `count` closed bars plus the forming one, from the newest open time.
-      url = self.url(None, 1)
-      start = self._frame(self._get(url), url).index[-1] - self.interval * count
-    frames, page_start = [], start
-    while True:
-      url = self.url(page_start, self.page_size)
-      klines = self._get(url)
-      if not klines:
-        break
-      frames.append(self._frame(klines, url))
-      if len(klines) < self.page_size:
-        break
-      page_start = frames[-1].index[-1] + self.interval
-    if not frames:
-      raise FeedError(f'{self.name}: no bars from {start} on ({self.url(start, 1)})')
-    df = pd.concat(frames)
-    return df[~df.index.duplicated(keep='last')]
-
-
-def parse_source(spec: str, *, interval: str = '1h', **binance_options: Any) -> BarSource:
-  """'binance:BTCUSDT' -> BinanceSource; anything else is a file path -> CsvSource."""
-  if spec.lower().startswith('binance:'):
-    symbol = spec.split(':', 1)[1].strip()
-    if not symbol.isalnum():
-      raise ValueError(f'--data={spec}: expected binance:SYMBOL such as binance:BTCUSDT')
-    return BinanceSource(symbol, interval, **binance_options)
-  if not os.path.exists(spec):
-    raise data_lib.DataError(f'{spec}: no such file; pass a CSV / JSON file of bars or '
-                             'binance:SYMBOL')
-  return CsvSource(spec, interval)
-
-
 # ----------------------------------------------------------------------------- deciding
 
 
@@ -250,13 +103,13 @@ def decide_bar(decide: Decider, window: pd.DataFrame) -> Decision:
   return Decision(window.index[-1], int(action), probs, float(confidence), float(target))
 
 
-def latest_decision(source: BarSource, decide: Decider, history: int,
+def latest_decision(source: sources.BarSource, decide: Decider, history: int,
                     now: pd.Timestamp | None = None) -> tuple[Decision, int]:
   """The decision for the latest closed bar of `source`, and how many unclosed bars were
   left out (the forming bar of a live feed, or a CSV's last row exported mid-bar)."""
   now = pd.Timestamp.now(tz='UTC') if now is None else now
   df = source.bars(None, history)
-  closed = closed_bars(df, source.interval, now)
+  closed = sources.closed_bars(df, source.interval, now)
   if not len(closed):
     raise data_lib.DataError(f'{source.name}: no closed bar by {now:%Y-%m-%d %H:%M} UTC '
                              f'(the first bar opens {df.index[0]})')
@@ -324,123 +177,10 @@ def model_decider(checkpoints: Sequence[str], config: Any, history: int,
 # ------------------------------------------------------------------------------- ledger
 
 
-@dataclasses.dataclass
-class Ledger:
-  """A paper-trading record in `directory`: `ledger.csv` (one row per decided bar: the bar,
-  the decision, the fill and the portfolio after it) and `state.json` (the settings the
-  ledger was started with, the last bar, the portfolio and the pending order).
-
-  The CSV row of a bar is written (and fsynced) before the state, which is replaced
-  atomically: a crash between the two leaves rows the state does not count yet, which
-  `open` accepts (they are complete decisions); a torn last line is dropped, its bar is
-  decided again.
-  """
-
-  directory: str
-  settings: dict
-  rows: pd.DataFrame
-
-  @property
-  def csv_path(self) -> str:
-    return os.path.join(self.directory, LEDGER_CSV)
-
-  @property
-  def state_path(self) -> str:
-    return os.path.join(self.directory, LEDGER_STATE)
-
-  @property
-  def last_bar(self) -> pd.Timestamp | None:
-    return self.rows.index[-1] if len(self.rows) else None
-
-  @classmethod
-  def open(cls, directory: str | os.PathLike, settings: dict,
-           log: Callable[[str], None] = print) -> Ledger:
-    """The ledger in `directory` (a new one if it has none); refuses other settings."""
-    directory = os.fspath(directory)
-    os.makedirs(directory, exist_ok=True)
-    settings = json.loads(json.dumps(settings))
-    ledger = cls(directory, settings, pd.DataFrame(columns=_LEDGER_COLUMNS[1:]))
-    if not os.path.exists(ledger.state_path):
-      if os.path.exists(ledger.csv_path):
-        raise LedgerError(f'{ledger.csv_path} exists without {LEDGER_STATE}; move it away or '
-                          'use another --ledger folder')
-      return ledger
-    with open(ledger.state_path) as f:
-      state = json.load(f)
-    if state['settings'] != settings:
-      changed = sorted(k for k in settings.keys() | state['settings'].keys()
-                       if settings.get(k) != state['settings'].get(k))
-      raise LedgerError(
-          f'{ledger.state_path} was started with other settings ({", ".join(changed)}: '
-          f'{[state["settings"].get(k) for k in changed]} vs {[settings.get(k) for k in changed]}'
-          '); continue with the same ones or use another --ledger folder')
-    ledger.rows = ledger._read_rows()
-    recorded = int(state['bars'])
-    if len(ledger.rows) < recorded:
-      raise LedgerError(f'{ledger.csv_path} has {len(ledger.rows)} bars but {LEDGER_STATE} '
-                        f'counts {recorded}; the CSV was edited or truncated')
-    if recorded and ledger.rows.index[recorded - 1] != pd.Timestamp(state['last_bar']):
-      raise LedgerError(f'{ledger.csv_path} row {recorded + 1} is {ledger.rows.index[recorded - 1]}'
-                        f' but {LEDGER_STATE} says {state["last_bar"]}; the files disagree')
-    if len(ledger.rows) > recorded:
-      log(f'ledger: {len(ledger.rows) - recorded} bar(s) were recorded after the last state '
-          'save (the loop stopped in between); keeping them')
-    return ledger
-
-  def _read_rows(self) -> pd.DataFrame:
-    with open(self.csv_path, 'rb') as f:
-      payload = f.read()
-    if payload and not payload.endswith(b'\n'):
-      keep = payload.rfind(b'\n') + 1  # a torn last line: that bar was not recorded
-      with open(self.csv_path, 'r+b') as f:
-        f.truncate(keep)
-    rows = pd.read_csv(self.csv_path)
-    times = pd.to_datetime(rows.pop('time'), utc=True)
-    rows.index = pd.DatetimeIndex(times, name='time').as_unit('ns')
-    return rows
-
-  def append(self, rows: pd.DataFrame, state: dict) -> None:
-    """Appends `rows` (indexed by bar time, columns as `_LEDGER_COLUMNS`), then saves `state`."""
-    new_file = not os.path.exists(self.csv_path)
-    out = rows.reset_index().rename(columns={'index': 'time'})
-    out['time'] = [t.isoformat() for t in rows.index]
-    # repr writes the shortest text that reads back as the same double.
-    text = out[list(_LEDGER_COLUMNS)].to_csv(index=False, header=new_file, lineterminator='\n',
-                                             float_format=lambda v: repr(float(v)))
-    with open(self.csv_path, 'a') as f:
-      f.write(text)
-      f.flush()
-      os.fsync(f.fileno())
-    self.rows = pd.concat([self.rows, rows]) if len(self.rows) else rows.copy()
-    tmp = self.state_path + '.tmp'
-    with open(tmp, 'w') as f:
-      json.dump({'settings': self.settings, **state}, f, indent=2)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, self.state_path)
-
-
-def simulate(rows: pd.DataFrame, params: backtest_lib.BacktestParams
-             ) -> backtest_lib.BacktestResult:
-  """The backtest of every decided bar of a ledger (open, close, action, confidence), as
-  (N,) numpy arrays. Padded with HOLD bars to a multiple of `_PAD_BARS` (the simulation is
-  causal, so they change nothing before them) so that jit compiles once per 256 bars."""
-  n = len(rows)
-  pad = -n % _PAD_BARS
-  opens = np.r_[rows['open'].to_numpy(np.float64), np.full(pad, rows['close'].iloc[-1])]
-  closes = np.r_[rows['close'].to_numpy(np.float64), np.full(pad, rows['close'].iloc[-1])]
-  ids = rows['action'].map(labels_lib.ACTION_NAMES.index).to_numpy(np.int32)
-  actions = np.r_[ids, np.full(pad, ensemble_lib.HOLD, np.int32)]
-  confidence = np.r_[rows['confidence'].to_numpy(np.float64), np.zeros(pad)]
-  result = backtest_lib.run_backtest(backtest_lib.Prices(opens, closes), actions, confidence,
-                                     params)
-  return type(result)(**{k: np.asarray(v)[:n] for k, v in vars(result).items()})
-
-
 # ------------------------------------------------------------------------ paper trading
 
 
-def paper_trade(source: BarSource, decide: Decider, ledger: Ledger,
+def paper_trade(source: sources.BarSource, decide: Decider, ledger: ledger_lib.Ledger,
                 params: backtest_lib.BacktestParams, *, history: int,
                 max_bars: int | None = None, max_polls: int | None = None,
                 poll_delay: float = 5.0, retry_every: float = 30.0, stale_after: float = 600.0,
@@ -457,7 +197,7 @@ def paper_trade(source: BarSource, decide: Decider, ledger: Ledger,
   Args:
     source: where bars come from.
     decide: the decider; sees the `history` bars ending at the bar decided.
-    ledger: where decisions and fills go (see `Ledger`).
+    ledger: where decisions and fills go (see `ledger_lib.Ledger`).
     params: backtest settings (costs, sizing, fill timing) the fills are simulated with.
     history: bars per decision window.
     max_bars, max_polls: stop after deciding that many bars / polling that many times.
@@ -468,7 +208,7 @@ def paper_trade(source: BarSource, decide: Decider, ledger: Ledger,
     The number of bars decided.
 
   Raises:
-    FeedError: when the feed skips a bar (a gap after the last recorded bar), is stale, or
+    sources.FeedError: when the feed skips a bar (a gap after the last recorded bar), is stale, or
       cannot be reached after retries. The ledger keeps every bar decided before.
   """
   interval = source.interval
@@ -478,12 +218,12 @@ def paper_trade(source: BarSource, decide: Decider, ledger: Ledger,
     last = ledger.last_bar
     start = None if last is None else last + interval - interval * (history - 1)
     df = source.bars(start, history)
-    closed = closed_bars(df, interval, now)
+    closed = sources.closed_bars(df, interval, now)
     new = closed if last is None else closed[closed.index > last]
     _check_unrevised(closed, ledger, source.name)
     if last is None:
       if not len(closed):
-        raise FeedError(f'{source.name}: no closed bar by {now}')
+        raise sources.FeedError(f'{source.name}: no closed bar by {now}')
       new = closed.iloc[-1:]  # a new ledger starts at the latest closed bar
     expected = new.index[0] if last is None else last + interval
     times = new.index
@@ -493,7 +233,7 @@ def paper_trade(source: BarSource, decide: Decider, ledger: Ledger,
       if jump.size:
         i = int(jump[0])
         missing = (times[i - 1] if i else last) + interval
-        raise FeedError(f'{source.name}: bar {missing:%Y-%m-%d %H:%M} UTC is missing (the '
+        raise sources.FeedError(f'{source.name}: bar {missing:%Y-%m-%d %H:%M} UTC is missing (the '
                         f'next bar served is {times[i]:%Y-%m-%d %H:%M}); refusing to trade '
                         'across a gap. The ledger ends at '
                         f'{ledger.last_bar or "its start"}; rerun once the feed has the bar')
@@ -509,7 +249,7 @@ def paper_trade(source: BarSource, decide: Decider, ledger: Ledger,
     due = ledger.last_bar + 2 * interval  # the close of the next bar
     late = (now - due).total_seconds()
     if late > stale_after:
-      raise FeedError(
+      raise sources.FeedError(
           f'{source.name}: stale feed, bar {ledger.last_bar + interval:%Y-%m-%d %H:%M} UTC '
           f'should have closed at {due:%H:%M} but the latest closed bar at '
           f'{now:%Y-%m-%d %H:%M:%S} UTC is {ledger.last_bar:%Y-%m-%d %H:%M}; check the '
@@ -517,7 +257,7 @@ def paper_trade(source: BarSource, decide: Decider, ledger: Ledger,
     sleep(retry_every if late >= 0 else -late + poll_delay)
 
 
-def _check_unrevised(closed: pd.DataFrame, ledger: Ledger, source: str) -> None:
+def _check_unrevised(closed: pd.DataFrame, ledger: ledger_lib.Ledger, source: str) -> None:
   """Refuses a feed that serves other prices for a bar already decided on: the bar was not
   final when it was decided (a clock ahead of the exchange) or the exchange revised it."""
   both = closed.index.intersection(ledger.rows.index)
@@ -528,14 +268,14 @@ def _check_unrevised(closed: pd.DataFrame, ledger: Ledger, source: str) -> None:
   changed = np.flatnonzero((served != recorded).any(axis=1))
   if changed.size:
     t = both[changed[0]]
-    raise FeedError(f'{source}: bar {t:%Y-%m-%d %H:%M} UTC was decided on as '
+    raise sources.FeedError(f'{source}: bar {t:%Y-%m-%d %H:%M} UTC was decided on as '
                     f'{recorded[changed[0]].tolist()} but is now served as '
                     f'{served[changed[0]].tolist()} (open, high, low, close, volume); it was '
                     'not closed when decided, or the exchange revised it. Check the clock; '
                     f'the ledger in {ledger.directory} keeps the decision as made')
 
 
-def _record_bar(source: BarSource, decide: Decider, ledger: Ledger,
+def _record_bar(source: sources.BarSource, decide: Decider, ledger: ledger_lib.Ledger,
                 params: backtest_lib.BacktestParams, closed: pd.DataFrame, bar: pd.Timestamp,
                 history: int, now: pd.Timestamp, log: Callable[[str], None]) -> None:
   """Decides `bar`, replays the ledger with it through the backtester and appends its row."""
@@ -545,7 +285,7 @@ def _record_bar(source: BarSource, decide: Decider, ledger: Ledger,
   row['action'] = labels_lib.ACTION_NAMES[decision.action]
   row['p_sell'], row['p_hold'], row['p_buy'] = (float(p) for p in decision.probs)
   row['confidence'], row['target'] = decision.confidence, decision.target
-  result = simulate(pd.concat([ledger.rows, row]) if len(ledger.rows) else row, params)
+  result = ledger_lib.simulate(pd.concat([ledger.rows, row]) if len(ledger.rows) else row, params)
   for name in ('fill_qty', 'fill_price', 'commission', 'slippage', 'position', 'cash',
                'equity'):
     row[name] = float(getattr(result, name)[-1])

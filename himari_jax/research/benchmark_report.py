@@ -1,0 +1,307 @@
+"""The benchmark's answers: pooled and per-asset summaries of the trials, the Markdown table
+and the plots. Reads what `benchmark.run_benchmark` stored; computes nothing a trial did.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from himari_jax.data import input_pipeline
+from himari_jax.research import benchmark_folds as folds_lib
+from himari_jax.stats import signal_metrics as signal_lib
+from himari_jax.stats import significance as significance_lib
+
+
+def _stitched(records: Sequence[dict], workdir: str) -> dict[str, np.ndarray]:
+  """Net and gross test returns of one (model, asset), folds in time order, seed-averaged.
+
+  Averaging the seeds' per-bar returns is an equal-weight portfolio of the seeds' runs, the
+  fair reading of a model whose result depends on its initialisation.
+  """
+  by_fold: dict[int, list[dict]] = {}
+  for r in records:
+    by_fold.setdefault(r['fold'], []).append(r)
+  net, gross, score = [], [], []
+  for k in sorted(by_fold):
+    arrays = []
+    for r in by_fold[k]:
+      path = os.path.join(folds_lib.Trial(r['model'], r['asset'], r['fold'], r['seed']).directory(
+          workdir), folds_lib.TEST_ARRAYS)
+      with np.load(path) as saved:
+        arrays.append({name: saved[name] for name in ('net_returns', 'gross_returns', 'score')})
+    net.append(np.mean([a['net_returns'] for a in arrays], axis=0))
+    gross.append(np.mean([a['gross_returns'] for a in arrays], axis=0))
+    score.append(np.mean([a['score'] for a in arrays], axis=0))
+  return {'net': np.concatenate(net), 'gross': np.concatenate(gross),
+          'score': np.concatenate(score)}
+
+
+def _max_drawdown(returns: np.ndarray) -> float:
+  equity = np.cumprod(1.0 + returns)
+  return float(np.min(equity / np.maximum.accumulate(np.concatenate([[1.0], equity]))[1:] - 1))
+
+
+def _pooled_trials(records: Sequence[dict[str, Any]],
+                   num_observations: int) -> tuple[int, float]:
+  """(policies tried, variance of their per-period Sharpe ratios at `num_observations` bars).
+
+  The policies' Sharpe ratios are measured on the validation bars; the spread of a Sharpe
+  estimate shrinks as 1 / sqrt(bars), so their variance is rescaled by validation bars /
+  `num_observations` to be the spread expected over the tested bars (without it, a short
+  validation window would set the deflation bar too high).
+  """
+  num_trials = sum(r['policy']['num_trials'] for r in records)
+  count = sum(r['policy']['finite_trials'] for r in records)
+  total = sum(r['policy']['trial_sharpe_sum'] for r in records)
+  total_sq = sum(r['policy']['trial_sharpe_sumsq'] for r in records)
+  variance = (total_sq - total ** 2 / count) / (count - 1) if count > 1 else math.nan
+  val_bars = np.mean([r['fold_bounds']['val'][1] - r['fold_bounds']['val'][0] for r in records])
+  return num_trials, variance * val_bars / num_observations
+
+
+def summarize(config: ml_collections.ConfigDict, records: Sequence[dict[str, Any]],
+              assets: Sequence[folds_lib.Asset], workdir: str) -> dict[str, Any]:
+  """Per (model, asset): signal metrics across folds, stitched gross / net Sharpe with CIs,
+  turnover, drawdown, deflated Sharpe over all trials, paired bootstrap vs the best baseline.
+  """
+  sig = config.significance
+  ppy = float(config.backtest.periods_per_year)
+  # Every policy tried in every trial is a trial of the benchmark (SPEC 8 and 10).
+  num_trials = sum(r['policy']['num_trials'] for r in records)
+  models = list(dict.fromkeys(r['model'] for r in records))
+  rows, series = {}, {}
+  for asset in assets:
+    for model in models:
+      mine = [r for r in records if r['model'] == model and r['asset'] == asset.name]
+      if not mine:
+        continue
+      folds = {}
+      for r in mine:
+        folds.setdefault(r['fold'], []).append(r['signal'])
+      per_fold = [{m: float(np.nanmean([s[m] for s in folds[k]])) if any(
+          np.isfinite(s[m]) for s in folds[k]) else math.nan for m in signal_lib.METRICS}
+          for k in sorted(folds)]
+      stitched = _stitched(mine, workdir)
+      series[(model, asset.name)] = stitched
+      row = {'model': model, 'asset': asset.name, 'trials': len(mine),
+             'seeds': len({r['seed'] for r in mine}), 'folds': len(folds),
+             'signal': signal_lib.aggregate_folds(per_fold), 'ic_per_fold':
+                 [f['ic'] for f in per_fold],
+             'turnover_per_year': float(np.mean([r['backtest']['turnover_per_year']
+                                                 for r in mine])),
+             'num_trades': float(np.mean([r['backtest']['num_trades'] for r in mine])),
+             'max_drawdown': _max_drawdown(stitched['net']),
+             'wall_seconds': float(sum(r['wall_seconds'] for r in mine))}
+      for kind in ('gross', 'net'):
+        if np.std(stitched[kind]) > 0:
+          ci = significance_lib.block_bootstrap_ci(
+              stitched[kind], num_resamples=sig.num_resamples, seed=sig.seed,
+              periods_per_year=ppy)
+          row[f'{kind}_sharpe'] = {'estimate': ci['estimate'], 'low': ci['low'],
+                                   'high': ci['high']}
+        else:
+          row[f'{kind}_sharpe'] = {'estimate': math.nan, 'low': math.nan, 'high': math.nan}
+      row['net_total_return'] = float(np.prod(1.0 + stitched['net']) - 1.0)
+      moments = significance_lib.return_moments(stitched['net']) if np.std(
+          stitched['net']) > 0 else None
+      # Deflated over all trials of the benchmark, and over this row's own policy trials
+      # only (what a reader who picked this model in advance would have to count).
+      n_obs = len(stitched['net'])
+      for key, trials in (('deflated_sharpe', records), ('deflated_sharpe_own', mine)):
+        n_trials, var = _pooled_trials(trials, n_obs)
+        row[key] = math.nan if moments is None or not np.isfinite(var) else \
+            significance_lib.deflated_sharpe_ratio(
+                moments['sharpe'], moments['num_observations'], moments['skewness'],
+                moments['kurtosis'], num_trials=max(n_trials, 1), trial_sharpe_variance=var)
+        row[f'{key}_bar'] = significance_lib.expected_max_sharpe(
+            max(n_trials, 1), var) * math.sqrt(ppy) if np.isfinite(var) else math.nan
+      row['own_trials'] = sum(r['policy']['num_trials'] for r in mine)
+      rows[(model, asset.name)] = row
+  best = {}
+  for asset in assets:
+    candidates = [(rows[(m, asset.name)]['net_sharpe']['estimate'], m) for m in models
+                  if (m, asset.name) in rows and m not in config.flag_traders
+                  and np.isfinite(rows[(m, asset.name)]['net_sharpe']['estimate'])]
+    if not candidates:
+      continue
+    best[asset.name] = max(candidates)[1]
+    reference = series[(best[asset.name], asset.name)]['net']
+    for model in models:
+      if (model, asset.name) not in rows or model == best[asset.name]:
+        continue
+      mine = series[(model, asset.name)]['net']
+      if np.std(mine) > 0:
+        paired = significance_lib.paired_block_bootstrap(
+            mine, reference, num_resamples=sig.num_resamples, seed=sig.seed,
+            periods_per_year=ppy)
+        rows[(model, asset.name)]['vs_best'] = {
+            k: paired[k] for k in ('estimate', 'low', 'high', 'p_value')}
+  market = {}
+  for asset in assets:
+    close = np.concatenate([asset.df['close'].to_numpy()[f.test.start - 1:f.test.stop]
+                            for f in asset.folds[:1]] +
+                           [asset.df['close'].to_numpy()[f.test] for f in asset.folds[1:]])
+    returns = np.diff(close) / close[:-1]
+    market[asset.name] = {'sharpe': significance_lib.sharpe_ratio(returns, ppy),
+                          'total_return': float(close[-1] / close[0] - 1)}
+  wall = {}
+  for r in records:
+    w = wall.setdefault(r['model'], {'trials': 0, 'seconds': 0.0})
+    w['trials'] += 1
+    w['seconds'] += r['wall_seconds']
+  return {'rows': list(rows.values()), 'best_baseline': best, 'num_trials': num_trials,
+          'market': market, 'wall': wall,
+          'models': models, 'assets': {a.name: {'spec': a.spec, 'folds': [
+              f.to_dict() for f in a.folds], 'test': [
+              str(a.df.index[a.folds[0].test.start]),
+              str(a.df.index[a.folds[-1].test.stop - 1])]} for a in assets},
+          'series': series}
+
+
+def _fmt(value: float, spec: str = '+.3f') -> str:
+  return '-' if value is None or not np.isfinite(value) else format(value, spec)
+
+
+def _ci(entry: dict[str, float]) -> str:
+  return (f'{_fmt(entry["estimate"], "+.2f")} ({_fmt(entry["low"], "+.2f")} .. '
+          f'{_fmt(entry["high"], "+.2f")})')
+
+
+def write_report(config: ml_collections.ConfigDict, summary: dict[str, Any], workdir: str, *,
+                 plots: dict[str, str] | None = None) -> str:
+  """`benchmark.md`: setup, one table per asset, skipped models, wall times, plots."""
+  bt = config.backtest
+  f = config.folds
+  lines = [f'# Model benchmark (`{config.variant}`)', '',
+           f'Models: {", ".join(summary["models"])}. Seeds: {config.num_seeds} per learned '
+           f'model (rule models once per fold). Labels: {config.labels.kind} '
+           f'{dict(input_pipeline.label_params(config.labels))}. Folds: {f.mode}, '
+           f'{f.train_bars} training bars (last {config.data.val_fraction:.0%} validation), '
+           f'embargo {folds_lib.embargo_of(config)} bars, {f.test_bars}-bar test windows. Costs: '
+           f'commission {bt.commission:.2%}, slippage {bt.slippage:.2%} per side; position cap '
+           f'{bt.max_position_pct:.0%} of equity, '
+           f'{"long/short" if bt.allow_short else "long-only"}.', '']
+  lines += ['Every model: fitted on the fold\'s training rows, calibrated on its validation '
+            f'rows ({bt.calibration.mode}; position models, whose margin `p_buy - p_sell` is '
+            'their position, and models trained on net returns are not), decision policy '
+            'selected on validation out of '
+            f'{np.size(folds_lib.policy_grid(config.policy).entry)} policies, then tested once. '
+            f'Trials in the deflated Sharpe ratio: {summary["num_trials"]:,} (every policy '
+            'tried in every model x asset x fold x seed).', '']
+  for name, why in (summary.get('skipped') or {}).items():
+    lines += [f'**{name} skipped**: {why}', '']
+  header = ('| model | IC (t, ICIR) | rank IC (t, ICIR) | log-loss skill | Brier skill | '
+            'bal. acc | macro F1 | gross Sharpe (95% CI) | net Sharpe (95% CI) | '
+            'turnover / yr | max DD | DSR (all / own trials) | '
+            'net vs best baseline (95% CI, p) |')
+  rule = '|' + '---|' * 13
+  for asset, info in summary['assets'].items():
+    best = summary['best_baseline'].get(asset)
+    market = summary['market'][asset]
+    lines += [f'## {asset}', '',
+              f'`{info["spec"]}`; test bars {info["test"][0][:10]} .. {info["test"][1][:10]} '
+              f'({len(info["folds"])} folds). Market (fully invested buy-and-hold) over the '
+              f'test bars: Sharpe {market["sharpe"]:+.2f}, return '
+              f'{market["total_return"]:+.1%}. Best baseline by net Sharpe: {best or "-"}.',
+              '', header, rule]
+    for row in summary['rows']:
+      if row['asset'] != asset:
+        continue
+      s = row['signal']
+      vs = row.get('vs_best')
+      versus = 'best baseline' if row['model'] == best else '-' if vs is None else (
+          f'{_fmt(vs["estimate"], "+.2f")} ({_fmt(vs["low"], "+.2f")} .. '
+          f'{_fmt(vs["high"], "+.2f")}), p {vs["p_value"]:.2f}')
+      lines.append(
+          f'| {row["model"]} | {_fmt(s["ic"]["mean"])} ({_fmt(s["ic"]["t_stat"], "+.1f")}, '
+          f'{_fmt(s["ic"]["icir"], "+.2f")}) | {_fmt(s["rank_ic"]["mean"])} '
+          f'({_fmt(s["rank_ic"]["t_stat"], "+.1f")}, {_fmt(s["rank_ic"]["icir"], "+.2f")}) | '
+          f'{_fmt(s["log_loss_skill"]["mean"])} | {_fmt(s["brier_skill"]["mean"])} | '
+          f'{_fmt(s["balanced_accuracy"]["mean"], ".3f")} | '
+          f'{_fmt(s["macro_f1"]["mean"], ".3f")} | {_ci(row["gross_sharpe"])} | '
+          f'{_ci(row["net_sharpe"])} | {_fmt(row["turnover_per_year"], ".1f")} | '
+          f'{_fmt(row["max_drawdown"], ".2%")} | {_fmt(row["deflated_sharpe"], ".3f")} / '
+          f'{_fmt(row["deflated_sharpe_own"], ".3f")} | '
+          f'{versus} |')
+    lines.append('')
+  lines += ['IC and rank IC: Pearson / Spearman correlation of `p_buy - p_sell` with the '
+            'forward return over the label horizon, mean over folds of the seed-mean, '
+            'with its t-statistic and ICIR (mean / std across folds). Skill scores: '
+            '`1 - loss / loss of the training label prior`. Sharpe: annualised, of the test '
+            'windows stitched in time order, per-bar returns averaged over seeds, with a '
+            'stationary block-bootstrap CI. DSR: probability that the true Sharpe ratio '
+            'beats the best of all benchmark trials under no skill (all: every policy of '
+            'every trial; own: the row\'s own policy trials; the trials\' Sharpe variance '
+            'comes from the validation sweeps, rescaled to the tested bars). Last column: paired '
+            'block bootstrap of the net Sharpe difference to the best baseline (one-sided '
+            'p of "better"). A `-` Sharpe: the selected policy never traded on the test '
+            'bars (a constant prediction, such as the label prior or buy-and-hold, calibrated '
+            'to the validation label rates has HOLD as its argmax and a margin '
+            '`p_buy - p_sell` below every entry threshold); the market line above is the '
+            'fully invested buy-and-hold.', '', '## Wall time', '',
+            '| model | trials | total | per trial |', '|---|---:|---:|---:|']
+  for model, w in summary['wall'].items():
+    lines.append(f'| {model} | {w["trials"]} | {folds_lib.format_seconds(w["seconds"])} | '
+                 f'{w["seconds"] / max(w["trials"], 1):.1f} s |')
+  total = sum(w['seconds'] for w in summary['wall'].values())
+  lines += ['', f'Sum of trial wall times {folds_lib.format_seconds(total)}; this invocation '
+            f'{folds_lib.format_seconds(summary.get("run_seconds", 0.0))} (trials finished earlier '
+            'are read back, not rerun).', '']
+  images = [p for k, p in (plots or {}).items() if k.startswith('plot')]
+  if images:
+    lines += ['## Plots', ''] + [f'![{os.path.basename(p)}]({os.path.basename(p)})'
+                                 for p in images] + ['']
+  elif config.plots:
+    lines += ['Plots: not drawn (matplotlib is not installed).', '']
+  path = os.path.join(workdir, folds_lib.REPORT)
+  with open(path, 'w') as fh:
+    fh.write('\n'.join(lines))
+  return path
+
+
+def write_plots(summary: dict[str, Any], records: Sequence[dict], workdir: str, *,
+                log: Callable[[str], None] = print) -> dict[str, str]:
+  """IC per fold (one panel per asset) and seed-mean net equity curves per model and asset."""
+  del records
+  try:
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+  except ImportError:
+    log('plots skipped: matplotlib is not installed')
+    return {}
+  paths = {}
+  assets = list(summary['assets'])
+  fig, axes = plt.subplots(1, len(assets), figsize=(6 * len(assets), 4), squeeze=False)
+  for ax, asset in zip(axes[0], assets, strict=True):
+    for row in summary['rows']:
+      if row['asset'] == asset:
+        ax.plot(range(len(row['ic_per_fold'])), row['ic_per_fold'], marker='o',
+                label=row['model'])
+    ax.axhline(0.0, color='grey', lw=0.8)
+    ax.set(title=f'{asset}: IC per fold', xlabel='fold', ylabel='IC')
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  paths['plot_ic'] = os.path.join(workdir, 'ic_per_fold.png')
+  fig.savefig(paths['plot_ic'], dpi=100)
+  plt.close(fig)
+  for asset in assets:
+    fig, ax = plt.subplots(figsize=(9, 4))
+    for (model, name), s in summary['series'].items():
+      if name == asset:
+        ax.plot(np.cumprod(1.0 + s['net']), label=model, lw=1)
+    ax.set(title=f'{asset}: net equity of the stitched test windows (seed mean)',
+           xlabel='test bar', ylabel='equity / initial')
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    paths[f'plot_equity_{asset}'] = os.path.join(workdir, f'equity_{asset}.png')
+    fig.savefig(paths[f'plot_equity_{asset}'], dpi=100)
+    plt.close(fig)
+  return paths
