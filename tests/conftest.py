@@ -1,12 +1,29 @@
-"""Shared fixtures: configs from `himari_jax.config`, the same the configs/ files return."""
+"""Shared fixtures: configs from `himari_jax.config`, the same the configs/ files return; and
+one JAX compilation cache for the whole run."""
 
+import os
 import pathlib
 
+import jax
 import pytest
 
 from himari_jax import config as config_lib
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+def pytest_configure(config: pytest.Config) -> None:
+  """Compiled programs go to one persistent cache that every test and every subprocess a test
+  starts (they inherit the environment) reads: the many tiny training runs of the entry-point
+  tests compile the same steps, and a rerun of the suite compiles almost nothing.
+  JAX_COMPILATION_CACHE_DIR, when set, names another folder."""
+  cache = os.environ.get('JAX_COMPILATION_CACHE_DIR') or str(
+      config.rootpath / '.pytest_cache' / 'jax-compilation-cache')
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = cache
+  os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+  jax.config.update('jax_compilation_cache_dir', cache)
+  jax.config.update('jax_persistent_cache_min_compile_time_secs',
+                    float(os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS']))
 
 
 def load_config_file(name: str, arg: str | None = None):

@@ -90,6 +90,7 @@ def test_ray_workers_share_the_compilation_cache(tmp_path):
   options = ('jax_compilation_cache_dir', 'jax_persistent_cache_min_compile_time_secs')
   saved = {name: getattr(jax.config, name) for name in options}
   try:
+    jax.config.update('jax_compilation_cache_dir', None)  # the suite's own cache is set
     cache = dispatch.share_compilation_cache(str(tmp_path / 'cache'), 'local')
     seen = dispatch.run_trials(
         lambda _: (jax.config.jax_compilation_cache_dir,

@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pandas as pd
 import pytest
@@ -114,13 +113,9 @@ def test_finetune_starts_each_fold_from_the_previous_run():
 
 @pytest.fixture
 def workdir(tmp_path):
-  """A run folder, with JAX's compilation cache where launch/walk_forward.py puts it, so the
-  in-process run below reuses the steps the launcher compiled."""
-  workdir = tmp_path / 'wf'
-  saved = jax.config.jax_compilation_cache_dir
-  jax.config.update('jax_compilation_cache_dir', str(workdir / 'compilation_cache'))
-  yield workdir
-  jax.config.update('jax_compilation_cache_dir', saved)
+  """A run folder. The launcher and the in-process run below share the suite's compilation
+  cache (tests/conftest.py), so the in-process run reuses the steps the launcher compiled."""
+  return tmp_path / 'wf'
 
 
 def _mtimes(folder):
