@@ -9,6 +9,7 @@ test:
 
 lint:
 	ruff check himari_jax launch configs tests benchmarks
+	lint-imports
 	shellcheck launch/*.sh benchmarks/*.sh .ci/run
 
 # The CPU benchmarks of README.md's speed table (the installed package, as `make install` gives).

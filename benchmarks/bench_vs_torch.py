@@ -29,17 +29,24 @@ what XLA's CPU thread pool uses.
 import copy
 import os
 import statistics
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import torch
 from absl import app, flags
 
-from himari_jax.inference import predict
-from himari_jax.model import convert, torch_reference
+from himari_jax import cli, extras
+
+try:
+  torch = extras.import_extra('torch', 'torch', 'benchmarks/bench_vs_torch.py')
+except extras.MissingExtraError as e:
+  sys.exit(cli.error_line(e))
+
+from himari_jax.inference import predict  # noqa: E402 - after the torch check
+from himari_jax.model import convert, torch_reference  # noqa: E402
 from himari_jax.model import flag_trader as model_lib
 from himari_jax.training import train
 

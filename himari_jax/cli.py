@@ -13,6 +13,8 @@ What counts as a user's mistake:
   `convert.ConversionError`, `checkpoint.CheckpointError`, `features.FeatureSetError`,
   `adapters.AdapterError`, `baselines.BaselineError`;
 * `OSError`: a missing file or folder, a permission, a network failure;
+* `extras.MissingExtraError`: an optional package the run needs (torch for a `.pt`, LightGBM,
+  Ray for `--ray_address`); the line names the extra to install;
 * the errors that are not ValueErrors: `binance.DownloadError`, `live.FeedError`,
   `live.LedgerError`, and `train.TrainingDivergedError` (lower the learning rate);
 * bad flags, including a config file that fails to load (`--config=...:no_such_variant`) and
@@ -30,6 +32,8 @@ from typing import Any, NoReturn
 from absl import app, flags
 from ml_collections import config_flags
 
+from himari_jax.extras import MissingExtraError
+
 _VERBOSE = flags.DEFINE_bool('verbose', False,
                              'Show the Python traceback of an error instead of one line.')
 
@@ -43,7 +47,7 @@ _MODULE_ERRORS = {'himari_jax.data.binance': ('DownloadError',),
 
 def user_errors() -> tuple[type[BaseException], ...]:
   """The exception classes reported as one line, among the modules imported so far."""
-  errors = [ValueError, OSError]
+  errors = [ValueError, OSError, MissingExtraError]
   for module_name, names in _MODULE_ERRORS.items():
     module = sys.modules.get(module_name)
     if module is not None:

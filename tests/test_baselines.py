@@ -15,8 +15,8 @@ CUT = 1600  # the leak test changes bars from here on
 RUN = 'checkpoints/small_a'  # a small trained FLAG-TRADER run kept in the repository
 
 _NO_LIGHTGBM = baselines.unavailable_reason('lightgbm')
-_LIGHTGBM = pytest.param('lightgbm', marks=pytest.mark.skipif(
-    _NO_LIGHTGBM is not None, reason=f'optional LightGBM baseline: {_NO_LIGHTGBM}'))
+_LIGHTGBM = pytest.param('lightgbm', marks=[pytest.mark.extra, pytest.mark.skipif(
+    _NO_LIGHTGBM is not None, reason=f'optional LightGBM baseline: {_NO_LIGHTGBM}')])
 # Tiny settings: a few optimisation steps / trees keep every fit well under a second.
 SMALL = {'logistic': {'steps': 40}, 'mlp': {'hidden': (16,), 'context_length': 4, 'steps': 40,
                                              'batch_size': 128},

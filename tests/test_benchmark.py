@@ -158,7 +158,7 @@ def test_flag_trader_trains_per_fold_on_the_same_labels(tmp_path):
 
 
 def test_lightgbm_missing_is_skipped_and_said(tmp_path, monkeypatch):
-  reason = 'lightgbm is not installed (pip install "himari-jax[baselines]"): test'
+  reason = 'lightgbm is not installed (pip install "himari-jax[baselines]")'
   available = {name: None for name in baselines.BASELINES}
   monkeypatch.setattr(baselines, 'available_baselines',
                       lambda: {**available, 'lightgbm': reason})
@@ -303,6 +303,7 @@ def _without_timings(record):
 
 
 # ray.init starts its raylet with fork+exec (no Python runs in the child), which JAX warns about.
+@pytest.mark.extra
 @pytest.mark.filterwarnings('ignore:os.fork:RuntimeWarning')
 def test_trials_on_ray_match_in_process_and_resume_the_same_way(tmp_path, tiny_run, repo_root):
   ray = pytest.importorskip('ray')

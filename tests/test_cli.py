@@ -4,6 +4,7 @@ The launchers are run as a user runs them (one subprocess each, on a bad input t
 before any work); what `--verbose` changes is the shared helper's, tested in-process.
 """
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -13,16 +14,38 @@ from absl import flags
 from absl.testing import flagsaver
 from ml_collections import config_flags
 
-from himari_jax import cli
+from himari_jax import cli, extras
 from himari_jax.data import ohlcv as data
 
 # A config flag without a default path: overrides are applied while flags are parsed.
 config_flags.DEFINE_config_file('test_cli_config', None, 'A config for the tests below.')
 
+_NEEDS_TORCH = [pytest.mark.extra, pytest.mark.skipif(
+    importlib.util.find_spec('torch') is None, reason='reading a .pt needs the torch extra')]
 
-def run_launcher(repo_root, script, *args):
+# `python -c _NOT_INSTALLED <modules> <script> <args>`: runs the script as `python <script>
+# <args>` would, with <modules> (comma-separated) failing to import as where they are not
+# installed, whether they are installed here or not.
+_NOT_INSTALLED = """
+import importlib.abc, os, runpy, sys
+missing = set(sys.argv[1].split(','))
+class NotInstalled(importlib.abc.MetaPathFinder):
+  def find_spec(self, name, path=None, target=None):
+    if name.partition('.')[0] in missing:
+      raise ModuleNotFoundError(f'No module named {name!r}', name=name.partition('.')[0])
+sys.meta_path.insert(0, NotInstalled())
+sys.argv = sys.argv[2:]
+sys.path[0] = os.path.dirname(os.path.abspath(sys.argv[0]))
+runpy.run_path(sys.argv[0], run_name='__main__')
+"""
+
+
+def run_launcher(repo_root, script, *args, not_installed=()):
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'PYTHONPATH': str(repo_root)}
-  return subprocess.run([sys.executable, str(repo_root / 'launch' / script), *args],
+  python = [sys.executable]
+  if not_installed:
+    python += ['-c', _NOT_INSTALLED, ','.join(not_installed)]
+  return subprocess.run([*python, str(repo_root / 'launch' / script), *args],
                         capture_output=True, text=True, cwd=repo_root, env=env, timeout=300)
 
 
@@ -33,7 +56,8 @@ def error_lines(stderr):
 @pytest.mark.parametrize('script, args, message', [
     ('diagnose.py', ['--checkpoints=checkpoints/small_a', '--dataset={tmp}/missing.csv'],
      'missing.csv: no such file'),
-    ('convert_checkpoint.py', ['--input={tmp}/corrupt.pt', '--output={tmp}/run'], 'corrupt.pt'),
+    pytest.param('convert_checkpoint.py', ['--input={tmp}/corrupt.pt', '--output={tmp}/run'],
+                 'corrupt.pt', marks=_NEEDS_TORCH),
     ('download_data.py', ['--start=2024-13', '--end=2024-12', '--output={tmp}/out.csv'],
      "start='2024-13'"),
     ('pretrain_compare.py', ['--workdir={tmp}/runs', '--arms=finetune,no_such_arm'],
@@ -52,6 +76,77 @@ def test_a_bad_input_is_one_error_line(repo_root, tmp_path, script, args, messag
   assert message in line, line
   assert 'Traceback' not in done.stderr
   assert not (tmp_path / 'run').exists() and not (tmp_path / 'out.csv').exists()
+
+
+@pytest.mark.parametrize('script, args, missing, extra, names', [
+    ('convert_checkpoint.py', ['--input={tmp}/corrupt.pt', '--output={tmp}/run'], 'torch',
+     'torch', 'reading the PyTorch file {tmp}/corrupt.pt'),
+    ('convert_checkpoint.py', ['--reverse', '--input=checkpoints/small_a',
+                               '--output={tmp}/out.pt'], 'torch', 'torch', 'writing'),
+    ('backtest.py', ['--checkpoints={tmp}/corrupt.pt', '--outdir={tmp}/run'], 'torch', 'torch',
+     'corrupt.pt'),
+    ('ensemble_backtest.py', ['--checkpoints=checkpoints/small_a,{tmp}/corrupt.pt',
+                              '--outdir={tmp}/run'], 'torch', 'torch', 'corrupt.pt'),
+    ('diagnose.py', ['--checkpoints={tmp}/corrupt.pt', '--output={tmp}/run'], 'torch', 'torch',
+     'corrupt.pt'),
+    ('trade_signal.py', ['--checkpoints={tmp}/corrupt.pt',
+                         '--data=himari_jax/data/datasets/btc_usdt_1h_binance_2025_2026.csv.gz'],
+     'torch', 'torch', 'corrupt.pt'),
+    ('train.py', ['--config=configs/flag_trader.py:tiny', '--workdir={tmp}/run',
+                  '--config.train.init_from={tmp}/corrupt.pt'], 'torch', 'torch', 'corrupt.pt'),
+    ('benchmark.py', ['--config=configs/benchmark.py:cpu', '--config.models=lightgbm',
+                      '--workdir={tmp}/run'], 'lightgbm', 'baselines', 'lightgbm'),
+    ('benchmark.py', ['--config=configs/benchmark.py:cpu', '--ray_address=auto',
+                      '--workdir={tmp}/run'], 'ray', 'ray', '--ray_address=auto'),
+    ('walk_forward.py', ['--ray_address=auto', '--workdir={tmp}/run'], 'ray', 'ray',
+     '--ray_address=auto'),
+    ('placebo.py', ['--ray_address=auto', '--workdir={tmp}/run'], 'ray', 'ray',
+     '--ray_address=auto'),
+])
+def test_a_missing_extra_is_one_error_line_naming_it(repo_root, tmp_path, script, args, missing,
+                                                    extra, names):
+  (tmp_path / 'corrupt.pt').write_bytes(b'PK\x03\x04 not a checkpoint')
+  done = run_launcher(repo_root, script, *(a.format(tmp=tmp_path) for a in args),
+                      not_installed=[missing])
+  assert done.returncode == 1, done.stderr[-3000:]
+  (line,) = error_lines(done.stderr)
+  assert f'{missing} is not installed (pip install "himari-jax[{extra}]")' in line, line
+  assert names.format(tmp=tmp_path) in line, line
+  assert 'Traceback' not in done.stderr
+  assert not (tmp_path / 'out.pt').exists()
+
+
+def test_a_missing_extra_is_one_line_and_verbose_reraises(capsys):
+  def main(argv):
+    del argv
+    extras.import_extra('himari_jax_no_such_module.sub', 'plot', 'the test plots')
+
+  with flagsaver.flagsaver(), pytest.raises(SystemExit) as exited:
+    cli.run(main, argv=['prog'])
+  assert exited.value.code == 1
+  assert error_lines(capsys.readouterr().err) == [
+      'error: the test plots: himari_jax_no_such_module is not installed '
+      '(pip install "himari-jax[plot]")']
+  with flagsaver.flagsaver(), pytest.raises(extras.MissingExtraError):
+    cli.run(main, argv=['prog', '--verbose'])
+
+
+def test_an_extra_that_fails_to_import_says_why(tmp_path, monkeypatch):
+  (tmp_path / 'himari_jax_broken_extra.py').write_text('import himari_jax_no_such_dependency\n')
+  monkeypatch.syspath_prepend(tmp_path)
+  with pytest.raises(extras.MissingExtraError) as raised:
+    extras.import_extra('himari_jax_broken_extra', 'plot', 'the test plots')
+  assert str(raised.value) == (
+      "the test plots: himari_jax_broken_extra failed to import (No module named "
+      "'himari_jax_no_such_dependency') (pip install \"himari-jax[plot]\")")
+
+
+def test_plots_without_matplotlib_are_skipped_with_a_warning_naming_the_extra(monkeypatch):
+  warnings = []
+  monkeypatch.setitem(sys.modules, 'matplotlib', None)
+  assert extras.pyplot('the test plots', warn=warnings.append) is None
+  assert warnings == ['skipping the test plots: matplotlib is not installed '
+                      '(pip install "himari-jax[plot]")']
 
 
 def _main_raising(error):

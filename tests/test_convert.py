@@ -23,6 +23,7 @@ from himari_jax.model import convert
 from himari_jax.model import flag_trader as model_lib
 from himari_jax.training import initialization, mesh
 
+pytestmark = pytest.mark.extra
 torch = pytest.importorskip('torch')
 torch_reference = pytest.importorskip('himari_jax.model.torch_reference')
 

@@ -61,6 +61,7 @@ def test_each_result_is_passed_on_as_soon_as_its_trial_is_done(tmp_path):
 
 
 # ray.init starts its raylet with fork+exec (no Python runs in the child), which JAX warns about.
+@pytest.mark.extra
 @pytest.mark.filterwarnings('ignore:os.fork:RuntimeWarning')
 def test_two_trials_on_local_ray_match_in_process(tmp_path):
   ray = pytest.importorskip('ray')
@@ -82,6 +83,7 @@ def test_two_trials_on_local_ray_match_in_process(tmp_path):
   assert sorted(os.listdir(tmp_path / 'ray')) == ['trial_1.json', 'trial_2.json']
 
 
+@pytest.mark.extra
 @pytest.mark.filterwarnings('ignore:os.fork:RuntimeWarning')
 def test_ray_workers_share_the_compilation_cache(tmp_path):
   ray = pytest.importorskip('ray')
@@ -103,6 +105,7 @@ def test_ray_workers_share_the_compilation_cache(tmp_path):
   assert seen == [(cache, saved['jax_persistent_cache_min_compile_time_secs'])]
 
 
+@pytest.mark.extra
 @pytest.mark.filterwarnings('ignore:os.fork:RuntimeWarning')
 def test_a_failing_trial_on_ray_raises_after_the_others_are_stored(tmp_path):
   ray = pytest.importorskip('ray')

@@ -38,6 +38,7 @@ SCRIPT = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.extra
 @pytest.mark.slow
 def test_non_editable_install_scores_a_shipped_checkpoint_and_a_pt_elsewhere(tmp_path,
                                                                             repo_root):

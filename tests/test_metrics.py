@@ -152,6 +152,7 @@ def _returns_series():
   return q, market, got
 
 
+@pytest.mark.extra
 def test_cross_check_with_empyrical():
   empyrical = pytest.importorskip('empyrical')
   q, market, got = _returns_series()
@@ -167,6 +168,7 @@ def test_cross_check_with_empyrical():
   np.testing.assert_allclose(got['beta'], empyrical.beta(q, market), rtol=1e-9)
 
 
+@pytest.mark.extra
 def test_cross_check_with_vectorbt():
   pytest.importorskip('vectorbt')
   q, _, got = _returns_series()

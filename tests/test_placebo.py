@@ -132,6 +132,7 @@ def test_runner_stores_resumes_and_extends(tmp_path):
 
 
 # ray.init starts its raylet with fork+exec (no Python runs in the child), which JAX warns about.
+@pytest.mark.extra
 @pytest.mark.filterwarnings('ignore:os.fork:RuntimeWarning')
 def test_runs_on_ray_are_stored_as_here(tmp_path):
   ray = pytest.importorskip('ray')

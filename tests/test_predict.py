@@ -98,6 +98,7 @@ def test_a_model_is_scored_with_its_own_feature_set_only(loaded, bars):
     predict.predict_logits(dataclasses.replace(loaded, config=config), bars, feature_set='himari')
 
 
+@pytest.mark.extra
 def test_a_pt_member_defaults_to_seed_causal(loaded, tmp_path):
   pytest.importorskip('torch')
   from himari_jax.inference import members

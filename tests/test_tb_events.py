@@ -48,6 +48,7 @@ def test_corrupt_file_is_reported(tmp_path):
     tb_events.read_scalars(bad)
 
 
+@pytest.mark.extra
 def test_tensorboard_own_loader_reads_the_file(tmp_path):
   loader = pytest.importorskip('tensorboard.backend.event_processing.event_file_loader')
   path = _write_run(tmp_path / 'tb')

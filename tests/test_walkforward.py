@@ -204,6 +204,7 @@ def test_two_folds_train_before_their_test_windows_and_resume(workdir, repo_root
 
 
 # ray.init starts its raylet with fork+exec (no Python runs in the child), which JAX warns about.
+@pytest.mark.extra
 @pytest.mark.filterwarnings('ignore:os.fork:RuntimeWarning')
 def test_folds_trained_on_ray_match_in_process(tmp_path, repo_root):
   ray = pytest.importorskip('ray')

@@ -31,8 +31,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pandas as pd
-from absl import logging
 
+from himari_jax import extras
 from himari_jax.backtest import engine as backtest_lib
 from himari_jax.constants import ACTION_NAMES, HOLD
 from himari_jax.stats import metrics as metrics_lib
@@ -301,14 +301,9 @@ def _write_plots(outdir: str | os.PathLike, times: pd.DatetimeIndex,
                  close: np.ndarray, action_counts: Mapping[str, Mapping[str, int]]
                  ) -> dict[str, str]:
   """Writes the PNG plots; returns {} with a logged notice when matplotlib is missing."""
-  try:
-    import matplotlib
-  except ImportError:
-    logging.warning('matplotlib is not installed: skipping backtest plots '
-                    '(pip install "himari-jax[plot]" to get them)')
+  plt = extras.pyplot('the backtest plots')
+  if plt is None:
     return {}
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
 
   exposure = (np.asarray(result.position, dtype=np.float64) * close
               / np.asarray(result.equity, dtype=np.float64))
@@ -475,13 +470,9 @@ def cost_sensitivity_png(sensitivity: pd.DataFrame) -> bytes | None:
   Args:
     sensitivity: `backtest.cost_sensitivity` / `policy.cost_sensitivity` output.
   """
-  try:
-    import matplotlib
-  except ImportError:
-    logging.warning('matplotlib is not installed: skipping the cost-sensitivity plot')
+  plt = extras.pyplot('the cost-sensitivity plot')
+  if plt is None:
     return None
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
 
   fig, ax = plt.subplots(figsize=(6, 3.5))
   ax.plot(sensitivity['cost_multiplier'], sensitivity['sharpe'], marker='o')

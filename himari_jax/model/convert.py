@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from himari_jax import extras
 from himari_jax.data import features as features_lib
 from himari_jax.model import checkpoint as checkpoint_lib
 from himari_jax.model import flag_trader as model_lib
@@ -265,13 +266,9 @@ def model_config_dict(model_config: model_lib.ModelConfig) -> ml_collections.Con
   return ml_collections.ConfigDict(values)
 
 
-def _torch():
-  try:
-    import torch
-  except ImportError as e:
-    raise ImportError('reading or writing PyTorch .pt files needs torch: '
-                      'pip install "himari-jax[torch]"') from e
-  return torch
+def _torch(doing: str, path: str | os.PathLike) -> Any:
+  """The torch module, or `extras.MissingExtraError` naming the `.pt` file and the extra."""
+  return extras.import_extra('torch', 'torch', f'{doing} the PyTorch file {os.fspath(path)}')
 
 
 def _numpy_scalar_globals() -> list:
@@ -283,7 +280,7 @@ def _numpy_scalar_globals() -> list:
 
 
 def _read_pt(path: str) -> Any:
-  torch = _torch()
+  torch = _torch('reading', path)
   if not os.path.isfile(path):
     raise ConversionError(f'{path}: no such file.')
   try:
@@ -430,7 +427,7 @@ def save_torch_checkpoint(path: str | os.PathLike, params: Any,
   and `extra` entries (e.g. epoch=3, val_loss=0.71), which must be plain numbers, strings,
   containers or arrays. The file is written atomically: on error nothing is left at `path`.
   """
-  torch = _torch()
+  torch = _torch('writing', path)
   if not isinstance(model_config, model_lib.ModelConfig):
     model_config = model_lib.ModelConfig.from_config(model_config)
   reserved = {'model_state_dict', 'config', HIMARI_MODEL_KEY} & set(extra)

@@ -69,7 +69,7 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-from himari_jax import json_types
+from himari_jax import extras, json_types
 from himari_jax.backtest import policy as policy_lib
 from himari_jax.data import features as features_lib
 from himari_jax.data import labels as labels_lib
@@ -469,8 +469,8 @@ def unavailable_reason(name: str) -> str | None:
   if name == 'lightgbm':
     try:
       _import_lightgbm()
-    except ImportError as e:
-      return str(e)
+    except extras.MissingExtraError as e:
+      return e.reason
   return None
 
 
@@ -484,13 +484,13 @@ def make_baseline(name: str, **config: Any) -> Baseline:
 
   Raises:
     BaselineError: unknown name or config field.
-    ImportError: the model's optional package is missing (the message says how to install).
+    extras.MissingExtraError: the model's optional package is missing (the message names
+      the extra to install).
   """
   if name not in BASELINES:
     raise BaselineError(f'unknown baseline {name!r}; valid: {", ".join(BASELINES)}')
-  reason = unavailable_reason(name)
-  if reason:
-    raise ImportError(reason)
+  if name == 'lightgbm':
+    _import_lightgbm()
   return BASELINES[name](**config)
 
 
@@ -706,13 +706,8 @@ def _flat_windows(features: np.ndarray, ends: np.ndarray, context: int) -> np.nd
   return features[ends[:, None] + offsets[None, :]].reshape(len(ends), -1)
 
 
-def _import_lightgbm():
-  try:
-    import lightgbm
-  except ImportError as e:
-    raise ImportError('lightgbm is not installed (pip install "himari-jax[baselines]"): '
-                      f'{e}') from e
-  return lightgbm
+def _import_lightgbm() -> Any:
+  return extras.import_extra('lightgbm', 'baselines', 'the lightgbm baseline')
 
 
 def _check_features(name: str, features: Any) -> np.ndarray:

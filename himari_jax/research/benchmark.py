@@ -115,7 +115,8 @@ def model_kinds(config: ml_collections.ConfigDict) -> tuple[list[str], dict[str,
   if len(set(run)) != len(run):
     raise config_lib.ConfigError(f'config.models={config.models!r} names a model twice')
   if not run:
-    raise config_lib.ConfigError('config.models: no model can run here')
+    raise config_lib.ConfigError('config.models: no model can run here' + ''.join(
+        f'; {name}: {reason}' for name, reason in skipped.items()))
   return run, skipped
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from himari_jax import extras
 from himari_jax.data import input_pipeline
 from himari_jax.research import benchmark_folds as folds_lib
 from himari_jax.stats import signal_metrics as signal_lib
@@ -269,13 +270,8 @@ def write_plots(summary: dict[str, Any], records: Sequence[dict], workdir: str, 
                 log: Callable[[str], None] = print) -> dict[str, str]:
   """IC per fold (one panel per asset) and seed-mean net equity curves per model and asset."""
   del records
-  try:
-    import matplotlib
-
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-  except ImportError:
-    log('plots skipped: matplotlib is not installed')
+  plt = extras.pyplot('the benchmark plots', warn=log)
+  if plt is None:
     return {}
   paths = {}
   assets = list(summary['assets'])

@@ -22,16 +22,14 @@ from typing import Any, TypeVar
 
 import jax
 
+from himari_jax import extras
+
 Trial = TypeVar('Trial')
 Result = TypeVar('Result')
 
 
-def _ray():
-  try:
-    import ray  # noqa: PLC0415 - optional dependency, needed only with an address
-  except ImportError as e:
-    raise ImportError("ray_address needs Ray: pip install 'himari-jax[ray]'") from e
-  return ray
+def _ray(ray_address: str) -> Any:
+  return extras.import_extra('ray', 'ray', f'--ray_address={ray_address}')
 
 
 def connect(ray_address: str, *, runtime_env: dict[str, Any] | None = None,
@@ -41,7 +39,7 @@ def connect(ray_address: str, *, runtime_env: dict[str, Any] | None = None,
   `env_vars` are set in every worker of this job, e.g. {'JAX_COMPILATION_CACHE_DIR': path}
   so that the trials share their compiled programs as the in-process runs do.
   """
-  ray = _ray()
+  ray = _ray(ray_address)
   if ray.is_initialized():
     return
   runtime_env = dict(runtime_env or {})
@@ -123,7 +121,7 @@ def run_trials(fn: Callable[[Trial], Result], trials: Sequence[Trial],
       if on_result is not None:
         on_result(i, results[-1])
     return results
-  ray = _ray()
+  ray = _ray(ray_address)
   connect(ray_address, runtime_env=runtime_env)
   cluster = ray.cluster_resources()
   remote = ray.remote(_call)

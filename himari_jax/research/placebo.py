@@ -34,9 +34,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from absl import logging
 
-from himari_jax import json_types
+from himari_jax import extras, json_types
 from himari_jax.research import dispatch
 
 # The metrics of the issue's null, as `run_one` should name them, and how they are shown.
@@ -196,14 +195,9 @@ def plot_histograms(summary: Mapping[str, Any], path: str | os.PathLike) -> str 
   Returns:
     The path written, or None (with a logged notice) when matplotlib is not installed.
   """
-  try:
-    import matplotlib
-  except ImportError:
-    logging.warning('matplotlib is not installed: skipping the placebo histogram '
-                    '(pip install "himari-jax[plot]" to get it)')
+  plt = extras.pyplot('the placebo histogram')
+  if plt is None:
     return None
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
 
   items = list(summary['metrics'].items())
   columns = min(3, len(items))
