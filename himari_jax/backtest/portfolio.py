@@ -257,9 +257,8 @@ def _simulate(prices: PanelPrices, targets: jax.Array, p: PortfolioParams,
   costs = jnp.sum(commission + slippage, axis=1) + borrow
   return PortfolioResult(equity=equity, gross_equity=equity + jnp.cumsum(costs),
                          cash=jnp.sum(cash, axis=1), borrow=borrow, exposure=exposure,
-                         fill_qty=qty,
-                         fill_price=price, commission=commission, slippage=slippage,
-                         position=pos, sleeve_equity=sleeve_equity)
+                         fill_qty=qty, fill_price=price, commission=commission,
+                         slippage=slippage, position=pos, sleeve_equity=sleeve_equity)
 
 
 def run_portfolio(panel: Any, targets: Any, params: PortfolioParams, *,
