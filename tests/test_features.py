@@ -260,14 +260,14 @@ def eth_outage():
 
 
 def test_feature_set_table(small):
-  assert list(F.FEATURE_SETS) == ['himari', 'seed_exact', 'seed_causal']
+  assert list(F.FEATURE_SETS) == ['himari', 'seed_exact', 'seed_causal', 'himari_market']
   assert F.DEFAULT_FEATURE_SET == 'himari'
   for name, spec in F.FEATURE_SETS.items():
     assert spec.name == name and len(spec.columns) == F.NUM_FEATURES == len(set(spec.columns))
   assert F.FEATURE_SETS['himari'].columns == F.FEATURE_NAMES
   assert F.SEED_FEATURE_NAMES[21] == 'momentum_72' and F.SEED_FEATURE_NAMES[22] == 'padding_22'
-  assert [F.needs_normalization(n) for n in F.FEATURE_SETS] == [True, False, False]
-  assert [F.looks_ahead(n) for n in F.FEATURE_SETS] == [False, True, False]
+  assert [F.needs_normalization(n) for n in F.FEATURE_SETS] == [True, False, False, True]
+  assert [F.looks_ahead(n) for n in F.FEATURE_SETS] == [False, True, False, False]
   assert set(F.SEED_LOOKAHEAD_BARS) <= set(F.SEED_FEATURE_NAMES[:F.SEED_NUM_COMPUTED])
   with pytest.raises(F.FeatureSetError, match="unknown feature set 'seed'.*himari, seed_exact"):
     F.compute_features(small, 'seed')

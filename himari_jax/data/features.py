@@ -19,8 +19,10 @@ Feature sets (`FEATURE_SETS`): 'himari' is the state above, normalised. 'seed_ex
 raw and zero-padded to 60; seven of its columns average over centred windows and so see up to
 83 bars ahead: it exists only to reproduce a seed checkpoint's own numbers. 'seed_causal' is the
 same 22 columns with every centred mean replaced by the trailing one ending at t, the honest
-input for scoring and fine-tuning converted seed checkpoints. `leak_audit` measures look-ahead
-per column by recomputing on prefixes.
+input for scoring and fine-tuning converted seed checkpoints. 'himari_market' puts market context
+(BTC, the equal-weight universe, the coin's cross-sectional rank, breadth) in the reserved
+columns 49-59; it needs a universe panel (`data.market_features`). `leak_audit` measures
+look-ahead per column by recomputing on prefixes.
 """
 
 from __future__ import annotations
@@ -135,6 +137,11 @@ class FeatureSet:
   description: str
 
 
+# 'himari_market': the 49 'himari' columns, then 11 market-context columns in the reserved
+# slots; they need the other coins, so `data.market_features.panel_features` computes them.
+MARKET_FEATURE_NAMES: tuple[str, ...] = (
+    'btc_ret_1', 'btc_ret_6', 'btc_ret_24', 'btc_vol_24', 'btc_vol_168',
+    'market_ret_1', 'market_ret_24', 'rank_ret_24', 'rank_ret_168', 'breadth_24', 'breadth_168')
 FEATURE_SETS: dict[str, FeatureSet] = {
     'himari': FeatureSet(
         'himari', FEATURE_NAMES, normalised=True, lookahead_bars=0,
@@ -147,6 +154,10 @@ FEATURE_SETS: dict[str, FeatureSet] = {
     'seed_causal': FeatureSet(
         'seed_causal', SEED_FEATURE_NAMES, normalised=False, lookahead_bars=0,
         description="the seed's 22 raw features with trailing means instead of centred ones"),
+    'himari_market': FeatureSet(
+        'himari_market', FEATURE_NAMES[:NUM_COMPUTED] + MARKET_FEATURE_NAMES, normalised=True,
+        lookahead_bars=0, description="the 'himari' features plus BTC, equal-weight market, "
+                                      'cross-sectional rank and breadth context in 49-59'),
 }
 DEFAULT_FEATURE_SET = 'himari'
 
@@ -215,7 +226,10 @@ def compute_features(df: pd.DataFrame, feature_set: str = DEFAULT_FEATURE_SET) -
   data_lib.check_frame(df, 'compute_features input')
   o, h, low, c, v = (df[k].to_numpy(np.float64) for k in ('open', 'high', 'low', 'close',
                                                           'volume'))
-  if get_feature_set(feature_set).name != 'himari':  # also rejects unknown names
+  if get_feature_set(feature_set).name == 'himari_market':  # also rejects unknown names
+    raise FeatureSetError("feature set 'himari_market' needs the other coins of a universe; "
+                          'compute it with data.market_features.panel_features(panel)')
+  if feature_set != 'himari':
     return _pad(_seed_columns(h, low, c, v, causal=feature_set == 'seed_causal'))
   n = len(c)
   c_prev = _shift(c, 1)
