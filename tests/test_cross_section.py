@@ -84,6 +84,7 @@ def test_newey_west_variance_matches_a_hand_loop():
   assert xs.newey_west_variance(x, 0) == pytest.approx(np.var(x), rel=1e-12)
 
 
+@pytest.mark.extra
 def test_newey_west_mean_matches_statsmodels():
   sm = pytest.importorskip('statsmodels.api')
   rng = np.random.default_rng(2)
