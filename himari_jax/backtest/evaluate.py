@@ -30,6 +30,7 @@ from himari_jax.backtest import report as report_lib
 from himari_jax.data import features as features_lib
 from himari_jax.data import input_pipeline
 from himari_jax.data import ohlcv as data_lib
+from himari_jax.inference import decisions as decisions_lib
 from himari_jax.inference import ensemble as ensemble_lib
 from himari_jax.inference import members as members_lib
 from himari_jax.stats import metrics as metrics_lib
@@ -187,7 +188,8 @@ def validation_probabilities(members: Sequence, calibration_config: ml_collectio
   frame, num_val = members_lib.validation_frame(members[0], asset)
   probs, _, _ = members_lib.member_probabilities(members, frame, calibration_config,
                                                  asset=asset, fitted=fitted)
-  return frame.iloc[-num_val:], members_lib.combined_probabilities(probs[:, -num_val:], weights)
+  return frame.iloc[-num_val:], decisions_lib.combined_probabilities(probs[:, -num_val:],
+                                                                     weights)
 
 
 def lookahead_warnings(members: Sequence) -> list[str]:
@@ -283,7 +285,7 @@ def backtest_pipeline(config: ml_collections.ConfigDict, outdir: str, *,
            'available_bars': int(decisions.available.sum())}
   probs = None
   if choice.policy is not None:
-    probs = members_lib.combined_probabilities(decisions.probs, weights)
+    probs = decisions.combined()
   outcome = backtest_and_report(df, decisions.actions, decisions.confidence, config, outdir,
                                 extra=extra, trial_sharpes=trial_sharpes, choice=choice,
                                 probs=probs, warnings=warnings)
