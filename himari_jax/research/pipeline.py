@@ -16,23 +16,20 @@ with it the normaliser a multi-asset model picks, is the real one's.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pandas as pd
 
 from himari_jax import config as config_lib
-from himari_jax.backtest import engine as backtest_lib
-from himari_jax.backtest import evaluate, report
+from himari_jax.backtest import evaluate
 from himari_jax.data import input_pipeline
 from himari_jax.data import ohlcv as data_lib
 from himari_jax.inference import members
-from himari_jax.stats import metrics, signal_metrics
+from himari_jax.stats import signal_metrics
 from himari_jax.training import train
 
 # The keys of `run_pipeline`'s result: net (booked) and gross (the same fills at zero cost)
@@ -61,45 +58,6 @@ def write_frame(df: pd.DataFrame, path: str) -> str:
   df.to_csv(path + '.tmp', index_label='timestamp')
   os.replace(path + '.tmp', path)  # an interrupted write leaves no half file to train on
   return path
-
-
-def _result_from_files(backtest_dir: str, close: np.ndarray) -> backtest_lib.BacktestResult:
-  """The backtest's per-bar record, rebuilt from `backtest_results.json` and the trades CSV.
-
-  `evaluate.backtest_pipeline` returns metrics, not the record; the record is what the
-  gross-of-cost attribution needs. Equity per bar is in the JSON's curves; every fill (its
-  side, quantity, price, costs and position after) is a row of the trades file; the cash
-  follows as equity - position * close.
-  """
-  with open(os.path.join(backtest_dir, report.RESULTS_JSON)) as f:
-    curves = json.load(f)['curves']
-  equity = np.asarray(curves['equity'], np.float64)
-  times = pd.DatetimeIndex(curves['time'])
-  if len(close) != len(equity):
-    raise ValueError(f'{backtest_dir}: {len(equity)} bars of equity for a test frame of '
-                     f'{len(close)} bars; was the backtest run on another file?')
-  trades = pd.read_csv(os.path.join(backtest_dir, report.TRADES_CSV))
-  bars = times.get_indexer(pd.DatetimeIndex(trades['time']))
-  if np.any(bars < 0):
-    raise ValueError(f'{backtest_dir}: trade at {trades["time"][np.argmax(bars < 0)]} is not '
-                     'a bar of the backtest')
-  n = len(equity)
-  sign = np.where(trades['side'].to_numpy() == 'BUY', 1.0, -1.0)
-  fields = {name: np.zeros(n) for name in ('fill_qty', 'fill_price', 'commission', 'slippage',
-                                           'confidence')}
-  fields['fill_qty'][bars] = sign * trades['quantity'].to_numpy(np.float64)
-  fields['fill_price'][bars] = trades['price'].to_numpy(np.float64)
-  fields['commission'][bars] = trades['commission'].to_numpy(np.float64)
-  fields['slippage'][bars] = trades['slippage'].to_numpy(np.float64)
-  fields['confidence'][bars] = trades['confidence'].to_numpy(np.float64)
-  position = np.full(n, np.nan)
-  position[bars] = trades['position_after'].to_numpy(np.float64)
-  position = pd.Series(position).ffill().fillna(0.0).to_numpy()
-  record = {'position': position, 'cash': equity - position * close, 'equity': equity,
-            **fields}
-  # The backtest's own dtype (float32 unless x64 is on), which `metrics.trade_stats` scans in.
-  dtype = jnp.result_type(float)
-  return backtest_lib.BacktestResult(**{k: np.asarray(v, dtype) for k, v in record.items()})
 
 
 def signal_quality(checkpoint_dir: str, backtest_config: ml_collections.ConfigDict,
@@ -159,12 +117,7 @@ def run_pipeline(train_config: ml_collections.ConfigDict,
 
   # The frame the backtest ran on, as backtest_pipeline loaded it.
   test = data_lib.load_dataset(backtest_config.dataset, fill_gaps=True)
-  close = test['close'].to_numpy(np.float64)
-  record = _result_from_files(backtest_dir, close)
-  params = backtest_lib.params_from_config(backtest_config)
-  split = metrics.attribution(record, params.initial_capital,
-                              periods_per_year=backtest_config.periods_per_year,
-                              risk_free_rate=backtest_config.risk_free_rate)
+  split = outcome['attribution']['values']  # net and gross (zero-cost) of the same fills
   quality = signal_quality(train_dir, backtest_config, test,
                            input_pipeline.asset_name(backtest_config.dataset),
                            int(train_config.labels.horizon))
