@@ -1,12 +1,12 @@
-"""The quickstart pipeline as one function: train, calibrate, decide, backtest, score.
+"""The quickstart pipeline: train, calibrate, decide, backtest, score.
 
-`run_pipeline(train_config, backtest_config, workdir, train=..., test=...)` is what
-launch/quickstart.py does, on any training and test frames (real or synthetic) and without
-printing: it trains `train_config` on the training frames, backtests the trained model on the
-test frame through `evaluate.backtest_pipeline` (calibration, decision policy, costs and
-sizing of `backtest_config`, whatever they are), and returns one flat dict of the numbers a
+`train_and_backtest(train_config, backtest_config, workdir)` is what launch/quickstart.py
+runs: it trains `train_config` into `<workdir>/train` and backtests the trained model through
+`evaluate.backtest_pipeline` (calibration, decision policy, costs and sizing of
+`backtest_config`, whatever they are) into `<workdir>/backtest`. `run_pipeline` runs the same
+on any training and test frames (real or synthetic) and returns one flat dict of the numbers a
 result is judged by (`RESULT_NAMES`). Placebo runs (launch/placebo.py) call it once on the
-real files and once per synthetic market, so every run is the same pipeline.
+real files and once per synthetic market, so every run is the quickstart's pipeline.
 
 Frames are written as CSV files into the run's folder and the configs are pointed at them,
 so training and the backtest read them exactly as they read any user file. Each file is
@@ -74,12 +74,40 @@ def signal_quality(checkpoint_dir: str, backtest_config: ml_collections.ConfigDi
           'rank_ic': signal_metrics.rank_information_coefficient(signal, forward, mask)}
 
 
+def train_and_backtest(train_config: ml_collections.ConfigDict,
+                       backtest_config: ml_collections.ConfigDict, workdir: str, *,
+                       log: Callable[[str], None] = print) -> dict[str, Any]:
+  """Trains `train_config` into `<workdir>/train`, then backtests that run per
+  `backtest_config` into `<workdir>/backtest` (a rerun resumes training where it stopped).
+
+  Args:
+    train_config: a `configs/flag_trader.py` config.
+    backtest_config: a `configs/backtest.py` config; its `checkpoints` is replaced by this
+      run's model (on a copy).
+    workdir: the run's folder.
+    log: where progress lines go.
+
+  Returns:
+    `evaluate.backtest_pipeline`'s outcome (metrics, benchmark, significance, attribution,
+    policy, paths, sweep, warnings).
+  """
+  train_dir = os.path.join(workdir, TRAIN_SUBDIR)
+  log(f'1/2 training {train_config.get("variant", "")} on {train_config.data.train} -> '
+      f'{train_dir}')
+  train.train_and_evaluate(train_config, train_dir)
+  backtest_config = ml_collections.ConfigDict(backtest_config.to_dict())
+  backtest_config.checkpoints = train_dir
+  log(f'2/2 backtesting on {backtest_config.dataset}')
+  return evaluate.backtest_pipeline(backtest_config, os.path.join(workdir, BACKTEST_SUBDIR),
+                                    log=log)
+
+
 def run_pipeline(train_config: ml_collections.ConfigDict,
                  backtest_config: ml_collections.ConfigDict, workdir: str, *,
                  train_frames: Mapping[str, pd.DataFrame] | None = None,
                  test_frame: tuple[str, pd.DataFrame] | None = None,
                  log: Callable[[str], None] = print) -> dict[str, Any]:
-  """Trains `train_config`, backtests it per `backtest_config`, returns the result's numbers.
+  """`train_and_backtest` on given frames; returns the result's numbers.
 
   Args:
     train_config: a `configs/flag_trader.py` config; its `data.train` is used when
@@ -108,17 +136,12 @@ def run_pipeline(train_config: ml_collections.ConfigDict,
     name, test = test_frame
     backtest_config.dataset = write_frame(test, os.path.join(data_dir,
                                                              dataset_stem(name) + '.csv'))
-  train_dir = os.path.join(os.path.abspath(workdir), TRAIN_SUBDIR)
-  log(f'training {train_config.get("variant", "")} on {train_config.data.train}')
-  train.train_and_evaluate(train_config, train_dir)
-  backtest_config.checkpoints = train_dir
-  backtest_dir = os.path.join(workdir, BACKTEST_SUBDIR)
-  outcome = evaluate.backtest_pipeline(backtest_config, backtest_dir, log=log)
+  outcome = train_and_backtest(train_config, backtest_config, workdir, log=log)
 
   # The frame the backtest ran on, as backtest_pipeline loaded it.
   test = data_lib.load_dataset(backtest_config.dataset, fill_gaps=True)
   split = outcome['attribution']['values']  # net and gross (zero-cost) of the same fills
-  quality = signal_quality(train_dir, backtest_config, test,
+  quality = signal_quality(os.path.join(workdir, TRAIN_SUBDIR), backtest_config, test,
                            input_pipeline.asset_name(backtest_config.dataset),
                            int(train_config.labels.horizon))
   result = {
