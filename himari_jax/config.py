@@ -20,7 +20,8 @@ every bar, one full pass over the windows).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import ml_collections
 from ml_collections import config_dict
@@ -200,6 +201,42 @@ def flag_trader_config(variant: str | None = 'seed') -> ml_collections.ConfigDic
   FLAG_TRADER_VARIANTS[variant](config)
   config.variant = variant
   return config
+
+
+def upgrade_saved_config(saved: Mapping[str, Any]) -> ml_collections.ConfigDict:
+  """The config of a saved run (its checkpoints' `meta['config']`) in today's form.
+
+  Every field of `default_config()` the run predates is filled with its default, which is
+  how the code behaved before the field existed: feature set 'himari' without look-ahead,
+  objective 'classification' (not long-only), no `init_from` or fresh adapters, no label
+  cost floor, and the checkpoint, validation-batch and collapse settings of that time;
+  a missing `model.attention_dropout` keeps the explicit-softmax attention the run was
+  trained with (0.1; dropout is off at inference). An `data.embargo` of -1 (before None
+  meant "the label horizon") becomes None. Fields the run has are kept as saved; fields
+  `default_config()` lacks (a variant name, a rule's own label parameters) too.
+
+  Args:
+    saved: the saved config, a dict (JSON) or a ConfigDict.
+
+  Returns:
+    A new ConfigDict; `saved` is not changed.
+  """
+  config = ml_collections.ConfigDict(
+      saved.to_dict() if isinstance(saved, ml_collections.ConfigDict) else dict(saved))
+  _fill_missing(config, default_config())
+  if config.data.embargo is not None and config.data.embargo < 0:
+    config.data.embargo = None
+  return config
+
+
+def _fill_missing(config: ml_collections.ConfigDict,
+                  defaults: ml_collections.ConfigDict) -> None:
+  for name, value in defaults.items():
+    if name not in config:
+      config[name] = value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
+    elif isinstance(value, ml_collections.ConfigDict) and isinstance(
+        config[name], ml_collections.ConfigDict):
+      _fill_missing(config[name], value)
 
 
 # ------------------------------------------------------------------------------ backtest

@@ -42,8 +42,7 @@ def main(argv):
     y, valid = labels.make_labels(df, loaded.config.labels.kind,
                                   **input_pipeline.label_params(loaded.config.labels))
     result = diagnostics.diagnostics(preds.logits + bias, y, valid & preds.available,
-                                     collapse_threshold=loaded.config.train.get(
-                                      'collapse_threshold', diagnostics.COLLAPSE_THRESHOLD))
+                                     collapse_threshold=loaded.config.train.collapse_threshold)
     report['models'][path] = result
     print(f'\n== {path} (step {loaded.step}) on {_DATASET.value}: {result["bars"]} scored bars')
     print(f'{"":>6} {"label %":>8} {"pred %":>8} {"precision":>10} {"recall":>8}   mean logits')

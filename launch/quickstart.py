@@ -10,18 +10,19 @@
    seed's costs (configs/backtest.py),
 3. prints the metrics against buy-and-hold with bootstrap error bars, and writes
    `backtest_results.json`, `backtest_trades.csv`, plots and `backtest_report.html`.
-Re-running with the same workdir resumes training where it stopped.
+Re-running with the same workdir resumes training where it stopped. The work is
+`pipeline.train_and_backtest`, the pipeline every placebo run (launch/placebo.py) runs too.
 """
 
 import os
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from himari_jax import cli
 from himari_jax import config as config_lib
 from himari_jax.backtest import evaluate, report
 from himari_jax.model import checkpoint
-from himari_jax.training import train
+from himari_jax.research import pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -48,13 +49,7 @@ def main(argv):
     backtest.significance.num_resamples = 200
     backtest.significance.num_shuffles = 100
   backtest.policy.mode = _POLICY.value
-  run_dir = os.path.join(_WORKDIR.value, 'train')
-  logging.info('1/2 training %s on %s -> %s', config.get('variant', ''), config.data.train,
-               run_dir)
-  train.train_and_evaluate(config, run_dir)
-  backtest.checkpoints = run_dir
-  logging.info('2/2 backtesting on %s', backtest.dataset)
-  outcome = evaluate.backtest_pipeline(backtest, os.path.join(_WORKDIR.value, 'backtest'))
+  outcome = pipeline.train_and_backtest(config, backtest, _WORKDIR.value)
   report.print_backtest_summary(outcome)
 
 

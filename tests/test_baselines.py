@@ -7,6 +7,7 @@ import pytest
 
 from himari_jax.data import features, labels
 from himari_jax.data import ohlcv as data
+from himari_jax.inference import decisions
 from himari_jax.research import baselines
 
 NUM_BARS = 2000
@@ -166,16 +167,18 @@ def test_calibrate_and_decide():
   # No calibration, no threshold: the argmax, probabilities unchanged.
   raw = baselines.calibrate_and_decide(probs, val_labels, val_mask, test, mode='none',
                                        temperature=False)
-  np.testing.assert_allclose(raw.probs[5:], test[5:], rtol=1e-5)
+  np.testing.assert_allclose(raw.probs[0, 5:], test[5:], rtol=1e-5)
+  np.testing.assert_array_equal(raw.probs[0, :5], np.tile(decisions.HOLD_PROBS, (5, 1)))
   np.testing.assert_array_equal(raw.actions[5:], test[5:].argmax(axis=1))
   assert (raw.actions[:5] == baselines.HOLD).all() and (raw.confidence[:5] == 0).all()
   assert not raw.available[:5].any() and raw.available[5:].all()
   # fit_rates: decisions on validation occur at the validation label rates.
   fitted = baselines.calibrate_and_decide(probs, val_labels, val_mask, probs, mode='fit_rates')
   rates = np.bincount(fitted.actions, minlength=3) / 3000
-  assert fitted.summary['mode'] == 'fit_rates' and fitted.summary['val_bars'] == 3000
-  assert fitted.summary['temperature'] == fitted.calibration.temperature
-  assert 0 <= fitted.summary['ece_after'] <= 1 and 'ece_before' in fitted.summary
+  (summary,) = fitted.calibrations
+  assert summary['mode'] == 'fit_rates' and summary['val_bars'] == 3000
+  assert summary['temperature'] > 0 and summary['threshold'] == 0.0
+  assert 0 <= summary['ece_after'] <= 1 and 'ece_before' in summary
   np.testing.assert_allclose(rates, np.bincount(val_labels, minlength=3) / 3000, atol=0.01)
   # A threshold above every confidence leaves only HOLD.
   strict = baselines.calibrate_and_decide(probs, val_labels, val_mask, test, mode='none',
@@ -241,8 +244,8 @@ def test_calibrate_and_decide_skip_keeps_position_probabilities():
   probs[:3] = np.nan
   decided = baselines.calibrate_and_decide(probs, np.ones(40, np.int32), np.ones(40, bool),
                                            probs, mode='skip')
-  np.testing.assert_array_equal(decided.probs, probs)
-  assert decided.summary['mode'] == 'skip' and not decided.available[:3].any()
+  np.testing.assert_array_equal(decided.probs[0, 3:], probs[3:])
+  assert decided.calibrations[0]['mode'] == 'skip' and not decided.available[:3].any()
   # The seed policy's argmax: BUY above +0.5, SELL below -0.5, HOLD between.
   expected = np.select([position > 0.5, position < -0.5], [2, 0], 1)
   np.testing.assert_array_equal(decided.actions[3:], expected[3:])

@@ -151,3 +151,54 @@ def test_an_undefined_best_metric_ranks_last():
   assert checkpoint.ranking_metrics(metrics, 'val_loss')['val_net_sharpe'] == np.inf
   with pytest.raises(ValueError, match="'-val_accuracy' is not among"):
     checkpoint.ranking_metrics(metrics, '-val_accuracy')
+
+
+# Fields a run saved before they existed lacks (and its old embargo convention, -1).
+_LATER_FIELDS = {'data': ('feature_set', 'allow_lookahead'),
+                 'labels': ('k', 'k_up', 'k_down', 'window', 'cost_floor'),
+                 'model': ('attention_dropout', 'attention_implementation', 'remat'),
+                 'train': ('checkpoint_every_steps', 'keep_latest', 'eval_batch_size',
+                           'collapse_threshold', 'fresh_adapters', 'objective',
+                           'cost_multiplier', 'turnover_penalty', 'risk_aversion', 'long_only',
+                           'reinforce_samples', 'entropy_coef')}
+
+
+def _old_style(config):
+  saved = config.to_dict()
+  for section, names in _LATER_FIELDS.items():
+    for name in names:
+      del saved[section][name]
+  saved['data']['embargo'] = -1
+  return saved
+
+
+def test_upgrade_saved_config_fills_what_an_old_run_lacks():
+  from himari_jax import config as config_lib
+  from himari_jax.data import input_pipeline
+
+  tiny = load_config_file('flag_trader', 'tiny')
+  saved = _old_style(tiny)
+  upgraded = config_lib.upgrade_saved_config(saved)
+  default = config_lib.default_config()
+  for section, names in _LATER_FIELDS.items():
+    for name in names:
+      assert upgraded[section][name] == default[section][name], (section, name)
+  assert upgraded.data.feature_set == 'himari' and upgraded.train.objective == 'classification'
+  assert upgraded.data.embargo is None and input_pipeline.embargo_bars(upgraded) == 6
+  assert upgraded.model.d_model == 16 and upgraded.variant == 'tiny'  # kept as saved
+  assert 'objective' not in saved['train'] and saved['data']['embargo'] == -1  # not changed
+  assert config_lib.upgrade_saved_config(tiny).to_dict() == tiny.to_dict()  # nothing to do
+
+
+def test_load_model_reads_a_run_saved_before_later_fields(tmp_path):
+  import ml_collections
+
+  from himari_jax.inference import predict
+
+  old = ml_collections.ConfigDict(_old_style(load_config_file('flag_trader', 'tiny')))
+  _write_run(str(tmp_path), old, keep_latest=1)
+  loaded = checkpoint.load_model(str(tmp_path))
+  assert loaded.objective == 'classification' and loaded.feature_set == 'himari'
+  assert not loaded.config.train.long_only and loaded.config.train.init_from == ''
+  with pytest.raises(ValueError, match='objective=classification scores actions'):
+    predict.positions(loaded, None)

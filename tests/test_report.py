@@ -11,7 +11,7 @@ import pytest
 from conftest import load_config_file
 
 from himari_jax.backtest import engine as backtest
-from himari_jax.backtest import report
+from himari_jax.backtest import evaluate, report
 from himari_jax.inference.ensemble import BUY, HOLD, SELL
 from himari_jax.stats import metrics
 
@@ -33,9 +33,18 @@ def run():
   return frame, result, actions, confidence, config
 
 
+def write_reports(outdir, run):
+  """`report.write_reports` of the run with its metrics and buy-and-hold's."""
+  frame, result, actions, confidence, config = run
+  strategy, benchmark, benchmark_metrics = evaluate.metrics_vs_buy_and_hold(frame, result, config)
+  return report.write_reports(outdir, result, frame, actions, confidence, config,
+                              metrics=strategy, benchmark=benchmark,
+                              benchmark_metrics=benchmark_metrics)
+
+
 def test_write_reports_files_and_contents(tmp_path, run):
   frame, result, actions, confidence, config = run
-  paths = report.write_reports(tmp_path, result, frame, actions, confidence, config)
+  paths = write_reports(tmp_path, run)
   assert set(paths) == {'json', 'trades', 'html', *report.PLOTS}
 
   with open(paths['json']) as f:
@@ -72,10 +81,9 @@ def test_write_reports_files_and_contents(tmp_path, run):
 
 
 def test_plots_are_skipped_without_matplotlib(tmp_path, run, monkeypatch, caplog):
-  frame, result, actions, confidence, config = run
   monkeypatch.setitem(sys.modules, 'matplotlib', None)  # makes `import matplotlib` fail
   with caplog.at_level(logging.WARNING):
-    paths = report.write_reports(tmp_path, result, frame, actions, confidence, config)
+    paths = write_reports(tmp_path, run)
   assert set(paths) == {'json', 'trades', 'html'}
   assert 'matplotlib is not installed' in caplog.text
   with open(paths['html']) as f:
@@ -121,6 +129,10 @@ def test_lookahead_features_are_flagged_first_everywhere(tmp_path, run, capsys):
   outcome = evaluate.backtest_and_report(frame, actions, confidence, config, str(tmp_path),
                                          warnings=warnings)
   results = json.loads((tmp_path / report.RESULTS_JSON).read_text())
+  # What is returned is what was written, computed once.
+  assert outcome['metrics'] == results['metrics'] and set(outcome['metrics']) == set(
+      metrics.METRIC_NAMES)
+  assert outcome['benchmark'] == results['benchmark']['metrics']
   assert results['lookahead_warning'] == warnings[0] and 'not evidence' in warnings[0]
   body = (tmp_path / report.REPORT_HTML).read_text().split('<body>', 1)[1]
   assert body.lstrip().startswith('<p class="warning">LOOK-AHEAD')

@@ -14,7 +14,6 @@ calibration uses, never test bars; its trials count in the deflated Sharpe ratio
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Sequence
 
@@ -30,6 +29,7 @@ from himari_jax.backtest import report as report_lib
 from himari_jax.data import features as features_lib
 from himari_jax.data import input_pipeline
 from himari_jax.data import ohlcv as data_lib
+from himari_jax.inference import decisions as decisions_lib
 from himari_jax.inference import ensemble as ensemble_lib
 from himari_jax.inference import members as members_lib
 from himari_jax.stats import metrics as metrics_lib
@@ -187,7 +187,8 @@ def validation_probabilities(members: Sequence, calibration_config: ml_collectio
   frame, num_val = members_lib.validation_frame(members[0], asset)
   probs, _, _ = members_lib.member_probabilities(members, frame, calibration_config,
                                                  asset=asset, fitted=fitted)
-  return frame.iloc[-num_val:], members_lib.combined_probabilities(probs[:, -num_val:], weights)
+  return frame.iloc[-num_val:], decisions_lib.combined_probabilities(probs[:, -num_val:],
+                                                                     weights)
 
 
 def lookahead_warnings(members: Sequence) -> list[str]:
@@ -283,7 +284,7 @@ def backtest_pipeline(config: ml_collections.ConfigDict, outdir: str, *,
            'available_bars': int(decisions.available.sum())}
   probs = None
   if choice.policy is not None:
-    probs = members_lib.combined_probabilities(decisions.probs, weights)
+    probs = decisions.combined()
   outcome = backtest_and_report(df, decisions.actions, decisions.confidence, config, outdir,
                                 extra=extra, trial_sharpes=trial_sharpes, choice=choice,
                                 probs=probs, warnings=warnings)
@@ -293,6 +294,31 @@ def backtest_pipeline(config: ml_collections.ConfigDict, outdir: str, *,
 
 
 POLICY_CSV = 'policy_selection.csv'
+
+
+def metrics_vs_buy_and_hold(df: pd.DataFrame, result: backtest_lib.BacktestResult,
+                            config: ml_collections.ConfigDict
+                            ) -> tuple[dict, backtest_lib.BacktestResult, dict]:
+  """SPEC 7 metrics of a backtest and of buy-and-hold on the same bars, with the same costs.
+
+  Args:
+    df: the OHLCV frame of the N bars backtested.
+    result: the backtest's (N,) record.
+    config: a backtest config (costs, capital, periods_per_year, risk_free_rate).
+
+  Returns:
+    (metrics of `result`, buy-and-hold's record, its metrics); metrics as JSON-ready Python
+    values (`report.to_python`).
+  """
+  params = backtest_lib.params_from_config(config)
+  market = metrics_lib.market_returns(np.asarray(df['close'], np.float64))
+  benchmark = backtest_lib.buy_and_hold(df, params)
+  kwargs = dict(periods_per_year=config.periods_per_year, risk_free_rate=config.risk_free_rate)
+  return (report_lib.to_python(metrics_lib.compute_metrics(result, market,
+                                                          params.initial_capital, **kwargs)),
+          benchmark,
+          report_lib.to_python(metrics_lib.compute_metrics(benchmark, market,
+                                                          params.initial_capital, **kwargs)))
 
 
 def backtest_and_report(df: pd.DataFrame, actions: np.ndarray, confidence: np.ndarray,
@@ -345,7 +371,7 @@ def backtest_and_report(df: pd.DataFrame, actions: np.ndarray, confidence: np.nd
                                               multipliers=multipliers, sigma_annual=sigma,
                                               periods_per_year=config.periods_per_year)
   close = np.asarray(df['close'], np.float64)
-  benchmark = backtest_lib.buy_and_hold(df, params)
+  strategy_metrics, benchmark, benchmark_metrics = metrics_vs_buy_and_hold(df, result, config)
   capital = params.initial_capital
   equity = np.asarray(result.equity, np.float64)
   # Exposure as set at each fill and held until the next one: the signal whose timing the
@@ -395,12 +421,11 @@ def backtest_and_report(df: pd.DataFrame, actions: np.ndarray, confidence: np.nd
   if warnings:
     sections['lookahead_warning'] = ' '.join(warnings)
   written = report_lib.write_reports(
-      outdir, result, df, actions, confidence, config, extra={**(extra or {}), **sections},
-      warnings=warnings, attribution=(attribution, intervals, sensitivity),
-      policy=choice.summary)
-  with open(written['json']) as f:
-    results = json.load(f)
-  return {'metrics': results['metrics'], 'benchmark': results['benchmark']['metrics'],
+      outdir, result, df, actions, confidence, config, metrics=strategy_metrics,
+      benchmark=benchmark, benchmark_metrics=benchmark_metrics,
+      extra={**(extra or {}), **sections}, warnings=warnings,
+      attribution=(attribution, intervals, sensitivity), policy=choice.summary)
+  return {'metrics': strategy_metrics, 'benchmark': benchmark_metrics,
           'significance': significance,
           'attribution': {'values': attribution, 'intervals': intervals},
           'policy': choice.summary, 'paths': written,

@@ -1,6 +1,8 @@
 """Outputs of a backtest run (SPEC section 7): JSON, trade CSV, PNG plots and an HTML page.
 
-`write_reports(outdir, result, prices_df, actions, confidence, config)` writes
+`write_reports(outdir, result, prices_df, actions, confidence, config, metrics=...,
+benchmark=..., benchmark_metrics=...)` writes what it is given (the backtest's record, its
+metrics and buy-and-hold's, computed by `evaluate.metrics_vs_buy_and_hold`):
 
 * `backtest_results.json`: metrics of the strategy and of buy-and-hold, the config and the
   settings used, and the equity and drawdown curves (one value per bar, with bar times);
@@ -211,7 +213,9 @@ def trades_frame(result: backtest_lib.BacktestResult, index: pd.Index) -> pd.Dat
 
 def write_reports(outdir: str | os.PathLike, result: backtest_lib.BacktestResult,
                   prices_df: pd.DataFrame, actions: Any, confidence: Any,
-                  config: ml_collections.ConfigDict, *, plots: bool = True,
+                  config: ml_collections.ConfigDict, *, metrics: Mapping[str, Any],
+                  benchmark: backtest_lib.BacktestResult,
+                  benchmark_metrics: Mapping[str, Any], plots: bool = True,
                   extra: Mapping[str, Any] | None = None, warnings: Sequence[str] = (),
                   attribution: tuple | None = None,
                   policy: Mapping[str, Any] | None = None) -> dict[str, str]:
@@ -223,7 +227,10 @@ def write_reports(outdir: str | os.PathLike, result: backtest_lib.BacktestResult
       settings of `config`.
     prices_df: the OHLCV frame backtested, (N,) rows indexed by bar time.
     actions, confidence: (N,) decisions given to the backtest.
-    config: backtest config (configs/backtest.py); its settings also drive buy-and-hold.
+    config: backtest config (configs/backtest.py).
+    metrics: `metrics.compute_metrics` of `result` (scalars, or `to_python` values).
+    benchmark, benchmark_metrics: buy-and-hold's record on the same bars and its metrics
+      (`evaluate.metrics_vs_buy_and_hold` computes all three).
     plots: False skips the PNG plots (the HTML page then has only the table).
     extra: more JSON-able sections for `backtest_results.json` (models, calibration, and
       `significance` from `significance.significance_report`, which the HTML page summarises).
@@ -237,15 +244,8 @@ def write_reports(outdir: str | os.PathLike, result: backtest_lib.BacktestResult
   """
   os.makedirs(outdir, exist_ok=True)
   params = backtest_lib.params_from_config(config)
-  prices = backtest_lib.as_prices(prices_df)
-  close = jnp.asarray(prices.close, jnp.result_type(float))
-  market = metrics_lib.market_returns(close)
-  benchmark = backtest_lib.buy_and_hold(prices, params)
-  kwargs = dict(periods_per_year=config.periods_per_year, risk_free_rate=config.risk_free_rate)
-  strategy_metrics = to_python(metrics_lib.compute_metrics(
-      result, market, params.initial_capital, **kwargs))
-  benchmark_metrics = to_python(metrics_lib.compute_metrics(
-      benchmark, market, params.initial_capital, **kwargs))
+  close = np.asarray(prices_df['close'], jnp.result_type(float))  # the backtest's dtype
+  strategy_metrics, benchmark_metrics = to_python(metrics), to_python(benchmark_metrics)
   curves = _curves(result, benchmark, params.initial_capital)
   times = [t.isoformat() for t in pd.DatetimeIndex(prices_df.index)]
   actions = np.asarray(actions)
@@ -271,8 +271,8 @@ def write_reports(outdir: str | os.PathLike, result: backtest_lib.BacktestResult
 
   images = {}
   if plots:
-    images = _write_plots(outdir, pd.DatetimeIndex(prices_df.index), curves, result,
-                          np.asarray(close), action_counts)
+    images = _write_plots(outdir, pd.DatetimeIndex(prices_df.index), curves, result, close,
+                          action_counts)
     paths.update(images)
   paths['html'] = os.path.join(outdir, REPORT_HTML)
   with open(paths['html'], 'w') as f:

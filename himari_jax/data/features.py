@@ -471,8 +471,8 @@ def looks_ahead(feature_set: str) -> bool:
 
 def feature_set_of(config: Any) -> str:
   """The feature set of a run's config (a ConfigDict with `.data`): `config.data.feature_set`,
-  'himari' when absent (runs written before feature sets existed all trained on 'himari')."""
-  return get_feature_set(config.data.get('feature_set', DEFAULT_FEATURE_SET)).name
+  checked (a saved run from before feature sets has 'himari', `config.upgrade_saved_config`)."""
+  return get_feature_set(config.data.feature_set).name
 
 
 def lookahead_warning(feature_set: str) -> str | None:

@@ -77,12 +77,9 @@ def label_params(labels_config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def embargo_bars(config: ml_collections.ConfigDict) -> int:
-  """`config.data.embargo`, or the label horizon when it is None (SPEC 5).
-
-  Checkpoints from before the None convention store -1 for the same meaning.
-  """
+  """`config.data.embargo`, or the label horizon when it is None (SPEC 5)."""
   embargo = config.data.embargo
-  if embargo is None or embargo < 0:
+  if embargo is None:
     return labels_lib.label_horizon(config.labels.kind, **label_params(config.labels))
   return int(embargo)
 

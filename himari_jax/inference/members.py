@@ -3,12 +3,12 @@
 The steps every evaluation entry point shares (launch/backtest.py, diagnose.py, quickstart.py,
 walk-forward): each member is loaded (an Orbax training run or a PyTorch `.pt`), scored on
 every bar of a dataset, calibrated on the validation split of its own training data, and the
-members' probability vectors are combined into one action and confidence per bar (SPEC 5).
+members' probability vectors are combined into one action and confidence per bar (SPEC 5)
+by the steps of decisions.py, which baselines share.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import pathlib
 from collections.abc import Sequence
@@ -18,16 +18,12 @@ import numpy as np
 import pandas as pd
 
 from himari_jax import config as config_lib
-from himari_jax import constants
 from himari_jax.data import input_pipeline
 from himari_jax.data import windows as windows_lib
 from himari_jax.inference import calibration as calibration_lib
-from himari_jax.inference import ensemble as ensemble_lib
+from himari_jax.inference import decisions as decisions_lib
 from himari_jax.inference import predict as predict_lib
 from himari_jax.model import checkpoint as checkpoint_lib
-
-# Probability vector given to an ensemble for bars a member cannot score yet (HOLD).
-HOLD_PROBS = np.eye(constants.NUM_ACTIONS, dtype=np.float32)[constants.HOLD]
 
 
 def load_member(path: str, which: str = 'best') -> checkpoint_lib.LoadedModel:
@@ -56,7 +52,8 @@ def validation_logits(loaded: checkpoint_lib.LoadedModel) -> tuple[np.ndarray, n
 def fit_member_calibration(loaded: checkpoint_lib.LoadedModel,
                            calibration_config: ml_collections.ConfigDict
                            ) -> tuple[calibration_lib.Calibration, dict]:
-  """The member's `Calibration` and a JSON-able summary (bias, temperature, ECE before/after).
+  """The member's `Calibration` and a JSON-able summary (bias, temperature, ECE before/after),
+  fitted on the validation split of its own training data (`decisions.calibrate_on_validation`).
 
   A run trained on net returns (`config.train.objective` other than 'classification') is not
   fitted to the label rates: that would move the decisions it was trained to make. Its
@@ -66,43 +63,17 @@ def fit_member_calibration(loaded: checkpoint_lib.LoadedModel,
   if mode not in calibration_lib.MODES:
     raise ValueError(f'calibration.mode={mode!r}; valid: {", ".join(calibration_lib.MODES)}')
   if mode not in ('none', 'fixed') and loaded.objective != 'classification':
-    cal = calibration_lib.Calibration(bias=np.zeros(3, np.float32), temperature=1.0)
+    cal = calibration_lib.Calibration()
     return cal, {'mode': 'none', **cal.to_dict(),
                  'skipped': f'calibration.mode={mode} not applied: trained on net returns '
                             f'(objective {loaded.objective}), not on labels'}
-  if mode in ('none', 'fixed') and not calibration_config.temperature:
-    bias = calibration_config.bias if mode == 'fixed' else (0.0, 0.0, 0.0)
-    cal = calibration_lib.Calibration(bias=np.asarray(bias, np.float32), temperature=1.0)
-    return cal, {'mode': mode, **cal.to_dict()}
-  logits, labels = validation_logits(loaded)
-  mask = ~np.isnan(logits).any(axis=1)
-  cal = calibration_lib.fit_calibration(logits, labels, mask, mode=mode,
-                                        bias=calibration_config.bias,
-                                        temperature=calibration_config.temperature)
-  bins = calibration_config.get('num_bins', 15)
-  before = calibration_lib.Calibration(bias=np.zeros(3, np.float32), temperature=1.0)
-  ece = {name: float(calibration_lib.expected_calibration_error(c.apply(logits[mask]),
-                                                                labels[mask], num_bins=bins))
-         for name, c in (('ece_before', before), ('ece_after', cal))}
-  return cal, {'mode': mode, **cal.to_dict(), **ece}
-
-
-@dataclasses.dataclass
-class Decisions:
-  """Everything decided on one dataset.
-
-  probs: (M, N, 3) calibrated member probabilities (HOLD vectors where unavailable);
-  available: (N,) bool, every member could score the bar; actions: (N,) int32;
-  confidence: (N,) float32; calibrations: one summary dict per member.
-  """
-
-  index: pd.DatetimeIndex
-  probs: np.ndarray
-  available: np.ndarray
-  actions: np.ndarray
-  confidence: np.ndarray
-  members: list[str]
-  calibrations: list[dict]
+  validation = None
+  if decisions_lib.fits_on_validation(mode, calibration_config.temperature):
+    logits, labels = validation_logits(loaded)
+    validation = (logits, labels, np.ones(len(labels), bool))
+  return decisions_lib.calibrate_on_validation(
+      mode, bias=calibration_config.bias, temperature=calibration_config.temperature,
+      validation=validation, num_bins=calibration_config.num_bins)
 
 
 def member_probabilities(members: Sequence[checkpoint_lib.LoadedModel], df: pd.DataFrame,
@@ -110,7 +81,8 @@ def member_probabilities(members: Sequence[checkpoint_lib.LoadedModel], df: pd.D
                          asset: str | None = None,
                          fitted: Sequence[tuple[calibration_lib.Calibration, dict]] | None = None
                          ) -> tuple[np.ndarray, np.ndarray, list[dict]]:
-  """Calibrated probabilities `(M, N, 3)`, availability `(N,)` and calibration summaries.
+  """Calibrated probabilities `(M, N, 3)` (`decisions.HOLD_PROBS` where a member cannot score),
+  availability `(N,)` (every member scores) and calibration summaries.
 
   `asset` (`input_pipeline.asset_name` of the data) picks each member's normaliser of that
   asset when it trained on several; None or an unseen asset uses its first one. `fitted`:
@@ -121,10 +93,9 @@ def member_probabilities(members: Sequence[checkpoint_lib.LoadedModel], df: pd.D
   probs, available, summaries = [], np.ones(len(df), bool), []
   for loaded, (cal, summary) in zip(members, fitted, strict=True):
     preds = predict_lib.predict_logits(loaded.for_asset(asset), df)
-    member = np.array(cal.apply(np.nan_to_num(preds.logits)), np.float32)
-    member[~preds.available] = HOLD_PROBS
+    member, scored = decisions_lib.apply_calibration(cal, preds.logits)
     probs.append(member)
-    available &= preds.available
+    available &= scored
     summaries.append(summary)
   return np.stack(probs), available, summaries
 
@@ -134,26 +105,13 @@ def decide(members: Sequence[checkpoint_lib.LoadedModel], names: Sequence[str],
            weights: Sequence[float] | None,
            calibration_config: ml_collections.ConfigDict, asset: str | None = None,
            fitted: Sequence[tuple[calibration_lib.Calibration, dict]] | None = None
-           ) -> Decisions:
+           ) -> decisions_lib.Decisions:
   """Calibrated, combined decisions of `members` for every bar of `df` (of `asset`)."""
   probs, available, summaries = member_probabilities(members, df, calibration_config,
                                                      asset=asset, fitted=fitted)
-  actions, confidence = ensemble_lib.combine(probs, config_lib.strategy_name(strategy),
-                                             threshold=threshold, weights=weights)
-  actions = np.where(available, np.asarray(actions), constants.HOLD).astype(np.int32)
-  confidence = np.where(available, np.asarray(confidence), 0.0).astype(np.float32)
-  return Decisions(index=df.index, probs=probs, available=available, actions=actions,
-                   confidence=confidence, members=list(names), calibrations=summaries)
-
-
-def combined_probabilities(probs: np.ndarray, weights: Sequence[float] | None = None
-                           ) -> np.ndarray:
-  """The ensemble's probability vector per bar: the weighted mean of `(M, N, 3)` member
-  probabilities (what every strategy of `ensemble.combine` reads), `(N, 3)` float64."""
-  probs = np.asarray(probs, np.float64)
-  w = np.ones(probs.shape[0]) if weights is None else np.asarray(weights, np.float64)
-  mean = np.einsum('m,mnk->nk', w, probs) / w.sum()
-  return mean / mean.sum(axis=-1, keepdims=True)
+  return decisions_lib.decide(probs, available, strategy=strategy, threshold=threshold,
+                              weights=weights, members=names, calibrations=summaries,
+                              index=df.index)
 
 
 def validation_frame(loaded: checkpoint_lib.LoadedModel, asset: str | None = None

@@ -114,5 +114,5 @@ def positions(loaded, preds: Predictions) -> np.ndarray:
   if loaded.objective in ('classification', 'reinforce'):
     raise ValueError(f'{loaded.path}: config.train.objective={loaded.objective} scores '
                      'actions and has no positions; use its probabilities (members.decide).')
-  long_only = bool(loaded.config.train.get('long_only', False))
+  long_only = bool(loaded.config.train.long_only)
   return np.asarray(objectives_lib.positions(jnp.asarray(preds.logits), long_only))

@@ -40,6 +40,7 @@ import ml_collections
 import numpy as np
 from flax import traverse_util
 
+from himari_jax import config as config_lib
 from himari_jax.data import features as features_lib
 from himari_jax.model import checkpoint as checkpoint_lib
 from himari_jax.model import flag_trader as model_lib
@@ -142,7 +143,7 @@ def adapters_from_run(path: str | os.PathLike, which: str | int = 'best') -> Ada
   """The adapter set of a training run (workdir or its `checkpoints/` folder)."""
   loaded = checkpoint_lib.load_model(path, which)
   info = {'source': loaded.path, 'step': loaded.step,
-          'base_from': loaded.config.train.get('init_from', '')}
+          'base_from': loaded.config.train.init_from}
   return extract_adapters(loaded.params, loaded.model_config, normalizer=loaded.normalizer,
                           config=loaded.config, info=info)
 
@@ -198,7 +199,7 @@ def load_adapters(path: str | os.PathLike) -> Adapters:
       params=traverse_util.unflatten_dict(flat), model_config=model_config,
       base_fingerprint=header['base_fingerprint'],
       normalizer=features_lib.Normalizer.from_dict(normalizer) if normalizer else None,
-      config=ml_collections.ConfigDict(config) if config is not None else None,
+      config=config_lib.upgrade_saved_config(config) if config is not None else None,
       info=header['info'])
 
 

@@ -35,6 +35,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from orbax.checkpoint import checkpoint_managers
 
+from himari_jax import config as config_lib
 from himari_jax import json_types
 from himari_jax.data import features as features_lib
 from himari_jax.data import input_pipeline
@@ -207,7 +208,8 @@ class LoadedModel:
   """A trained model ready for inference.
 
   Attributes:
-    config: the full training config (ConfigDict), e.g. `config.train.context_length`.
+    config: the full training config (ConfigDict), e.g. `config.train.context_length`; a run
+      older than some fields has them filled (`config.upgrade_saved_config`).
     model_config: `model.ModelConfig` built from `config.model`.
     params: the Flax parameter tree, host numpy arrays.
     normalizer: the feature normaliser the model scores with: that of its first (or only)
@@ -232,7 +234,7 @@ class LoadedModel:
   def objective(self) -> str:
     """`config.train.objective`: 'classification' or 'reinforce' (logits are action scores),
     or 'sharpe' / 'utility' (a position model: `predict.positions` reads its positions)."""
-    return self.config.train.get('objective', 'classification')
+    return self.config.train.objective
 
   @property
   def feature_set(self) -> str:
@@ -293,14 +295,14 @@ def load_model(path: str | os.PathLike, which: str | int = 'best') -> LoadedMode
     manager = make_manager(directory, read_only=True)
     latest = manager.latest_step()
     meta = read_meta(manager, latest)
-    config = ml_collections.ConfigDict(meta['config'])
+    config = config_lib.upgrade_saved_config(meta['config'])
     if which == 'best':
       manager.close()
       manager = make_manager(directory, best_metric=config.train.best_metric, read_only=True)
     step = _select_step(manager, which, directory)
     if step != latest:
       meta = read_meta(manager, step)
-      config = ml_collections.ConfigDict(meta['config'])
+      config = config_lib.upgrade_saved_config(meta['config'])
     model_config = model_lib.ModelConfig.from_config(config.model)
     target = {'params': jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype),
                                      model_lib.param_shapes(model_config))}

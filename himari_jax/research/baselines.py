@@ -46,8 +46,8 @@ change the position they were trained to hold.
 A saved model is a directory holding `baseline.json` (name, config, fitted state) and, for
 array parameters, `arrays.npz`; nothing is pickled.
 
-`calibrate_and_decide` turns validation and test probabilities into actions the way
-`evaluate` does for FLAG-TRADER: calibrate on validation (`calibration.fit_calibration` on
+`calibrate_and_decide` turns validation and test probabilities into actions by the steps
+FLAG-TRADER members take (inference/decisions.py): calibrate on validation (on
 log-probabilities; `mode='skip'` for position models), then the seed policy (argmax, BUY /
 SELL below `threshold` become HOLD).
 """
@@ -55,7 +55,6 @@ SELL below `threshold` become HOLD).
 from __future__ import annotations
 
 import abc
-import dataclasses
 import functools
 import json
 import os
@@ -74,7 +73,7 @@ from himari_jax.backtest import policy as policy_lib
 from himari_jax.data import features as features_lib
 from himari_jax.data import labels as labels_lib
 from himari_jax.inference import calibration as calibration_lib
-from himari_jax.inference import ensemble as ensemble_lib
+from himari_jax.inference import decisions as decisions_lib
 from himari_jax.model import objectives as objectives_lib
 
 SELL, HOLD, BUY = 0, 1, 2
@@ -84,7 +83,6 @@ LOG_PROB_FLOOR = 1e-7  # probabilities become logits as log(max(p, floor)) for c
 
 _NUM_ACTIONS = 3
 _FORMAT = 1
-_HOLD_PROBS = np.array([0.0, 1.0, 0.0], np.float32)  # given to the policy for unavailable bars
 
 
 class BaselineError(ValueError):
@@ -517,34 +515,16 @@ def load_baseline(directory: str | os.PathLike) -> Baseline:
   return model
 
 
-@dataclasses.dataclass(frozen=True)
-class Decided:
-  """A model's calibrated probabilities and seed-policy decisions on the scored bars.
-
-  probs: (N, 3) calibrated, NaN rows where unavailable; available: (N,) bool;
-  actions: (N,) int32 (HOLD where unavailable); confidence: (N,) float32 (0 where
-  unavailable); calibration: fitted on validation; summary: JSON-able (mode, bias,
-  temperature, validation bars used, threshold, and for a fitted calibration the validation
-  expected calibration error before and after, as `evaluate.fit_member_calibration`).
-  """
-
-  probs: np.ndarray
-  available: np.ndarray
-  actions: np.ndarray
-  confidence: np.ndarray
-  calibration: calibration_lib.Calibration
-  summary: dict[str, Any]
-
-
 def calibrate_and_decide(val_probs: np.ndarray, val_labels: np.ndarray, val_mask: np.ndarray,
                          probs: np.ndarray, *, mode: str = 'fit_rates',
                          bias: Sequence[float] = calibration_lib.SEED_BIAS,
-                         temperature: bool = True, threshold: float = 0.0) -> Decided:
-  """Calibrates on validation and decides with the seed policy, as `evaluate` does.
+                         temperature: bool = True, threshold: float = 0.0,
+                         name: str = 'model') -> decisions_lib.Decisions:
+  """Calibrates on validation and decides with the seed policy, as FLAG-TRADER members are.
 
   The probabilities become logits `log(max(p, LOG_PROB_FLOOR))` (a softmax of them gives back
-  `p`), so `calibration.fit_calibration` and `Calibration.apply` treat a baseline exactly like
-  FLAG-TRADER's logits.
+  `p`), so the model goes through `decisions.calibrate_on_validation`, `apply_calibration` and
+  `decide` exactly like FLAG-TRADER's logits, as a one-member 'confidence_weighted' ensemble.
 
   Args:
     val_probs: (V, 3) the model's validation probabilities (NaN rows unavailable).
@@ -554,44 +534,29 @@ def calibrate_and_decide(val_probs: np.ndarray, val_labels: np.ndarray, val_mask
       `mode='skip'` (position models): the probabilities are used as given, no logits, no
       fit, `bias` and `temperature` ignored.
     threshold: BUY / SELL with calibrated confidence below it become HOLD.
+    name: the model's name in the result.
 
   Returns:
-    `Decided` for the N bars.
+    `Decisions` of one member for the N bars; its calibration summary also holds the
+    validation bars used (`val_bars`) and `threshold`.
   """
   val_logits = _as_logits(val_probs, 'val_probs')
   logits = _as_logits(probs, 'probs')
-  val_labels = np.asarray(val_labels)
   val_mask = np.asarray(val_mask, bool) & ~np.isnan(val_logits).any(axis=-1)
-  summary = {'mode': mode}
-  if mode == 'skip':
-    cal = calibration_lib.Calibration(bias=(0.0, 0.0, 0.0), temperature=1.0)
-  elif mode in ('none', 'fixed') and not temperature:
-    cal = calibration_lib.Calibration(
-        bias=tuple(bias) if mode == 'fixed' else (0.0, 0.0, 0.0), temperature=1.0)
-  else:
-    if not val_mask.any():
-      raise BaselineError('calibrate_and_decide: no validation bar has both a label and an '
-                          'available prediction')
-    cal = calibration_lib.fit_calibration(val_logits, val_labels, val_mask, mode=mode,
-                                          bias=bias, temperature=temperature)
-    before = calibration_lib.Calibration(bias=(0.0, 0.0, 0.0), temperature=1.0)
-    for key, c in (('ece_before', before), ('ece_after', cal)):
-      summary[key] = calibration_lib.expected_calibration_error(
-          c.apply(val_logits[val_mask]), val_labels[val_mask])
-  available = ~np.isnan(logits).any(axis=-1)
-  calibrated = np.full(logits.shape, np.nan, np.float32)
   if mode == 'skip':  # exactly as given: the margin p_buy - p_sell is the position
-    calibrated[available] = np.asarray(probs, np.float32)[available]
+    summary = {'mode': mode, **calibration_lib.Calibration().to_dict()}
+    calibrated, available = decisions_lib.hold_where_unavailable(probs)
   else:
-    calibrated[available] = np.asarray(cal.apply(logits[available]), np.float32)
-  actions, confidence = ensemble_lib.combine(
-      np.where(available[:, None], calibrated, _HOLD_PROBS)[None],
-      'confidence_weighted', threshold=threshold)
-  actions = np.where(available, np.asarray(actions), HOLD).astype(np.int32)
-  confidence = np.where(available, np.asarray(confidence), 0.0).astype(np.float32)
-  summary.update(cal.to_dict(), val_bars=int(val_mask.sum()), threshold=float(threshold))
-  return Decided(probs=calibrated, available=available, actions=actions,
-                 confidence=confidence, calibration=cal, summary=summary)
+    try:
+      cal, summary = decisions_lib.calibrate_on_validation(
+          mode, bias=bias, temperature=temperature,
+          validation=(val_logits, np.asarray(val_labels), val_mask))
+    except ValueError as e:
+      raise BaselineError(f'calibrate_and_decide: {e}') from e
+    calibrated, available = decisions_lib.apply_calibration(cal, logits)
+  summary.update(val_bars=int(val_mask.sum()), threshold=float(threshold))
+  return decisions_lib.decide(calibrated[None], available, strategy='confidence_weighted',
+                              threshold=threshold, members=[name], calibrations=[summary])
 
 
 def _as_logits(probs: np.ndarray, name: str) -> np.ndarray:

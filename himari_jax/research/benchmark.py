@@ -10,7 +10,8 @@ Every model sees, per asset and fold, the same bars, features, labels, split and
    the same file written as a CSV in its trial folder, so it gets the same split and labels
    (its label hash is computed from its own pipeline run and recorded).
 3. Every model is fitted on the training rows, scores the validation and test bars, is
-   calibrated on its validation bars (`baselines.calibrate_and_decide`), and a decision
+   calibrated on its validation bars (`baselines.calibrate_and_decide`, the steps of
+   inference/decisions.py that FLAG-TRADER members take), and a decision
    policy is selected on the validation bars (`policy.select_policy` over
    `benchmark_folds.policy_grid(config.policy)`), then run once on the test bars. Position
    models (trained on
@@ -68,7 +69,6 @@ from himari_jax.stats import signal_metrics as signal_lib
 from himari_jax.training import train as train_lib
 
 RULE_MODELS = ('label_prior', 'buy_and_hold', 'momentum')
-_HOLD_PROBS = np.array([0.0, 1.0, 0.0], np.float32)
 
 
 # ---------------------------------------------------------------------------- config
@@ -222,9 +222,9 @@ def run_trial(config: ml_collections.ConfigDict, trial: folds_lib.Trial, asset: 
       np.concatenate([probs[val], probs[test]]),
       mode='skip' if uncalibrated else bt.calibration.mode,
       bias=bt.calibration.bias, temperature=bt.calibration.temperature,
-      threshold=bt.confidence_threshold)
+      threshold=bt.confidence_threshold, name=trial.model)
   n_val = val.stop - val.start
-  calibrated = np.where(decided.available[:, None], decided.probs, _HOLD_PROBS)
+  calibrated = decided.probs[0]  # HOLD where unavailable
   val_probs, test_probs = calibrated[:n_val], calibrated[n_val:]
   params = backtest_lib.params_from_config(bt)
   grid = folds_lib.policy_grid(config.policy, allow_short=bool(bt.allow_short),
@@ -249,7 +249,7 @@ def run_trial(config: ml_collections.ConfigDict, trial: folds_lib.Trial, asset: 
   test_available = decided.available[n_val:]
   scored = data.test_mask[test] & test_available
   signal = signal_lib.signal_metrics(
-      np.where(test_available[:, None], decided.probs[n_val:], np.nan), data.test_labels[test],
+      np.where(test_available[:, None], test_probs, np.nan), data.test_labels[test],
       scored, np.where(scored, data.forward[test], 0.0), data.prior,
       actions=decided.actions[n_val:])
   trial_sharpes = selection.trial_sharpes
@@ -274,7 +274,7 @@ def run_trial(config: ml_collections.ConfigDict, trial: folds_lib.Trial, asset: 
                      'test': folds_lib.array_hash(data.test_labels[data.test_mask],
                                         np.flatnonzero(data.test_mask))},
       'costs': {'commission': bt.commission, 'slippage': bt.slippage},
-      'calibration': json_types.to_json_types(decided.summary),
+      'calibration': json_types.to_json_types(decided.calibrations[0]),
       'policy': {'index': selection.index, 'settings': json_types.to_json_types(
           policy_lib.policy_to_dict(selection.policy)),
           'val_objective': float(selection.table['objective'].iloc[selection.index]),

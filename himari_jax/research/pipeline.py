@@ -1,12 +1,12 @@
-"""The quickstart pipeline as one function: train, calibrate, decide, backtest, score.
+"""The quickstart pipeline: train, calibrate, decide, backtest, score.
 
-`run_pipeline(train_config, backtest_config, workdir, train=..., test=...)` is what
-launch/quickstart.py does, on any training and test frames (real or synthetic) and without
-printing: it trains `train_config` on the training frames, backtests the trained model on the
-test frame through `evaluate.backtest_pipeline` (calibration, decision policy, costs and
-sizing of `backtest_config`, whatever they are), and returns one flat dict of the numbers a
+`train_and_backtest(train_config, backtest_config, workdir)` is what launch/quickstart.py
+runs: it trains `train_config` into `<workdir>/train` and backtests the trained model through
+`evaluate.backtest_pipeline` (calibration, decision policy, costs and sizing of
+`backtest_config`, whatever they are) into `<workdir>/backtest`. `run_pipeline` runs the same
+on any training and test frames (real or synthetic) and returns one flat dict of the numbers a
 result is judged by (`RESULT_NAMES`). Placebo runs (launch/placebo.py) call it once on the
-real files and once per synthetic market, so every run is the same pipeline.
+real files and once per synthetic market, so every run is the quickstart's pipeline.
 
 Frames are written as CSV files into the run's folder and the configs are pointed at them,
 so training and the backtest read them exactly as they read any user file. Each file is
@@ -16,23 +16,20 @@ with it the normaliser a multi-asset model picks, is the real one's.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pandas as pd
 
 from himari_jax import config as config_lib
-from himari_jax.backtest import engine as backtest_lib
-from himari_jax.backtest import evaluate, report
+from himari_jax.backtest import evaluate
 from himari_jax.data import input_pipeline
 from himari_jax.data import ohlcv as data_lib
 from himari_jax.inference import members
-from himari_jax.stats import metrics, signal_metrics
+from himari_jax.stats import signal_metrics
 from himari_jax.training import train
 
 # The keys of `run_pipeline`'s result: net (booked) and gross (the same fills at zero cost)
@@ -63,45 +60,6 @@ def write_frame(df: pd.DataFrame, path: str) -> str:
   return path
 
 
-def _result_from_files(backtest_dir: str, close: np.ndarray) -> backtest_lib.BacktestResult:
-  """The backtest's per-bar record, rebuilt from `backtest_results.json` and the trades CSV.
-
-  `evaluate.backtest_pipeline` returns metrics, not the record; the record is what the
-  gross-of-cost attribution needs. Equity per bar is in the JSON's curves; every fill (its
-  side, quantity, price, costs and position after) is a row of the trades file; the cash
-  follows as equity - position * close.
-  """
-  with open(os.path.join(backtest_dir, report.RESULTS_JSON)) as f:
-    curves = json.load(f)['curves']
-  equity = np.asarray(curves['equity'], np.float64)
-  times = pd.DatetimeIndex(curves['time'])
-  if len(close) != len(equity):
-    raise ValueError(f'{backtest_dir}: {len(equity)} bars of equity for a test frame of '
-                     f'{len(close)} bars; was the backtest run on another file?')
-  trades = pd.read_csv(os.path.join(backtest_dir, report.TRADES_CSV))
-  bars = times.get_indexer(pd.DatetimeIndex(trades['time']))
-  if np.any(bars < 0):
-    raise ValueError(f'{backtest_dir}: trade at {trades["time"][np.argmax(bars < 0)]} is not '
-                     'a bar of the backtest')
-  n = len(equity)
-  sign = np.where(trades['side'].to_numpy() == 'BUY', 1.0, -1.0)
-  fields = {name: np.zeros(n) for name in ('fill_qty', 'fill_price', 'commission', 'slippage',
-                                           'confidence')}
-  fields['fill_qty'][bars] = sign * trades['quantity'].to_numpy(np.float64)
-  fields['fill_price'][bars] = trades['price'].to_numpy(np.float64)
-  fields['commission'][bars] = trades['commission'].to_numpy(np.float64)
-  fields['slippage'][bars] = trades['slippage'].to_numpy(np.float64)
-  fields['confidence'][bars] = trades['confidence'].to_numpy(np.float64)
-  position = np.full(n, np.nan)
-  position[bars] = trades['position_after'].to_numpy(np.float64)
-  position = pd.Series(position).ffill().fillna(0.0).to_numpy()
-  record = {'position': position, 'cash': equity - position * close, 'equity': equity,
-            **fields}
-  # The backtest's own dtype (float32 unless x64 is on), which `metrics.trade_stats` scans in.
-  dtype = jnp.result_type(float)
-  return backtest_lib.BacktestResult(**{k: np.asarray(v, dtype) for k, v in record.items()})
-
-
 def signal_quality(checkpoint_dir: str, backtest_config: ml_collections.ConfigDict,
                    test: pd.DataFrame, asset: str, horizon: int) -> dict[str, float]:
   """IC and rank IC of the calibrated `p_buy - p_sell` against the forward `horizon`-bar
@@ -116,12 +74,40 @@ def signal_quality(checkpoint_dir: str, backtest_config: ml_collections.ConfigDi
           'rank_ic': signal_metrics.rank_information_coefficient(signal, forward, mask)}
 
 
+def train_and_backtest(train_config: ml_collections.ConfigDict,
+                       backtest_config: ml_collections.ConfigDict, workdir: str, *,
+                       log: Callable[[str], None] = print) -> dict[str, Any]:
+  """Trains `train_config` into `<workdir>/train`, then backtests that run per
+  `backtest_config` into `<workdir>/backtest` (a rerun resumes training where it stopped).
+
+  Args:
+    train_config: a `configs/flag_trader.py` config.
+    backtest_config: a `configs/backtest.py` config; its `checkpoints` is replaced by this
+      run's model (on a copy).
+    workdir: the run's folder.
+    log: where progress lines go.
+
+  Returns:
+    `evaluate.backtest_pipeline`'s outcome (metrics, benchmark, significance, attribution,
+    policy, paths, sweep, warnings).
+  """
+  train_dir = os.path.join(workdir, TRAIN_SUBDIR)
+  log(f'1/2 training {train_config.get("variant", "")} on {train_config.data.train} -> '
+      f'{train_dir}')
+  train.train_and_evaluate(train_config, train_dir)
+  backtest_config = ml_collections.ConfigDict(backtest_config.to_dict())
+  backtest_config.checkpoints = train_dir
+  log(f'2/2 backtesting on {backtest_config.dataset}')
+  return evaluate.backtest_pipeline(backtest_config, os.path.join(workdir, BACKTEST_SUBDIR),
+                                    log=log)
+
+
 def run_pipeline(train_config: ml_collections.ConfigDict,
                  backtest_config: ml_collections.ConfigDict, workdir: str, *,
                  train_frames: Mapping[str, pd.DataFrame] | None = None,
                  test_frame: tuple[str, pd.DataFrame] | None = None,
                  log: Callable[[str], None] = print) -> dict[str, Any]:
-  """Trains `train_config`, backtests it per `backtest_config`, returns the result's numbers.
+  """`train_and_backtest` on given frames; returns the result's numbers.
 
   Args:
     train_config: a `configs/flag_trader.py` config; its `data.train` is used when
@@ -150,22 +136,12 @@ def run_pipeline(train_config: ml_collections.ConfigDict,
     name, test = test_frame
     backtest_config.dataset = write_frame(test, os.path.join(data_dir,
                                                              dataset_stem(name) + '.csv'))
-  train_dir = os.path.join(os.path.abspath(workdir), TRAIN_SUBDIR)
-  log(f'training {train_config.get("variant", "")} on {train_config.data.train}')
-  train.train_and_evaluate(train_config, train_dir)
-  backtest_config.checkpoints = train_dir
-  backtest_dir = os.path.join(workdir, BACKTEST_SUBDIR)
-  outcome = evaluate.backtest_pipeline(backtest_config, backtest_dir, log=log)
+  outcome = train_and_backtest(train_config, backtest_config, workdir, log=log)
 
   # The frame the backtest ran on, as backtest_pipeline loaded it.
   test = data_lib.load_dataset(backtest_config.dataset, fill_gaps=True)
-  close = test['close'].to_numpy(np.float64)
-  record = _result_from_files(backtest_dir, close)
-  params = backtest_lib.params_from_config(backtest_config)
-  split = metrics.attribution(record, params.initial_capital,
-                              periods_per_year=backtest_config.periods_per_year,
-                              risk_free_rate=backtest_config.risk_free_rate)
-  quality = signal_quality(train_dir, backtest_config, test,
+  split = outcome['attribution']['values']  # net and gross (zero-cost) of the same fills
+  quality = signal_quality(os.path.join(workdir, TRAIN_SUBDIR), backtest_config, test,
                            input_pipeline.asset_name(backtest_config.dataset),
                            int(train_config.labels.horizon))
   result = {

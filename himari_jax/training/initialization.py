@@ -58,7 +58,7 @@ def initial_params(config: ml_collections.ConfigDict, model_config: model_lib.Mo
         f"config.train.init_from={init_from} was trained on feature set '{trained_with}' but "
         f"config.data.feature_set='{feature_set}'; set --config.data.feature_set="
         f'{trained_with} (its weights read those inputs).')
-  if config.train.get('fresh_adapters', config_lib.default_config().train.fresh_adapters):
+  if config.train.fresh_adapters:
     params = adapters_lib.with_fresh_adapters(params, source, model_config, rng)
   expected = jax.tree.map(lambda s: s.shape, model_lib.param_shapes(model_config))
   got = jax.tree.map(lambda x: tuple(np.shape(x)), params)

@@ -84,11 +84,6 @@ ConfigError = config_lib.ConfigError  # raised here for an unusable config; kept
 TrainingDivergedError = train_logging.TrainingDivergedError
 
 
-def train_option(config: ml_collections.ConfigDict, name: str) -> Any:
-  """`config.train.<name>`, or the package default when the config predates the field."""
-  return config.train.get(name, config_lib.default_config().train[name])
-
-
 # ----------------------------------------------------------------------------- config
 
 
@@ -114,7 +109,7 @@ def validate_config(config: ml_collections.ConfigDict) -> model_lib.ModelConfig:
     if t[name] < 1:
       raise ConfigError(f'config.train.{name}={t[name]} must be >= 1.')
   for name in ('batch_size', 'eval_batch_size'):
-    value = t.batch_size if name == 'batch_size' else train_option(config, name)
+    value = t[name]
     if value % devices:
       lower, upper = value // devices * devices, (value // devices + 1) * devices
       raise ConfigError(
@@ -131,7 +126,7 @@ def validate_config(config: ml_collections.ConfigDict) -> model_lib.ModelConfig:
     raise ConfigError(
         f'config.train.context_length={t.context_length} exceeds config.model.max_length='
         f'{config.model.max_length}; lower the context or raise --config.model.max_length.')
-  if (t.steps_per_epoch or 0) < 0 or train_option(config, 'checkpoint_every_steps') < 0:
+  if (t.steps_per_epoch or 0) < 0 or t.checkpoint_every_steps < 0:
     raise ConfigError('config.train.steps_per_epoch and checkpoint_every_steps must be >= 0.')
   if not t.learning_rate > 0:
     raise ConfigError(f'config.train.learning_rate={t.learning_rate} must be positive.')
@@ -149,7 +144,7 @@ def validate_config(config: ml_collections.ConfigDict) -> model_lib.ModelConfig:
   metrics = checkpoint_lib.TRADING_METRICS if objective else checkpoint_lib.CLASSIFICATION_METRICS
   if metric not in metrics:
     raise ConfigError(f'config.train.best_metric={t.best_metric!r} is not reported for '
-                      f"objective '{train_option(config, 'objective')}'; use one of "
+                      f"objective '{t.objective}'; use one of "
                       f'{", ".join(metrics)} (e.g. '
                       f"{'-val_net_sharpe' if objective else 'val_loss'}).")
   if objective and t.context_length < 2:
@@ -170,7 +165,7 @@ def validate_config(config: ml_collections.ConfigDict) -> model_lib.ModelConfig:
                         f'existing file; builtin names: {", ".join(sorted(builtin))}.')
   try:
     features_lib.check_training_feature_set(features_lib.feature_set_of(config),
-                                            bool(config.data.get('allow_lookahead', False)))
+                                            bool(config.data.allow_lookahead))
   except features_lib.FeatureSetError as e:
     raise ConfigError(str(e)) from e
   if t.init_from and not os.path.exists(t.init_from):
@@ -375,20 +370,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                       objective=objective),
       in_shardings=(replicated, data_sharding), out_shardings=(replicated, replicated),
       donate_argnums=0)
-  collapse = train_option(config, 'collapse_threshold')
+  collapse = t.collapse_threshold
   evaluate = validation.make_evaluator(
       model, mesh, objective=objective, class_weights=class_weights,
-      context_length=t.context_length, batch_size=train_option(config, 'eval_batch_size'),
+      context_length=t.context_length, batch_size=t.eval_batch_size,
       collapse_threshold=collapse)
 
   ckpt_dir = os.path.join(workdir, checkpoint_lib.CHECKPOINT_SUBDIR)
   manager = checkpoint_lib.make_manager(ckpt_dir, best_metric=t.best_metric,
-                                        keep_latest=train_option(config, 'keep_latest'))
+                                        keep_latest=t.keep_latest)
   state, start_step = checkpoint_lib.restore_latest(manager, state)
   meta = checkpoint_lib.training_meta(
       config, prepared, param_counts=model_lib.count_params(state.params, labels),
       steps_per_epoch=steps_per_epoch, total_steps=total_steps)
-  every = train_option(config, 'checkpoint_every_steps')
+  every = t.checkpoint_every_steps
   writer = train_logging.MetricWriter(workdir, start_step or None)
   logger = train_logging.StepLogger(writer, start_step=start_step, total_steps=total_steps,
                                     num_epochs=t.num_epochs, batch_size=t.batch_size,
