@@ -144,6 +144,7 @@ def _one_fold_config(models):
   return config
 
 
+@pytest.mark.slow
 def test_flag_trader_trains_per_fold_on_the_same_labels(tmp_path):
   summary, _ = _run(_one_fold_config('label_prior,flag_trader'), tmp_path)
   records = _records(tmp_path)
@@ -217,6 +218,7 @@ def test_models_trained_on_net_returns_are_listed():
   assert 'flag_trader_reinforce' not in models
 
 
+@pytest.mark.slow
 def test_flag_traders_on_net_returns_train_on_the_benchmark_costs(tmp_path):
   config = _one_fold_config('momentum,flag_trader_sharpe,flag_trader_reinforce')
   summary, _ = _run(config, tmp_path)

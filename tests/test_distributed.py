@@ -81,6 +81,7 @@ def _assert_same_params(got, want):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), got, want)
 
 
+@pytest.mark.slow
 def test_eight_devices_match_one_device(tmp_path, env, one_device):
   child_env = dict(env, XLA_FLAGS=env['XLA_FLAGS'] + ' --xla_force_host_platform_device_count=8')
   out = _check(subprocess.Popen(
@@ -94,6 +95,7 @@ def test_eight_devices_match_one_device(tmp_path, env, one_device):
   _assert_same_params(loaded.params, one_device)
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process(tmp_path, env, one_device):
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))

@@ -48,6 +48,7 @@ def test_split_list():
   assert config_lib.split_list(('x', ' y')) == ['x', 'y']
 
 
+@pytest.mark.slow
 def test_decide_holds_where_a_member_is_unavailable(tiny_config, tmp_path):
   from himari_jax.data import ohlcv as data
   from himari_jax.training import train
@@ -92,6 +93,7 @@ def _select_config(dataset):
   return config
 
 
+@pytest.mark.slow
 def test_select_never_looks_at_test_bars_and_reports_it(tmp_path):
   from himari_jax.backtest import evaluate
   from himari_jax.data import binance

@@ -6,9 +6,12 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_gpu_check_tiny_mode_writes_a_complete_report(tmp_path):
   env = {**os.environ, 'PYTHON': sys.executable, 'JAX_PLATFORMS': 'cpu'}
   done = subprocess.run(['bash', str(REPO / 'benchmarks' / 'gpu_check.sh'), str(tmp_path),

@@ -61,6 +61,7 @@ def test_quickstart_trains_backtests_and_reports(quickstart):
   assert 'policy auto: the selected policy' in stdout and 'gross: return' in stdout
 
 
+@pytest.mark.slow
 def test_backtest_with_sweep(quickstart, repo_root, tmp_path):
   workdir, _ = quickstart
   out = tmp_path / 'bt'
@@ -74,6 +75,7 @@ def test_backtest_with_sweep(quickstart, repo_root, tmp_path):
   assert 'sweep: best' in done.stdout
 
 
+@pytest.mark.slow
 def test_ensemble_backtest_of_two_members_with_seed_flags(quickstart, repo_root, tmp_path):
   workdir, _ = quickstart
   run_dir = workdir / 'train'
@@ -86,6 +88,7 @@ def test_ensemble_backtest_of_two_members_with_seed_flags(quickstart, repo_root,
   assert len(results['models']) == 2
 
 
+@pytest.mark.slow
 def test_ensemble_backtest_works_out_of_the_box_with_shipped_checkpoints(repo_root, tmp_path):
   out = tmp_path / 'shipped'
   done = run(repo_root, 'ensemble_backtest.py', '--confidence_threshold=0.5', '--strategy=voting',
@@ -106,6 +109,7 @@ def test_diagnose(quickstart, repo_root, tmp_path):
   assert 'confusion' in done.stdout
 
 
+@pytest.mark.slow
 def test_backtest_selects_a_policy_on_validation_with_the_config_flag(repo_root, tmp_path):
   out = tmp_path / 'select'
   done = run(repo_root, 'backtest.py', '--checkpoints=checkpoints/small_a', f'--outdir={out}',

@@ -100,6 +100,7 @@ def test_initialisation_follows_the_pytorch_original():
     assert np.all(norm['scale'] == 1) and not np.any(norm['bias'])
 
 
+@pytest.mark.slow
 def test_frozen_params_stay_bit_identical_while_trainable_ones_move(tiny_config):
   """Several optimiser steps; the trainable-only gradient path and the full-tree path agree."""
   config = model.ModelConfig.from_config(tiny_config.model)
@@ -187,6 +188,7 @@ def _random_batch(batch, length, seed=0):
           'mask': np.ones((batch, length), bool)}
 
 
+@pytest.mark.slow
 def test_remat_keeps_the_parameter_tree_loss_and_gradients():
   params = _random_adapters(init_params(SMALL, jax.random.key(0), 8))
   remat = dataclasses.replace(SMALL, remat=True)
@@ -216,6 +218,7 @@ def test_bfloat16_compute_keeps_float32_params_and_logits_near_float32():
   assert not np.allclose(low, reference, atol=1e-6, rtol=0)  # bf16 really ran
 
 
+@pytest.mark.slow
 def test_bfloat16_training_steps_stay_finite_and_lower_the_loss(tiny_config):
   tiny_config.model.dtype = 'bfloat16'
   config = model.ModelConfig.from_config(tiny_config.model)

@@ -165,6 +165,7 @@ def test_gradient_wrt_logits_matches_finite_differences():
       assert np.abs(grad[~mask]).max() == 0  # masked bars take no part
 
 
+@pytest.mark.slow
 def test_gradient_wrt_model_params_matches_finite_differences():
   """Directional derivatives through a tiny FLAG-TRADER, params and data in float64.
 

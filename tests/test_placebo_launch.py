@@ -29,6 +29,7 @@ def run(repo_root, *flags):
       capture_output=True, text=True, cwd=repo_root, env=env, timeout=900)
 
 
+@pytest.mark.slow
 def test_tiny_placebo_runs_resumes_and_writes_outputs(repo_root, tmp_path):
   workdir = tmp_path / 'placebo'
   done = run(repo_root, f'--workdir={workdir}', f'--runs={RUNS}')

@@ -108,6 +108,7 @@ def comparison(tmp_path_factory):
   return workdir, summary
 
 
+@pytest.mark.slow
 def test_finetune_keeps_the_pretrained_base_bit_for_bit(comparison):
   workdir, _ = comparison
   pretrained = traverse_util.flatten_dict(checkpoint.load_model(workdir / 'pretrain').params)

@@ -11,6 +11,7 @@ TINY = model.ModelConfig(d_model=32, num_layers=2, num_heads=4, dim_feedforward=
                          max_length=32, lora_rank=4)
 
 
+@pytest.mark.slow
 def test_train_step_profile_reports_memory_flops_and_time():
   profile = profiling.profile_train_step(TINY, batch_size=8, context_length=4, steps=2,
                                          repeats=1)
@@ -20,6 +21,7 @@ def test_train_step_profile_reports_memory_flops_and_time():
   assert 'GFLOP/step' in profile.summary()
 
 
+@pytest.mark.slow
 def test_remat_recomputes_the_forward_pass():
   # CPU buffer assignment keeps its temporaries either way; the extra FLOPs show the blocks'
   # forward pass is rerun in the backward pass (the memory saving is measured on a GPU).
@@ -29,6 +31,7 @@ def test_remat_recomputes_the_forward_pass():
   assert remat.step_s is None  # steps=0 compiles only
 
 
+@pytest.mark.slow
 def test_fits_verdict_against_a_given_memory():
   small = profiling.profile_train_step(TINY, batch_size=8, context_length=4, device_memory=1)
   assert small.fits is False and 'DOES NOT FIT' in small.summary()

@@ -110,6 +110,7 @@ for name, table in test_sharding.sweep_tables().items():
 '''
 
 
+@pytest.mark.slow
 def test_sweeps_on_eight_devices_give_the_one_device_tables():
   env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=8',
          'JAX_PLATFORMS': 'cpu', 'PYTHONPATH': str(REPO)}

@@ -145,6 +145,7 @@ def _resume_and_compare(reference, resumed, overrides, env, *, final_step):
   assert got.meta['epoch_metrics'] == want.meta['epoch_metrics']
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('objective', ['classification', 'sharpe'])
 def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path, subprocess_env, objective):
   overrides = ['--config.train.num_epochs=1', '--config.train.steps_per_epoch=150',
@@ -169,6 +170,7 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path, subprocess_env
   _resume_and_compare(reference, resumed, overrides, subprocess_env, final_step=150)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('objective', ['classification', 'sharpe'])
 def test_sigterm_saves_exits_cleanly_and_resumes_bit_identically(tmp_path, subprocess_env,
                                                                  objective):

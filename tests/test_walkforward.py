@@ -128,6 +128,7 @@ SELECT_FLAGS = ('--config.policy.mode=select', '--config.policy.grid.entry=0.1,0
                 '--config.policy.grid.min_hold=0,6', '--config.policy.grid.sizing=fixed')
 
 
+@pytest.mark.slow
 def test_two_folds_train_before_their_test_windows_and_resume(workdir, repo_root):
   done = subprocess.run(
       [sys.executable, str(repo_root / 'launch' / 'walk_forward.py'),
