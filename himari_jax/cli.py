@@ -14,7 +14,8 @@ What counts as a user's mistake:
   `adapters.AdapterError`, `baselines.BaselineError`;
 * `OSError`: a missing file or folder, a permission, a network failure;
 * the errors that are not ValueErrors: `binance.DownloadError`, `live.FeedError`,
-  `live.LedgerError`, and `train.TrainingDivergedError` (lower the learning rate);
+  `live.LedgerError`, `locks.LockError` (another process holds a workdir or ledger), and
+  `train.TrainingDivergedError` (lower the learning rate);
 * bad flags, including a config file that fails to load (`--config=...:no_such_variant`) and
   an override of a field the config does not have (`--config.train.no_such_field=1`). A
   config flag with a default path applies the overrides while it is defined, before `run`:
@@ -38,6 +39,7 @@ _VERBOSE = flags.DEFINE_bool('verbose', False,
 _MODULE_ERRORS = {'himari_jax.data.binance': ('DownloadError',),
                   'himari_jax.live.sources': ('FeedError',),
                   'himari_jax.live.ledger': ('LedgerError',),
+                  'himari_jax.locks': ('LockError',),
                   'himari_jax.training.train_logging': ('TrainingDivergedError',)}
 
 

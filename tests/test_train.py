@@ -245,6 +245,20 @@ def test_bad_configs_fail_fast_with_the_fix(tiny_config, tmp_path, subprocess_en
   assert 'ConfigError: config.model.causal=False' in verbose.stderr
 
 
+def test_a_second_run_on_one_workdir_is_refused_and_writes_nothing(tmp_path, subprocess_env,
+                                                                     lock_holder):
+  holder = lock_holder('from himari_jax.training import train\n'
+                       'held = train.lock_workdir(sys.argv[1])\nheld.__enter__()', tmp_path)
+  done = subprocess.run(_launch(tmp_path, env=subprocess_env), env=subprocess_env,
+                        capture_output=True, text=True, timeout=120)
+  assert done.returncode == 1
+  assert done.stderr.strip().splitlines()[-1] == (
+      f'error: {tmp_path / train.WORKDIR_LOCK}: the training workdir {tmp_path} is in use by '
+      f'process {holder.pid} (it holds this lock); wait for it to finish or stop it, or use '
+      'another folder')
+  assert os.listdir(tmp_path) == [train.WORKDIR_LOCK]
+
+
 def test_unmasked_windows_are_refused_in_training(tiny_config):
   config = tiny_config.copy_and_resolve_references()
   config.model.causal = False

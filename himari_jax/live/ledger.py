@@ -15,6 +15,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
+from himari_jax import locks
 from himari_jax.backtest import engine as backtest_lib
 from himari_jax.data import labels as labels_lib
 from himari_jax.inference import ensemble as ensemble_lib
@@ -22,6 +23,7 @@ from himari_jax.inference import ensemble as ensemble_lib
 _PAD_BARS = 256  # replays are padded to a multiple of this, so jit compiles rarely
 LEDGER_CSV = 'ledger.csv'
 LEDGER_STATE = 'state.json'
+LEDGER_LOCK = 'ledger.lock'  # held by the one process that decides into the ledger
 _LEDGER_COLUMNS = (
     'time', 'open', 'high', 'low', 'close', 'volume', 'action', 'p_sell', 'p_hold', 'p_buy',
     'confidence', 'target', 'fill_qty', 'fill_price', 'commission', 'slippage', 'position',
@@ -41,12 +43,14 @@ class Ledger:
   The CSV row of a bar is written (and fsynced) before the state, which is replaced
   atomically: a crash between the two leaves rows the state does not count yet, which
   `open` accepts (they are complete decisions); a torn last line is dropped, its bar is
-  decided again.
+  decided again. One process at a time: `open` takes `ledger.lock` (released by `close` or
+  when the process ends, however it ends), so two loops never decide the same bars.
   """
 
   directory: str
   settings: dict
   rows: pd.DataFrame
+  lock: locks.FolderLock | None = dataclasses.field(default=None, repr=False)
 
   @property
   def csv_path(self) -> str:
@@ -63,11 +67,31 @@ class Ledger:
   @classmethod
   def open(cls, directory: str | os.PathLike, settings: dict,
            log: Callable[[str], None] = print) -> Ledger:
-    """The ledger in `directory` (a new one if it has none); refuses other settings."""
+    """The ledger in `directory` (a new one if it has none), locked until `close`.
+
+    Raises:
+      locks.LockError: another process has it open (the message names its PID).
+      LedgerError: it was started with other settings, or its files disagree.
+    """
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
+    lock = locks.FolderLock(os.path.join(directory, LEDGER_LOCK), f'the ledger {directory}')
+    try:
+      return cls._open_locked(directory, settings, lock, log)
+    except BaseException:
+      lock.release()
+      raise
+
+  def close(self) -> None:
+    """Releases the ledger's lock; another process may then open it."""
+    if self.lock is not None:
+      self.lock.release()
+
+  @classmethod
+  def _open_locked(cls, directory: str, settings: dict, lock: locks.FolderLock,
+                   log: Callable[[str], None]) -> Ledger:
     settings = json.loads(json.dumps(settings))
-    ledger = cls(directory, settings, pd.DataFrame(columns=_LEDGER_COLUMNS[1:]))
+    ledger = cls(directory, settings, pd.DataFrame(columns=_LEDGER_COLUMNS[1:]), lock)
     if not os.path.exists(ledger.state_path):
       if os.path.exists(ledger.csv_path):
         raise LedgerError(f'{ledger.csv_path} exists without {LEDGER_STATE}; move it away or '

@@ -29,6 +29,8 @@ gradient inside this jitted step, since `set_to_zero` discards them (benchmarks/
 measures the same FLOPs for both); the split guarantees it instead of relying on dead-code
 elimination, which a full-tree gradient norm or clip would defeat (+46 % FLOPs at seed size).
 
+One run at a time per workdir: a second one is refused (`lock_workdir`), naming the first's PID.
+
 Checkpoints (checkpoint.py): every `checkpoint_every_steps` steps and at every epoch end,
 keeping the latest few and the best by `best_metric`; a workdir with checkpoints resumes (the
 `TrainState` holds the epoch's loss sums too). A NaN/inf loss, gradient or update raises
@@ -52,6 +54,7 @@ turnover and IC (`objectives.evaluate_positions`; rank checkpoints with
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from typing import Any
@@ -68,6 +71,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from himari_jax import config as config_lib
+from himari_jax import locks
 from himari_jax.data import features as features_lib
 from himari_jax.data import input_pipeline
 from himari_jax.data import labels as labels_lib
@@ -82,6 +86,7 @@ CLASS_WEIGHT_MODES = ('fixed', 'inverse', 'sqrt', 'none')
 COMPUTE_DTYPES = ('float32', 'bfloat16', 'float16')
 ConfigError = config_lib.ConfigError  # raised here for an unusable config; kept importable
 TrainingDivergedError = train_logging.TrainingDivergedError
+WORKDIR_LOCK = 'train.lock'  # in the workdir: one run writes into it at a time
 
 
 def train_option(config: ml_collections.ConfigDict, name: str) -> Any:
@@ -351,11 +356,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   Raises:
     ConfigError: an unusable config, before any work is done.
+    locks.LockError: another run is writing into `workdir`; nothing is written.
     TrainingDivergedError: a NaN/inf loss or gradient; no checkpoint of the bad state is saved.
   """
   model_config = validate_config(config)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
+  with lock_workdir(workdir):
+    return _train_and_evaluate(config, workdir, model_config)
+
+
+def lock_workdir(workdir: str) -> contextlib.AbstractContextManager:
+  """The workdir's lock (`WORKDIR_LOCK`), held by process 0 while a run writes into it.
+
+  Raises:
+    locks.LockError: another run holds it (naming its PID); nothing has been written.
+  """
+  if jax.process_index():
+    return contextlib.nullcontext()  # the hosts of one run share process 0's lock
+  return locks.hold_lock(os.path.join(workdir, WORKDIR_LOCK), f'the training workdir {workdir}')
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                        model_config: model_lib.ModelConfig) -> dict[str, Any]:
   t = config.train
   prepared = input_pipeline.prepare_data(config)
   steps_per_epoch = t.steps_per_epoch or max(1, len(prepared.train_ends) // t.batch_size)
