@@ -54,6 +54,23 @@ def test_a_bad_input_is_one_error_line(repo_root, tmp_path, script, args, messag
   assert not (tmp_path / 'run').exists() and not (tmp_path / 'out.csv').exists()
 
 
+def test_a_damaged_checkpoint_is_one_error_line_naming_step_and_file(repo_root, tmp_path):
+  import shutil
+
+  shutil.copytree(repo_root / 'checkpoints' / 'small_a', tmp_path / 'small_a')
+  data_file = max((p for p in (tmp_path / 'small_a' / 'checkpoints' / '1200' / 'state').rglob('*')
+                   if p.is_file()), key=lambda p: p.stat().st_size)
+  payload = bytearray(data_file.read_bytes())
+  payload[len(payload) // 2] ^= 0x01  # one flipped bit
+  data_file.write_bytes(bytes(payload))
+  done = run_launcher(repo_root, 'backtest.py', f'--checkpoints={tmp_path / "small_a"}',
+                      f'--outdir={tmp_path / "out"}')
+  assert done.returncode == 1, done.stderr[-3000:]
+  (line,) = error_lines(done.stderr)
+  assert line.startswith(f'error: checkpoint step 1200 is damaged: {data_file} does not match')
+  assert 'Traceback' not in done.stderr and not (tmp_path / 'out').exists()
+
+
 def _main_raising(error):
   def main(argv):
     del argv

@@ -77,6 +77,8 @@ def test_tiny_run_learns_and_writes_every_output(trained):
     assert sum(r[f'val_pred_share_{a}'] for a in labels.ACTION_NAMES) == pytest.approx(1.0)
   # Latest two steps (30 mid-epoch, 40 epoch end) and the best epoch end (20 or 40).
   assert _steps(workdir)[-2:] == [30, 40] and result['best_step'] in (20, 40)
+  for step in _steps(workdir):  # each with the manifest its restore checks
+    assert os.path.exists(os.path.join(workdir, 'checkpoints', str(step), checkpoint.MANIFEST))
   assert os.path.isdir(result['best_checkpoint'])
   assert result['best_val_loss'] == min(r['val_loss'] for r in val)
   (event_file,) = os.listdir(os.path.join(workdir, 'tensorboard'))

@@ -451,7 +451,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           break
   finally:
     # Also on divergence or interruption: pending saves of good states complete.
-    manager.wait_until_finished()
+    checkpoint_lib.finish_saves(manager)
     writer.close()
   if not preempted:
     return checkpoint_lib.final_metrics(manager, t.best_metric, epoch_metrics)
