@@ -117,7 +117,8 @@ def test_missing_empty_and_corrupt_checkpoints_fail_clearly(run, tmp_path):
                      match=r'^checkpoint step 2 is damaged: .*/2/state/\S+ is missing '):
     checkpoint.load_model(damaged)
   os.remove(damaged / 'checkpoints' / '2' / checkpoint.MANIFEST)  # as saved before manifests
-  with pytest.raises(checkpoint.CheckpointError, match='may be incomplete or corrupt'):
+  with pytest.raises(checkpoint.CheckpointError,
+                     match=r'^checkpoint step 2 cannot be restored \(.*\); it may be incomplete'):
     checkpoint.load_model(damaged)
 
 
@@ -227,3 +228,53 @@ def test_shipped_checkpoints_are_checked(repo_root, tmp_path, name):
   _flip_a_bit(_largest_file(tmp_path / name / 'checkpoints' / '1200' / 'state'))
   with pytest.raises(checkpoint.CheckpointError, match='^checkpoint step 1200 is damaged: '):
     checkpoint.load_model(tmp_path / name)
+
+
+def _template_state(config):
+  """A step-0 TrainState shaped like those of `_write_run`: the target of a resume."""
+  model_config = model.ModelConfig.from_config(config.model)
+  params = jax.jit(model.init_params, static_argnums=(0, 2))(model_config, jax.random.key(1), 8)
+  return train.TrainState(step=jnp.int32(0), params=params, opt_state=optax.adamw(1e-3).init(
+      params), rng=jax.random.PRNGKey(1), loss_sum=jnp.float32(0), loss_count=jnp.int32(0))
+
+
+@pytest.mark.parametrize('with_manifest', [True, False])
+def test_resume_falls_back_to_the_newest_intact_step(run, tmp_path, caplog, capfd,
+                                                     with_manifest):
+  workdir, config, params = run
+  shutil.copytree(workdir, tmp_path, dirs_exist_ok=True)
+  for data_file in (tmp_path / 'checkpoints' / '5' / 'state').rglob('*'):
+    if data_file.is_file() and data_file.parent.name == 'd':
+      data_file.unlink()
+  if not with_manifest:  # a run saved before manifests: the restore itself fails
+    for manifest in (tmp_path / 'checkpoints').glob(f'*/{checkpoint.MANIFEST}'):
+      manifest.unlink()
+  manager = checkpoint.make_manager(tmp_path / 'checkpoints', keep_latest=2)
+  with caplog.at_level(pylogging.WARNING):
+    state, step = checkpoint.restore_latest(manager, _template_state(config))
+  assert step == 4 and int(state.step) == 4
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, np.asarray(b) + 4, rtol=1e-6),
+               state.params, params)
+  moved = tmp_path / checkpoint.DAMAGED_SUBDIR / '5'
+  (warning,) = [r.getMessage() for r in caplog.records if r.levelno >= pylogging.WARNING]
+  reason = 'is missing' if with_manifest else 'cannot be restored'
+  assert warning.startswith('checkpoint step 5 ') and reason in warning
+  assert warning.endswith(f'; moved it to {moved} and resuming from step 4')
+  assert moved.is_dir() and manager.all_steps() == [2, 4]
+  checkpoint.save(manager, 5, state, {'step': 5})  # the run saves step 5 again
+  checkpoint.finish_saves(manager)
+  manager.close()
+  assert 'Traceback' not in capfd.readouterr().err
+
+
+def test_a_run_with_no_intact_step_is_refused_and_left_alone(run, tmp_path):
+  workdir, config, _ = run
+  shutil.copytree(workdir, tmp_path, dirs_exist_ok=True)
+  for step in (2, 4, 5):
+    shutil.rmtree(tmp_path / 'checkpoints' / str(step) / 'meta')
+  manager = checkpoint.make_manager(tmp_path / 'checkpoints')
+  with pytest.raises(checkpoint.CheckpointError, match=r'no checkpoint step can be restored '
+                                                       r'\(checkpoint step 5 is damaged: '):
+    checkpoint.restore_latest(manager, _template_state(config))
+  manager.close()
+  assert manager.all_steps() == [2, 4, 5] and not (tmp_path / checkpoint.DAMAGED_SUBDIR).exists()

@@ -108,6 +108,30 @@ def test_rerunning_a_finished_run_resumes_without_training(trained):
   assert open(os.path.join(workdir, 'metrics.jsonl')).read() == before
 
 
+def _delete_data_files(step_dir):
+  for path in pathlib.Path(step_dir, 'state').rglob('*'):
+    if path.is_file() and path.parent.name == 'd':
+      path.unlink()
+
+
+def test_a_damaged_latest_step_is_set_aside_and_the_run_resumes_before_it(trained, tmp_path,
+                                                                          caplog, capfd):
+  config, workdir, result = trained
+  shutil.copytree(workdir, tmp_path, dirs_exist_ok=True)
+  _delete_data_files(tmp_path / 'checkpoints' / '40')
+  with caplog.at_level('WARNING'):
+    again = train.train_and_evaluate(config, str(tmp_path))
+  (warning,) = [r.getMessage() for r in caplog.records if r.levelname == 'WARNING'
+                and 'checkpoint step' in r.getMessage()]
+  assert warning.startswith('checkpoint step 40 is damaged: ') and warning.endswith(
+      f'moved it to {tmp_path / checkpoint.DAMAGED_SUBDIR / "40"} and resuming from step 30')
+  # Steps 31-40 replayed: the same run as the uninterrupted one.
+  assert {k: v for k, v in again.items() if k != 'best_checkpoint'} == {
+      k: v for k, v in result.items() if k != 'best_checkpoint'}
+  assert _records(tmp_path, 'val') == _records(workdir, 'val')
+  assert 'Traceback' not in capfd.readouterr().err
+
+
 def test_divergence_stops_and_keeps_the_last_good_checkpoint(trained, tmp_path, monkeypatch):
   config, workdir, _ = trained
   shutil.copytree(workdir, tmp_path, dirs_exist_ok=True)
@@ -259,6 +283,21 @@ def test_a_second_run_on_one_workdir_is_refused_and_writes_nothing(tmp_path, sub
       f'process {holder.pid} (it holds this lock); wait for it to finish or stop it, or use '
       'another folder')
   assert os.listdir(tmp_path) == [train.WORKDIR_LOCK]
+
+
+def test_init_from_a_damaged_run_is_one_line(trained, tmp_path, subprocess_env):
+  _, workdir, _ = trained
+  shutil.copytree(workdir, tmp_path / 'damaged')
+  for step in _steps(workdir):  # a run saved before manifests: the read itself fails
+    os.remove(tmp_path / 'damaged' / 'checkpoints' / str(step) / checkpoint.MANIFEST)
+    _delete_data_files(tmp_path / 'damaged' / 'checkpoints' / str(step))
+  done = subprocess.run(_launch(tmp_path / 'new', f'--config.train.init_from={tmp_path}/damaged',
+                                env=subprocess_env),
+                        env=subprocess_env, capture_output=True, text=True, timeout=120)
+  assert done.returncode == 1
+  (line,) = [line for line in done.stderr.splitlines() if 'error' in line.lower()]
+  assert line.startswith('error: checkpoint step ') and 'cannot be restored' in line
+  assert 'Traceback' not in done.stderr
 
 
 def test_unmasked_windows_are_refused_in_training(tiny_config):

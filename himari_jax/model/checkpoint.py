@@ -32,8 +32,10 @@ and the arrays go to whichever device the caller's `jax.jit` runs on.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import hashlib
 import os
+import sys
 import weakref
 from typing import Any
 
@@ -43,7 +45,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
-from orbax.checkpoint import checkpoint_managers
+from orbax.checkpoint import checkpoint_managers, multihost
 
 from himari_jax import json_types
 from himari_jax.data import features as features_lib
@@ -51,6 +53,7 @@ from himari_jax.data import input_pipeline
 from himari_jax.model import flag_trader as model_lib
 
 CHECKPOINT_SUBDIR = 'checkpoints'
+DAMAGED_SUBDIR = 'damaged_checkpoints'  # beside it: steps a resume could not restore
 CLASSIFICATION_METRICS = ('val_loss', 'val_nll', 'val_accuracy', 'val_balanced_accuracy')
 # Trading objectives ('sharpe' / 'utility' / 'reinforce'; objectives.evaluate_positions).
 TRADING_METRICS = ('val_loss', 'val_net_sharpe', 'val_gross_sharpe', 'val_mean_net_return',
@@ -253,6 +256,7 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> t
   """
   step_dir = os.path.join(os.fspath(manager.directory), str(step))
   verify_step(step_dir)
+  _drop_closed_loop_noise()
   restored = manager.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
   check_finite_params(restored['state'].params, step_dir)
@@ -271,12 +275,81 @@ def training_meta(config: ml_collections.ConfigDict, prepared: input_pipeline.Pr
 
 
 def restore_latest(manager: ocp.CheckpointManager, state: Any) -> tuple[Any, int]:
-  """(state, step) of the latest step, laid out like `state`; (`state`, 0) without steps."""
-  step = int(manager.latest_step() or 0)
-  if step:
-    state, _ = restore(manager, step, abstract_like(state))
-    logging.info('resumed from %s/%d', os.fspath(manager.directory), step)
-  return state, step
+  """(state, step) of the newest intact step, laid out like `state`; (`state`, 0) without steps.
+
+  A newer step that fails its manifest, its restore or the finiteness check is reported in
+  one warning line and moved to `<workdir>/damaged_checkpoints/` (the run saves that step
+  number again, and the files stay for a look).
+
+  Raises:
+    CheckpointError: no step can be restored (then nothing is moved).
+  """
+  directory = os.fspath(manager.directory)
+  failed = []
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      restored, _ = restore(manager, step, abstract_like(state))
+    except Exception as e:  # Orbax and TensorStore raise many kinds
+      gc.collect()  # closes the failed read's coroutines now, not noisily at exit
+      failed.append((step, _one_line(e, step)))
+      continue
+    for bad, reason in failed:
+      moved = _move_aside(directory, bad)
+      logging.warning('%s; moved it to %s and resuming from step %d', reason, moved, step)
+    if failed:
+      manager.reload()
+    logging.info('resumed from %s/%d', directory, step)
+    return restored, step
+  if failed:
+    raise CheckpointError(f'{directory}: no checkpoint step can be restored ('
+                          + '; '.join(reason for _, reason in failed)
+                          + '); move the folder away to start afresh')
+  return state, 0
+
+
+def _drop_closed_loop_noise() -> None:
+  """Installs (once) an unraisable-exception hook that drops 'RuntimeError: Event loop is
+  closed': when one read of a damaged step fails, Orbax closes its event loop and each read
+  still in flight would print that traceback as it lands (some after the error is reported).
+  Every other unraisable exception goes to the previous hook."""
+  previous = sys.unraisablehook
+  if getattr(previous, 'drops_closed_loop', False):
+    return
+
+  def hook(unraisable):
+    if not (isinstance(unraisable.exc_value, RuntimeError)
+            and str(unraisable.exc_value) == 'Event loop is closed'):
+      previous(unraisable)
+
+  hook.drops_closed_loop = True
+  sys.unraisablehook = hook
+
+
+def _one_line(error: BaseException, step: int | str) -> str:
+  """A restore failure as one line: its root cause's first line (Orbax's errors wrap the
+  reader's and carry whole TensorStore specs)."""
+  if isinstance(error, CheckpointError):
+    return str(error)
+  while error.__cause__ is not None:
+    error = error.__cause__
+  first = (str(error).strip().splitlines() or [''])[0][:300]
+  return f'checkpoint step {step} cannot be restored ({type(error).__name__}: {first})'
+
+
+def _move_aside(directory: str, step: int) -> str:
+  """Moves step folder `step` of `directory` into a sibling `damaged_checkpoints/` (process 0;
+  the others wait for it). Returns where it went."""
+  target = os.path.join(os.path.dirname(directory), DAMAGED_SUBDIR, str(step))
+  suffix = 0
+  while os.path.exists(target + (f'.{suffix}' if suffix else '')):
+    suffix += 1
+  target += f'.{suffix}' if suffix else ''
+  if not jax.process_index():
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    os.replace(os.path.join(directory, str(step)), target)
+  if jax.process_count() > 1:
+    multihost.sync_global_processes(f'himari_move_aside_{step}')
+  return target
 
 
 def final_metrics(manager: ocp.CheckpointManager, best_metric: str,
@@ -394,6 +467,7 @@ def load_model(path: str | os.PathLike, which: str | int = 'best') -> LoadedMode
     raise CheckpointError(f'{text}: no checkpoint steps found (looked in {directory}); '
                           'train first with launch/train.py --workdir=...')
   manager, step_dir = None, directory
+  _drop_closed_loop_noise()
   try:
     manager = make_manager(directory, read_only=True)
     latest = manager.latest_step()
@@ -420,10 +494,10 @@ def load_model(path: str | os.PathLike, which: str | int = 'best') -> LoadedMode
                                     partial_restore=True))['params']
   except CheckpointError:
     raise
-  except (OSError, ValueError, KeyError, TypeError) as e:
-    raise CheckpointError(f'{step_dir}: cannot read the checkpoint ({type(e).__name__}: {e}); '
-                          'it may be incomplete or corrupt: delete that step folder to fall '
-                          'back to an earlier one.') from e
+  except Exception as e:  # Orbax and TensorStore raise many kinds
+    gc.collect()  # closes the failed read's coroutines now, not noisily at exit
+    raise CheckpointError(f'{_one_line(e, os.path.basename(step_dir))}; it may be incomplete '
+                          f'or corrupt: delete {step_dir} to fall back to an earlier step.') from e
   finally:
     if manager is not None:
       manager.close()
