@@ -197,6 +197,16 @@ def test_a_torn_last_line_is_decided_again(market, tmp_path):
   pd.testing.assert_frame_equal(rows.iloc[:2], expected)
 
 
+def test_a_refused_ledger_is_left_as_it_was(market, tmp_path):
+  follow(market, tmp_path / 'paper', max_bars=2)
+  csv = tmp_path / 'paper' / ledger_lib.LEDGER_CSV
+  csv.write_bytes(csv.read_bytes()[:-40])  # the last row cut short: one bar less than counted
+  before = {p.name: p.read_bytes() for p in (tmp_path / 'paper').iterdir()}
+  with pytest.raises(ledger_lib.LedgerError, match=f'^{csv} has 1 bars but state.json counts 2'):
+    follow(market, tmp_path / 'paper', max_bars=1)
+  assert {p.name: p.read_bytes() for p in (tmp_path / 'paper').iterdir()} == before
+
+
 def test_gap_is_refused_and_the_ledger_kept(market, tmp_path):
   exchange, _, _ = market
   exchange.missing = {pd.Timestamp('2025-02-03 12:00', tz='UTC')}

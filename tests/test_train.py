@@ -108,6 +108,35 @@ def test_rerunning_a_finished_run_resumes_without_training(trained):
   assert open(os.path.join(workdir, 'metrics.jsonl')).read() == before
 
 
+def test_a_torn_last_metrics_record_is_dropped_with_a_warning(trained, tmp_path, caplog):
+  config, workdir, result = trained
+  shutil.copytree(workdir, tmp_path, dirs_exist_ok=True)
+  metrics = tmp_path / 'metrics.jsonl'
+  before = metrics.read_text()
+  metrics.write_text(before + '{"kind": "train", "step": 41, "loss": 0.9')  # killed mid-write
+  with caplog.at_level('WARNING'):
+    assert train.train_and_evaluate(config, str(tmp_path))['best_val_loss'] == (
+        result['best_val_loss'])
+  (warning,) = [r.getMessage() for r in caplog.records if 'torn' in r.getMessage()]
+  assert warning.startswith(f'{metrics}: dropped its torn last line {before.count(chr(10)) + 1} ')
+  assert metrics.read_text() == before
+  metrics.write_text(before.replace('"kind"', '"kind', 1))  # not torn: a damaged first line
+  with pytest.raises(ValueError, match=f'^{metrics} line 1: not a JSON record'):
+    train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_appending_after_a_torn_line_starts_a_new_one(tmp_path):
+  from himari_jax import json_types
+
+  path = tmp_path / 'results.jsonl'
+  path.write_text('{"a": 1}\n{"b": 2')
+  json_types.append_jsonl(path, {'c': 3})
+  assert json_types.read_jsonl(path) == [{'a': 1}, {'c': 3}]
+  path.write_text('{"a": 1}')  # a whole record without its newline is kept
+  json_types.append_jsonl(path, {'c': 3})
+  assert path.read_text() == '{"a": 1}\n{"c": 3}\n'
+
+
 def _delete_data_files(step_dir):
   for path in pathlib.Path(step_dir, 'state').rglob('*'):
     if path.is_file() and path.parent.name == 'd':

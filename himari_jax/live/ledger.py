@@ -8,6 +8,7 @@ are exactly what a backtest of the same decisions gives.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 from collections.abc import Callable
@@ -43,7 +44,8 @@ class Ledger:
   The CSV row of a bar is written (and fsynced) before the state, which is replaced
   atomically: a crash between the two leaves rows the state does not count yet, which
   `open` accepts (they are complete decisions); a torn last line is dropped, its bar is
-  decided again. One process at a time: `open` takes `ledger.lock` (released by `close` or
+  decided again. A process that refuses a ledger (other settings, files that disagree) has
+  written nothing to it. One process at a time: `open` takes `ledger.lock` (released by `close` or
   when the process ends, however it ends), so two loops never decide the same bars.
   """
 
@@ -120,20 +122,31 @@ class Ledger:
     return ledger
 
   def _read_rows(self) -> pd.DataFrame:
+    """The whole rows of the CSV; a torn last line is left out here (the file is not touched:
+    `open` may still refuse the ledger) and cut off by the next `append`."""
     with open(self.csv_path, 'rb') as f:
       payload = f.read()
-    if payload and not payload.endswith(b'\n'):
-      keep = payload.rfind(b'\n') + 1  # a torn last line: that bar was not recorded
-      with open(self.csv_path, 'r+b') as f:
-        f.truncate(keep)
-    rows = pd.read_csv(self.csv_path)
+    payload = payload[:payload.rfind(b'\n') + 1]
+    if not payload:
+      return pd.DataFrame(columns=_LEDGER_COLUMNS[1:])
+    rows = pd.read_csv(io.BytesIO(payload))
     times = pd.to_datetime(rows.pop('time'), utc=True)
     rows.index = pd.DatetimeIndex(times, name='time').as_unit('ns')
     return rows
 
+  def _cut_torn_line(self) -> None:
+    """Cuts a torn last line (a process killed while writing it) off the CSV."""
+    if not os.path.exists(self.csv_path):
+      return
+    with open(self.csv_path, 'r+b') as f:
+      payload = f.read()
+      if payload and not payload.endswith(b'\n'):
+        f.truncate(payload.rfind(b'\n') + 1)
+
   def append(self, rows: pd.DataFrame, state: dict) -> None:
     """Appends `rows` (indexed by bar time, columns as `_LEDGER_COLUMNS`), then saves `state`."""
-    new_file = not os.path.exists(self.csv_path)
+    self._cut_torn_line()
+    new_file = not os.path.exists(self.csv_path) or not os.path.getsize(self.csv_path)
     out = rows.reset_index().rename(columns={'index': 'time'})
     out['time'] = [t.isoformat() for t in rows.index]
     # repr writes the shortest text that reads back as the same double.
