@@ -263,6 +263,7 @@ def test_load_dataset_by_name_or_path(tmp_path):
 # ----------------------------------------------------------------- other exchanges' layouts
 
 CDD = FIXTURES / 'Binance_BTCUSDT_1h-cryptodatadownload.csv'
+CDD_2019 = FIXTURES / 'Binance_BTCUSDT_1h-cryptodatadownload-2019.csv'
 FREQTRADE = FIXTURES / 'BTC_USDT-1h.json'
 CCXT = FIXTURES / 'ETH_USDT-1h-ccxt.csv'
 
@@ -273,6 +274,7 @@ def _bundled(name, start, bars):
 
 @pytest.mark.parametrize('path, layout, name, start, bars', [
     (CDD, 'cryptodatadownload', 'btc_usdt_1h_2017_2019', '2019-10-17 00:00', 48),
+    (CDD_2019, 'cryptodatadownload', 'btc_usdt_1h_2017_2019', '2019-10-17 00:00', 48),
     (FREQTRADE, 'json_candles', 'btc_usdt_1h_2020_2024', '2020-03-12 00:00', 48),
     (CCXT, 'canonical', 'eth_usdt_1h_2020_2024', '2021-05-19 00:00', 36),
 ])
