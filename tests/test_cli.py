@@ -40,12 +40,22 @@ def error_lines(stderr):
      "arms ['no_such_arm']"),
     ('trade_signal.py', ['--checkpoints=checkpoints/small_a', '--data={tmp}/missing.csv'],
      'missing.csv: no such file'),
+    # The data is checked before any model is loaded (a missing one included).
+    ('trade_signal.py', ['--checkpoints=no/such/run', '--data={tmp}/bad.csv'],
+     'bad.csv row 3, column high: high 100.0 < close 101.0'),
+    ('trade_signal.py', ['--data={tmp}/bad.csv', '--interval=abc'],
+     '--interval=abc: not a bar length'),
+    ('trade_signal.py', ['--data={tmp}/bad.csv', '--interval=0s'],
+     '--interval=0s: a bar length must be positive'),
     # A config flag with a default path applies its overrides as the script is imported.
     ('walk_forward.py', ['--config.no_such_field=1'],
      "--config.no_such_field: the config has no field 'no_such_field'"),
 ])
 def test_a_bad_input_is_one_error_line(repo_root, tmp_path, script, args, message):
   (tmp_path / 'corrupt.pt').write_bytes(b'PK\x03\x04 not a checkpoint')
+  (tmp_path / 'bad.csv').write_text('timestamp,open,high,low,close,volume\n'
+                                    '2025-01-01 00:00,100,101,99,100,5\n'
+                                    '2025-01-01 01:00,100,100,99,101,5\n')
   done = run_launcher(repo_root, script, *(a.format(tmp=tmp_path) for a in args))
   assert done.returncode == 1, done.stderr[-3000:]
   (line,) = error_lines(done.stderr)

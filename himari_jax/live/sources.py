@@ -135,8 +135,40 @@ class BinanceSource:
     return df[~df.index.duplicated(keep='last')]
 
 
+def parse_interval(text: str) -> pd.Timedelta:
+  """'1h', '15min', '1d' -> the bar length.
+
+  Raises:
+    ValueError: naming `--interval`, for text that is not a length or one that is not > 0.
+  """
+  try:
+    interval = pd.Timedelta(text)
+  except ValueError:
+    raise ValueError(f'--interval={text}: not a bar length; write one such as 1h, 15min or 1d'
+                     ) from None
+  if interval <= pd.Timedelta(0):
+    raise ValueError(f'--interval={text}: a bar length must be positive, such as 1h')
+  return interval
+
+
+def check_source(source: BarSource, history: int) -> pd.DataFrame:
+  """The latest `history` bars of `source`, read and validated now: a bad file, symbol or
+  server is reported before anything slow (loading models) starts.
+
+  Raises:
+    data.DataError, FeedError: as `source.bars` does.
+  """
+  return source.bars(None, history)
+
+
 def parse_source(spec: str, *, interval: str = '1h', **binance_options: Any) -> BarSource:
-  """'binance:BTCUSDT' -> BinanceSource; anything else is a file path -> CsvSource."""
+  """'binance:BTCUSDT' -> BinanceSource; anything else is a file path -> CsvSource.
+
+  Raises:
+    ValueError: a malformed spec or `interval` (`parse_interval`).
+    data.DataError: a file that does not exist.
+  """
+  parse_interval(interval)
   if spec.lower().startswith('binance:'):
     symbol = spec.split(':', 1)[1].strip()
     if not symbol.isalnum():
