@@ -68,6 +68,8 @@ def default_config() -> ml_collections.ConfigDict:
   config.data.max_bars = config_dict.placeholder(int)  # last N bars of each file; None = all
   config.data.feature_set = 'himari'  # 'himari', 'seed_causal' or 'seed_exact' (SPEC 3)
   config.data.allow_lookahead = False  # True only to reproduce the seed with seed_exact
+  config.data.max_bar_move = 0.5  # a bar's |close / previous close - 1| above this is reported
+  config.data.refuse_large_moves = False  # True: refuse such a bar instead of warning
 
   config.labels = ml_collections.ConfigDict()
   # 'threshold', 'sharpe', 'volatility' or 'triple_barrier' (SPEC 4); each rule reads only
@@ -232,7 +234,9 @@ def backtest_config() -> ml_collections.ConfigDict:
   config.fill = 'close'  # 'close' of the decision bar (seed) or 'next_open'
   config.allow_short = False  # SELL goes short (same target size) instead of flat
   config.sizing = 'confidence'  # 'confidence' (seed), 'fixed' (max_position_pct) or 'full'
-  config.periods_per_year = constants.PERIODS_PER_YEAR
+  config.periods_per_year = constants.PERIODS_PER_YEAR  # must match the bars' interval
+  config.max_bar_move = 0.5  # a bar's |close / previous close - 1| above this is reported
+  config.refuse_large_moves = False  # True: refuse such a bar instead of warning
   config.risk_free_rate = 0.0  # simple annual rate for Sharpe / Sortino
 
   config.significance = ml_collections.ConfigDict()

@@ -54,7 +54,9 @@ def main(argv):
   checkpoint.quiet_orbax_logging()
   try:
     source = sources.parse_source(_DATA.value, interval=_INTERVAL.value, base_url=_BASE_URL.value)
-    sources.check_source(source, _HISTORY.value)  # data errors before the slow model loading
+    # Data errors before the slow model loading.
+    sources.check_source(source, _HISTORY.value, max_bar_move=config.max_bar_move,
+                         refuse_large_moves=config.refuse_large_moves)
     params = backtest.params_from_config(config)
     if not _FOLLOW.value:
       decide = live.model_decider(checkpoints, config, _HISTORY.value)

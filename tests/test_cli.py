@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 from absl import flags
 from absl.testing import flagsaver
@@ -47,12 +48,32 @@ def error_lines(stderr):
      '--interval=abc: not a bar length'),
     ('trade_signal.py', ['--data={tmp}/bad.csv', '--interval=0s'],
      '--interval=0s: a bar length must be positive'),
+    # Implausible data: another bar interval than the settings say, a 1000x price jump.
+    ('backtest.py', ['--checkpoints=checkpoints/small_a', '--config.dataset={tmp}/5min.csv',
+                     '--outdir={tmp}/run'],
+     '5min.csv: the bars are 5min apart but --config.periods_per_year=8760 means 1h bars'),
+    ('backtest.py', ['--checkpoints=checkpoints/small_a', '--config.dataset={tmp}/jump.csv',
+                     '--outdir={tmp}/run', '--config.refuse_large_moves=True'],
+     'jump.csv: 1 bar(s) move more than 50% from the previous close'),
+    ('train.py', ['--config=configs/flag_trader.py:tiny', '--workdir={tmp}/run',
+                  '--config.data.train={tmp}/5min.csv'],
+     '5min.csv: the bars are 5min apart but training'),
+    ('trade_signal.py', ['--checkpoints=checkpoints/small_a', '--data={tmp}/1h.csv',
+                         '--interval=15min'],
+     '1h.csv: the bars are 1h apart but --interval=15min means 15min bars'),
     # A config flag with a default path applies its overrides as the script is imported.
     ('walk_forward.py', ['--config.no_such_field=1'],
      "--config.no_such_field: the config has no field 'no_such_field'"),
 ])
 def test_a_bad_input_is_one_error_line(repo_root, tmp_path, script, args, message):
   (tmp_path / 'corrupt.pt').write_bytes(b'PK\x03\x04 not a checkpoint')
+  bars = data.builtin_dataset('btc_usdt_1h_2025_2026').iloc[:400].copy()
+  bars.to_csv(tmp_path / '1h.csv')
+  bars.index = pd.date_range(bars.index[0], periods=len(bars), freq='5min', name='timestamp')
+  bars.to_csv(tmp_path / '5min.csv')
+  bars = data.builtin_dataset('btc_usdt_1h_2025_2026').iloc[:400].copy()
+  bars.iloc[300:, :4] *= 1000
+  bars.to_csv(tmp_path / 'jump.csv')
   (tmp_path / 'bad.csv').write_text('timestamp,open,high,low,close,volume\n'
                                     '2025-01-01 00:00,100,101,99,100,5\n'
                                     '2025-01-01 01:00,100,100,99,101,5\n')

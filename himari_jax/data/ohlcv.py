@@ -443,7 +443,7 @@ class GapReport:
 
   def to_dict(self) -> dict[str, Any]:
     """JSON-friendly form (times as ISO strings, freq as a pandas offset string)."""
-    return {'freq': _freq_string(self.freq), 'count': self.count,
+    return {'freq': freq_string(self.freq), 'count': self.count,
             'missing_bars': self.missing_bars, 'largest': self.largest,
             'gaps': [[t.isoformat(), n] for t, n in self.gaps]}
 
@@ -455,7 +455,7 @@ class GapReport:
             f'from {t:%Y-%m-%d %H:%M} UTC')
 
 
-def _freq_string(freq: pd.Timedelta) -> str:
+def freq_string(freq: pd.Timedelta) -> str:
   """'1h', '15min', ...: readable, and parsed back by pd.Timedelta."""
   text = pd.tseries.frequencies.to_offset(freq).freqstr
   return text if text[0].isdigit() else f'1{text}'
@@ -495,7 +495,7 @@ def fill_missing_bars(df: pd.DataFrame, freq: pd.Timedelta | str | None = None, 
   off_grid = np.flatnonzero((df.index.asi8 - df.index.asi8[0]) % freq.value)
   if off_grid.size:
     raise DataError(f'{source}, bar {df.index[off_grid[0]]}, column timestamp: not on the '
-                    f'{_freq_string(freq)} grid that starts at the first bar '
+                    f'{freq_string(freq)} grid that starts at the first bar '
                     f'({off_grid.size} bars are off it); fix the timestamps or load with '
                     'fill_gaps=False')
   grid = pd.date_range(df.index[0], df.index[-1], freq=freq, name='timestamp')

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import pandas as pd
 
 from himari_jax.data import ohlcv as data_lib
+from himari_jax.data import plausibility
 
 BINANCE_API = 'https://api.binance.com'
 _KLINES_PAGE = 1000  # Binance's largest `limit` for /api/v3/klines
@@ -151,14 +152,24 @@ def parse_interval(text: str) -> pd.Timedelta:
   return interval
 
 
-def check_source(source: BarSource, history: int) -> pd.DataFrame:
-  """The latest `history` bars of `source`, read and validated now: a bad file, symbol or
-  server is reported before anything slow (loading models) starts.
+def check_source(source: BarSource, history: int, *,
+                 max_bar_move: float = plausibility.MAX_BAR_MOVE,
+                 refuse_large_moves: bool = False,
+                 log: Callable[[str], None] = print) -> dict[str, Any]:
+  """Reads and checks the latest `history` bars of `source` now, so that a bad file, symbol,
+  server or interval is reported before anything slow (loading models) starts.
+
+  Returns:
+    `plausibility.check_bars`' report: their interval must be `source.interval`; filled
+    gaps and moves beyond `max_bar_move` are logged (or refused).
 
   Raises:
-    data.DataError, FeedError: as `source.bars` does.
+    data.DataError, FeedError: as `source.bars` does, or bars `check_bars` refuses.
   """
-  return source.bars(None, history)
+  return plausibility.check_bars(
+      source.bars(None, history), source=source.name, expected_interval=source.interval,
+      interval_setting=f'--interval={data_lib.freq_string(source.interval)}',
+      max_bar_move=max_bar_move, refuse_large_moves=refuse_large_moves, log=log)
 
 
 def parse_source(spec: str, *, interval: str = '1h', **binance_options: Any) -> BarSource:

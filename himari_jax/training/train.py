@@ -356,14 +356,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   Raises:
     ConfigError: an unusable config, before any work is done.
+    data.DataError: training data it refuses (`plausibility.check_bars`), before anything
+      is written.
     locks.LockError: another run is writing into `workdir`; nothing is written.
     TrainingDivergedError: a NaN/inf loss or gradient; no checkpoint of the bad state is saved.
   """
   model_config = validate_config(config)
+  prepared = input_pipeline.prepare_data(config)  # data errors before anything is written
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   with lock_workdir(workdir):
-    return _train_and_evaluate(config, workdir, model_config)
+    return _train_and_evaluate(config, workdir, model_config, prepared)
 
 
 def lock_workdir(workdir: str) -> contextlib.AbstractContextManager:
@@ -378,9 +381,9 @@ def lock_workdir(workdir: str) -> contextlib.AbstractContextManager:
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                        model_config: model_lib.ModelConfig) -> dict[str, Any]:
+                        model_config: model_lib.ModelConfig,
+                        prepared: input_pipeline.PreparedData) -> dict[str, Any]:
   t = config.train
-  prepared = input_pipeline.prepare_data(config)
   steps_per_epoch = t.steps_per_epoch or max(1, len(prepared.train_ends) // t.batch_size)
   total_steps = steps_per_epoch * t.num_epochs
   mesh = mesh_lib.make_mesh()
