@@ -18,6 +18,7 @@ import os
 from absl import app, flags
 
 from himari_jax import cli
+from himari_jax import config as config_lib
 from himari_jax.backtest import engine as backtest
 from himari_jax.live import ledger as ledger_lib
 from himari_jax.live import paper as live
@@ -50,6 +51,7 @@ def main(argv):
   if not _DATA.value:
     raise app.UsageError('--data is required: a CSV / JSON file of bars or binance:SYMBOL')
   config = _CONFIG.value
+  config_lib.check_ranges(config, config_lib.BACKTEST_RANGES)
   checkpoints = _CHECKPOINTS.value or [p for p in config.checkpoints.split(',') if p.strip()]
   checkpoint.quiet_orbax_logging()
   try:

@@ -61,6 +61,16 @@ def error_lines(stderr):
     ('trade_signal.py', ['--checkpoints=checkpoints/small_a', '--data={tmp}/1h.csv',
                          '--interval=15min'],
      '1h.csv: the bars are 1h apart but --interval=15min means 15min bars'),
+    # Numbers out of range: one line naming the flag, before anything runs.
+    ('backtest.py', ['--config.periods_per_year=0', '--outdir={tmp}/run'],
+     '--config.periods_per_year=0.0: must be > 0'),
+    ('backtest.py', ['--config.max_position_pct=5', '--outdir={tmp}/run'],
+     '--config.max_position_pct=5.0: must be in (0, 1]'),
+    ('train.py', ['--config=configs/flag_trader.py:tiny', '--workdir={tmp}/run',
+                  '--config.train.warmup_steps=-1'],
+     '--config.train.warmup_steps=-1: must be >= 0'),
+    ('trade_signal.py', ['--data={tmp}/1h.csv', '--config.commission=-0.1'],
+     '--config.commission=-0.1: must be in [0, 1)'),
     # A config flag with a default path applies its overrides as the script is imported.
     ('walk_forward.py', ['--config.no_such_field=1'],
      "--config.no_such_field: the config has no field 'no_such_field'"),

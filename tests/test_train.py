@@ -5,6 +5,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import re
 import shutil
 import signal
 import subprocess
@@ -327,6 +328,26 @@ def test_init_from_a_damaged_run_is_one_line(trained, tmp_path, subprocess_env):
   (line,) = [line for line in done.stderr.splitlines() if 'error' in line.lower()]
   assert line.startswith('error: checkpoint step ') and 'cannot be restored' in line
   assert 'Traceback' not in done.stderr
+
+
+@pytest.mark.parametrize('field, value, message', [
+    ('labels.threshold', -0.01, '--config.labels.threshold=-0.01: must be > 0'),
+    ('data.max_bars', 0, '--config.data.max_bars=0: must be >= 1 or None'),
+    ('model.d_model', 0, '--config.model.d_model=0: must be >= 1'),
+    ('train.eval_batch_size', 0, '--config.train.eval_batch_size=0: must be >= 1'),
+    ('train.warmup_steps', -1, '--config.train.warmup_steps=-1: must be >= 0'),
+    ('train.grad_clip', -1.0, '--config.train.grad_clip=-1.0: must be >= 0'),
+    ('data.embargo', -1, '--config.data.embargo=-1: must be >= 0 or None'),
+    ('train.keep_latest', 0, '--config.train.keep_latest=0: must be >= 1'),
+    ('train.learning_rate', float('nan'), '--config.train.learning_rate=nan: must be > 0'),
+    ('data.val_fraction', 1.0, '--config.data.val_fraction=1.0: must be in (0, 1)'),
+])
+def test_a_numeric_field_out_of_range_is_refused_naming_the_flag(tiny_config, field, value,
+                                                                   message):
+  section, name = field.split('.')
+  tiny_config[section][name] = value
+  with pytest.raises(train.ConfigError, match=f'^{re.escape(message)}$'):
+    train.validate_config(tiny_config)
 
 
 def test_unmasked_windows_are_refused_in_training(tiny_config):

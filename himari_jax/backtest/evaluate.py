@@ -226,6 +226,7 @@ def backtest_pipeline(config: ml_collections.ConfigDict, outdir: str, *,
       raise ValueError(f'unknown strategy {strategy!r}; valid: {", ".join(valid)}')
   if not 0.0 <= config.confidence_threshold <= 1.0:
     raise ValueError(f'confidence_threshold={config.confidence_threshold} must be in [0, 1]')
+  config_lib.check_ranges(config, config_lib.BACKTEST_RANGES)
   backtest_lib.params_from_config(config)  # validates costs and sizing up front
   if config.policy.mode not in POLICY_MODES:
     raise ValueError(f'policy.mode={config.policy.mode!r}; use one of {", ".join(POLICY_MODES)}')

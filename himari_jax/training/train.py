@@ -98,7 +98,8 @@ def train_option(config: ml_collections.ConfigDict, name: str) -> Any:
 
 
 def validate_config(config: ml_collections.ConfigDict) -> model_lib.ModelConfig:
-  """Fails fast, before any data is read, on settings that cannot work.
+  """Fails fast, before any data is read, on settings that cannot work: every numeric field
+  in its range (`config.TRAINING_RANGES`), then the combinations below.
 
   Returns:
     The model config built from `config.model`.
@@ -108,6 +109,7 @@ def validate_config(config: ml_collections.ConfigDict) -> model_lib.ModelConfig:
   """
   t = config.train
   devices = jax.device_count()
+  config_lib.check_ranges(config, config_lib.TRAINING_RANGES)
   try:
     model_config = model_lib.ModelConfig.from_config(config.model)
   except ValueError as e:
@@ -115,9 +117,6 @@ def validate_config(config: ml_collections.ConfigDict) -> model_lib.ModelConfig:
   if config.model.dtype not in COMPUTE_DTYPES:
     raise ConfigError(f'config.model.dtype={config.model.dtype!r} is not supported; use one '
                       f'of {", ".join(COMPUTE_DTYPES)}.')
-  for name in ('batch_size', 'num_epochs', 'context_length', 'window_stride', 'log_every_steps'):
-    if t[name] < 1:
-      raise ConfigError(f'config.train.{name}={t[name]} must be >= 1.')
   for name in ('batch_size', 'eval_batch_size'):
     value = t.batch_size if name == 'batch_size' else train_option(config, name)
     if value % devices:
@@ -136,10 +135,6 @@ def validate_config(config: ml_collections.ConfigDict) -> model_lib.ModelConfig:
     raise ConfigError(
         f'config.train.context_length={t.context_length} exceeds config.model.max_length='
         f'{config.model.max_length}; lower the context or raise --config.model.max_length.')
-  if (t.steps_per_epoch or 0) < 0 or train_option(config, 'checkpoint_every_steps') < 0:
-    raise ConfigError('config.train.steps_per_epoch and checkpoint_every_steps must be >= 0.')
-  if not t.learning_rate > 0:
-    raise ConfigError(f'config.train.learning_rate={t.learning_rate} must be positive.')
   if t.class_weights not in CLASS_WEIGHT_MODES:
     raise ConfigError(f'config.train.class_weights={t.class_weights!r} is unknown; use one '
                       f'of {", ".join(CLASS_WEIGHT_MODES)}.')
@@ -161,9 +156,6 @@ def validate_config(config: ml_collections.ConfigDict) -> model_lib.ModelConfig:
     raise ConfigError(f"config.train.objective='{objective.kind}' needs "
                       f'config.train.context_length >= 2 (the cost is charged on position '
                       f'changes inside a window); got {t.context_length}.')
-  if not 0.0 < config.data.val_fraction < 1.0:
-    raise ConfigError(f'config.data.val_fraction={config.data.val_fraction} must be in (0, 1): '
-                      'validation picks the best checkpoint.')
   items = config_lib.split_list(config.data.train)
   if not items:
     raise ConfigError('config.data.train is empty; give a builtin dataset name '
