@@ -16,7 +16,8 @@ What counts as a user's mistake:
 * `extras.MissingExtraError`: an optional package the run needs (torch for a `.pt`, LightGBM,
   Ray for `--ray_address`); the line names the extra to install;
 * the errors that are not ValueErrors: `binance.DownloadError`, `live.FeedError`,
-  `live.LedgerError`, and `train.TrainingDivergedError` (lower the learning rate);
+  `live.LedgerError`, `locks.LockError` (another process holds a workdir or ledger), and
+  `train.TrainingDivergedError` (lower the learning rate);
 * bad flags, including a config file that fails to load (`--config=...:no_such_variant`) and
   an override of a field the config does not have (`--config.train.no_such_field=1`). A
   config flag with a default path applies the overrides while it is defined, before `run`:
@@ -42,6 +43,7 @@ _VERBOSE = flags.DEFINE_bool('verbose', False,
 _MODULE_ERRORS = {'himari_jax.data.binance': ('DownloadError',),
                   'himari_jax.live.sources': ('FeedError',),
                   'himari_jax.live.ledger': ('LedgerError',),
+                  'himari_jax.locks': ('LockError',),
                   'himari_jax.training.train_logging': ('TrainingDivergedError',)}
 
 

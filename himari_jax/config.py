@@ -20,6 +20,8 @@ every bar, one full pass over the windows).
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -52,6 +54,90 @@ def strategy_name(name: str) -> str:
   return STRATEGY_ALIASES.get(name, name)
 
 
+# -------------------------------------------------------------------------------- ranges
+
+
+# The range of every numeric field, checked before a config is used (`check_ranges`): '>= 0',
+# '> 0', 'in [0, 1)' ..., with 'or None' where None means "derive it". Fields a config lacks
+# (an older run's) are skipped.
+TRAINING_RANGES = {
+    'data.val_fraction': 'in (0, 1)', 'data.embargo': '>= 0 or None',
+    'data.max_bars': '>= 1 or None', 'data.max_bar_move': '> 0',
+    'labels.horizon': '>= 1', 'labels.threshold': '> 0', 'labels.k': '> 0',
+    'labels.k_up': '> 0', 'labels.k_down': '> 0', 'labels.window': '>= 2',
+    'labels.cost_floor': '>= 0',
+    'model.state_dim': '>= 1', 'model.action_dim': '>= 2', 'model.d_model': '>= 1',
+    'model.num_layers': '>= 1', 'model.num_heads': '>= 1', 'model.dim_feedforward': '>= 1',
+    'model.max_length': '>= 1', 'model.dropout_rate': 'in [0, 1)',
+    'model.attention_dropout': 'in [0, 1)', 'model.lora_rank': '>= 0', 'model.lora_alpha': '> 0',
+    'train.context_length': '>= 1', 'train.window_stride': '>= 1', 'train.batch_size': '>= 1',
+    'train.num_epochs': '>= 1', 'train.steps_per_epoch': '>= 0 or None',
+    'train.learning_rate': '> 0', 'train.warmup_steps': '>= 0', 'train.weight_decay': '>= 0',
+    'train.grad_clip': '>= 0', 'train.log_every_steps': '>= 1',
+    'train.checkpoint_every_steps': '>= 0', 'train.keep_latest': '>= 1',
+    'train.eval_batch_size': '>= 1', 'train.collapse_threshold': 'in (0, 1]',
+    'train.cost_multiplier': '>= 0', 'train.turnover_penalty': '>= 0',
+    'train.risk_aversion': '>= 0', 'train.reinforce_samples': '>= 2',
+    'train.entropy_coef': '>= 0', 'decision.confidence_threshold': 'in [0, 1]',
+}
+BACKTEST_RANGES = {
+    'confidence_threshold': 'in [0, 1]', 'calibration.num_bins': '>= 1',
+    'initial_capital': '> 0', 'commission': 'in [0, 1)', 'slippage': 'in [0, 1)',
+    'commission_sell': 'in [0, 1) or None', 'slippage_sell': 'in [0, 1) or None',
+    'max_position_pct': 'in (0, 1]', 'periods_per_year': '> 0', 'risk_free_rate': '> -1',
+    'max_bar_move': '> 0', 'significance.num_resamples': '>= 1',
+    'significance.num_shuffles': '>= 1', 'policy.entry': 'in [-1, 1]',
+    'policy.exit': 'in [-1, 1]', 'policy.min_hold': '>= 0', 'policy.cooldown': '>= 0',
+    'policy.max_position_pct': 'in (0, 1]', 'policy.target_vol': '> 0',
+    'policy.max_leverage': '> 0', 'policy.band': '>= 0', 'policy.turnover_penalty': '>= 0',
+    'policy.vol_window': '>= 2',
+}
+WALK_FORWARD_RANGES = {'train_bars': '>= 1', 'test_bars': '>= 1', 'step_bars': '>= 1 or None',
+                       'embargo': '>= 0 or None'}
+_BOUND = re.compile(r'(>=|>) (\S+)|in ([\[(])(\S+), (\S+)([\])])')
+
+
+def _within(value: float, rule: str) -> bool:
+  """Whether `value` satisfies a range rule of `TRAINING_RANGES` (without 'or None')."""
+  match = _BOUND.fullmatch(rule)
+  if match is None:
+    raise ValueError(f'unknown range rule {rule!r}')
+  op, bound, left, low, high, right = match.groups()
+  if op:
+    return value >= float(bound) if op == '>=' else value > float(bound)
+  above = value >= float(low) if left == '[' else value > float(low)
+  below = value <= float(high) if right == ']' else value < float(high)
+  return above and below
+
+
+def check_ranges(config: ml_collections.ConfigDict, ranges: dict[str, str], *,
+                 prefix: str = '--config.') -> None:
+  """Refuses a numeric field outside its range (`TRAINING_RANGES`, `BACKTEST_RANGES`).
+
+  Args:
+    config: the config; a field it lacks is skipped.
+    ranges: dotted field path -> rule.
+    prefix: how the command line names `config` ('--config.', '--config.backtest.').
+
+  Raises:
+    ConfigError: one line naming the flag, its value and the range, e.g.
+      `--config.train.warmup_steps=-1: must be >= 0`.
+  """
+  for path, rule in ranges.items():
+    node, names = config, path.split('.')
+    for name in names:
+      if not isinstance(node, ml_collections.ConfigDict) or name not in node:
+        break
+      node = node[name]
+    else:
+      bound, _, none_ok = rule.partition(' or ')
+      if node is None and none_ok:
+        continue
+      number = isinstance(node, int | float) and not isinstance(node, bool)
+      if not (number and math.isfinite(node) and _within(node, bound)):
+        raise ConfigError(f'{prefix}{path}={node}: must be {rule}')
+
+
 # ------------------------------------------------------------------------------ training
 
 
@@ -69,6 +155,8 @@ def default_config() -> ml_collections.ConfigDict:
   config.data.max_bars = config_dict.placeholder(int)  # last N bars of each file; None = all
   config.data.feature_set = 'himari'  # 'himari', 'seed_causal' or 'seed_exact' (SPEC 3)
   config.data.allow_lookahead = False  # True only to reproduce the seed with seed_exact
+  config.data.max_bar_move = 0.5  # a bar's |close / previous close - 1| above this is reported
+  config.data.refuse_large_moves = False  # True: refuse such a bar instead of warning
 
   config.labels = ml_collections.ConfigDict()
   # 'threshold', 'sharpe', 'volatility' or 'triple_barrier' (SPEC 4); each rule reads only
@@ -269,7 +357,9 @@ def backtest_config() -> ml_collections.ConfigDict:
   config.fill = 'close'  # 'close' of the decision bar (seed) or 'next_open'
   config.allow_short = False  # SELL goes short (same target size) instead of flat
   config.sizing = 'confidence'  # 'confidence' (seed), 'fixed' (max_position_pct) or 'full'
-  config.periods_per_year = constants.PERIODS_PER_YEAR
+  config.periods_per_year = constants.PERIODS_PER_YEAR  # must match the bars' interval
+  config.max_bar_move = 0.5  # a bar's |close / previous close - 1| above this is reported
+  config.refuse_large_moves = False  # True: refuse such a bar instead of warning
   config.risk_free_rate = 0.0  # simple annual rate for Sharpe / Sortino
 
   config.significance = ml_collections.ConfigDict()

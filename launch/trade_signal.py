@@ -18,6 +18,7 @@ import os
 from absl import app, flags
 
 from himari_jax import cli
+from himari_jax import config as config_lib
 from himari_jax.backtest import engine as backtest
 from himari_jax.live import ledger as ledger_lib
 from himari_jax.live import paper as live
@@ -50,10 +51,14 @@ def main(argv):
   if not _DATA.value:
     raise app.UsageError('--data is required: a CSV / JSON file of bars or binance:SYMBOL')
   config = _CONFIG.value
+  config_lib.check_ranges(config, config_lib.BACKTEST_RANGES)
   checkpoints = _CHECKPOINTS.value or [p for p in config.checkpoints.split(',') if p.strip()]
   checkpoint.quiet_orbax_logging()
   try:
     source = sources.parse_source(_DATA.value, interval=_INTERVAL.value, base_url=_BASE_URL.value)
+    # Data errors before the slow model loading.
+    sources.check_source(source, _HISTORY.value, max_bar_move=config.max_bar_move,
+                         refuse_large_moves=config.refuse_large_moves)
     params = backtest.params_from_config(config)
     if not _FOLLOW.value:
       decide = live.model_decider(checkpoints, config, _HISTORY.value)

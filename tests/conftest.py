@@ -3,6 +3,8 @@ one JAX compilation cache for the whole run."""
 
 import os
 import pathlib
+import subprocess
+import sys
 
 import jax
 import pytest
@@ -40,3 +42,24 @@ def tiny_config():
 @pytest.fixture
 def repo_root() -> pathlib.Path:
   return REPO
+
+
+@pytest.fixture
+def lock_holder():
+  """hold(code, *args) -> Popen: a process that runs `code` (which takes a lock), prints
+  'held' and sleeps until the test kills it; any left are killed afterwards."""
+  processes = []
+
+  def hold(code: str, *args: str) -> subprocess.Popen:
+    env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'PYTHONPATH': str(REPO)}
+    script = f'import sys, time\n{code}\nprint("held", flush=True)\ntime.sleep(600)\n'
+    process = subprocess.Popen([sys.executable, '-c', script, *map(str, args)], env=env,
+                               stdout=subprocess.PIPE, text=True)
+    processes.append(process)
+    assert process.stdout.readline().strip() == 'held'
+    return process
+
+  yield hold
+  for process in processes:
+    process.kill()
+    process.wait()

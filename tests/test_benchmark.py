@@ -110,10 +110,13 @@ def test_a_killed_trial_reruns_alone(tmp_path):
   _run(config, tmp_path)
   path = tmp_path / benchmark_folds.RESULTS
   lines = path.read_text().splitlines()
-  path.write_text('\n'.join(lines[:-1]) + '\n')  # the last trial never wrote its line
+  # The last trial was killed while writing its line.
+  path.write_text('\n'.join(lines[:-1]) + '\n' + lines[-1][:40])
   _, log = _run(config, tmp_path)
   assert any(f'{len(lines) - 1} done, 1 to run' in line for line in log)
   assert len(path.read_text().splitlines()) == len(lines)
+  assert [json.loads(line)['model'] for line in path.read_text().splitlines()] == [
+      json.loads(line)['model'] for line in lines]
 
 
 def _same_folds_and_labels(records):

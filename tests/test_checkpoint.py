@@ -40,7 +40,7 @@ def _write_run(workdir, config, *, keep_latest=2, extra_meta=None):
             'class_weights': np.ones(3, np.float32), 'epoch_metrics': metrics or {},
             **(extra_meta or {})}
     checkpoint.save(manager, step, state, meta, metrics)
-  manager.wait_until_finished()
+  checkpoint.finish_saves(manager)
   manager.close()
   return params
 
@@ -110,11 +110,16 @@ def test_missing_empty_and_corrupt_checkpoints_fail_clearly(run, tmp_path):
     checkpoint.load_model(tmp_path / 'flag_trader_best.pt')
   with pytest.raises(checkpoint.CheckpointError, match='available steps'):
     checkpoint.load_model(run[0], 3)
-  corrupt = tmp_path / 'corrupt'
-  shutil.copytree(run[0], corrupt)
-  shutil.rmtree(corrupt / 'checkpoints' / '2' / 'state')
-  with pytest.raises(checkpoint.CheckpointError, match='corrupt'):
-    checkpoint.load_model(corrupt)
+  damaged = tmp_path / 'damaged'
+  shutil.copytree(run[0], damaged)
+  shutil.rmtree(damaged / 'checkpoints' / '2' / 'state')
+  with pytest.raises(checkpoint.CheckpointError,
+                     match=r'^checkpoint step 2 is damaged: .*/2/state/\S+ is missing '):
+    checkpoint.load_model(damaged)
+  os.remove(damaged / 'checkpoints' / '2' / checkpoint.MANIFEST)  # as saved before manifests
+  with pytest.raises(checkpoint.CheckpointError,
+                     match=r'^checkpoint step 2 cannot be restored \(.*\); it may be incomplete'):
+    checkpoint.load_model(damaged)
 
 
 def test_quiet_orbax_logging_keeps_other_records_and_real_warnings():
@@ -202,3 +207,125 @@ def test_load_model_reads_a_run_saved_before_later_fields(tmp_path):
   assert not loaded.config.train.long_only and loaded.config.train.init_from == ''
   with pytest.raises(ValueError, match='objective=classification scores actions'):
     predict.positions(loaded, None)
+
+
+def _largest_file(folder):
+  return max((p for p in folder.rglob('*') if p.is_file()), key=lambda p: p.stat().st_size)
+
+
+def _flip_a_bit(path):
+  payload = bytearray(path.read_bytes())
+  payload[len(payload) // 2] ^= 0x10
+  path.write_bytes(bytes(payload))
+
+
+def test_every_saved_step_has_a_manifest_of_all_its_files(run):
+  workdir, _, _ = run
+  for step in (2, 4, 5):
+    step_dir = os.path.join(workdir, 'checkpoints', str(step))
+    with open(os.path.join(step_dir, checkpoint.MANIFEST)) as f:
+      listed = sorted(line.split('  ', 1)[1].rstrip('\n') for line in f)
+    files = sorted(os.path.relpath(os.path.join(root, name), step_dir)
+                   for root, _, names in os.walk(step_dir) for name in names)
+    assert listed == [f for f in files if f != checkpoint.MANIFEST]
+    checkpoint.verify_step(step_dir)
+
+
+def test_a_flipped_bit_is_refused_naming_the_step_and_file(run, tmp_path):
+  shutil.copytree(run[0], tmp_path, dirs_exist_ok=True)
+  data_file = _largest_file(tmp_path / 'checkpoints' / '2' / 'state')
+  _flip_a_bit(data_file)
+  with pytest.raises(checkpoint.CheckpointError,
+                     match=f'^checkpoint step 2 is damaged: {data_file} does not match its '
+                           'checksum in '):
+    checkpoint.load_model(tmp_path)
+  _assert_step(checkpoint.load_model(tmp_path, 4), run[2], 4)  # the other steps still load
+
+
+def test_non_finite_weights_are_refused(tmp_path, tiny_config):
+  config = tiny_config
+  params = _write_run(str(tmp_path), config, keep_latest=1)
+  manager = checkpoint.make_manager(tmp_path / 'checkpoints', keep_latest=5)
+  poisoned = jax.tree.map(lambda p: p.at[..., 0].set(jnp.nan) if p.ndim == 3 else p, params)
+  state = train.TrainState(step=jnp.int32(6), params=poisoned, opt_state={},
+                           rng=jax.random.PRNGKey(0))
+  checkpoint.save(manager, 6, state, checkpoint.read_meta(manager, 5))
+  checkpoint.finish_saves(manager)
+  manager.close()
+  with pytest.raises(checkpoint.CheckpointError, match=r'^checkpoint step 6 is damaged: '
+                                                       r'parameter pos_embedding has NaN or inf'):
+    checkpoint.load_model(tmp_path, 6)
+
+
+def test_a_pt_state_dict_with_nan_weights_is_not_converted(tiny_config):
+  from himari_jax.model import convert  # numpy state dicts need no PyTorch
+
+  model_config = model.ModelConfig.from_config(tiny_config.model)
+  params = model.init_params(model_config, jax.random.key(0), 8)
+  state_dict = convert.flax_to_torch_state_dict(params)
+  np.testing.assert_array_equal(convert.torch_state_dict_to_flax(state_dict, model_config)
+                                ['action_head']['kernel'], params['action_head']['kernel'])
+  state_dict['action_head.weight'][1, 2] = np.inf
+  with pytest.raises(convert.ConversionError, match=r'^state-dict entry action_head.weight has 1 '
+                                                    'NaN or inf values'):
+    convert.torch_state_dict_to_flax(state_dict, model_config)
+
+
+@pytest.mark.parametrize('name', ['small_a', 'small_b'])
+def test_shipped_checkpoints_are_checked(repo_root, tmp_path, name):
+  shutil.copytree(repo_root / 'checkpoints' / name, tmp_path / name)
+  for step in (600, 1200):
+    checkpoint.verify_step(tmp_path / name / 'checkpoints' / str(step))
+  _flip_a_bit(_largest_file(tmp_path / name / 'checkpoints' / '1200' / 'state'))
+  with pytest.raises(checkpoint.CheckpointError, match='^checkpoint step 1200 is damaged: '):
+    checkpoint.load_model(tmp_path / name)
+
+
+def _template_state(config):
+  """A step-0 TrainState shaped like those of `_write_run`: the target of a resume."""
+  model_config = model.ModelConfig.from_config(config.model)
+  params = jax.jit(model.init_params, static_argnums=(0, 2))(model_config, jax.random.key(1), 8)
+  return train.TrainState(step=jnp.int32(0), params=params, opt_state=optax.adamw(1e-3).init(
+      params), rng=jax.random.PRNGKey(1), loss_sum=jnp.float32(0), loss_count=jnp.int32(0))
+
+
+@pytest.mark.parametrize('with_manifest', [True, False])
+def test_resume_falls_back_to_the_newest_intact_step(run, tmp_path, caplog, capfd,
+                                                     with_manifest):
+  workdir, config, params = run
+  shutil.copytree(workdir, tmp_path, dirs_exist_ok=True)
+  for data_file in (tmp_path / 'checkpoints' / '5' / 'state').rglob('*'):
+    if data_file.is_file() and data_file.parent.name == 'd':
+      data_file.unlink()
+  if not with_manifest:  # a run saved before manifests: the restore itself fails
+    for manifest in (tmp_path / 'checkpoints').glob(f'*/{checkpoint.MANIFEST}'):
+      manifest.unlink()
+  manager = checkpoint.make_manager(tmp_path / 'checkpoints', keep_latest=2)
+  with caplog.at_level(pylogging.WARNING):
+    state, step = checkpoint.restore_latest(manager, _template_state(config))
+  assert step == 4 and int(state.step) == 4
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, np.asarray(b) + 4, rtol=1e-6),
+               state.params, params)
+  moved = tmp_path / checkpoint.DAMAGED_SUBDIR / '5'
+  (warning,) = [r.getMessage() for r in caplog.records if r.levelno >= pylogging.WARNING]
+  reason = 'is missing' if with_manifest else 'cannot be restored'
+  assert warning.startswith('checkpoint step 5 ') and reason in warning
+  assert warning.endswith(f'; moved it to {moved} and resuming from step 4')
+  assert moved.is_dir() and manager.all_steps() == [2, 4]
+  checkpoint.save(manager, 5, state, {'step': 5})  # the run saves step 5 again
+  checkpoint.finish_saves(manager)
+  manager.close()
+  assert 'Traceback' not in capfd.readouterr().err
+
+
+def test_a_run_with_no_intact_step_is_refused_and_left_alone(run, tmp_path):
+  workdir, config, _ = run
+  shutil.copytree(workdir, tmp_path, dirs_exist_ok=True)
+  for step in (2, 4, 5):
+    shutil.rmtree(tmp_path / 'checkpoints' / str(step) / 'meta')
+  manager = checkpoint.make_manager(tmp_path / 'checkpoints')
+  with pytest.raises(checkpoint.CheckpointError, match=r'no checkpoint step can be restored '
+                                                       r'\(checkpoint step 5 is damaged: '):
+    checkpoint.restore_latest(manager, _template_state(config))
+  manager.close()
+  assert manager.all_steps() == [2, 4, 5] and not (tmp_path / checkpoint.DAMAGED_SUBDIR).exists()

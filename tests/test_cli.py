@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 from absl import flags
 from absl.testing import flagsaver
@@ -64,12 +65,52 @@ def error_lines(stderr):
      "arms ['no_such_arm']"),
     ('trade_signal.py', ['--checkpoints=checkpoints/small_a', '--data={tmp}/missing.csv'],
      'missing.csv: no such file'),
+    # The data is checked before any model is loaded (a missing one included).
+    ('trade_signal.py', ['--checkpoints=no/such/run', '--data={tmp}/bad.csv'],
+     'bad.csv row 3, column high: high 100.0 < close 101.0'),
+    ('trade_signal.py', ['--data={tmp}/bad.csv', '--interval=abc'],
+     '--interval=abc: not a bar length'),
+    ('trade_signal.py', ['--data={tmp}/bad.csv', '--interval=0s'],
+     '--interval=0s: a bar length must be positive'),
+    # Implausible data: another bar interval than the settings say, a 1000x price jump.
+    ('backtest.py', ['--checkpoints=checkpoints/small_a', '--config.dataset={tmp}/5min.csv',
+                     '--outdir={tmp}/run'],
+     '5min.csv: the bars are 5min apart but --config.periods_per_year=8760 means 1h bars'),
+    ('backtest.py', ['--checkpoints=checkpoints/small_a', '--config.dataset={tmp}/jump.csv',
+                     '--outdir={tmp}/run', '--config.refuse_large_moves=True'],
+     'jump.csv: 1 bar(s) move more than 50% from the previous close'),
+    ('train.py', ['--config=configs/flag_trader.py:tiny', '--workdir={tmp}/run',
+                  '--config.data.train={tmp}/5min.csv'],
+     '5min.csv: the bars are 5min apart but training'),
+    ('trade_signal.py', ['--checkpoints=checkpoints/small_a', '--data={tmp}/1h.csv',
+                         '--interval=15min'],
+     '1h.csv: the bars are 1h apart but --interval=15min means 15min bars'),
+    # Numbers out of range: one line naming the flag, before anything runs.
+    ('backtest.py', ['--config.periods_per_year=0', '--outdir={tmp}/run'],
+     '--config.periods_per_year=0.0: must be > 0'),
+    ('backtest.py', ['--config.max_position_pct=5', '--outdir={tmp}/run'],
+     '--config.max_position_pct=5.0: must be in (0, 1]'),
+    ('train.py', ['--config=configs/flag_trader.py:tiny', '--workdir={tmp}/run',
+                  '--config.train.warmup_steps=-1'],
+     '--config.train.warmup_steps=-1: must be >= 0'),
+    ('trade_signal.py', ['--data={tmp}/1h.csv', '--config.commission=-0.1'],
+     '--config.commission=-0.1: must be in [0, 1)'),
     # A config flag with a default path applies its overrides as the script is imported.
     ('walk_forward.py', ['--config.no_such_field=1'],
      "--config.no_such_field: the config has no field 'no_such_field'"),
 ])
 def test_a_bad_input_is_one_error_line(repo_root, tmp_path, script, args, message):
   (tmp_path / 'corrupt.pt').write_bytes(b'PK\x03\x04 not a checkpoint')
+  bars = data.builtin_dataset('btc_usdt_1h_2025_2026').iloc[:400].copy()
+  bars.to_csv(tmp_path / '1h.csv')
+  bars.index = pd.date_range(bars.index[0], periods=len(bars), freq='5min', name='timestamp')
+  bars.to_csv(tmp_path / '5min.csv')
+  bars = data.builtin_dataset('btc_usdt_1h_2025_2026').iloc[:400].copy()
+  bars.iloc[300:, :4] *= 1000
+  bars.to_csv(tmp_path / 'jump.csv')
+  (tmp_path / 'bad.csv').write_text('timestamp,open,high,low,close,volume\n'
+                                    '2025-01-01 00:00,100,101,99,100,5\n'
+                                    '2025-01-01 01:00,100,100,99,101,5\n')
   done = run_launcher(repo_root, script, *(a.format(tmp=tmp_path) for a in args))
   assert done.returncode == 1, done.stderr[-3000:]
   (line,) = error_lines(done.stderr)
@@ -147,6 +188,23 @@ def test_plots_without_matplotlib_are_skipped_with_a_warning_naming_the_extra(mo
   assert extras.pyplot('the test plots', warn=warnings.append) is None
   assert warnings == ['skipping the test plots: matplotlib is not installed '
                       '(pip install "himari-jax[plot]")']
+
+
+def test_a_damaged_checkpoint_is_one_error_line_naming_step_and_file(repo_root, tmp_path):
+  import shutil
+
+  shutil.copytree(repo_root / 'checkpoints' / 'small_a', tmp_path / 'small_a')
+  data_file = max((p for p in (tmp_path / 'small_a' / 'checkpoints' / '1200' / 'state').rglob('*')
+                   if p.is_file()), key=lambda p: p.stat().st_size)
+  payload = bytearray(data_file.read_bytes())
+  payload[len(payload) // 2] ^= 0x01  # one flipped bit
+  data_file.write_bytes(bytes(payload))
+  done = run_launcher(repo_root, 'backtest.py', f'--checkpoints={tmp_path / "small_a"}',
+                      f'--outdir={tmp_path / "out"}')
+  assert done.returncode == 1, done.stderr[-3000:]
+  (line,) = error_lines(done.stderr)
+  assert line.startswith(f'error: checkpoint step 1200 is damaged: {data_file} does not match')
+  assert 'Traceback' not in done.stderr and not (tmp_path / 'out').exists()
 
 
 def _main_raising(error):

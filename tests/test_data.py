@@ -263,6 +263,7 @@ def test_load_dataset_by_name_or_path(tmp_path):
 # ----------------------------------------------------------------- other exchanges' layouts
 
 CDD = FIXTURES / 'Binance_BTCUSDT_1h-cryptodatadownload.csv'
+CDD_2019 = FIXTURES / 'Binance_BTCUSDT_1h-cryptodatadownload-2019.csv'
 FREQTRADE = FIXTURES / 'BTC_USDT-1h.json'
 CCXT = FIXTURES / 'ETH_USDT-1h-ccxt.csv'
 
@@ -273,6 +274,7 @@ def _bundled(name, start, bars):
 
 @pytest.mark.parametrize('path, layout, name, start, bars', [
     (CDD, 'cryptodatadownload', 'btc_usdt_1h_2017_2019', '2019-10-17 00:00', 48),
+    (CDD_2019, 'cryptodatadownload', 'btc_usdt_1h_2017_2019', '2019-10-17 00:00', 48),
     (FREQTRADE, 'json_candles', 'btc_usdt_1h_2020_2024', '2020-03-12 00:00', 48),
     (CCXT, 'canonical', 'eth_usdt_1h_2020_2024', '2021-05-19 00:00', 36),
 ])
@@ -392,3 +394,82 @@ def test_separate_date_and_time_columns_are_ambiguous(tmp_path):
   path = _write(tmp_path, rows, header='Date,Time,Open,High,Low,Close,Volume', name='mt.csv')
   with pytest.raises(data.DataError, match=r'mt\.csv row 1, column time: separate date and time'):
     data.load_ohlcv(path)
+
+
+# ------------------------------------------------------------------------ plausibility
+
+HOUR = pd.Timedelta('1h')
+
+
+def _bars_csv(tmp_path, name='bars.csv', *, every='1h', hole=None, jump_at=None, bars=400):
+  """Bundled BTC 2025 bars as a CSV: `every` apart, `hole` (start, bars) left out, and the
+  prices of bars from `jump_at` on multiplied by 1000 (a unit error)."""
+  df = data.builtin_dataset('btc_usdt_1h_2025_2026').iloc[:bars].copy()
+  df.index = pd.date_range(df.index[0], periods=len(df), freq=every, name='timestamp')
+  if jump_at is not None:
+    df.loc[df.index[jump_at]:, list(data.PRICE_COLUMNS)] *= 1000
+  if hole is not None:
+    df = df.drop(df.index[hole[0]:hole[0] + hole[1]])
+  df.to_csv(tmp_path / name)
+  return tmp_path / name
+
+
+def test_an_interval_other_than_the_expected_one_is_refused(tmp_path):
+  from himari_jax.data import plausibility
+
+  df = data.load_ohlcv(_bars_csv(tmp_path, every='5min'))
+  with pytest.raises(data.DataError, match=r"^bars.csv: the bars are 5min apart but "
+                                           r"--config.periods_per_year=8760 means 1h bars; "):
+    plausibility.check_bars(df, source='bars.csv', expected_interval=HOUR,
+                            interval_setting='--config.periods_per_year=8760')
+  report = plausibility.check_bars(df, source='bars.csv', log=lambda line: None,
+                                   expected_interval=plausibility.interval_of(105_120),
+                                   interval_setting='--config.periods_per_year=105120')
+  assert report['interval'] == '5min'
+
+
+def test_filled_gaps_are_reported_with_count_longest_and_where(tmp_path):
+  from himari_jax.data import plausibility
+
+  df = data.load_ohlcv(_bars_csv(tmp_path, hole=(100, 72)), fill_gaps=True)
+  lines = []
+  report = plausibility.check_bars(df, source='bars.csv', expected_interval=HOUR,
+                                   interval_setting='x', log=lines.append)
+  assert lines == ['bars.csv: 72 missing bar(s) in 1 gap(s), filled with 72 flat zero-volume '
+                   'bars; the longest, 72 bars, from 2025-01-05 04:00 UTC']
+  assert report['gaps']['filled_bars'] == 72 and report['gaps']['largest'] == 72
+  assert report['gaps']['gaps'] == [['2025-01-05T04:00:00+00:00', 72]]
+
+
+def test_a_large_single_bar_move_is_a_warning_naming_the_bar_or_refused(tmp_path):
+  from himari_jax.data import plausibility
+
+  df = data.load_ohlcv(_bars_csv(tmp_path, jump_at=300))
+  lines = []
+  report = plausibility.check_bars(df, source='bars.csv', expected_interval=HOUR,
+                                   interval_setting='x', log=lines.append)
+  close = df['close'].to_numpy()
+  move = close[300] / close[299] - 1  # about 1000x
+  assert lines == ['bars.csv: 1 bar(s) move more than 50% from the previous close; the '
+                   f'largest, {move:+.1%}, at bar 2025-01-13 12:00 UTC: check the data (refuse '
+                   'such data with --config.refuse_large_moves=True)']
+  assert report['large_moves'] == [['2025-01-13T12:00:00+00:00', move]] and move > 900
+  with pytest.raises(data.DataError, match=r'^bars.csv: 1 bar\(s\) move .* at bar 2025-01-13 '
+                                           r'12:00 UTC; fix the data, or raise '
+                                           r'--config.data.max_bar_move'):
+    plausibility.check_bars(df, source='bars.csv', expected_interval=HOUR, interval_setting='x',
+                            refuse_large_moves=True, setting_prefix='--config.data.')
+  assert not plausibility.check_bars(df, source='bars.csv', expected_interval=HOUR,
+                                     interval_setting='x', max_bar_move=1000.0)['large_moves']
+
+
+def test_training_data_is_checked_and_the_checks_kept_in_the_summary(tmp_path, tiny_config):
+  from himari_jax.data import input_pipeline
+
+  tiny_config.data.train = str(_bars_csv(tmp_path, hole=(500, 72), bars=1500))
+  prepared = input_pipeline.prepare_data(tiny_config)
+  (checks,) = [f['checks'] for f in prepared.summary['files']]
+  assert checks['interval'] == '1h' and checks['gaps']['filled_bars'] == 72
+  tiny_config.data.train = str(_bars_csv(tmp_path, '5min.csv', every='5min', bars=1500))
+  with pytest.raises(data.DataError, match='5min.csv: the bars are 5min apart but training'):
+    input_pipeline.prepare_data(tiny_config)

@@ -14,6 +14,8 @@ import sys
 import pandas as pd
 import pytest
 
+from himari_jax.data import ohlcv as data
+
 # Few resamples: these tests check plumbing; significance figures are tested elsewhere.
 FAST_STATS = ['--config.significance.num_resamples=100', '--config.significance.num_shuffles=50']
 
@@ -136,3 +138,20 @@ def test_wrong_flags_fail_with_one_clear_line(repo_root, tmp_path, flags, messag
   last = done.stderr.strip().splitlines()[-1]
   assert last.startswith('error: ') and message in last
   assert 'Traceback' not in done.stderr
+
+
+def test_backtest_reports_filled_gaps_and_large_moves(repo_root, tmp_path):
+  bars = data.builtin_dataset('btc_usdt_1h_2025_2026').iloc[:600].copy()
+  bars.iloc[500:, :4] *= 1000  # a unit error from bar 500 on
+  bars.drop(bars.index[100:172]).to_csv(tmp_path / 'bars.csv')  # three days missing
+  out = tmp_path / 'bt'
+  done = run(repo_root, 'backtest.py', '--checkpoints=checkpoints/small_a', f'--outdir={out}',
+             f'--config.dataset={tmp_path / "bars.csv"}', '--config.calibration.mode=fixed',
+             *FAST_STATS)
+  assert (f'{tmp_path / "bars.csv"}: 72 missing bar(s) in 1 gap(s), filled with 72 flat '
+          'zero-volume bars; the longest, 72 bars, from 2025-01-05 04:00 UTC') in done.stdout
+  assert (f'{tmp_path / "bars.csv"}: 1 bar(s) move more than 50% from the previous close; '
+          'the largest, ') in done.stdout and 'at bar 2025-01-21 20:00 UTC' in done.stdout
+  checks = json.loads((out / 'backtest_results.json').read_text())['data']
+  assert checks['interval'] == '1h' and checks['gaps']['filled_bars'] == 72
+  assert [t for t, _ in checks['large_moves']] == ['2025-01-21T20:00:00+00:00']

@@ -8,6 +8,7 @@ that decided on it would record other prices than the bundled bar's).
 import http.server
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -18,6 +19,7 @@ import pandas as pd
 import pytest
 from conftest import load_config_file
 
+from himari_jax import locks
 from himari_jax.backtest import engine as backtest
 from himari_jax.data import ohlcv as data
 from himari_jax.live import ledger as ledger_lib
@@ -124,8 +126,11 @@ def follow(market, ledger_dir, logs=None, symbol='BTCUSDT', settings=None, **opt
                               sleep=clock.sleep, log=logs.append)
   ledger = ledger_lib.Ledger.open(ledger_dir, settings or {'data': source.name, 'history': HISTORY},
                             log=logs.append)
-  decided = live.paper_trade(source, momentum, ledger, PARAMS, history=HISTORY, clock=clock,
-                             sleep=clock.sleep, log=logs.append, **options)
+  try:
+    decided = live.paper_trade(source, momentum, ledger, PARAMS, history=HISTORY, clock=clock,
+                               sleep=clock.sleep, log=logs.append, **options)
+  finally:
+    ledger.close()
   return decided, ledger
 
 
@@ -192,6 +197,16 @@ def test_a_torn_last_line_is_decided_again(market, tmp_path):
   pd.testing.assert_frame_equal(rows.iloc[:2], expected)
 
 
+def test_a_refused_ledger_is_left_as_it_was(market, tmp_path):
+  follow(market, tmp_path / 'paper', max_bars=2)
+  csv = tmp_path / 'paper' / ledger_lib.LEDGER_CSV
+  csv.write_bytes(csv.read_bytes()[:-40])  # the last row cut short: one bar less than counted
+  before = {p.name: p.read_bytes() for p in (tmp_path / 'paper').iterdir()}
+  with pytest.raises(ledger_lib.LedgerError, match=f'^{csv} has 1 bars but state.json counts 2'):
+    follow(market, tmp_path / 'paper', max_bars=1)
+  assert {p.name: p.read_bytes() for p in (tmp_path / 'paper').iterdir()} == before
+
+
 def test_gap_is_refused_and_the_ledger_kept(market, tmp_path):
   exchange, _, _ = market
   exchange.missing = {pd.Timestamp('2025-02-03 12:00', tz='UTC')}
@@ -256,6 +271,27 @@ def test_other_settings_are_refused(market, tmp_path):
   with pytest.raises(ledger_lib.LedgerError, match=r'other settings \(history: \[24\] vs \[48\]\)'):
     follow(market, tmp_path / 'paper', settings={'data': 'binance:BTCUSDT', 'history': 48},
            max_bars=1)
+
+
+HOLD_LEDGER = ('from himari_jax.live import ledger\n'
+               'held = ledger.Ledger.open(sys.argv[1], {"data": "binance:BTCUSDT", "history": 24})')
+
+
+def test_a_ledger_open_elsewhere_is_refused_until_its_holder_dies(market, tmp_path, lock_holder):
+  follow(market, tmp_path / 'paper', max_bars=2)
+  before = {p.name: p.read_bytes() for p in (tmp_path / 'paper').iterdir()}
+  holder = lock_holder(HOLD_LEDGER, tmp_path / 'paper')
+  lock_path = tmp_path / 'paper' / ledger_lib.LEDGER_LOCK
+  with pytest.raises(locks.LockError, match=f'^{lock_path}: the ledger {tmp_path / "paper"} is '
+                                            f'in use by process {holder.pid} '):
+    follow(market, tmp_path / 'paper', max_bars=2)
+  after = {p.name: p.read_bytes() for p in (tmp_path / 'paper').iterdir()}
+  assert {k: v for k, v in after.items() if k != ledger_lib.LEDGER_LOCK} == {
+      k: v for k, v in before.items() if k != ledger_lib.LEDGER_LOCK}
+  holder.send_signal(signal.SIGKILL)  # no chance to clean up: the kernel drops its flock
+  holder.wait()
+  assert follow(market, tmp_path / 'paper', max_bars=1)[0] == 1
+  assert len(read_ledger(tmp_path / 'paper')) == 3
 
 
 def test_latest_decision_leaves_out_an_unclosed_last_row(tmp_path):
@@ -339,3 +375,17 @@ def test_cli_prints_the_decision_of_the_shipped_checkpoint(repo_root, tmp_path):
   assert bad.returncode != 0
   assert bad.stderr.strip().splitlines()[-1] == ('error: history=100 bars is too short: these '
                                                  'models need 200 bars per decision')
+
+
+def test_cli_refuses_a_ledger_another_loop_follows(repo_root, tmp_path, lock_holder):
+  bars = data.builtin_dataset('btc_usdt_1h_2025_2026').iloc[:260]
+  bars.to_csv(tmp_path / 'btc.csv')
+  holder = lock_holder(HOLD_LEDGER, tmp_path / 'paper')
+  done = run_cli(repo_root, f'--data={tmp_path / "btc.csv"}', '--history=250', '--follow',
+                 f'--ledger={tmp_path / "paper"}', '--max_polls=1')
+  assert done.returncode == 1
+  assert done.stderr.strip().splitlines()[-1] == (
+      f'error: {tmp_path / "paper" / ledger_lib.LEDGER_LOCK}: the ledger {tmp_path / "paper"} '
+      f'is in use by process {holder.pid} (it holds this lock); wait for it to finish or stop '
+      'it, or use another folder')
+  assert sorted(p.name for p in (tmp_path / 'paper').iterdir()) == [ledger_lib.LEDGER_LOCK]

@@ -5,6 +5,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import re
 import shutil
 import signal
 import subprocess
@@ -77,6 +78,8 @@ def test_tiny_run_learns_and_writes_every_output(trained):
     assert sum(r[f'val_pred_share_{a}'] for a in labels.ACTION_NAMES) == pytest.approx(1.0)
   # Latest two steps (30 mid-epoch, 40 epoch end) and the best epoch end (20 or 40).
   assert _steps(workdir)[-2:] == [30, 40] and result['best_step'] in (20, 40)
+  for step in _steps(workdir):  # each with the manifest its restore checks
+    assert os.path.exists(os.path.join(workdir, 'checkpoints', str(step), checkpoint.MANIFEST))
   assert os.path.isdir(result['best_checkpoint'])
   assert result['best_val_loss'] == min(r['val_loss'] for r in val)
   (event_file,) = os.listdir(os.path.join(workdir, 'tensorboard'))
@@ -104,6 +107,59 @@ def test_rerunning_a_finished_run_resumes_without_training(trained):
   again = train.train_and_evaluate(config, workdir)
   assert again == result
   assert open(os.path.join(workdir, 'metrics.jsonl')).read() == before
+
+
+def test_a_torn_last_metrics_record_is_dropped_with_a_warning(trained, tmp_path, caplog):
+  config, workdir, result = trained
+  shutil.copytree(workdir, tmp_path, dirs_exist_ok=True)
+  metrics = tmp_path / 'metrics.jsonl'
+  before = metrics.read_text()
+  metrics.write_text(before + '{"kind": "train", "step": 41, "loss": 0.9')  # killed mid-write
+  with caplog.at_level('WARNING'):
+    assert train.train_and_evaluate(config, str(tmp_path))['best_val_loss'] == (
+        result['best_val_loss'])
+  (warning,) = [r.getMessage() for r in caplog.records if 'torn' in r.getMessage()]
+  assert warning.startswith(f'{metrics}: dropped its torn last line {before.count(chr(10)) + 1} ')
+  assert metrics.read_text() == before
+  metrics.write_text(before.replace('"kind"', '"kind', 1))  # not torn: a damaged first line
+  with pytest.raises(ValueError, match=f'^{metrics} line 1: not a JSON record'):
+    train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_appending_after_a_torn_line_starts_a_new_one(tmp_path):
+  from himari_jax import json_types
+
+  path = tmp_path / 'results.jsonl'
+  path.write_text('{"a": 1}\n{"b": 2')
+  json_types.append_jsonl(path, {'c': 3})
+  assert json_types.read_jsonl(path) == [{'a': 1}, {'c': 3}]
+  path.write_text('{"a": 1}')  # a whole record without its newline is kept
+  json_types.append_jsonl(path, {'c': 3})
+  assert path.read_text() == '{"a": 1}\n{"c": 3}\n'
+
+
+def _delete_data_files(step_dir):
+  for path in pathlib.Path(step_dir, 'state').rglob('*'):
+    if path.is_file() and path.parent.name == 'd':
+      path.unlink()
+
+
+def test_a_damaged_latest_step_is_set_aside_and_the_run_resumes_before_it(trained, tmp_path,
+                                                                          caplog, capfd):
+  config, workdir, result = trained
+  shutil.copytree(workdir, tmp_path, dirs_exist_ok=True)
+  _delete_data_files(tmp_path / 'checkpoints' / '40')
+  with caplog.at_level('WARNING'):
+    again = train.train_and_evaluate(config, str(tmp_path))
+  (warning,) = [r.getMessage() for r in caplog.records if r.levelname == 'WARNING'
+                and 'checkpoint step' in r.getMessage()]
+  assert warning.startswith('checkpoint step 40 is damaged: ') and warning.endswith(
+      f'moved it to {tmp_path / checkpoint.DAMAGED_SUBDIR / "40"} and resuming from step 30')
+  # Steps 31-40 replayed: the same run as the uninterrupted one.
+  assert {k: v for k, v in again.items() if k != 'best_checkpoint'} == {
+      k: v for k, v in result.items() if k != 'best_checkpoint'}
+  assert _records(tmp_path, 'val') == _records(workdir, 'val')
+  assert 'Traceback' not in capfd.readouterr().err
 
 
 def test_divergence_stops_and_keeps_the_last_good_checkpoint(trained, tmp_path, monkeypatch):
@@ -245,6 +301,55 @@ def test_bad_configs_fail_fast_with_the_fix(tiny_config, tmp_path, subprocess_en
                            env=subprocess_env, capture_output=True, text=True, timeout=120)
   assert verbose.returncode != 0 and 'Traceback' in verbose.stderr
   assert 'ConfigError: config.model.causal=False' in verbose.stderr
+
+
+def test_a_second_run_on_one_workdir_is_refused_and_writes_nothing(tmp_path, subprocess_env,
+                                                                     lock_holder):
+  holder = lock_holder('from himari_jax.training import train\n'
+                       'held = train.lock_workdir(sys.argv[1])\nheld.__enter__()', tmp_path)
+  done = subprocess.run(_launch(tmp_path, env=subprocess_env), env=subprocess_env,
+                        capture_output=True, text=True, timeout=120)
+  assert done.returncode == 1
+  assert done.stderr.strip().splitlines()[-1] == (
+      f'error: {tmp_path / train.WORKDIR_LOCK}: the training workdir {tmp_path} is in use by '
+      f'process {holder.pid} (it holds this lock); wait for it to finish or stop it, or use '
+      'another folder')
+  assert os.listdir(tmp_path) == [train.WORKDIR_LOCK]
+
+
+def test_init_from_a_damaged_run_is_one_line(trained, tmp_path, subprocess_env):
+  _, workdir, _ = trained
+  shutil.copytree(workdir, tmp_path / 'damaged')
+  for step in _steps(workdir):  # a run saved before manifests: the read itself fails
+    os.remove(tmp_path / 'damaged' / 'checkpoints' / str(step) / checkpoint.MANIFEST)
+    _delete_data_files(tmp_path / 'damaged' / 'checkpoints' / str(step))
+  done = subprocess.run(_launch(tmp_path / 'new', f'--config.train.init_from={tmp_path}/damaged',
+                                env=subprocess_env),
+                        env=subprocess_env, capture_output=True, text=True, timeout=120)
+  assert done.returncode == 1
+  (line,) = [line for line in done.stderr.splitlines() if 'error' in line.lower()]
+  assert line.startswith('error: checkpoint step ') and 'cannot be restored' in line
+  assert 'Traceback' not in done.stderr
+
+
+@pytest.mark.parametrize('field, value, message', [
+    ('labels.threshold', -0.01, '--config.labels.threshold=-0.01: must be > 0'),
+    ('data.max_bars', 0, '--config.data.max_bars=0: must be >= 1 or None'),
+    ('model.d_model', 0, '--config.model.d_model=0: must be >= 1'),
+    ('train.eval_batch_size', 0, '--config.train.eval_batch_size=0: must be >= 1'),
+    ('train.warmup_steps', -1, '--config.train.warmup_steps=-1: must be >= 0'),
+    ('train.grad_clip', -1.0, '--config.train.grad_clip=-1.0: must be >= 0'),
+    ('data.embargo', -1, '--config.data.embargo=-1: must be >= 0 or None'),
+    ('train.keep_latest', 0, '--config.train.keep_latest=0: must be >= 1'),
+    ('train.learning_rate', float('nan'), '--config.train.learning_rate=nan: must be > 0'),
+    ('data.val_fraction', 1.0, '--config.data.val_fraction=1.0: must be in (0, 1)'),
+])
+def test_a_numeric_field_out_of_range_is_refused_naming_the_flag(tiny_config, field, value,
+                                                                   message):
+  section, name = field.split('.')
+  tiny_config[section][name] = value
+  with pytest.raises(train.ConfigError, match=f'^{re.escape(message)}$'):
+    train.validate_config(tiny_config)
 
 
 def test_unmasked_windows_are_refused_in_training(tiny_config):

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import ml_collections
 import numpy as np
@@ -27,7 +28,7 @@ from himari_jax.backtest import engine as backtest_lib
 from himari_jax.backtest import policy as policy_lib
 from himari_jax.backtest import report as report_lib
 from himari_jax.data import features as features_lib
-from himari_jax.data import input_pipeline
+from himari_jax.data import input_pipeline, plausibility
 from himari_jax.data import ohlcv as data_lib
 from himari_jax.inference import decisions as decisions_lib
 from himari_jax.inference import ensemble as ensemble_lib
@@ -226,6 +227,7 @@ def backtest_pipeline(config: ml_collections.ConfigDict, outdir: str, *,
       raise ValueError(f'unknown strategy {strategy!r}; valid: {", ".join(valid)}')
   if not 0.0 <= config.confidence_threshold <= 1.0:
     raise ValueError(f'confidence_threshold={config.confidence_threshold} must be in [0, 1]')
+  config_lib.check_ranges(config, config_lib.BACKTEST_RANGES)
   backtest_lib.params_from_config(config)  # validates costs and sizing up front
   if config.policy.mode not in POLICY_MODES:
     raise ValueError(f'policy.mode={config.policy.mode!r}; use one of {", ".join(POLICY_MODES)}')
@@ -233,6 +235,7 @@ def backtest_pipeline(config: ml_collections.ConfigDict, outdir: str, *,
     fixed_policy(config.policy)  # validates the policy up front
   weights = _weights(config, len(paths))
   df = data_lib.load_dataset(config.dataset, fill_gaps=True)
+  data_checks = check_backtest_bars(df, config, log)
   members = [members_lib.load_member(p, config.which) for p in paths]
   warnings = lookahead_warnings(members)
   for warning in warnings:
@@ -281,7 +284,7 @@ def backtest_pipeline(config: ml_collections.ConfigDict, outdir: str, *,
     choice.selection.table.to_csv(os.path.join(outdir, POLICY_CSV), index=False)
 
   extra = {'models': paths, 'calibration': decisions.calibrations,
-           'available_bars': int(decisions.available.sum())}
+           'available_bars': int(decisions.available.sum()), 'data': data_checks}
   probs = None
   if choice.policy is not None:
     probs = decisions.combined()
@@ -319,6 +322,19 @@ def metrics_vs_buy_and_hold(df: pd.DataFrame, result: backtest_lib.BacktestResul
           benchmark,
           report_lib.to_python(metrics_lib.compute_metrics(benchmark, market,
                                                           params.initial_capital, **kwargs)))
+
+
+def check_backtest_bars(df: pd.DataFrame, config: ml_collections.ConfigDict,
+                        log: Callable[[str], None] = print) -> dict[str, Any]:
+  """`plausibility.check_bars` of the bars a backtest config trades: their interval against
+  `config.periods_per_year`, filled gaps, implausible moves (`config.max_bar_move`,
+  `config.refuse_large_moves`). Returns the report for the results JSON."""
+  return plausibility.check_bars(
+      df, source=str(config.dataset or df.attrs.get('source', 'the bars')),
+      expected_interval=plausibility.interval_of(config.periods_per_year),
+      interval_setting=f'--config.periods_per_year={config.periods_per_year:g}',
+      max_bar_move=config.get('max_bar_move', plausibility.MAX_BAR_MOVE),
+      refuse_large_moves=config.get('refuse_large_moves', False), log=log)
 
 
 def backtest_and_report(df: pd.DataFrame, actions: np.ndarray, confidence: np.ndarray,

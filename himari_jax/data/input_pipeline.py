@@ -36,11 +36,14 @@ from typing import Any
 import ml_collections
 import numpy as np
 import pandas as pd
+from absl import logging
 
 from himari_jax import config as config_lib
+from himari_jax import constants
 from himari_jax.data import features as features_lib
 from himari_jax.data import labels as labels_lib
 from himari_jax.data import ohlcv as data_lib
+from himari_jax.data import plausibility
 from himari_jax.data import windows as windows_lib
 
 _TIMEFRAME = re.compile(r'[_-]\d+[mhdw](?:[_-]|$)')
@@ -169,6 +172,12 @@ def prepare_data(config: ml_collections.ConfigDict,
   for name, df in frames.items():
     if max_bars:
       df = df.iloc[-max_bars:]
+    checks = plausibility.check_bars(
+        df, source=name, expected_interval=plausibility.interval_of(constants.PERIODS_PER_YEAR),
+        interval_setting='training (features and objectives of hourly bars)',
+        max_bar_move=config.data.get('max_bar_move', plausibility.MAX_BAR_MOVE),
+        refuse_large_moves=config.data.get('refuse_large_moves', False),
+        setting_prefix='--config.data.', log=logging.info, warn=logging.warning)
     n = len(df)
     feats = features_lib.compute_features(df, feature_set)
     labels, valid = labels_lib.make_labels(df, kind, **params)
@@ -192,7 +201,8 @@ def prepare_data(config: ml_collections.ConfigDict,
     files.append({'name': name, 'asset': asset, 'offset': offset, 'bars': n,
                   'first': str(df.index[0]), 'last': str(df.index[-1]),
                   'train_bars': split.sizes()['train'], 'val_bars': split.sizes()['val'],
-                  'train_windows': len(ends), 'val_windows': int(valid[val].sum())})
+                  'train_windows': len(ends), 'val_windows': int(valid[val].sum()),
+                  'checks': checks})
     offset += n
   feats = np.concatenate([p[0] for p in parts])
   labels = np.concatenate([p[1] for p in parts])

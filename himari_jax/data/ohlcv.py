@@ -41,6 +41,7 @@ _TIME_COLUMNS = ('timestamp', 'open_time', 'open time', 'unix', 'unix_timestamp'
 _ALIASES = {'open': ('open', 'o'), 'high': ('high', 'h'), 'low': ('low', 'l'),
             'close': ('close', 'c'), 'volume': ('volume', 'vol', 'v')}
 _CDD_DATE = r'\d{4}-\d{2}-\d{2} \d{1,2}-[AaPp][Mm]'  # CryptoDataDownload: 2019-10-17 09-AM
+_BANNER_LINES = 5  # leading lines that may be a banner before the header
 _BINANCE_MIN_FIELDS = 6  # open_time, open, high, low, close, volume (then 6 we ignore)
 _SUFFIX = '.csv.gz'
 
@@ -200,17 +201,12 @@ def _check_order(times: pd.DatetimeIndex, source: str, lines: np.ndarray, column
 
 
 def _pick_volume(header: list[str], raw: pd.DataFrame, source: str, line: int) -> int:
-  """Column index of the base-asset volume among 'volume <asset>' columns ('Volume BTC')."""
+  """Column index of the base-asset volume: `volume`, or among 'volume <asset>' columns
+  ('Volume BTC') the one the symbol names first; a symbol's base-asset column wins over a
+  bare `volume` (older CryptoDataDownload files: `volume_btc`, then `volume` in dollars)."""
   exact = [i for i, h in enumerate(header) if h in _ALIASES['volume']]
-  if exact:
-    return exact[0]
   named = {i: h.split(maxsplit=1)[1] if ' ' in h else h.split('_', 1)[1]
            for i, h in enumerate(header) if h.startswith(('volume ', 'volume_'))}
-  if len(named) == 1:
-    return next(iter(named))
-  if not named:
-    raise DataError(f'{source} row {line}, column volume: missing column(s) volume (header is '
-                    f'{",".join(header)}); the header must be timestamp,{",".join(COLUMNS)}')
   # Exchanges export base and quote volume ('Volume BTC', 'Volume USDT'); the symbol says
   # which is the base asset (BTC/USDT, BTCUSDT, BTC-USDT).
   symbol = ''
@@ -219,6 +215,13 @@ def _pick_volume(header: list[str], raw: pd.DataFrame, source: str, line: int) -
   base = [i for i, asset in named.items() if symbol.startswith(asset.lower())]
   if len(base) == 1:
     return base[0]
+  if exact:
+    return exact[0]
+  if len(named) == 1:
+    return next(iter(named))
+  if not named:
+    raise DataError(f'{source} row {line}, column volume: missing column(s) volume (header is '
+                    f'{",".join(header)}); the header must be timestamp,{",".join(COLUMNS)}')
   listed = ', '.join(header[i] for i in named)
   raise DataError(f'{source} row {line}, column {header[next(iter(named))]}: {len(named)} volume '
                   f'columns ({listed}) and no symbol column that names the base asset; keep the '
@@ -229,9 +232,13 @@ def _csv_fields(raw: pd.DataFrame, source: str
                 ) -> tuple[dict[str, pd.Series], np.ndarray, str, str]:
   """(string fields by canonical name, their file lines, time column, layout) of a CSV."""
   lines = np.arange(1, len(raw) + 1)
-  # Leading one-field lines are banners (CryptoDataDownload's first line is its URL).
-  single = (raw.iloc[:, 1:] == '').all(axis=1).to_numpy() if raw.shape[1] > 1 else np.ones(1)
-  top = int(np.argmin(single)) if not single.all() else 0
+  # Leading banner lines are skipped: one field, or a URL (CryptoDataDownload's first line is
+  # its URL, or 'Timestamps are UTC timezone,https://www.CryptoDataDownload.com' in older files).
+  head = raw.iloc[:_BANNER_LINES].to_numpy(str)
+  banner = np.array([sum(f != '' for f in row) < 2 or any('://' in f for f in row)
+                     for row in head])
+  top = int(np.argmin(banner)) if not banner.all() else 0
+  from_cdd = any('cryptodatadownload' in ','.join(row).lower() for row in head[:top])
   first = raw.iloc[top, 0].strip()
   if _is_number(first):  # Binance kline CSV: no header, columns by position.
     if raw.shape[1] < _BINANCE_MIN_FIELDS:
@@ -266,7 +273,7 @@ def _csv_fields(raw: pd.DataFrame, source: str
         'remove the extra fields or name them in the header')
   fields = {c: f.iloc[top + 1:] for c, f in fields.items()}
   layout = 'canonical' if header[:6] == ['timestamp', *COLUMNS] else 'csv'
-  if 'unix' in header and 'symbol' in header:
+  if from_cdd or ('unix' in header and 'symbol' in header):
     layout = 'cryptodatadownload'
   return fields, lines, time_col, layout
 
@@ -303,7 +310,9 @@ def load_ohlcv(path_or_buffer: PathOrBuffer, *, sort: bool = False,
       `Open` / `open` / `o`, the volume as `volume`, `Volume BTC` (with a base and a quote
       volume the `symbol` column picks the base one), extra columns ignored;
     * CryptoDataDownload exports: a banner line first, newest bar first, dates like
-      `2019-10-17 09-AM` (its `unix` column is used);
+      `2019-10-17 09-AM` (its `unix` column is used where there is one); the older layout
+      too (banner `Timestamps are UTC timezone,https://www.CryptoDataDownload.com`, header
+      `date,symbol,open,high,low,close,volume_btc,volume`, the base volume `volume_btc`);
     * Binance kline CSVs without a header (open time in ms, or us from 2025 on);
     * JSON candles `[[time_ms, open, high, low, close, volume, ...], ...]`: freqtrade data
       files, ccxt `fetch_ohlcv` dumps and Binance REST klines.
@@ -434,7 +443,7 @@ class GapReport:
 
   def to_dict(self) -> dict[str, Any]:
     """JSON-friendly form (times as ISO strings, freq as a pandas offset string)."""
-    return {'freq': _freq_string(self.freq), 'count': self.count,
+    return {'freq': freq_string(self.freq), 'count': self.count,
             'missing_bars': self.missing_bars, 'largest': self.largest,
             'gaps': [[t.isoformat(), n] for t, n in self.gaps]}
 
@@ -446,7 +455,7 @@ class GapReport:
             f'from {t:%Y-%m-%d %H:%M} UTC')
 
 
-def _freq_string(freq: pd.Timedelta) -> str:
+def freq_string(freq: pd.Timedelta) -> str:
   """'1h', '15min', ...: readable, and parsed back by pd.Timedelta."""
   text = pd.tseries.frequencies.to_offset(freq).freqstr
   return text if text[0].isdigit() else f'1{text}'
@@ -486,7 +495,7 @@ def fill_missing_bars(df: pd.DataFrame, freq: pd.Timedelta | str | None = None, 
   off_grid = np.flatnonzero((df.index.asi8 - df.index.asi8[0]) % freq.value)
   if off_grid.size:
     raise DataError(f'{source}, bar {df.index[off_grid[0]]}, column timestamp: not on the '
-                    f'{_freq_string(freq)} grid that starts at the first bar '
+                    f'{freq_string(freq)} grid that starts at the first bar '
                     f'({off_grid.size} bars are off it); fix the timestamps or load with '
                     'fill_gaps=False')
   grid = pd.date_range(df.index[0], df.index[-1], freq=freq, name='timestamp')

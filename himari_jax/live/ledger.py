@@ -8,6 +8,7 @@ are exactly what a backtest of the same decisions gives.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
+from himari_jax import locks
 from himari_jax.backtest import engine as backtest_lib
 from himari_jax.data import labels as labels_lib
 from himari_jax.inference import ensemble as ensemble_lib
@@ -22,6 +24,7 @@ from himari_jax.inference import ensemble as ensemble_lib
 _PAD_BARS = 256  # replays are padded to a multiple of this, so jit compiles rarely
 LEDGER_CSV = 'ledger.csv'
 LEDGER_STATE = 'state.json'
+LEDGER_LOCK = 'ledger.lock'  # held by the one process that decides into the ledger
 _LEDGER_COLUMNS = (
     'time', 'open', 'high', 'low', 'close', 'volume', 'action', 'p_sell', 'p_hold', 'p_buy',
     'confidence', 'target', 'fill_qty', 'fill_price', 'commission', 'slippage', 'position',
@@ -41,12 +44,15 @@ class Ledger:
   The CSV row of a bar is written (and fsynced) before the state, which is replaced
   atomically: a crash between the two leaves rows the state does not count yet, which
   `open` accepts (they are complete decisions); a torn last line is dropped, its bar is
-  decided again.
+  decided again. A process that refuses a ledger (other settings, files that disagree) has
+  written nothing to it. One process at a time: `open` takes `ledger.lock` (released by `close` or
+  when the process ends, however it ends), so two loops never decide the same bars.
   """
 
   directory: str
   settings: dict
   rows: pd.DataFrame
+  lock: locks.FolderLock | None = dataclasses.field(default=None, repr=False)
 
   @property
   def csv_path(self) -> str:
@@ -63,11 +69,31 @@ class Ledger:
   @classmethod
   def open(cls, directory: str | os.PathLike, settings: dict,
            log: Callable[[str], None] = print) -> Ledger:
-    """The ledger in `directory` (a new one if it has none); refuses other settings."""
+    """The ledger in `directory` (a new one if it has none), locked until `close`.
+
+    Raises:
+      locks.LockError: another process has it open (the message names its PID).
+      LedgerError: it was started with other settings, or its files disagree.
+    """
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
+    lock = locks.FolderLock(os.path.join(directory, LEDGER_LOCK), f'the ledger {directory}')
+    try:
+      return cls._open_locked(directory, settings, lock, log)
+    except BaseException:
+      lock.release()
+      raise
+
+  def close(self) -> None:
+    """Releases the ledger's lock; another process may then open it."""
+    if self.lock is not None:
+      self.lock.release()
+
+  @classmethod
+  def _open_locked(cls, directory: str, settings: dict, lock: locks.FolderLock,
+                   log: Callable[[str], None]) -> Ledger:
     settings = json.loads(json.dumps(settings))
-    ledger = cls(directory, settings, pd.DataFrame(columns=_LEDGER_COLUMNS[1:]))
+    ledger = cls(directory, settings, pd.DataFrame(columns=_LEDGER_COLUMNS[1:]), lock)
     if not os.path.exists(ledger.state_path):
       if os.path.exists(ledger.csv_path):
         raise LedgerError(f'{ledger.csv_path} exists without {LEDGER_STATE}; move it away or '
@@ -96,20 +122,31 @@ class Ledger:
     return ledger
 
   def _read_rows(self) -> pd.DataFrame:
+    """The whole rows of the CSV; a torn last line is left out here (the file is not touched:
+    `open` may still refuse the ledger) and cut off by the next `append`."""
     with open(self.csv_path, 'rb') as f:
       payload = f.read()
-    if payload and not payload.endswith(b'\n'):
-      keep = payload.rfind(b'\n') + 1  # a torn last line: that bar was not recorded
-      with open(self.csv_path, 'r+b') as f:
-        f.truncate(keep)
-    rows = pd.read_csv(self.csv_path)
+    payload = payload[:payload.rfind(b'\n') + 1]
+    if not payload:
+      return pd.DataFrame(columns=_LEDGER_COLUMNS[1:])
+    rows = pd.read_csv(io.BytesIO(payload))
     times = pd.to_datetime(rows.pop('time'), utc=True)
     rows.index = pd.DatetimeIndex(times, name='time').as_unit('ns')
     return rows
 
+  def _cut_torn_line(self) -> None:
+    """Cuts a torn last line (a process killed while writing it) off the CSV."""
+    if not os.path.exists(self.csv_path):
+      return
+    with open(self.csv_path, 'r+b') as f:
+      payload = f.read()
+      if payload and not payload.endswith(b'\n'):
+        f.truncate(payload.rfind(b'\n') + 1)
+
   def append(self, rows: pd.DataFrame, state: dict) -> None:
     """Appends `rows` (indexed by bar time, columns as `_LEDGER_COLUMNS`), then saves `state`."""
-    new_file = not os.path.exists(self.csv_path)
+    self._cut_torn_line()
+    new_file = not os.path.exists(self.csv_path) or not os.path.getsize(self.csv_path)
     out = rows.reset_index().rename(columns={'index': 'time'})
     out['time'] = [t.isoformat() for t in rows.index]
     # repr writes the shortest text that reads back as the same double.

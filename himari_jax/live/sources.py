@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import pandas as pd
 
 from himari_jax.data import ohlcv as data_lib
+from himari_jax.data import plausibility
 
 BINANCE_API = 'https://api.binance.com'
 _KLINES_PAGE = 1000  # Binance's largest `limit` for /api/v3/klines
@@ -135,8 +136,50 @@ class BinanceSource:
     return df[~df.index.duplicated(keep='last')]
 
 
+def parse_interval(text: str) -> pd.Timedelta:
+  """'1h', '15min', '1d' -> the bar length.
+
+  Raises:
+    ValueError: naming `--interval`, for text that is not a length or one that is not > 0.
+  """
+  try:
+    interval = pd.Timedelta(text)
+  except ValueError:
+    raise ValueError(f'--interval={text}: not a bar length; write one such as 1h, 15min or 1d'
+                     ) from None
+  if interval <= pd.Timedelta(0):
+    raise ValueError(f'--interval={text}: a bar length must be positive, such as 1h')
+  return interval
+
+
+def check_source(source: BarSource, history: int, *,
+                 max_bar_move: float = plausibility.MAX_BAR_MOVE,
+                 refuse_large_moves: bool = False,
+                 log: Callable[[str], None] = print) -> dict[str, Any]:
+  """Reads and checks the latest `history` bars of `source` now, so that a bad file, symbol,
+  server or interval is reported before anything slow (loading models) starts.
+
+  Returns:
+    `plausibility.check_bars`' report: their interval must be `source.interval`; filled
+    gaps and moves beyond `max_bar_move` are logged (or refused).
+
+  Raises:
+    data.DataError, FeedError: as `source.bars` does, or bars `check_bars` refuses.
+  """
+  return plausibility.check_bars(
+      source.bars(None, history), source=source.name, expected_interval=source.interval,
+      interval_setting=f'--interval={data_lib.freq_string(source.interval)}',
+      max_bar_move=max_bar_move, refuse_large_moves=refuse_large_moves, log=log)
+
+
 def parse_source(spec: str, *, interval: str = '1h', **binance_options: Any) -> BarSource:
-  """'binance:BTCUSDT' -> BinanceSource; anything else is a file path -> CsvSource."""
+  """'binance:BTCUSDT' -> BinanceSource; anything else is a file path -> CsvSource.
+
+  Raises:
+    ValueError: a malformed spec or `interval` (`parse_interval`).
+    data.DataError: a file that does not exist.
+  """
+  parse_interval(interval)
   if spec.lower().startswith('binance:'):
     symbol = spec.split(':', 1)[1].strip()
     if not symbol.isalnum():

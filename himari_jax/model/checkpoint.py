@@ -17,6 +17,13 @@ thread while training goes on); `train.py` waits for them before it exits, pre-e
 not. A save cut short (kill -9, a lost machine) leaves an Orbax temporary folder, not a
 step: it is never read and is removed when the next manager opens the directory.
 
+Integrity: once Orbax has finished a save (`finish_saves`, also called by the next `save`),
+the step gets a manifest `SHA256SUMS` (the sha256 of every file of the step, the format of
+`sha256sum -c`). Every restore checks it first (`verify_step`), then that the restored
+params are finite, and refuses a damaged step with one line naming the step and the file
+or parameter. Steps saved before manifests existed (or by a process killed between its
+save and the manifest) load unchecked, the finiteness test aside.
+
 `load_model` restores only `state.params` (an Orbax partial restore of the `state` item), as
 host numpy arrays, so inference needs neither the optimiser state's structure nor its memory
 and the arrays go to whichever device the caller's `jax.jit` runs on.
@@ -25,15 +32,20 @@ and the arrays go to whichever device the caller's `jax.jit` runs on.
 from __future__ import annotations
 
 import dataclasses
+import gc
+import hashlib
 import os
+import sys
+import weakref
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
-from orbax.checkpoint import checkpoint_managers
+from orbax.checkpoint import checkpoint_managers, multihost
 
 from himari_jax import config as config_lib
 from himari_jax import json_types
@@ -42,11 +54,15 @@ from himari_jax.data import input_pipeline
 from himari_jax.model import flag_trader as model_lib
 
 CHECKPOINT_SUBDIR = 'checkpoints'
+DAMAGED_SUBDIR = 'damaged_checkpoints'  # beside it: steps a resume could not restore
 CLASSIFICATION_METRICS = ('val_loss', 'val_nll', 'val_accuracy', 'val_balanced_accuracy')
 # Trading objectives ('sharpe' / 'utility' / 'reinforce'; objectives.evaluate_positions).
 TRADING_METRICS = ('val_loss', 'val_net_sharpe', 'val_gross_sharpe', 'val_mean_net_return',
                    'val_turnover_per_year', 'val_ic', 'val_accuracy')
 VALIDATION_METRICS = tuple(dict.fromkeys(CLASSIFICATION_METRICS + TRADING_METRICS))
+MANIFEST = 'SHA256SUMS'  # in each step folder
+# Steps a manager has saved whose manifests are not written yet (their save may be running).
+_UNSEALED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class CheckpointError(ValueError):
@@ -138,21 +154,113 @@ def make_manager(directory: str | os.PathLike, *, best_metric: str = 'val_loss',
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict[str, Any],
          metrics: dict[str, float] | None = None) -> None:
-  """Saves `state` and the JSON `meta` at `step` (asynchronously; see `manager.wait_...`).
+  """Saves `state` and the JSON `meta` at `step` (asynchronously; see `finish_saves`).
 
   `metrics` (validation metrics of an epoch end) rank the step for the best-checkpoint
-  policy; steps saved without them are kept only while among the latest.
+  policy; steps saved without them are kept only while among the latest. The previous
+  save is finished (and its manifest written) first, as Orbax would wait for it anyway.
   """
-  manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                             meta=ocp.args.JsonSave(json_types.to_json_types(meta))),
-               metrics=metrics)
+  finish_saves(manager)
+  saved = manager.save(
+      step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                    meta=ocp.args.JsonSave(json_types.to_json_types(meta))),
+      metrics=metrics)
+  if saved:
+    _UNSEALED.setdefault(manager, []).append(step)
+
+
+def finish_saves(manager: ocp.CheckpointManager) -> None:
+  """Waits for `manager`'s pending saves, then writes the manifest of each step they saved
+  (process 0; a step the retention policy already removed is skipped)."""
+  manager.wait_until_finished()
+  steps = _UNSEALED.pop(manager, [])
+  if jax.process_index():
+    return
+  for step in steps:
+    step_dir = os.path.join(os.fspath(manager.directory), str(step))
+    if os.path.isdir(step_dir):
+      write_manifest(step_dir)
+
+
+def _sha256(path: str) -> str:
+  with open(path, 'rb') as f:
+    return hashlib.file_digest(f, 'sha256').hexdigest()
+
+
+def _step_files(step_dir: str) -> list[str]:
+  """Paths of the files of a step folder, relative to it, sorted; the manifest left out."""
+  out = []
+  for root, dirs, files in os.walk(step_dir):
+    dirs.sort()
+    out += [os.path.relpath(os.path.join(root, name), step_dir) for name in sorted(files)]
+  return [path for path in out if path not in (MANIFEST, MANIFEST + '.tmp')]
+
+
+def write_manifest(step_dir: str | os.PathLike) -> str:
+  """Writes `<step_dir>/SHA256SUMS`, one `<sha256>  <relative path>` line per file (atomically:
+  a manifest is complete or absent). Returns its path."""
+  step_dir = os.fspath(step_dir)
+  lines = [f'{_sha256(os.path.join(step_dir, rel))}  {rel}\n' for rel in _step_files(step_dir)]
+  path = os.path.join(step_dir, MANIFEST)
+  with open(path + '.tmp', 'w') as f:
+    f.writelines(lines)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(path + '.tmp', path)
+  return path
+
+
+def verify_step(step_dir: str | os.PathLike) -> None:
+  """Checks the files of a step folder against its manifest (none: nothing to check).
+
+  Raises:
+    CheckpointError: a listed file is missing or its bytes changed, naming the step and file.
+  """
+  step_dir = os.fspath(step_dir)
+  path = os.path.join(step_dir, MANIFEST)
+  if not os.path.exists(path):
+    return
+  step = os.path.basename(os.path.normpath(step_dir))
+  with open(path) as f:
+    for line in f:
+      digest, _, rel = line.rstrip('\n').partition('  ')
+      full = os.path.join(step_dir, rel)
+      if not os.path.isfile(full):
+        raise CheckpointError(f'checkpoint step {step} is damaged: {full} is missing (listed in '
+                              f'{path})')
+      if _sha256(full) != digest:
+        raise CheckpointError(f'checkpoint step {step} is damaged: {full} does not match its '
+                              f'checksum in {path}')
+
+
+def check_finite_params(params: Any, step_dir: str | os.PathLike) -> None:
+  """Refuses params with a NaN or inf (weights a damaged file decoded to).
+
+  Raises:
+    CheckpointError: naming the step and the first non-finite parameter.
+  """
+  finite = jax.device_get(jax.tree.map(lambda x: jnp.isfinite(x).all(), params))
+  for path, ok in jax.tree_util.tree_flatten_with_path(finite)[0]:
+    if not ok:
+      name = '/'.join(str(getattr(k, 'key', k)) for k in path)
+      step = os.path.basename(os.path.normpath(os.fspath(step_dir)))
+      raise CheckpointError(f'checkpoint step {step} is damaged: parameter {name} has NaN or '
+                            f'inf values ({step_dir})')
 
 
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> tuple[Any, dict]:
   """(state, meta) of `step`, with arrays laid out as `abstract_state` (ShapeDtypeStructs with
-  shardings, e.g. `abstract_like(state)`)."""
+  shardings, e.g. `abstract_like(state)`).
+
+  Raises:
+    CheckpointError: the step fails its manifest, or its params are not finite.
+  """
+  step_dir = os.path.join(os.fspath(manager.directory), str(step))
+  verify_step(step_dir)
+  _drop_closed_loop_noise()
   restored = manager.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+  check_finite_params(restored['state'].params, step_dir)
   return restored['state'], restored['meta']
 
 
@@ -168,12 +276,81 @@ def training_meta(config: ml_collections.ConfigDict, prepared: input_pipeline.Pr
 
 
 def restore_latest(manager: ocp.CheckpointManager, state: Any) -> tuple[Any, int]:
-  """(state, step) of the latest step, laid out like `state`; (`state`, 0) without steps."""
-  step = int(manager.latest_step() or 0)
-  if step:
-    state, _ = restore(manager, step, abstract_like(state))
-    logging.info('resumed from %s/%d', os.fspath(manager.directory), step)
-  return state, step
+  """(state, step) of the newest intact step, laid out like `state`; (`state`, 0) without steps.
+
+  A newer step that fails its manifest, its restore or the finiteness check is reported in
+  one warning line and moved to `<workdir>/damaged_checkpoints/` (the run saves that step
+  number again, and the files stay for a look).
+
+  Raises:
+    CheckpointError: no step can be restored (then nothing is moved).
+  """
+  directory = os.fspath(manager.directory)
+  failed = []
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      restored, _ = restore(manager, step, abstract_like(state))
+    except Exception as e:  # Orbax and TensorStore raise many kinds
+      gc.collect()  # closes the failed read's coroutines now, not noisily at exit
+      failed.append((step, _one_line(e, step)))
+      continue
+    for bad, reason in failed:
+      moved = _move_aside(directory, bad)
+      logging.warning('%s; moved it to %s and resuming from step %d', reason, moved, step)
+    if failed:
+      manager.reload()
+    logging.info('resumed from %s/%d', directory, step)
+    return restored, step
+  if failed:
+    raise CheckpointError(f'{directory}: no checkpoint step can be restored ('
+                          + '; '.join(reason for _, reason in failed)
+                          + '); move the folder away to start afresh')
+  return state, 0
+
+
+def _drop_closed_loop_noise() -> None:
+  """Installs (once) an unraisable-exception hook that drops 'RuntimeError: Event loop is
+  closed': when one read of a damaged step fails, Orbax closes its event loop and each read
+  still in flight would print that traceback as it lands (some after the error is reported).
+  Every other unraisable exception goes to the previous hook."""
+  previous = sys.unraisablehook
+  if getattr(previous, 'drops_closed_loop', False):
+    return
+
+  def hook(unraisable):
+    if not (isinstance(unraisable.exc_value, RuntimeError)
+            and str(unraisable.exc_value) == 'Event loop is closed'):
+      previous(unraisable)
+
+  hook.drops_closed_loop = True
+  sys.unraisablehook = hook
+
+
+def _one_line(error: BaseException, step: int | str) -> str:
+  """A restore failure as one line: its root cause's first line (Orbax's errors wrap the
+  reader's and carry whole TensorStore specs)."""
+  if isinstance(error, CheckpointError):
+    return str(error)
+  while error.__cause__ is not None:
+    error = error.__cause__
+  first = (str(error).strip().splitlines() or [''])[0][:300]
+  return f'checkpoint step {step} cannot be restored ({type(error).__name__}: {first})'
+
+
+def _move_aside(directory: str, step: int) -> str:
+  """Moves step folder `step` of `directory` into a sibling `damaged_checkpoints/` (process 0;
+  the others wait for it). Returns where it went."""
+  target = os.path.join(os.path.dirname(directory), DAMAGED_SUBDIR, str(step))
+  suffix = 0
+  while os.path.exists(target + (f'.{suffix}' if suffix else '')):
+    suffix += 1
+  target += f'.{suffix}' if suffix else ''
+  if not jax.process_index():
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    os.replace(os.path.join(directory, str(step)), target)
+  if jax.process_count() > 1:
+    multihost.sync_global_processes(f'himari_move_aside_{step}')
+  return target
 
 
 def final_metrics(manager: ocp.CheckpointManager, best_metric: str,
@@ -291,9 +468,13 @@ def load_model(path: str | os.PathLike, which: str | int = 'best') -> LoadedMode
   if not _has_steps(directory):
     raise CheckpointError(f'{text}: no checkpoint steps found (looked in {directory}); '
                           'train first with launch/train.py --workdir=...')
+  manager, step_dir = None, directory
+  _drop_closed_loop_noise()
   try:
     manager = make_manager(directory, read_only=True)
     latest = manager.latest_step()
+    step_dir = os.path.join(directory, str(latest))
+    verify_step(step_dir)
     meta = read_meta(manager, latest)
     config = config_lib.upgrade_saved_config(meta['config'])
     if which == 'best':
@@ -301,6 +482,8 @@ def load_model(path: str | os.PathLike, which: str | int = 'best') -> LoadedMode
       manager = make_manager(directory, best_metric=config.train.best_metric, read_only=True)
     step = _select_step(manager, which, directory)
     if step != latest:
+      step_dir = os.path.join(directory, str(step))
+      verify_step(step_dir)
       meta = read_meta(manager, step)
       config = config_lib.upgrade_saved_config(meta['config'])
     model_config = model_lib.ModelConfig.from_config(config.model)
@@ -313,11 +496,14 @@ def load_model(path: str | os.PathLike, which: str | int = 'best') -> LoadedMode
                                     partial_restore=True))['params']
   except CheckpointError:
     raise
-  except (OSError, ValueError, KeyError, TypeError) as e:
-    raise CheckpointError(f'{directory}: cannot read the checkpoint ({type(e).__name__}: {e}); '
-                          'it may be incomplete or corrupt: delete that step folder to fall '
-                          'back to an earlier one.') from e
-  manager.close()
+  except Exception as e:  # Orbax and TensorStore raise many kinds
+    gc.collect()  # closes the failed read's coroutines now, not noisily at exit
+    raise CheckpointError(f'{_one_line(e, os.path.basename(step_dir))}; it may be incomplete '
+                          f'or corrupt: delete {step_dir} to fall back to an earlier step.') from e
+  finally:
+    if manager is not None:
+      manager.close()
+  check_finite_params(params, step_dir)
   return LoadedModel(config=config, model_config=model_config, params=params,
                      normalizer=features_lib.Normalizer.from_dict(meta['normalizer']),
                      meta=meta, step=step, path=os.path.join(directory, str(step)),

@@ -140,7 +140,8 @@ def torch_state_dict_to_flax(state_dict: Mapping[str, Any],
                              model_config: model_lib.ModelConfig) -> dict:
   """PyTorch state dict (tensors or arrays) -> `FlagTrader` params (float32 jax Arrays).
 
-  Raises ConversionError listing every missing, unexpected and wrongly-shaped key.
+  Raises ConversionError listing every missing, unexpected and wrongly-shaped key, or
+  naming a weight with NaN or inf values.
   """
   expected = _expected_keys(model_config)
   shapes = {key: tuple(value.shape) for key, value in state_dict.items()}
@@ -157,6 +158,10 @@ def torch_state_dict_to_flax(state_dict: Mapping[str, Any],
   params: dict = {}
   for key, (names, _, transposed) in expected.items():
     array = _as_numpy(key, state_dict[key])
+    bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
+    if bad:
+      raise ConversionError(f'state-dict entry {key} has {bad} NaN or inf values; the file is '
+                            'damaged or its training diverged, so it is not converted.')
     array = array.T if transposed else array
     node = params
     for name in names[:-1]:
@@ -581,7 +586,7 @@ def convert_to_run(pt_path: str | os.PathLike, workdir: str | os.PathLike,
         os.path.join(staging, checkpoint_lib.CHECKPOINT_SUBDIR),
         best_metric=loaded.config.train.best_metric)
     checkpoint_lib.save(manager, 0, {'params': loaded.params}, loaded.meta)
-    manager.wait_until_finished()
+    checkpoint_lib.finish_saves(manager)
     manager.close()
     if os.path.isdir(workdir):
       os.rmdir(workdir)  # empty, checked above

@@ -289,28 +289,14 @@ def run_trial(config: ml_collections.ConfigDict, trial: folds_lib.Trial, asset: 
 
 
 def read_results(workdir: str) -> list[dict[str, Any]]:
-  """The finished trials' lines of `results.jsonl` (none when it does not exist)."""
+  """The finished trials' lines of `results.jsonl` (none when it does not exist); a torn last
+  line (a trial killed while writing it) is left out, so that trial runs again."""
   path = os.path.join(workdir, folds_lib.RESULTS)
-  if not os.path.exists(path):
-    return []
-  out = []
-  with open(path) as f:
-    for number, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        out.append(json.loads(line))
-      except json.JSONDecodeError as e:
-        raise ValueError(f'{path}: line {number} is not JSON ({e}); remove it to rerun that '
-                         'trial') from e
-  return out
+  return json_types.read_jsonl(path) if os.path.exists(path) else []
 
 
 def _append_result(workdir: str, record: dict[str, Any]) -> None:
-  with open(os.path.join(workdir, folds_lib.RESULTS), 'a') as f:
-    f.write(json.dumps(record) + '\n')
-    f.flush()
-    os.fsync(f.fileno())
+  json_types.append_jsonl(os.path.join(workdir, folds_lib.RESULTS), record)
 
 
 # What this process has loaded: {'key': config hash, 'assets': {name: folds_lib.Asset},

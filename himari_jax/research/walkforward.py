@@ -44,6 +44,7 @@ import ml_collections
 import numpy as np
 import pandas as pd
 
+from himari_jax import config as config_lib
 from himari_jax.backtest import engine as backtest_lib
 from himari_jax.backtest import evaluate
 from himari_jax.backtest import policy as policy_lib
@@ -480,6 +481,9 @@ def run_walk_forward(config: ml_collections.ConfigDict, workdir: str, *,
     raise ValueError(f'per_fold={config.per_fold!r} chains each fold to the previous one, so '
                      'its folds cannot train in parallel on Ray: use per_fold=retrain or no '
                      'ray_address')
+  config_lib.check_ranges(config, config_lib.WALK_FORWARD_RANGES)
+  config_lib.check_ranges(config.backtest, config_lib.BACKTEST_RANGES,
+                          prefix='--config.backtest.')
   backtest_lib.params_from_config(config.backtest)  # validates costs and sizing up front
   workdir = os.path.abspath(workdir)
   spec = config.datasets or ','.join(asset_datasets(config.asset))

@@ -29,6 +29,8 @@ gradient inside this jitted step, since `set_to_zero` discards them (benchmarks/
 measures the same FLOPs for both); the split guarantees it instead of relying on dead-code
 elimination, which a full-tree gradient norm or clip would defeat (+46 % FLOPs at seed size).
 
+One run at a time per workdir: a second one is refused (`lock_workdir`), naming the first's PID.
+
 Checkpoints (checkpoint.py): every `checkpoint_every_steps` steps and at every epoch end,
 keeping the latest few and the best by `best_metric`; a workdir with checkpoints resumes (the
 `TrainState` holds the epoch's loss sums too). A NaN/inf loss, gradient or update raises
@@ -52,6 +54,7 @@ turnover and IC (`objectives.evaluate_positions`; rank checkpoints with
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from typing import Any
@@ -68,6 +71,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from himari_jax import config as config_lib
+from himari_jax import locks
 from himari_jax.data import features as features_lib
 from himari_jax.data import input_pipeline
 from himari_jax.data import labels as labels_lib
@@ -82,13 +86,15 @@ CLASS_WEIGHT_MODES = ('fixed', 'inverse', 'sqrt', 'none')
 COMPUTE_DTYPES = ('float32', 'bfloat16', 'float16')
 ConfigError = config_lib.ConfigError  # raised here for an unusable config; kept importable
 TrainingDivergedError = train_logging.TrainingDivergedError
+WORKDIR_LOCK = 'train.lock'  # in the workdir: one run writes into it at a time
 
 
 # ----------------------------------------------------------------------------- config
 
 
 def validate_config(config: ml_collections.ConfigDict) -> model_lib.ModelConfig:
-  """Fails fast, before any data is read, on settings that cannot work.
+  """Fails fast, before any data is read, on settings that cannot work: every numeric field
+  in its range (`config.TRAINING_RANGES`), then the combinations below.
 
   Returns:
     The model config built from `config.model`.
@@ -98,6 +104,7 @@ def validate_config(config: ml_collections.ConfigDict) -> model_lib.ModelConfig:
   """
   t = config.train
   devices = jax.device_count()
+  config_lib.check_ranges(config, config_lib.TRAINING_RANGES)
   try:
     model_config = model_lib.ModelConfig.from_config(config.model)
   except ValueError as e:
@@ -105,9 +112,6 @@ def validate_config(config: ml_collections.ConfigDict) -> model_lib.ModelConfig:
   if config.model.dtype not in COMPUTE_DTYPES:
     raise ConfigError(f'config.model.dtype={config.model.dtype!r} is not supported; use one '
                       f'of {", ".join(COMPUTE_DTYPES)}.')
-  for name in ('batch_size', 'num_epochs', 'context_length', 'window_stride', 'log_every_steps'):
-    if t[name] < 1:
-      raise ConfigError(f'config.train.{name}={t[name]} must be >= 1.')
   for name in ('batch_size', 'eval_batch_size'):
     value = t[name]
     if value % devices:
@@ -126,10 +130,6 @@ def validate_config(config: ml_collections.ConfigDict) -> model_lib.ModelConfig:
     raise ConfigError(
         f'config.train.context_length={t.context_length} exceeds config.model.max_length='
         f'{config.model.max_length}; lower the context or raise --config.model.max_length.')
-  if (t.steps_per_epoch or 0) < 0 or t.checkpoint_every_steps < 0:
-    raise ConfigError('config.train.steps_per_epoch and checkpoint_every_steps must be >= 0.')
-  if not t.learning_rate > 0:
-    raise ConfigError(f'config.train.learning_rate={t.learning_rate} must be positive.')
   if t.class_weights not in CLASS_WEIGHT_MODES:
     raise ConfigError(f'config.train.class_weights={t.class_weights!r} is unknown; use one '
                       f'of {", ".join(CLASS_WEIGHT_MODES)}.')
@@ -151,9 +151,6 @@ def validate_config(config: ml_collections.ConfigDict) -> model_lib.ModelConfig:
     raise ConfigError(f"config.train.objective='{objective.kind}' needs "
                       f'config.train.context_length >= 2 (the cost is charged on position '
                       f'changes inside a window); got {t.context_length}.')
-  if not 0.0 < config.data.val_fraction < 1.0:
-    raise ConfigError(f'config.data.val_fraction={config.data.val_fraction} must be in (0, 1): '
-                      'validation picks the best checkpoint.')
   items = config_lib.split_list(config.data.train)
   if not items:
     raise ConfigError('config.data.train is empty; give a builtin dataset name '
@@ -346,13 +343,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   Raises:
     ConfigError: an unusable config, before any work is done.
+    data.DataError: training data it refuses (`plausibility.check_bars`), before anything
+      is written.
+    locks.LockError: another run is writing into `workdir`; nothing is written.
     TrainingDivergedError: a NaN/inf loss or gradient; no checkpoint of the bad state is saved.
   """
   model_config = validate_config(config)
+  prepared = input_pipeline.prepare_data(config)  # data errors before anything is written
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
+  with lock_workdir(workdir):
+    return _train_and_evaluate(config, workdir, model_config, prepared)
+
+
+def lock_workdir(workdir: str) -> contextlib.AbstractContextManager:
+  """The workdir's lock (`WORKDIR_LOCK`), held by process 0 while a run writes into it.
+
+  Raises:
+    locks.LockError: another run holds it (naming its PID); nothing has been written.
+  """
+  if jax.process_index():
+    return contextlib.nullcontext()  # the hosts of one run share process 0's lock
+  return locks.hold_lock(os.path.join(workdir, WORKDIR_LOCK), f'the training workdir {workdir}')
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                        model_config: model_lib.ModelConfig,
+                        prepared: input_pipeline.PreparedData) -> dict[str, Any]:
   t = config.train
-  prepared = input_pipeline.prepare_data(config)
   steps_per_epoch = t.steps_per_epoch or max(1, len(prepared.train_ends) // t.batch_size)
   total_steps = steps_per_epoch * t.num_epochs
   mesh = mesh_lib.make_mesh()
@@ -423,7 +441,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           break
   finally:
     # Also on divergence or interruption: pending saves of good states complete.
-    manager.wait_until_finished()
+    checkpoint_lib.finish_saves(manager)
     writer.close()
   if not preempted:
     return checkpoint_lib.final_metrics(manager, t.best_metric, epoch_metrics)

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from himari_jax import constants
+from himari_jax import constants, json_types
 from himari_jax.data import input_pipeline
 from himari_jax.training import tb_events
 
@@ -36,19 +36,16 @@ class MetricWriter:
       return
     if os.path.exists(self.path):
       # Drop records past the checkpoint we resume from (all of them on a fresh start):
-      # those steps are replayed.
-      with open(self.path) as f:
-        kept = [line for line in f
-                if line.strip() and json.loads(line)['step'] <= (resume_step or 0)]
+      # those steps are replayed. A torn last record is dropped with a warning.
+      kept = [r for r in json_types.read_jsonl(self.path) if r['step'] <= (resume_step or 0)]
       with open(self.path, 'w') as f:
-        f.writelines(kept)
+        f.writelines(json.dumps(r) + '\n' for r in kept)
     self.tb = tb_events.SummaryWriter(os.path.join(workdir, 'tensorboard'))
 
   def write(self, record: dict[str, Any]) -> None:
     if not self.active:
       return
-    with open(self.path, 'a') as f:
-      f.write(json.dumps(record) + '\n')
+    json_types.append_jsonl(self.path, record)
     scalars = {f'{record["kind"]}/{k}': float(v) for k, v in record.items()
                if isinstance(v, (int, float)) and k not in ('step', 'epoch')}
     self.tb.scalars(record['step'], scalars)
