@@ -42,8 +42,8 @@ from absl import app, flags
 
 from himari_jax.backtest import engine as backtest
 from himari_jax.backtest import policy
+from himari_jax.constants import BUY, HOLD, SELL
 from himari_jax.data import ohlcv as data
-from himari_jax.inference.ensemble import BUY, HOLD, SELL
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('dataset', 'btc_usdt_1h_2020_2024', 'Builtin dataset name or CSV path.')

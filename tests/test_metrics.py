@@ -8,7 +8,7 @@ import pytest
 
 from himari_jax.backtest import engine as backtest
 from himari_jax.backtest import report
-from himari_jax.inference.ensemble import BUY, SELL
+from himari_jax.constants import BUY, SELL
 from himari_jax.stats import metrics
 
 PERIODS = 8760.0

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from himari_jax.backtest import engine as backtest
+from himari_jax.constants import BUY, SELL
 from himari_jax.data import ohlcv as data
 from himari_jax.data import synthetic
 from himari_jax.research import placebo
@@ -186,7 +187,7 @@ def planted_market():
 def _pipeline(df):
   """Result dict of the volume rule on `df`: net and gross backtests, DSR (1 trial), IC."""
   score = np.where(df['volume'].to_numpy() > 1.75, 1.0, -1.0)
-  actions = np.where(score > 0, backtest.BUY, backtest.SELL).astype(np.int32)
+  actions = np.where(score > 0, BUY, SELL).astype(np.int32)
   confidence = np.ones(len(df))
   close = df['close'].to_numpy()
   market = metrics.market_returns(close)

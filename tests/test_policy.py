@@ -7,9 +7,9 @@ import pytest
 
 from himari_jax.backtest import engine as backtest
 from himari_jax.backtest import policy as P
+from himari_jax.constants import BUY, HOLD, SELL
 from himari_jax.data import ohlcv as data
 from himari_jax.inference import ensemble
-from himari_jax.inference.ensemble import BUY, HOLD, SELL
 from himari_jax.stats import significance
 
 CAPITAL, COMMISSION, SLIPPAGE = 100_000.0, 0.001, 0.0005

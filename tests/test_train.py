@@ -21,7 +21,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from himari_jax import config as config_lib
-from himari_jax.data import features, input_pipeline, labels
+from himari_jax.constants import ACTION_NAMES
+from himari_jax.data import features, input_pipeline
 from himari_jax.data import ohlcv as data
 from himari_jax.inference import members, predict
 from himari_jax.model import checkpoint, objectives
@@ -74,7 +75,7 @@ def test_tiny_run_learns_and_writes_every_output(trained):
   assert [r['epoch'] for r in val] == [1, 2]
   for r in val:
     assert np.sum(r['val_confusion']) > 0 and 0 <= r['val_accuracy'] <= 1
-    assert sum(r[f'val_pred_share_{a}'] for a in labels.ACTION_NAMES) == pytest.approx(1.0)
+    assert sum(r[f'val_pred_share_{a}'] for a in ACTION_NAMES) == pytest.approx(1.0)
   # Latest two steps (30 mid-epoch, 40 epoch end) and the best epoch end (20 or 40).
   assert _steps(workdir)[-2:] == [30, 40] and result['best_step'] in (20, 40)
   assert os.path.isdir(result['best_checkpoint'])

@@ -49,8 +49,8 @@ import numpy as np
 import pandas as pd
 
 from himari_jax.backtest import engine as backtest
+from himari_jax.constants import BUY, HOLD, SELL
 from himari_jax.data import labels as labels_lib
-from himari_jax.inference.ensemble import BUY, HOLD, SELL
 
 SIGNALS = ('margin', 'argmax')
 SIZINGS = ('confidence', 'fixed', 'vol_target')

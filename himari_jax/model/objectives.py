@@ -58,7 +58,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-SELL, HOLD, BUY = 0, 1, 2
+from himari_jax.constants import BUY, HOLD, SELL
+
 OBJECTIVES = ('classification', 'sharpe', 'utility', 'reinforce')
 TRADING_KINDS = ('sharpe', 'utility', 'reinforce')
 INITIAL_POSITIONS = ('first', 'flat')

@@ -48,8 +48,8 @@ array parameters, `arrays.npz`; nothing is pickled.
 
 `calibrate_and_decide` turns validation and test probabilities into actions the way
 `evaluate` does for FLAG-TRADER: calibrate on validation (`calibration.fit_calibration` on
-log-probabilities; `mode='skip'` for position models), then the seed policy (argmax, BUY /
-SELL below `threshold` become HOLD).
+log-probabilities; `mode='skip'` for position models), then the seed policy (argmax; a
+BUY or SELL below `threshold` becomes HOLD).
 """
 
 from __future__ import annotations
@@ -71,18 +71,18 @@ from flax import traverse_util
 
 from himari_jax import json_types
 from himari_jax.backtest import policy as policy_lib
+from himari_jax.constants import HOLD
+from himari_jax.constants import NUM_ACTIONS as _NUM_ACTIONS
 from himari_jax.data import features as features_lib
 from himari_jax.data import labels as labels_lib
 from himari_jax.inference import calibration as calibration_lib
 from himari_jax.inference import ensemble as ensemble_lib
 from himari_jax.model import objectives as objectives_lib
 
-SELL, HOLD, BUY = 0, 1, 2
 CONFIG_FILE = 'baseline.json'
 ARRAYS_FILE = 'arrays.npz'
 LOG_PROB_FLOOR = 1e-7  # probabilities become logits as log(max(p, floor)) for calibration
 
-_NUM_ACTIONS = 3
 _FORMAT = 1
 _HOLD_PROBS = np.array([0.0, 1.0, 0.0], np.float32)  # given to the policy for unavailable bars
 

@@ -44,6 +44,7 @@ import ml_collections
 import numpy as np
 import pandas as pd
 
+from himari_jax import constants
 from himari_jax.backtest import engine as backtest_lib
 from himari_jax.backtest import evaluate
 from himari_jax.backtest import policy as policy_lib
@@ -52,7 +53,6 @@ from himari_jax.data import binance, input_pipeline
 from himari_jax.data import ohlcv as data_lib
 from himari_jax.data import windows as windows_lib
 from himari_jax.data.features import WARMUP_BARS
-from himari_jax.inference import ensemble as ensemble_lib
 from himari_jax.inference import members as members_lib
 from himari_jax.inference import predict as predict_lib
 from himari_jax.model import checkpoint as checkpoint_lib
@@ -421,7 +421,7 @@ def chained_backtest(df: pd.DataFrame, span: slice, results: Sequence[FoldResult
     part_params = dataclasses.replace(params, initial_capital=np.asarray(
         capital, np.asarray(params.initial_capital).dtype))
     if result is None:
-      hold = np.full(len(part_df), ensemble_lib.HOLD, np.int32)
+      hold = np.full(len(part_df), constants.HOLD, np.int32)
       run = backtest_lib.run_backtest(part_df, hold, np.zeros(len(part_df)), part_params)
     else:
       run = run_fold_backtest(part_df, result, config, part_params)
@@ -519,7 +519,7 @@ def run_walk_forward(config: ml_collections.ConfigDict, workdir: str, *,
 
   # Bars between test windows (step_bars > test_bars) have no decision: the position is held.
   span = slice(folds[0].test.start, folds[-1].test.stop)
-  actions = np.full(span.stop - span.start, ensemble_lib.HOLD, np.int32)
+  actions = np.full(span.stop - span.start, constants.HOLD, np.int32)
   confidence = np.zeros(span.stop - span.start, np.float32)
   available = np.zeros(span.stop - span.start, bool)
   for result in results:
