@@ -611,7 +611,7 @@ def sensitivity_frame(table: pd.DataFrame, multipliers: Sequence[float]) -> pd.D
 
 def cost_sensitivity(prices: Any, actions: Any, confidence: Any, params: BacktestParams, *,
                      multipliers: Sequence[float] = COST_MULTIPLIERS,
-                     periods_per_year: float = 8760.0) -> pd.DataFrame:
+                     periods_per_year: float = PERIODS_PER_YEAR) -> pd.DataFrame:
   """Net Sharpe ratio and return of one signal at multiples of the configured costs, in one
   sweep call (each multiple re-simulated, as sizes depend on the equity costs leave).
 

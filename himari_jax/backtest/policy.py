@@ -49,7 +49,7 @@ import numpy as np
 import pandas as pd
 
 from himari_jax.backtest import engine as backtest
-from himari_jax.constants import BUY, HOLD, SELL
+from himari_jax.constants import BUY, HOLD, PERIODS_PER_YEAR, SELL
 from himari_jax.data import labels as labels_lib
 
 SIGNALS = ('margin', 'argmax')
@@ -227,7 +227,7 @@ def default_grid(*, allow_short: bool = False, max_position_pct: float = 0.10,
 
 
 def annualized_volatility(close: Any, *, window: int = 168,
-                          periods_per_year: float = 8760.0) -> np.ndarray:
+                          periods_per_year: float = PERIODS_PER_YEAR) -> np.ndarray:
   """sigma_annual_t: std (ddof 1) of the last `window` one-bar log returns ending at bar t,
   times sqrt(periods_per_year); bars <= t only, NaN for the first `window` bars.
 
@@ -372,7 +372,7 @@ def _sigma(prices: backtest.Prices, sigma_annual: Any, periods_per_year: float) 
 
 def run_policy(prices: Any, probs: Any, policy: PolicyParams,
                params: backtest.BacktestParams, *, sigma_annual: Any = None,
-               periods_per_year: float = 8760.0) -> backtest.BacktestResult:
+               periods_per_year: float = PERIODS_PER_YEAR) -> backtest.BacktestResult:
   """One backtest of `policy` on probabilities, with the costs and fill timing of `params`.
 
   Args:
@@ -411,7 +411,7 @@ def _simulate_policy(prices, signal, p_hold, params, policy):
 
 def sweep(prices: Any, probs: Any, policies: PolicyParams, params: backtest.BacktestParams, *,
           sigma_annual: Any = None, signal_names: Sequence[str] | None = None,
-          periods_per_year: float = 8760.0, risk_free_rate: float = 0.0,
+          periods_per_year: float = PERIODS_PER_YEAR, risk_free_rate: float = 0.0,
           metrics: str = 'all', batch_size: int = BATCH_SIZE,
           devices: Sequence[jax.Device] | None = None) -> pd.DataFrame:
   """Metrics of every (signal, policy, cost setting) triple in one compiled call.
@@ -493,7 +493,7 @@ class PolicySelection:
 def select_policy(prices: Any, probs: Any, params: backtest.BacktestParams, *,
                   grid: PolicyParams | None = None, objective: str = 'sharpe',
                   turnover_penalty: float = 0.0, sigma_annual: Any = None,
-                  periods_per_year: float = 8760.0,
+                  periods_per_year: float = PERIODS_PER_YEAR,
                   batch_size: int = BATCH_SIZE) -> PolicySelection:
   """Sweeps a policy grid on validation bars and picks the best by a named objective.
 
@@ -540,7 +540,7 @@ def select_policy(prices: Any, probs: Any, params: backtest.BacktestParams, *,
 def cost_sensitivity(prices: Any, probs: Any, policy: PolicyParams,
                      params: backtest.BacktestParams, *,
                      multipliers: Sequence[float] = backtest.COST_MULTIPLIERS,
-                     sigma_annual: Any = None, periods_per_year: float = 8760.0
+                     sigma_annual: Any = None, periods_per_year: float = PERIODS_PER_YEAR
                      ) -> pd.DataFrame:
   """Net Sharpe ratio and return of one policy at multiples of the configured costs, one
   sweep call. Returns a DataFrame with `cost_multiplier`, `sharpe`, `total_return`,

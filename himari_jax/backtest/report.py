@@ -34,7 +34,7 @@ import pandas as pd
 from absl import logging
 
 from himari_jax.backtest import engine as backtest_lib
-from himari_jax.constants import ACTION_NAMES, HOLD
+from himari_jax.constants import ACTION_NAMES, HOLD, PERIODS_PER_YEAR
 from himari_jax.stats import metrics as metrics_lib
 from himari_jax.stats import significance
 
@@ -420,7 +420,7 @@ _ATTRIBUTION_ROWS = (
 
 def attribution_intervals(result: backtest_lib.BacktestResult, initial_capital: float, *,
                           num_resamples: int = 1000, seed: int = 0,
-                          periods_per_year: float = 8760.0) -> dict[str, dict[str, Any]]:
+                          periods_per_year: float = PERIODS_PER_YEAR) -> dict[str, dict[str, Any]]:
   """Block-bootstrap confidence intervals of the gross and the net Sharpe ratio.
 
   Both use the same seed, so the same resampled blocks: their intervals are comparable.

@@ -58,7 +58,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from himari_jax.constants import BUY, HOLD, SELL
+from himari_jax.constants import BUY, HOLD, PERIODS_PER_YEAR, SELL
 
 OBJECTIVES = ('classification', 'sharpe', 'utility', 'reinforce')
 TRADING_KINDS = ('sharpe', 'utility', 'reinforce')
@@ -81,7 +81,7 @@ class TradingObjective:
     initial_position: 'first' (no entry cost at a window's first bar) or 'flat'.
     std_epsilon: added in quadrature to the std of the Sharpe ratio, so its gradient stays
       finite when the positions (and with them the std) go to zero.
-    periods_per_year: bars per year (8760 for hourly bars, as in metrics.py).
+    periods_per_year: bars per year (default: hourly bars, as in metrics.py).
     reinforce_samples: 'reinforce': plays of each window per step (>= 2).
     entropy_coef: 'reinforce': weight of the policy-entropy bonus (>= 0).
   """
@@ -95,7 +95,7 @@ class TradingObjective:
   long_only: bool = False
   initial_position: str = 'first'
   std_epsilon: float = 1e-6
-  periods_per_year: float = 8760.0
+  periods_per_year: float = PERIODS_PER_YEAR
   reinforce_samples: int = 4
   entropy_coef: float = 0.01
 

@@ -193,7 +193,7 @@ def summarize(stats: TradeStats, equity: jax.Array, market: jax.Array, initial_c
     equity: (N,) equity at each close.
     market: (N,) market returns from `market_returns(close)`, for beta.
     initial_capital: scalar starting capital.
-    periods_per_year: bars per year (8760 for hourly bars).
+    periods_per_year: bars per year (default: hourly bars).
     risk_free_rate: simple annual rate.
 
   Returns:
@@ -343,7 +343,7 @@ def gross_equity(result: Any) -> jax.Array:
   return result.equity + jnp.cumsum(result.commission + result.slippage)
 
 
-def attribution(result: Any, initial_capital: Any, *, periods_per_year: float = 8760.0,
+def attribution(result: Any, initial_capital: Any, *, periods_per_year: float = PERIODS_PER_YEAR,
                 risk_free_rate: float = 0.0) -> dict[str, float]:
   """Where the returns of one backtest go (SPEC section 9): gross, costs, net.
 
