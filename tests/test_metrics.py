@@ -142,6 +142,25 @@ def test_flat_curve_ratios_are_nan_not_huge():
   assert float(got['volatility']) == 0.0
 
 
+def test_sharpe_kernel_on_numpy_and_under_jit_vmap_grad():
+  rng = np.random.default_rng(3)
+  q = rng.normal(0.001, 0.01, (4, 50))
+  mean, std = q.mean(axis=1), q.std(axis=1, ddof=1)
+  expected = mean / std * np.sqrt(PERIODS)
+  on_numpy = metrics.sharpe_from_moments(mean, std)
+  assert isinstance(on_numpy, np.ndarray) and on_numpy.dtype == np.float64
+  np.testing.assert_array_equal(on_numpy, expected)  # float64 in, float64 arithmetic
+  jitted = jax.jit(jax.vmap(metrics.sharpe_from_moments, in_axes=(0, 0, None)))
+  np.testing.assert_allclose(jitted(jnp.asarray(mean), jnp.asarray(std), PERIODS), expected,
+                             rtol=1e-5)
+  slope = jax.grad(metrics.sharpe_from_moments)(jnp.float32(0.002), jnp.float32(0.01), 4.0)
+  assert float(slope) == pytest.approx(2 / 0.01)
+  # A flat series (std 0) is undefined: NaN, or what the caller asks for.
+  assert np.isnan(metrics.sharpe_from_moments(0.001, 0.0))
+  assert float(metrics.sharpe_from_moments(jnp.float32(0.001), jnp.float32(0.0),
+                                           undefined=0.0)) == 0.0
+
+
 def _returns_series():
   with jax.enable_x64(True):
     result, closes = random_backtest(num_bars=2000, seed=5, sizing='full')

@@ -59,6 +59,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from himari_jax.constants import BUY, HOLD, PERIODS_PER_YEAR, SELL
+from himari_jax.stats import metrics as metrics_lib
 
 OBJECTIVES = ('classification', 'sharpe', 'utility', 'reinforce')
 TRADING_KINDS = ('sharpe', 'utility', 'reinforce')
@@ -266,7 +267,8 @@ def _objective_loss(mean: jax.Array, var: jax.Array, turnover: jax.Array,
   """The loss from the net return's mean and variance and the mean position change."""
   annual = objective.periods_per_year
   if objective.kind in ('sharpe', 'reinforce'):  # a policy's validation loss: -net Sharpe
-    score = mean / jnp.sqrt(var + objective.std_epsilon ** 2) * math.sqrt(annual)
+    score = metrics_lib.sharpe_from_moments(mean, jnp.sqrt(var + objective.std_epsilon ** 2),
+                                            annual)
   else:
     score = (mean - 0.5 * objective.risk_aversion * var) * annual
   return -score + objective.turnover_penalty * turnover
@@ -274,9 +276,7 @@ def _objective_loss(mean: jax.Array, var: jax.Array, turnover: jax.Array,
 
 def _sharpe(mean: jax.Array, var: jax.Array, periods_per_year: float) -> jax.Array:
   """Annualised Sharpe ratio, 0 for a flat return series (reporting, not differentiated)."""
-  std = jnp.sqrt(var)
-  return jnp.where(std > 0, mean / jnp.where(std > 0, std, 1.0), 0.0) * math.sqrt(
-      periods_per_year)
+  return metrics_lib.sharpe_from_moments(mean, jnp.sqrt(var), periods_per_year, undefined=0.0)
 
 
 def make_loss_fn(objective: TradingObjective) -> Callable[..., tuple[jax.Array, dict]]:
@@ -435,8 +435,9 @@ def evaluate_positions(position: Any, forward_return: Any, mask: Any,
   annual = objective.periods_per_year
 
   def sharpe(x: np.ndarray) -> float:
-    std = x.std(ddof=1) if len(x) > 1 else 0.0
-    return float(x.mean() / std * math.sqrt(annual)) if std > 0 else float('nan')
+    if len(x) < 2:
+      return float('nan')
+    return float(metrics_lib.sharpe_from_moments(x.mean(), x.std(ddof=1), annual))
 
   ic = (float(np.corrcoef(held, ahead)[0, 1])
         if len(held) > 1 and held.std() > 0 and ahead.std() > 0 else float('nan'))

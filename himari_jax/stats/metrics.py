@@ -42,6 +42,29 @@ def _safe_div(num: jax.Array, den: jax.Array) -> jax.Array:
   return jnp.where(ok, num / jnp.where(ok, den, 1), jnp.nan)
 
 
+def sharpe_from_moments(mean: Any, std: Any, periods_per_year: Any = PERIODS_PER_YEAR, *,
+                        undefined: float = float('nan')) -> Any:
+  """The one Sharpe kernel: `mean / std * sqrt(periods_per_year)`, `undefined` where std <= 0.
+
+  Every Sharpe ratio of the package comes from here; callers pick the moments (ddof, excess
+  over the risk-free rate, an epsilon under a differentiable loss). jax.numpy when `mean` or
+  `std` is a JAX array (jit, vmap and grad apply), numpy otherwise (float64 stays float64).
+
+  Args:
+    mean: (...) mean (excess) return per period.
+    std: (...) standard deviation of the returns per period; NaN gives `undefined`.
+    periods_per_year: annualisation (1 gives the per-period ratio); may be traced.
+    undefined: the value for a flat series (std 0): NaN, or 0 for a training log.
+
+  Returns:
+    (...) Sharpe ratios, the broadcast shape of `mean` and `std`.
+  """
+  xp = jnp if isinstance(mean, jax.Array) or isinstance(std, jax.Array) else np
+  defined = std > 0
+  ratio = xp.where(defined, mean / xp.where(defined, std, 1), undefined)
+  return ratio * xp.sqrt(xp.asarray(periods_per_year, ratio.dtype))
+
+
 def period_returns(equity: jax.Array, initial_capital: Any) -> jax.Array:
   """equity: (N,) -> (N,) simple returns, the first relative to the capital."""
   previous = jnp.concatenate([jnp.reshape(initial_capital, (1,)).astype(equity.dtype),
@@ -247,7 +270,7 @@ def _return_metrics(final_equity: jax.Array, capital: jax.Array, mean_excess: ja
       'total_return': growth - 1,
       'cagr': cagr,
       'volatility': std * ann,
-      'sharpe': _safe_div(mean_excess, std) * ann,
+      'sharpe': sharpe_from_moments(mean_excess, std, periods_per_year),
       'sortino': _safe_div(mean_excess, downside_deviation) * ann,
       'max_drawdown': max_drawdown,
       'calmar': _safe_div(cagr, jnp.abs(max_drawdown)),
@@ -366,7 +389,7 @@ def attribution(result: Any, initial_capital: Any, *, periods_per_year: float = 
     q = q / np.concatenate([[capital], np.asarray(equity, np.float64)[:-1]])
     std = np.std(q, ddof=1) if n > 1 else np.nan
     mean = np.mean(q) - risk_free_rate / periods_per_year
-    return float(mean / std * np.sqrt(periods_per_year)) if std > 0 else float('nan')
+    return float(sharpe_from_moments(mean, std, periods_per_year))
 
   gross = np.asarray(gross_equity(result), np.float64)
   net = np.asarray(result.equity, np.float64)

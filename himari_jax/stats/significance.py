@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from himari_jax.constants import PERIODS_PER_YEAR
+from himari_jax.stats import metrics as metrics_lib
 
 EULER_GAMMA = 0.5772156649015329
 # Resampled values held in memory at once per batch (indices plus gathered returns).
@@ -58,7 +59,7 @@ def _per_period_sharpe(returns: jax.Array) -> jax.Array:
   mean, std = _mean_std(returns)
   num_bars = returns.shape[-1]
   std = std * math.sqrt(num_bars / (num_bars - 1))
-  return jnp.where(std > 0, mean / jnp.where(std > 0, std, 1.0), jnp.nan)
+  return metrics_lib.sharpe_from_moments(mean, std, 1.0)
 
 
 def _total_return(returns: jax.Array) -> jax.Array:
