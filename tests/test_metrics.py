@@ -134,6 +134,18 @@ def test_drawdown_curve_starts_from_the_capital():
                              [-0.01, 0.0, -0.05, 0.0], atol=1e-6)
 
 
+def test_numpy_curves_stay_numpy_float64():
+  equity = np.array([99.0, 101.0, 95.95, 102.0])
+  drawdown = metrics.drawdown_curve(equity, 100.0)
+  returns = metrics.period_returns(equity, 100.0)
+  assert isinstance(drawdown, np.ndarray) and drawdown.dtype == np.float64
+  assert isinstance(returns, np.ndarray) and returns.dtype == np.float64
+  np.testing.assert_array_equal(drawdown, equity / [100.0, 101.0, 101.0, 102.0] - 1)
+  np.testing.assert_array_equal(returns, equity / [100.0, 99.0, 101.0, 95.95] - 1)
+  np.testing.assert_allclose(metrics.drawdown_curve(jnp.asarray(equity), 100.0), drawdown,
+                             rtol=1e-6)
+
+
 def test_flat_curve_ratios_are_nan_not_huge():
   result, closes = random_backtest()
   flat = result.replace(equity=jnp.full_like(result.equity, 100_000.0))

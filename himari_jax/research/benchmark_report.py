@@ -14,6 +14,7 @@ import numpy as np
 
 from himari_jax.data import input_pipeline
 from himari_jax.research import benchmark_folds as folds_lib
+from himari_jax.stats import metrics as metrics_lib
 from himari_jax.stats import signal_metrics as signal_lib
 from himari_jax.stats import significance as significance_lib
 
@@ -40,11 +41,6 @@ def _stitched(records: Sequence[dict], workdir: str) -> dict[str, np.ndarray]:
     score.append(np.mean([a['score'] for a in arrays], axis=0))
   return {'net': np.concatenate(net), 'gross': np.concatenate(gross),
           'score': np.concatenate(score)}
-
-
-def _max_drawdown(returns: np.ndarray) -> float:
-  equity = np.cumprod(1.0 + returns)
-  return float(np.min(equity / np.maximum.accumulate(np.concatenate([[1.0], equity]))[1:] - 1))
 
 
 def _pooled_trials(records: Sequence[dict[str, Any]],
@@ -96,7 +92,8 @@ def summarize(config: ml_collections.ConfigDict, records: Sequence[dict[str, Any
              'turnover_per_year': float(np.mean([r['backtest']['turnover_per_year']
                                                  for r in mine])),
              'num_trades': float(np.mean([r['backtest']['num_trades'] for r in mine])),
-             'max_drawdown': _max_drawdown(stitched['net']),
+             'max_drawdown': float(np.min(metrics_lib.drawdown_curve(
+                 np.cumprod(1.0 + stitched['net']), 1.0))),
              'wall_seconds': float(sum(r['wall_seconds'] for r in mine))}
       for kind in ('gross', 'net'):
         if np.std(stitched[kind]) > 0:
@@ -147,7 +144,7 @@ def summarize(config: ml_collections.ConfigDict, records: Sequence[dict[str, Any
     close = np.concatenate([asset.df['close'].to_numpy()[f.test.start - 1:f.test.stop]
                             for f in asset.folds[:1]] +
                            [asset.df['close'].to_numpy()[f.test] for f in asset.folds[1:]])
-    returns = np.diff(close) / close[:-1]
+    returns = metrics_lib.period_returns(close[1:], close[0])
     market[asset.name] = {'sharpe': significance_lib.sharpe_ratio(returns, ppy),
                           'total_return': float(close[-1] / close[0] - 1)}
   wall = {}

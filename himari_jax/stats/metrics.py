@@ -42,6 +42,11 @@ def _safe_div(num: jax.Array, den: jax.Array) -> jax.Array:
   return jnp.where(ok, num / jnp.where(ok, den, 1), jnp.nan)
 
 
+def _namespace(*arrays: Any) -> Any:
+  """jax.numpy when any of `arrays` is a JAX array (traced ones included), else numpy."""
+  return jnp if any(isinstance(a, jax.Array) for a in arrays) else np
+
+
 def sharpe_from_moments(mean: Any, std: Any, periods_per_year: Any = PERIODS_PER_YEAR, *,
                         undefined: float = float('nan')) -> Any:
   """The one Sharpe kernel: `mean / std * sqrt(periods_per_year)`, `undefined` where std <= 0.
@@ -59,16 +64,20 @@ def sharpe_from_moments(mean: Any, std: Any, periods_per_year: Any = PERIODS_PER
   Returns:
     (...) Sharpe ratios, the broadcast shape of `mean` and `std`.
   """
-  xp = jnp if isinstance(mean, jax.Array) or isinstance(std, jax.Array) else np
+  xp = _namespace(mean, std)
   defined = std > 0
   ratio = xp.where(defined, mean / xp.where(defined, std, 1), undefined)
   return ratio * xp.sqrt(xp.asarray(periods_per_year, ratio.dtype))
 
 
 def period_returns(equity: jax.Array, initial_capital: Any) -> jax.Array:
-  """equity: (N,) -> (N,) simple returns, the first relative to the capital."""
-  previous = jnp.concatenate([jnp.reshape(initial_capital, (1,)).astype(equity.dtype),
-                              equity[:-1]])
+  """equity: (N,) -> (N,) simple returns, the first relative to the capital.
+
+  JAX arrays in give a JAX array; numpy in gives numpy of the equity's dtype.
+  """
+  xp = _namespace(equity, initial_capital)
+  previous = xp.concatenate([xp.reshape(initial_capital, (1,)).astype(equity.dtype),
+                             equity[:-1]])
   return equity / previous - 1
 
 
@@ -79,8 +88,13 @@ def market_returns(close: jax.Array) -> jax.Array:
 
 
 def drawdown_curve(equity: jax.Array, initial_capital: Any) -> jax.Array:
-  """equity: (N,) -> (N,) `equity / running_max - 1` (<= 0), the capital being the first peak."""
-  peak = jnp.maximum(jax.lax.cummax(equity), jnp.asarray(initial_capital, equity.dtype))
+  """equity: (N,) -> (N,) `equity / running_max - 1` (<= 0), the capital being the first peak.
+
+  JAX arrays in give a JAX array; numpy in gives numpy of the equity's dtype.
+  """
+  xp = _namespace(equity, initial_capital)
+  running_max = jax.lax.cummax(equity) if xp is jnp else np.maximum.accumulate(equity)
+  peak = xp.maximum(running_max, xp.asarray(initial_capital, equity.dtype))
   return equity / peak - 1
 
 
