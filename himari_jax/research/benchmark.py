@@ -241,10 +241,8 @@ def run_trial(config: ml_collections.ConfigDict, trial: folds_lib.Trial, asset: 
   equity = np.asarray(result.equity, np.float64)
   gross = np.asarray(metrics_lib.gross_equity(result), np.float64)
   capital = float(bt.initial_capital)
-  net_returns = np.diff(np.concatenate([[capital], equity])) / np.concatenate(
-      [[capital], equity[:-1]])
-  gross_returns = np.diff(np.concatenate([[capital], gross])) / np.concatenate(
-      [[capital], gross[:-1]])
+  net_returns = metrics_lib.period_returns(equity, capital)
+  gross_returns = metrics_lib.period_returns(gross, capital)
   test_available = decided.available[n_val:]
   scored = data.test_mask[test] & test_available
   signal = signal_lib.signal_metrics(

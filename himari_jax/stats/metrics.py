@@ -399,8 +399,7 @@ def attribution(result: Any, initial_capital: Any, *, periods_per_year: float = 
   n = int(np.shape(result.equity)[0])
 
   def sharpe(equity):
-    q = np.diff(np.concatenate([[capital], np.asarray(equity, np.float64)]))
-    q = q / np.concatenate([[capital], np.asarray(equity, np.float64)[:-1]])
+    q = period_returns(np.asarray(equity, np.float64), capital)
     std = np.std(q, ddof=1) if n > 1 else np.nan
     mean = np.mean(q) - risk_free_rate / periods_per_year
     return float(sharpe_from_moments(mean, std, periods_per_year))
