@@ -383,7 +383,7 @@ def test_reinforce_trains_a_policy_validated_by_its_greedy_play(tiny_config, tmp
   loaded = checkpoint.load_model(tmp_path)
   assert loaded.objective == 'reinforce'
   with pytest.raises(ValueError, match='scores actions and has no positions'):
-    predict.positions(loaded, None)
+    predict.predicted_positions(loaded, None)
   # The benchmark reads it like a classifier (probabilities, not a position); a backtest does
   # not fit its probabilities to the label rates it never trained on.
   assert not baselines.make_baseline('flag_trader', path=str(tmp_path)).outputs_position

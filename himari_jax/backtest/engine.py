@@ -9,7 +9,7 @@ every metric, or (`metrics='core'`) returns, risk ratios, drawdown and trades fr
 sums carried through the scan, the fast mode for screening large grids. The scan takes a
 `DecisionRule`: `ACTIONS_RULE` executes SELL / HOLD / BUY actions as below; `policy.py`
 supplies a rule that maps probabilities to target positions (SPEC section 8) and runs on the
-same scan and sweep (`policy.run_policy`, `policy.sweep`).
+same scan and sweep (`policy.run_policy`, `policy.sweep_policies`).
 
 Semantics (defaults are the seed's):
 

@@ -4,8 +4,8 @@ The seed turns every bar's argmax into an order, so a model whose probabilities 
 costs on every flicker. A policy keeps a side (flat, long, short) with hysteresis, a minimum
 holding period and a cooldown, sizes a target position, and trades only when the target is
 far enough from the position. Its settings, `PolicyParams`, are a pytree of numbers, so
-`sweep` runs thousands of policies x cost settings in one compiled call, and `select_policy`
-picks one on validation predictions.
+`sweep_policies` runs thousands of policies x cost settings in one compiled call, and
+`select_policy` picks one on validation predictions.
 
 Per decision bar, with `p = (sell, hold, buy)`:
 
@@ -409,11 +409,12 @@ def _simulate_policy(prices, signal, p_hold, params, policy):
   return backtest.BacktestResult(*record, confidence=confidence)
 
 
-def sweep(prices: Any, probs: Any, policies: PolicyParams, params: backtest.BacktestParams, *,
-          sigma_annual: Any = None, signal_names: Sequence[str] | None = None,
-          periods_per_year: float = PERIODS_PER_YEAR, risk_free_rate: float = 0.0,
-          metrics: str = 'all', batch_size: int = BATCH_SIZE,
-          devices: Sequence[jax.Device] | None = None) -> pd.DataFrame:
+def sweep_policies(prices: Any, probs: Any, policies: PolicyParams,
+                   params: backtest.BacktestParams, *, sigma_annual: Any = None,
+                   signal_names: Sequence[str] | None = None,
+                   periods_per_year: float = PERIODS_PER_YEAR, risk_free_rate: float = 0.0,
+                   metrics: str = 'all', batch_size: int = BATCH_SIZE,
+                   devices: Sequence[jax.Device] | None = None) -> pd.DataFrame:
   """Metrics of every (signal, policy, cost setting) triple in one compiled call.
 
   The (policy, cost setting) pairs are spread over every local device
@@ -521,8 +522,8 @@ def select_policy(prices: Any, probs: Any, params: backtest.BacktestParams, *,
     raise ValueError('select_policy takes one cost setting (scalar BacktestParams)')
   if grid is None:
     grid = default_grid(allow_short=bool(np.asarray(params.allow_short).item()))
-  table = sweep(prices, probs, grid, params, sigma_annual=sigma_annual,
-                periods_per_year=periods_per_year, batch_size=batch_size)
+  table = sweep_policies(prices, probs, grid, params, sigma_annual=sigma_annual,
+                         periods_per_year=periods_per_year, batch_size=batch_size)
   table['turnover_per_year'] = table['turnover'] * periods_per_year / len(
       backtest.as_prices(prices).close)
   score = table['sharpe'].to_numpy()
@@ -537,14 +538,15 @@ def select_policy(prices: Any, probs: Any, params: backtest.BacktestParams, *,
       trial_sharpes=table['sharpe'].to_numpy() / np.sqrt(periods_per_year))
 
 
-def cost_sensitivity(prices: Any, probs: Any, policy: PolicyParams,
-                     params: backtest.BacktestParams, *,
-                     multipliers: Sequence[float] = backtest.COST_MULTIPLIERS,
-                     sigma_annual: Any = None, periods_per_year: float = PERIODS_PER_YEAR
-                     ) -> pd.DataFrame:
+def policy_cost_sensitivity(prices: Any, probs: Any, policy: PolicyParams,
+                            params: backtest.BacktestParams, *,
+                            multipliers: Sequence[float] = backtest.COST_MULTIPLIERS,
+                            sigma_annual: Any = None,
+                            periods_per_year: float = PERIODS_PER_YEAR) -> pd.DataFrame:
   """Net Sharpe ratio and return of one policy at multiples of the configured costs, one
   sweep call. Returns a DataFrame with `cost_multiplier`, `sharpe`, `total_return`,
   `num_trades`."""
-  table = sweep(prices, probs, policy, backtest.cost_grid(params, multipliers),
-                sigma_annual=sigma_annual, periods_per_year=periods_per_year, metrics='core')
+  table = sweep_policies(prices, probs, policy, backtest.cost_grid(params, multipliers),
+                         sigma_annual=sigma_annual, periods_per_year=periods_per_year,
+                         metrics='core')
   return backtest.sensitivity_frame(table, multipliers)

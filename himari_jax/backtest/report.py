@@ -473,7 +473,7 @@ def cost_sensitivity_png(sensitivity: pd.DataFrame) -> bytes | None:
   """The net Sharpe ratio against the cost multiplier as PNG bytes (None without matplotlib).
 
   Args:
-    sensitivity: `backtest.cost_sensitivity` / `policy.cost_sensitivity` output.
+    sensitivity: `backtest.cost_sensitivity` / `policy.policy_cost_sensitivity` output.
   """
   try:
     import matplotlib

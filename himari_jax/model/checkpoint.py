@@ -231,7 +231,7 @@ class LoadedModel:
   @property
   def objective(self) -> str:
     """`config.train.objective`: 'classification' or 'reinforce' (logits are action scores),
-    or 'sharpe' / 'utility' (a position model: `predict.positions` reads its positions)."""
+    or 'sharpe' / 'utility' (a position model: `predict.predicted_positions` reads them)."""
     return self.config.train.get('objective', 'classification')
 
   @property

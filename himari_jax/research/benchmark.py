@@ -12,8 +12,8 @@ Every model sees, per asset and fold, the same bars, features, labels, split and
 3. Every model is fitted on the training rows, scores the validation and test bars, is
    calibrated on its validation bars (`baselines.calibrate_and_decide`), and a decision
    policy is selected on the validation bars (`policy.select_policy` over
-   `benchmark_folds.policy_grid(config.policy)`), then run once on the test bars. Position
-   models (trained on
+   `benchmark_folds.benchmark_policy_grid(config.policy)`), then run once on the test bars.
+   Position models (trained on
    the net-of-cost Sharpe ratio: `mlp_sharpe`, `flag_trader_sharpe`) give probabilities whose
    margin `p_buy - p_sell` is their position, skip the calibration and go through the same
    policy selection, so they are decided from their position as the others are from their
@@ -226,8 +226,8 @@ def run_trial(config: ml_collections.ConfigDict, trial: folds_lib.Trial, asset: 
   calibrated = np.where(decided.available[:, None], decided.probs, _HOLD_PROBS)
   val_probs, test_probs = calibrated[:n_val], calibrated[n_val:]
   params = backtest_lib.params_from_config(bt)
-  grid = folds_lib.policy_grid(config.policy, allow_short=bool(bt.allow_short),
-                     max_position_pct=float(bt.max_position_pct))
+  grid = folds_lib.benchmark_policy_grid(config.policy, allow_short=bool(bt.allow_short),
+                                         max_position_pct=float(bt.max_position_pct))
   span = data.span
   selection = policy_lib.select_policy(
       span.iloc[val], val_probs, params, grid=grid, objective=config.policy.objective,
@@ -359,7 +359,7 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str, *,
     log: where progress lines go (one per trial, with its wall time and the run's ETA).
 
   Returns:
-    The summary (`benchmark_report.summarize`) with `paths`, `skipped` and `run_seconds`.
+    The summary (`benchmark_report.summarize_benchmark`) with `paths`, `skipped` and `run_seconds`.
 
   Raises:
     ConfigError: unusable settings; DataError: an asset that cannot be loaded;
@@ -432,7 +432,7 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str, *,
   finally:
     _LOADED.clear()
   records = [done[t.key] for t in trials]
-  summary = benchmark_report.summarize(config, records, assets, workdir)
+  summary = benchmark_report.summarize_benchmark(config, records, assets, workdir)
   summary['skipped'] = skipped
   summary['run_seconds'] = time.time() - start
   paths = {'results': os.path.join(workdir, folds_lib.RESULTS)}

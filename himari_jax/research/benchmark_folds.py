@@ -28,8 +28,8 @@ TEST_ARRAYS = 'test.npz'
 TRAIN_FILE = 'train.csv'
 
 
-def policy_grid(policy_config: ml_collections.ConfigDict, *, allow_short: bool = False,
-                max_position_pct: float = 0.10) -> policy_lib.PolicyParams:
+def benchmark_policy_grid(policy_config: ml_collections.ConfigDict, *, allow_short: bool = False,
+                          max_position_pct: float = 0.10) -> policy_lib.PolicyParams:
   """The policies every model's selection tries: margin policies plus seed policies."""
   grids = []
   for entry in policy_config.entries:

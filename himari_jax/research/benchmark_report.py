@@ -61,8 +61,8 @@ def _pooled_trials(records: Sequence[dict[str, Any]],
   return num_trials, variance * val_bars / num_observations
 
 
-def summarize(config: ml_collections.ConfigDict, records: Sequence[dict[str, Any]],
-              assets: Sequence[folds_lib.Asset], workdir: str) -> dict[str, Any]:
+def summarize_benchmark(config: ml_collections.ConfigDict, records: Sequence[dict[str, Any]],
+                        assets: Sequence[folds_lib.Asset], workdir: str) -> dict[str, Any]:
   """Per (model, asset): signal metrics across folds, stitched gross / net Sharpe with CIs,
   turnover, drawdown, deflated Sharpe over all trials, paired bootstrap vs the best baseline.
   """
@@ -188,7 +188,8 @@ def write_report(config: ml_collections.ConfigDict, summary: dict[str, Any], wor
             f'rows ({bt.calibration.mode}; position models, whose margin `p_buy - p_sell` is '
             'their position, and models trained on net returns are not), decision policy '
             'selected on validation out of '
-            f'{np.size(folds_lib.policy_grid(config.policy).entry)} policies, then tested once. '
+            f'{np.size(folds_lib.benchmark_policy_grid(config.policy).entry)} policies, then '
+            'tested once. '
             f'Trials in the deflated Sharpe ratio: {summary["num_trials"]:,} (every policy '
             'tried in every model x asset x fold x seed).', '']
   for name, why in (summary.get('skipped') or {}).items():
