@@ -237,7 +237,7 @@ def test_default_grid_and_score_input():
   num = np.shape(grid.entry)[0]
   assert 300 <= num <= 500
   table = P.policy_table(grid)
-  assert set(table['sizing']) == set(P.SIZINGS) and (table['signal'] == 'argmax').sum() == 4
+  assert set(table['sizing']) == set(P.POLICY_SIZINGS) and (table['signal'] == 'argmax').sum() == 4
   assert np.all(table['exit'] <= table['entry'])
   probs = P.probs_from_score(np.array([-0.5, 0.0, 0.7]))
   np.testing.assert_allclose(probs[:, 2] - probs[:, 0], [-0.5, 0.0, 0.7])

@@ -49,7 +49,8 @@ def _weights(config: ml_collections.ConfigDict, num_members: int) -> list[float]
 POLICY_MODES = ('seed', 'fixed', 'select', 'auto')
 # Default axes of a 'select' grid given in part (policy.default_grid's values).
 _GRID_DEFAULTS = {'entry': (0.1, 0.2, 0.3, 0.4, 0.5), 'exit_gap': (0.0, 0.1, 0.2, 0.3),
-                  'min_hold': (0, 6, 24, 72), 'cooldown': (0, 12), 'sizing': policy_lib.SIZINGS}
+                  'min_hold': (0, 6, 24, 72), 'cooldown': (0, 12),
+                  'sizing': policy_lib.POLICY_SIZINGS}
 _SEED_THRESHOLDS = (0.0, 0.4, 0.5, 0.6)  # seed policies every 'select' grid also tries
 
 

@@ -53,10 +53,10 @@ from himari_jax.constants import BUY, HOLD, PERIODS_PER_YEAR, SELL
 from himari_jax.data import labels as labels_lib
 
 SIGNALS = ('margin', 'argmax')
-SIZINGS = ('confidence', 'fixed', 'vol_target')
+POLICY_SIZINGS = ('confidence', 'fixed', 'vol_target')
 _ARGMAX = SIGNALS.index('argmax')
-_CONFIDENCE, _FIXED = SIZINGS.index('confidence'), SIZINGS.index('fixed')
-OBJECTIVES = ('sharpe', 'sharpe_minus_turnover')
+_CONFIDENCE, _FIXED = POLICY_SIZINGS.index('confidence'), POLICY_SIZINGS.index('fixed')
+SELECTION_OBJECTIVES = ('sharpe', 'sharpe_minus_turnover')
 # Bar counter before any entry or exit, and its cap: above any min_hold or cooldown, and
 # exact in float32.
 _NEVER = 1e6
@@ -74,7 +74,7 @@ class PolicyParams:
   """Policy settings as a pytree of scalars; give every leaf a leading axis to batch.
 
   Build with `make_policy` (validated), `seed_policy` or `make_policy_grid`. Flags are
-  numbers: `signal` indexes `SIGNALS`, `sizing` indexes `SIZINGS`, `allow_short` and `trim`
+  numbers: `signal` indexes `SIGNALS`, `sizing` indexes `POLICY_SIZINGS`, `allow_short` and `trim`
   are 0 / 1; `min_hold` and `cooldown` count bars.
   """
 
@@ -104,12 +104,12 @@ def make_policy(*, signal: str = 'margin', entry: float = 0.2, exit: float = 0.0
   """
   if signal not in SIGNALS:
     raise ValueError(f'policy setting signal must be one of {SIGNALS}, got {signal!r}')
-  if sizing not in SIZINGS:
-    raise ValueError(f'policy setting sizing must be one of {SIZINGS}, got {sizing!r}')
+  if sizing not in POLICY_SIZINGS:
+    raise ValueError(f'policy setting sizing must be one of {POLICY_SIZINGS}, got {sizing!r}')
   policy = PolicyParams(
       signal=np.int32(SIGNALS.index(signal)), entry=np.float64(entry), exit=np.float64(exit),
       min_hold=np.float64(min_hold), cooldown=np.float64(cooldown),
-      sizing=np.int32(SIZINGS.index(sizing)), max_position_pct=np.float64(max_position_pct),
+      sizing=np.int32(POLICY_SIZINGS.index(sizing)), max_position_pct=np.float64(max_position_pct),
       target_vol=np.float64(target_vol), max_leverage=np.float64(max_leverage),
       band=np.float64(band), allow_short=np.int32(bool(allow_short)),
       trim=np.int32(bool(trim)))
@@ -137,7 +137,7 @@ def check_policy(policy: PolicyParams) -> None:
        f'must be a whole number in [0, {_NEVER:.0f})'),
       ('cooldown', whole['cooldown'] & (v['cooldown'] >= 0) & (v['cooldown'] < _NEVER),
        f'must be a whole number in [0, {_NEVER:.0f})'),
-      ('sizing', np.isin(v['sizing'], range(len(SIZINGS))), f'must index {SIZINGS}'),
+      ('sizing', np.isin(v['sizing'], range(len(POLICY_SIZINGS))), f'must index {POLICY_SIZINGS}'),
       ('max_position_pct', finite['max_position_pct'] & (v['max_position_pct'] > 0),
        'must be finite and > 0'),
       ('target_vol', finite['target_vol'] & (v['target_vol'] > 0), 'must be finite and > 0'),
@@ -168,7 +168,7 @@ def policy_table(policy: PolicyParams) -> pd.DataFrame:
   """Batched policies (P,) as a DataFrame of P rows, one column per field."""
   columns = {k: np.atleast_1d(np.asarray(v)) for k, v in vars(policy).items()}
   columns['signal'] = np.asarray(SIGNALS, dtype=object)[columns['signal']]
-  columns['sizing'] = np.asarray(SIZINGS, dtype=object)[columns['sizing']]
+  columns['sizing'] = np.asarray(POLICY_SIZINGS, dtype=object)[columns['sizing']]
   for name in ('allow_short', 'trim'):
     columns[name] = columns[name].astype(bool)
   for name in ('min_hold', 'cooldown'):
@@ -220,7 +220,7 @@ def default_grid(*, allow_short: bool = False, max_position_pct: float = 0.10,
              max_position_pct=max_position_pct, target_vol=target_vol,
              max_leverage=max_position_pct),
         exit=[round(entry - gap, 2) for gap in (0.0, 0.1, 0.2, 0.3)], min_hold=(0, 6, 24, 72),
-        cooldown=(0, 12), sizing=SIZINGS))
+        cooldown=(0, 12), sizing=POLICY_SIZINGS))
   seeds = [seed_policy(t, max_position_pct=max_position_pct, allow_short=allow_short)
            for t in (0.0, 0.4, 0.5, 0.6)]
   return stack_policies([*margin, *seeds])
@@ -514,8 +514,8 @@ def select_policy(prices: Any, probs: Any, params: backtest.BacktestParams, *,
     PolicySelection. Policies that never trade rank last (their Sharpe is NaN); ties go to
     the earlier policy of the grid.
   """
-  if objective not in OBJECTIVES:
-    raise ValueError(f'objective must be one of {OBJECTIVES}, got {objective!r}')
+  if objective not in SELECTION_OBJECTIVES:
+    raise ValueError(f'objective must be one of {SELECTION_OBJECTIVES}, got {objective!r}')
   if not (np.isfinite(turnover_penalty) and turnover_penalty >= 0):
     raise ValueError(f'turnover_penalty must be finite and >= 0, got {turnover_penalty}')
   if np.size(params.sizing) != 1:

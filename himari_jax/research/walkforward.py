@@ -60,7 +60,7 @@ from himari_jax.research import dispatch
 from himari_jax.stats import metrics as metrics_lib
 from himari_jax.training import train as train_lib
 
-MODES = ('rolling', 'expanding')
+WINDOW_MODES = ('rolling', 'expanding')
 PER_FOLD = ('retrain', 'finetune')
 TRAIN_FILE = 'train.csv'
 FOLD_JSON = 'fold.json'
@@ -125,8 +125,8 @@ def make_folds(num_bars: int, *, train_bars: int, test_bars: int, step_bars: int
     ValueError: on sizes that leave no fold or a training window before bar `WARMUP_BARS`.
   """
   step_bars = test_bars if step_bars is None else step_bars
-  if mode not in MODES:
-    raise ValueError(f'mode={mode!r}; use one of {", ".join(MODES)}')
+  if mode not in WINDOW_MODES:
+    raise ValueError(f'mode={mode!r}; use one of {", ".join(WINDOW_MODES)}')
   if train_bars < 1 or test_bars < 1 or embargo < 0:
     raise ValueError(f'train_bars={train_bars} and test_bars={test_bars} must be >= 1, '
                      f'embargo={embargo} >= 0')
