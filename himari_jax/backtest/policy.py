@@ -399,8 +399,8 @@ def run_policy(prices: Any, probs: Any, policy: PolicyParams,
 
 @jax.jit
 def _simulate_policy(prices, signal, p_hold, params, policy):
-  record, executed = backtest._scan_bars(prices, signal, params, policy, track='result',
-                                         rule=POLICY_RULE)
+  record, executed = backtest.scan_bars(prices, signal, params, policy, track='result',
+                                        rule=POLICY_RULE)
   _, _, _, p_sell, p_buy, _ = executed
   p_hold = jnp.where(params.fill_next_open > 0.5,
                      jnp.concatenate([jnp.zeros((1,), p_hold.dtype), p_hold[:-1]]), p_hold)

@@ -197,8 +197,9 @@ def load_series(spec: str | Sequence[str]) -> pd.DataFrame:
   return data_lib.fill_missing_bars(df, source=str(spec))
 
 
-def _bar_at(index: pd.DatetimeIndex, date: str) -> int:
-  """Index of the first bar at or after `date` (naive dates are UTC)."""
+def first_bar_at(index: pd.DatetimeIndex, date: str) -> int:
+  """Position in `index` of the first bar at or after `date` (naive dates are UTC); len(index)
+  when every bar is before it."""
   when = pd.Timestamp(date)
   when = when.tz_localize('UTC') if when.tzinfo is None else when.tz_convert('UTC')
   return int(index.searchsorted(when, side='left'))
@@ -211,8 +212,8 @@ def folds_for(config: ml_collections.ConfigDict, df: pd.DataFrame) -> list[Fold]
       len(df), train_bars=config.train_bars, test_bars=config.test_bars,
       step_bars=config.step_bars or None, mode=config.mode, embargo=embargo,
       val_fraction=config.data.val_fraction,
-      first_test=_bar_at(df.index, config.test_start) if config.test_start else None,
-      end=_bar_at(df.index, config.test_end) if config.test_end else None)
+      first_test=first_bar_at(df.index, config.test_start) if config.test_start else None,
+      end=first_bar_at(df.index, config.test_end) if config.test_end else None)
 
 
 # ----------------------------------------------------------------------------- folds
