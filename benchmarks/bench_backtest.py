@@ -15,7 +15,7 @@ else SELL) with confidence `0.5 + 0.5 * tanh(20 * |fast / slow - 1|)` in [0.5, 1
     slippages grid with `Portfolio.from_order_func` (a numba order function), vs `sweep` on
     the same grid. Both get the same final equities (printed as a check).
 
-(d) `policy.sweep` of `--policies` decision policies (entry x exit x min_hold x cooldown x
+(d) `policy.sweep_policies` of `--policies` decision policies (entry x exit x min_hold x cooldown x
     band x sizing) on `--policy_dataset` in one compiled call, `metrics='core'` and 'all'. The
     probabilities come from the crossover's fast / slow gap through a softmax.
 
@@ -42,8 +42,8 @@ from absl import app, flags
 
 from himari_jax.backtest import engine as backtest
 from himari_jax.backtest import policy
+from himari_jax.constants import BUY, HOLD, SELL
 from himari_jax.data import ohlcv as data
-from himari_jax.inference.ensemble import BUY, HOLD, SELL
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('dataset', 'btc_usdt_1h_2020_2024', 'Builtin dataset name or CSV path.')
@@ -55,7 +55,7 @@ flags.DEFINE_bool('vectorbt', True, 'Run (c) when vectorbt is importable.')
 flags.DEFINE_integer('policies', 10_000, 'Policies in the policy sweep (d), up to 15,000.')
 flags.DEFINE_string('policy_dataset', 'btc_usdt_1h_2025_2026', 'Dataset of the policy sweep (d).')
 flags.DEFINE_integer('policy_batch_size', policy.BATCH_SIZE,
-                     'Policies simulated together by `policy.sweep` in (d).')
+                     'Policies simulated together by `policy.sweep_policies` in (d).')
 flags.DEFINE_string('sections', 'abcd', 'Sections to run, e.g. bd to compare (b) and (d).')
 flags.DEFINE_list('metrics', ['core', 'all'], "Metric modes of the sweeps (b), (c), (d).")
 flags.DEFINE_list('device_counts', None,
@@ -316,7 +316,7 @@ def bench_policy_sweep():
         f'compiled call, batch_size {FLAGS.policy_batch_size}')
   for metrics in FLAGS.metrics:
     for count in device_counts():
-      first, run, table = best_time(lambda metrics=metrics, count=count: policy.sweep(
+      first, run, table = best_time(lambda metrics=metrics, count=count: policy.sweep_policies(
           frame, probs, grid, params, metrics=metrics, batch_size=FLAGS.policy_batch_size,
           devices=jax.local_devices()[:count]), FLAGS.repeats)
       print(f"    metrics='{metrics}' on {count} device(s): compile {first - run:.2f} s, run "

@@ -436,7 +436,7 @@ def walk_forward_config(variant: str | None = 'small') -> ml_collections.ConfigD
   config.datasets = ''  # or comma-separated builtin names / CSV paths, oldest first
   config.test_start = '2025-01-01'  # first test bar; '' = earliest with a full training window
   config.test_end = ''  # bars from this date on are not tested; '' = to the end of the data
-  config.train_bars = 8760  # bars of each training window, validation included (a year)
+  config.train_bars = constants.BARS_PER_YEAR  # bars of each training window, validation included
   config.test_bars = 2820  # bars of each test window (~4 months: 4 folds to 2026-04-15)
   config.step_bars = config_dict.placeholder(int)  # bars between test starts; None = test_bars
   config.mode = 'rolling'  # 'rolling' window or 'expanding' from the first fold's start
@@ -591,7 +591,7 @@ def benchmark_config(variant: str | None = 'cpu') -> ml_collections.ConfigDict:
   config.folds = ml_collections.ConfigDict()
   config.folds.test_start = '2024-01-01'  # both bundled assets cover 2024
   config.folds.test_end = '2025-01-01'
-  config.folds.train_bars = 8760  # a year before each test window, validation included
+  config.folds.train_bars = constants.BARS_PER_YEAR  # before each test window, validation included
   config.folds.test_bars = 2928  # 4 months: 3 folds cover 2024
   config.folds.step_bars = 0  # 0 = test_bars (the test windows tile the test era)
   config.folds.mode = 'rolling'

@@ -128,11 +128,12 @@ def main(argv):
     sys.exit(f'error: config.placebo.method={p.method!r}; valid: {", ".join(synthetic.METHODS)}')
   try:
     _check_config(config, workdir)
-    train_frames = pipeline.load_frames(config.train.data.train,
-                                        fill_gaps=config.train.data.fill_gaps,
-                                        last_bars=p.train_bars)
+    train_frames = pipeline.load_recent_frames(config.train.data.train,
+                                               fill_gaps=config.train.data.fill_gaps,
+                                               last_bars=p.train_bars)
     test_name = config.backtest.dataset
-    test = pipeline.load_frames(test_name, fill_gaps=True, last_bars=p.test_bars)[test_name]
+    test = pipeline.load_recent_frames(test_name, fill_gaps=True,
+                                       last_bars=p.test_bars)[test_name]
     real = (_run_real(config, workdir, train_frames, (test_name, test))
             if _REAL.value else None)
     options = {'method': p.method, 'remove_drift': p.remove_drift}
@@ -150,7 +151,7 @@ def main(argv):
 
     results = placebo.run_placebos(run_one, _RUNS.value, workdir, first_seed=p.first_seed,
                                    ray_address=_RAY_ADDRESS.value, log=_log)
-    summary = placebo.summarize(real, results, metrics=SUMMARY_METRICS)
+    summary = placebo.summarize_placebos(real, results, metrics=SUMMARY_METRICS)
     summary['config'] = {'variant': config.get('variant', ''), 'placebo': p.to_dict(),
                          'train': config.train.train.to_dict()}
     paths = placebo.write_outputs(summary, workdir)

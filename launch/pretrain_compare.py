@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 from absl import app, flags, logging
 
-from himari_jax import cli
+from himari_jax import cli, constants
 from himari_jax import config as config_lib
 from himari_jax.data import features as features_lib
 from himari_jax.data import input_pipeline
@@ -94,7 +94,7 @@ def decisions(logits: np.ndarray,
   available = ~np.isnan(logits).any(axis=1)
   corrected = np.where(available[:, None], logits, 0.0) + np.asarray(decision.logit_bias)
   probs = np.exp(corrected - np.logaddexp.reduce(corrected, axis=1, keepdims=True))
-  actions = np.where(available, probs.argmax(axis=1), labels_lib.ACTION_NAMES.index('HOLD'))
+  actions = np.where(available, probs.argmax(axis=1), constants.HOLD)
   confidence = np.where(available, probs.max(axis=1), 0.0)
   return actions.astype(np.int32), confidence
 
@@ -249,7 +249,7 @@ def markdown_table(summary: dict[str, Any]) -> str:
   for arm, records in summary['arms'].items():
     first = records[0]
     shares = ' / '.join(f'{np.mean([r[f"test_pred_share_{a}"] for r in records]):.2f}'
-                        for a in labels_lib.ACTION_NAMES)
+                        for a in constants.ACTION_NAMES)
     row = [arm, f'{first["trainable_params"]:,} / {first["total_params"]:,}',
            *(_mean_std([r[k] for r in records], '.4f') for k in
              ('best_val_loss', 'test_loss', 'test_nll', 'test_accuracy',

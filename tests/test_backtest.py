@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from himari_jax.backtest import engine as backtest
+from himari_jax.constants import BUY, HOLD, SELL
 from himari_jax.data import ohlcv as data
-from himari_jax.inference.ensemble import BUY, HOLD, SELL
 from himari_jax.stats import metrics
 
 

@@ -5,6 +5,7 @@ import sys
 import numpy as np
 import pytest
 
+from himari_jax.constants import HOLD
 from himari_jax.data import features, labels
 from himari_jax.data import ohlcv as data
 from himari_jax.inference import decisions
@@ -170,7 +171,7 @@ def test_calibrate_and_decide():
   np.testing.assert_allclose(raw.probs[0, 5:], test[5:], rtol=1e-5)
   np.testing.assert_array_equal(raw.probs[0, :5], np.tile(decisions.HOLD_PROBS, (5, 1)))
   np.testing.assert_array_equal(raw.actions[5:], test[5:].argmax(axis=1))
-  assert (raw.actions[:5] == baselines.HOLD).all() and (raw.confidence[:5] == 0).all()
+  assert (raw.actions[:5] == HOLD).all() and (raw.confidence[:5] == 0).all()
   assert not raw.available[:5].any() and raw.available[5:].all()
   # fit_rates: decisions on validation occur at the validation label rates.
   fitted = baselines.calibrate_and_decide(probs, val_labels, val_mask, probs, mode='fit_rates')
@@ -183,7 +184,7 @@ def test_calibrate_and_decide():
   # A threshold above every confidence leaves only HOLD.
   strict = baselines.calibrate_and_decide(probs, val_labels, val_mask, test, mode='none',
                                           temperature=False, threshold=1.0)
-  assert (strict.actions == baselines.HOLD).all()
+  assert (strict.actions == HOLD).all()
 
 
 def _planted_market(n=3000, seed=0):

@@ -46,7 +46,8 @@ def test_tiny_runs_end_to_end(tiny_run):
   rows = {r['model']: r for r in summary['rows']}
   assert set(rows) == {'momentum', 'logistic'}
   # Every policy tried in every trial counts in the deflated Sharpe ratio.
-  grid_size = np.size(benchmark_folds.policy_grid(config_lib.benchmark_config('tiny').policy).entry)
+  policy_config = config_lib.benchmark_config('tiny').policy
+  grid_size = np.size(benchmark_folds.benchmark_policy_grid(policy_config).entry)
   assert summary['num_trials'] == grid_size * len(records)
   assert all(r['policy']['num_trials'] == grid_size for r in records)
 
@@ -193,7 +194,7 @@ def test_position_model_is_decided_from_its_position(tmp_path):
   record = records['mlp_sharpe']
   assert record['calibration']['mode'] == 'skip'  # the classifier next to it is calibrated
   assert records['momentum']['calibration']['mode'] == config.backtest.calibration.mode
-  grid_size = np.size(benchmark_folds.policy_grid(config.policy).entry)
+  grid_size = np.size(benchmark_folds.benchmark_policy_grid(config.policy).entry)
   assert record['policy']['num_trials'] == grid_size  # selected on validation like the rest
   # The score the policy traded on is the position of the model trained at the benchmark's
   # costs, long-only as its backtests are.

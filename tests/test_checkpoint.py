@@ -206,7 +206,7 @@ def test_load_model_reads_a_run_saved_before_later_fields(tmp_path):
   assert loaded.objective == 'classification' and loaded.feature_set == 'himari'
   assert not loaded.config.train.long_only and loaded.config.train.init_from == ''
   with pytest.raises(ValueError, match='objective=classification scores actions'):
-    predict.positions(loaded, None)
+    predict.predicted_positions(loaded, None)
 
 
 def _largest_file(folder):

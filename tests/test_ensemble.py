@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from himari_jax import config as config_lib
+from himari_jax.constants import BUY, HOLD, SELL
 from himari_jax.data import ohlcv as data
 from himari_jax.inference import calibration, ensemble
-from himari_jax.inference.ensemble import BUY, HOLD, SELL, STRATEGIES
+from himari_jax.inference.ensemble import STRATEGIES
 
 
 def _vote_probs(votes_per_bar):

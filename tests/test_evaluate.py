@@ -141,10 +141,10 @@ def test_policy_grid_and_fixed_policy_from_config():
   from himari_jax.backtest import evaluate, policy
 
   config = config_lib.load_config('backtest')
-  grid = evaluate.policy_grid(config.policy)
+  grid = evaluate.selection_grid(config.policy)
   assert np.shape(grid.entry) == np.shape(policy.default_grid().entry)  # 484 policies
   config.policy.grid.update(entry='0.3', exit_gap='0,0.1', min_hold='6', sizing='vol_target')
-  table = policy.policy_table(evaluate.policy_grid(config.policy))
+  table = policy.policy_table(evaluate.selection_grid(config.policy))
   margin = table[table['signal'] == 'margin']
   assert len(margin) == 2 * 2 and set(margin['exit']) == {0.3, 0.2}
   assert set(margin['sizing']) == {'vol_target'} and set(margin['min_hold']) == {6}

@@ -4,9 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from himari_jax.constants import BUY, HOLD, SELL
 from himari_jax.data import labels as L
 from himari_jax.data import ohlcv as data
-from himari_jax.data.labels import BUY, HOLD, SELL
 
 
 @pytest.fixture(scope='module')

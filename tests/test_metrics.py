@@ -8,7 +8,7 @@ import pytest
 
 from himari_jax.backtest import engine as backtest
 from himari_jax.backtest import report
-from himari_jax.inference.ensemble import BUY, SELL
+from himari_jax.constants import BUY, SELL
 from himari_jax.stats import metrics
 
 PERIODS = 8760.0
@@ -134,12 +134,43 @@ def test_drawdown_curve_starts_from_the_capital():
                              [-0.01, 0.0, -0.05, 0.0], atol=1e-6)
 
 
+def test_numpy_curves_stay_numpy_float64():
+  equity = np.array([99.0, 101.0, 95.95, 102.0])
+  drawdown = metrics.drawdown_curve(equity, 100.0)
+  returns = metrics.period_returns(equity, 100.0)
+  assert isinstance(drawdown, np.ndarray) and drawdown.dtype == np.float64
+  assert isinstance(returns, np.ndarray) and returns.dtype == np.float64
+  np.testing.assert_array_equal(drawdown, equity / [100.0, 101.0, 101.0, 102.0] - 1)
+  np.testing.assert_array_equal(returns, equity / [100.0, 99.0, 101.0, 95.95] - 1)
+  np.testing.assert_allclose(metrics.drawdown_curve(jnp.asarray(equity), 100.0), drawdown,
+                             rtol=1e-6)
+
+
 def test_flat_curve_ratios_are_nan_not_huge():
   result, closes = random_backtest()
   flat = result.replace(equity=jnp.full_like(result.equity, 100_000.0))
   got = metrics.compute_metrics(flat, metrics.market_returns(closes), 100_000.0)
   assert np.isnan(got['sharpe']) and np.isnan(got['sortino']) and np.isnan(got['calmar'])
   assert float(got['volatility']) == 0.0
+
+
+def test_sharpe_kernel_on_numpy_and_under_jit_vmap_grad():
+  rng = np.random.default_rng(3)
+  q = rng.normal(0.001, 0.01, (4, 50))
+  mean, std = q.mean(axis=1), q.std(axis=1, ddof=1)
+  expected = mean / std * np.sqrt(PERIODS)
+  on_numpy = metrics.sharpe_from_moments(mean, std)
+  assert isinstance(on_numpy, np.ndarray) and on_numpy.dtype == np.float64
+  np.testing.assert_array_equal(on_numpy, expected)  # float64 in, float64 arithmetic
+  jitted = jax.jit(jax.vmap(metrics.sharpe_from_moments, in_axes=(0, 0, None)))
+  np.testing.assert_allclose(jitted(jnp.asarray(mean), jnp.asarray(std), PERIODS), expected,
+                             rtol=1e-5)
+  slope = jax.grad(metrics.sharpe_from_moments)(jnp.float32(0.002), jnp.float32(0.01), 4.0)
+  assert float(slope) == pytest.approx(2 / 0.01)
+  # A flat series (std 0) is undefined: NaN, or what the caller asks for.
+  assert np.isnan(metrics.sharpe_from_moments(0.001, 0.0))
+  assert float(metrics.sharpe_from_moments(jnp.float32(0.001), jnp.float32(0.0),
+                                           undefined=0.0)) == 0.0
 
 
 def _returns_series():

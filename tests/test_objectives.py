@@ -13,6 +13,7 @@ import numpy as np
 import optax
 import pytest
 
+from himari_jax.constants import BUY, HOLD, SELL
 from himari_jax.data import features as features_lib
 from himari_jax.data import labels as labels_lib
 from himari_jax.data import ohlcv as data
@@ -315,9 +316,9 @@ def _episode_reward(actions, forward, cost, long_only, initial):
   held, total, first = 0.0, 0.0, True
   for action, r in zip(actions, forward, strict=True):
     before = held
-    if action == obj.BUY:
+    if action == BUY:
       held = 1.0
-    elif action == obj.SELL:
+    elif action == SELL:
       held = 0.0 if long_only else -1.0
     change = 0.0 if (first and initial == 'first') else abs(held - before)
     total += held * r - cost * change
@@ -361,7 +362,7 @@ def test_reinforce_raises_the_probability_of_the_profitable_action():
   key = jax.random.key(4)
   forward = 0.01 * jnp.where(jax.random.bernoulli(key, 0.5, (8, 12)), 1.0, -1.0)
   batch = {'forward_return': forward, 'mask': jnp.ones((8, 12), bool)}
-  profitable = jnp.where(forward > 0, obj.BUY, obj.SELL)
+  profitable = jnp.where(forward > 0, BUY, SELL)
   optimizer = optax.adam(0.1)
 
   def probability(logits):
@@ -389,7 +390,7 @@ def test_reinforce_raises_the_probability_of_the_profitable_action():
 
 
 def test_sampled_positions_follow_the_backtester():
-  actions = jnp.array([[obj.HOLD, obj.BUY, obj.HOLD, obj.SELL, obj.BUY, obj.HOLD]])
+  actions = jnp.array([[HOLD, BUY, HOLD, SELL, BUY, HOLD]])
   mask = jnp.array([[True, True, True, True, False, True]])
   np.testing.assert_array_equal(obj.sampled_positions(actions, mask, False),
                                 [[0, 1, 1, -1, -1, -1]])
@@ -453,11 +454,11 @@ def test_evaluate_positions_resets_each_series_and_matches_the_loss():
 def test_decisions_from_positions():
   actions, confidence = obj.decisions_from_positions(np.array([0.8, 0.1, -0.05, -0.6]),
                                                      threshold=0.2)
-  np.testing.assert_array_equal(actions, [obj.BUY, obj.HOLD, obj.HOLD, obj.SELL])
+  np.testing.assert_array_equal(actions, [BUY, HOLD, HOLD, SELL])
   np.testing.assert_allclose(confidence, [0.8, 0.1, 0.05, 0.6])
   actions, confidence = obj.decisions_from_positions(np.array([0.9, 0.5, 0.45, 0.1]),
                                                      threshold=0.2, long_only=True)
-  np.testing.assert_array_equal(actions, [obj.BUY, obj.HOLD, obj.HOLD, obj.SELL])
+  np.testing.assert_array_equal(actions, [BUY, HOLD, HOLD, SELL])
   np.testing.assert_allclose(confidence, [0.9, 0.5, 0.45, 0.9])
   with pytest.raises(ValueError, match='position at bar 1 is -0.5'):
     obj.decisions_from_positions(np.array([0.5, -0.5]), long_only=True)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from himari_jax.backtest import engine as backtest
+from himari_jax.constants import BUY, SELL
 from himari_jax.data import ohlcv as data
 from himari_jax.data import synthetic
 from himari_jax.research import placebo
@@ -44,8 +45,8 @@ def test_p_value_is_uniform_for_a_result_drawn_from_the_null():
 def test_summary_statistics_nested_names_and_json():
   runs = [{'net_sharpe': s, 'sig': {'dsr': d}} for s, d in
           zip([0.5, -1.0, 2.0, None, np.float32(1.0)], [0.1, 0.2, 0.3, 0.4, 0.5], strict=True)]
-  summary = placebo.summarize({'net_sharpe': 1.5, 'sig': {'dsr': 0.45}}, runs,
-                              metrics=('net_sharpe', 'sig.dsr', 'ic'))
+  summary = placebo.summarize_placebos({'net_sharpe': 1.5, 'sig': {'dsr': 0.45}}, runs,
+                                       metrics=('net_sharpe', 'sig.dsr', 'ic'))
   sharpe = summary['metrics']['net_sharpe']
   defined = np.array([0.5, -1.0, 2.0, 1.0])
   assert summary['num_runs'] == 5
@@ -64,15 +65,15 @@ def test_summary_statistics_nested_names_and_json():
   assert len(table) == 2 + 3 and table[0].startswith('| metric | real | p-value')
   assert '| net Sharpe | 1.500 | 0.400 |' in table[2]
   with pytest.raises(ValueError, match='no placebo results'):
-    placebo.summarize(None, [])
+    placebo.summarize_placebos(None, [])
   with pytest.raises(ValueError, match='metric net_sharpe is an array of shape'):
-    placebo.summarize(None, [{'net_sharpe': np.zeros(3)}])
+    placebo.summarize_placebos(None, [{'net_sharpe': np.zeros(3)}])
 
 
 def test_outputs_with_and_without_matplotlib(tmp_path, monkeypatch):
-  summary = placebo.summarize({'net_sharpe': 2.0, 'turnover': 3.0},
-                              [{'net_sharpe': v, 'turnover': 2 * v} for v in range(6)],
-                              metrics=('net_sharpe', 'turnover'))
+  summary = placebo.summarize_placebos({'net_sharpe': 2.0, 'turnover': 3.0},
+                                       [{'net_sharpe': v, 'turnover': 2 * v} for v in range(6)],
+                                       metrics=('net_sharpe', 'turnover'))
   paths = placebo.write_outputs(summary, tmp_path / 'with')
   with open(paths['json']) as f:
     assert json.load(f) == summary
@@ -187,7 +188,7 @@ def planted_market():
 def _pipeline(df):
   """Result dict of the volume rule on `df`: net and gross backtests, DSR (1 trial), IC."""
   score = np.where(df['volume'].to_numpy() > 1.75, 1.0, -1.0)
-  actions = np.where(score > 0, backtest.BUY, backtest.SELL).astype(np.int32)
+  actions = np.where(score > 0, BUY, SELL).astype(np.int32)
   confidence = np.ones(len(df))
   close = df['close'].to_numpy()
   market = metrics.market_returns(close)
@@ -219,7 +220,7 @@ def _placebo_runner(real_df):
 def test_planted_edge_is_far_out_in_the_null_and_noise_is_not(planted_market, tmp_path):
   run_one = _placebo_runner(planted_market)
   null = placebo.run_placebos(run_one, NUM_RUNS, tmp_path, log=lambda line: None)
-  edge = placebo.summarize(_pipeline(planted_market), null)
+  edge = placebo.summarize_placebos(_pipeline(planted_market), null)
   for name in ('net_sharpe', 'gross_sharpe', 'total_return', 'deflated_sharpe', 'ic'):
     assert edge['metrics'][name]['p_value'] == pytest.approx(1 / (NUM_RUNS + 1)), name
   assert edge['metrics']['ic']['real'] > 0.5  # the rule does peek in the real market
@@ -227,6 +228,7 @@ def test_planted_edge_is_far_out_in_the_null_and_noise_is_not(planted_market, tm
   # Markets with nothing to find read against the same null are draws of it: their p-values
   # are uniform, mean 0.52 with a standard error of 0.13 over 5 (so > 0.2 fails by chance
   # with probability under 1 %; the seeds are fixed, so the test is deterministic).
-  noise = [placebo.summarize(run_one(seed), null)['metrics'] for seed in range(10_000, 10_005)]
+  noise = [placebo.summarize_placebos(run_one(seed), null)['metrics']
+           for seed in range(10_000, 10_005)]
   for name in ('net_sharpe', 'gross_sharpe', 'ic'):
     assert np.mean([n[name]['p_value'] for n in noise]) > 0.2, name

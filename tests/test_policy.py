@@ -7,9 +7,9 @@ import pytest
 
 from himari_jax.backtest import engine as backtest
 from himari_jax.backtest import policy as P
+from himari_jax.constants import BUY, HOLD, SELL
 from himari_jax.data import ohlcv as data
 from himari_jax.inference import ensemble
-from himari_jax.inference.ensemble import BUY, HOLD, SELL
 from himari_jax.stats import significance
 
 CAPITAL, COMMISSION, SLIPPAGE = 100_000.0, 0.001, 0.0005
@@ -185,8 +185,8 @@ def test_sweep_matches_single_runs(which):
   prices = backtest.Prices(opens, closes)
   with jax.enable_x64(True):
     # batch_size 6: 2 signals x 3 settings per chunk, the last of 20 settings padded.
-    table = P.sweep(prices, probs, policies, costs, signal_names=['a', 'b'], metrics=which,
-                    batch_size=6)
+    table = P.sweep_policies(prices, probs, policies, costs, signal_names=['a', 'b'],
+                             metrics=which, batch_size=6)
     assert len(table) == 2 * 5 * 4
     for row in table.sample(8, random_state=0).itertuples():
       policy = jax.tree.map(lambda x, i=row.policy: x[i], policies)
@@ -223,7 +223,7 @@ def test_bad_batched_policy_and_probs_raise():
   bad = grid.replace(band=np.array([0.0, -1.0, 0.0]))
   prices = np.full((5, 2), 100.0)
   with pytest.raises(ValueError, match='band must be'):
-    P.sweep(prices, np.full((5, 3), 1 / 3), bad, backtest.make_params())
+    P.sweep_policies(prices, np.full((5, 3), 1 / 3), bad, backtest.make_params())
   with pytest.raises(ValueError, match=r'bar 2 is'):
     probs = np.full((5, 3), 1 / 3)
     probs[2] = [0.5, 0.5, 0.5]
@@ -237,7 +237,7 @@ def test_default_grid_and_score_input():
   num = np.shape(grid.entry)[0]
   assert 300 <= num <= 500
   table = P.policy_table(grid)
-  assert set(table['sizing']) == set(P.SIZINGS) and (table['signal'] == 'argmax').sum() == 4
+  assert set(table['sizing']) == set(P.POLICY_SIZINGS) and (table['signal'] == 'argmax').sum() == 4
   assert np.all(table['exit'] <= table['entry'])
   probs = P.probs_from_score(np.array([-0.5, 0.0, 0.7]))
   np.testing.assert_allclose(probs[:, 2] - probs[:, 0], [-0.5, 0.0, 0.7])
@@ -303,7 +303,7 @@ def test_cost_sensitivity_curve():
   prices = backtest.Prices(opens, closes)
   params = backtest.make_params()
   policy = P.make_policy(**CASES['confidence'])
-  curve = P.cost_sensitivity(prices, probs, policy, params)
+  curve = P.policy_cost_sensitivity(prices, probs, policy, params)
   assert list(curve['cost_multiplier']) == list(backtest.COST_MULTIPLIERS)
   # Costs only take away: the net return falls as they grow.
   assert np.all(np.diff(curve['total_return']) < 0)

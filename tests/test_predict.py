@@ -114,15 +114,15 @@ def test_a_pt_member_defaults_to_seed_causal(loaded, tmp_path):
 def test_positions_of_a_position_model(loaded, bars):
   preds = predict.predict_logits(loaded, bars)
   with pytest.raises(ValueError, match='objective=classification scores actions'):
-    predict.positions(loaded, preds)
+    predict.predicted_positions(loaded, preds)
   config = loaded.config.copy_and_resolve_references()
   config.train.objective = 'sharpe'
   sharpe = dataclasses.replace(loaded, config=config)
-  held = predict.positions(sharpe, preds)
+  held = predict.predicted_positions(sharpe, preds)
   first = predict.first_available_bar(CONTEXT)
   assert np.isnan(held[:first]).all()
   np.testing.assert_allclose(held[first:], np.tanh(preds.logits[first:, 2] -
                                                    preds.logits[first:, 0]), rtol=1e-6)
   config.train.long_only = True
-  long_only = predict.positions(dataclasses.replace(loaded, config=config), preds)
+  long_only = predict.predicted_positions(dataclasses.replace(loaded, config=config), preds)
   assert ((long_only[first:] > 0) & (long_only[first:] < 1)).all()

@@ -12,7 +12,7 @@ from conftest import load_config_file
 
 from himari_jax.backtest import engine as backtest
 from himari_jax.backtest import evaluate, report
-from himari_jax.inference.ensemble import BUY, HOLD, SELL
+from himari_jax.constants import BUY, HOLD, SELL
 from himari_jax.stats import metrics
 
 

@@ -81,8 +81,8 @@ def test_eight_devices_give_the_one_device_table():
 
 
 def sweep_tables(devices=None):
-  """`backtest.sweep` and `policy.sweep` tables of two signals on 300 bars, in chunks of two
-  settings (6 chunks each: 8 devices get one or none, and padding), in float64."""
+  """`backtest.sweep` and `policy.sweep_policies` tables of two signals on 300 bars, in chunks
+  of two settings (6 chunks each: 8 devices get one or none, and padding), in float64."""
   grid, prices, actions, confidence = make_inputs()
   rng = np.random.default_rng(1)
   signals = np.stack([actions, rng.integers(0, 3, len(actions)).astype(np.int32)])
@@ -95,8 +95,8 @@ def sweep_tables(devices=None):
     return {
         'backtest': backtest.sweep(prices, signals, confidences, grid, batch_size=4,
                                    devices=devices),
-        'policy': policy.sweep(prices, probs, policies, costs, metrics='core', batch_size=4,
-                               devices=devices)}
+        'policy': policy.sweep_policies(prices, probs, policies, costs, metrics='core',
+                                        batch_size=4, devices=devices)}
 
 
 SWEEP_CHILD = f'''

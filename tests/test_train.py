@@ -22,7 +22,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from himari_jax import config as config_lib
-from himari_jax.data import features, input_pipeline, labels
+from himari_jax.constants import ACTION_NAMES
+from himari_jax.data import features, input_pipeline
 from himari_jax.data import ohlcv as data
 from himari_jax.inference import members, predict
 from himari_jax.model import checkpoint, objectives
@@ -75,7 +76,7 @@ def test_tiny_run_learns_and_writes_every_output(trained):
   assert [r['epoch'] for r in val] == [1, 2]
   for r in val:
     assert np.sum(r['val_confusion']) > 0 and 0 <= r['val_accuracy'] <= 1
-    assert sum(r[f'val_pred_share_{a}'] for a in labels.ACTION_NAMES) == pytest.approx(1.0)
+    assert sum(r[f'val_pred_share_{a}'] for a in ACTION_NAMES) == pytest.approx(1.0)
   # Latest two steps (30 mid-epoch, 40 epoch end) and the best epoch end (20 or 40).
   assert _steps(workdir)[-2:] == [30, 40] and result['best_step'] in (20, 40)
   for step in _steps(workdir):  # each with the manifest its restore checks
@@ -489,7 +490,7 @@ def test_reinforce_trains_a_policy_validated_by_its_greedy_play(tiny_config, tmp
   loaded = checkpoint.load_model(tmp_path)
   assert loaded.objective == 'reinforce'
   with pytest.raises(ValueError, match='scores actions and has no positions'):
-    predict.positions(loaded, None)
+    predict.predicted_positions(loaded, None)
   # The benchmark reads it like a classifier (probabilities, not a position); a backtest does
   # not fit its probabilities to the label rates it never trained on.
   assert not baselines.make_baseline('flag_trader', path=str(tmp_path)).outputs_position

@@ -9,7 +9,7 @@ every metric, or (`metrics='core'`) returns, risk ratios, drawdown and trades fr
 sums carried through the scan, the fast mode for screening large grids. The scan takes a
 `DecisionRule`: `ACTIONS_RULE` executes SELL / HOLD / BUY actions as below; `policy.py`
 supplies a rule that maps probabilities to target positions (SPEC section 8) and runs on the
-same scan and sweep (`policy.run_policy`, `policy.sweep`).
+same scan and sweep (`policy.run_policy`, `policy.sweep_policies`).
 
 Semantics (defaults are the seed's):
 
@@ -303,7 +303,7 @@ def _simulate(prices: Prices, actions: jax.Array, confidence: jax.Array,
   """The simulation without validation, traceable in every argument."""
   dtype = jnp.result_type(float)
   signal = (jnp.asarray(actions, jnp.int32), jnp.asarray(confidence, dtype))
-  record, executed = _scan_bars(prices, signal, params, (), track='result')
+  record, executed = scan_bars(prices, signal, params, (), track='result')
   return BacktestResult(*record, confidence=executed[1])
 
 
@@ -333,10 +333,11 @@ ACTIONS_RULE = DecisionRule(
     decide=_decide_actions)
 
 
-def _scan_bars(prices: Prices, signal: Any, params: BacktestParams, rule_params: Any,
-               track: str, risk_free_per_bar: Any = 0.0,
-               rule: DecisionRule = ACTIONS_RULE) -> Any:
-  """The bar-by-bar scan.
+def scan_bars(prices: Prices, signal: Any, params: BacktestParams, rule_params: Any,
+              track: str, risk_free_per_bar: Any = 0.0,
+              rule: DecisionRule = ACTIONS_RULE) -> Any:
+  """The bar-by-bar scan every simulation runs: actions (`run_backtest`, `sweep`) and
+  decision policies (`policy.run_policy`, `policy.sweep_policies`) alike.
 
   Step t decides the fill of bar t and books the fill of bar t-1 that the previous step
   decided and carried (one extra step books the last bar). Carrying the decision matters for
@@ -346,9 +347,13 @@ def _scan_bars(prices: Prices, signal: Any, params: BacktestParams, rule_params:
   metrics need.
 
   Args:
+    prices: (N,) opens and closes.
     signal: pytree of (N,) arrays that `rule.decide` reads bar by bar.
     params: the costs, capital and fill timing (and, for ACTIONS_RULE, the sizing).
     rule_params: the rule's own settings (a PolicyParams, or () for actions).
+    track: what to return, 'result', 'all' or 'core' (below).
+    risk_free_per_bar: the risk-free return per bar, for the 'core' downside sums.
+    rule: the DecisionRule that turns the signal into fills (ACTIONS_RULE or a policy's).
 
   Returns, by `track`: 'result', the per-bar record (qty, price, commission, slippage,
   position, cash, equity) and the signal each bar executed; 'all', the (N,) equity curve and
@@ -611,7 +616,7 @@ def sensitivity_frame(table: pd.DataFrame, multipliers: Sequence[float]) -> pd.D
 
 def cost_sensitivity(prices: Any, actions: Any, confidence: Any, params: BacktestParams, *,
                      multipliers: Sequence[float] = COST_MULTIPLIERS,
-                     periods_per_year: float = 8760.0) -> pd.DataFrame:
+                     periods_per_year: float = PERIODS_PER_YEAR) -> pd.DataFrame:
   """Net Sharpe ratio and return of one signal at multiples of the configured costs, in one
   sweep call (each multiple re-simulated, as sizes depend on the equity costs leave).
 
@@ -659,8 +664,8 @@ def _chunk_metrics(metrics: str, rule: DecisionRule) -> Callable[..., dict[str, 
     chunk = np.shape(setting[0].sizing)[0]
 
     def simulate(signal, one):
-      return _scan_bars(prices, signal, *one, track=metrics,
-                        risk_free_per_bar=risk_free_rate / periods_per_year, rule=rule)
+      return scan_bars(prices, signal, *one, track=metrics,
+                       risk_free_per_bar=risk_free_rate / periods_per_year, rule=rule)
 
     def summarize(args):
       equity, stats, capital = args

@@ -50,7 +50,8 @@ def _weights(config: ml_collections.ConfigDict, num_members: int) -> list[float]
 POLICY_MODES = ('seed', 'fixed', 'select', 'auto')
 # Default axes of a 'select' grid given in part (policy.default_grid's values).
 _GRID_DEFAULTS = {'entry': (0.1, 0.2, 0.3, 0.4, 0.5), 'exit_gap': (0.0, 0.1, 0.2, 0.3),
-                  'min_hold': (0, 6, 24, 72), 'cooldown': (0, 12), 'sizing': policy_lib.SIZINGS}
+                  'min_hold': (0, 6, 24, 72), 'cooldown': (0, 12),
+                  'sizing': policy_lib.POLICY_SIZINGS}
 _SEED_THRESHOLDS = (0.0, 0.4, 0.5, 0.6)  # seed policies every 'select' grid also tries
 
 
@@ -61,7 +62,7 @@ def fixed_policy(policy_config: ml_collections.ConfigDict) -> policy_lib.PolicyP
   return policy_lib.make_policy(**{k: policy_config[k] for k in fields})
 
 
-def policy_grid(policy_config: ml_collections.ConfigDict) -> policy_lib.PolicyParams:
+def selection_grid(policy_config: ml_collections.ConfigDict) -> policy_lib.PolicyParams:
   """The grid 'select' searches: `policy.default_grid()` with the sizes, band and shorting of
   `config.policy`, each axis narrowed to `config.policy.grid.<axis>` where that is set, plus
   the seed at thresholds 0, 0.4, 0.5 and 0.6 (so selection can keep the seed)."""
@@ -141,7 +142,7 @@ def choose_policy(config: ml_collections.ConfigDict, val_df: pd.DataFrame | None
     raise ValueError(f"policy.mode={mode!r} needs validation bars and their probabilities")
   params = backtest_lib.params_from_config(config)
   selection = policy_lib.select_policy(
-      val_df, val_probs, params, grid=policy_grid(pc), objective=pc.objective,
+      val_df, val_probs, params, grid=selection_grid(pc), objective=pc.objective,
       turnover_penalty=pc.turnover_penalty, sigma_annual=sigma_for(val_df, config),
       periods_per_year=config.periods_per_year)
   chosen = selection.table.iloc[selection.index]
@@ -383,7 +384,7 @@ def backtest_and_report(df: pd.DataFrame, actions: np.ndarray, confidence: np.nd
     sigma = sigma_for(df, config)
     result = policy_lib.run_policy(df, probs, choice.policy, params, sigma_annual=sigma,
                                    periods_per_year=config.periods_per_year)
-    sensitivity = policy_lib.cost_sensitivity(df, probs, choice.policy, params,
+    sensitivity = policy_lib.policy_cost_sensitivity(df, probs, choice.policy, params,
                                               multipliers=multipliers, sigma_annual=sigma,
                                               periods_per_year=config.periods_per_year)
   close = np.asarray(df['close'], np.float64)

@@ -4,8 +4,8 @@ The seed turns every bar's argmax into an order, so a model whose probabilities 
 costs on every flicker. A policy keeps a side (flat, long, short) with hysteresis, a minimum
 holding period and a cooldown, sizes a target position, and trades only when the target is
 far enough from the position. Its settings, `PolicyParams`, are a pytree of numbers, so
-`sweep` runs thousands of policies x cost settings in one compiled call, and `select_policy`
-picks one on validation predictions.
+`sweep_policies` runs thousands of policies x cost settings in one compiled call, and
+`select_policy` picks one on validation predictions.
 
 Per decision bar, with `p = (sell, hold, buy)`:
 
@@ -49,14 +49,14 @@ import numpy as np
 import pandas as pd
 
 from himari_jax.backtest import engine as backtest
+from himari_jax.constants import BUY, HOLD, PERIODS_PER_YEAR, SELL
 from himari_jax.data import labels as labels_lib
-from himari_jax.inference.ensemble import BUY, HOLD, SELL
 
 SIGNALS = ('margin', 'argmax')
-SIZINGS = ('confidence', 'fixed', 'vol_target')
+POLICY_SIZINGS = ('confidence', 'fixed', 'vol_target')
 _ARGMAX = SIGNALS.index('argmax')
-_CONFIDENCE, _FIXED = SIZINGS.index('confidence'), SIZINGS.index('fixed')
-OBJECTIVES = ('sharpe', 'sharpe_minus_turnover')
+_CONFIDENCE, _FIXED = POLICY_SIZINGS.index('confidence'), POLICY_SIZINGS.index('fixed')
+SELECTION_OBJECTIVES = ('sharpe', 'sharpe_minus_turnover')
 # Bar counter before any entry or exit, and its cap: above any min_hold or cooldown, and
 # exact in float32.
 _NEVER = 1e6
@@ -74,7 +74,7 @@ class PolicyParams:
   """Policy settings as a pytree of scalars; give every leaf a leading axis to batch.
 
   Build with `make_policy` (validated), `seed_policy` or `make_policy_grid`. Flags are
-  numbers: `signal` indexes `SIGNALS`, `sizing` indexes `SIZINGS`, `allow_short` and `trim`
+  numbers: `signal` indexes `SIGNALS`, `sizing` indexes `POLICY_SIZINGS`, `allow_short` and `trim`
   are 0 / 1; `min_hold` and `cooldown` count bars.
   """
 
@@ -104,12 +104,12 @@ def make_policy(*, signal: str = 'margin', entry: float = 0.2, exit: float = 0.0
   """
   if signal not in SIGNALS:
     raise ValueError(f'policy setting signal must be one of {SIGNALS}, got {signal!r}')
-  if sizing not in SIZINGS:
-    raise ValueError(f'policy setting sizing must be one of {SIZINGS}, got {sizing!r}')
+  if sizing not in POLICY_SIZINGS:
+    raise ValueError(f'policy setting sizing must be one of {POLICY_SIZINGS}, got {sizing!r}')
   policy = PolicyParams(
       signal=np.int32(SIGNALS.index(signal)), entry=np.float64(entry), exit=np.float64(exit),
       min_hold=np.float64(min_hold), cooldown=np.float64(cooldown),
-      sizing=np.int32(SIZINGS.index(sizing)), max_position_pct=np.float64(max_position_pct),
+      sizing=np.int32(POLICY_SIZINGS.index(sizing)), max_position_pct=np.float64(max_position_pct),
       target_vol=np.float64(target_vol), max_leverage=np.float64(max_leverage),
       band=np.float64(band), allow_short=np.int32(bool(allow_short)),
       trim=np.int32(bool(trim)))
@@ -137,7 +137,7 @@ def check_policy(policy: PolicyParams) -> None:
        f'must be a whole number in [0, {_NEVER:.0f})'),
       ('cooldown', whole['cooldown'] & (v['cooldown'] >= 0) & (v['cooldown'] < _NEVER),
        f'must be a whole number in [0, {_NEVER:.0f})'),
-      ('sizing', np.isin(v['sizing'], range(len(SIZINGS))), f'must index {SIZINGS}'),
+      ('sizing', np.isin(v['sizing'], range(len(POLICY_SIZINGS))), f'must index {POLICY_SIZINGS}'),
       ('max_position_pct', finite['max_position_pct'] & (v['max_position_pct'] > 0),
        'must be finite and > 0'),
       ('target_vol', finite['target_vol'] & (v['target_vol'] > 0), 'must be finite and > 0'),
@@ -168,7 +168,7 @@ def policy_table(policy: PolicyParams) -> pd.DataFrame:
   """Batched policies (P,) as a DataFrame of P rows, one column per field."""
   columns = {k: np.atleast_1d(np.asarray(v)) for k, v in vars(policy).items()}
   columns['signal'] = np.asarray(SIGNALS, dtype=object)[columns['signal']]
-  columns['sizing'] = np.asarray(SIZINGS, dtype=object)[columns['sizing']]
+  columns['sizing'] = np.asarray(POLICY_SIZINGS, dtype=object)[columns['sizing']]
   for name in ('allow_short', 'trim'):
     columns[name] = columns[name].astype(bool)
   for name in ('min_hold', 'cooldown'):
@@ -220,14 +220,14 @@ def default_grid(*, allow_short: bool = False, max_position_pct: float = 0.10,
              max_position_pct=max_position_pct, target_vol=target_vol,
              max_leverage=max_position_pct),
         exit=[round(entry - gap, 2) for gap in (0.0, 0.1, 0.2, 0.3)], min_hold=(0, 6, 24, 72),
-        cooldown=(0, 12), sizing=SIZINGS))
+        cooldown=(0, 12), sizing=POLICY_SIZINGS))
   seeds = [seed_policy(t, max_position_pct=max_position_pct, allow_short=allow_short)
            for t in (0.0, 0.4, 0.5, 0.6)]
   return stack_policies([*margin, *seeds])
 
 
 def annualized_volatility(close: Any, *, window: int = 168,
-                          periods_per_year: float = 8760.0) -> np.ndarray:
+                          periods_per_year: float = PERIODS_PER_YEAR) -> np.ndarray:
   """sigma_annual_t: std (ddof 1) of the last `window` one-bar log returns ending at bar t,
   times sqrt(periods_per_year); bars <= t only, NaN for the first `window` bars.
 
@@ -372,7 +372,7 @@ def _sigma(prices: backtest.Prices, sigma_annual: Any, periods_per_year: float) 
 
 def run_policy(prices: Any, probs: Any, policy: PolicyParams,
                params: backtest.BacktestParams, *, sigma_annual: Any = None,
-               periods_per_year: float = 8760.0) -> backtest.BacktestResult:
+               periods_per_year: float = PERIODS_PER_YEAR) -> backtest.BacktestResult:
   """One backtest of `policy` on probabilities, with the costs and fill timing of `params`.
 
   Args:
@@ -399,8 +399,8 @@ def run_policy(prices: Any, probs: Any, policy: PolicyParams,
 
 @jax.jit
 def _simulate_policy(prices, signal, p_hold, params, policy):
-  record, executed = backtest._scan_bars(prices, signal, params, policy, track='result',
-                                         rule=POLICY_RULE)
+  record, executed = backtest.scan_bars(prices, signal, params, policy, track='result',
+                                        rule=POLICY_RULE)
   _, _, _, p_sell, p_buy, _ = executed
   p_hold = jnp.where(params.fill_next_open > 0.5,
                      jnp.concatenate([jnp.zeros((1,), p_hold.dtype), p_hold[:-1]]), p_hold)
@@ -409,11 +409,12 @@ def _simulate_policy(prices, signal, p_hold, params, policy):
   return backtest.BacktestResult(*record, confidence=confidence)
 
 
-def sweep(prices: Any, probs: Any, policies: PolicyParams, params: backtest.BacktestParams, *,
-          sigma_annual: Any = None, signal_names: Sequence[str] | None = None,
-          periods_per_year: float = 8760.0, risk_free_rate: float = 0.0,
-          metrics: str = 'all', batch_size: int = BATCH_SIZE,
-          devices: Sequence[jax.Device] | None = None) -> pd.DataFrame:
+def sweep_policies(prices: Any, probs: Any, policies: PolicyParams,
+                   params: backtest.BacktestParams, *, sigma_annual: Any = None,
+                   signal_names: Sequence[str] | None = None,
+                   periods_per_year: float = PERIODS_PER_YEAR, risk_free_rate: float = 0.0,
+                   metrics: str = 'all', batch_size: int = BATCH_SIZE,
+                   devices: Sequence[jax.Device] | None = None) -> pd.DataFrame:
   """Metrics of every (signal, policy, cost setting) triple in one compiled call.
 
   The (policy, cost setting) pairs are spread over every local device
@@ -493,7 +494,7 @@ class PolicySelection:
 def select_policy(prices: Any, probs: Any, params: backtest.BacktestParams, *,
                   grid: PolicyParams | None = None, objective: str = 'sharpe',
                   turnover_penalty: float = 0.0, sigma_annual: Any = None,
-                  periods_per_year: float = 8760.0,
+                  periods_per_year: float = PERIODS_PER_YEAR,
                   batch_size: int = BATCH_SIZE) -> PolicySelection:
   """Sweeps a policy grid on validation bars and picks the best by a named objective.
 
@@ -513,16 +514,16 @@ def select_policy(prices: Any, probs: Any, params: backtest.BacktestParams, *,
     PolicySelection. Policies that never trade rank last (their Sharpe is NaN); ties go to
     the earlier policy of the grid.
   """
-  if objective not in OBJECTIVES:
-    raise ValueError(f'objective must be one of {OBJECTIVES}, got {objective!r}')
+  if objective not in SELECTION_OBJECTIVES:
+    raise ValueError(f'objective must be one of {SELECTION_OBJECTIVES}, got {objective!r}')
   if not (np.isfinite(turnover_penalty) and turnover_penalty >= 0):
     raise ValueError(f'turnover_penalty must be finite and >= 0, got {turnover_penalty}')
   if np.size(params.sizing) != 1:
     raise ValueError('select_policy takes one cost setting (scalar BacktestParams)')
   if grid is None:
     grid = default_grid(allow_short=bool(np.asarray(params.allow_short).item()))
-  table = sweep(prices, probs, grid, params, sigma_annual=sigma_annual,
-                periods_per_year=periods_per_year, batch_size=batch_size)
+  table = sweep_policies(prices, probs, grid, params, sigma_annual=sigma_annual,
+                         periods_per_year=periods_per_year, batch_size=batch_size)
   table['turnover_per_year'] = table['turnover'] * periods_per_year / len(
       backtest.as_prices(prices).close)
   score = table['sharpe'].to_numpy()
@@ -537,14 +538,15 @@ def select_policy(prices: Any, probs: Any, params: backtest.BacktestParams, *,
       trial_sharpes=table['sharpe'].to_numpy() / np.sqrt(periods_per_year))
 
 
-def cost_sensitivity(prices: Any, probs: Any, policy: PolicyParams,
-                     params: backtest.BacktestParams, *,
-                     multipliers: Sequence[float] = backtest.COST_MULTIPLIERS,
-                     sigma_annual: Any = None, periods_per_year: float = 8760.0
-                     ) -> pd.DataFrame:
+def policy_cost_sensitivity(prices: Any, probs: Any, policy: PolicyParams,
+                            params: backtest.BacktestParams, *,
+                            multipliers: Sequence[float] = backtest.COST_MULTIPLIERS,
+                            sigma_annual: Any = None,
+                            periods_per_year: float = PERIODS_PER_YEAR) -> pd.DataFrame:
   """Net Sharpe ratio and return of one policy at multiples of the configured costs, one
   sweep call. Returns a DataFrame with `cost_multiplier`, `sharpe`, `total_return`,
   `num_trades`."""
-  table = sweep(prices, probs, policy, backtest.cost_grid(params, multipliers),
-                sigma_annual=sigma_annual, periods_per_year=periods_per_year, metrics='core')
+  table = sweep_policies(prices, probs, policy, backtest.cost_grid(params, multipliers),
+                         sigma_annual=sigma_annual, periods_per_year=periods_per_year,
+                         metrics='core')
   return backtest.sensitivity_frame(table, multipliers)

@@ -36,7 +36,7 @@ import pandas as pd
 
 from himari_jax import extras
 from himari_jax.backtest import engine as backtest_lib
-from himari_jax.constants import ACTION_NAMES, HOLD
+from himari_jax.constants import ACTION_NAMES, HOLD, PERIODS_PER_YEAR
 from himari_jax.stats import metrics as metrics_lib
 from himari_jax.stats import significance
 
@@ -415,7 +415,7 @@ _ATTRIBUTION_ROWS = (
 
 def attribution_intervals(result: backtest_lib.BacktestResult, initial_capital: float, *,
                           num_resamples: int = 1000, seed: int = 0,
-                          periods_per_year: float = 8760.0) -> dict[str, dict[str, Any]]:
+                          periods_per_year: float = PERIODS_PER_YEAR) -> dict[str, dict[str, Any]]:
   """Block-bootstrap confidence intervals of the gross and the net Sharpe ratio.
 
   Both use the same seed, so the same resampled blocks: their intervals are comparable.
@@ -468,7 +468,7 @@ def cost_sensitivity_png(sensitivity: pd.DataFrame) -> bytes | None:
   """The net Sharpe ratio against the cost multiplier as PNG bytes (None without matplotlib).
 
   Args:
-    sensitivity: `backtest.cost_sensitivity` / `policy.cost_sensitivity` output.
+    sensitivity: `backtest.cost_sensitivity` / `policy.policy_cost_sensitivity` output.
   """
   plt = extras.pyplot('the cost-sensitivity plot')
   if plt is None:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from himari_jax.constants import ACTION_NAMES, BUY, HOLD, SELL  # noqa: F401 - re-exported
+from himari_jax.constants import ACTION_NAMES, BUY, HOLD, SELL
 
 FIXED_CLASS_WEIGHTS = (2.5, 0.83, 2.5)
 

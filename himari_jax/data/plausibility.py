@@ -28,7 +28,7 @@ _YEAR = pd.Timedelta(days=365)
 
 
 def interval_of(periods_per_year: float) -> pd.Timedelta:
-  """The bar length `periods_per_year` bars a year annualise: 8760 -> 1 hour."""
+  """The bar length `periods_per_year` bars a year annualise: a year of hourly bars -> 1 hour."""
   return _YEAR / periods_per_year
 
 
@@ -45,7 +45,7 @@ def check_interval(df: pd.DataFrame, expected: pd.Timedelta, *, source: str,
     expected: the bar length the caller assumes.
     source: how messages name the data (a file, a dataset name).
     setting: what expects `expected`, as the user would change it
-      ('--config.periods_per_year=8760', '--interval=1h').
+      ('--config.periods_per_year=...', '--interval=1h').
 
   Raises:
     ohlcv.DataError: one line naming the data, both intervals and the setting.

@@ -103,7 +103,7 @@ def predict_logits(loaded, df: pd.DataFrame, *, batch_size: int = 512,
   return Predictions(logits=logits, available=~np.isnan(logits).any(axis=1), index=df.index)
 
 
-def positions(loaded, preds: Predictions) -> np.ndarray:
+def predicted_positions(loaded, preds: Predictions) -> np.ndarray:
   """Target positions (N,) of a position model's predictions (`objectives.positions`):
   in [-1, 1], or [0, 1] when it was trained `long_only`; NaN where unavailable.
 

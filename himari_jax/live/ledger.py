@@ -16,10 +16,8 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from himari_jax import locks
+from himari_jax import constants, locks
 from himari_jax.backtest import engine as backtest_lib
-from himari_jax.data import labels as labels_lib
-from himari_jax.inference import ensemble as ensemble_lib
 
 _PAD_BARS = 256  # replays are padded to a multiple of this, so jit compiles rarely
 LEDGER_CSV = 'ledger.csv'
@@ -174,8 +172,8 @@ def simulate(rows: pd.DataFrame, params: backtest_lib.BacktestParams
   pad = -n % _PAD_BARS
   opens = np.r_[rows['open'].to_numpy(np.float64), np.full(pad, rows['close'].iloc[-1])]
   closes = np.r_[rows['close'].to_numpy(np.float64), np.full(pad, rows['close'].iloc[-1])]
-  ids = rows['action'].map(labels_lib.ACTION_NAMES.index).to_numpy(np.int32)
-  actions = np.r_[ids, np.full(pad, ensemble_lib.HOLD, np.int32)]
+  ids = rows['action'].map(constants.ACTION_NAMES.index).to_numpy(np.int32)
+  actions = np.r_[ids, np.full(pad, constants.HOLD, np.int32)]
   confidence = np.r_[rows['confidence'].to_numpy(np.float64), np.zeros(pad)]
   result = backtest_lib.run_backtest(backtest_lib.Prices(opens, closes), actions, confidence,
                                      params)

@@ -29,9 +29,9 @@ import numpy as np
 import pandas as pd
 
 from himari_jax import config as config_lib
+from himari_jax import constants
 from himari_jax.backtest import engine as backtest_lib
 from himari_jax.data import features as features_lib
-from himari_jax.data import labels as labels_lib
 from himari_jax.data import ohlcv as data_lib
 from himari_jax.inference import ensemble as ensemble_lib
 from himari_jax.inference import members as members_lib
@@ -63,11 +63,11 @@ def target_position(action: int, confidence: float, params: backtest_lib.Backtes
   the confidence threshold): NaN, the position is kept.
   """
   settings = backtest_lib.params_to_dict(params)
-  if action == ensemble_lib.HOLD or confidence < settings['confidence_threshold']:
+  if action == constants.HOLD or confidence < settings['confidence_threshold']:
     return math.nan
   size = {'confidence': confidence * settings['max_position_pct'],
           'fixed': settings['max_position_pct'], 'full': 1.0}[settings['sizing']]
-  if action == ensemble_lib.BUY:
+  if action == constants.BUY:
     return float(size)
   return -float(size) if settings['allow_short'] else 0.0
 
@@ -96,7 +96,7 @@ def decide_bar(decide: Decider, window: pd.DataFrame) -> Decision:
   """Runs a decider on a window and checks what it returns."""
   action, probs, confidence, target = decide(window)
   probs = np.asarray(probs, np.float64)
-  if int(action) not in (ensemble_lib.SELL, ensemble_lib.HOLD, ensemble_lib.BUY) or \
+  if int(action) not in (constants.SELL, constants.HOLD, constants.BUY) or \
       probs.shape != (3,) or not 0.0 <= float(confidence) <= 1.0:
     raise ValueError(f'the decider returned action={action!r}, probs={probs.tolist()}, '
                      f'confidence={confidence!r}; expected 0/1/2, 3 probabilities and [0, 1]')
@@ -119,7 +119,7 @@ def latest_decision(source: sources.BarSource, decide: Decider, history: int,
 
 def format_decision(decision: Decision, interval: pd.Timedelta, source: str) -> list[str]:
   """Console lines for a decision."""
-  names = labels_lib.ACTION_NAMES
+  names = constants.ACTION_NAMES
   target = ('keep the current position' if math.isnan(decision.target)
             else f'{decision.target:+.2%} of equity')
   probs = '  '.join(f'{n} {p:.3f}' for n, p in zip(names, decision.probs, strict=True))
@@ -282,7 +282,7 @@ def _record_bar(source: sources.BarSource, decide: Decider, ledger: ledger_lib.L
   window = window_ending_at(closed, bar, history, source.interval, source.name)
   decision = decide_bar(decide, window)
   row = closed.loc[[bar]].copy()
-  row['action'] = labels_lib.ACTION_NAMES[decision.action]
+  row['action'] = constants.ACTION_NAMES[decision.action]
   row['p_sell'], row['p_hold'], row['p_buy'] = (float(p) for p in decision.probs)
   row['confidence'], row['target'] = decision.confidence, decision.target
   result = ledger_lib.simulate(pd.concat([ledger.rows, row]) if len(ledger.rows) else row, params)
@@ -295,7 +295,7 @@ def _record_bar(source: sources.BarSource, decide: Decider, ledger: ledger_lib.L
            'cash': row['cash'].iloc[0], 'position': row['position'].iloc[0],
            'equity': row['equity'].iloc[0], 'updated_at': now.isoformat()}
   next_open = backtest_lib.params_to_dict(params)['fill'] == 'next_open'
-  if next_open and decision.action != ensemble_lib.HOLD:
+  if next_open and decision.action != constants.HOLD:
     state['pending'] = {'action': row['action'].iloc[0], 'confidence': decision.confidence,
                         'fills_at': f'open of {bar + source.interval}'}
   ledger.append(row, state)

@@ -410,7 +410,7 @@ class LoadedModel:
   @property
   def objective(self) -> str:
     """`config.train.objective`: 'classification' or 'reinforce' (logits are action scores),
-    or 'sharpe' / 'utility' (a position model: `predict.positions` reads its positions)."""
+    or 'sharpe' / 'utility' (a position model: `predict.predicted_positions` reads them)."""
     return self.config.train.objective
 
   @property

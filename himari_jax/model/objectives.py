@@ -58,7 +58,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-SELL, HOLD, BUY = 0, 1, 2
+from himari_jax.constants import BUY, HOLD, PERIODS_PER_YEAR, SELL
+from himari_jax.stats import metrics as metrics_lib
+
 OBJECTIVES = ('classification', 'sharpe', 'utility', 'reinforce')
 TRADING_KINDS = ('sharpe', 'utility', 'reinforce')
 INITIAL_POSITIONS = ('first', 'flat')
@@ -80,7 +82,7 @@ class TradingObjective:
     initial_position: 'first' (no entry cost at a window's first bar) or 'flat'.
     std_epsilon: added in quadrature to the std of the Sharpe ratio, so its gradient stays
       finite when the positions (and with them the std) go to zero.
-    periods_per_year: bars per year (8760 for hourly bars, as in metrics.py).
+    periods_per_year: bars per year (default: hourly bars, as in metrics.py).
     reinforce_samples: 'reinforce': plays of each window per step (>= 2).
     entropy_coef: 'reinforce': weight of the policy-entropy bonus (>= 0).
   """
@@ -94,7 +96,7 @@ class TradingObjective:
   long_only: bool = False
   initial_position: str = 'first'
   std_epsilon: float = 1e-6
-  periods_per_year: float = 8760.0
+  periods_per_year: float = PERIODS_PER_YEAR
   reinforce_samples: int = 4
   entropy_coef: float = 0.01
 
@@ -265,7 +267,8 @@ def _objective_loss(mean: jax.Array, var: jax.Array, turnover: jax.Array,
   """The loss from the net return's mean and variance and the mean position change."""
   annual = objective.periods_per_year
   if objective.kind in ('sharpe', 'reinforce'):  # a policy's validation loss: -net Sharpe
-    score = mean / jnp.sqrt(var + objective.std_epsilon ** 2) * math.sqrt(annual)
+    score = metrics_lib.sharpe_from_moments(mean, jnp.sqrt(var + objective.std_epsilon ** 2),
+                                            annual)
   else:
     score = (mean - 0.5 * objective.risk_aversion * var) * annual
   return -score + objective.turnover_penalty * turnover
@@ -273,9 +276,7 @@ def _objective_loss(mean: jax.Array, var: jax.Array, turnover: jax.Array,
 
 def _sharpe(mean: jax.Array, var: jax.Array, periods_per_year: float) -> jax.Array:
   """Annualised Sharpe ratio, 0 for a flat return series (reporting, not differentiated)."""
-  std = jnp.sqrt(var)
-  return jnp.where(std > 0, mean / jnp.where(std > 0, std, 1.0), 0.0) * math.sqrt(
-      periods_per_year)
+  return metrics_lib.sharpe_from_moments(mean, jnp.sqrt(var), periods_per_year, undefined=0.0)
 
 
 def make_loss_fn(objective: TradingObjective) -> Callable[..., tuple[jax.Array, dict]]:
@@ -434,8 +435,9 @@ def evaluate_positions(position: Any, forward_return: Any, mask: Any,
   annual = objective.periods_per_year
 
   def sharpe(x: np.ndarray) -> float:
-    std = x.std(ddof=1) if len(x) > 1 else 0.0
-    return float(x.mean() / std * math.sqrt(annual)) if std > 0 else float('nan')
+    if len(x) < 2:
+      return float('nan')
+    return float(metrics_lib.sharpe_from_moments(x.mean(), x.std(ddof=1), annual))
 
   ic = (float(np.corrcoef(held, ahead)[0, 1])
         if len(held) > 1 and held.std() > 0 and ahead.std() > 0 else float('nan'))

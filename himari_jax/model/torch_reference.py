@@ -47,7 +47,7 @@ class LoRALinear(nn.Module):
     return self.base(x) + self.lora(x)
 
 
-class MultiHeadAttention(nn.Module):
+class MultiHeadAttentionTorch(nn.Module):
   """Self-attention with LoRA projections and dropout on the attention probabilities."""
 
   def __init__(self, d_model: int, num_heads: int, rank: int, alpha: float, dropout: float):
@@ -76,13 +76,13 @@ class MultiHeadAttention(nn.Module):
     return self.out_proj(out)
 
 
-class TransformerBlock(nn.Module):
+class TransformerBlockTorch(nn.Module):
   """Post-LN block; `ffn` is Sequential(LoRALinear, GELU, Dropout, LoRALinear, Dropout)."""
 
   def __init__(self, d_model: int, num_heads: int, dim_feedforward: int, rank: int,
                alpha: float, dropout: float):
     super().__init__()
-    self.attention = MultiHeadAttention(d_model, num_heads, rank, alpha, dropout)
+    self.attention = MultiHeadAttentionTorch(d_model, num_heads, rank, alpha, dropout)
     self.norm1 = nn.LayerNorm(d_model, eps=1e-5)
     self.norm2 = nn.LayerNorm(d_model, eps=1e-5)
     self.ffn = nn.Sequential(
@@ -110,7 +110,7 @@ class FlagTraderTorch(nn.Module):
     self.state_embedding = nn.Linear(state_dim, d_model)
     self.pos_embedding = nn.Parameter(torch.zeros(1, max_length, d_model))
     self.transformer_blocks = nn.ModuleList([
-        TransformerBlock(d_model, num_heads, dim_feedforward, lora_rank, lora_alpha, dropout)
+        TransformerBlockTorch(d_model, num_heads, dim_feedforward, lora_rank, lora_alpha, dropout)
         for _ in range(num_layers)
     ])
     self.output_norm = nn.LayerNorm(d_model, eps=1e-5)

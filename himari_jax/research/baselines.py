@@ -70,18 +70,17 @@ from flax import traverse_util
 
 from himari_jax import extras, json_types
 from himari_jax.backtest import policy as policy_lib
+from himari_jax.constants import NUM_ACTIONS as _NUM_ACTIONS
 from himari_jax.data import features as features_lib
 from himari_jax.data import labels as labels_lib
 from himari_jax.inference import calibration as calibration_lib
 from himari_jax.inference import decisions as decisions_lib
 from himari_jax.model import objectives as objectives_lib
 
-SELL, HOLD, BUY = 0, 1, 2
 CONFIG_FILE = 'baseline.json'
 ARRAYS_FILE = 'arrays.npz'
 LOG_PROB_FLOOR = 1e-7  # probabilities become logits as log(max(p, floor)) for calibration
 
-_NUM_ACTIONS = 3
 _FORMAT = 1
 
 

@@ -13,8 +13,8 @@ Every model sees, per asset and fold, the same bars, features, labels, split and
    calibrated on its validation bars (`baselines.calibrate_and_decide`, the steps of
    inference/decisions.py that FLAG-TRADER members take), and a decision
    policy is selected on the validation bars (`policy.select_policy` over
-   `benchmark_folds.policy_grid(config.policy)`), then run once on the test bars. Position
-   models (trained on
+   `benchmark_folds.benchmark_policy_grid(config.policy)`), then run once on the test bars.
+   Position models (trained on
    the net-of-cost Sharpe ratio: `mlp_sharpe`, `flag_trader_sharpe`) give probabilities whose
    margin `p_buy - p_sell` is their position, skip the calibration and go through the same
    policy selection, so they are decided from their position as the others are from their
@@ -227,8 +227,8 @@ def run_trial(config: ml_collections.ConfigDict, trial: folds_lib.Trial, asset: 
   calibrated = decided.probs[0]  # HOLD where unavailable
   val_probs, test_probs = calibrated[:n_val], calibrated[n_val:]
   params = backtest_lib.params_from_config(bt)
-  grid = folds_lib.policy_grid(config.policy, allow_short=bool(bt.allow_short),
-                     max_position_pct=float(bt.max_position_pct))
+  grid = folds_lib.benchmark_policy_grid(config.policy, allow_short=bool(bt.allow_short),
+                                         max_position_pct=float(bt.max_position_pct))
   span = data.span
   selection = policy_lib.select_policy(
       span.iloc[val], val_probs, params, grid=grid, objective=config.policy.objective,
@@ -242,10 +242,8 @@ def run_trial(config: ml_collections.ConfigDict, trial: folds_lib.Trial, asset: 
   equity = np.asarray(result.equity, np.float64)
   gross = np.asarray(metrics_lib.gross_equity(result), np.float64)
   capital = float(bt.initial_capital)
-  net_returns = np.diff(np.concatenate([[capital], equity])) / np.concatenate(
-      [[capital], equity[:-1]])
-  gross_returns = np.diff(np.concatenate([[capital], gross])) / np.concatenate(
-      [[capital], gross[:-1]])
+  net_returns = metrics_lib.period_returns(equity, capital)
+  gross_returns = metrics_lib.period_returns(gross, capital)
   test_available = decided.available[n_val:]
   scored = data.test_mask[test] & test_available
   signal = signal_lib.signal_metrics(
@@ -348,7 +346,7 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str, *,
     log: where progress lines go (one per trial, with its wall time and the run's ETA).
 
   Returns:
-    The summary (`benchmark_report.summarize`) with `paths`, `skipped` and `run_seconds`.
+    The summary (`benchmark_report.summarize_benchmark`) with `paths`, `skipped` and `run_seconds`.
 
   Raises:
     ConfigError: unusable settings; DataError: an asset that cannot be loaded;
@@ -421,7 +419,7 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str, *,
   finally:
     _LOADED.clear()
   records = [done[t.key] for t in trials]
-  summary = benchmark_report.summarize(config, records, assets, workdir)
+  summary = benchmark_report.summarize_benchmark(config, records, assets, workdir)
   summary['skipped'] = skipped
   summary['run_seconds'] = time.time() - start
   paths = {'results': os.path.join(workdir, folds_lib.RESULTS)}

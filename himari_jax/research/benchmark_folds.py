@@ -28,8 +28,8 @@ TEST_ARRAYS = 'test.npz'
 TRAIN_FILE = 'train.csv'
 
 
-def policy_grid(policy_config: ml_collections.ConfigDict, *, allow_short: bool = False,
-                max_position_pct: float = 0.10) -> policy_lib.PolicyParams:
+def benchmark_policy_grid(policy_config: ml_collections.ConfigDict, *, allow_short: bool = False,
+                          max_position_pct: float = 0.10) -> policy_lib.PolicyParams:
   """The policies every model's selection tries: margin policies plus seed policies."""
   grids = []
   for entry in policy_config.entries:
@@ -108,8 +108,8 @@ def load_assets(config: ml_collections.ConfigDict) -> list[Asset]:
           len(df), train_bars=f.train_bars, test_bars=f.test_bars,
           step_bars=f.step_bars or None, mode=f.mode, embargo=embargo,
           val_fraction=config.data.val_fraction,
-          first_test=walkforward._bar_at(df.index, f.test_start) if f.test_start else None,
-          end=walkforward._bar_at(df.index, f.test_end) if f.test_end else None)
+          first_test=walkforward.first_bar_at(df.index, f.test_start) if f.test_start else None,
+          end=walkforward.first_bar_at(df.index, f.test_end) if f.test_end else None)
     except ValueError as e:
       raise config_lib.ConfigError(f'asset {name} ({spec}): {e}') from e
     assets.append(Asset(name=name, spec=spec, df=df, folds=folds))

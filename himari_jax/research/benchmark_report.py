@@ -15,6 +15,7 @@ import numpy as np
 from himari_jax import extras
 from himari_jax.data import input_pipeline
 from himari_jax.research import benchmark_folds as folds_lib
+from himari_jax.stats import metrics as metrics_lib
 from himari_jax.stats import signal_metrics as signal_lib
 from himari_jax.stats import significance as significance_lib
 
@@ -43,11 +44,6 @@ def _stitched(records: Sequence[dict], workdir: str) -> dict[str, np.ndarray]:
           'score': np.concatenate(score)}
 
 
-def _max_drawdown(returns: np.ndarray) -> float:
-  equity = np.cumprod(1.0 + returns)
-  return float(np.min(equity / np.maximum.accumulate(np.concatenate([[1.0], equity]))[1:] - 1))
-
-
 def _pooled_trials(records: Sequence[dict[str, Any]],
                    num_observations: int) -> tuple[int, float]:
   """(policies tried, variance of their per-period Sharpe ratios at `num_observations` bars).
@@ -66,8 +62,8 @@ def _pooled_trials(records: Sequence[dict[str, Any]],
   return num_trials, variance * val_bars / num_observations
 
 
-def summarize(config: ml_collections.ConfigDict, records: Sequence[dict[str, Any]],
-              assets: Sequence[folds_lib.Asset], workdir: str) -> dict[str, Any]:
+def summarize_benchmark(config: ml_collections.ConfigDict, records: Sequence[dict[str, Any]],
+                        assets: Sequence[folds_lib.Asset], workdir: str) -> dict[str, Any]:
   """Per (model, asset): signal metrics across folds, stitched gross / net Sharpe with CIs,
   turnover, drawdown, deflated Sharpe over all trials, paired bootstrap vs the best baseline.
   """
@@ -97,7 +93,8 @@ def summarize(config: ml_collections.ConfigDict, records: Sequence[dict[str, Any
              'turnover_per_year': float(np.mean([r['backtest']['turnover_per_year']
                                                  for r in mine])),
              'num_trades': float(np.mean([r['backtest']['num_trades'] for r in mine])),
-             'max_drawdown': _max_drawdown(stitched['net']),
+             'max_drawdown': float(np.min(metrics_lib.drawdown_curve(
+                 np.cumprod(1.0 + stitched['net']), 1.0))),
              'wall_seconds': float(sum(r['wall_seconds'] for r in mine))}
       for kind in ('gross', 'net'):
         if np.std(stitched[kind]) > 0:
@@ -148,7 +145,7 @@ def summarize(config: ml_collections.ConfigDict, records: Sequence[dict[str, Any
     close = np.concatenate([asset.df['close'].to_numpy()[f.test.start - 1:f.test.stop]
                             for f in asset.folds[:1]] +
                            [asset.df['close'].to_numpy()[f.test] for f in asset.folds[1:]])
-    returns = np.diff(close) / close[:-1]
+    returns = metrics_lib.period_returns(close[1:], close[0])
     market[asset.name] = {'sharpe': significance_lib.sharpe_ratio(returns, ppy),
                           'total_return': float(close[-1] / close[0] - 1)}
   wall = {}
@@ -192,7 +189,8 @@ def write_report(config: ml_collections.ConfigDict, summary: dict[str, Any], wor
             f'rows ({bt.calibration.mode}; position models, whose margin `p_buy - p_sell` is '
             'their position, and models trained on net returns are not), decision policy '
             'selected on validation out of '
-            f'{np.size(folds_lib.policy_grid(config.policy).entry)} policies, then tested once. '
+            f'{np.size(folds_lib.benchmark_policy_grid(config.policy).entry)} policies, then '
+            'tested once. '
             f'Trials in the deflated Sharpe ratio: {summary["num_trials"]:,} (every policy '
             'tried in every model x asset x fold x seed).', '']
   for name, why in (summary.get('skipped') or {}).items():

@@ -163,8 +163,8 @@ def _as_float(value: Any) -> float:
   return float('nan') if value is None else float(value)
 
 
-def load_frames(names: str | Sequence[str], *, fill_gaps: bool,
-                last_bars: int | None = None) -> dict[str, pd.DataFrame]:
+def load_recent_frames(names: str | Sequence[str], *, fill_gaps: bool,
+                       last_bars: int | None = None) -> dict[str, pd.DataFrame]:
   """name -> frame of each dataset of a comma-separated list, cut to its last `last_bars`."""
   frames = {}
   for name in config_lib.split_list(names):

@@ -8,7 +8,7 @@ on markets with nothing to find does this well or better in k of N runs".
 * `run_placebos(run_one, num_runs, workdir)` calls `run_one(market_seed) -> dict of metrics`
   per run, stores each result in `workdir/placebo/run_XXX.json` and skips stored runs when
   called again (resumable).
-* `summarize(real, placebos)` gives, per metric, the null's mean, std and quantiles and the
+* `summarize_placebos(real, placebos)` gives, per metric, the null's mean, std and quantiles and the
   real result's empirical p-value `(1 + #{null >= real}) / (1 + N)` (the +1 counts the real
   result as one draw of the null, so p is never 0 and is exact under the null: Phipson &
   Smyth 2010). Metrics are read from the dicts by name, with dots for nested dicts
@@ -128,9 +128,9 @@ def null_summary(null: Sequence[float] | np.ndarray, real: float = math.nan,
   }
 
 
-def summarize(real: Mapping[str, Any] | None, placebos: Sequence[Mapping[str, Any]],
-              metrics: Sequence[str] = DEFAULT_METRICS,
-              quantiles: Sequence[float] = DEFAULT_QUANTILES) -> dict[str, Any]:
+def summarize_placebos(real: Mapping[str, Any] | None, placebos: Sequence[Mapping[str, Any]],
+                       metrics: Sequence[str] = DEFAULT_METRICS,
+                       quantiles: Sequence[float] = DEFAULT_QUANTILES) -> dict[str, Any]:
   """The null distribution of every metric over the placebo results, and the real result in it.
 
   Args:

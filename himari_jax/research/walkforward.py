@@ -45,6 +45,7 @@ import numpy as np
 import pandas as pd
 
 from himari_jax import config as config_lib
+from himari_jax import constants
 from himari_jax.backtest import engine as backtest_lib
 from himari_jax.backtest import evaluate
 from himari_jax.backtest import policy as policy_lib
@@ -53,7 +54,6 @@ from himari_jax.data import binance, input_pipeline
 from himari_jax.data import ohlcv as data_lib
 from himari_jax.data import windows as windows_lib
 from himari_jax.data.features import WARMUP_BARS
-from himari_jax.inference import ensemble as ensemble_lib
 from himari_jax.inference import members as members_lib
 from himari_jax.inference import predict as predict_lib
 from himari_jax.model import checkpoint as checkpoint_lib
@@ -61,7 +61,7 @@ from himari_jax.research import dispatch
 from himari_jax.stats import metrics as metrics_lib
 from himari_jax.training import train as train_lib
 
-MODES = ('rolling', 'expanding')
+WINDOW_MODES = ('rolling', 'expanding')
 PER_FOLD = ('retrain', 'finetune')
 TRAIN_FILE = 'train.csv'
 FOLD_JSON = 'fold.json'
@@ -126,8 +126,8 @@ def make_folds(num_bars: int, *, train_bars: int, test_bars: int, step_bars: int
     ValueError: on sizes that leave no fold or a training window before bar `WARMUP_BARS`.
   """
   step_bars = test_bars if step_bars is None else step_bars
-  if mode not in MODES:
-    raise ValueError(f'mode={mode!r}; use one of {", ".join(MODES)}')
+  if mode not in WINDOW_MODES:
+    raise ValueError(f'mode={mode!r}; use one of {", ".join(WINDOW_MODES)}')
   if train_bars < 1 or test_bars < 1 or embargo < 0:
     raise ValueError(f'train_bars={train_bars} and test_bars={test_bars} must be >= 1, '
                      f'embargo={embargo} >= 0')
@@ -198,8 +198,9 @@ def load_series(spec: str | Sequence[str]) -> pd.DataFrame:
   return data_lib.fill_missing_bars(df, source=str(spec))
 
 
-def _bar_at(index: pd.DatetimeIndex, date: str) -> int:
-  """Index of the first bar at or after `date` (naive dates are UTC)."""
+def first_bar_at(index: pd.DatetimeIndex, date: str) -> int:
+  """Position in `index` of the first bar at or after `date` (naive dates are UTC); len(index)
+  when every bar is before it."""
   when = pd.Timestamp(date)
   when = when.tz_localize('UTC') if when.tzinfo is None else when.tz_convert('UTC')
   return int(index.searchsorted(when, side='left'))
@@ -212,8 +213,8 @@ def folds_for(config: ml_collections.ConfigDict, df: pd.DataFrame) -> list[Fold]
       len(df), train_bars=config.train_bars, test_bars=config.test_bars,
       step_bars=config.step_bars or None, mode=config.mode, embargo=embargo,
       val_fraction=config.data.val_fraction,
-      first_test=_bar_at(df.index, config.test_start) if config.test_start else None,
-      end=_bar_at(df.index, config.test_end) if config.test_end else None)
+      first_test=first_bar_at(df.index, config.test_start) if config.test_start else None,
+      end=first_bar_at(df.index, config.test_end) if config.test_end else None)
 
 
 # ----------------------------------------------------------------------------- folds
@@ -422,7 +423,7 @@ def chained_backtest(df: pd.DataFrame, span: slice, results: Sequence[FoldResult
     part_params = dataclasses.replace(params, initial_capital=np.asarray(
         capital, np.asarray(params.initial_capital).dtype))
     if result is None:
-      hold = np.full(len(part_df), ensemble_lib.HOLD, np.int32)
+      hold = np.full(len(part_df), constants.HOLD, np.int32)
       run = backtest_lib.run_backtest(part_df, hold, np.zeros(len(part_df)), part_params)
     else:
       run = run_fold_backtest(part_df, result, config, part_params)
@@ -523,7 +524,7 @@ def run_walk_forward(config: ml_collections.ConfigDict, workdir: str, *,
 
   # Bars between test windows (step_bars > test_bars) have no decision: the position is held.
   span = slice(folds[0].test.start, folds[-1].test.stop)
-  actions = np.full(span.stop - span.start, ensemble_lib.HOLD, np.int32)
+  actions = np.full(span.stop - span.start, constants.HOLD, np.int32)
   confidence = np.zeros(span.stop - span.start, np.float32)
   available = np.zeros(span.stop - span.start, bool)
   for result in results:

@@ -42,10 +42,42 @@ def _safe_div(num: jax.Array, den: jax.Array) -> jax.Array:
   return jnp.where(ok, num / jnp.where(ok, den, 1), jnp.nan)
 
 
+def _namespace(*arrays: Any) -> Any:
+  """jax.numpy when any of `arrays` is a JAX array (traced ones included), else numpy."""
+  return jnp if any(isinstance(a, jax.Array) for a in arrays) else np
+
+
+def sharpe_from_moments(mean: Any, std: Any, periods_per_year: Any = PERIODS_PER_YEAR, *,
+                        undefined: float = float('nan')) -> Any:
+  """The one Sharpe kernel: `mean / std * sqrt(periods_per_year)`, `undefined` where std <= 0.
+
+  Every Sharpe ratio of the package comes from here; callers pick the moments (ddof, excess
+  over the risk-free rate, an epsilon under a differentiable loss). jax.numpy when `mean` or
+  `std` is a JAX array (jit, vmap and grad apply), numpy otherwise (float64 stays float64).
+
+  Args:
+    mean: (...) mean (excess) return per period.
+    std: (...) standard deviation of the returns per period; NaN gives `undefined`.
+    periods_per_year: annualisation (1 gives the per-period ratio); may be traced.
+    undefined: the value for a flat series (std 0): NaN, or 0 for a training log.
+
+  Returns:
+    (...) Sharpe ratios, the broadcast shape of `mean` and `std`.
+  """
+  xp = _namespace(mean, std)
+  defined = std > 0
+  ratio = xp.where(defined, mean / xp.where(defined, std, 1), undefined)
+  return ratio * xp.sqrt(xp.asarray(periods_per_year, ratio.dtype))
+
+
 def period_returns(equity: jax.Array, initial_capital: Any) -> jax.Array:
-  """equity: (N,) -> (N,) simple returns, the first relative to the capital."""
-  previous = jnp.concatenate([jnp.reshape(initial_capital, (1,)).astype(equity.dtype),
-                              equity[:-1]])
+  """equity: (N,) -> (N,) simple returns, the first relative to the capital.
+
+  JAX arrays in give a JAX array; numpy in gives numpy of the equity's dtype.
+  """
+  xp = _namespace(equity, initial_capital)
+  previous = xp.concatenate([xp.reshape(initial_capital, (1,)).astype(equity.dtype),
+                             equity[:-1]])
   return equity / previous - 1
 
 
@@ -56,8 +88,13 @@ def market_returns(close: jax.Array) -> jax.Array:
 
 
 def drawdown_curve(equity: jax.Array, initial_capital: Any) -> jax.Array:
-  """equity: (N,) -> (N,) `equity / running_max - 1` (<= 0), the capital being the first peak."""
-  peak = jnp.maximum(jax.lax.cummax(equity), jnp.asarray(initial_capital, equity.dtype))
+  """equity: (N,) -> (N,) `equity / running_max - 1` (<= 0), the capital being the first peak.
+
+  JAX arrays in give a JAX array; numpy in gives numpy of the equity's dtype.
+  """
+  xp = _namespace(equity, initial_capital)
+  running_max = jax.lax.cummax(equity) if xp is jnp else np.maximum.accumulate(equity)
+  peak = xp.maximum(running_max, xp.asarray(initial_capital, equity.dtype))
   return equity / peak - 1
 
 
@@ -193,7 +230,7 @@ def summarize(stats: TradeStats, equity: jax.Array, market: jax.Array, initial_c
     equity: (N,) equity at each close.
     market: (N,) market returns from `market_returns(close)`, for beta.
     initial_capital: scalar starting capital.
-    periods_per_year: bars per year (8760 for hourly bars).
+    periods_per_year: bars per year (default: hourly bars).
     risk_free_rate: simple annual rate.
 
   Returns:
@@ -247,7 +284,7 @@ def _return_metrics(final_equity: jax.Array, capital: jax.Array, mean_excess: ja
       'total_return': growth - 1,
       'cagr': cagr,
       'volatility': std * ann,
-      'sharpe': _safe_div(mean_excess, std) * ann,
+      'sharpe': sharpe_from_moments(mean_excess, std, periods_per_year),
       'sortino': _safe_div(mean_excess, downside_deviation) * ann,
       'max_drawdown': max_drawdown,
       'calmar': _safe_div(cagr, jnp.abs(max_drawdown)),
@@ -343,7 +380,7 @@ def gross_equity(result: Any) -> jax.Array:
   return result.equity + jnp.cumsum(result.commission + result.slippage)
 
 
-def attribution(result: Any, initial_capital: Any, *, periods_per_year: float = 8760.0,
+def attribution(result: Any, initial_capital: Any, *, periods_per_year: float = PERIODS_PER_YEAR,
                 risk_free_rate: float = 0.0) -> dict[str, float]:
   """Where the returns of one backtest go (SPEC section 9): gross, costs, net.
 
@@ -362,11 +399,10 @@ def attribution(result: Any, initial_capital: Any, *, periods_per_year: float = 
   n = int(np.shape(result.equity)[0])
 
   def sharpe(equity):
-    q = np.diff(np.concatenate([[capital], np.asarray(equity, np.float64)]))
-    q = q / np.concatenate([[capital], np.asarray(equity, np.float64)[:-1]])
+    q = period_returns(np.asarray(equity, np.float64), capital)
     std = np.std(q, ddof=1) if n > 1 else np.nan
     mean = np.mean(q) - risk_free_rate / periods_per_year
-    return float(mean / std * np.sqrt(periods_per_year)) if std > 0 else float('nan')
+    return float(sharpe_from_moments(mean, std, periods_per_year))
 
   gross = np.asarray(gross_equity(result), np.float64)
   net = np.asarray(result.equity, np.float64)

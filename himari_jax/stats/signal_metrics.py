@@ -31,13 +31,14 @@ from typing import Any
 
 import numpy as np
 
-SELL, HOLD, BUY = 0, 1, 2
+from himari_jax.constants import BUY, SELL
+from himari_jax.constants import NUM_ACTIONS as _NUM_ACTIONS
+
 PROB_EPS = 1e-12  # log loss clips probabilities at this so one confident miss stays finite
 METRICS = ('log_loss', 'log_loss_prior', 'log_loss_skill', 'brier', 'brier_prior',
            'brier_skill', 'balanced_accuracy', 'macro_f1', 'ic', 'rank_ic')
 _IC_METRICS = ('ic', 'rank_ic')
 _MIN_CORRELATION_BARS = 3
-_NUM_ACTIONS = 3
 
 
 def label_prior(labels: Any, mask: Any = None) -> np.ndarray:

@@ -4,7 +4,7 @@ Everything here works on plain per-bar arrays (strategy returns, benchmark retur
 so it does not depend on the backtester. Conventions (SPEC section 7):
 
 - Sharpe ratio: `mean(q) / std(q) * sqrt(periods_per_year)` with the sample std (ddof=1, as
-  in `metrics.py` and empyrical), risk-free rate 0; hourly bars have 8,760 periods a year. A
+  in `metrics.py` and empyrical), risk-free rate 0; annualised by the bars a year. A
   series with zero variance has an undefined Sharpe ratio: it is NaN here, never a crash or a
   huge number.
 - The probabilistic and deflated Sharpe ratios (Bailey & Lopez de Prado 2012, 2014) take
@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from himari_jax.constants import PERIODS_PER_YEAR
+from himari_jax.stats import metrics as metrics_lib
 
 EULER_GAMMA = 0.5772156649015329
 # Resampled values held in memory at once per batch (indices plus gathered returns).
@@ -58,7 +59,7 @@ def _per_period_sharpe(returns: jax.Array) -> jax.Array:
   mean, std = _mean_std(returns)
   num_bars = returns.shape[-1]
   std = std * math.sqrt(num_bars / (num_bars - 1))
-  return jnp.where(std > 0, mean / jnp.where(std > 0, std, 1.0), jnp.nan)
+  return metrics_lib.sharpe_from_moments(mean, std, 1.0)
 
 
 def _total_return(returns: jax.Array) -> jax.Array:
@@ -98,7 +99,7 @@ def sharpe_ratio(returns: Any, periods_per_year: float = PERIODS_PER_YEAR) -> fl
 
   Args:
     returns: (bars,) per-period returns.
-    periods_per_year: 8,760 for hourly bars; 1 gives the per-period Sharpe ratio.
+    periods_per_year: bars per year (default: hourly bars); 1 gives the per-period Sharpe ratio.
 
   Returns:
     The Sharpe ratio; NaN for a series with zero variance (undefined, e.g. a strategy that
@@ -728,7 +729,7 @@ def significance_report(
     num_shuffles, cost_rate: of the shuffled-signal null (cost_rate: one rate, or a (buy,
       sell) pair of commission plus slippage per unit of traded notional).
     seed: seeds every resampling; the same seed gives the same report.
-    periods_per_year: 8,760 for hourly bars.
+    periods_per_year: bars per year (default: hourly bars).
 
   Returns:
     Nested dict of floats (None where undefined, e.g. the Sharpe ratio of a strategy that never
