@@ -123,6 +123,7 @@ def test_finetune_keeps_the_pretrained_base_bit_for_bit(comparison):
   assert any(np.abs(v).max() > 0 for k, v in flat.items() if k[-1] == 'lora_B')
 
 
+@pytest.mark.slow
 def test_step_zero_of_finetuning_computes_the_pretrained_model(comparison):
   workdir, _ = comparison
   config = load_config_file('pretrain', 'finetune,tiny')
