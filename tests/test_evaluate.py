@@ -120,7 +120,20 @@ def test_select_never_looks_at_test_bars_and_reports_it(tmp_path):
   assert policy['validation']['last'] < str(test.index[0])
   results = json.loads((tmp_path / 'test' / 'backtest_results.json').read_text())
   assert results['policy'] == policy
-  assert results['significance']['deflated_sharpe']['num_trials'] == policy['num_trials']
+  # The search is deflated on the validation bars it ran on; the test gets PSR(0), HAC.
+  deflated = policy['selection']
+  assert deflated['num_trials'] == policy['num_trials']
+  assert deflated['num_bars'] == policy['validation']['bars']
+  assert deflated['label'].startswith('selection: DSR of the validation winner (12 trials')
+  assert 0 <= deflated['dsr'] <= 1
+  sig = results['significance']
+  assert sig['test_psr']['label'] == 'test: PSR(0), HAC s.e.'
+  assert sig['test_psr']['num_observations'] == 1200
+  rows = sig['test_comparisons']['rows']
+  assert [r['name'] for r in rows] == ['selected policy', 'seed rule']
+  assert rows[0]['traded'] and rows[0]['sharpe'] == pytest.approx(
+      sig['test_psr']['sharpe'], rel=1e-6)
+  assert all(r['p_holm'] >= r['p_value'] for r in rows)
   assert {'gross_sharpe', 'net_sharpe', 'commission', 'slippage', 'cost_drag_sharpe',
           'turnover_per_year', 'mean_holding_bars', 'trade_bar_share'} <= set(
               results['attribution']['values'])
@@ -130,6 +143,8 @@ def test_select_never_looks_at_test_bars_and_reports_it(tmp_path):
   assert 'lookahead_warning' not in results
   page = (tmp_path / 'test' / 'backtest_report.html').read_text()
   assert 'Where the returns go' in page and 'decision policy: select' in page
+  assert 'selection: DSR of the validation winner' in page and 'test: PSR(0), HAC' in page
+  assert 'minimum detectable Sharpe at 80% power' in page and 'Holm' in page
   assert 'before costs' in page and 'cost sensitivity' in page
   table = pd.read_csv(tmp_path / 'test' / evaluate.POLICY_CSV)
   assert len(table) == policy['num_trials']

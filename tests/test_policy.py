@@ -274,7 +274,7 @@ def test_selection_sees_only_validation_bars():
   chosen = base.table.iloc[base.index]
   assert chosen['objective'] == base.table['objective'].max()
   assert P.policy_to_dict(base.policy)['entry'] == chosen['policy.entry']
-  # Every policy tried enters the deflated Sharpe ratio of the test result.
+  # Every policy tried enters the deflated Sharpe ratio of the validation winner.
   dsr = significance.deflated_sharpe_ratio(0.01, 1000, trial_sharpes=base.trial_sharpes,
                                            num_trials=base.num_trials)
   dsr_one = significance.deflated_sharpe_ratio(0.01, 1000)

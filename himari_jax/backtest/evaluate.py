@@ -8,7 +8,10 @@ gross / cost / net attribution and cost-sensitivity curve (SPEC 9) and writes ev
 `config.policy.mode` says how probabilities become positions (SPEC 8): 'seed' (argmax plus
 confidence threshold through the backtester, the seed's decisions), 'fixed' (the policy of
 `config.policy`) or 'select' (the best policy of a grid on the validation bars the members'
-calibration uses, never test bars; its trials count in the deflated Sharpe ratio).
+calibration uses, never test bars). A search is judged where it ran (SPEC 11): the validation
+winner's validation Sharpe ratio is deflated by every policy tried there; the test result
+gets PSR(0) with a HAC error, Holm-adjusted over the policies compared on the test bars (the
+selected policy and the seed rule).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from himari_jax import config as config_lib
-from himari_jax import constants
+from himari_jax import constants, json_types
 from himari_jax.backtest import engine as backtest_lib
 from himari_jax.backtest import policy as policy_lib
 from himari_jax.backtest import report as report_lib
@@ -33,6 +36,8 @@ from himari_jax.data import ohlcv as data_lib
 from himari_jax.inference import ensemble as ensemble_lib
 from himari_jax.inference import members as members_lib
 from himari_jax.stats import metrics as metrics_lib
+from himari_jax.stats import selection as selection_lib
+from himari_jax.stats import sharpe_inference
 from himari_jax.stats import significance as significance_lib
 
 
@@ -98,13 +103,6 @@ class PolicyChoice:
   def num_trials(self) -> int:
     return self.selection.num_trials if self.selection is not None else 1
 
-  @property
-  def trial_sharpes(self) -> np.ndarray | None:
-    """Annualised validation Sharpe ratios of every policy tried (None: one trial)."""
-    if self.selection is None:
-      return None
-    return self.selection.table['sharpe'].to_numpy(np.float64)
-
 
 def sigma_for(df: pd.DataFrame, config: ml_collections.ConfigDict) -> np.ndarray:
   """(N,) annualised volatility `vol_target` sizes by, from bars <= t."""
@@ -155,9 +153,11 @@ def choose_policy(config: ml_collections.ConfigDict, val_df: pd.DataFrame | None
                      'turnover_per_year': float(chosen['turnover_per_year']),
                      'best_seed_sharpe': float(np.nanmax(seeds['sharpe']))
                      if len(seeds) and np.isfinite(seeds['sharpe']).any() else None}}
+  summary['selection'] = selection_deflation(val_df, val_probs, selection, config)
   log(f'policy: selected 1 of {selection.num_trials} on {len(val_df)} validation bars '
       f'({val_df.index[0]:%Y-%m-%d} .. {val_df.index[-1]:%Y-%m-%d}) by {selection.objective}: '
-      f'validation Sharpe {chosen["sharpe"]:.2f}')
+      f'validation Sharpe {chosen["sharpe"]:.2f}; {summary["selection"]["label"]} = '
+      f'{_num(summary["selection"]["dsr"], ".3f")}')
   if mode == 'auto':
     table = selection.table
     seed = table[(table['policy.signal'] == 'argmax')
@@ -174,9 +174,40 @@ def choose_policy(config: ml_collections.ConfigDict, val_df: pd.DataFrame | None
       return PolicyChoice('seed', None, selection,
                           {**seed_summary, 'num_trials': selection.num_trials,
                            'auto': summary['auto'], 'validation': summary['validation'],
+                           'selection': summary['selection'],
                            'objective': selection.objective})
     summary['mode'] = 'select'
   return PolicyChoice('select', selection.policy, selection, summary)
+
+
+def _num(value: float | None, spec: str) -> str:
+  return 'n/a' if value is None or not np.isfinite(value) else format(value, spec)
+
+
+def selection_deflation(val_df: pd.DataFrame, val_probs: np.ndarray,
+                        selection: policy_lib.PolicySelection,
+                        config: ml_collections.ConfigDict) -> dict:
+  """The deflated Sharpe ratio of the validation winner on the validation bars, against
+  every policy of the sweep (`selection.selection_deflated_sharpe`), JSON-ready.
+
+  Args:
+    val_df: (V,) the validation bars the sweep ran on; val_probs: (V, 3) their probabilities.
+    selection: the sweep's outcome.
+    config: a backtest config (costs, `policy.vol_window`, periods_per_year).
+  """
+  params = backtest_lib.params_from_config(config)
+  winner = policy_lib.run_policy(val_df, val_probs, selection.policy, params,
+                                 sigma_annual=sigma_for(val_df, config),
+                                 periods_per_year=config.periods_per_year)
+  returns = np.asarray(metrics_lib.period_returns(winner.equity, params.initial_capital))
+  if not np.std(returns) > 0:
+    return {'label': f'selection: DSR of the validation winner ({selection.num_trials} '
+                     f'trials, {len(val_df)} validation bars)', 'dsr': None,
+            'note': 'the winner never traded on validation'}
+  deflated = selection_lib.selection_deflated_sharpe(
+      returns, selection.table['sharpe'].to_numpy(np.float64),
+      periods_per_year=config.periods_per_year)
+  return json_types.to_json_types(deflated, finite_only=True)
 
 
 def validation_probabilities(members: Sequence, calibration_config: ml_collections.ConfigDict,
@@ -205,9 +236,9 @@ def backtest_pipeline(config: ml_collections.ConfigDict, outdir: str, *,
     config: a `configs/backtest.py` config (checkpoints, dataset, strategy, calibration,
       policy, costs and sizing, sweep grid, significance settings).
     outdir: where the reports go.
-    sweep: also backtest every (strategy, confidence threshold) of `config.sweep` in one
-      compiled call, write `sweep.csv`, and deflate the Sharpe ratio by that many trials
-      (with 'select', by those and the policies tried).
+    sweep: also backtest every (strategy, confidence threshold) of `config.sweep` on the
+      backtest's bars in one compiled call, write `sweep.csv`, and deflate the sweep's best
+      Sharpe ratio by that many trials on those bars (`significance.sweep`).
     log: where progress lines go; a look-ahead caveat (SPEC 3) is the first.
 
   Returns:
@@ -254,8 +285,7 @@ def backtest_pipeline(config: ml_collections.ConfigDict, outdir: str, *,
          if config.policy.mode in ('select', 'auto') else (None, None))
   choice = choose_policy(config, *val, log=log)
 
-  table = None
-  trial_sharpes = choice.trial_sharpes
+  table = swept_best = None
   if sweep:
     strategies = swept
     signals = [ensemble_lib.combine(decisions.probs, config_lib.strategy_name(s),
@@ -270,11 +300,10 @@ def backtest_pipeline(config: ml_collections.ConfigDict, outdir: str, *,
                                metrics=config.sweep.get('metrics', 'all'))
     os.makedirs(outdir, exist_ok=True)
     table.to_csv(os.path.join(outdir, 'sweep.csv'), index=False)
-    swept_sharpes = table['sharpe'].to_numpy(float)
-    trial_sharpes = (swept_sharpes if trial_sharpes is None
-                     else np.concatenate([trial_sharpes, swept_sharpes]))
+    swept_best = sweep_deflation(df, table, actions, confidence, config)
     log(f'sweep: {len(table)} configurations in one compiled call -> '
-        f'{os.path.join(outdir, "sweep.csv")}')
+        f'{os.path.join(outdir, "sweep.csv")}; {swept_best["label"]} = '
+        f'{_num(swept_best["dsr"], ".3f")}')
   if choice.selection is not None:
     os.makedirs(outdir, exist_ok=True)
     choice.selection.table.to_csv(os.path.join(outdir, POLICY_CSV), index=False)
@@ -282,11 +311,12 @@ def backtest_pipeline(config: ml_collections.ConfigDict, outdir: str, *,
   extra = {'models': paths, 'calibration': decisions.calibrations,
            'available_bars': int(decisions.available.sum())}
   probs = None
-  if choice.policy is not None:
+  if choice.policy is not None or choice.selection is not None:
     probs = members_lib.combined_probabilities(decisions.probs, weights)
   outcome = backtest_and_report(df, decisions.actions, decisions.confidence, config, outdir,
-                                extra=extra, trial_sharpes=trial_sharpes, choice=choice,
-                                probs=probs, warnings=warnings)
+                                extra=extra, choice=choice, probs=probs, warnings=warnings)
+  if swept_best is not None:
+    outcome['significance']['sweep'] = swept_best
   if choice.selection is not None:
     outcome['paths']['policies'] = os.path.join(outdir, POLICY_CSV)
   return {**outcome, 'sweep': table}
@@ -295,11 +325,82 @@ def backtest_pipeline(config: ml_collections.ConfigDict, outdir: str, *,
 POLICY_CSV = 'policy_selection.csv'
 
 
+def compare_on_test(df: pd.DataFrame, actions: np.ndarray, confidence: np.ndarray,
+                     probs: np.ndarray, choice: PolicyChoice, traded_returns: np.ndarray,
+                     config: ml_collections.ConfigDict) -> dict:
+  """PSR(0) with HAC errors of the two policies a selection puts on the test bars, the
+  selected policy and the seed rule (argmax + confidence threshold), Holm-adjusted.
+
+  Args:
+    df: the N test bars; actions, confidence: (N,) the seed's decisions; probs: (N, 3) the
+      probabilities the selected policy trades.
+    choice: a choice with a selection (its mode says which of the two was traded).
+    traded_returns: (N,) per-bar returns of the traded one (already simulated).
+    config: a backtest config.
+
+  Returns:
+    {'adjustment': which p-values the Holm adjustment covers, 'rows': [{'name', 'traded',
+    'sharpe', 'se', 'psr', 'p_value', 'p_holm', 'min_detectable_sharpe'}, ...]}.
+  """
+  params = backtest_lib.params_from_config(config)
+  if choice.mode == 'seed':
+    seed_returns = traded_returns
+    other = policy_lib.run_policy(df, probs, choice.selection.policy, params,
+                                  sigma_annual=sigma_for(df, config),
+                                  periods_per_year=config.periods_per_year)
+    selected_returns = np.asarray(metrics_lib.period_returns(other.equity,
+                                                             params.initial_capital))
+  else:
+    selected_returns = traded_returns
+    other = backtest_lib.run_backtest(df, actions, confidence, params)
+    seed_returns = np.asarray(metrics_lib.period_returns(other.equity, params.initial_capital))
+  rows = []
+  for name, returns, traded in (('selected policy', selected_returns, choice.mode != 'seed'),
+                                ('seed rule', seed_returns, choice.mode == 'seed')):
+    inference = (sharpe_inference.probabilistic_sharpe_hac(
+        returns, periods_per_year=config.periods_per_year) if np.std(returns) > 0 else
+        dict.fromkeys(('sharpe', 'se', 'psr', 'p_value', 'min_detectable_sharpe'), np.nan))
+    rows.append({'name': name, 'traded': traded,
+                 **{k: inference[k] for k in ('sharpe', 'se', 'psr', 'p_value',
+                                              'min_detectable_sharpe')}})
+  adjusted = selection_lib.holm_adjust([row['p_value'] for row in rows])
+  for row, p in zip(rows, adjusted, strict=True):
+    row['p_holm'] = p
+  return {'adjustment': 'Holm over the PSR(0) p-values of the 2 policies tested: the '
+                        'selected policy and the seed rule',
+          'rows': json_types.to_json_types(rows, finite_only=True)}
+
+
+def sweep_deflation(df: pd.DataFrame, table: pd.DataFrame, actions: np.ndarray,
+                    confidence: np.ndarray, config: ml_collections.ConfigDict) -> dict:
+  """DSR of the best row of a (strategy, threshold) sweep on the bars it ran on.
+
+  Args:
+    df: the N bars swept; table: `backtest.sweep`'s rows (signal-major, then threshold).
+    actions, confidence: (S, N) the signals swept, in the table's signal order.
+    config: a backtest config.
+  """
+  sharpes = table['sharpe'].to_numpy(np.float64)
+  label = f'sweep: DSR of the best of the sweep ({len(table)} trials, {len(df)} bars swept)'
+  if not np.isfinite(sharpes).any():
+    return {'label': label, 'dsr': None, 'note': 'no configuration of the sweep traded'}
+  best = int(np.nanargmax(sharpes))
+  row = table.iloc[best]
+  signal = best // (len(table) // actions.shape[0])
+  params = dataclasses.replace(backtest_lib.params_from_config(config),
+                               confidence_threshold=np.asarray(row['confidence_threshold']))
+  run = backtest_lib.run_backtest(df, actions[signal], confidence[signal], params)
+  returns = np.asarray(metrics_lib.period_returns(run.equity, params.initial_capital))
+  deflated = selection_lib.selection_deflated_sharpe(
+      returns, sharpes, periods_per_year=config.periods_per_year, sample='sweep')
+  return {**json_types.to_json_types(deflated, finite_only=True), 'label': label,
+          'best': {'signal': str(row['signal']),
+                   'confidence_threshold': float(row['confidence_threshold'])}}
+
+
 def backtest_and_report(df: pd.DataFrame, actions: np.ndarray, confidence: np.ndarray,
                         config: ml_collections.ConfigDict, outdir: str, *,
                         extra: dict | None = None,
-                        trial_sharpes: np.ndarray | None = None,
-                        num_trials: int | None = None,
                         choice: PolicyChoice | None = None, probs: np.ndarray | None = None,
                         result: backtest_lib.BacktestResult | None = None,
                         warnings: Sequence[str] = ()) -> dict:
@@ -313,12 +414,11 @@ def backtest_and_report(df: pd.DataFrame, actions: np.ndarray, confidence: np.nd
     outdir: where the reports go.
     extra: more JSON-able sections for `backtest_results.json`; `significance`,
       `attribution`, `cost_sensitivity`, `policy` and `lookahead_warning` are added.
-    trial_sharpes: annualised Sharpe ratios of every configuration tried, for the deflated
-      Sharpe ratio; None = this one only.
-    num_trials: trials to deflate by when not `len(trial_sharpes)` (walk-forward: each fold
-      tries the same grid).
     choice: the decision policy (default: the seed's, `choose_policy` of a 'seed' config).
-    probs: (N, 3) probabilities the policy of `choice` trades (needed unless 'seed').
+      With a selection, the selected policy and the seed rule are both tested and their
+      PSR(0) p-values Holm-adjusted (`compare_on_test`).
+    probs: (N, 3) probabilities the policy of `choice` trades (needed unless 'seed', and
+      whenever `choice` holds a selection).
     result: an already simulated backtest of these bars (walk-forward's chained folds);
       None simulates `choice` here. Without simulation here, no cost-sensitivity curve.
     warnings: caveats shown first (look-ahead features, SPEC 3).
@@ -355,21 +455,17 @@ def backtest_and_report(df: pd.DataFrame, actions: np.ndarray, confidence: np.nd
   exposure = pd.Series(np.where(filled, exposure, np.nan)).ffill().fillna(0.0).to_numpy()
   market = np.asarray(metrics_lib.market_returns(close))
   sig = config.significance
-  trials = None if trial_sharpes is None else np.asarray(trial_sharpes, np.float64)
-  variance = None
-  if trials is not None and np.isfinite(trials).sum() < 2:
-    # Almost no policy traded on validation: no spread to estimate; count the trials only.
-    num_trials, trials, variance = num_trials or len(trials), None, 0.0
+  returns = np.asarray(metrics_lib.period_returns(result.equity, capital))
   significance = significance_lib.significance_report(
-      np.asarray(metrics_lib.period_returns(result.equity, capital)),
-      np.asarray(metrics_lib.period_returns(benchmark.equity, capital)),
+      returns, np.asarray(metrics_lib.period_returns(benchmark.equity, capital)),
       positions=exposure, market_returns=market,
       num_resamples=sig.num_resamples, num_shuffles=sig.num_shuffles,
       cost_rate=(float(params.commission_buy + params.slippage_buy),
                  float(params.commission_sell + params.slippage_sell)),
-      seed=sig.seed, periods_per_year=config.periods_per_year, trial_sharpes=trials,
-      trial_sharpe_variance=variance,
-      num_trials=num_trials if trial_sharpes is not None else choice.num_trials)
+      seed=sig.seed, periods_per_year=config.periods_per_year)
+  if choice.selection is not None:
+    significance['test_comparisons'] = compare_on_test(
+        df, actions, confidence, probs, choice, returns, config)
   # The same rotated-signal null without costs: does the timing beat chance before costs?
   gross_null = significance_lib.shuffled_signal_test(
       exposure, market, cost_rate=0.0, num_shuffles=sig.num_shuffles, seed=sig.seed,

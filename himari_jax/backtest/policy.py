@@ -476,10 +476,10 @@ class PolicySelection:
   """What `select_policy` chose and what it tried.
 
   policy: the chosen scalar PolicyParams; index: its row in `table`; objective: the name of
-  what was maximised; num_trials: policies tried (count them all in the deflated Sharpe
-  ratio of the test result); table: the validation sweep, one row per policy, with an
-  `objective` column; trial_sharpes: (num_trials,) per-period validation Sharpe ratios
-  (NaN for policies that never traded), for `significance.deflated_sharpe_ratio`.
+  what was maximised; num_trials: policies tried (all count in the deflated Sharpe ratio of
+  the winner on these validation bars, `selection.selection_deflated_sharpe`); table: the
+  validation sweep, one row per policy, with an `objective` column; trial_sharpes:
+  (num_trials,) per-period validation Sharpe ratios (NaN for policies that never traded).
   """
 
   policy: PolicyParams

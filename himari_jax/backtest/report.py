@@ -105,17 +105,25 @@ def significance_lines(significance: Mapping[str, Any]) -> list[str]:
 
   level = f'{100 * significance["confidence"]:.0f}%'
   sharpe, total = significance['sharpe'], significance['total_return']
+  psr = significance['test_psr']
   lines = [
       f'Sharpe {num(sharpe["estimate"])} ({level} block-bootstrap CI {num(sharpe["low"])} .. '
-      f'{num(sharpe["high"])})',
+      f'{num(sharpe["high"])}); minimum detectable Sharpe at 80% power over these '
+      f'{psr["num_observations"]:,} bars: {num(psr["min_detectable_sharpe"])}',
       f'total return {num(total["estimate"], ".2%")} ({level} CI {num(total["low"], ".2%")} .. '
       f'{num(total["high"], ".2%")})',
-      f'probabilistic Sharpe P(SR > 0) = {num(significance["probabilistic_sharpe"], ".3f")}',
+      f'{psr["label"]} = {num(psr["psr"], ".3f")} (s.e. {num(psr["se"])} with {psr["lags"]} '
+      f'Newey-West lags; i.i.d. s.e. {num(psr["se_iid"])})',
   ]
-  deflated = significance['deflated_sharpe']
-  lines.append(f'deflated Sharpe over {num(deflated["num_trials"], ".0f")} configuration(s) tried '
-               f'= {num(deflated["dsr"], ".3f")} (expected best of them by luck: Sharpe '
-               f'{num(deflated["expected_max_sharpe"])})')
+  compared = significance.get('test_comparisons')
+  if compared:
+    lines.append(f'test comparisons ({compared["adjustment"]}): ' + '; '.join(
+        f'{row["name"]}{" (traded)" if row["traded"] else ""} Sharpe {num(row["sharpe"])}, '
+        f'PSR {num(row["psr"], ".3f")}, p {num(row["p_value"], ".3f")}, Holm p '
+        f'{num(row["p_holm"], ".3f")}' for row in compared['rows']))
+  swept = significance.get('sweep')
+  if swept:
+    lines.append(selection_line(swept))
   diff = significance['benchmark']['sharpe_difference']
   lines.append(f'Sharpe minus buy & hold {num(diff["estimate"])} ({level} CI {num(diff["low"])} '
                f'.. {num(diff["high"])}), one-sided p = {num(diff["p_value"], ".3f")} for "better"')
@@ -155,7 +163,20 @@ def policy_lines(policy: Mapping[str, Any] | None) -> list[str]:
                  f'{val["sharpe"]:.2f}, {val["num_trades"]} fills, turnover '
                  f'{val["turnover_per_year"]:.1f}x a year' +
                  ('' if seed is None else f' (best seed policy there: Sharpe {seed:.2f})'))
+  folds = policy.get('fold_selection') or {}
+  for name, deflated in ([('', policy['selection'])] if policy.get('selection') else []) + [
+      (f'fold {k}: ', v) for k, v in folds.items()]:
+    lines.append(name + selection_line(deflated))
   return lines
+
+
+def selection_line(deflated: Mapping[str, Any]) -> str:
+  """One line of a `selection.selection_deflated_sharpe` result (as JSON)."""
+  if deflated.get('dsr') is None:
+    return f'{deflated["label"]}: n/a ({deflated.get("note", "undefined")})'
+  return (f'{deflated["label"]} = {deflated["dsr"]:.3f} (winner\'s Sharpe there '
+          f'{deflated["sharpe"]:.2f}; expected best of as many zero-skill trials '
+          f'{deflated["expected_max_sharpe"]:.2f})')
 
 
 def print_backtest_summary(outcome: dict, top: int = 10) -> None:

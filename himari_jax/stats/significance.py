@@ -8,7 +8,9 @@ so it does not depend on the backtester. Conventions (SPEC section 7):
   series with zero variance has an undefined Sharpe ratio: it is NaN here, never a crash or a
   huge number.
 - The probabilistic and deflated Sharpe ratios (Bailey & Lopez de Prado 2012, 2014) take
-  per-period (not annualised) Sharpe ratios, as in the papers. `significance_report` converts.
+  per-period (not annualised) Sharpe ratios, as in the papers. A deflated Sharpe ratio belongs
+  to the sample the trials ran on (`selection.selection_deflated_sharpe`); a test result gets
+  PSR with a HAC error (`sharpe_inference`) in `significance_report`.
 - Resampling runs in `jax.numpy` under `jax.jit`: B resamples are drawn from one key and
   evaluated in fixed-size batches so that memory stays bounded for long hourly series.
   Arrays are float32 unless JAX's x64 mode is on.
@@ -27,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from himari_jax.constants import PERIODS_PER_YEAR
+from himari_jax.stats import sharpe_inference
 
 EULER_GAMMA = 0.5772156649015329
 # Resampled values held in memory at once per batch (indices plus gathered returns).
@@ -697,9 +700,6 @@ def significance_report(
     positions: Any = None,
     market_returns: Any = None,
     *,
-    num_trials: float | None = None,
-    trial_sharpes: Sequence[float] | np.ndarray | None = None,
-    trial_sharpe_variance: float | None = None,
     num_resamples: int = 2000,
     num_shuffles: int = 1000,
     block_length: float | None = None,
@@ -720,10 +720,6 @@ def significance_report(
     positions: (bars,) exposure per bar for the shuffled-signal null; None skips it.
     market_returns: (bars,) asset returns for the null; None = `benchmark_returns`
       (buy-and-hold earns the asset's returns).
-    num_trials, trial_sharpes, trial_sharpe_variance: the search the strategy was selected
-      from, for the deflated Sharpe ratio (see `trial_statistics`). Unlike the per-period
-      functions above, `trial_sharpes` and `trial_sharpe_variance` are *annualised* here, as a
-      sweep reports them. Nothing given = one trial (DSR = PSR(0)).
     num_resamples, block_length, method, confidence: of the block bootstraps.
     num_shuffles, cost_rate: of the shuffled-signal null (cost_rate: one rate, or a (buy,
       sell) pair of commission plus slippage per unit of traded notional).
@@ -733,8 +729,10 @@ def significance_report(
   Returns:
     Nested dict of floats (None where undefined, e.g. the Sharpe ratio of a strategy that never
     trades): `sharpe` and `total_return` with bootstrap `estimate/low/high/std_error`;
-    `moments` (per-period Sharpe, skewness, kurtosis); `probabilistic_sharpe` (P(SR > 0));
-    `deflated_sharpe` (`num_trials`, annualised `expected_max_sharpe`, `dsr`); `benchmark`
+    `moments` (per-period Sharpe, skewness, kurtosis); `test_psr`, the tested Sharpe ratio's
+    PSR(0) with a HAC error and its minimum detectable Sharpe ratio
+    (`sharpe_inference.probabilistic_sharpe_hac`; a test result is not deflated by a search
+    that ran elsewhere: see `selection.selection_deflated_sharpe`); `benchmark`
     with `sharpe_difference` and `total_return_difference` (strategy minus buy-and-hold:
     `strategy`, `benchmark`, interval and one-sided `p_value` of "strategy better"); and
     `shuffled_signal` (see `shuffled_signal_test`) or None.
@@ -752,14 +750,6 @@ def significance_report(
   draws = np.asarray(draws, dtype=np.float64) * scale  # (B, series, statistic)
 
   moments = return_moments(strategy)
-  per_period = (moments['sharpe'], moments['num_observations'], moments['skewness'],
-                moments['kurtosis'])
-  trials, variance = trial_statistics(
-      None if trial_sharpes is None
-      else np.asarray(trial_sharpes, dtype=np.float64) / math.sqrt(periods_per_year),
-      num_trials,
-      None if trial_sharpe_variance is None else trial_sharpe_variance / periods_per_year)
-  expected_max = expected_max_sharpe(trials, variance)
 
   shuffled = None
   if positions is not None:
@@ -776,12 +766,8 @@ def significance_report(
       'sharpe': _interval(observed[0, 0], draws[:, 0, 0], confidence),
       'total_return': _interval(observed[0, 1], draws[:, 0, 1], confidence),
       'moments': {k: moments[k] for k in ('sharpe', 'skewness', 'kurtosis')},
-      'probabilistic_sharpe': probabilistic_sharpe_ratio(*per_period),
-      'deflated_sharpe': {
-          'num_trials': trials,
-          'expected_max_sharpe': expected_max * math.sqrt(periods_per_year),
-          'dsr': probabilistic_sharpe_ratio(*per_period, benchmark_sharpe=expected_max),
-      },
+      'test_psr': sharpe_inference.probabilistic_sharpe_hac(
+          strategy, periods_per_year=periods_per_year),
       'benchmark': {
           'sharpe_difference': _paired_interval(
               observed[0, 0], observed[1, 0], draws[:, 0, 0], draws[:, 1, 0], confidence),
