@@ -239,6 +239,9 @@ def backtest_config() -> ml_collections.ConfigDict:
   config.significance.num_resamples = 2000  # block-bootstrap resamples
   config.significance.num_shuffles = 1000  # shuffled-signal null draws
   config.significance.seed = 0
+  # Bootstrap block length in bars; None = chosen from the returns (Politis-White 2004 with
+  # the Patton-Politis-White 2009 correction).
+  config.significance.block_length = config_dict.placeholder(float)
 
   # Decision policy (SPEC 8): how calibrated probabilities become positions.
   config.policy = ml_collections.ConfigDict()

@@ -145,6 +145,7 @@ def test_select_never_looks_at_test_bars_and_reports_it(tmp_path):
   assert 'Where the returns go' in page and 'decision policy: select' in page
   assert 'selection: DSR of the validation winner' in page and 'test: PSR(0), HAC' in page
   assert 'minimum detectable Sharpe at 80% power' in page and 'Holm' in page
+  assert sig['bootstrap']['block_rule'] == 'Politis-White' and '(Politis-White)' in page
   assert 'before costs' in page and 'cost sensitivity' in page
   table = pd.read_csv(tmp_path / 'test' / evaluate.POLICY_CSV)
   assert len(table) == policy['num_trials']

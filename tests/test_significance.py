@@ -235,9 +235,37 @@ def test_block_bootstrap_captures_autocorrelation_that_the_iid_bootstrap_misses(
   long_run_se = 1.0 / (1 - phi) / math.sqrt(n)
   blocks = significance.block_bootstrap_ci(returns, jnp.mean, num_resamples=1000)
   iid = significance.block_bootstrap_ci(returns, jnp.mean, num_resamples=1000, block_length=1)
-  assert blocks['block_length'] == round(n ** (1 / 3))
+  # The block length comes from the series itself (Politis-White), printed with its rule.
+  from arch.bootstrap import optimal_block_length
+  assert blocks['block_length'] == pytest.approx(optimal_block_length(returns)['stationary'][0])
+  assert blocks['block_rule'] == 'Politis-White' and iid['block_rule'] == 'set'
   assert blocks['std_error'] == pytest.approx(long_run_se, rel=0.15)
   assert iid['std_error'] == pytest.approx(long_run_se / math.sqrt(3), rel=0.15)
+
+
+def test_politis_white_block_length_follows_the_dependence_and_the_bootstrap():
+  from arch.bootstrap import optimal_block_length
+  weak, strong = _ar1(3000, 0.2, seed=5), _ar1(3000, 0.8, seed=6)
+  table = optimal_block_length(np.stack([weak, strong], axis=1))
+  for method, column in (('stationary', 'stationary'), ('circular', 'circular')):
+    assert significance.politis_white_block_length(weak, method=method) == pytest.approx(
+        table[column][0])
+    # Series resampled with the same blocks get the longer of their lengths.
+    assert significance.politis_white_block_length(weak, strong, method=method) == \
+        pytest.approx(table[column][1])
+  assert table['stationary'][1] > 3 * table['stationary'][0]
+  assert significance.politis_white_block_length(np.zeros(300)) == 1.0  # undefined: iid
+
+
+def test_a_new_block_length_does_not_recompile_the_bootstrap():
+  returns = _normal_returns(500, 0.01, 1.0, seed=7)
+  significance.block_bootstrap_ci(returns, num_resamples=50, block_length=3.0)
+  compiled = significance._bootstrap_statistics._cache_size()
+  for method in ('stationary', 'circular'):
+    for length in (5.0, 17.5):
+      significance.block_bootstrap_ci(returns, num_resamples=50, block_length=length,
+                                      method=method)
+  assert significance._bootstrap_statistics._cache_size() == compiled + 1  # + 'circular'
 
 
 def test_interval_coverage_of_the_mean():

@@ -462,7 +462,8 @@ def backtest_and_report(df: pd.DataFrame, actions: np.ndarray, confidence: np.nd
       num_resamples=sig.num_resamples, num_shuffles=sig.num_shuffles,
       cost_rate=(float(params.commission_buy + params.slippage_buy),
                  float(params.commission_sell + params.slippage_sell)),
-      seed=sig.seed, periods_per_year=config.periods_per_year)
+      seed=sig.seed, periods_per_year=config.periods_per_year,
+      block_length=sig.get('block_length'))
   if choice.selection is not None:
     significance['test_comparisons'] = compare_on_test(
         df, actions, confidence, probs, choice, returns, config)
@@ -478,7 +479,8 @@ def backtest_and_report(df: pd.DataFrame, actions: np.ndarray, confidence: np.nd
                                         risk_free_rate=config.risk_free_rate)
   intervals = report_lib.attribution_intervals(result, capital,
                                                num_resamples=sig.num_resamples, seed=sig.seed,
-                                               periods_per_year=config.periods_per_year)
+                                               periods_per_year=config.periods_per_year,
+                                               block_length=sig.get('block_length'))
   attribution_json = {'values': report_lib.to_python(attribution),
                       'intervals': {k: report_lib.to_python(v) for k, v in intervals.items()}}
   sections = {

@@ -106,12 +106,13 @@ def significance_lines(significance: Mapping[str, Any]) -> list[str]:
   level = f'{100 * significance["confidence"]:.0f}%'
   sharpe, total = significance['sharpe'], significance['total_return']
   psr = significance['test_psr']
+  block = block_text(significance['bootstrap'])
   lines = [
       f'Sharpe {num(sharpe["estimate"])} ({level} block-bootstrap CI {num(sharpe["low"])} .. '
-      f'{num(sharpe["high"])}); minimum detectable Sharpe at 80% power over these '
+      f'{num(sharpe["high"])}, {block}); minimum detectable Sharpe at 80% power over these '
       f'{psr["num_observations"]:,} bars: {num(psr["min_detectable_sharpe"])}',
       f'total return {num(total["estimate"], ".2%")} ({level} CI {num(total["low"], ".2%")} .. '
-      f'{num(total["high"], ".2%")})',
+      f'{num(total["high"], ".2%")}, {block})',
       f'{psr["label"]} = {num(psr["psr"], ".3f")} (s.e. {num(psr["se"])} with {psr["lags"]} '
       f'Newey-West lags; i.i.d. s.e. {num(psr["se_iid"])})',
   ]
@@ -135,6 +136,12 @@ def significance_lines(significance: Mapping[str, Any]) -> list[str]:
                    f'{num(shuffled["observed_sharpe"])} vs null {num(shuffled["null_mean"])} '
                    f'+- {num(shuffled["null_std"])}, p = {num(shuffled["p_value"], ".3f")}')
   return lines
+
+
+def block_text(bootstrap: Mapping[str, Any]) -> str:
+  """'block 19 bars (Politis-White)': a bootstrap's block length and how it was set."""
+  return (f'{bootstrap.get("method", "stationary")} bootstrap, block '
+          f'{bootstrap["block_length"]:.1f} bars ({bootstrap["block_rule"]})')
 
 
 def policy_lines(policy: Mapping[str, Any] | None) -> list[str]:
@@ -436,22 +443,30 @@ _ATTRIBUTION_ROWS = (
 
 def attribution_intervals(result: backtest_lib.BacktestResult, initial_capital: float, *,
                           num_resamples: int = 1000, seed: int = 0,
-                          periods_per_year: float = 8760.0) -> dict[str, dict[str, Any]]:
+                          periods_per_year: float = 8760.0,
+                          block_length: float | None = None) -> dict[str, dict[str, Any]]:
   """Block-bootstrap confidence intervals of the gross and the net Sharpe ratio.
 
-  Both use the same seed, so the same resampled blocks: their intervals are comparable.
+  Both use the same seed and block length (None: the longer Politis-White length of the
+  two series), so the same resampled blocks: their intervals are comparable.
 
   Returns:
     {'gross_sharpe': ..., 'net_sharpe': ...}, each `significance.block_bootstrap_ci`'s dict
-    without the resamples.
+    without the resamples (`block_rule` says how the block length was set).
   """
+  series = {name: np.asarray(metrics_lib.period_returns(jnp.asarray(equity), initial_capital))
+            for name, equity in (('gross_sharpe', metrics_lib.gross_equity(result)),
+                                 ('net_sharpe', result.equity))}
+  rule = significance.BLOCK_RULE_GIVEN
+  if block_length is None:
+    block_length = significance.politis_white_block_length(*series.values())
+    rule = significance.BLOCK_RULE_DATA
   out = {}
-  for name, equity in (('gross_sharpe', metrics_lib.gross_equity(result)),
-                       ('net_sharpe', result.equity)):
-    returns = np.asarray(metrics_lib.period_returns(jnp.asarray(equity), initial_capital))
+  for name, returns in series.items():
     ci = significance.block_bootstrap_ci(returns, 'sharpe', num_resamples=num_resamples,
-                                         seed=seed, periods_per_year=periods_per_year)
-    out[name] = {k: v for k, v in ci.items() if k != 'resamples'}
+                                         seed=seed, periods_per_year=periods_per_year,
+                                         block_length=block_length)
+    out[name] = {**{k: v for k, v in ci.items() if k != 'resamples'}, 'block_rule': rule}
   return out
 
 
@@ -461,7 +476,8 @@ def attribution_lines(attribution: Mapping[str, Any],
   def ci(name):
     if not intervals or name not in intervals:
       return ''
-    return f' [{intervals[name]["low"]:+.2f}, {intervals[name]["high"]:+.2f}]'
+    return (f' [{intervals[name]["low"]:+.2f}, {intervals[name]["high"]:+.2f}; block '
+            f'{intervals[name]["block_length"]:.1f} bars, {intervals[name]["block_rule"]}]')
 
   a = attribution
   return [
@@ -521,7 +537,9 @@ def attribution_html(attribution: Mapping[str, Any], sensitivity: pd.DataFrame |
       return '<td></td>'
     text = fmt.format(attribution[key])
     if intervals and ci_key in intervals:
-      text += f' [{intervals[ci_key]["low"]:+.2f}, {intervals[ci_key]["high"]:+.2f}]'
+      text += (f' [{intervals[ci_key]["low"]:+.2f}, {intervals[ci_key]["high"]:+.2f}; block '
+               f'{intervals[ci_key]["block_length"]:.1f} bars, '
+               f'{intervals[ci_key]["block_rule"]}]')
     return f'<td>{html.escape(text)}</td>'
 
   rows = ''.join(

@@ -90,9 +90,10 @@ def summarize(config: ml_collections.ConfigDict, records: Sequence[dict[str, Any
               stitched[kind], num_resamples=sig.num_resamples, seed=sig.seed,
               periods_per_year=ppy)
           row[f'{kind}_sharpe'] = {'estimate': ci['estimate'], 'low': ci['low'],
-                                   'high': ci['high']}
+                                   'high': ci['high'], 'block_length': ci['block_length']}
         else:
-          row[f'{kind}_sharpe'] = {'estimate': math.nan, 'low': math.nan, 'high': math.nan}
+          row[f'{kind}_sharpe'] = {'estimate': math.nan, 'low': math.nan, 'high': math.nan,
+                                   'block_length': math.nan}
       row['net_total_return'] = float(np.prod(1.0 + stitched['net']) - 1.0)
       # Each trial's search is judged where it ran: its winner's DSR on its validation bars.
       dsrs = [d['dsr'] for r in mine if (d := r['policy'].get('selection'))
@@ -150,7 +151,7 @@ def _fmt(value: float, spec: str = '+.3f') -> str:
 
 def _ci(entry: dict[str, float]) -> str:
   return (f'{_fmt(entry["estimate"], "+.2f")} ({_fmt(entry["low"], "+.2f")} .. '
-          f'{_fmt(entry["high"], "+.2f")})')
+          f'{_fmt(entry["high"], "+.2f")}; block {_fmt(entry["block_length"], ".1f")})')
 
 
 def write_report(config: ml_collections.ConfigDict, summary: dict[str, Any], workdir: str, *,
@@ -216,9 +217,11 @@ def write_report(config: ml_collections.ConfigDict, summary: dict[str, Any], wor
             'with its t-statistic and ICIR (mean / std across folds). Skill scores: '
             '`1 - loss / loss of the training label prior`. Sharpe: annualised, of the test '
             'windows stitched in time order, per-bar returns averaged over seeds, with a '
-            'stationary block-bootstrap CI. Selection DSR: per trial, the probability that '
-            'the validation winner\'s true Sharpe ratio on the validation bars beats the best '
-            'of the policies tried there under no skill (median over the row\'s trials). '
+            'stationary block-bootstrap CI (block: its length in bars, chosen from the returns '
+            'by Politis-White with the Patton-Politis-White correction). Selection DSR: per '
+            'trial, the probability that the validation winner\'s true Sharpe ratio on the '
+            'validation bars beats the best of the policies tried there under no skill '
+            '(median over the row\'s trials). '
             'Test PSR: P(true Sharpe > 0) of the stitched net test returns with a Newey-West '
             '(HAC) error; MDS: the Sharpe ratio detectable at 80 % power on those bars. Last '
             'column: paired '
