@@ -265,6 +265,10 @@ def backtest_config() -> ml_collections.ConfigDict:
   config.policy.objective = 'sharpe'  # 'sharpe' (net) or 'sharpe_minus_turnover'
   config.policy.turnover_penalty = 0.0  # Sharpe units per 1x equity traded a year
   config.policy.vol_window = 168  # bars of the volatility that 'vol_target' sizes by
+  # The search's own null (SPEC 11): the selection rerun on the validation probabilities
+  # rotated in time by this many random offsets (0: not run), each at least min_offset bars.
+  config.policy.null_rotations = 40
+  config.policy.null_min_offset = 336
   # The grid of 'select': policy.default_grid() (484 policies, the seed at four thresholds
   # among them) or any subset of it, as comma-separated values per axis; '' = the default.
   config.policy.grid = ml_collections.ConfigDict()

@@ -146,6 +146,11 @@ def test_select_never_looks_at_test_bars_and_reports_it(tmp_path):
   assert 'selection: DSR of the validation winner' in page and 'test: PSR(0), HAC' in page
   assert 'minimum detectable Sharpe at 80% power' in page and 'Holm' in page
   assert sig['bootstrap']['block_rule'] == 'Politis-White' and '(Politis-White)' in page
+  # The search's own null: the selection rerun on rotated validation probabilities.
+  null = policy['null']
+  assert null['rotations'] == 40 and 1 / 41 <= null['p_value'] <= 1
+  assert sig['null_test']['winners'] == 40 and sig['null_test']['sharpe_mean'] is not None
+  assert 'P(null winner &gt;= real winner)' in page and 'selection null on test' in page
   assert 'before costs' in page and 'cost sensitivity' in page
   table = pd.read_csv(tmp_path / 'test' / evaluate.POLICY_CSV)
   assert len(table) == policy['num_trials']

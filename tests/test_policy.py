@@ -10,7 +10,7 @@ from himari_jax.backtest import policy as P
 from himari_jax.data import ohlcv as data
 from himari_jax.inference import ensemble
 from himari_jax.inference.ensemble import BUY, HOLD, SELL
-from himari_jax.stats import significance
+from himari_jax.stats import selection, significance
 
 CAPITAL, COMMISSION, SLIPPAGE = 100_000.0, 0.001, 0.0005
 
@@ -313,3 +313,49 @@ def test_cost_sensitivity_curve():
   double = jax.tree.map(lambda x: x[-1], backtest.cost_grid(params))
   assert float(double.commission_buy) == pytest.approx(0.002)
   assert float(double.slippage_sell) == pytest.approx(0.001)
+
+
+def _small_grid():
+  return P.stack_policies([
+      P.make_policy_grid(dict(band=0.01), entry=(0.1, 0.3), exit=(0.0, -0.1), min_hold=(0, 24),
+                         sizing=('fixed',)),
+      P.seed_policy(0.0), P.seed_policy(0.5)])
+
+
+def test_selection_null_is_the_selection_rerun_on_rotated_probabilities():
+  frame = data.builtin_dataset('btc_usdt_1h_2025_2026').iloc[:1500]
+  probs = model_like_probs(frame['close'].to_numpy())
+  params, grid = backtest.make_params(), _small_grid()
+  null = P.selection_null(frame, probs, params, grid=grid, num_rotations=6, min_offset=200,
+                          seed=3)
+  assert null.offsets.shape == (6,) and np.all((null.offsets >= 200) & (null.offsets <= 1300))
+  assert null.objective.shape == (6, 10)
+  # One compiled sweep over the rotations gives what six separate selections give.
+  for k, offset in enumerate(null.offsets):
+    alone = P.select_policy(frame, np.roll(probs, offset, axis=0), params, grid=grid)
+    assert alone.index == null.winners[k]
+    assert null.sharpe[k] == pytest.approx(alone.table['sharpe'].iloc[alone.index], rel=1e-5)
+  again = P.selection_null(frame, probs, params, grid=grid, num_rotations=6, min_offset=200,
+                           seed=3)
+  np.testing.assert_array_equal(again.sharpe, null.sharpe)
+  with pytest.raises(ValueError, match='at least 2 \\* min_offset = 3002 bars'):
+    P.selection_null(frame, probs, params, grid=grid, min_offset=1501)
+
+
+def test_selection_null_tells_a_real_signal_from_one_that_only_fits_noise():
+  frame = data.builtin_dataset('btc_usdt_1h_2025_2026').iloc[:2000]
+  closes = frame['close'].to_numpy()
+  params, grid = backtest.make_params(), _small_grid()
+  # Probabilities that see the next 24 bars: a real edge, which rotation destroys.
+  ahead = np.concatenate([closes[24:] / closes[:-24] - 1, np.zeros(24)])
+  logits = np.stack([-80 * ahead, np.full(len(closes), 0.3), 80 * ahead], axis=1)
+  seeing = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+  found = P.select_policy(frame, seeing, params, grid=grid)
+  null = P.selection_null(frame, seeing, params, grid=grid, num_rotations=19, min_offset=168)
+  real = found.table['sharpe'].iloc[found.index]
+  assert selection.null_p_value(null.sharpe, real) == pytest.approx(1 / 20)
+  # Probabilities with no edge: the real winner is one more draw of its own null.
+  blind = model_like_probs(closes)[::-1].copy()
+  found = P.select_policy(frame, blind, params, grid=grid)
+  null = P.selection_null(frame, blind, params, grid=grid, num_rotations=19, min_offset=168)
+  assert selection.null_p_value(null.sharpe, found.table['sharpe'].iloc[found.index]) > 0.1

@@ -174,7 +174,8 @@ def test_two_folds_train_before_their_test_windows_and_resume(workdir, repo_root
   assert results['curves']['time'][0] == df.index[folds[0].test.start].isoformat()
   assert results['available_bars'] == 480
   assert results['significance']['test_psr']['num_observations'] == 480
-  assert set(results['policy']['fold_selection']) == {'0', '1'}
+  assert set(results['policy']['folds']) == {'0', '1'}
+  assert all('selection' in f and 'null' in f for f in results['policy']['folds'].values())
   assert 'attribution' in results and 'decision policy' in done.stdout
   table = (workdir / walkforward.FOLDS_CSV).read_text()
   assert list(pd.read_csv(workdir / walkforward.FOLDS_CSV)['test_bars']) == [240, 240]

@@ -21,6 +21,7 @@ import json
 import os
 from collections.abc import Sequence
 
+import jax
 import ml_collections
 import numpy as np
 import pandas as pd
@@ -92,12 +93,14 @@ def policy_grid(policy_config: ml_collections.ConfigDict) -> policy_lib.PolicyPa
 @dataclasses.dataclass
 class PolicyChoice:
   """How decisions were made: `mode` of `POLICY_MODES`; `policy` (None for 'seed');
-  `selection` (for 'select'): the validation sweep; `summary`: JSON-able description."""
+  `selection` (for 'select'): the validation sweep; `summary`: JSON-able description;
+  `null`: the selection's own null (`policy.selection_null`), when it was run."""
 
   mode: str
   policy: policy_lib.PolicyParams | None
   selection: policy_lib.PolicySelection | None
   summary: dict
+  null: policy_lib.SelectionNull | None = None  # the selection rerun on rotated probabilities
 
   @property
   def num_trials(self) -> int:
@@ -158,6 +161,23 @@ def choose_policy(config: ml_collections.ConfigDict, val_df: pd.DataFrame | None
       f'({val_df.index[0]:%Y-%m-%d} .. {val_df.index[-1]:%Y-%m-%d}) by {selection.objective}: '
       f'validation Sharpe {chosen["sharpe"]:.2f}; {summary["selection"]["label"]} = '
       f'{_num(summary["selection"]["dsr"], ".3f")}')
+  null = None
+  if pc.null_rotations and len(val_df) < 2 * pc.null_min_offset:
+    summary['null'] = {'label': 'selection null: not run', 'note': (
+        f'{len(val_df)} validation bars cannot be rotated by policy.null_min_offset = '
+        f'{pc.null_min_offset} bars or more either way')}
+    log(f'{summary["null"]["label"]}: {summary["null"]["note"]}')
+  elif pc.null_rotations:
+    null = policy_lib.selection_null(
+        val_df, val_probs, params, grid=policy_grid(pc), objective=pc.objective,
+        turnover_penalty=pc.turnover_penalty, sigma_annual=sigma_for(val_df, config),
+        periods_per_year=config.periods_per_year, num_rotations=pc.null_rotations,
+        min_offset=pc.null_min_offset, seed=config.significance.seed)
+    summary['null'] = null_summary(null, float(chosen['sharpe']))
+    log(f'{summary["null"]["label"]}: P(null winner >= real winner) = '
+        f'{_num(summary["null"]["p_value"], ".3f")} (null winners\' validation Sharpe '
+        f'{_num(summary["null"]["null_sharpe_mean"], ".2f")} +- '
+        f'{_num(summary["null"]["null_sharpe_std"], ".2f")})')
   if mode == 'auto':
     table = selection.table
     seed = table[(table['policy.signal'] == 'argmax')
@@ -173,11 +193,28 @@ def choose_policy(config: ml_collections.ConfigDict, val_df: pd.DataFrame | None
       # The seed was kept after looking at every policy: they all count as trials.
       return PolicyChoice('seed', None, selection,
                           {**seed_summary, 'num_trials': selection.num_trials,
-                           'auto': summary['auto'], 'validation': summary['validation'],
-                           'selection': summary['selection'],
-                           'objective': selection.objective})
+                           **{k: summary[k] for k in ('auto', 'validation', 'selection', 'null')
+                              if k in summary},
+                           'objective': selection.objective}, null)
     summary['mode'] = 'select'
-  return PolicyChoice('select', selection.policy, selection, summary)
+  return PolicyChoice('select', selection.policy, selection, summary, null)
+
+
+def null_summary(null: policy_lib.SelectionNull, real_sharpe: float) -> dict:
+  """JSON-ready summary of a selection null against the real winner's validation Sharpe:
+  `label`, `rotations`, `p_value` ((1 + k) / (1 + R), k null winners at or above the real
+  one), the null winners' validation Sharpe `null_sharpe_mean`, `null_sharpe_std` and
+  `null_sharpe_q95` (their test Sharpe: `null_test_sharpe`)."""
+  sharpe = null.sharpe[np.isfinite(null.sharpe)]
+  return json_types.to_json_types({
+      'label': f'selection null: the search rerun on the probabilities rotated in time '
+               f'({len(null.offsets)} rotations of {null.min_offset} bars or more)',
+      'rotations': len(null.offsets),
+      'p_value': selection_lib.null_p_value(null.sharpe, real_sharpe),
+      'null_sharpe_mean': float(np.mean(sharpe)) if sharpe.size else np.nan,
+      'null_sharpe_std': float(np.std(sharpe, ddof=1)) if sharpe.size > 1 else np.nan,
+      'null_sharpe_q95': float(np.quantile(sharpe, 0.95)) if sharpe.size else np.nan,
+  }, finite_only=True)
 
 
 def _num(value: float | None, spec: str) -> str:
@@ -325,6 +362,33 @@ def backtest_pipeline(config: ml_collections.ConfigDict, outdir: str, *,
 POLICY_CSV = 'policy_selection.csv'
 
 
+def null_test_sharpe(df: pd.DataFrame, probs: np.ndarray, null: policy_lib.SelectionNull,
+                     config: ml_collections.ConfigDict) -> dict:
+  """The test Sharpe ratios of the policies the selection null chose on rotated validation
+  probabilities, traded on the real test probabilities (one sweep call): what a search
+  that found only noise delivers on these bars.
+
+  Returns:
+    {'label', 'sharpe_mean', 'sharpe_std', 'winners'} (None where no null winner traded).
+  """
+  label = ('selection null on test: the policies the search chose on rotated validation '
+           'probabilities, traded on the test bars')
+  chosen = null.winners[null.winners >= 0]
+  if not chosen.size:
+    return {'label': label, 'sharpe_mean': None, 'sharpe_std': None, 'winners': 0}
+  policies = jax.tree.map(lambda x: np.asarray(x)[chosen], policy_grid(config.policy))
+  table = policy_lib.sweep(df, probs, policies, backtest_lib.params_from_config(config),
+                           sigma_annual=sigma_for(df, config),
+                           periods_per_year=config.periods_per_year, metrics='core')
+  sharpe = table['sharpe'].to_numpy(np.float64)
+  sharpe = sharpe[np.isfinite(sharpe)]
+  return json_types.to_json_types({
+      'label': label, 'winners': int(chosen.size),
+      'sharpe_mean': float(np.mean(sharpe)) if sharpe.size else np.nan,
+      'sharpe_std': float(np.std(sharpe, ddof=1)) if sharpe.size > 1 else np.nan,
+  }, finite_only=True)
+
+
 def compare_on_test(df: pd.DataFrame, actions: np.ndarray, confidence: np.ndarray,
                      probs: np.ndarray, choice: PolicyChoice, traded_returns: np.ndarray,
                      config: ml_collections.ConfigDict) -> dict:
@@ -467,6 +531,8 @@ def backtest_and_report(df: pd.DataFrame, actions: np.ndarray, confidence: np.nd
   if choice.selection is not None:
     significance['test_comparisons'] = compare_on_test(
         df, actions, confidence, probs, choice, returns, config)
+  if choice.null is not None:
+    significance['null_test'] = null_test_sharpe(df, probs, choice.null, config)
   # The same rotated-signal null without costs: does the timing beat chance before costs?
   gross_null = significance_lib.shuffled_signal_test(
       exposure, market, cost_rate=0.0, num_shuffles=sig.num_shuffles, seed=sig.seed,

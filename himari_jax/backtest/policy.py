@@ -490,6 +490,39 @@ class PolicySelection:
   trial_sharpes: np.ndarray
 
 
+def _check_selection(objective: str, turnover_penalty: float,
+                     params: backtest.BacktestParams) -> None:
+  if objective not in OBJECTIVES:
+    raise ValueError(f'objective must be one of {OBJECTIVES}, got {objective!r}')
+  if not (np.isfinite(turnover_penalty) and turnover_penalty >= 0):
+    raise ValueError(f'turnover_penalty must be finite and >= 0, got {turnover_penalty}')
+  if np.size(params.sizing) != 1:
+    raise ValueError('select_policy takes one cost setting (scalar BacktestParams)')
+
+
+def _scored_sweep(prices: Any, probs: np.ndarray, grid: PolicyParams,
+                  params: backtest.BacktestParams, *, objective: str, turnover_penalty: float,
+                  sigma_annual: Any, periods_per_year: float, batch_size: int) -> pd.DataFrame:
+  """`sweep` of (S, N, 3) probabilities x the grid with `turnover_per_year` and the
+  selection's `objective` (NaN for a policy that never traded): S * P rows, signal-major."""
+  table = sweep(prices, probs, grid, params, sigma_annual=sigma_annual,
+                periods_per_year=periods_per_year, batch_size=batch_size)
+  table['turnover_per_year'] = table['turnover'] * periods_per_year / len(
+      backtest.as_prices(prices).close)
+  score = table['sharpe'].to_numpy()
+  if objective == 'sharpe_minus_turnover':
+    score = score - turnover_penalty * table['turnover_per_year'].to_numpy()
+  table['objective'] = score
+  return table
+
+
+def _winners(objective: np.ndarray) -> np.ndarray:
+  """(S, P) objective -> (S,) index of each row's best policy (earliest of ties), -1 where
+  no policy has a finite objective."""
+  ranked = np.where(np.isfinite(objective), objective, -np.inf)
+  return np.where(np.isfinite(objective).any(axis=1), np.argmax(ranked, axis=1), -1)
+
+
 def select_policy(prices: Any, probs: Any, params: backtest.BacktestParams, *,
                   grid: PolicyParams | None = None, objective: str = 'sharpe',
                   turnover_penalty: float = 0.0, sigma_annual: Any = None,
@@ -513,28 +546,94 @@ def select_policy(prices: Any, probs: Any, params: backtest.BacktestParams, *,
     PolicySelection. Policies that never trade rank last (their Sharpe is NaN); ties go to
     the earlier policy of the grid.
   """
-  if objective not in OBJECTIVES:
-    raise ValueError(f'objective must be one of {OBJECTIVES}, got {objective!r}')
-  if not (np.isfinite(turnover_penalty) and turnover_penalty >= 0):
-    raise ValueError(f'turnover_penalty must be finite and >= 0, got {turnover_penalty}')
-  if np.size(params.sizing) != 1:
-    raise ValueError('select_policy takes one cost setting (scalar BacktestParams)')
+  _check_selection(objective, turnover_penalty, params)
   if grid is None:
     grid = default_grid(allow_short=bool(np.asarray(params.allow_short).item()))
-  table = sweep(prices, probs, grid, params, sigma_annual=sigma_annual,
-                periods_per_year=periods_per_year, batch_size=batch_size)
-  table['turnover_per_year'] = table['turnover'] * periods_per_year / len(
-      backtest.as_prices(prices).close)
-  score = table['sharpe'].to_numpy()
-  if objective == 'sharpe_minus_turnover':
-    score = score - turnover_penalty * table['turnover_per_year'].to_numpy()
-  table['objective'] = score
-  ranked = np.where(np.isfinite(score), score, -np.inf)
-  index = int(np.argmax(ranked))
+  table = _scored_sweep(prices, _check_probs(probs, len(backtest.as_prices(prices).close)),
+                        grid, params, objective=objective, turnover_penalty=turnover_penalty,
+                        sigma_annual=sigma_annual, periods_per_year=periods_per_year,
+                        batch_size=batch_size)
+  index = max(0, int(_winners(table['objective'].to_numpy()[None])[0]))
   return PolicySelection(
       policy=jax.tree.map(lambda x: np.asarray(x)[index], grid), index=index,
       objective=objective, num_trials=len(table), table=table,
       trial_sharpes=table['sharpe'].to_numpy() / np.sqrt(periods_per_year))
+
+
+@dataclasses.dataclass(frozen=True)
+class SelectionNull:
+  """The selection rerun on probabilities rotated in time (`selection_null`).
+
+  offsets: (R,) bars each rotation shifted the probabilities by, each at least min_offset
+  from the real alignment; winners: (R,) the grid index each rerun chose (-1: none traded);
+  sharpe: (R,) those winners' annualised validation Sharpe ratios (NaN for -1); objective:
+  (R, P) every policy's objective in each rerun.
+  """
+
+  min_offset: int
+  offsets: np.ndarray
+  winners: np.ndarray
+  sharpe: np.ndarray
+  objective: np.ndarray
+
+
+def rotation_offsets(num_bars: int, num_rotations: int, min_offset: int,
+                     seed: int = 0) -> np.ndarray:
+  """(R,) circular shifts drawn uniformly from [min_offset, num_bars - min_offset]: at least
+  `min_offset` bars away from the real alignment either way.
+
+  Raises:
+    ValueError: if the series is shorter than `2 * min_offset` bars.
+  """
+  if num_rotations < 1 or min_offset < 1:
+    raise ValueError(f'num_rotations ({num_rotations}) and min_offset ({min_offset}) must '
+                     'be >= 1')
+  if num_bars < 2 * min_offset:
+    raise ValueError(f'a rotation null needs at least 2 * min_offset = {2 * min_offset} bars '
+                     f'to rotate by {min_offset} or more either way; got {num_bars}')
+  rng = np.random.default_rng(seed)
+  return rng.integers(min_offset, num_bars - min_offset, num_rotations, endpoint=True)
+
+
+def selection_null(prices: Any, probs: Any, params: backtest.BacktestParams, *,
+                   grid: PolicyParams, objective: str = 'sharpe',
+                   turnover_penalty: float = 0.0, sigma_annual: Any = None,
+                   periods_per_year: float = 8760.0, num_rotations: int = 40,
+                   min_offset: int = 336, seed: int = 0,
+                   batch_size: int = BATCH_SIZE) -> SelectionNull:
+  """`select_policy`'s search with the signal destroyed: the same grid and objective on the
+  probabilities rotated in time by R random offsets (prices, volatility and costs stay),
+  every rotation in one compiled sweep.
+
+  A rotation keeps everything about the probabilities (their distribution, flicker, holding
+  periods) but their alignment with prices, so its winner's validation Sharpe ratio is what
+  the search finds in noise of this model's own kind (SPEC 11).
+
+  Args:
+    prices, probs, params, grid, objective, turnover_penalty, sigma_annual,
+      periods_per_year, batch_size: as given to `select_policy`.
+    num_rotations: R.
+    min_offset: the smallest shift in bars (`rotation_offsets`).
+    seed: draws the offsets.
+
+  Returns:
+    SelectionNull.
+  """
+  _check_selection(objective, turnover_penalty, params)
+  n = len(backtest.as_prices(prices).close)
+  probs = _check_probs(probs, n)
+  offsets = rotation_offsets(n, num_rotations, min_offset, seed)
+  rotated = np.stack([np.roll(probs, int(k), axis=0) for k in offsets])
+  table = _scored_sweep(prices, rotated, grid, params, objective=objective,
+                        turnover_penalty=turnover_penalty, sigma_annual=sigma_annual,
+                        periods_per_year=periods_per_year, batch_size=batch_size)
+  score = table['objective'].to_numpy().reshape(num_rotations, -1)
+  sharpe = table['sharpe'].to_numpy().reshape(num_rotations, -1)
+  winners = _winners(score)
+  return SelectionNull(min_offset=min_offset, offsets=offsets, winners=winners,
+                       objective=score,
+                       sharpe=np.where(winners >= 0, sharpe[np.arange(num_rotations),
+                                                            np.maximum(winners, 0)], np.nan))
 
 
 def cost_sensitivity(prices: Any, probs: Any, policy: PolicyParams,

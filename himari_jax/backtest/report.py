@@ -122,6 +122,10 @@ def significance_lines(significance: Mapping[str, Any]) -> list[str]:
         f'{row["name"]}{" (traded)" if row["traded"] else ""} Sharpe {num(row["sharpe"])}, '
         f'PSR {num(row["psr"], ".3f")}, p {num(row["p_value"], ".3f")}, Holm p '
         f'{num(row["p_holm"], ".3f")}' for row in compared['rows']))
+  null = significance.get('null_test')
+  if null:
+    lines.append(f'{null["label"]}: mean test Sharpe {num(null["sharpe_mean"])} +- '
+                 f'{num(null["sharpe_std"])} over {null["winners"]} null winners')
   swept = significance.get('sweep')
   if swept:
     lines.append(selection_line(swept))
@@ -170,11 +174,26 @@ def policy_lines(policy: Mapping[str, Any] | None) -> list[str]:
                  f'{val["sharpe"]:.2f}, {val["num_trades"]} fills, turnover '
                  f'{val["turnover_per_year"]:.1f}x a year' +
                  ('' if seed is None else f' (best seed policy there: Sharpe {seed:.2f})'))
-  folds = policy.get('fold_selection') or {}
-  for name, deflated in ([('', policy['selection'])] if policy.get('selection') else []) + [
-      (f'fold {k}: ', v) for k, v in folds.items()]:
-    lines.append(name + selection_line(deflated))
+  folds = policy.get('folds') or {}
+  for name, searched in [('', policy)] + [(f'fold {k}: ', v) for k, v in folds.items()]:
+    if searched.get('selection'):
+      lines.append(name + selection_line(searched['selection']))
+    if searched.get('null'):
+      lines.append(name + null_line(searched['null']))
   return lines
+
+
+def null_line(null: Mapping[str, Any]) -> str:
+  """One line of a selection null (`evaluate.null_summary`)."""
+  if 'p_value' not in null:
+    return f'{null["label"]}: {null.get("note", "")}'
+
+  def num(value, spec='.2f'):
+    return 'n/a' if value is None else format(value, spec)
+
+  return (f'{null["label"]}: P(null winner >= real winner) = {num(null["p_value"], ".3f")}; '
+          f'null winners\' validation Sharpe {num(null["null_sharpe_mean"])} +- '
+          f'{num(null["null_sharpe_std"])}')
 
 
 def selection_line(deflated: Mapping[str, Any]) -> str:

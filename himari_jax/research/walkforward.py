@@ -539,11 +539,11 @@ def run_walk_forward(config: ml_collections.ConfigDict, workdir: str, *,
              'policy': '; '.join(f'fold {r.fold.index}: {_describe(s["policy"])}'
                                  for r, s in zip(results, summaries, strict=True)
                                  if 'policy' in s) or 'seed'}
-  # Each fold's search is deflated on its own validation bars, where it ran.
-  selections = {r.fold.index: s['selection'] for r, s in zip(results, summaries, strict=True)
-                if 'selection' in s}
-  if selections:
-    summary['fold_selection'] = selections
+  # Each fold's search is judged on its own validation bars, where it ran.
+  searches = {r.fold.index: {k: s[k] for k in ('selection', 'null') if k in s}
+              for r, s in zip(results, summaries, strict=True) if 'selection' in s}
+  if searches:
+    summary['folds'] = searches
   choice = evaluate.PolicyChoice('+'.join(modes), None, None, summary)
   outcome = evaluate.backtest_and_report(df.iloc[span], actions, confidence, bt, workdir,
                                          extra=extra, result=chained, choice=choice)
