@@ -248,7 +248,8 @@ def backtest_config() -> ml_collections.ConfigDict:
   # 'seed': argmax + confidence_threshold through the backtester (the seed's decisions);
   # 'fixed': the policy of the fields below; 'select': the best policy of the grid below on
   # each run's validation split (never test bars), by `objective`; 'auto' (quickstart):
-  # 'select' if its choice beats the seed policy on validation, else 'seed'.
+  # 'select' if its choice beats the seed rule on validation by more than the selection
+  # null's 95th percentile of that margin (evaluate.auto_decision), else 'seed'.
   config.policy.mode = 'seed'
   config.policy.signal = 'margin'  # 'margin' (p_buy - p_sell) or 'argmax' (the seed's rule)
   config.policy.entry = 0.2  # enter when the signal exceeds this
@@ -262,7 +263,10 @@ def backtest_config() -> ml_collections.ConfigDict:
   config.policy.band = 0.01  # trade only if the target moves by more than this share of equity
   config.policy.allow_short = False
   config.policy.trim = True  # a confirmation may also reduce the position
-  config.policy.objective = 'sharpe'  # 'sharpe' (net) or 'sharpe_minus_turnover'
+  # 'sharpe_lcb' (the net Sharpe's one-sided 95 % lower bound with its HAC error: noisier
+  # policies rank lower), 'sharpe' (net) or 'sharpe_minus_turnover'.
+  config.policy.objective = 'sharpe_lcb'
+  config.policy.min_round_trips = 20  # validation round trips a policy needs to be chosen
   config.policy.turnover_penalty = 0.0  # Sharpe units per 1x equity traded a year
   config.policy.vol_window = 168  # bars of the volatility that 'vol_target' sizes by
   # The search's own null (SPEC 11): the selection rerun on the validation probabilities

@@ -168,6 +168,9 @@ def test_policy_grid_and_fixed_policy_from_config():
   assert len(margin) == 2 * 2 and set(margin['exit']) == {0.3, 0.2}
   assert set(margin['sizing']) == {'vol_target'} and set(margin['min_hold']) == {6}
   assert list(table[table['signal'] == 'argmax']['entry']) == [0.0, 0.4, 0.5, 0.6]
+  # The seed rule at the configured threshold is always in the grid ('auto' compares to it).
+  grid = evaluate.policy_grid(config.policy, 0.7)
+  assert policy.policy_table(grid).iloc[evaluate.seed_rule_index(grid, 0.7)]['entry'] == 0.7
   config.policy.update(entry=0.2, exit=0.3)
   with pytest.raises(ValueError, match='exit must be <= entry'):
     evaluate.fixed_policy(config.policy)
@@ -177,6 +180,83 @@ def test_policy_grid_and_fixed_policy_from_config():
   config.policy.mode = 'best'
   with pytest.raises(ValueError, match="policy.mode='best'"):
     evaluate.choose_policy(config)
+
+
+def _selection(objective, index, seed_index=2):
+  from himari_jax.backtest import policy
+
+  table = pd.DataFrame({'objective': objective})
+  return policy.PolicySelection(policy=None, index=index, objective='sharpe_lcb',
+                                num_trials=len(table), table=table, trial_sharpes=None,
+                                num_eligible=len(table))
+
+
+def _null(winner_objective, seed_objective):
+  from himari_jax.backtest import policy
+
+  winner_objective = np.asarray(winner_objective, float)
+  rotations = len(winner_objective)
+  objective = np.stack([winner_objective, np.zeros(rotations), seed_objective], axis=1)
+  return policy.SelectionNull(min_offset=336, offsets=np.full(rotations, 400),
+                              winners=np.where(np.isfinite(winner_objective), 0, -1),
+                              sharpe=winner_objective, objective=objective)
+
+
+def test_auto_uses_the_selected_policy_only_past_the_null_bar():
+  from himari_jax.backtest import evaluate
+
+  real = _selection([1.0, 0.2, 0.0], index=0)  # margin over the seed rule (row 2): 1.0
+  quiet = _null(np.linspace(-0.5, 0.5, 40), np.zeros(40))
+  decided = evaluate.auto_decision(real, quiet, seed_index=2)
+  assert decided['used_selected'] and decided['margin'] == 1.0
+  assert decided['bar'] == pytest.approx(np.sort(np.linspace(-0.5, 0.5, 40))[38])
+  # Noise alone beats the seed rule by more: the margin is what the search finds anyway.
+  loud = _null(np.linspace(0.0, 2.0, 40), np.zeros(40))
+  decided = evaluate.auto_decision(real, loud, seed_index=2)
+  assert not decided['used_selected'] and 'using the seed rule' in decided['reason']
+  # The same null margins with the seed rule doing as well in the null: the bar falls.
+  matched = _null(np.linspace(0.0, 2.0, 40), np.linspace(0.0, 2.0, 40))
+  assert evaluate.auto_decision(real, matched, seed_index=2)['used_selected']
+  # A null whose reruns found nothing eligible sets no bar; without a null the bar is 0.
+  empty = _null(np.full(40, np.nan), np.zeros(40))
+  assert evaluate.auto_decision(real, empty, seed_index=2)['bar'] is None  # -inf
+  assert evaluate.auto_decision(real, empty, seed_index=2)['used_selected']
+  unseeded = _selection([0.5, 0.2, np.nan], index=0)  # a seed that never traded scores 0
+  decided = evaluate.auto_decision(unseeded, None, seed_index=2)
+  assert decided['margin'] == 0.5 and decided['bar'] == 0.0 and decided['used_selected']
+  assert 'no selection null was run' in decided['rule']
+
+
+def test_choose_policy_reports_its_rule_and_falls_back_to_the_seed_rule():
+  from himari_jax.backtest import evaluate
+  from himari_jax.data import ohlcv as data
+
+  frame = data.builtin_dataset('btc_usdt_1h_2025_2026').iloc[:1500]
+  closes = frame['close'].to_numpy()
+  momentum = np.concatenate([np.zeros(24), closes[24:] / closes[:-24] - 1])
+  logits = np.stack([-60 * momentum, np.full(len(closes), 0.3), 60 * momentum], axis=1)
+  probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+  config = _select_config('unused')
+  config.policy.update(mode='auto', null_rotations=8, null_min_offset=200)
+  lines = []
+  choice = evaluate.choose_policy(config, frame, probs, log=lines.append)
+  auto = choice.summary['auto']
+  assert choice.mode == ('select' if auto['used_selected'] else 'seed')
+  assert choice.summary['null']['rotations'] == 8 and choice.null.winners.shape == (8,)
+  assert [line for line in lines if line.startswith('policy auto: ')] == [
+      f'policy auto: {auto["reason"]}']
+  # No policy makes a million round trips: the seed rule, and one line that says why.
+  config.policy.min_round_trips = 1_000_000
+  lines = []
+  choice = evaluate.choose_policy(config, frame, probs, log=lines.append)
+  assert choice.mode == 'seed' and choice.policy is None
+  assert lines == ['policy: no policy made 1000000 validation round trips with a defined '
+                   'sharpe_lcb: using the seed rule']
+  assert choice.summary['fallback'] in lines[0] and 'selection' not in choice.summary
+  config.policy.update(min_round_trips=0, null_min_offset=800)  # 1,500 bars: too short
+  choice = evaluate.choose_policy(config, frame, probs, log=lambda _: None)
+  assert choice.null is None and 'cannot be rotated' in choice.summary['null']['note']
+  assert 'no selection null was run' in choice.summary['auto']['rule']
 
 
 def test_label_params_pass_each_rule_its_own_fields():

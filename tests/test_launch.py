@@ -56,9 +56,15 @@ def test_quickstart_trains_backtests_and_reports(quickstart):
   results = check_reports(workdir / 'backtest')
   assert results['metrics']['final_equity'] > 0
   assert 'buy & hold' in stdout and 'block-bootstrap CI' in stdout
-  # --policy=auto: selected on validation, used only if it beats the seed's policy there.
+  # --policy=auto: selected on validation, used only if it beats the seed's policy there by
+  # more than the search finds in its own null.
   assert results['policy']['num_trials'] == 484 and 'auto' in results['policy']
   assert 'policy auto: the selected policy' in stdout and 'gross: return' in stdout
+  # What each figure may claim, named for what it is (SPEC 11).
+  for text in ('selection: DSR of the validation winner (484 trials, ',
+               'P(null winner >= real winner) = ', 'test: PSR(0), HAC s.e. = ',
+               'bars (Politis-White)', 'minimum detectable Sharpe at 80% power'):
+    assert text in stdout, text
 
 
 def test_backtest_with_sweep(quickstart, repo_root, tmp_path):

@@ -10,7 +10,7 @@ from himari_jax.backtest import policy as P
 from himari_jax.data import ohlcv as data
 from himari_jax.inference import ensemble
 from himari_jax.inference.ensemble import BUY, HOLD, SELL
-from himari_jax.stats import selection, significance
+from himari_jax.stats import metrics, selection, sharpe_inference, significance
 
 CAPITAL, COMMISSION, SLIPPAGE = 100_000.0, 0.001, 0.0005
 
@@ -359,3 +359,42 @@ def test_selection_null_tells_a_real_signal_from_one_that_only_fits_noise():
   found = P.select_policy(frame, blind, params, grid=grid)
   null = P.selection_null(frame, blind, params, grid=grid, num_rotations=19, min_offset=168)
   assert selection.null_p_value(null.sharpe, found.table['sharpe'].iloc[found.index]) > 0.1
+
+
+def test_sharpe_errors_of_the_grid_are_the_hac_errors_of_each_policy():
+  frame = data.builtin_dataset('btc_usdt_1h_2025_2026').iloc[:1200]
+  probs = model_like_probs(frame['close'].to_numpy())
+  params, grid = backtest.make_params(), _small_grid()
+  errors = P.policy_sharpe_errors(frame, probs, grid, params, lags=6)
+  assert errors.shape == (1, 10)
+  for i in (0, 5, 9):
+    policy = jax.tree.map(lambda x, i=i: np.asarray(x)[i], grid)
+    run = P.run_policy(frame, probs, policy, params)
+    returns = np.asarray(metrics.period_returns(run.equity, params.initial_capital), np.float64)
+    expected = sharpe_inference.sharpe_standard_error(returns, lags=6)['se'] * np.sqrt(8760)
+    assert errors[0, i] == pytest.approx(expected, rel=1e-4)
+
+
+def test_lower_bound_objective_and_minimum_round_trips():
+  frame = data.builtin_dataset('btc_usdt_1h_2025_2026').iloc[:2000]
+  probs = model_like_probs(frame['close'].to_numpy())
+  params, grid = backtest.make_params(), _small_grid()
+  chosen = P.select_policy(frame, probs, params, grid=grid, objective='sharpe_lcb',
+                           min_round_trips=60)
+  table = chosen.table
+  np.testing.assert_allclose(table['objective'], table['sharpe'] - P.LCB_Z * table['sharpe_se'])
+  np.testing.assert_array_equal(
+      table['eligible'], np.isfinite(table['objective']) & (table['num_round_trips'] >= 60))
+  assert 0 < chosen.num_eligible < len(table)
+  assert table['eligible'].iloc[chosen.index]
+  assert table['objective'].iloc[chosen.index] == table['objective'][table['eligible']].max()
+  # The best of all ten trades too rarely to be chosen.
+  assert table['objective'].idxmax() != chosen.index
+  # Asking for more round trips than any policy made leaves none eligible, and says so.
+  none = P.select_policy(frame, probs, params, grid=grid, min_round_trips=10_000)
+  assert none.num_eligible == 0
+  null = P.selection_null(frame, probs, params, grid=grid, min_round_trips=10_000,
+                          num_rotations=3, min_offset=200)
+  assert np.all(null.winners == -1) and np.all(np.isnan(null.sharpe))
+  with pytest.raises(ValueError, match='min_round_trips must be >= 0'):
+    P.select_policy(frame, probs, params, grid=grid, min_round_trips=-1)

@@ -51,7 +51,8 @@ def _weights(config: ml_collections.ConfigDict, num_members: int) -> list[float]
 
 
 # 'auto' (quickstart's default): 'select', but the seed's decisions unless the selected
-# policy beats the seed policy at the configured threshold on the validation bars.
+# policy beats the seed rule at the configured threshold on the validation bars by more than
+# the search finds in its own null (`auto_decision`).
 POLICY_MODES = ('seed', 'fixed', 'select', 'auto')
 # Default axes of a 'select' grid given in part (policy.default_grid's values).
 _GRID_DEFAULTS = {'entry': (0.1, 0.2, 0.3, 0.4, 0.5), 'exit_gap': (0.0, 0.1, 0.2, 0.3),
@@ -66,10 +67,12 @@ def fixed_policy(policy_config: ml_collections.ConfigDict) -> policy_lib.PolicyP
   return policy_lib.make_policy(**{k: policy_config[k] for k in fields})
 
 
-def policy_grid(policy_config: ml_collections.ConfigDict) -> policy_lib.PolicyParams:
+def policy_grid(policy_config: ml_collections.ConfigDict,
+                seed_threshold: float = 0.0) -> policy_lib.PolicyParams:
   """The grid 'select' searches: `policy.default_grid()` with the sizes, band and shorting of
   `config.policy`, each axis narrowed to `config.policy.grid.<axis>` where that is set, plus
-  the seed at thresholds 0, 0.4, 0.5 and 0.6 (so selection can keep the seed)."""
+  the seed at thresholds 0, 0.4, 0.5 and 0.6 and at `seed_threshold` (the configured
+  confidence threshold, the seed rule 'auto' compares against)."""
   pc = policy_config
   cast = {'entry': float, 'exit_gap': float, 'min_hold': int, 'cooldown': int, 'sizing': str}
   axes = {}
@@ -85,9 +88,21 @@ def policy_grid(policy_config: ml_collections.ConfigDict) -> policy_lib.PolicyPa
       dict(base, entry=entry), exit=[round(entry - gap, 4) for gap in axes['exit_gap']],
       min_hold=axes['min_hold'], cooldown=axes['cooldown'], sizing=axes['sizing'])
       for entry in axes['entry'] if any(entry - gap >= -1 for gap in axes['exit_gap'])]
+  thresholds = list(dict.fromkeys([*_SEED_THRESHOLDS, float(seed_threshold)]))
   seeds = [policy_lib.seed_policy(t, max_position_pct=pc.max_position_pct,
-                                  allow_short=pc.allow_short) for t in _SEED_THRESHOLDS]
+                                  allow_short=pc.allow_short) for t in thresholds]
   return policy_lib.stack_policies([*margin, *seeds])
+
+
+def seed_rule_index(grid: policy_lib.PolicyParams, threshold: float) -> int:
+  """The row of `policy_grid(..., threshold)` that is the seed rule at `threshold`."""
+  seeds = (np.asarray(grid.signal) == policy_lib.SIGNALS.index('argmax')) & np.isclose(
+      np.asarray(grid.entry), threshold)
+  return int(np.flatnonzero(seeds)[0])
+
+
+def _grid_for(config: ml_collections.ConfigDict) -> policy_lib.PolicyParams:
+  return policy_grid(config.policy, config.confidence_threshold)
 
 
 @dataclasses.dataclass
@@ -140,24 +155,36 @@ def choose_policy(config: ml_collections.ConfigDict, val_df: pd.DataFrame | None
   if val_df is None or val_probs is None:
     raise ValueError(f"policy.mode={mode!r} needs validation bars and their probabilities")
   params = backtest_lib.params_from_config(config)
-  selection = policy_lib.select_policy(
-      val_df, val_probs, params, grid=policy_grid(pc), objective=pc.objective,
-      turnover_penalty=pc.turnover_penalty, sigma_annual=sigma_for(val_df, config),
-      periods_per_year=config.periods_per_year)
+  grid = _grid_for(config)
+  rule = dict(grid=grid, objective=pc.objective, turnover_penalty=pc.turnover_penalty,
+              min_round_trips=pc.min_round_trips, sigma_annual=sigma_for(val_df, config),
+              periods_per_year=config.periods_per_year)
+  selection = policy_lib.select_policy(val_df, val_probs, params, **rule)
   chosen = selection.table.iloc[selection.index]
   seeds = selection.table[selection.table['policy.signal'] == 'argmax']
   summary = {
       'mode': 'select', 'objective': selection.objective, 'num_trials': selection.num_trials,
+      'min_round_trips': pc.min_round_trips, 'eligible': selection.num_eligible,
       'policy': policy_lib.policy_to_dict(selection.policy),
       'validation': {'first': str(val_df.index[0]), 'last': str(val_df.index[-1]),
                      'bars': len(val_df), 'sharpe': float(chosen['sharpe']),
                      'total_return': float(chosen['total_return']),
                      'num_trades': int(chosen['num_trades']),
+                     'num_round_trips': int(chosen['num_round_trips']),
                      'turnover_per_year': float(chosen['turnover_per_year']),
                      'best_seed_sharpe': float(np.nanmax(seeds['sharpe']))
                      if len(seeds) and np.isfinite(seeds['sharpe']).any() else None}}
+  fallback = {**seed_summary, 'num_trials': selection.num_trials,
+              'objective': selection.objective}
+  if not selection.num_eligible:
+    # The seed was kept after looking at every policy: they all count as trials.
+    fallback['fallback'] = (f'no policy made {pc.min_round_trips} validation round trips with '
+                            f'a defined {selection.objective}: using the seed rule')
+    log(f'policy: {fallback["fallback"]}')
+    return PolicyChoice('seed', None, selection, fallback)
   summary['selection'] = selection_deflation(val_df, val_probs, selection, config)
-  log(f'policy: selected 1 of {selection.num_trials} on {len(val_df)} validation bars '
+  log(f'policy: selected 1 of {selection.num_trials} ({selection.num_eligible} with >= '
+      f'{pc.min_round_trips} round trips) on {len(val_df)} validation bars '
       f'({val_df.index[0]:%Y-%m-%d} .. {val_df.index[-1]:%Y-%m-%d}) by {selection.objective}: '
       f'validation Sharpe {chosen["sharpe"]:.2f}; {summary["selection"]["label"]} = '
       f'{_num(summary["selection"]["dsr"], ".3f")}')
@@ -169,9 +196,7 @@ def choose_policy(config: ml_collections.ConfigDict, val_df: pd.DataFrame | None
     log(f'{summary["null"]["label"]}: {summary["null"]["note"]}')
   elif pc.null_rotations:
     null = policy_lib.selection_null(
-        val_df, val_probs, params, grid=policy_grid(pc), objective=pc.objective,
-        turnover_penalty=pc.turnover_penalty, sigma_annual=sigma_for(val_df, config),
-        periods_per_year=config.periods_per_year, num_rotations=pc.null_rotations,
+        val_df, val_probs, params, **rule, num_rotations=pc.null_rotations,
         min_offset=pc.null_min_offset, seed=config.significance.seed)
     summary['null'] = null_summary(null, float(chosen['sharpe']))
     log(f'{summary["null"]["label"]}: P(null winner >= real winner) = '
@@ -179,25 +204,48 @@ def choose_policy(config: ml_collections.ConfigDict, val_df: pd.DataFrame | None
         f'{_num(summary["null"]["null_sharpe_mean"], ".2f")} +- '
         f'{_num(summary["null"]["null_sharpe_std"], ".2f")})')
   if mode == 'auto':
-    table = selection.table
-    seed = table[(table['policy.signal'] == 'argmax')
-                 & np.isclose(table['policy.entry'], config.confidence_threshold)]
-    seed_score = seed['objective'].max() if len(seed) else -np.inf
-    beats = bool(np.isfinite(chosen['objective'])
-                 and not (chosen['objective'] <= np.nan_to_num(seed_score, nan=-np.inf)))
-    summary['auto'] = {'selected_beats_seed': beats, 'seed_objective':
-                       float(seed_score) if np.isfinite(seed_score) else None}
-    log('policy auto: the selected policy ' + ('beats' if beats else 'does not beat') +
-        ' the seed policy on validation; using ' + ('it' if beats else "the seed's decisions"))
-    if not beats:
-      # The seed was kept after looking at every policy: they all count as trials.
-      return PolicyChoice('seed', None, selection,
-                          {**seed_summary, 'num_trials': selection.num_trials,
-                           **{k: summary[k] for k in ('auto', 'validation', 'selection', 'null')
-                              if k in summary},
-                           'objective': selection.objective}, null)
-    summary['mode'] = 'select'
+    summary['auto'] = auto_decision(selection, null, seed_rule_index(
+        grid, config.confidence_threshold))
+    log(f'policy auto: {summary["auto"]["reason"]}')
+    if not summary['auto']['used_selected']:
+      return PolicyChoice('seed', None, selection, {
+          **fallback, **{k: summary[k] for k in ('auto', 'validation', 'selection', 'null')
+                         if k in summary}}, null)
   return PolicyChoice('select', selection.policy, selection, summary, null)
+
+
+def auto_decision(selection: policy_lib.PolicySelection, null: policy_lib.SelectionNull | None,
+                  seed_index: int) -> dict:
+  """'auto': the selected policy is used only if its validation objective beats the seed
+  rule's by more than the selection null's 95th percentile of the same margin (each null
+  winner's objective minus the seed rule's, both on the same rotated probabilities); without
+  a null, by more than 0. A policy that never trades scores 0 here (a flat book).
+
+  Args:
+    selection: the real selection (with eligible policies); null: its null, or None.
+    seed_index: the seed rule's row in the grid.
+
+  Returns:
+    JSON-ready {'used_selected', 'rule', 'margin', 'bar', 'reason'}.
+  """
+  score = selection.table['objective'].to_numpy(np.float64)
+  margin = float(score[selection.index] - np.nan_to_num(score[seed_index], nan=0.0))
+  if null is None:
+    bar, rule = 0.0, 'beat the seed rule on validation (no selection null was run)'
+  else:
+    rows = np.arange(len(null.winners))
+    found = null.objective[rows, np.maximum(null.winners, 0)]
+    null_margin = np.where(null.winners >= 0,
+                           found - np.nan_to_num(null.objective[:, seed_index], nan=0.0), -np.inf)
+    bar = float(np.quantile(null_margin, 0.95, method='higher'))
+    rule = (f'beat the seed rule on validation by more than the 95th percentile of that margin '
+            f'in the selection null ({len(rows)} rotations)')
+  used = bool(margin > bar)
+  reason = (f'the selected policy\'s {selection.objective} margin over the seed rule on '
+            f'validation is {margin:+.2f} against a bar of {bar:+.2f} (it must {rule}): '
+            + ('using the selected policy' if used else 'using the seed rule'))
+  return json_types.to_json_types({'used_selected': used, 'rule': rule, 'margin': margin,
+                                   'bar': bar, 'reason': reason}, finite_only=True)
 
 
 def null_summary(null: policy_lib.SelectionNull, real_sharpe: float) -> dict:
@@ -376,7 +424,7 @@ def null_test_sharpe(df: pd.DataFrame, probs: np.ndarray, null: policy_lib.Selec
   chosen = null.winners[null.winners >= 0]
   if not chosen.size:
     return {'label': label, 'sharpe_mean': None, 'sharpe_std': None, 'winners': 0}
-  policies = jax.tree.map(lambda x: np.asarray(x)[chosen], policy_grid(config.policy))
+  policies = jax.tree.map(lambda x: np.asarray(x)[chosen], _grid_for(config))
   table = policy_lib.sweep(df, probs, policies, backtest_lib.params_from_config(config),
                            sigma_annual=sigma_for(df, config),
                            periods_per_year=config.periods_per_year, metrics='core')
@@ -528,7 +576,7 @@ def backtest_and_report(df: pd.DataFrame, actions: np.ndarray, confidence: np.nd
                  float(params.commission_sell + params.slippage_sell)),
       seed=sig.seed, periods_per_year=config.periods_per_year,
       block_length=sig.get('block_length'))
-  if choice.selection is not None:
+  if choice.selection is not None and choice.selection.num_eligible:
     significance['test_comparisons'] = compare_on_test(
         df, actions, confidence, probs, choice, returns, config)
   if choice.null is not None:

@@ -161,17 +161,19 @@ def policy_lines(policy: Mapping[str, Any] | None) -> list[str]:
                           else f'{k}={described[k]}' for k in keys if k in described)
   lines = [f'decision policy: {mode} ({described}); {policy.get("num_trials", 1)} '
            'policy(ies) tried']
+  if policy.get('fallback'):
+    lines.append(f'policy: {policy["fallback"]}')
   auto = policy.get('auto')
   if auto:
-    lines.append('policy auto: the selected policy ' + (
-        'beat the seed policy on validation, so it was used' if auto['selected_beats_seed']
-        else "did not beat the seed policy on validation, so the seed's decisions were used"))
+    lines.append(f'policy auto: {auto["reason"]}')
   val = policy.get('validation')
   if val:
     seed = val.get('best_seed_sharpe')
+    eligible = ('' if 'eligible' not in policy else f' among {policy["eligible"]} with >= '
+                f'{policy["min_round_trips"]} round trips')
     lines.append(f'chosen on {val["bars"]} validation bars ({val["first"][:10]} .. '
-                 f'{val["last"][:10]}) by {policy.get("objective")}: validation Sharpe '
-                 f'{val["sharpe"]:.2f}, {val["num_trades"]} fills, turnover '
+                 f'{val["last"][:10]}) by {policy.get("objective")}{eligible}: validation '
+                 f'Sharpe {val["sharpe"]:.2f}, {val["num_trades"]} fills, turnover '
                  f'{val["turnover_per_year"]:.1f}x a year' +
                  ('' if seed is None else f' (best seed policy there: Sharpe {seed:.2f})'))
   folds = policy.get('folds') or {}
