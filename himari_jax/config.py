@@ -215,6 +215,8 @@ def backtest_config() -> ml_collections.ConfigDict:
   config.strategy = 'voting'  # ensemble of several checkpoints (inference.ensemble.STRATEGIES)
   config.weights = ''  # one non-negative weight per checkpoint, comma-separated; '' = equal
   config.confidence_threshold = 0.0  # BUY/SELL with confidence below this become HOLD
+  # Backtest bars a member trained or validated on: refused unless True (then flagged first).
+  config.allow_in_sample = False
 
   # Logit correction of each member, fitted on the validation split of its own training run.
   config.calibration = ml_collections.ConfigDict()

@@ -259,6 +259,55 @@ def test_choose_policy_reports_its_rule_and_falls_back_to_the_seed_rule():
   assert 'no selection null was run' in choice.summary['auto']['rule']
 
 
+def test_in_sample_overlaps_name_member_part_and_bars():
+  import types
+
+  index = pd.date_range('2024-01-01', periods=100, freq='h', tz='UTC')
+  recorded = types.SimpleNamespace(meta={'data': {'files': [{
+      'name': 'btc_2023', 'first': '2023-01-01 00:00:00+00:00',
+      'last': '2024-01-01 19:00:00+00:00', 'train_first': '2023-01-01 00:00:00+00:00',
+      'train_last': '2023-12-31 09:00:00+00:00', 'val_first': '2023-12-31 16:00:00+00:00',
+      'val_last': '2024-01-01 19:00:00+00:00'}]}})
+  older = types.SimpleNamespace(meta={'data': {'files': [{
+      'name': 'btc_old', 'first': '2024-01-03 00:00:00+00:00',
+      'last': '2024-06-01 00:00:00+00:00'}]}})
+  converted = types.SimpleNamespace(meta={})
+  overlaps, unknown = members.in_sample_overlaps([recorded, older, converted],
+                                                 ['a', 'b', 'seed.pt'], index)
+  assert unknown == ['seed.pt']
+  assert [(o.member, o.part, o.bars) for o in overlaps] == [
+      ('a', 'validation', 20), ('b', 'training file', 52)]
+  assert overlaps[0].describe() == ('a used 20 of the backtest bars for validation (btc_2023, '
+                                    '2024-01-01 00:00 .. 2024-01-01 19:00)')
+
+
+def test_backtest_on_bars_a_member_saw_is_refused_unless_allowed(tmp_path):
+  from himari_jax.backtest import evaluate
+  from himari_jax.data import binance
+  from himari_jax.data import ohlcv as data
+
+  # The shipped model trained and validated on 2020-2024 (its run records the file's range).
+  seen = data.builtin_dataset('btc_usdt_1h_2020_2024').iloc[-300:]
+  path = tmp_path / 'late_2024.csv'
+  binance.write_canonical_csv(seen, path)
+  config = _select_config(path)
+  config.policy.mode = 'seed'
+  with pytest.raises(evaluate.InSampleError, match=(
+      r'^in-sample backtest refused: checkpoints/small_a used 300 of the backtest bars for '
+      r'training file \(btc_usdt_1h_2020_2024, 2024-12-19 12:00 .. 2024-12-31 23:00\)')):
+    evaluate.backtest_pipeline(config, str(tmp_path / 'refused'), log=lambda _: None)
+  assert not (tmp_path / 'refused').exists()
+  config.allow_in_sample = True
+  lines = []
+  outcome = evaluate.backtest_pipeline(config, str(tmp_path / 'allowed'), log=lines.append)
+  assert lines[0].startswith('IN-SAMPLE: these results are not out of sample: checkpoints/')
+  assert outcome['warnings'][0] == lines[0]
+  results = json.loads((tmp_path / 'allowed' / 'backtest_results.json').read_text())
+  assert results['in_sample'] == lines[0] and 'lookahead_warning' not in results
+  page = (tmp_path / 'allowed' / 'backtest_report.html').read_text()
+  assert page.index('IN-SAMPLE') < page.index('<h1>')
+
+
 def test_label_params_pass_each_rule_its_own_fields():
   from himari_jax.data import input_pipeline, labels
 

@@ -131,6 +131,8 @@ def test_backtest_selects_a_policy_on_validation_with_the_config_flag(repo_root,
     (['--strategy=majority'], "unknown strategy 'majority'"),
     (['--confidence_threshold=1.5'], 'must be in [0, 1]'),
     (['--checkpoints=no/such/run'], 'no such checkpoint directory'),
+    (['--config.dataset=btc_usdt_1h_2020_2024'],
+     'in-sample backtest refused: checkpoints/small_a used 43,848 of the backtest bars'),
 ])
 def test_wrong_flags_fail_with_one_clear_line(repo_root, tmp_path, flags, message):
   done = run(repo_root, 'ensemble_backtest.py', *flags, f'--outdir={tmp_path}', check=False)

@@ -306,6 +306,39 @@ def validation_probabilities(members: Sequence, calibration_config: ml_collectio
   return frame.iloc[-num_val:], members_lib.combined_probabilities(probs[:, -num_val:], weights)
 
 
+class InSampleError(ValueError):
+  """A backtest on bars a member trained or validated on, not allowed by the config."""
+
+
+def in_sample_check(members: Sequence, names: Sequence[str], df: pd.DataFrame,
+                    config: ml_collections.ConfigDict, *, log=print) -> list[str]:
+  """Refuses a backtest on bars a member trained or validated on (SPEC 11), unless
+  `config.allow_in_sample`; then the caveat heads the report.
+
+  Args:
+    members, names: the loaded members and their paths; df: the N bars to backtest.
+    config: a backtest config (`allow_in_sample`).
+    log: where a member whose data range is not recorded is reported.
+
+  Returns:
+    The in-sample caveat lines to show first ([] when out of sample).
+
+  Raises:
+    InSampleError: one line naming each overlap (member, part, bars, first and last bar).
+  """
+  overlaps, unknown = members_lib.in_sample_overlaps(members, names, df.index)
+  for name in unknown:
+    log(f'{name}: its training and validation bars are not recorded, so their overlap with '
+        'the backtest cannot be checked')
+  if not overlaps:
+    return []
+  found = '; '.join(o.describe() for o in overlaps)
+  if not config.get('allow_in_sample', False):
+    raise InSampleError(f'in-sample backtest refused: {found}. Backtest other bars, or pass '
+                        '--allow_in_sample (config.allow_in_sample) to run it anyway.')
+  return [f'IN-SAMPLE: these results are not out of sample: {found}.']
+
+
 def lookahead_warnings(members: Sequence) -> list[str]:
   """The look-ahead caveat of every feature set a member uses (SPEC 3), once each."""
   found = [features_lib.lookahead_warning(features_lib.feature_set_of(m.config))
@@ -349,8 +382,9 @@ def backtest_pipeline(config: ml_collections.ConfigDict, outdir: str, *,
   weights = _weights(config, len(paths))
   df = data_lib.load_dataset(config.dataset, fill_gaps=True)
   members = [members_lib.load_member(p, config.which) for p in paths]
+  in_sample = in_sample_check(members, paths, df, config, log=log)
   warnings = lookahead_warnings(members)
-  for warning in warnings:
+  for warning in [*in_sample, *warnings]:
     log(warning)
   log(f'loaded {len(paths)} model(s): {", ".join(paths)}')
   log(f'predicting {len(df)} bars of {config.dataset} '
@@ -399,7 +433,8 @@ def backtest_pipeline(config: ml_collections.ConfigDict, outdir: str, *,
   if choice.policy is not None or choice.selection is not None:
     probs = members_lib.combined_probabilities(decisions.probs, weights)
   outcome = backtest_and_report(df, decisions.actions, decisions.confidence, config, outdir,
-                                extra=extra, choice=choice, probs=probs, warnings=warnings)
+                                extra=extra, choice=choice, probs=probs, warnings=warnings,
+                                in_sample=in_sample)
   if swept_best is not None:
     outcome['significance']['sweep'] = swept_best
   if choice.selection is not None:
@@ -515,7 +550,7 @@ def backtest_and_report(df: pd.DataFrame, actions: np.ndarray, confidence: np.nd
                         extra: dict | None = None,
                         choice: PolicyChoice | None = None, probs: np.ndarray | None = None,
                         result: backtest_lib.BacktestResult | None = None,
-                        warnings: Sequence[str] = ()) -> dict:
+                        warnings: Sequence[str] = (), in_sample: Sequence[str] = ()) -> dict:
   """Backtest of decisions, buy-and-hold, significance, attribution and every report file.
 
   Args:
@@ -534,6 +569,8 @@ def backtest_and_report(df: pd.DataFrame, actions: np.ndarray, confidence: np.nd
     result: an already simulated backtest of these bars (walk-forward's chained folds);
       None simulates `choice` here. Without simulation here, no cost-sensitivity curve.
     warnings: caveats shown first (look-ahead features, SPEC 3).
+    in_sample: `in_sample_check`'s caveat, shown before everything else and stored under
+      `in_sample` in the JSON.
 
   Returns:
     {'metrics', 'benchmark', 'significance', 'attribution', 'policy', 'paths', 'warnings'}.
@@ -606,6 +643,9 @@ def backtest_and_report(df: pd.DataFrame, actions: np.ndarray, confidence: np.nd
   }
   if warnings:
     sections['lookahead_warning'] = ' '.join(warnings)
+  if in_sample:
+    sections['in_sample'] = ' '.join(in_sample)
+  warnings = [*in_sample, *warnings]
   written = report_lib.write_reports(
       outdir, result, df, actions, confidence, config, extra={**(extra or {}), **sections},
       warnings=warnings, attribution=(attribution, intervals, sensitivity),
