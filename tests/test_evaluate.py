@@ -89,6 +89,7 @@ def _select_config(dataset):
   config.policy.grid.update(entry='0.2,0.4', exit_gap='0,0.2', min_hold='0,24', cooldown='0',
                             sizing='fixed')
   config.significance.update(num_resamples=50, num_shuffles=20)
+  config.policy.null_rotations = 10
   return config
 
 
@@ -148,8 +149,8 @@ def test_select_never_looks_at_test_bars_and_reports_it(tmp_path):
   assert sig['bootstrap']['block_rule'] == 'Politis-White' and '(Politis-White)' in page
   # The search's own null: the selection rerun on rotated validation probabilities.
   null = policy['null']
-  assert null['rotations'] == 40 and 1 / 41 <= null['p_value'] <= 1
-  assert sig['null_test']['winners'] == 40 and sig['null_test']['sharpe_mean'] is not None
+  assert null['rotations'] == 10 and 1 / 11 <= null['p_value'] <= 1
+  assert sig['null_test']['winners'] == 10 and sig['null_test']['sharpe_mean'] is not None
   assert 'P(null winner &gt;= real winner)' in page and 'selection null on test' in page
   assert 'before costs' in page and 'cost sensitivity' in page
   table = pd.read_csv(tmp_path / 'test' / evaluate.POLICY_CSV)
