@@ -204,26 +204,26 @@ def _null(winner_objective, seed_objective):
 
 
 def test_auto_uses_the_selected_policy_only_past_the_null_bar():
-  from himari_jax.backtest import evaluate
+  from himari_jax.backtest import policy_search
 
   real = _selection([1.0, 0.2, 0.0], index=0)  # margin over the seed rule (row 2): 1.0
   quiet = _null(np.linspace(-0.5, 0.5, 40), np.zeros(40))
-  decided = evaluate.auto_decision(real, quiet, seed_index=2)
+  decided = policy_search.auto_decision(real, quiet, seed_index=2)
   assert decided['used_selected'] and decided['margin'] == 1.0
   assert decided['bar'] == pytest.approx(np.sort(np.linspace(-0.5, 0.5, 40))[38])
   # Noise alone beats the seed rule by more: the margin is what the search finds anyway.
   loud = _null(np.linspace(0.0, 2.0, 40), np.zeros(40))
-  decided = evaluate.auto_decision(real, loud, seed_index=2)
+  decided = policy_search.auto_decision(real, loud, seed_index=2)
   assert not decided['used_selected'] and 'using the seed rule' in decided['reason']
   # The same null margins with the seed rule doing as well in the null: the bar falls.
   matched = _null(np.linspace(0.0, 2.0, 40), np.linspace(0.0, 2.0, 40))
-  assert evaluate.auto_decision(real, matched, seed_index=2)['used_selected']
+  assert policy_search.auto_decision(real, matched, seed_index=2)['used_selected']
   # A null whose reruns found nothing eligible sets no bar; without a null the bar is 0.
   empty = _null(np.full(40, np.nan), np.zeros(40))
-  assert evaluate.auto_decision(real, empty, seed_index=2)['bar'] is None  # -inf
-  assert evaluate.auto_decision(real, empty, seed_index=2)['used_selected']
+  assert policy_search.auto_decision(real, empty, seed_index=2)['bar'] is None  # -inf
+  assert policy_search.auto_decision(real, empty, seed_index=2)['used_selected']
   unseeded = _selection([0.5, 0.2, np.nan], index=0)  # a seed that never traded scores 0
-  decided = evaluate.auto_decision(unseeded, None, seed_index=2)
+  decided = policy_search.auto_decision(unseeded, None, seed_index=2)
   assert decided['margin'] == 0.5 and decided['bar'] == 0.0 and decided['used_selected']
   assert 'no selection null was run' in decided['rule']
 

@@ -21,15 +21,15 @@ import json
 import os
 from collections.abc import Sequence
 
-import jax
 import ml_collections
 import numpy as np
 import pandas as pd
 
 from himari_jax import config as config_lib
-from himari_jax import constants, json_types
+from himari_jax import constants
 from himari_jax.backtest import engine as backtest_lib
 from himari_jax.backtest import policy as policy_lib
+from himari_jax.backtest import policy_search as search_lib
 from himari_jax.backtest import report as report_lib
 from himari_jax.data import features as features_lib
 from himari_jax.data import input_pipeline
@@ -37,8 +37,6 @@ from himari_jax.data import ohlcv as data_lib
 from himari_jax.inference import ensemble as ensemble_lib
 from himari_jax.inference import members as members_lib
 from himari_jax.stats import metrics as metrics_lib
-from himari_jax.stats import selection as selection_lib
-from himari_jax.stats import sharpe_inference
 from himari_jax.stats import significance as significance_lib
 
 
@@ -52,7 +50,7 @@ def _weights(config: ml_collections.ConfigDict, num_members: int) -> list[float]
 
 # 'auto' (quickstart's default): 'select', but the seed's decisions unless the selected
 # policy beats the seed rule at the configured threshold on the validation bars by more than
-# the search finds in its own null (`auto_decision`).
+# the search finds in its own null (`policy_search.auto_decision`).
 POLICY_MODES = ('seed', 'fixed', 'select', 'auto')
 # Default axes of a 'select' grid given in part (policy.default_grid's values).
 _GRID_DEFAULTS = {'entry': (0.1, 0.2, 0.3, 0.4, 0.5), 'exit_gap': (0.0, 0.1, 0.2, 0.3),
@@ -182,7 +180,9 @@ def choose_policy(config: ml_collections.ConfigDict, val_df: pd.DataFrame | None
                             f'a defined {selection.objective}: using the seed rule')
     log(f'policy: {fallback["fallback"]}')
     return PolicyChoice('seed', None, selection, fallback)
-  summary['selection'] = selection_deflation(val_df, val_probs, selection, config)
+  summary['selection'] = search_lib.selection_deflation(
+      val_df, val_probs, selection, params, sigma_annual=rule['sigma_annual'],
+      periods_per_year=config.periods_per_year)
   log(f'policy: selected 1 of {selection.num_trials} ({selection.num_eligible} with >= '
       f'{pc.min_round_trips} round trips) on {len(val_df)} validation bars '
       f'({val_df.index[0]:%Y-%m-%d} .. {val_df.index[-1]:%Y-%m-%d}) by {selection.objective}: '
@@ -198,13 +198,13 @@ def choose_policy(config: ml_collections.ConfigDict, val_df: pd.DataFrame | None
     null = policy_lib.selection_null(
         val_df, val_probs, params, **rule, num_rotations=pc.null_rotations,
         min_offset=pc.null_min_offset, seed=config.significance.seed)
-    summary['null'] = null_summary(null, float(chosen['sharpe']))
+    summary['null'] = search_lib.null_summary(null, float(chosen['sharpe']))
     log(f'{summary["null"]["label"]}: P(null winner >= real winner) = '
         f'{_num(summary["null"]["p_value"], ".3f")} (null winners\' validation Sharpe '
         f'{_num(summary["null"]["null_sharpe_mean"], ".2f")} +- '
         f'{_num(summary["null"]["null_sharpe_std"], ".2f")})')
   if mode == 'auto':
-    summary['auto'] = auto_decision(selection, null, seed_rule_index(
+    summary['auto'] = search_lib.auto_decision(selection, null, seed_rule_index(
         grid, config.confidence_threshold))
     log(f'policy auto: {summary["auto"]["reason"]}')
     if not summary['auto']['used_selected']:
@@ -214,85 +214,8 @@ def choose_policy(config: ml_collections.ConfigDict, val_df: pd.DataFrame | None
   return PolicyChoice('select', selection.policy, selection, summary, null)
 
 
-def auto_decision(selection: policy_lib.PolicySelection, null: policy_lib.SelectionNull | None,
-                  seed_index: int) -> dict:
-  """'auto': the selected policy is used only if its validation objective beats the seed
-  rule's by more than the selection null's 95th percentile of the same margin (each null
-  winner's objective minus the seed rule's, both on the same rotated probabilities); without
-  a null, by more than 0. A policy that never trades scores 0 here (a flat book).
-
-  Args:
-    selection: the real selection (with eligible policies); null: its null, or None.
-    seed_index: the seed rule's row in the grid.
-
-  Returns:
-    JSON-ready {'used_selected', 'rule', 'margin', 'bar', 'reason'}.
-  """
-  score = selection.table['objective'].to_numpy(np.float64)
-  margin = float(score[selection.index] - np.nan_to_num(score[seed_index], nan=0.0))
-  if null is None:
-    bar, rule = 0.0, 'beat the seed rule on validation (no selection null was run)'
-  else:
-    rows = np.arange(len(null.winners))
-    found = null.objective[rows, np.maximum(null.winners, 0)]
-    null_margin = np.where(null.winners >= 0,
-                           found - np.nan_to_num(null.objective[:, seed_index], nan=0.0), -np.inf)
-    bar = float(np.quantile(null_margin, 0.95, method='higher'))
-    rule = (f'beat the seed rule on validation by more than the 95th percentile of that margin '
-            f'in the selection null ({len(rows)} rotations)')
-  used = bool(margin > bar)
-  reason = (f'the selected policy\'s {selection.objective} margin over the seed rule on '
-            f'validation is {margin:+.2f} against a bar of {bar:+.2f} (it must {rule}): '
-            + ('using the selected policy' if used else 'using the seed rule'))
-  return json_types.to_json_types({'used_selected': used, 'rule': rule, 'margin': margin,
-                                   'bar': bar, 'reason': reason}, finite_only=True)
-
-
-def null_summary(null: policy_lib.SelectionNull, real_sharpe: float) -> dict:
-  """JSON-ready summary of a selection null against the real winner's validation Sharpe:
-  `label`, `rotations`, `p_value` ((1 + k) / (1 + R), k null winners at or above the real
-  one), the null winners' validation Sharpe `null_sharpe_mean`, `null_sharpe_std` and
-  `null_sharpe_q95` (their test Sharpe: `null_test_sharpe`)."""
-  sharpe = null.sharpe[np.isfinite(null.sharpe)]
-  return json_types.to_json_types({
-      'label': f'selection null: the search rerun on the probabilities rotated in time '
-               f'({len(null.offsets)} rotations of {null.min_offset} bars or more)',
-      'rotations': len(null.offsets),
-      'p_value': selection_lib.null_p_value(null.sharpe, real_sharpe),
-      'null_sharpe_mean': float(np.mean(sharpe)) if sharpe.size else np.nan,
-      'null_sharpe_std': float(np.std(sharpe, ddof=1)) if sharpe.size > 1 else np.nan,
-      'null_sharpe_q95': float(np.quantile(sharpe, 0.95)) if sharpe.size else np.nan,
-  }, finite_only=True)
-
-
 def _num(value: float | None, spec: str) -> str:
   return 'n/a' if value is None or not np.isfinite(value) else format(value, spec)
-
-
-def selection_deflation(val_df: pd.DataFrame, val_probs: np.ndarray,
-                        selection: policy_lib.PolicySelection,
-                        config: ml_collections.ConfigDict) -> dict:
-  """The deflated Sharpe ratio of the validation winner on the validation bars, against
-  every policy of the sweep (`selection.selection_deflated_sharpe`), JSON-ready.
-
-  Args:
-    val_df: (V,) the validation bars the sweep ran on; val_probs: (V, 3) their probabilities.
-    selection: the sweep's outcome.
-    config: a backtest config (costs, `policy.vol_window`, periods_per_year).
-  """
-  params = backtest_lib.params_from_config(config)
-  winner = policy_lib.run_policy(val_df, val_probs, selection.policy, params,
-                                 sigma_annual=sigma_for(val_df, config),
-                                 periods_per_year=config.periods_per_year)
-  returns = np.asarray(metrics_lib.period_returns(winner.equity, params.initial_capital))
-  if not np.std(returns) > 0:
-    return {'label': f'selection: DSR of the validation winner ({selection.num_trials} '
-                     f'trials, {len(val_df)} validation bars)', 'dsr': None,
-            'note': 'the winner never traded on validation'}
-  deflated = selection_lib.selection_deflated_sharpe(
-      returns, selection.table['sharpe'].to_numpy(np.float64),
-      periods_per_year=config.periods_per_year)
-  return json_types.to_json_types(deflated, finite_only=True)
 
 
 def validation_probabilities(members: Sequence, calibration_config: ml_collections.ConfigDict,
@@ -419,7 +342,9 @@ def backtest_pipeline(config: ml_collections.ConfigDict, outdir: str, *,
                                metrics=config.sweep.get('metrics', 'all'))
     os.makedirs(outdir, exist_ok=True)
     table.to_csv(os.path.join(outdir, 'sweep.csv'), index=False)
-    swept_best = sweep_deflation(df, table, actions, confidence, config)
+    swept_best = search_lib.sweep_deflation(df, table, actions, confidence,
+                                            backtest_lib.params_from_config(config),
+                                            periods_per_year=config.periods_per_year)
     log(f'sweep: {len(table)} configurations in one compiled call -> '
         f'{os.path.join(outdir, "sweep.csv")}; {swept_best["label"]} = '
         f'{_num(swept_best["dsr"], ".3f")}')
@@ -445,106 +370,6 @@ def backtest_pipeline(config: ml_collections.ConfigDict, outdir: str, *,
 POLICY_CSV = 'policy_selection.csv'
 
 
-def null_test_sharpe(df: pd.DataFrame, probs: np.ndarray, null: policy_lib.SelectionNull,
-                     config: ml_collections.ConfigDict) -> dict:
-  """The test Sharpe ratios of the policies the selection null chose on rotated validation
-  probabilities, traded on the real test probabilities (one sweep call): what a search
-  that found only noise delivers on these bars.
-
-  Returns:
-    {'label', 'sharpe_mean', 'sharpe_std', 'winners'} (None where no null winner traded).
-  """
-  label = ('selection null on test: the policies the search chose on rotated validation '
-           'probabilities, traded on the test bars')
-  chosen = null.winners[null.winners >= 0]
-  if not chosen.size:
-    return {'label': label, 'sharpe_mean': None, 'sharpe_std': None, 'winners': 0}
-  policies = jax.tree.map(lambda x: np.asarray(x)[chosen], _grid_for(config))
-  table = policy_lib.sweep(df, probs, policies, backtest_lib.params_from_config(config),
-                           sigma_annual=sigma_for(df, config),
-                           periods_per_year=config.periods_per_year, metrics='core')
-  sharpe = table['sharpe'].to_numpy(np.float64)
-  sharpe = sharpe[np.isfinite(sharpe)]
-  return json_types.to_json_types({
-      'label': label, 'winners': int(chosen.size),
-      'sharpe_mean': float(np.mean(sharpe)) if sharpe.size else np.nan,
-      'sharpe_std': float(np.std(sharpe, ddof=1)) if sharpe.size > 1 else np.nan,
-  }, finite_only=True)
-
-
-def compare_on_test(df: pd.DataFrame, actions: np.ndarray, confidence: np.ndarray,
-                     probs: np.ndarray, choice: PolicyChoice, traded_returns: np.ndarray,
-                     config: ml_collections.ConfigDict) -> dict:
-  """PSR(0) with HAC errors of the two policies a selection puts on the test bars, the
-  selected policy and the seed rule (argmax + confidence threshold), Holm-adjusted.
-
-  Args:
-    df: the N test bars; actions, confidence: (N,) the seed's decisions; probs: (N, 3) the
-      probabilities the selected policy trades.
-    choice: a choice with a selection (its mode says which of the two was traded).
-    traded_returns: (N,) per-bar returns of the traded one (already simulated).
-    config: a backtest config.
-
-  Returns:
-    {'adjustment': which p-values the Holm adjustment covers, 'rows': [{'name', 'traded',
-    'sharpe', 'se', 'psr', 'p_value', 'p_holm', 'min_detectable_sharpe'}, ...]}.
-  """
-  params = backtest_lib.params_from_config(config)
-  if choice.mode == 'seed':
-    seed_returns = traded_returns
-    other = policy_lib.run_policy(df, probs, choice.selection.policy, params,
-                                  sigma_annual=sigma_for(df, config),
-                                  periods_per_year=config.periods_per_year)
-    selected_returns = np.asarray(metrics_lib.period_returns(other.equity,
-                                                             params.initial_capital))
-  else:
-    selected_returns = traded_returns
-    other = backtest_lib.run_backtest(df, actions, confidence, params)
-    seed_returns = np.asarray(metrics_lib.period_returns(other.equity, params.initial_capital))
-  rows = []
-  for name, returns, traded in (('selected policy', selected_returns, choice.mode != 'seed'),
-                                ('seed rule', seed_returns, choice.mode == 'seed')):
-    inference = (sharpe_inference.probabilistic_sharpe_hac(
-        returns, periods_per_year=config.periods_per_year) if np.std(returns) > 0 else
-        dict.fromkeys(('sharpe', 'se', 'psr', 'p_value', 'min_detectable_sharpe'), np.nan))
-    rows.append({'name': name, 'traded': traded,
-                 **{k: inference[k] for k in ('sharpe', 'se', 'psr', 'p_value',
-                                              'min_detectable_sharpe')}})
-  adjusted = selection_lib.holm_adjust([row['p_value'] for row in rows])
-  for row, p in zip(rows, adjusted, strict=True):
-    row['p_holm'] = p
-  return {'adjustment': 'Holm over the PSR(0) p-values of the 2 policies tested: the '
-                        'selected policy and the seed rule',
-          'rows': json_types.to_json_types(rows, finite_only=True)}
-
-
-def sweep_deflation(df: pd.DataFrame, table: pd.DataFrame, actions: np.ndarray,
-                    confidence: np.ndarray, config: ml_collections.ConfigDict) -> dict:
-  """DSR of the best row of a (strategy, threshold) sweep on the bars it ran on.
-
-  Args:
-    df: the N bars swept; table: `backtest.sweep`'s rows (signal-major, then threshold).
-    actions, confidence: (S, N) the signals swept, in the table's signal order.
-    config: a backtest config.
-  """
-  sharpes = table['sharpe'].to_numpy(np.float64)
-  label = f'sweep: DSR of the best of the sweep ({len(table)} trials, {len(df)} bars swept)'
-  if not np.isfinite(sharpes).any():
-    return {'label': label, 'dsr': None, 'note': 'no configuration of the sweep traded'}
-  best = int(np.nanargmax(sharpes))
-  row = table.iloc[best]
-  signal = best // (len(table) // actions.shape[0])
-  params = dataclasses.replace(backtest_lib.params_from_config(config),
-                               confidence_threshold=np.asarray(row['confidence_threshold']))
-  run = backtest_lib.run_backtest(df, actions[signal], confidence[signal], params)
-  returns = np.asarray(metrics_lib.period_returns(run.equity, params.initial_capital))
-  deflated = selection_lib.selection_deflated_sharpe(
-      returns, sharpes, periods_per_year=config.periods_per_year, sample='sweep')
-  return {**json_types.to_json_types(deflated, finite_only=True), 'label': label,
-          'best': {'signal': str(row['signal']),
-                   'confidence_threshold': float(row['confidence_threshold'])}}
-
-
 def backtest_and_report(df: pd.DataFrame, actions: np.ndarray, confidence: np.ndarray,
                         config: ml_collections.ConfigDict, outdir: str, *,
                         extra: dict | None = None,
@@ -563,7 +388,7 @@ def backtest_and_report(df: pd.DataFrame, actions: np.ndarray, confidence: np.nd
       `attribution`, `cost_sensitivity`, `policy` and `lookahead_warning` are added.
     choice: the decision policy (default: the seed's, `choose_policy` of a 'seed' config).
       With a selection, the selected policy and the seed rule are both tested and their
-      PSR(0) p-values Holm-adjusted (`compare_on_test`).
+      PSR(0) p-values Holm-adjusted (`policy_search.compare_on_test`).
     probs: (N, 3) probabilities the policy of `choice` trades (needed unless 'seed', and
       whenever `choice` holds a selection).
     result: an already simulated backtest of these bars (walk-forward's chained folds);
@@ -614,10 +439,14 @@ def backtest_and_report(df: pd.DataFrame, actions: np.ndarray, confidence: np.nd
       seed=sig.seed, periods_per_year=config.periods_per_year,
       block_length=sig.get('block_length'))
   if choice.selection is not None and choice.selection.num_eligible:
-    significance['test_comparisons'] = compare_on_test(
-        df, actions, confidence, probs, choice, returns, config)
+    significance['test_comparisons'] = search_lib.compare_on_test(
+        df, actions, confidence, probs, choice.selection.policy, choice.mode == 'seed',
+        returns, params, sigma_annual=sigma_for(df, config),
+        periods_per_year=config.periods_per_year)
   if choice.null is not None:
-    significance['null_test'] = null_test_sharpe(df, probs, choice.null, config)
+    significance['null_test'] = search_lib.null_test_sharpe(
+        df, probs, choice.null, _grid_for(config), params, sigma_annual=sigma_for(df, config),
+        periods_per_year=config.periods_per_year)
   # The same rotated-signal null without costs: does the timing beat chance before costs?
   gross_null = significance_lib.shuffled_signal_test(
       exposure, market, cost_rate=0.0, num_shuffles=sig.num_shuffles, seed=sig.seed,
