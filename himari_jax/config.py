@@ -340,6 +340,8 @@ def backtest_config() -> ml_collections.ConfigDict:
   config.strategy = 'voting'  # ensemble of several checkpoints (inference.ensemble.STRATEGIES)
   config.weights = ''  # one non-negative weight per checkpoint, comma-separated; '' = equal
   config.confidence_threshold = 0.0  # BUY/SELL with confidence below this become HOLD
+  # Backtest bars a member trained or validated on: refused unless True (then flagged first).
+  config.allow_in_sample = False
 
   # Logit correction of each member, fitted on the validation split of its own training run.
   config.calibration = ml_collections.ConfigDict()
@@ -366,13 +368,17 @@ def backtest_config() -> ml_collections.ConfigDict:
   config.significance.num_resamples = 2000  # block-bootstrap resamples
   config.significance.num_shuffles = 1000  # shuffled-signal null draws
   config.significance.seed = 0
+  # Bootstrap block length in bars; None = chosen from the returns (Politis-White 2004 with
+  # the Patton-Politis-White 2009 correction).
+  config.significance.block_length = config_dict.placeholder(float)
 
   # Decision policy (SPEC 8): how calibrated probabilities become positions.
   config.policy = ml_collections.ConfigDict()
   # 'seed': argmax + confidence_threshold through the backtester (the seed's decisions);
   # 'fixed': the policy of the fields below; 'select': the best policy of the grid below on
   # each run's validation split (never test bars), by `objective`; 'auto' (quickstart):
-  # 'select' if its choice beats the seed policy on validation, else 'seed'.
+  # 'select' if its choice beats the seed rule on validation by more than the selection
+  # null's 95th percentile of that margin (policy_search.auto_decision), else 'seed'.
   config.policy.mode = 'seed'
   config.policy.signal = 'margin'  # 'margin' (p_buy - p_sell) or 'argmax' (the seed's rule)
   config.policy.entry = 0.2  # enter when the signal exceeds this
@@ -386,9 +392,16 @@ def backtest_config() -> ml_collections.ConfigDict:
   config.policy.band = 0.01  # trade only if the target moves by more than this share of equity
   config.policy.allow_short = False
   config.policy.trim = True  # a confirmation may also reduce the position
-  config.policy.objective = 'sharpe'  # 'sharpe' (net) or 'sharpe_minus_turnover'
+  # 'sharpe_lcb' (the net Sharpe's one-sided 95 % lower bound with its HAC error: noisier
+  # policies rank lower), 'sharpe' (net) or 'sharpe_minus_turnover'.
+  config.policy.objective = 'sharpe_lcb'
+  config.policy.min_round_trips = 20  # validation round trips a policy needs to be chosen
   config.policy.turnover_penalty = 0.0  # Sharpe units per 1x equity traded a year
   config.policy.vol_window = 168  # bars of the volatility that 'vol_target' sizes by
+  # The search's own null (SPEC 11): the selection rerun on the validation probabilities
+  # rotated in time by this many random offsets (0: not run), each at least min_offset bars.
+  config.policy.null_rotations = 40
+  config.policy.null_min_offset = 336
   # The grid of 'select': policy.default_grid() (484 policies, the seed at four thresholds
   # among them) or any subset of it, as comma-separated values per axis; '' = the default.
   config.policy.grid = ml_collections.ConfigDict()

@@ -33,6 +33,9 @@ def define_flags(default_config: str, default_outdir: str) -> None:
                      'BUY/SELL below this confidence become HOLD, in [0, 1] (overrides config).')
   flags.DEFINE_string('outdir', default_outdir, 'Folder for the reports.')
   flags.DEFINE_bool('sweep', False, 'Also sweep strategies x confidence thresholds.')
+  flags.DEFINE_bool('allow_in_sample', False,
+                    'Run on bars a model trained or validated on (refused otherwise); the '
+                    'report then says so first (sets config.allow_in_sample).')
 
 
 def main(argv):
@@ -45,6 +48,8 @@ def main(argv):
     config.strategy = flags.FLAGS.strategy
   if flags.FLAGS.confidence_threshold is not None:
     config.confidence_threshold = flags.FLAGS.confidence_threshold
+  if flags.FLAGS.allow_in_sample:
+    config.allow_in_sample = True
   checkpoint.quiet_orbax_logging()
   outcome = evaluate.backtest_pipeline(config, flags.FLAGS.outdir, sweep=flags.FLAGS.sweep)
   report.print_backtest_summary(outcome)

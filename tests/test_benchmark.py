@@ -41,15 +41,22 @@ def test_tiny_runs_end_to_end(tiny_run):
   progress = [line for line in lines if line.startswith('[')]
   assert len(progress) == 6 and all('ETA' in line for line in progress)
   report = (workdir / benchmark_folds.REPORT).read_text()
-  for text in ('| momentum |', '| logistic |', 'net Sharpe (95% CI)', 'DSR', '## Wall time'):
+  for text in ('| momentum |', '| logistic |', 'net Sharpe (95% CI)', 'selection DSR',
+               'test PSR (MDS)', '## Wall time'):
     assert text in report
   rows = {r['model']: r for r in summary['rows']}
   assert set(rows) == {'momentum', 'logistic'}
-  # Every policy tried in every trial counts in the deflated Sharpe ratio.
+  # Each trial's search is deflated on its own validation bars, by every policy it tried.
   policy_config = config_lib.benchmark_config('tiny').policy
   grid_size = np.size(benchmark_folds.benchmark_policy_grid(policy_config).entry)
   assert summary['num_trials'] == grid_size * len(records)
   assert all(r['policy']['num_trials'] == grid_size for r in records)
+  for r in records:
+    deflated = r['policy']['selection']
+    if deflated is not None:  # None: the winner never traded on validation
+      assert deflated['num_trials'] == grid_size
+      assert deflated['num_bars'] == r['fold_bounds']['val'][1] - r['fold_bounds']['val'][0]
+  assert 0 <= rows['logistic']['test_psr']['psr'] <= 1
 
 
 def test_stitched_sharpe_matches_the_trial_returns(tiny_run):

@@ -25,6 +25,11 @@ def test_each_asset_is_normalised_with_its_own_training_rows():
   assert list(prepared.normalizers) == ['btc_usdt', 'eth_usdt']
   btc, eth = prepared.summary['files']
   assert (btc['offset'], eth['offset']) == (0, 1200)
+  # The bars trained and validated on, recorded for the in-sample guard of backtests.
+  index = frames['btc_usdt_1h_2020_2024'].index[-1200:]
+  train_stop = btc['bars'] - btc['val_bars'] - prepared.summary['embargo']
+  assert (btc['train_first'], btc['train_last']) == (str(index[0]), str(index[train_stop - 1]))
+  assert (btc['val_first'], btc['val_last']) == (str(index[-btc['val_bars']]), str(index[-1]))
   np.testing.assert_array_equal(prepared.asset_ids, np.repeat([0, 1], 1200))
   for info, normalizer in zip((btc, eth), prepared.normalizers.values(), strict=True):
     raw = features.compute_features(frames[info['name']].iloc[-1200:])

@@ -58,9 +58,15 @@ def test_quickstart_trains_backtests_and_reports(quickstart):
   results = check_reports(workdir / 'backtest')
   assert results['metrics']['final_equity'] > 0
   assert 'buy & hold' in stdout and 'block-bootstrap CI' in stdout
-  # --policy=auto: selected on validation, used only if it beats the seed's policy there.
+  # --policy=auto: selected on validation, used only if it beats the seed's policy there by
+  # more than the search finds in its own null.
   assert results['policy']['num_trials'] == 484 and 'auto' in results['policy']
   assert 'policy auto: the selected policy' in stdout and 'gross: return' in stdout
+  # What each figure may claim, named for what it is (SPEC 11).
+  for text in ('selection: DSR of the validation winner (484 trials, ',
+               'P(null winner >= real winner) = ', 'test: PSR(0), HAC s.e. = ',
+               'bars (Politis-White)', 'minimum detectable Sharpe at 80% power'):
+    assert text in stdout, text
 
 
 @pytest.mark.slow
@@ -131,6 +137,8 @@ def test_backtest_selects_a_policy_on_validation_with_the_config_flag(repo_root,
     (['--strategy=majority'], "unknown strategy 'majority'"),
     (['--confidence_threshold=1.5'], 'must be in [0, 1]'),
     (['--checkpoints=no/such/run'], 'no such checkpoint directory'),
+    (['--config.dataset=btc_usdt_1h_2020_2024'],
+     'in-sample backtest refused: checkpoints/small_a used 43,848 of the backtest bars'),
 ])
 def test_wrong_flags_fail_with_one_clear_line(repo_root, tmp_path, flags, message):
   done = run(repo_root, 'ensemble_backtest.py', *flags, f'--outdir={tmp_path}', check=False)

@@ -204,7 +204,7 @@ def _pipeline(df):
   return {
       'net_sharpe': out['net']['sharpe'], 'gross_sharpe': out['gross']['sharpe'],
       'total_return': out['net']['total_return'], 'turnover': out['net']['turnover'],
-      'deflated_sharpe': significance.deflated_sharpe_ratio(
+      'test_psr': significance.probabilistic_sharpe_ratio(
           moments['sharpe'], moments['num_observations'], moments['skewness'],
           moments['kurtosis']),
       'ic': np.corrcoef(score[:-1], forward)[0, 1],
@@ -221,7 +221,7 @@ def test_planted_edge_is_far_out_in_the_null_and_noise_is_not(planted_market, tm
   run_one = _placebo_runner(planted_market)
   null = placebo.run_placebos(run_one, NUM_RUNS, tmp_path, log=lambda line: None)
   edge = placebo.summarize_placebos(_pipeline(planted_market), null)
-  for name in ('net_sharpe', 'gross_sharpe', 'total_return', 'deflated_sharpe', 'ic'):
+  for name in ('net_sharpe', 'gross_sharpe', 'total_return', 'test_psr', 'ic'):
     assert edge['metrics'][name]['p_value'] == pytest.approx(1 / (NUM_RUNS + 1)), name
   assert edge['metrics']['ic']['real'] > 0.5  # the rule does peek in the real market
   assert abs(edge['metrics']['ic']['mean']) < 0.05  # and finds nothing in the placebos

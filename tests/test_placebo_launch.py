@@ -57,7 +57,7 @@ def test_tiny_placebo_runs_resumes_and_writes_outputs(repo_root, tmp_path):
   assert sharpe['values'] == pytest.approx([s['result']['net_sharpe'] for s in stored])
   null = np.array(sharpe['values'])
   assert sharpe['p_value'] == pytest.approx((1 + np.sum(null >= real['net_sharpe'])) / (1 + RUNS))
-  assert {'gross_sharpe', 'total_return', 'deflated_sharpe', 'ic', 'turnover',
+  assert {'gross_sharpe', 'total_return', 'test_psr', 'ic', 'turnover',
           'num_trades'} <= set(summary['metrics'])
   table = (workdir / 'placebo_table.md').read_text()
   assert table.startswith('| metric | real | p-value') and '| gross Sharpe (zero cost) |' in table

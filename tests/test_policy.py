@@ -10,7 +10,7 @@ from himari_jax.backtest import policy as P
 from himari_jax.constants import BUY, HOLD, SELL
 from himari_jax.data import ohlcv as data
 from himari_jax.inference import ensemble
-from himari_jax.stats import significance
+from himari_jax.stats import metrics, selection, sharpe_inference, significance
 
 CAPITAL, COMMISSION, SLIPPAGE = 100_000.0, 0.001, 0.0005
 
@@ -274,7 +274,7 @@ def test_selection_sees_only_validation_bars():
   chosen = base.table.iloc[base.index]
   assert chosen['objective'] == base.table['objective'].max()
   assert P.policy_to_dict(base.policy)['entry'] == chosen['policy.entry']
-  # Every policy tried enters the deflated Sharpe ratio of the test result.
+  # Every policy tried enters the deflated Sharpe ratio of the validation winner.
   dsr = significance.deflated_sharpe_ratio(0.01, 1000, trial_sharpes=base.trial_sharpes,
                                            num_trials=base.num_trials)
   dsr_one = significance.deflated_sharpe_ratio(0.01, 1000)
@@ -313,3 +313,88 @@ def test_cost_sensitivity_curve():
   double = jax.tree.map(lambda x: x[-1], backtest.cost_grid(params))
   assert float(double.commission_buy) == pytest.approx(0.002)
   assert float(double.slippage_sell) == pytest.approx(0.001)
+
+
+def _small_grid():
+  return P.stack_policies([
+      P.make_policy_grid(dict(band=0.01), entry=(0.1, 0.3), exit=(0.0, -0.1), min_hold=(0, 24),
+                         sizing=('fixed',)),
+      P.seed_policy(0.0), P.seed_policy(0.5)])
+
+
+def test_selection_null_is_the_selection_rerun_on_rotated_probabilities():
+  frame = data.builtin_dataset('btc_usdt_1h_2025_2026').iloc[:1500]
+  probs = model_like_probs(frame['close'].to_numpy())
+  params, grid = backtest.make_params(), _small_grid()
+  null = P.selection_null(frame, probs, params, grid=grid, num_rotations=6, min_offset=200,
+                          seed=3)
+  assert null.offsets.shape == (6,) and np.all((null.offsets >= 200) & (null.offsets <= 1300))
+  assert null.objective.shape == (6, 10)
+  # One compiled sweep over the rotations gives what six separate selections give.
+  for k, offset in enumerate(null.offsets):
+    alone = P.select_policy(frame, np.roll(probs, offset, axis=0), params, grid=grid)
+    assert alone.index == null.winners[k]
+    assert null.sharpe[k] == pytest.approx(alone.table['sharpe'].iloc[alone.index], rel=1e-5)
+  again = P.selection_null(frame, probs, params, grid=grid, num_rotations=6, min_offset=200,
+                           seed=3)
+  np.testing.assert_array_equal(again.sharpe, null.sharpe)
+  with pytest.raises(ValueError, match='at least 2 \\* min_offset = 3002 bars'):
+    P.selection_null(frame, probs, params, grid=grid, min_offset=1501)
+
+
+def test_selection_null_tells_a_real_signal_from_one_that_only_fits_noise():
+  frame = data.builtin_dataset('btc_usdt_1h_2025_2026').iloc[:2000]
+  closes = frame['close'].to_numpy()
+  params, grid = backtest.make_params(), _small_grid()
+  # Probabilities that see the next 24 bars: a real edge, which rotation destroys.
+  ahead = np.concatenate([closes[24:] / closes[:-24] - 1, np.zeros(24)])
+  logits = np.stack([-80 * ahead, np.full(len(closes), 0.3), 80 * ahead], axis=1)
+  seeing = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+  found = P.select_policy(frame, seeing, params, grid=grid)
+  null = P.selection_null(frame, seeing, params, grid=grid, num_rotations=19, min_offset=168)
+  real = found.table['sharpe'].iloc[found.index]
+  assert selection.null_p_value(null.sharpe, real) == pytest.approx(1 / 20)
+  # Probabilities with no edge: the real winner is one more draw of its own null.
+  blind = model_like_probs(closes)[::-1].copy()
+  found = P.select_policy(frame, blind, params, grid=grid)
+  null = P.selection_null(frame, blind, params, grid=grid, num_rotations=19, min_offset=168)
+  assert selection.null_p_value(null.sharpe, found.table['sharpe'].iloc[found.index]) > 0.1
+
+
+def test_sharpe_errors_of_the_grid_are_the_hac_errors_of_each_policy():
+  frame = data.builtin_dataset('btc_usdt_1h_2025_2026').iloc[:1200]
+  probs = model_like_probs(frame['close'].to_numpy())
+  params, grid = backtest.make_params(), _small_grid()
+  errors = P.policy_sharpe_errors(frame, probs, grid, params, lags=6)
+  assert errors.shape == (1, 10)
+  for i in (0, 5, 9):
+    policy = jax.tree.map(lambda x, i=i: np.asarray(x)[i], grid)
+    run = P.run_policy(frame, probs, policy, params)
+    returns = np.asarray(metrics.period_returns(run.equity, params.initial_capital), np.float64)
+    expected = sharpe_inference.sharpe_standard_error(returns, lags=6)['se'] * np.sqrt(8760)
+    assert errors[0, i] == pytest.approx(expected, rel=1e-4)
+
+
+def test_lower_bound_objective_and_minimum_round_trips():
+  frame = data.builtin_dataset('btc_usdt_1h_2025_2026').iloc[:2000]
+  probs = model_like_probs(frame['close'].to_numpy())
+  params, grid = backtest.make_params(), _small_grid()
+  chosen = P.select_policy(frame, probs, params, grid=grid, objective='sharpe_lcb',
+                           min_round_trips=60)
+  table = chosen.table
+  np.testing.assert_allclose(table['objective'], table['sharpe'] - P.LCB_Z * table['sharpe_se'])
+  np.testing.assert_array_equal(
+      table['eligible'], np.isfinite(table['objective']) & (table['num_round_trips'] >= 60))
+  assert 0 < chosen.num_eligible < len(table)
+  assert table['eligible'].iloc[chosen.index]
+  assert table['objective'].iloc[chosen.index] == table['objective'][table['eligible']].max()
+  # The best of all ten trades too rarely to be chosen.
+  assert table['objective'].idxmax() != chosen.index
+  # Asking for more round trips than any policy made leaves none eligible, and says so.
+  none = P.select_policy(frame, probs, params, grid=grid, min_round_trips=10_000)
+  assert none.num_eligible == 0
+  null = P.selection_null(frame, probs, params, grid=grid, min_round_trips=10_000,
+                          num_rotations=3, min_offset=200)
+  assert np.all(null.winners == -1) and np.all(np.isnan(null.sharpe))
+  with pytest.raises(ValueError, match='min_round_trips must be >= 0'):
+    P.select_policy(frame, probs, params, grid=grid, min_round_trips=-1)

@@ -143,3 +143,15 @@ def test_lookahead_features_are_flagged_first_everywhere(tmp_path, run, capsys):
   assert values['cost_drag_sharpe'] == pytest.approx(values['gross_sharpe']
                                                      - values['net_sharpe'])
   assert results['policy']['mode'] == 'seed' and len(results['cost_sensitivity']) == 9
+
+
+def test_attribution_intervals_share_one_block_length_and_say_how_it_was_set(run):
+  _, result, _, _, config = run
+  chosen = report.attribution_intervals(result, config.initial_capital, num_resamples=50)
+  assert chosen['gross_sharpe']['block_length'] == chosen['net_sharpe']['block_length'] >= 1
+  assert chosen['net_sharpe']['block_rule'] == 'Politis-White'
+  given = report.attribution_intervals(result, config.initial_capital, num_resamples=50,
+                                       block_length=12.0)
+  assert given['net_sharpe']['block_length'] == 12.0 and given['net_sharpe']['block_rule'] == 'set'
+  line = report.attribution_lines(metrics.attribution(result, config.initial_capital), given)[2]
+  assert 'block 12.0 bars, set]' in line

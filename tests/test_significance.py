@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from himari_jax.stats import significance
+from himari_jax.stats import sharpe_inference, significance
 
 NORMAL = statistics.NormalDist()
 
@@ -235,9 +235,37 @@ def test_block_bootstrap_captures_autocorrelation_that_the_iid_bootstrap_misses(
   long_run_se = 1.0 / (1 - phi) / math.sqrt(n)
   blocks = significance.block_bootstrap_ci(returns, jnp.mean, num_resamples=1000)
   iid = significance.block_bootstrap_ci(returns, jnp.mean, num_resamples=1000, block_length=1)
-  assert blocks['block_length'] == round(n ** (1 / 3))
+  # The block length comes from the series itself (Politis-White), printed with its rule.
+  from arch.bootstrap import optimal_block_length
+  assert blocks['block_length'] == pytest.approx(optimal_block_length(returns)['stationary'][0])
+  assert blocks['block_rule'] == 'Politis-White' and iid['block_rule'] == 'set'
   assert blocks['std_error'] == pytest.approx(long_run_se, rel=0.15)
   assert iid['std_error'] == pytest.approx(long_run_se / math.sqrt(3), rel=0.15)
+
+
+def test_politis_white_block_length_follows_the_dependence_and_the_bootstrap():
+  from arch.bootstrap import optimal_block_length
+  weak, strong = _ar1(3000, 0.2, seed=5), _ar1(3000, 0.8, seed=6)
+  table = optimal_block_length(np.stack([weak, strong], axis=1))
+  for method, column in (('stationary', 'stationary'), ('circular', 'circular')):
+    assert significance.politis_white_block_length(weak, method=method) == pytest.approx(
+        table[column][0])
+    # Series resampled with the same blocks get the longer of their lengths.
+    assert significance.politis_white_block_length(weak, strong, method=method) == \
+        pytest.approx(table[column][1])
+  assert table['stationary'][1] > 3 * table['stationary'][0]
+  assert significance.politis_white_block_length(np.zeros(300)) == 1.0  # undefined: iid
+
+
+def test_a_new_block_length_does_not_recompile_the_bootstrap():
+  returns = _normal_returns(500, 0.01, 1.0, seed=7)
+  significance.block_bootstrap_ci(returns, num_resamples=50, block_length=3.0)
+  compiled = significance._bootstrap_statistics._cache_size()
+  for method in ('stationary', 'circular'):
+    for length in (5.0, 17.5):
+      significance.block_bootstrap_ci(returns, num_resamples=50, block_length=length,
+                                      method=method)
+  assert significance._bootstrap_statistics._cache_size() == compiled + 1  # + 'circular'
 
 
 def test_interval_coverage_of_the_mean():
@@ -378,9 +406,8 @@ def test_report_is_json_and_consistent_with_the_parts():
   market = _normal_returns(300, 0.0002, 0.01, seed=12)
   positions = (np.random.default_rng(13).random(300) < 0.6).astype(float)
   strategy = significance.position_returns(positions, market)
-  sweep = np.random.default_rng(14).normal(1.0, 2.0, 30)  # annualised, as a sweep reports them
   report = significance.significance_report(
-      strategy, market, positions, trial_sharpes=sweep, num_resamples=200, num_shuffles=100)
+      strategy, market, positions, num_resamples=200, num_shuffles=100)
   json.dumps(report, allow_nan=False)
 
   ci = significance.block_bootstrap_ci(strategy, num_resamples=200)
@@ -392,15 +419,9 @@ def test_report_is_json_and_consistent_with_the_parts():
     assert report['benchmark']['total_return_difference'][key] == pytest.approx(
         paired[key], rel=1e-6)
 
-  moments = significance.return_moments(strategy)
-  per_period = (moments['sharpe'], 300, moments['skewness'], moments['kurtosis'])
-  assert report['probabilistic_sharpe'] == pytest.approx(
-      significance.probabilistic_sharpe_ratio(*per_period))
-  assert report['deflated_sharpe']['num_trials'] == 30
-  assert report['deflated_sharpe']['dsr'] == pytest.approx(significance.deflated_sharpe_ratio(
-      *per_period, trial_sharpes=sweep / math.sqrt(8760)))
-  assert report['deflated_sharpe']['expected_max_sharpe'] == pytest.approx(
-      significance.expected_max_sharpe(30, np.var(sweep, ddof=1)))
+  # The test Sharpe ratio is not deflated by a search that ran elsewhere: PSR(0), HAC error.
+  assert 'deflated_sharpe' not in report
+  assert report['test_psr'] == sharpe_inference.probabilistic_sharpe_hac(strategy)
   shuffled = significance.shuffled_signal_test(positions, market, num_shuffles=100)
   assert report['shuffled_signal']['p_value'] == shuffled['p_value']
   assert 'null_sharpes' not in report['shuffled_signal']
@@ -412,7 +433,7 @@ def test_report_of_a_strategy_that_never_trades():
       np.zeros(300), market, np.zeros(300), num_resamples=200, num_shuffles=100)
   json.dumps(report, allow_nan=False)
   assert report['sharpe']['estimate'] is None
-  assert report['probabilistic_sharpe'] is None and report['deflated_sharpe']['dsr'] is None
+  assert report['test_psr']['psr'] is None and report['test_psr']['se'] is None
   assert report['total_return']['estimate'] == 0.0
   assert report['shuffled_signal']['p_value'] is None
   assert report['benchmark']['total_return_difference']['benchmark'] == pytest.approx(

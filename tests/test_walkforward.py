@@ -123,9 +123,11 @@ def _mtimes(folder):
           for root, _, files in os.walk(folder) for name in files}
 
 
-# Each fold picks its policy from a small grid on its own validation bars.
+# Each fold picks its policy from a small grid on its own validation bars (the tiny model
+# trades too rarely for 20 round trips there).
 SELECT_FLAGS = ('--config.policy.mode=select', '--config.policy.grid.entry=0.1,0.3',
-                '--config.policy.grid.min_hold=0,6', '--config.policy.grid.sizing=fixed')
+                '--config.policy.grid.min_hold=0,6', '--config.policy.grid.sizing=fixed',
+                '--config.policy.min_round_trips=1')
 
 
 @pytest.mark.slow
@@ -141,7 +143,7 @@ def test_two_folds_train_before_their_test_windows_and_resume(workdir, repo_root
     assert heading in done.stdout
 
   config = load_config_file('walk_forward', 'tiny')
-  config.policy.mode = 'select'
+  config.policy.update(mode='select', min_round_trips=1)
   config.policy.grid.update(entry='0.1,0.3', min_hold='0,6', sizing='fixed')
   df = walkforward.load_series(walkforward.asset_datasets('btc'))
   folds = walkforward.folds_for(config, df)
@@ -166,13 +168,17 @@ def test_two_folds_train_before_their_test_windows_and_resume(workdir, repo_root
     chosen = record['policy']  # on the fold's validation bars, which end before its test
     assert chosen['mode'] == 'select' and chosen['num_trials'] == 2 * 4 * 2 * 2 + 4
     assert chosen['validation']['last'] == str(df.index[fold.val.stop - 1])
-    assert len(record['trial_sharpes']) == chosen['num_trials']
+    # Deflated on the fold's own validation bars, by the policies tried there.
+    assert chosen['selection']['num_trials'] == chosen['num_trials']
+    assert chosen['selection']['num_bars'] == fold.val.stop - fold.val.start
 
   results = json.loads((workdir / 'backtest_results.json').read_text())
   assert len(results['curves']['time']) == 480 and len(results['folds']) == 2
   assert results['curves']['time'][0] == df.index[folds[0].test.start].isoformat()
   assert results['available_bars'] == 480
-  assert results['significance']['deflated_sharpe']['num_trials'] == 36
+  assert results['significance']['test_psr']['num_observations'] == 480
+  assert set(results['policy']['folds']) == {'0', '1'}
+  assert all('selection' in f and 'null' in f for f in results['policy']['folds'].values())
   assert 'attribution' in results and 'decision policy' in done.stdout
   table = (workdir / walkforward.FOLDS_CSV).read_text()
   assert list(pd.read_csv(workdir / walkforward.FOLDS_CSV)['test_bars']) == [240, 240]
@@ -194,7 +200,7 @@ def test_two_folds_train_before_their_test_windows_and_resume(workdir, repo_root
   seeded = walkforward.run_walk_forward(config, str(workdir), log=lambda _: None)
   assert seeded['policy']['num_trials'] == 1 and 'seed' in seeded['policy']['mode']
   record = json.loads((workdir / 'fold_000' / walkforward.FOLD_JSON).read_text())
-  assert record['policy']['mode'] == 'seed' and record['trial_sharpes'] is None
+  assert record['policy']['mode'] == 'seed' and 'selection' not in record['policy']
   assert {k: v for k, v in _mtimes(workdir / 'fold_000').items()
           if 'checkpoints' in k} == models
 

@@ -1,5 +1,6 @@
 """Probabilities and prices to trades and answers: the vmapped engine, decision policies,
-device-sharded sweeps, evaluation of runs and reports (SPEC 6-8).
+device-sharded sweeps, what a policy search may claim, evaluation of runs and reports (SPEC 6-8,
+11).
 
 The engine's public names are here too: `backtest.run_backtest`, `backtest.sweep`, ...
 """

@@ -8,7 +8,10 @@ gross / cost / net attribution and cost-sensitivity curve (SPEC 9) and writes ev
 `config.policy.mode` says how probabilities become positions (SPEC 8): 'seed' (argmax plus
 confidence threshold through the backtester, the seed's decisions), 'fixed' (the policy of
 `config.policy`) or 'select' (the best policy of a grid on the validation bars the members'
-calibration uses, never test bars; its trials count in the deflated Sharpe ratio).
+calibration uses, never test bars). A search is judged where it ran (SPEC 11): the validation
+winner's validation Sharpe ratio is deflated by every policy tried there; the test result
+gets PSR(0) with a HAC error, Holm-adjusted over the policies compared on the test bars (the
+selected policy and the seed rule).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from himari_jax import config as config_lib
 from himari_jax import constants
 from himari_jax.backtest import engine as backtest_lib
 from himari_jax.backtest import policy as policy_lib
+from himari_jax.backtest import policy_search as search_lib
 from himari_jax.backtest import report as report_lib
 from himari_jax.data import features as features_lib
 from himari_jax.data import input_pipeline, plausibility
@@ -46,7 +50,8 @@ def _weights(config: ml_collections.ConfigDict, num_members: int) -> list[float]
 
 
 # 'auto' (quickstart's default): 'select', but the seed's decisions unless the selected
-# policy beats the seed policy at the configured threshold on the validation bars.
+# policy beats the seed rule at the configured threshold on the validation bars by more than
+# the search finds in its own null (`policy_search.auto_decision`).
 POLICY_MODES = ('seed', 'fixed', 'select', 'auto')
 # Default axes of a 'select' grid given in part (policy.default_grid's values).
 _GRID_DEFAULTS = {'entry': (0.1, 0.2, 0.3, 0.4, 0.5), 'exit_gap': (0.0, 0.1, 0.2, 0.3),
@@ -62,10 +67,12 @@ def fixed_policy(policy_config: ml_collections.ConfigDict) -> policy_lib.PolicyP
   return policy_lib.make_policy(**{k: policy_config[k] for k in fields})
 
 
-def selection_grid(policy_config: ml_collections.ConfigDict) -> policy_lib.PolicyParams:
+def selection_grid(policy_config: ml_collections.ConfigDict,
+                   seed_threshold: float = 0.0) -> policy_lib.PolicyParams:
   """The grid 'select' searches: `policy.default_grid()` with the sizes, band and shorting of
   `config.policy`, each axis narrowed to `config.policy.grid.<axis>` where that is set, plus
-  the seed at thresholds 0, 0.4, 0.5 and 0.6 (so selection can keep the seed)."""
+  the seed at thresholds 0, 0.4, 0.5 and 0.6 and at `seed_threshold` (the configured
+  confidence threshold, the seed rule 'auto' compares against)."""
   pc = policy_config
   cast = {'entry': float, 'exit_gap': float, 'min_hold': int, 'cooldown': int, 'sizing': str}
   axes = {}
@@ -81,31 +88,38 @@ def selection_grid(policy_config: ml_collections.ConfigDict) -> policy_lib.Polic
       dict(base, entry=entry), exit=[round(entry - gap, 4) for gap in axes['exit_gap']],
       min_hold=axes['min_hold'], cooldown=axes['cooldown'], sizing=axes['sizing'])
       for entry in axes['entry'] if any(entry - gap >= -1 for gap in axes['exit_gap'])]
+  thresholds = list(dict.fromkeys([*_SEED_THRESHOLDS, float(seed_threshold)]))
   seeds = [policy_lib.seed_policy(t, max_position_pct=pc.max_position_pct,
-                                  allow_short=pc.allow_short) for t in _SEED_THRESHOLDS]
+                                  allow_short=pc.allow_short) for t in thresholds]
   return policy_lib.stack_policies([*margin, *seeds])
+
+
+def seed_rule_index(grid: policy_lib.PolicyParams, threshold: float) -> int:
+  """The row of `selection_grid(..., threshold)` that is the seed rule at `threshold`."""
+  seeds = (np.asarray(grid.signal) == policy_lib.SIGNALS.index('argmax')) & np.isclose(
+      np.asarray(grid.entry), threshold)
+  return int(np.flatnonzero(seeds)[0])
+
+
+def _grid_for(config: ml_collections.ConfigDict) -> policy_lib.PolicyParams:
+  return selection_grid(config.policy, config.confidence_threshold)
 
 
 @dataclasses.dataclass
 class PolicyChoice:
   """How decisions were made: `mode` of `POLICY_MODES`; `policy` (None for 'seed');
-  `selection` (for 'select'): the validation sweep; `summary`: JSON-able description."""
+  `selection` (for 'select'): the validation sweep; `summary`: JSON-able description;
+  `null`: the selection's own null (`policy.selection_null`), when it was run."""
 
   mode: str
   policy: policy_lib.PolicyParams | None
   selection: policy_lib.PolicySelection | None
   summary: dict
+  null: policy_lib.SelectionNull | None = None  # the selection rerun on rotated probabilities
 
   @property
   def num_trials(self) -> int:
     return self.selection.num_trials if self.selection is not None else 1
-
-  @property
-  def trial_sharpes(self) -> np.ndarray | None:
-    """Annualised validation Sharpe ratios of every policy tried (None: one trial)."""
-    if self.selection is None:
-      return None
-    return self.selection.table['sharpe'].to_numpy(np.float64)
 
 
 def sigma_for(df: pd.DataFrame, config: ml_collections.ConfigDict) -> np.ndarray:
@@ -141,44 +155,69 @@ def choose_policy(config: ml_collections.ConfigDict, val_df: pd.DataFrame | None
   if val_df is None or val_probs is None:
     raise ValueError(f"policy.mode={mode!r} needs validation bars and their probabilities")
   params = backtest_lib.params_from_config(config)
-  selection = policy_lib.select_policy(
-      val_df, val_probs, params, grid=selection_grid(pc), objective=pc.objective,
-      turnover_penalty=pc.turnover_penalty, sigma_annual=sigma_for(val_df, config),
-      periods_per_year=config.periods_per_year)
+  grid = _grid_for(config)
+  rule = dict(grid=grid, objective=pc.objective, turnover_penalty=pc.turnover_penalty,
+              min_round_trips=pc.min_round_trips, sigma_annual=sigma_for(val_df, config),
+              periods_per_year=config.periods_per_year)
+  selection = policy_lib.select_policy(val_df, val_probs, params, **rule)
   chosen = selection.table.iloc[selection.index]
   seeds = selection.table[selection.table['policy.signal'] == 'argmax']
   summary = {
       'mode': 'select', 'objective': selection.objective, 'num_trials': selection.num_trials,
+      'min_round_trips': pc.min_round_trips, 'eligible': selection.num_eligible,
       'policy': policy_lib.policy_to_dict(selection.policy),
       'validation': {'first': str(val_df.index[0]), 'last': str(val_df.index[-1]),
                      'bars': len(val_df), 'sharpe': float(chosen['sharpe']),
                      'total_return': float(chosen['total_return']),
                      'num_trades': int(chosen['num_trades']),
+                     'num_round_trips': int(chosen['num_round_trips']),
                      'turnover_per_year': float(chosen['turnover_per_year']),
                      'best_seed_sharpe': float(np.nanmax(seeds['sharpe']))
                      if len(seeds) and np.isfinite(seeds['sharpe']).any() else None}}
-  log(f'policy: selected 1 of {selection.num_trials} on {len(val_df)} validation bars '
+  fallback = {**seed_summary, 'num_trials': selection.num_trials,
+              'objective': selection.objective}
+  if not selection.num_eligible:
+    # The seed was kept after looking at every policy: they all count as trials.
+    fallback['fallback'] = (f'no policy made {pc.min_round_trips} validation round trips with '
+                            f'a defined {selection.objective}: using the seed rule')
+    log(f'policy: {fallback["fallback"]}')
+    return PolicyChoice('seed', None, selection, fallback)
+  summary['selection'] = search_lib.selection_deflation(
+      val_df, val_probs, selection, params, sigma_annual=rule['sigma_annual'],
+      periods_per_year=config.periods_per_year)
+  log(f'policy: selected 1 of {selection.num_trials} ({selection.num_eligible} with >= '
+      f'{pc.min_round_trips} round trips) on {len(val_df)} validation bars '
       f'({val_df.index[0]:%Y-%m-%d} .. {val_df.index[-1]:%Y-%m-%d}) by {selection.objective}: '
-      f'validation Sharpe {chosen["sharpe"]:.2f}')
+      f'validation Sharpe {chosen["sharpe"]:.2f}; {summary["selection"]["label"]} = '
+      f'{_num(summary["selection"]["dsr"], ".3f")}')
+  null = None
+  if pc.null_rotations and len(val_df) < 2 * pc.null_min_offset:
+    summary['null'] = {'label': 'selection null: not run', 'note': (
+        f'{len(val_df)} validation bars cannot be rotated by policy.null_min_offset = '
+        f'{pc.null_min_offset} bars or more either way')}
+    log(f'{summary["null"]["label"]}: {summary["null"]["note"]}')
+  elif pc.null_rotations:
+    null = policy_lib.selection_null(
+        val_df, val_probs, params, **rule, num_rotations=pc.null_rotations,
+        min_offset=pc.null_min_offset, seed=config.significance.seed)
+    summary['null'] = search_lib.null_summary(null, float(chosen['sharpe']))
+    log(f'{summary["null"]["label"]}: P(null winner >= real winner) = '
+        f'{_num(summary["null"]["p_value"], ".3f")} (null winners\' validation Sharpe '
+        f'{_num(summary["null"]["null_sharpe_mean"], ".2f")} +- '
+        f'{_num(summary["null"]["null_sharpe_std"], ".2f")})')
   if mode == 'auto':
-    table = selection.table
-    seed = table[(table['policy.signal'] == 'argmax')
-                 & np.isclose(table['policy.entry'], config.confidence_threshold)]
-    seed_score = seed['objective'].max() if len(seed) else -np.inf
-    beats = bool(np.isfinite(chosen['objective'])
-                 and not (chosen['objective'] <= np.nan_to_num(seed_score, nan=-np.inf)))
-    summary['auto'] = {'selected_beats_seed': beats, 'seed_objective':
-                       float(seed_score) if np.isfinite(seed_score) else None}
-    log('policy auto: the selected policy ' + ('beats' if beats else 'does not beat') +
-        ' the seed policy on validation; using ' + ('it' if beats else "the seed's decisions"))
-    if not beats:
-      # The seed was kept after looking at every policy: they all count as trials.
-      return PolicyChoice('seed', None, selection,
-                          {**seed_summary, 'num_trials': selection.num_trials,
-                           'auto': summary['auto'], 'validation': summary['validation'],
-                           'objective': selection.objective})
-    summary['mode'] = 'select'
-  return PolicyChoice('select', selection.policy, selection, summary)
+    summary['auto'] = search_lib.auto_decision(selection, null, seed_rule_index(
+        grid, config.confidence_threshold))
+    log(f'policy auto: {summary["auto"]["reason"]}')
+    if not summary['auto']['used_selected']:
+      return PolicyChoice('seed', None, selection, {
+          **fallback, **{k: summary[k] for k in ('auto', 'validation', 'selection', 'null')
+                         if k in summary}}, null)
+  return PolicyChoice('select', selection.policy, selection, summary, null)
+
+
+def _num(value: float | None, spec: str) -> str:
+  return 'n/a' if value is None or not np.isfinite(value) else format(value, spec)
 
 
 def validation_probabilities(members: Sequence, calibration_config: ml_collections.ConfigDict,
@@ -191,6 +230,39 @@ def validation_probabilities(members: Sequence, calibration_config: ml_collectio
                                                  asset=asset, fitted=fitted)
   return frame.iloc[-num_val:], decisions_lib.combined_probabilities(probs[:, -num_val:],
                                                                      weights)
+
+
+class InSampleError(ValueError):
+  """A backtest on bars a member trained or validated on, not allowed by the config."""
+
+
+def in_sample_check(members: Sequence, names: Sequence[str], df: pd.DataFrame,
+                    config: ml_collections.ConfigDict, *, log=print) -> list[str]:
+  """Refuses a backtest on bars a member trained or validated on (SPEC 11), unless
+  `config.allow_in_sample`; then the caveat heads the report.
+
+  Args:
+    members, names: the loaded members and their paths; df: the N bars to backtest.
+    config: a backtest config (`allow_in_sample`).
+    log: where a member whose data range is not recorded is reported.
+
+  Returns:
+    The in-sample caveat lines to show first ([] when out of sample).
+
+  Raises:
+    InSampleError: one line naming each overlap (member, part, bars, first and last bar).
+  """
+  overlaps, unknown = members_lib.in_sample_overlaps(members, names, df.index)
+  for name in unknown:
+    log(f'{name}: its training and validation bars are not recorded, so their overlap with '
+        'the backtest cannot be checked')
+  if not overlaps:
+    return []
+  found = '; '.join(o.describe() for o in overlaps)
+  if not config.get('allow_in_sample', False):
+    raise InSampleError(f'in-sample backtest refused: {found}. Backtest other bars, or pass '
+                        '--allow_in_sample (config.allow_in_sample) to run it anyway.')
+  return [f'IN-SAMPLE: these results are not out of sample: {found}.']
 
 
 def lookahead_warnings(members: Sequence) -> list[str]:
@@ -208,9 +280,9 @@ def backtest_pipeline(config: ml_collections.ConfigDict, outdir: str, *,
     config: a `configs/backtest.py` config (checkpoints, dataset, strategy, calibration,
       policy, costs and sizing, sweep grid, significance settings).
     outdir: where the reports go.
-    sweep: also backtest every (strategy, confidence threshold) of `config.sweep` in one
-      compiled call, write `sweep.csv`, and deflate the Sharpe ratio by that many trials
-      (with 'select', by those and the policies tried).
+    sweep: also backtest every (strategy, confidence threshold) of `config.sweep` on the
+      backtest's bars in one compiled call, write `sweep.csv`, and deflate the sweep's best
+      Sharpe ratio by that many trials on those bars (`significance.sweep`).
     log: where progress lines go; a look-ahead caveat (SPEC 3) is the first.
 
   Returns:
@@ -238,8 +310,9 @@ def backtest_pipeline(config: ml_collections.ConfigDict, outdir: str, *,
   df = data_lib.load_dataset(config.dataset, fill_gaps=True)
   data_checks = check_backtest_bars(df, config, log)
   members = [members_lib.load_member(p, config.which) for p in paths]
+  in_sample = in_sample_check(members, paths, df, config, log=log)
   warnings = lookahead_warnings(members)
-  for warning in warnings:
+  for warning in [*in_sample, *warnings]:
     log(warning)
   log(f'loaded {len(paths)} model(s): {", ".join(paths)}')
   log(f'predicting {len(df)} bars of {config.dataset} '
@@ -259,8 +332,7 @@ def backtest_pipeline(config: ml_collections.ConfigDict, outdir: str, *,
          if config.policy.mode in ('select', 'auto') else (None, None))
   choice = choose_policy(config, *val, log=log)
 
-  table = None
-  trial_sharpes = choice.trial_sharpes
+  table = swept_best = None
   if sweep:
     strategies = swept
     signals = [ensemble_lib.combine(decisions.probs, config_lib.strategy_name(s),
@@ -275,11 +347,12 @@ def backtest_pipeline(config: ml_collections.ConfigDict, outdir: str, *,
                                metrics=config.sweep.get('metrics', 'all'))
     os.makedirs(outdir, exist_ok=True)
     table.to_csv(os.path.join(outdir, 'sweep.csv'), index=False)
-    swept_sharpes = table['sharpe'].to_numpy(float)
-    trial_sharpes = (swept_sharpes if trial_sharpes is None
-                     else np.concatenate([trial_sharpes, swept_sharpes]))
+    swept_best = search_lib.sweep_deflation(df, table, actions, confidence,
+                                            backtest_lib.params_from_config(config),
+                                            periods_per_year=config.periods_per_year)
     log(f'sweep: {len(table)} configurations in one compiled call -> '
-        f'{os.path.join(outdir, "sweep.csv")}')
+        f'{os.path.join(outdir, "sweep.csv")}; {swept_best["label"]} = '
+        f'{_num(swept_best["dsr"], ".3f")}')
   if choice.selection is not None:
     os.makedirs(outdir, exist_ok=True)
     choice.selection.table.to_csv(os.path.join(outdir, POLICY_CSV), index=False)
@@ -287,11 +360,13 @@ def backtest_pipeline(config: ml_collections.ConfigDict, outdir: str, *,
   extra = {'models': paths, 'calibration': decisions.calibrations,
            'available_bars': int(decisions.available.sum()), 'data': data_checks}
   probs = None
-  if choice.policy is not None:
+  if choice.policy is not None or choice.selection is not None:
     probs = decisions.combined()
   outcome = backtest_and_report(df, decisions.actions, decisions.confidence, config, outdir,
-                                extra=extra, trial_sharpes=trial_sharpes, choice=choice,
-                                probs=probs, warnings=warnings)
+                                extra=extra, choice=choice, probs=probs, warnings=warnings,
+                                in_sample=in_sample)
+  if swept_best is not None:
+    outcome['significance']['sweep'] = swept_best
   if choice.selection is not None:
     outcome['paths']['policies'] = os.path.join(outdir, POLICY_CSV)
   return {**outcome, 'sweep': table}
@@ -341,11 +416,9 @@ def check_backtest_bars(df: pd.DataFrame, config: ml_collections.ConfigDict,
 def backtest_and_report(df: pd.DataFrame, actions: np.ndarray, confidence: np.ndarray,
                         config: ml_collections.ConfigDict, outdir: str, *,
                         extra: dict | None = None,
-                        trial_sharpes: np.ndarray | None = None,
-                        num_trials: int | None = None,
                         choice: PolicyChoice | None = None, probs: np.ndarray | None = None,
                         result: backtest_lib.BacktestResult | None = None,
-                        warnings: Sequence[str] = ()) -> dict:
+                        warnings: Sequence[str] = (), in_sample: Sequence[str] = ()) -> dict:
   """Backtest of decisions, buy-and-hold, significance, attribution and every report file.
 
   Args:
@@ -356,15 +429,16 @@ def backtest_and_report(df: pd.DataFrame, actions: np.ndarray, confidence: np.nd
     outdir: where the reports go.
     extra: more JSON-able sections for `backtest_results.json`; `significance`,
       `attribution`, `cost_sensitivity`, `policy` and `lookahead_warning` are added.
-    trial_sharpes: annualised Sharpe ratios of every configuration tried, for the deflated
-      Sharpe ratio; None = this one only.
-    num_trials: trials to deflate by when not `len(trial_sharpes)` (walk-forward: each fold
-      tries the same grid).
     choice: the decision policy (default: the seed's, `choose_policy` of a 'seed' config).
-    probs: (N, 3) probabilities the policy of `choice` trades (needed unless 'seed').
+      With a selection, the selected policy and the seed rule are both tested and their
+      PSR(0) p-values Holm-adjusted (`policy_search.compare_on_test`).
+    probs: (N, 3) probabilities the policy of `choice` trades (needed unless 'seed', and
+      whenever `choice` holds a selection).
     result: an already simulated backtest of these bars (walk-forward's chained folds);
       None simulates `choice` here. Without simulation here, no cost-sensitivity curve.
     warnings: caveats shown first (look-ahead features, SPEC 3).
+    in_sample: `in_sample_check`'s caveat, shown before everything else and stored under
+      `in_sample` in the JSON.
 
   Returns:
     {'metrics', 'benchmark', 'significance', 'attribution', 'policy', 'paths', 'warnings'}.
@@ -398,21 +472,24 @@ def backtest_and_report(df: pd.DataFrame, actions: np.ndarray, confidence: np.nd
   exposure = pd.Series(np.where(filled, exposure, np.nan)).ffill().fillna(0.0).to_numpy()
   market = np.asarray(metrics_lib.market_returns(close))
   sig = config.significance
-  trials = None if trial_sharpes is None else np.asarray(trial_sharpes, np.float64)
-  variance = None
-  if trials is not None and np.isfinite(trials).sum() < 2:
-    # Almost no policy traded on validation: no spread to estimate; count the trials only.
-    num_trials, trials, variance = num_trials or len(trials), None, 0.0
+  returns = np.asarray(metrics_lib.period_returns(result.equity, capital))
   significance = significance_lib.significance_report(
-      np.asarray(metrics_lib.period_returns(result.equity, capital)),
-      np.asarray(metrics_lib.period_returns(benchmark.equity, capital)),
+      returns, np.asarray(metrics_lib.period_returns(benchmark.equity, capital)),
       positions=exposure, market_returns=market,
       num_resamples=sig.num_resamples, num_shuffles=sig.num_shuffles,
       cost_rate=(float(params.commission_buy + params.slippage_buy),
                  float(params.commission_sell + params.slippage_sell)),
-      seed=sig.seed, periods_per_year=config.periods_per_year, trial_sharpes=trials,
-      trial_sharpe_variance=variance,
-      num_trials=num_trials if trial_sharpes is not None else choice.num_trials)
+      seed=sig.seed, periods_per_year=config.periods_per_year,
+      block_length=sig.get('block_length'))
+  if choice.selection is not None and choice.selection.num_eligible:
+    significance['test_comparisons'] = search_lib.compare_on_test(
+        df, actions, confidence, probs, choice.selection.policy, choice.mode == 'seed',
+        returns, params, sigma_annual=sigma_for(df, config),
+        periods_per_year=config.periods_per_year)
+  if choice.null is not None:
+    significance['null_test'] = search_lib.null_test_sharpe(
+        df, probs, choice.null, _grid_for(config), params, sigma_annual=sigma_for(df, config),
+        periods_per_year=config.periods_per_year)
   # The same rotated-signal null without costs: does the timing beat chance before costs?
   gross_null = significance_lib.shuffled_signal_test(
       exposure, market, cost_rate=0.0, num_shuffles=sig.num_shuffles, seed=sig.seed,
@@ -425,7 +502,8 @@ def backtest_and_report(df: pd.DataFrame, actions: np.ndarray, confidence: np.nd
                                         risk_free_rate=config.risk_free_rate)
   intervals = report_lib.attribution_intervals(result, capital,
                                                num_resamples=sig.num_resamples, seed=sig.seed,
-                                               periods_per_year=config.periods_per_year)
+                                               periods_per_year=config.periods_per_year,
+                                               block_length=sig.get('block_length'))
   attribution_json = {'values': report_lib.to_python(attribution),
                       'intervals': {k: report_lib.to_python(v) for k, v in intervals.items()}}
   sections = {
@@ -437,6 +515,9 @@ def backtest_and_report(df: pd.DataFrame, actions: np.ndarray, confidence: np.nd
   }
   if warnings:
     sections['lookahead_warning'] = ' '.join(warnings)
+  if in_sample:
+    sections['in_sample'] = ' '.join(in_sample)
+  warnings = [*in_sample, *warnings]
   written = report_lib.write_reports(
       outdir, result, df, actions, confidence, config, metrics=strategy_metrics,
       benchmark=benchmark, benchmark_metrics=benchmark_metrics,

@@ -38,7 +38,9 @@ wherever the seed's buys are affordable, which holds for long-only runs with
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
+import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -51,12 +53,17 @@ import pandas as pd
 from himari_jax.backtest import engine as backtest
 from himari_jax.constants import BUY, HOLD, PERIODS_PER_YEAR, SELL
 from himari_jax.data import labels as labels_lib
+from himari_jax.stats import cross_section, sharpe_inference
+from himari_jax.stats import metrics as metrics_lib
 
 SIGNALS = ('margin', 'argmax')
 POLICY_SIZINGS = ('confidence', 'fixed', 'vol_target')
 _ARGMAX = SIGNALS.index('argmax')
 _CONFIDENCE, _FIXED = POLICY_SIZINGS.index('confidence'), POLICY_SIZINGS.index('fixed')
-SELECTION_OBJECTIVES = ('sharpe', 'sharpe_minus_turnover')
+# 'sharpe_lcb': the one-sided 95 % lower confidence bound of the Sharpe ratio with its HAC
+# error, `sharpe - LCB_Z * se`: a policy whose Sharpe ratio is noisier ranks lower.
+SELECTION_OBJECTIVES = ('sharpe', 'sharpe_minus_turnover', 'sharpe_lcb')
+LCB_Z = statistics.NormalDist().inv_cdf(0.95)
 # Bar counter before any entry or exit, and its cap: above any min_hold or cooldown, and
 # exact in float32.
 _NEVER = 1e6
@@ -477,10 +484,13 @@ class PolicySelection:
   """What `select_policy` chose and what it tried.
 
   policy: the chosen scalar PolicyParams; index: its row in `table`; objective: the name of
-  what was maximised; num_trials: policies tried (count them all in the deflated Sharpe
-  ratio of the test result); table: the validation sweep, one row per policy, with an
-  `objective` column; trial_sharpes: (num_trials,) per-period validation Sharpe ratios
-  (NaN for policies that never traded), for `significance.deflated_sharpe_ratio`.
+  what was maximised; num_trials: policies tried (all count in the deflated Sharpe ratio of
+  the winner on these validation bars, `selection.selection_deflated_sharpe`); table: the
+  validation sweep, one row per policy, with `objective` and `eligible` columns;
+  trial_sharpes: (num_trials,) per-period validation Sharpe ratios (NaN for policies that
+  never traded); num_eligible: policies with at least `min_round_trips` round trips and a
+  defined objective (0: none, and `policy` is the best of the ineligible ones: callers
+  should not trade it).
   """
 
   policy: PolicyParams
@@ -489,12 +499,100 @@ class PolicySelection:
   num_trials: int
   table: pd.DataFrame
   trial_sharpes: np.ndarray
+  num_eligible: int
+
+
+def _check_selection(objective: str, turnover_penalty: float, min_round_trips: int,
+                     params: backtest.BacktestParams) -> None:
+  if objective not in SELECTION_OBJECTIVES:
+    raise ValueError(f'objective must be one of {SELECTION_OBJECTIVES}, got {objective!r}')
+  if not (np.isfinite(turnover_penalty) and turnover_penalty >= 0):
+    raise ValueError(f'turnover_penalty must be finite and >= 0, got {turnover_penalty}')
+  if not min_round_trips >= 0:
+    raise ValueError(f'min_round_trips must be >= 0, got {min_round_trips}')
+  if np.size(params.sizing) != 1:
+    raise ValueError('select_policy takes one cost setting (scalar BacktestParams)')
+
+
+@functools.partial(jax.jit, static_argnames=('batch_size',))
+def _sharpe_variances(prices, signal, params, policies, lags, batch_size):
+  """(P, S) HAC variances of the per-period Sharpe ratio of every (policy, signal) pair."""
+
+  def one_policy(policy):
+    def one_signal(one):
+      equity, _ = backtest.scan_bars(prices, one, params, policy, track='all', rule=POLICY_RULE)
+      returns = metrics_lib.period_returns(equity, params.initial_capital)
+      return sharpe_inference.sharpe_variance_hac(returns, lags)
+    return jax.vmap(one_signal)(signal)
+
+  return jax.lax.map(one_policy, policies, batch_size=batch_size)
+
+
+def policy_sharpe_errors(prices: Any, probs: Any, policies: PolicyParams,
+                         params: backtest.BacktestParams, *, sigma_annual: Any = None,
+                         lags: int | None = None, periods_per_year: float = PERIODS_PER_YEAR,
+                         batch_size: int = BATCH_SIZE) -> np.ndarray:
+  """HAC standard errors of every policy's Sharpe ratio (`sharpe_inference`), one compiled call.
+
+  Args:
+    prices: (N,) bars; probs: (S, N, 3) or (N, 3); policies: PolicyParams batched to (P,).
+    params: scalar BacktestParams; sigma_annual: as in `sweep`.
+    lags: Bartlett lags; None = Newey-West's rule of the number of bars
+      (`cross_section.newey_west_lags`), one for every policy so one program serves them all.
+    periods_per_year: annualisation of the errors.
+
+  Returns:
+    (S, P) annualised standard errors; NaN for a policy that never trades.
+  """
+  prices = backtest.as_prices(prices)
+  n = np.shape(prices.close)[0]
+  probs = _check_probs(probs, n)
+  probs = probs[None] if probs.ndim == 2 else probs
+  policies = jax.tree.map(np.atleast_1d, policies)
+  lags = cross_section.newey_west_lags(n) if lags is None else int(lags)
+  signal = policy_signal(probs, _sigma(prices, sigma_annual, periods_per_year))
+  variances = _sharpe_variances(prices, signal, params, policies, lags,
+                                max(1, batch_size // probs.shape[0]))
+  return np.sqrt(np.asarray(variances, np.float64).T * periods_per_year)
+
+
+def _scored_sweep(prices: Any, probs: np.ndarray, grid: PolicyParams,
+                  params: backtest.BacktestParams, *, objective: str, turnover_penalty: float,
+                  min_round_trips: int, sigma_annual: Any, periods_per_year: float,
+                  batch_size: int) -> pd.DataFrame:
+  """`sweep_policies` of (S, N, 3) probabilities x the grid with `turnover_per_year`, the
+  selection's `objective` (NaN for a policy that never traded), `sharpe_se` for 'sharpe_lcb', and
+  `eligible` (a defined objective and at least `min_round_trips` round trips): S * P rows,
+  signal-major."""
+  table = sweep_policies(prices, probs, grid, params, sigma_annual=sigma_annual,
+                         periods_per_year=periods_per_year, batch_size=batch_size)
+  table['turnover_per_year'] = table['turnover'] * periods_per_year / len(
+      backtest.as_prices(prices).close)
+  score = table['sharpe'].to_numpy()
+  if objective == 'sharpe_minus_turnover':
+    score = score - turnover_penalty * table['turnover_per_year'].to_numpy()
+  if objective == 'sharpe_lcb':
+    table['sharpe_se'] = policy_sharpe_errors(
+        prices, probs, grid, params, sigma_annual=sigma_annual,
+        periods_per_year=periods_per_year, batch_size=batch_size).ravel()
+    score = score - LCB_Z * table['sharpe_se'].to_numpy()
+  table['objective'] = score
+  table['eligible'] = np.isfinite(score) & (table['num_round_trips'].to_numpy()
+                                            >= min_round_trips)
+  return table
+
+
+def _winners(objective: np.ndarray, eligible: np.ndarray) -> np.ndarray:
+  """(S, P) objective and eligibility -> (S,) index of each row's best eligible policy
+  (earliest of ties), -1 where none is eligible."""
+  ranked = np.where(eligible, objective, -np.inf)
+  return np.where(eligible.any(axis=1), np.argmax(ranked, axis=1), -1)
 
 
 def select_policy(prices: Any, probs: Any, params: backtest.BacktestParams, *,
                   grid: PolicyParams | None = None, objective: str = 'sharpe',
-                  turnover_penalty: float = 0.0, sigma_annual: Any = None,
-                  periods_per_year: float = PERIODS_PER_YEAR,
+                  turnover_penalty: float = 0.0, min_round_trips: int = 0,
+                  sigma_annual: Any = None, periods_per_year: float = PERIODS_PER_YEAR,
                   batch_size: int = BATCH_SIZE) -> PolicySelection:
   """Sweeps a policy grid on validation bars and picks the best by a named objective.
 
@@ -506,36 +604,113 @@ def select_policy(prices: Any, probs: Any, params: backtest.BacktestParams, *,
     params: scalar BacktestParams with the costs the test will pay.
     grid: policies to try (default `default_grid(allow_short=...)` with the backtest's
       `allow_short`).
-    objective: 'sharpe' (net Sharpe ratio) or 'sharpe_minus_turnover' (net Sharpe minus
-      `turnover_penalty` times turnover per year, traded notional over mean equity).
+    objective: 'sharpe' (net Sharpe ratio), 'sharpe_minus_turnover' (net Sharpe minus
+      `turnover_penalty` times turnover per year, traded notional over mean equity) or
+      'sharpe_lcb' (the one-sided 95 % lower bound of the net Sharpe ratio with its HAC
+      error, `policy_sharpe_errors`).
+    min_round_trips: a policy with fewer closed round trips on these bars is not eligible.
     sigma_annual: (N,) volatility for `vol_target`, from bars <= t (default from the closes).
 
   Returns:
-    PolicySelection. Policies that never trade rank last (their Sharpe is NaN); ties go to
-    the earlier policy of the grid.
+    PolicySelection: the best eligible policy; ties go to the earlier policy of the grid.
+    With none eligible (`num_eligible == 0`), the best by objective of the others (the
+    first policy if none traded).
   """
-  if objective not in SELECTION_OBJECTIVES:
-    raise ValueError(f'objective must be one of {SELECTION_OBJECTIVES}, got {objective!r}')
-  if not (np.isfinite(turnover_penalty) and turnover_penalty >= 0):
-    raise ValueError(f'turnover_penalty must be finite and >= 0, got {turnover_penalty}')
-  if np.size(params.sizing) != 1:
-    raise ValueError('select_policy takes one cost setting (scalar BacktestParams)')
+  _check_selection(objective, turnover_penalty, min_round_trips, params)
   if grid is None:
     grid = default_grid(allow_short=bool(np.asarray(params.allow_short).item()))
-  table = sweep_policies(prices, probs, grid, params, sigma_annual=sigma_annual,
-                         periods_per_year=periods_per_year, batch_size=batch_size)
-  table['turnover_per_year'] = table['turnover'] * periods_per_year / len(
-      backtest.as_prices(prices).close)
-  score = table['sharpe'].to_numpy()
-  if objective == 'sharpe_minus_turnover':
-    score = score - turnover_penalty * table['turnover_per_year'].to_numpy()
-  table['objective'] = score
-  ranked = np.where(np.isfinite(score), score, -np.inf)
-  index = int(np.argmax(ranked))
+  table = _scored_sweep(prices, _check_probs(probs, len(backtest.as_prices(prices).close)),
+                        grid, params, objective=objective, turnover_penalty=turnover_penalty,
+                        min_round_trips=min_round_trips, sigma_annual=sigma_annual,
+                        periods_per_year=periods_per_year, batch_size=batch_size)
+  score, eligible = table['objective'].to_numpy(), table['eligible'].to_numpy()
+  index = int(_winners(score[None], eligible[None])[0])
+  if index < 0:
+    index = max(0, int(_winners(score[None], np.isfinite(score)[None])[0]))
   return PolicySelection(
       policy=jax.tree.map(lambda x: np.asarray(x)[index], grid), index=index,
       objective=objective, num_trials=len(table), table=table,
-      trial_sharpes=table['sharpe'].to_numpy() / np.sqrt(periods_per_year))
+      trial_sharpes=table['sharpe'].to_numpy() / np.sqrt(periods_per_year),
+      num_eligible=int(eligible.sum()))
+
+
+@dataclasses.dataclass(frozen=True)
+class SelectionNull:
+  """The selection rerun on probabilities rotated in time (`selection_null`).
+
+  offsets: (R,) bars each rotation shifted the probabilities by, each at least min_offset
+  from the real alignment; winners: (R,) the grid index each rerun chose (-1: none
+  eligible);
+  sharpe: (R,) those winners' annualised validation Sharpe ratios (NaN for -1); objective:
+  (R, P) every policy's objective in each rerun.
+  """
+
+  min_offset: int
+  offsets: np.ndarray
+  winners: np.ndarray
+  sharpe: np.ndarray
+  objective: np.ndarray
+
+
+def rotation_offsets(num_bars: int, num_rotations: int, min_offset: int,
+                     seed: int = 0) -> np.ndarray:
+  """(R,) circular shifts drawn uniformly from [min_offset, num_bars - min_offset]: at least
+  `min_offset` bars away from the real alignment either way.
+
+  Raises:
+    ValueError: if the series is shorter than `2 * min_offset` bars.
+  """
+  if num_rotations < 1 or min_offset < 1:
+    raise ValueError(f'num_rotations ({num_rotations}) and min_offset ({min_offset}) must '
+                     'be >= 1')
+  if num_bars < 2 * min_offset:
+    raise ValueError(f'a rotation null needs at least 2 * min_offset = {2 * min_offset} bars '
+                     f'to rotate by {min_offset} or more either way; got {num_bars}')
+  rng = np.random.default_rng(seed)
+  return rng.integers(min_offset, num_bars - min_offset, num_rotations, endpoint=True)
+
+
+def selection_null(prices: Any, probs: Any, params: backtest.BacktestParams, *,
+                   grid: PolicyParams, objective: str = 'sharpe',
+                   turnover_penalty: float = 0.0, min_round_trips: int = 0,
+                   sigma_annual: Any = None,
+                   periods_per_year: float = PERIODS_PER_YEAR, num_rotations: int = 40,
+                   min_offset: int = 336, seed: int = 0,
+                   batch_size: int = BATCH_SIZE) -> SelectionNull:
+  """`select_policy`'s search with the signal destroyed: the same grid and objective on the
+  probabilities rotated in time by R random offsets (prices, volatility and costs stay),
+  every rotation in one compiled sweep.
+
+  A rotation keeps everything about the probabilities (their distribution, flicker, holding
+  periods) but their alignment with prices, so its winner's validation Sharpe ratio is what
+  the search finds in noise of this model's own kind (SPEC 11).
+
+  Args:
+    prices, probs, params, grid, objective, turnover_penalty, min_round_trips,
+      sigma_annual, periods_per_year, batch_size: as given to `select_policy`.
+    num_rotations: R.
+    min_offset: the smallest shift in bars (`rotation_offsets`).
+    seed: draws the offsets.
+
+  Returns:
+    SelectionNull.
+  """
+  _check_selection(objective, turnover_penalty, min_round_trips, params)
+  n = len(backtest.as_prices(prices).close)
+  probs = _check_probs(probs, n)
+  offsets = rotation_offsets(n, num_rotations, min_offset, seed)
+  rotated = np.stack([np.roll(probs, int(k), axis=0) for k in offsets])
+  table = _scored_sweep(prices, rotated, grid, params, objective=objective,
+                        turnover_penalty=turnover_penalty, min_round_trips=min_round_trips,
+                        sigma_annual=sigma_annual, periods_per_year=periods_per_year,
+                        batch_size=batch_size)
+  score = table['objective'].to_numpy().reshape(num_rotations, -1)
+  sharpe = table['sharpe'].to_numpy().reshape(num_rotations, -1)
+  winners = _winners(score, table['eligible'].to_numpy().reshape(num_rotations, -1))
+  return SelectionNull(min_offset=min_offset, offsets=offsets, winners=winners,
+                       objective=score,
+                       sharpe=np.where(winners >= 0, sharpe[np.arange(num_rotations),
+                                                            np.maximum(winners, 0)], np.nan))
 
 
 def policy_cost_sensitivity(prices: Any, probs: Any, policy: PolicyParams,

@@ -107,17 +107,30 @@ def significance_lines(significance: Mapping[str, Any]) -> list[str]:
 
   level = f'{100 * significance["confidence"]:.0f}%'
   sharpe, total = significance['sharpe'], significance['total_return']
+  psr = significance['test_psr']
+  block = block_text(significance['bootstrap'])
   lines = [
       f'Sharpe {num(sharpe["estimate"])} ({level} block-bootstrap CI {num(sharpe["low"])} .. '
-      f'{num(sharpe["high"])})',
+      f'{num(sharpe["high"])}, {block}); minimum detectable Sharpe at 80% power over these '
+      f'{psr["num_observations"]:,} bars: {num(psr["min_detectable_sharpe"])}',
       f'total return {num(total["estimate"], ".2%")} ({level} CI {num(total["low"], ".2%")} .. '
-      f'{num(total["high"], ".2%")})',
-      f'probabilistic Sharpe P(SR > 0) = {num(significance["probabilistic_sharpe"], ".3f")}',
+      f'{num(total["high"], ".2%")}, {block})',
+      f'{psr["label"]} = {num(psr["psr"], ".3f")} (s.e. {num(psr["se"])} with {psr["lags"]} '
+      f'Newey-West lags; i.i.d. s.e. {num(psr["se_iid"])})',
   ]
-  deflated = significance['deflated_sharpe']
-  lines.append(f'deflated Sharpe over {num(deflated["num_trials"], ".0f")} configuration(s) tried '
-               f'= {num(deflated["dsr"], ".3f")} (expected best of them by luck: Sharpe '
-               f'{num(deflated["expected_max_sharpe"])})')
+  compared = significance.get('test_comparisons')
+  if compared:
+    lines.append(f'test comparisons ({compared["adjustment"]}): ' + '; '.join(
+        f'{row["name"]}{" (traded)" if row["traded"] else ""} Sharpe {num(row["sharpe"])}, '
+        f'PSR {num(row["psr"], ".3f")}, p {num(row["p_value"], ".3f")}, Holm p '
+        f'{num(row["p_holm"], ".3f")}' for row in compared['rows']))
+  null = significance.get('null_test')
+  if null:
+    lines.append(f'{null["label"]}: mean test Sharpe {num(null["sharpe_mean"])} +- '
+                 f'{num(null["sharpe_std"])} over {null["winners"]} null winners')
+  swept = significance.get('sweep')
+  if swept:
+    lines.append(selection_line(swept))
   diff = significance['benchmark']['sharpe_difference']
   lines.append(f'Sharpe minus buy & hold {num(diff["estimate"])} ({level} CI {num(diff["low"])} '
                f'.. {num(diff["high"])}), one-sided p = {num(diff["p_value"], ".3f")} for "better"')
@@ -129,6 +142,12 @@ def significance_lines(significance: Mapping[str, Any]) -> list[str]:
                    f'{num(shuffled["observed_sharpe"])} vs null {num(shuffled["null_mean"])} '
                    f'+- {num(shuffled["null_std"])}, p = {num(shuffled["p_value"], ".3f")}')
   return lines
+
+
+def block_text(bootstrap: Mapping[str, Any]) -> str:
+  """'block 19 bars (Politis-White)': a bootstrap's block length and how it was set."""
+  return (f'{bootstrap.get("method", "stationary")} bootstrap, block '
+          f'{bootstrap["block_length"]:.1f} bars ({bootstrap["block_rule"]})')
 
 
 def policy_lines(policy: Mapping[str, Any] | None) -> list[str]:
@@ -144,20 +163,50 @@ def policy_lines(policy: Mapping[str, Any] | None) -> list[str]:
                           else f'{k}={described[k]}' for k in keys if k in described)
   lines = [f'decision policy: {mode} ({described}); {policy.get("num_trials", 1)} '
            'policy(ies) tried']
+  if policy.get('fallback'):
+    lines.append(f'policy: {policy["fallback"]}')
   auto = policy.get('auto')
   if auto:
-    lines.append('policy auto: the selected policy ' + (
-        'beat the seed policy on validation, so it was used' if auto['selected_beats_seed']
-        else "did not beat the seed policy on validation, so the seed's decisions were used"))
+    lines.append(f'policy auto: {auto["reason"]}')
   val = policy.get('validation')
   if val:
     seed = val.get('best_seed_sharpe')
+    eligible = ('' if 'eligible' not in policy else f' among {policy["eligible"]} with >= '
+                f'{policy["min_round_trips"]} round trips')
     lines.append(f'chosen on {val["bars"]} validation bars ({val["first"][:10]} .. '
-                 f'{val["last"][:10]}) by {policy.get("objective")}: validation Sharpe '
-                 f'{val["sharpe"]:.2f}, {val["num_trades"]} fills, turnover '
+                 f'{val["last"][:10]}) by {policy.get("objective")}{eligible}: validation '
+                 f'Sharpe {val["sharpe"]:.2f}, {val["num_trades"]} fills, turnover '
                  f'{val["turnover_per_year"]:.1f}x a year' +
                  ('' if seed is None else f' (best seed policy there: Sharpe {seed:.2f})'))
+  folds = policy.get('folds') or {}
+  for name, searched in [('', policy)] + [(f'fold {k}: ', v) for k, v in folds.items()]:
+    if searched.get('selection'):
+      lines.append(name + selection_line(searched['selection']))
+    if searched.get('null'):
+      lines.append(name + null_line(searched['null']))
   return lines
+
+
+def null_line(null: Mapping[str, Any]) -> str:
+  """One line of a selection null (`policy_search.null_summary`)."""
+  if 'p_value' not in null:
+    return f'{null["label"]}: {null.get("note", "")}'
+
+  def num(value, spec='.2f'):
+    return 'n/a' if value is None else format(value, spec)
+
+  return (f'{null["label"]}: P(null winner >= real winner) = {num(null["p_value"], ".3f")}; '
+          f'null winners\' validation Sharpe {num(null["null_sharpe_mean"])} +- '
+          f'{num(null["null_sharpe_std"])}')
+
+
+def selection_line(deflated: Mapping[str, Any]) -> str:
+  """One line of a `selection.selection_deflated_sharpe` result (as JSON)."""
+  if deflated.get('dsr') is None:
+    return f'{deflated["label"]}: n/a ({deflated.get("note", "undefined")})'
+  return (f'{deflated["label"]} = {deflated["dsr"]:.3f} (winner\'s Sharpe there '
+          f'{deflated["sharpe"]:.2f}; expected best of as many zero-skill trials '
+          f'{deflated["expected_max_sharpe"]:.2f})')
 
 
 def print_backtest_summary(outcome: dict, top: int = 10) -> None:
@@ -415,22 +464,30 @@ _ATTRIBUTION_ROWS = (
 
 def attribution_intervals(result: backtest_lib.BacktestResult, initial_capital: float, *,
                           num_resamples: int = 1000, seed: int = 0,
-                          periods_per_year: float = PERIODS_PER_YEAR) -> dict[str, dict[str, Any]]:
+                          periods_per_year: float = PERIODS_PER_YEAR,
+                          block_length: float | None = None) -> dict[str, dict[str, Any]]:
   """Block-bootstrap confidence intervals of the gross and the net Sharpe ratio.
 
-  Both use the same seed, so the same resampled blocks: their intervals are comparable.
+  Both use the same seed and block length (None: the longer Politis-White length of the
+  two series), so the same resampled blocks: their intervals are comparable.
 
   Returns:
     {'gross_sharpe': ..., 'net_sharpe': ...}, each `significance.block_bootstrap_ci`'s dict
-    without the resamples.
+    without the resamples (`block_rule` says how the block length was set).
   """
+  series = {name: np.asarray(metrics_lib.period_returns(jnp.asarray(equity), initial_capital))
+            for name, equity in (('gross_sharpe', metrics_lib.gross_equity(result)),
+                                 ('net_sharpe', result.equity))}
+  rule = significance.BLOCK_RULE_GIVEN
+  if block_length is None:
+    block_length = significance.politis_white_block_length(*series.values())
+    rule = significance.BLOCK_RULE_DATA
   out = {}
-  for name, equity in (('gross_sharpe', metrics_lib.gross_equity(result)),
-                       ('net_sharpe', result.equity)):
-    returns = np.asarray(metrics_lib.period_returns(jnp.asarray(equity), initial_capital))
+  for name, returns in series.items():
     ci = significance.block_bootstrap_ci(returns, 'sharpe', num_resamples=num_resamples,
-                                         seed=seed, periods_per_year=periods_per_year)
-    out[name] = {k: v for k, v in ci.items() if k != 'resamples'}
+                                         seed=seed, periods_per_year=periods_per_year,
+                                         block_length=block_length)
+    out[name] = {**{k: v for k, v in ci.items() if k != 'resamples'}, 'block_rule': rule}
   return out
 
 
@@ -440,7 +497,8 @@ def attribution_lines(attribution: Mapping[str, Any],
   def ci(name):
     if not intervals or name not in intervals:
       return ''
-    return f' [{intervals[name]["low"]:+.2f}, {intervals[name]["high"]:+.2f}]'
+    return (f' [{intervals[name]["low"]:+.2f}, {intervals[name]["high"]:+.2f}; block '
+            f'{intervals[name]["block_length"]:.1f} bars, {intervals[name]["block_rule"]}]')
 
   a = attribution
   return [
@@ -500,7 +558,9 @@ def attribution_html(attribution: Mapping[str, Any], sensitivity: pd.DataFrame |
       return '<td></td>'
     text = fmt.format(attribution[key])
     if intervals and ci_key in intervals:
-      text += f' [{intervals[ci_key]["low"]:+.2f}, {intervals[ci_key]["high"]:+.2f}]'
+      text += (f' [{intervals[ci_key]["low"]:+.2f}, {intervals[ci_key]["high"]:+.2f}; block '
+               f'{intervals[ci_key]["block_length"]:.1f} bars, '
+               f'{intervals[ci_key]["block_rule"]}]')
     return f'<td>{html.escape(text)}</td>'
 
   rows = ''.join(

@@ -198,8 +198,13 @@ def prepare_data(config: ml_collections.ConfigDict,
     asset = asset_name(name)
     asset_ids.append(np.full(n, assets.setdefault(asset, len(assets)), np.int32))
     parts.append((feats, labels, valid, ahead.astype(np.float32), np.isfinite(ahead) & warm))
+    # Bar ranges trained and validated on: a backtest on them is in-sample (members.py).
     files.append({'name': name, 'asset': asset, 'offset': offset, 'bars': n,
                   'first': str(df.index[0]), 'last': str(df.index[-1]),
+                  'train_first': str(df.index[split.train.start]),
+                  'train_last': str(df.index[split.train.stop - 1]),
+                  'val_first': str(df.index[split.val.start]),
+                  'val_last': str(df.index[split.val.stop - 1]),
                   'train_bars': split.sizes()['train'], 'val_bars': split.sizes()['val'],
                   'train_windows': len(ends), 'val_windows': int(valid[val].sum()),
                   'checks': checks})

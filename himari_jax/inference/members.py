@@ -9,6 +9,7 @@ by the steps of decisions.py, which baselines share.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pathlib
 from collections.abc import Sequence
@@ -137,6 +138,63 @@ def validation_frame(loaded: checkpoint_lib.LoadedModel, asset: str | None = Non
                                           embargo=input_pipeline.embargo_bars(config))
   lead = predict_lib.first_available_bar(int(config.train.context_length))
   return df.iloc[max(0, split.val.start - lead):split.val.stop], split.val.stop - split.val.start
+
+
+@dataclasses.dataclass(frozen=True)
+class Overlap:
+  """Bars of a backtest that a member trained or validated on.
+
+  member: the member's name (its path); part: 'training' or 'validation' split of `file`, or
+  'training file' for runs that recorded only the file's range; first, last, bars: the
+  overlapping backtest bars.
+  """
+
+  member: str
+  file: str
+  part: str
+  first: pd.Timestamp
+  last: pd.Timestamp
+  bars: int
+
+  def describe(self) -> str:
+    return (f'{self.member} used {self.bars:,} of the backtest bars for {self.part} '
+            f'({self.file}, {self.first:%Y-%m-%d %H:%M} .. {self.last:%Y-%m-%d %H:%M})')
+
+
+def in_sample_overlaps(members: Sequence[checkpoint_lib.LoadedModel], names: Sequence[str],
+                       index: pd.DatetimeIndex) -> tuple[list[Overlap], list[str]]:
+  """Which backtest bars each member trained or validated on, from its recorded data.
+
+  A run records the bar ranges of its training and validation splits per file
+  (`input_pipeline.prepare_data`); runs from before that record only each file's range,
+  which is then checked whole. Any asset counts: a model that saw these hours of another
+  coin has seen this market's hours.
+
+  Args:
+    members: loaded members; names: their names (paths), in the same order.
+    index: (N,) the backtest's bar times.
+
+  Returns:
+    (overlaps, names of members without any recorded range: their overlap is unknown).
+  """
+  overlaps, unknown = [], []
+  for member, name in zip(members, names, strict=True):
+    files = (member.meta.get('data') or {}).get('files') or []
+    if not any('first' in f for f in files):
+      unknown.append(name)
+      continue
+    for f in files:
+      if 'train_first' in f:
+        parts = (('training', f['train_first'], f['train_last']),
+                 ('validation', f['val_first'], f['val_last']))
+      else:
+        parts = (('training file', f['first'], f['last']),)
+      for part, first, last in parts:
+        inside = index[(index >= pd.Timestamp(first)) & (index <= pd.Timestamp(last))]
+        if len(inside):
+          overlaps.append(Overlap(name, f.get('name', '?'), part, inside[0], inside[-1],
+                                  len(inside)))
+  return overlaps, unknown
 
 
 def resolve_path(path: str) -> str:

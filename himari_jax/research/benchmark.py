@@ -65,6 +65,7 @@ from himari_jax.research import baselines as baselines_lib
 from himari_jax.research import benchmark_folds as folds_lib
 from himari_jax.research import benchmark_report, dispatch
 from himari_jax.stats import metrics as metrics_lib
+from himari_jax.stats import selection as selection_lib
 from himari_jax.stats import signal_metrics as signal_lib
 from himari_jax.training import train as train_lib
 
@@ -236,6 +237,16 @@ def run_trial(config: ml_collections.ConfigDict, trial: folds_lib.Trial, asset: 
   result = policy_lib.run_policy(span.iloc[test], test_probs, selection.policy, params,
                                  sigma_annual=data.sigma[test],
                                  periods_per_year=bt.periods_per_year)
+  # The search is deflated where it ran: the winner on the validation bars (SPEC 11).
+  winner = policy_lib.run_policy(span.iloc[val], val_probs, selection.policy, params,
+                                 sigma_annual=data.sigma[val],
+                                 periods_per_year=bt.periods_per_year)
+  winner_returns = np.asarray(metrics_lib.period_returns(winner.equity, bt.initial_capital))
+  deflated = None
+  if np.std(winner_returns) > 0:
+    deflated = json_types.to_json_types(selection_lib.selection_deflated_sharpe(
+        winner_returns, selection.table['sharpe'].to_numpy(np.float64),
+        periods_per_year=bt.periods_per_year), finite_only=True)
   attribution = metrics_lib.attribution(result, bt.initial_capital,
                                         periods_per_year=bt.periods_per_year,
                                         risk_free_rate=bt.risk_free_rate)
@@ -250,8 +261,6 @@ def run_trial(config: ml_collections.ConfigDict, trial: folds_lib.Trial, asset: 
       np.where(test_available[:, None], test_probs, np.nan), data.test_labels[test],
       scored, np.where(scored, data.forward[test], 0.0), data.prior,
       actions=decided.actions[n_val:])
-  trial_sharpes = selection.trial_sharpes
-  finite = trial_sharpes[np.isfinite(trial_sharpes)]
   os.makedirs(trial_dir, exist_ok=True)
   partial = os.path.join(trial_dir, 'test.partial.npz')
   np.savez(partial, net_returns=net_returns, gross_returns=gross_returns,
@@ -276,9 +285,7 @@ def run_trial(config: ml_collections.ConfigDict, trial: folds_lib.Trial, asset: 
       'policy': {'index': selection.index, 'settings': json_types.to_json_types(
           policy_lib.policy_to_dict(selection.policy)),
           'val_objective': float(selection.table['objective'].iloc[selection.index]),
-          'num_trials': selection.num_trials, 'finite_trials': int(finite.size),
-          'trial_sharpe_sum': float(finite.sum()),
-          'trial_sharpe_sumsq': float(np.square(finite).sum())},
+          'num_trials': selection.num_trials, 'selection': deflated},
       'signal': signal,
       'backtest': {**attribution, 'max_drawdown': float(dd.min()),
                    'test_bars': int(len(equity))},

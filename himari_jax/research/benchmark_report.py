@@ -16,6 +16,7 @@ from himari_jax import extras
 from himari_jax.data import input_pipeline
 from himari_jax.research import benchmark_folds as folds_lib
 from himari_jax.stats import metrics as metrics_lib
+from himari_jax.stats import sharpe_inference
 from himari_jax.stats import signal_metrics as signal_lib
 from himari_jax.stats import significance as significance_lib
 
@@ -44,32 +45,16 @@ def _stitched(records: Sequence[dict], workdir: str) -> dict[str, np.ndarray]:
           'score': np.concatenate(score)}
 
 
-def _pooled_trials(records: Sequence[dict[str, Any]],
-                   num_observations: int) -> tuple[int, float]:
-  """(policies tried, variance of their per-period Sharpe ratios at `num_observations` bars).
-
-  The policies' Sharpe ratios are measured on the validation bars; the spread of a Sharpe
-  estimate shrinks as 1 / sqrt(bars), so their variance is rescaled by validation bars /
-  `num_observations` to be the spread expected over the tested bars (without it, a short
-  validation window would set the deflation bar too high).
-  """
-  num_trials = sum(r['policy']['num_trials'] for r in records)
-  count = sum(r['policy']['finite_trials'] for r in records)
-  total = sum(r['policy']['trial_sharpe_sum'] for r in records)
-  total_sq = sum(r['policy']['trial_sharpe_sumsq'] for r in records)
-  variance = (total_sq - total ** 2 / count) / (count - 1) if count > 1 else math.nan
-  val_bars = np.mean([r['fold_bounds']['val'][1] - r['fold_bounds']['val'][0] for r in records])
-  return num_trials, variance * val_bars / num_observations
-
-
 def summarize_benchmark(config: ml_collections.ConfigDict, records: Sequence[dict[str, Any]],
                         assets: Sequence[folds_lib.Asset], workdir: str) -> dict[str, Any]:
   """Per (model, asset): signal metrics across folds, stitched gross / net Sharpe with CIs,
-  turnover, drawdown, deflated Sharpe over all trials, paired bootstrap vs the best baseline.
+  turnover, drawdown, the trials' selection DSRs (each trial's policy search deflated on its
+  own validation bars), the test PSR(0) with a HAC error and minimum detectable Sharpe ratio
+  of the stitched net returns, paired bootstrap vs the best baseline.
   """
   sig = config.significance
   ppy = float(config.backtest.periods_per_year)
-  # Every policy tried in every trial is a trial of the benchmark (SPEC 8 and 10).
+  # Policies tried, over every trial (each trial's search is deflated on its own validation).
   num_trials = sum(r['policy']['num_trials'] for r in records)
   models = list(dict.fromkeys(r['model'] for r in records))
   rows, series = {}, {}
@@ -102,23 +87,18 @@ def summarize_benchmark(config: ml_collections.ConfigDict, records: Sequence[dic
               stitched[kind], num_resamples=sig.num_resamples, seed=sig.seed,
               periods_per_year=ppy)
           row[f'{kind}_sharpe'] = {'estimate': ci['estimate'], 'low': ci['low'],
-                                   'high': ci['high']}
+                                   'high': ci['high'], 'block_length': ci['block_length']}
         else:
-          row[f'{kind}_sharpe'] = {'estimate': math.nan, 'low': math.nan, 'high': math.nan}
+          row[f'{kind}_sharpe'] = {'estimate': math.nan, 'low': math.nan, 'high': math.nan,
+                                   'block_length': math.nan}
       row['net_total_return'] = float(np.prod(1.0 + stitched['net']) - 1.0)
-      moments = significance_lib.return_moments(stitched['net']) if np.std(
-          stitched['net']) > 0 else None
-      # Deflated over all trials of the benchmark, and over this row's own policy trials
-      # only (what a reader who picked this model in advance would have to count).
-      n_obs = len(stitched['net'])
-      for key, trials in (('deflated_sharpe', records), ('deflated_sharpe_own', mine)):
-        n_trials, var = _pooled_trials(trials, n_obs)
-        row[key] = math.nan if moments is None or not np.isfinite(var) else \
-            significance_lib.deflated_sharpe_ratio(
-                moments['sharpe'], moments['num_observations'], moments['skewness'],
-                moments['kurtosis'], num_trials=max(n_trials, 1), trial_sharpe_variance=var)
-        row[f'{key}_bar'] = significance_lib.expected_max_sharpe(
-            max(n_trials, 1), var) * math.sqrt(ppy) if np.isfinite(var) else math.nan
+      # Each trial's search is judged where it ran: its winner's DSR on its validation bars.
+      dsrs = [d['dsr'] for r in mine if (d := r['policy'].get('selection'))
+              and d.get('dsr') is not None]
+      row['selection_dsr'] = float(np.median(dsrs)) if dsrs else math.nan
+      row['test_psr'] = (sharpe_inference.probabilistic_sharpe_hac(
+          stitched['net'], periods_per_year=ppy) if np.std(stitched['net']) > 0 else
+          {'psr': math.nan, 'min_detectable_sharpe': math.nan})
       row['own_trials'] = sum(r['policy']['num_trials'] for r in mine)
       rows[(model, asset.name)] = row
   best = {}
@@ -168,7 +148,7 @@ def _fmt(value: float, spec: str = '+.3f') -> str:
 
 def _ci(entry: dict[str, float]) -> str:
   return (f'{_fmt(entry["estimate"], "+.2f")} ({_fmt(entry["low"], "+.2f")} .. '
-          f'{_fmt(entry["high"], "+.2f")})')
+          f'{_fmt(entry["high"], "+.2f")}; block {_fmt(entry["block_length"], ".1f")})')
 
 
 def write_report(config: ml_collections.ConfigDict, summary: dict[str, Any], workdir: str, *,
@@ -190,16 +170,16 @@ def write_report(config: ml_collections.ConfigDict, summary: dict[str, Any], wor
             'their position, and models trained on net returns are not), decision policy '
             'selected on validation out of '
             f'{np.size(folds_lib.benchmark_policy_grid(config.policy).entry)} policies, then '
-            'tested once. '
-            f'Trials in the deflated Sharpe ratio: {summary["num_trials"]:,} (every policy '
-            'tried in every model x asset x fold x seed).', '']
+            'tested once '
+            f'({summary["num_trials"]:,} policies tried over every model x asset x fold x seed; '
+            'each search is deflated on the validation bars it ran on).', '']
   for name, why in (summary.get('skipped') or {}).items():
     lines += [f'**{name} skipped**: {why}', '']
   header = ('| model | IC (t, ICIR) | rank IC (t, ICIR) | log-loss skill | Brier skill | '
             'bal. acc | macro F1 | gross Sharpe (95% CI) | net Sharpe (95% CI) | '
-            'turnover / yr | max DD | DSR (all / own trials) | '
+            'turnover / yr | max DD | selection DSR | test PSR (MDS) | '
             'net vs best baseline (95% CI, p) |')
-  rule = '|' + '---|' * 13
+  rule = '|' + '---|' * 14
   for asset, info in summary['assets'].items():
     best = summary['best_baseline'].get(asset)
     market = summary['market'][asset]
@@ -225,8 +205,9 @@ def write_report(config: ml_collections.ConfigDict, summary: dict[str, Any], wor
           f'{_fmt(s["balanced_accuracy"]["mean"], ".3f")} | '
           f'{_fmt(s["macro_f1"]["mean"], ".3f")} | {_ci(row["gross_sharpe"])} | '
           f'{_ci(row["net_sharpe"])} | {_fmt(row["turnover_per_year"], ".1f")} | '
-          f'{_fmt(row["max_drawdown"], ".2%")} | {_fmt(row["deflated_sharpe"], ".3f")} / '
-          f'{_fmt(row["deflated_sharpe_own"], ".3f")} | '
+          f'{_fmt(row["max_drawdown"], ".2%")} | {_fmt(row["selection_dsr"], ".3f")} | '
+          f'{_fmt(row["test_psr"]["psr"], ".3f")} '
+          f'({_fmt(row["test_psr"]["min_detectable_sharpe"], ".2f")}) | '
           f'{versus} |')
     lines.append('')
   lines += ['IC and rank IC: Pearson / Spearman correlation of `p_buy - p_sell` with the '
@@ -234,10 +215,14 @@ def write_report(config: ml_collections.ConfigDict, summary: dict[str, Any], wor
             'with its t-statistic and ICIR (mean / std across folds). Skill scores: '
             '`1 - loss / loss of the training label prior`. Sharpe: annualised, of the test '
             'windows stitched in time order, per-bar returns averaged over seeds, with a '
-            'stationary block-bootstrap CI. DSR: probability that the true Sharpe ratio '
-            'beats the best of all benchmark trials under no skill (all: every policy of '
-            'every trial; own: the row\'s own policy trials; the trials\' Sharpe variance '
-            'comes from the validation sweeps, rescaled to the tested bars). Last column: paired '
+            'stationary block-bootstrap CI (block: its length in bars, chosen from the returns '
+            'by Politis-White with the Patton-Politis-White correction). Selection DSR: per '
+            'trial, the probability that the validation winner\'s true Sharpe ratio on the '
+            'validation bars beats the best of the policies tried there under no skill '
+            '(median over the row\'s trials). '
+            'Test PSR: P(true Sharpe > 0) of the stitched net test returns with a Newey-West '
+            '(HAC) error; MDS: the Sharpe ratio detectable at 80 % power on those bars. Last '
+            'column: paired '
             'block bootstrap of the net Sharpe difference to the best baseline (one-sided '
             'p of "better"). A `-` Sharpe: the selected policy never traded on the test '
             'bars (a constant prediction, such as the label prior or buy-and-hold, calibrated '

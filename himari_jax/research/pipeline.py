@@ -33,11 +33,11 @@ from himari_jax.stats import signal_metrics
 from himari_jax.training import train
 
 # The keys of `run_pipeline`'s result: net (booked) and gross (the same fills at zero cost)
-# Sharpe and total return, the deflated Sharpe ratio, the IC and rank IC of p_buy - p_sell
+# Sharpe and total return, the test PSR(0) with a HAC error, the IC and rank IC of p_buy - p_sell
 # against the forward label-horizon return, turnover (traded notional / mean equity), fills,
 # and buy-and-hold's Sharpe on the same bars.
 RESULT_NAMES = ('net_sharpe', 'gross_sharpe', 'total_return', 'gross_total_return',
-                'deflated_sharpe', 'ic', 'rank_ic', 'turnover', 'num_trades',
+                'test_psr', 'ic', 'rank_ic', 'turnover', 'num_trades',
                 'benchmark_sharpe', 'num_bars')
 DATA_SUBDIR = 'data'
 TRAIN_SUBDIR = 'train'
@@ -149,7 +149,7 @@ def run_pipeline(train_config: ml_collections.ConfigDict,
       'gross_sharpe': split['gross_sharpe'],
       'total_return': outcome['metrics']['total_return'],
       'gross_total_return': split['gross_total_return'],
-      'deflated_sharpe': outcome['significance']['deflated_sharpe']['dsr'],
+      'test_psr': outcome['significance']['test_psr']['psr'],
       **quality,
       'turnover': outcome['metrics']['turnover'],
       'num_trades': outcome['metrics']['num_trades'],

@@ -12,7 +12,7 @@ on markets with nothing to find does this well or better in k of N runs".
   real result's empirical p-value `(1 + #{null >= real}) / (1 + N)` (the +1 counts the real
   result as one draw of the null, so p is never 0 and is exact under the null: Phipson &
   Smyth 2010). Metrics are read from the dicts by name, with dots for nested dicts
-  (`'significance.deflated_sharpe.dsr'`); a run where a metric is undefined (None, NaN: the
+  (`'significance.test_psr.psr'`); a run where a metric is undefined (None, NaN: the
   Sharpe ratio of a run that never traded) is left out of that metric's null and counted.
 * `markdown_table`, `plot_histograms` (matplotlib optional) and `html_section` show a summary;
   `write_outputs` writes all of them.
@@ -39,10 +39,10 @@ from himari_jax import extras, json_types
 from himari_jax.research import dispatch
 
 # The metrics of the issue's null, as `run_one` should name them, and how they are shown.
-DEFAULT_METRICS = ('net_sharpe', 'gross_sharpe', 'total_return', 'deflated_sharpe', 'ic',
+DEFAULT_METRICS = ('net_sharpe', 'gross_sharpe', 'total_return', 'test_psr', 'ic',
                    'turnover')
 _LABELS = {'net_sharpe': 'net Sharpe', 'gross_sharpe': 'gross Sharpe (zero cost)',
-           'total_return': 'total return', 'deflated_sharpe': 'deflated Sharpe', 'ic': 'IC',
+           'total_return': 'total return', 'test_psr': 'test PSR(0), HAC', 'ic': 'IC',
            'turnover': 'turnover'}
 DEFAULT_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 RUNS_DIR = 'placebo'

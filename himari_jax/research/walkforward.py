@@ -358,18 +358,16 @@ def choose_fold_policy(config: ml_collections.ConfigDict, member: checkpoint_lib
     member: the fold's model; fitted: its `members.fit_member_calibration` output, in a list.
 
   Returns:
-    fold.json fields: `policy_settings`, `policy` (`evaluate.PolicyChoice.summary`) and
-    `trial_sharpes` (annualised validation Sharpe ratios of every policy tried, or None).
+    fold.json fields: `policy_settings` and `policy` (`evaluate.PolicyChoice.summary`; with a
+    selection, its `selection` entry is the validation winner's deflated Sharpe ratio over
+    every policy tried on the fold's validation bars).
   """
   val = ((None, None) if config.policy.mode not in ('select', 'auto') else
          evaluate.validation_probabilities([member], config.calibration, fitted))
   choice = evaluate.choose_policy(config, *val, log=lambda _: None)
   if choice.selection is not None:
     choice.selection.table.to_csv(os.path.join(fold_dir, evaluate.POLICY_CSV), index=False)
-  sharpes = choice.trial_sharpes
-  return {'policy_settings': _policy_settings(config), 'policy': choice.summary,
-          'trial_sharpes': None if sharpes is None else
-          [v if np.isfinite(v) else None for v in sharpes.tolist()]}
+  return {'policy_settings': _policy_settings(config), 'policy': choice.summary}
 
 
 # ------------------------------------------------------------------------- evaluation
@@ -535,28 +533,25 @@ def run_walk_forward(config: ml_collections.ConfigDict, workdir: str, *,
                             'config': config.copy_and_resolve_references().to_dict()},
            'folds': details, 'available_bars': int(available.sum())}
   log(f'stitched backtest of {len(actions)} out-of-sample bars')
-  chained = trial_sharpes = num_trials = None
+  chained = None
   if any(result.policy is not None for result in results):
     chained = chained_backtest(df, span, results, bt)
   summaries = [result.record.get('policy') or {'mode': 'seed', 'num_trials': 1}
                for result in results]
-  if any(s['num_trials'] > 1 for s in summaries):
-    # Each fold chose among the same grid: that many trials, their spread over every fold.
-    num_trials = max(s['num_trials'] for s in summaries)
-    trial_sharpes = np.asarray([v for result in results
-                                for v in (result.record.get('trial_sharpes') or [])],
-                               np.float64)
   modes = sorted({s['mode'] for s in summaries})
-  choice = evaluate.PolicyChoice(
-      '+'.join(modes), None, None,
-      {'mode': f'{bt.policy.mode} per fold: ' + ', '.join(modes),
-       'num_trials': num_trials or 1,
-       'policy': '; '.join(f'fold {r.fold.index}: {_describe(s["policy"])}'
-                           for r, s in zip(results, summaries, strict=True)
-                           if 'policy' in s) or 'seed'})
+  summary = {'mode': f'{bt.policy.mode} per fold: ' + ', '.join(modes),
+             'num_trials': max(s['num_trials'] for s in summaries),
+             'policy': '; '.join(f'fold {r.fold.index}: {_describe(s["policy"])}'
+                                 for r, s in zip(results, summaries, strict=True)
+                                 if 'policy' in s) or 'seed'}
+  # Each fold's search is judged on its own validation bars, where it ran.
+  searches = {r.fold.index: {k: s[k] for k in ('selection', 'null') if k in s}
+              for r, s in zip(results, summaries, strict=True) if 'selection' in s}
+  if searches:
+    summary['folds'] = searches
+  choice = evaluate.PolicyChoice('+'.join(modes), None, None, summary)
   outcome = evaluate.backtest_and_report(df.iloc[span], actions, confidence, bt, workdir,
-                                         extra=extra, result=chained, choice=choice,
-                                         trial_sharpes=trial_sharpes, num_trials=num_trials)
+                                         extra=extra, result=chained, choice=choice)
   outcome['paths']['folds'] = os.path.join(workdir, FOLDS_CSV)
   return {'folds': table, **outcome}
 

@@ -8,7 +8,9 @@ so it does not depend on the backtester. Conventions (SPEC section 7):
   series with zero variance has an undefined Sharpe ratio: it is NaN here, never a crash or a
   huge number.
 - The probabilistic and deflated Sharpe ratios (Bailey & Lopez de Prado 2012, 2014) take
-  per-period (not annualised) Sharpe ratios, as in the papers. `significance_report` converts.
+  per-period (not annualised) Sharpe ratios, as in the papers. A deflated Sharpe ratio belongs
+  to the sample the trials ran on (`selection.selection_deflated_sharpe`); a test result gets
+  PSR with a HAC error (`sharpe_inference`) in `significance_report`.
 - Resampling runs in `jax.numpy` under `jax.jit`: B resamples are drawn from one key and
   evaluated in fixed-size batches so that memory stays bounded for long hourly series.
   Arrays are float32 unless JAX's x64 mode is on.
@@ -19,6 +21,7 @@ from __future__ import annotations
 import functools
 import math
 import statistics
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -28,6 +31,7 @@ import numpy as np
 
 from himari_jax.constants import PERIODS_PER_YEAR
 from himari_jax.stats import metrics as metrics_lib
+from himari_jax.stats import sharpe_inference
 
 EULER_GAMMA = 0.5772156649015329
 # Resampled values held in memory at once per batch (indices plus gathered returns).
@@ -140,15 +144,43 @@ def return_moments(returns: Any) -> dict[str, float]:
 # Block bootstrap.
 
 
-def default_block_length(num_bars: int) -> int:
-  """`round(n ** (1/3))`, at least 1: the rate that minimises the error of block-bootstrap
-  variance estimates (Hall, Horowitz & Jing 1995); 21 bars for one year of hourly data."""
-  return max(1, round(num_bars ** (1.0 / 3.0)))
+# How a bootstrap's block length was set, as reports print it beside the interval.
+BLOCK_RULE_DATA = 'Politis-White'
+BLOCK_RULE_GIVEN = 'set'
 
 
-def _resample_indices(key: jax.Array, num_bars: int, block_length: float,
+def politis_white_block_length(*series: Any, method: str = 'stationary') -> float:
+  """The block length chosen from the data: Politis & White (2004) with the correction of
+  Patton, Politis & White (2009) (`arch.bootstrap.optimal_block_length`), the estimate for
+  `method`'s bootstrap, on the returns themselves (the Sharpe ratio and the total return move
+  with the returns to first order).
+
+  Args:
+    *series: one or more (n,) return series resampled with the same blocks (a strategy and
+      its benchmark); the longest of their block lengths is taken.
+    method: 'stationary' (expected block length) or 'circular' (fixed block length).
+
+  Returns:
+    A block length in [1, n] bars; 1 (the iid bootstrap) where the estimate is undefined
+    (constant returns).
+  """
+  if method not in ('stationary', 'circular'):
+    raise ValueError(f"method must be 'stationary' or 'circular'; got {method!r}.")
+  from arch.bootstrap import optimal_block_length  # deferred: arch loads statsmodels
+
+  data = np.stack([np.asarray(x, np.float64) for x in series], axis=1)
+  with np.errstate(all='ignore'), warnings.catch_warnings():
+    warnings.simplefilter('ignore', RuntimeWarning)  # a constant column divides by 0
+    table = optimal_block_length(data)
+  lengths = table['stationary' if method == 'stationary' else 'circular'].to_numpy()
+  lengths = lengths[np.isfinite(lengths)]
+  return float(np.clip(lengths.max(), 1.0, data.shape[0])) if lengths.size else 1.0
+
+
+def _resample_indices(key: jax.Array, num_bars: int, block_length: Any,
                       method: str) -> jax.Array:
-  """Indices of one block-bootstrap resample: (num_bars,) int32 in [0, num_bars)."""
+  """Indices of one block-bootstrap resample: (num_bars,) int32 in [0, num_bars); the block
+  length may be traced, so a new length does not recompile."""
   positions = jnp.arange(num_bars)
   if method == 'stationary':
     # Politis & Romano (1994): a new block starts at each bar with probability 1/L, at a uniform
@@ -161,9 +193,9 @@ def _resample_indices(key: jax.Array, num_bars: int, block_length: float,
     return (starts[block_begin] + positions - block_begin) % num_bars
   if method == 'circular':
     # Politis & Romano (1992): blocks of fixed length L starting at uniform bars, wrapping around.
-    length = max(1, round(block_length))
-    num_blocks = -(-num_bars // length)
-    starts = jax.random.randint(key, (num_blocks,), 0, num_bars)
+    # One start per bar is drawn (as many as blocks of length 1), so shapes do not depend on L.
+    length = jnp.maximum(1, jnp.round(block_length)).astype(jnp.int32)
+    starts = jax.random.randint(key, (num_bars,), 0, num_bars)
     return (starts[positions // length] + positions % length) % num_bars
   raise ValueError(f"method must be 'stationary' or 'circular'; got {method!r}.")
 
@@ -172,17 +204,19 @@ def _batch_size(num_bars: int, num_draws: int) -> int:
   return max(1, min(num_draws, _ELEMENTS_PER_BATCH // max(num_bars, 1)))
 
 
-def _check_block_length(block_length: float | None, num_bars: int) -> float:
+def _check_block_length(block_length: float | None, method: str,
+                        *series: np.ndarray) -> tuple[float, str]:
+  """(block length, how it was set): `politis_white_block_length` of `series` for None."""
+  num_bars = series[0].shape[0]
   if block_length is None:
-    return float(default_block_length(num_bars))
+    return politis_white_block_length(*series, method=method), BLOCK_RULE_DATA
   if not 1 <= block_length <= num_bars:
     raise ValueError(f'block_length must be in [1, {num_bars}] (the number of bars); '
                      f'got {block_length}.')
-  return float(block_length)
+  return float(block_length), BLOCK_RULE_GIVEN
 
 
-@functools.partial(
-    jax.jit, static_argnames=('num_bars', 'num_resamples', 'block_length', 'method'))
+@functools.partial(jax.jit, static_argnames=('num_bars', 'num_resamples', 'method'))
 def bootstrap_indices(key: jax.Array, *, num_bars: int, num_resamples: int,
                       block_length: float, method: str = 'stationary') -> jax.Array:
   """Block-bootstrap resampling indices, the same ones the bootstrap functions use for `key`.
@@ -202,8 +236,7 @@ def bootstrap_indices(key: jax.Array, *, num_bars: int, num_resamples: int,
   return jax.vmap(lambda k: _resample_indices(k, num_bars, block_length, method))(keys)
 
 
-@functools.partial(
-    jax.jit, static_argnames=('statistic', 'num_resamples', 'block_length', 'method'))
+@functools.partial(jax.jit, static_argnames=('statistic', 'num_resamples', 'method'))
 def _bootstrap_statistics(key: jax.Array, series: jax.Array, *, statistic: Callable,
                           num_resamples: int, block_length: float, method: str) -> jax.Array:
   """Statistic of B resamples of k series resampled with shared indices.
@@ -275,7 +308,8 @@ def block_bootstrap_ci(
       (compiled once per function object: pass a named function, not a fresh lambda, in a loop).
     num_resamples: B, the number of bootstrap resamples.
     block_length: expected (stationary) or fixed (circular) block length in bars;
-      None = `default_block_length(bars)`. 1 gives the iid bootstrap.
+      None = chosen from the returns (`politis_white_block_length`). 1 gives the iid
+      bootstrap.
     method: 'stationary' or 'circular', see `bootstrap_indices`.
     confidence: two-sided level of the percentile interval.
     seed: resamples are drawn from `jax.random.key(seed)`; the same seed gives the same result.
@@ -283,14 +317,15 @@ def block_bootstrap_ci(
 
   Returns:
     `estimate` (the statistic of `returns`), `low`, `high`, `std_error` (std of the resampled
-    statistic), `block_length`, and `resamples`: (B,) numpy array of resampled values.
+    statistic), `block_length`, `block_rule` ('Politis-White' when chosen from the data,
+    'set' when given), and `resamples`: (B,) numpy array of resampled values.
     Resamples whose statistic is undefined (a Sharpe ratio of a zero-variance resample) are
     NaN in `resamples` and left out of `low`, `high` and `std_error`; if fewer than two are
     defined (e.g. constant returns) those three are NaN.
   """
   series = _as_series('returns', returns)
   statistic_fn, scale = _statistic_fn(statistic, periods_per_year)
-  length = _check_block_length(block_length, series.shape[0])
+  length, rule = _check_block_length(block_length, method, series)
   _check_confidence(confidence)
   data = jnp.asarray(series)[None]
   estimate = float(jax.vmap(statistic_fn)(data)[0]) * scale
@@ -298,7 +333,7 @@ def block_bootstrap_ci(
       jax.random.key(seed), data, statistic=statistic_fn, num_resamples=num_resamples,
       block_length=length, method=method)
   draws = np.asarray(draws[:, 0], dtype=np.float64) * scale
-  return {**_interval(estimate, draws, confidence), 'block_length': length}
+  return {**_interval(estimate, draws, confidence), 'block_length': length, 'block_rule': rule}
 
 
 def paired_block_bootstrap(
@@ -326,7 +361,8 @@ def paired_block_bootstrap(
 
   Returns:
     `estimate` (observed difference), `strategy` and `benchmark` (their statistics), `low`,
-    `high`, `std_error`, `block_length`, `resamples` (B,) of the difference, and `p_value`:
+    `high`, `std_error`, `block_length` and `block_rule` (None: the longer of the two
+    series' Politis-White lengths), `resamples` (B,) of the difference, and `p_value`:
     one-sided p-value of "strategy > benchmark", `(1 + #{d*_b <= 0}) / (1 + B)`: the share of
     resampled differences at or below 0 (never exactly 0), the p-value dual to the percentile
     interval (p < alpha about when the one-sided 1 - alpha bound lies above 0). NaN where
@@ -336,7 +372,7 @@ def paired_block_bootstrap(
   benchmark = _as_series('benchmark_returns', benchmark_returns)
   data = _stack_paired(strategy, benchmark)
   statistic_fn, scale = _statistic_fn(statistic, periods_per_year)
-  length = _check_block_length(block_length, strategy.shape[0])
+  length, rule = _check_block_length(block_length, method, strategy, benchmark)
   _check_confidence(confidence)
   observed = np.asarray(jax.vmap(statistic_fn)(data), dtype=np.float64) * scale
   draws = _bootstrap_statistics(
@@ -344,7 +380,7 @@ def paired_block_bootstrap(
       block_length=length, method=method)
   draws = np.asarray(draws, dtype=np.float64) * scale
   return {**_paired_interval(observed[0], observed[1], draws[:, 0], draws[:, 1], confidence),
-          'block_length': length}
+          'block_length': length, 'block_rule': rule}
 
 
 def _stack_paired(strategy: np.ndarray, benchmark: np.ndarray) -> jax.Array:
@@ -698,9 +734,6 @@ def significance_report(
     positions: Any = None,
     market_returns: Any = None,
     *,
-    num_trials: float | None = None,
-    trial_sharpes: Sequence[float] | np.ndarray | None = None,
-    trial_sharpe_variance: float | None = None,
     num_resamples: int = 2000,
     num_shuffles: int = 1000,
     block_length: float | None = None,
@@ -721,11 +754,8 @@ def significance_report(
     positions: (bars,) exposure per bar for the shuffled-signal null; None skips it.
     market_returns: (bars,) asset returns for the null; None = `benchmark_returns`
       (buy-and-hold earns the asset's returns).
-    num_trials, trial_sharpes, trial_sharpe_variance: the search the strategy was selected
-      from, for the deflated Sharpe ratio (see `trial_statistics`). Unlike the per-period
-      functions above, `trial_sharpes` and `trial_sharpe_variance` are *annualised* here, as a
-      sweep reports them. Nothing given = one trial (DSR = PSR(0)).
-    num_resamples, block_length, method, confidence: of the block bootstraps.
+    num_resamples, block_length, method, confidence: of the block bootstraps (None: one
+      block length for both series from the data, `politis_white_block_length`).
     num_shuffles, cost_rate: of the shuffled-signal null (cost_rate: one rate, or a (buy,
       sell) pair of commission plus slippage per unit of traded notional).
     seed: seeds every resampling; the same seed gives the same report.
@@ -734,8 +764,10 @@ def significance_report(
   Returns:
     Nested dict of floats (None where undefined, e.g. the Sharpe ratio of a strategy that never
     trades): `sharpe` and `total_return` with bootstrap `estimate/low/high/std_error`;
-    `moments` (per-period Sharpe, skewness, kurtosis); `probabilistic_sharpe` (P(SR > 0));
-    `deflated_sharpe` (`num_trials`, annualised `expected_max_sharpe`, `dsr`); `benchmark`
+    `moments` (per-period Sharpe, skewness, kurtosis); `test_psr`, the tested Sharpe ratio's
+    PSR(0) with a HAC error and its minimum detectable Sharpe ratio
+    (`sharpe_inference.probabilistic_sharpe_hac`; a test result is not deflated by a search
+    that ran elsewhere: see `selection.selection_deflated_sharpe`); `benchmark`
     with `sharpe_difference` and `total_return_difference` (strategy minus buy-and-hold:
     `strategy`, `benchmark`, interval and one-sided `p_value` of "strategy better"); and
     `shuffled_signal` (see `shuffled_signal_test`) or None.
@@ -743,7 +775,7 @@ def significance_report(
   strategy = _as_series('strategy_returns', strategy_returns)
   benchmark = _as_series('benchmark_returns', benchmark_returns)
   data = _stack_paired(strategy, benchmark)
-  length = _check_block_length(block_length, strategy.shape[0])
+  length, rule = _check_block_length(block_length, method, strategy, benchmark)
   _check_confidence(confidence)
   scale = np.array([math.sqrt(periods_per_year), 1.0])  # Sharpe annualised; total return as is
   observed = np.asarray(jax.vmap(_sharpe_and_total_return)(data), dtype=np.float64) * scale
@@ -753,14 +785,6 @@ def significance_report(
   draws = np.asarray(draws, dtype=np.float64) * scale  # (B, series, statistic)
 
   moments = return_moments(strategy)
-  per_period = (moments['sharpe'], moments['num_observations'], moments['skewness'],
-                moments['kurtosis'])
-  trials, variance = trial_statistics(
-      None if trial_sharpes is None
-      else np.asarray(trial_sharpes, dtype=np.float64) / math.sqrt(periods_per_year),
-      num_trials,
-      None if trial_sharpe_variance is None else trial_sharpe_variance / periods_per_year)
-  expected_max = expected_max_sharpe(trials, variance)
 
   shuffled = None
   if positions is not None:
@@ -773,16 +797,13 @@ def significance_report(
       'num_observations': moments['num_observations'],
       'periods_per_year': float(periods_per_year),
       'confidence': float(confidence),
-      'bootstrap': {'method': method, 'num_resamples': num_resamples, 'block_length': length},
+      'bootstrap': {'method': method, 'num_resamples': num_resamples, 'block_length': length,
+                    'block_rule': rule},
       'sharpe': _interval(observed[0, 0], draws[:, 0, 0], confidence),
       'total_return': _interval(observed[0, 1], draws[:, 0, 1], confidence),
       'moments': {k: moments[k] for k in ('sharpe', 'skewness', 'kurtosis')},
-      'probabilistic_sharpe': probabilistic_sharpe_ratio(*per_period),
-      'deflated_sharpe': {
-          'num_trials': trials,
-          'expected_max_sharpe': expected_max * math.sqrt(periods_per_year),
-          'dsr': probabilistic_sharpe_ratio(*per_period, benchmark_sharpe=expected_max),
-      },
+      'test_psr': sharpe_inference.probabilistic_sharpe_hac(
+          strategy, periods_per_year=periods_per_year),
       'benchmark': {
           'sharpe_difference': _paired_interval(
               observed[0, 0], observed[1, 0], draws[:, 0, 0], draws[:, 1, 0], confidence),
