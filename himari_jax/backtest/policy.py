@@ -385,6 +385,30 @@ def run_policy(prices: Any, probs: Any, policy: PolicyParams,
     backtest.BacktestResult of (N,) arrays; `confidence` is the probability of the side each
     fill trades towards (p_buy for buys, p_sell for sells, p_hold without a fill).
   """
+  return continue_policy(prices, probs, policy, params, None, sigma_annual=sigma_annual,
+                         periods_per_year=periods_per_year)[0]
+
+
+def start_policy_state(prices: Any, policy: PolicyParams,
+                       params: backtest.BacktestParams) -> backtest.BarState:
+  """The state of `policy` before bar 0 of `prices` (`backtest.start_state`): flat since
+  long ago."""
+  return backtest.start_state(prices, params, POLICY_RULE, policy)
+
+
+def continue_policy(prices: Any, probs: Any, policy: PolicyParams,
+                    params: backtest.BacktestParams, start: backtest.BarState | None, *,
+                    sigma_annual: Any = None, periods_per_year: float = 8760.0
+                    ) -> tuple[backtest.BacktestResult, backtest.BarState]:
+  """`run_policy` of bars that follow a run which ended in `start` (None: bar 0 of a run).
+
+  Bars 0..N-1 split anywhere into runs that each continue from the state the previous one
+  ended in give the same record as one run over all of them (`backtest.continue_backtest`).
+  With `fill='next_open'` the first bar's `confidence` without a fill is 0.
+
+  Returns:
+    (BacktestResult of (N,) arrays, the BarState after the last bar).
+  """
   prices = backtest.as_prices(prices)
   n = np.shape(prices.close)[0]
   probs = _check_probs(probs, n)
@@ -394,19 +418,19 @@ def run_policy(prices: Any, probs: Any, policy: PolicyParams,
   backtest.check_params(params)
   check_policy(policy)
   signal = policy_signal(probs, _sigma(prices, sigma_annual, periods_per_year))
-  return _simulate_policy(prices, signal, jnp.asarray(probs[:, HOLD]), params, policy)
+  return _simulate_policy(prices, signal, jnp.asarray(probs[:, HOLD]), params, policy, start)
 
 
 @jax.jit
-def _simulate_policy(prices, signal, p_hold, params, policy):
-  record, executed = backtest._scan_bars(prices, signal, params, policy, track='result',
-                                         rule=POLICY_RULE)
+def _simulate_policy(prices, signal, p_hold, params, policy, start):
+  record, executed, end = backtest._scan_bars(prices, signal, params, policy, track='result',
+                                              rule=POLICY_RULE, start=start)
   _, _, _, p_sell, p_buy, _ = executed
   p_hold = jnp.where(params.fill_next_open > 0.5,
                      jnp.concatenate([jnp.zeros((1,), p_hold.dtype), p_hold[:-1]]), p_hold)
   qty = record[0]
   confidence = jnp.where(qty > 0, p_buy, jnp.where(qty < 0, p_sell, p_hold))
-  return backtest.BacktestResult(*record, confidence=confidence)
+  return backtest.BacktestResult(*record, confidence=confidence), end
 
 
 def sweep(prices: Any, probs: Any, policies: PolicyParams, params: backtest.BacktestParams, *,
