@@ -252,6 +252,9 @@ def backtest_config() -> ml_collections.ConfigDict:
   config.strategy = 'voting'  # ensemble of several checkpoints (inference.ensemble.STRATEGIES)
   config.weights = ''  # one non-negative weight per checkpoint, comma-separated; '' = equal
   config.confidence_threshold = 0.0  # BUY/SELL with confidence below this become HOLD
+  # Windows per compiled inference call. Paper trading scores each bar in a batch of this
+  # size too: other batch shapes round differently, and its decisions must be the backtest's.
+  config.predict_batch_size = 512
 
   # Logit correction of each member, fitted on the validation split of its own training run.
   config.calibration = ml_collections.ConfigDict()

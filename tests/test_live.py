@@ -18,8 +18,10 @@ import pandas as pd
 import pytest
 from conftest import load_config_file
 
+from himari_jax.backtest import decider as decider_lib
 from himari_jax.backtest import engine as backtest
 from himari_jax.data import ohlcv as data
+from himari_jax.inference import decisions as decisions_lib
 from himari_jax.live import ledger as ledger_lib
 from himari_jax.live import paper as live
 from himari_jax.live import sources
@@ -27,6 +29,25 @@ from himari_jax.live import sources
 HOUR = pd.Timedelta('1h')
 HISTORY = 24
 PARAMS = backtest.make_params()
+
+
+class MomentumScorer:
+  """One deterministic member: BUY 0.6 after a rise over 3 bars, SELL 0.6 after a fall."""
+
+  names = ['momentum']
+  min_bars = 4
+
+  def probabilities(self, df, bars=None):
+    rows = np.arange(len(df)) if bars is None else np.asarray(bars)
+    close = df['close'].to_numpy()
+    up = close[rows] > close[np.maximum(rows - 3, 0)]
+    probs = np.where(up[:, None], [0.2, 0.2, 0.6], [0.6, 0.2, 0.2]).astype(np.float32)
+    available = rows >= 3
+    probs[~available] = decisions_lib.HOLD_PROBS
+    return probs[None], available, [{'mode': 'none'}]
+
+
+MOMENTUM = decider_lib.Decider(PARAMS, scorer=MomentumScorer())
 
 
 class FakeClock:
@@ -109,14 +130,6 @@ def market():
   server.server_close()
 
 
-def momentum(frame):
-  """Deterministic decider: BUY after a rise over 3 bars, SELL after a fall."""
-  up = frame['close'].iloc[-1] > frame['close'].iloc[-4]
-  probs = np.array([0.2, 0.2, 0.6]) if up else np.array([0.6, 0.2, 0.2])
-  action = 2 if up else 0
-  return action, probs, 0.6, live.target_position(action, 0.6, PARAMS)
-
-
 def follow(market, ledger_dir, logs=None, symbol='BTCUSDT', settings=None, **options):
   exchange, clock, url = market
   logs = [] if logs is None else logs
@@ -124,7 +137,7 @@ def follow(market, ledger_dir, logs=None, symbol='BTCUSDT', settings=None, **opt
                               sleep=clock.sleep, log=logs.append)
   ledger = ledger_lib.Ledger.open(ledger_dir, settings or {'data': source.name, 'history': HISTORY},
                             log=logs.append)
-  decided = live.paper_trade(source, momentum, ledger, PARAMS, history=HISTORY, clock=clock,
+  decided = live.paper_trade(source, MOMENTUM, ledger, history=HISTORY, clock=clock,
                              sleep=clock.sleep, log=logs.append, **options)
   return decided, ledger
 
@@ -263,33 +276,36 @@ def test_latest_decision_leaves_out_an_unclosed_last_row(tmp_path):
   path = tmp_path / 'bars.csv'
   bars.to_csv(path)
   now = bars.index[-1] + pd.Timedelta(minutes=59)
-  decision, unclosed = live.latest_decision(sources.CsvSource(path), momentum, HISTORY, now)
-  assert (decision.time, unclosed) == (bars.index[-2], 1)
-  assert decision.target == pytest.approx(0.06 if decision.action == 2 else 0.0)
-  lines = live.format_decision(decision, HOUR, 'bars.csv')
+  row, unclosed = live.latest_decision(sources.CsvSource(path), MOMENTUM, HISTORY, now)
+  assert (row['time'], unclosed) == (bars.index[-2], 1)
+  # The seed's rule run from flat over the window: the position after its last bar.
+  window = bars.iloc[-25:-1]
+  decisions = MOMENTUM.decide(window)
+  expected = backtest.run_backtest(window, decisions.actions, decisions.confidence, PARAMS)
+  assert row['position'] == float(expected.position[-1])
+  assert row['side'] == np.sign(row['position'])
+  lines = live.format_decision(row, HOUR, 'bars.csv', PARAMS)
   assert lines[0] == 'bars.csv: bar 2025-01-02 14:00 UTC, closed 2025-01-02 15:00 UTC'
-  with pytest.raises(data.DataError, match='23 bars up to .* a decision needs 24'):
-    live.latest_decision(sources.CsvSource(path), momentum, HISTORY, bars.index[23])
+  assert lines[3].startswith('  position    ') and 'of equity after this bar' in lines[3]
+  with pytest.raises(data.DataError, match='3 bars up to .* a decision needs 4'):
+    live.latest_decision(sources.CsvSource(path), MOMENTUM, HISTORY, bars.index[3])
 
 
-def test_model_decider_decides_as_the_backtest_does(repo_root):
-  from himari_jax.inference import members
-
+def test_a_member_step_decides_as_the_backtest_does(repo_root):
   config = load_config_file('backtest')
   config.calibration.mode, config.calibration.temperature = 'fixed', False
   config.strategy, config.confidence_threshold = 'confidence_weighted', 0.4
+  config.predict_batch_size = 8
   paths = [str(repo_root / 'checkpoints' / name) for name in ('small_a', 'small_b')]
   window = data.builtin_dataset('btc_usdt_1h_2025_2026').iloc[1000:1250]
-  decide = live.model_decider(paths, config, len(window), log=lambda line: None)
-  action, probs, confidence, target = decide(window)
-  expected = members.decide([members.load_member(p) for p in paths], paths, window,
-                             strategy=config.strategy, threshold=config.confidence_threshold,
-                             weights=None, calibration_config=config.calibration)
-  assert action == expected.actions[-1]
-  assert confidence == pytest.approx(float(expected.confidence[-1]), abs=1e-6)
-  np.testing.assert_allclose(probs, expected.probs[:, -1].mean(axis=0), atol=1e-6)
-  assert np.isnan(target) if action == 1 else target == live.target_position(
-      action, confidence, backtest.params_from_config(config))
+  scorer = decider_lib.load_scorer(paths, config, log=lambda line: None)
+  decider = decider_lib.Decider.from_config(config, None, scorer)
+  step = decider.step(window, None)
+  everything = decider.decide(window)
+  assert step.decisions.actions[0] == everything.actions[-1]
+  assert step.decisions.confidence[0] == everything.confidence[-1]
+  np.testing.assert_array_equal(step.probs, everything.combined()[-1])
+  np.testing.assert_array_equal(step.decisions.probs[:, 0], everything.probs[:, -1])
 
 
 def run_cli(repo_root, *flags):
@@ -334,8 +350,13 @@ def test_cli_prints_the_decision_of_the_shipped_checkpoint(repo_root, tmp_path):
   assert lines[1].split()[0] == 'action' and lines[1].split()[1] in ('SELL', 'HOLD', 'BUY')
   probs = [float(x) for x in lines[2].split()[2::2]]
   assert lines[2].split()[1::2] == ['SELL', 'HOLD', 'BUY'] and sum(probs) == pytest.approx(1, 1e-2)
-  assert lines[3].startswith('  target      ')
+  assert lines[3].startswith('  position    ')
+  # No --policy: the first line says which rule it trades.
+  assert done.stdout.splitlines()[0].startswith(
+      'policy: no --policy given; decision policy: seed (argmax + confidence_threshold 0, '
+      'sizing confidence)')
   bad = run_cli(repo_root, f'--data={path}', '--history=100')
   assert bad.returncode != 0
-  assert bad.stderr.strip().splitlines()[-1] == ('error: history=100 bars is too short: these '
-                                                 'models need 200 bars per decision')
+  assert bad.stderr.strip().splitlines()[-1] == (
+      f'error: {path}: 100 bars up to 2025-01-11 19:00:00+00:00, a decision needs 200; give '
+      'more history')

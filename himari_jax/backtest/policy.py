@@ -298,6 +298,38 @@ def _init_state(q: PolicyParams, like: jax.Array) -> jax.Array:
   return jnp.full_like(like, _NEVER)
 
 
+def state_side_and_bars(state: Any) -> tuple[int, int]:
+  """A scalar policy state (`BarState.rule_state`) as (side: -1, 0 or 1, bars since the side
+  last changed; `state_from_side_and_bars` inverts it exactly)."""
+  state = float(state)
+  side = int(state > 0.5 * _SIDE) - int(state < -0.5 * _SIDE)
+  return side, int(round(state - side * _SIDE))
+
+
+def state_from_side_and_bars(side: int, bars: float) -> jax.Array:
+  """The scalar policy state of `side` held for `bars` bars, in the backtest's float dtype."""
+  if side not in (-1, 0, 1) or not 0 <= bars <= _NEVER or bars != round(bars):
+    raise ValueError(f'a policy state is a side in (-1, 0, 1) and whole bars in [0, '
+                     f'{_NEVER:.0f}], got side {side}, bars {bars}')
+  return jnp.asarray(side * _SIDE + bars, jnp.result_type(float))
+
+
+def describe_state(state: Any, policy: PolicyParams) -> dict[str, Any]:
+  """A scalar policy state for people: `side` ('long', 'flat', 'short'), `bars_in_side`
+  (None: flat since before the first bar), and `min_hold_left` in a position or
+  `cooldown_left` when flat (bars before an exit or an entry may happen)."""
+  side, bars = state_side_and_bars(state)
+  settings = policy_to_dict(policy)
+  never = bars >= _NEVER
+  described = {'side': ('short', 'flat', 'long')[side + 1],
+               'bars_in_side': None if never else bars}
+  if side:
+    described['min_hold_left'] = max(0, settings['min_hold'] - bars)
+  else:
+    described['cooldown_left'] = 0 if never else max(0, settings['cooldown'] - bars)
+  return described
+
+
 def _decide_policy(cash, pos, signal, ref, inv_ref, p, inv, q, state):
   """Signed units to trade for one decision bar of policy `q` (module docstring), new state.
 

@@ -131,19 +131,24 @@ def significance_lines(significance: Mapping[str, Any]) -> list[str]:
   return lines
 
 
-def policy_lines(policy: Mapping[str, Any] | None) -> list[str]:
-  """How decisions were made (`evaluate.PolicyChoice.summary`), for console and HTML."""
-  if not policy:
-    return []
-  mode = policy['mode']
+def policy_line(policy: Mapping[str, Any]) -> str:
+  """The one line that names the decision rule traded (`evaluate.PolicyChoice.summary`): the
+  backtest's reports and paper trading print it alike."""
   described = policy.get('policy')
   if isinstance(described, Mapping):
     keys = ('signal', 'entry', 'exit', 'min_hold', 'cooldown', 'sizing', 'max_position_pct',
             'band', 'allow_short')
     described = ', '.join(f'{k}={described[k]:g}' if isinstance(described[k], float)
                           else f'{k}={described[k]}' for k in keys if k in described)
-  lines = [f'decision policy: {mode} ({described}); {policy.get("num_trials", 1)} '
-           'policy(ies) tried']
+  return (f'decision policy: {policy["mode"]} ({described}); {policy.get("num_trials", 1)} '
+          'policy(ies) tried')
+
+
+def policy_lines(policy: Mapping[str, Any] | None) -> list[str]:
+  """How decisions were made (`evaluate.PolicyChoice.summary`), for console and HTML."""
+  if not policy:
+    return []
+  lines = [policy_line(policy)]
   auto = policy.get('auto')
   if auto:
     lines.append('policy auto: the selected policy ' + (

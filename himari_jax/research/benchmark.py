@@ -56,6 +56,7 @@ import numpy as np
 
 from himari_jax import config as config_lib
 from himari_jax import json_types
+from himari_jax.backtest import decider as decider_lib
 from himari_jax.backtest import engine as backtest_lib
 from himari_jax.backtest import policy as policy_lib
 from himari_jax.data import binance, input_pipeline
@@ -233,9 +234,9 @@ def run_trial(config: ml_collections.ConfigDict, trial: folds_lib.Trial, asset: 
   selection = policy_lib.select_policy(
       span.iloc[val], val_probs, params, grid=grid, objective=config.policy.objective,
       sigma_annual=data.sigma[val], periods_per_year=bt.periods_per_year)
-  result = policy_lib.run_policy(span.iloc[test], test_probs, selection.policy, params,
-                                 sigma_annual=data.sigma[test],
-                                 periods_per_year=bt.periods_per_year)
+  decider = decider_lib.Decider(params, selection.policy,
+                                periods_per_year=float(bt.periods_per_year))
+  result, _ = decider.trade(span.iloc[test], probs=test_probs, sigma=data.sigma[test])
   attribution = metrics_lib.attribution(result, bt.initial_capital,
                                         periods_per_year=bt.periods_per_year,
                                         risk_free_rate=bt.risk_free_rate)
