@@ -501,6 +501,15 @@ def _reciprocals(p: BacktestParams) -> _Reciprocals:
       full_sell=1 / ((1 - p.slippage_sell) * (1 + p.commission_sell)))
 
 
+def position_fraction(confidence_sizing: Any, confidence: Any, max_position_pct: Any,
+                      otherwise: Any) -> jax.Array:
+  """The share of equity a decision sizes its position to: `confidence * max_position_pct`
+  where `confidence_sizing` (the seed's sizing, SPEC 6), else `otherwise` (`max_position_pct`
+  for fixed sizing, a policy's volatility target). The seed's actions, every decision policy
+  and per-coin portfolio targets size with it; arrays broadcast."""
+  return jnp.where(confidence_sizing, confidence * max_position_pct, otherwise)
+
+
 def _decide_fill(cash: jax.Array, pos: jax.Array, action: jax.Array, conf: jax.Array,
                  ref: jax.Array, inv_ref: jax.Array, p: BacktestParams,
                  inv: _Reciprocals) -> jax.Array:
@@ -511,7 +520,8 @@ def _decide_fill(cash: jax.Array, pos: jax.Array, action: jax.Array, conf: jax.A
   trades = conf >= p.confidence_threshold
   buy_price = ref * (1 + p.slippage_buy)
   budget = jnp.maximum(cash + pos * ref, 0.0)
-  frac = jnp.where(p.sizing == _CONFIDENCE, conf * p.max_position_pct, p.max_position_pct)
+  frac = position_fraction(p.sizing == _CONFIDENCE, conf, p.max_position_pct,
+                           p.max_position_pct)
   full = p.sizing == _FULL
   units = budget * inv_ref
   long_qty = units * jnp.where(full, inv.full_buy, frac * inv.buy)

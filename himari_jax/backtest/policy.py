@@ -365,9 +365,10 @@ def _decide_policy(cash, pos, signal, ref, inv_ref, p, inv, q, state):
   is_long = side > 0
   confirmed = jnp.where(is_long, long_in, (side < 0) & short_in)
   conf = jnp.where(is_long, p_buy, p_sell)
-  fraction = jnp.where(q.sizing == _CONFIDENCE, conf * q.max_position_pct,
-                       jnp.where(q.sizing == _FIXED, q.max_position_pct,
-                                 jnp.minimum(q.target_vol * inv_sigma, q.max_leverage)))
+  fraction = backtest.position_fraction(
+      q.sizing == _CONFIDENCE, conf, q.max_position_pct,
+      jnp.where(q.sizing == _FIXED, q.max_position_pct,
+                jnp.minimum(q.target_vol * inv_sigma, q.max_leverage)))
   budget = jnp.maximum(cash + pos * ref, 0.0)
   # Grouped as the seed's backtest groups it, so the seed policy's sizes match it closely.
   size = (budget * inv_ref) * (fraction * jnp.where(is_long, inv.buy, inv.sell))
