@@ -20,6 +20,7 @@ from conftest import load_config_file
 
 from himari_jax.backtest import decider as decider_lib
 from himari_jax.backtest import engine as backtest
+from himari_jax.backtest import report
 from himari_jax.data import ohlcv as data
 from himari_jax.inference import decisions as decisions_lib
 from himari_jax.live import ledger as ledger_lib
@@ -360,3 +361,44 @@ def test_cli_prints_the_decision_of_the_shipped_checkpoint(repo_root, tmp_path):
   assert bad.stderr.strip().splitlines()[-1] == (
       f'error: {path}: 100 bars up to 2025-01-11 19:00:00+00:00, a decision needs 200; give '
       'more history')
+
+
+def test_a_ledger_refuses_another_policy_unless_started_anew(market, tmp_path):
+  settings = {'data': 'binance:BTCUSDT', 'history': HISTORY,
+              'policy': {'mode': 'fixed', 'entry': 0.2, 'min_hold': 6}}
+  follow(market, tmp_path / 'paper', settings=settings, max_bars=2)
+  other = {**settings, 'policy': {'mode': 'fixed', 'entry': 0.3, 'min_hold': 6}}
+  with pytest.raises(ledger_lib.LedgerError,
+                     match=r'other settings \(policy.entry: \[0.2\] vs \[0.3\]\); .*--new_ledger'):
+    ledger_lib.Ledger.open(tmp_path / 'paper', other)
+  logs = []
+  ledger = ledger_lib.Ledger.open(tmp_path / 'paper', other, log=logs.append, new=True)
+  assert not len(ledger.rows) and ledger.state is None
+  (archived,) = (tmp_path / 'paper' / 'archive').iterdir()
+  assert len(read_ledger(archived)) == 2 and 'moved to' in logs[0]
+
+
+def test_policy_file_hands_the_backtest_settings_to_paper_trading(repo_root, tmp_path):
+  from himari_jax.backtest import evaluate
+
+  config = load_config_file('backtest')
+  config.calibration.mode, config.calibration.temperature = 'none', False
+  config.strategy, config.policy.mode = 'confidence_weighted', 'fixed'
+  config.policy.entry, config.policy.min_hold = 0.15, 12
+  paths = [str(repo_root / 'checkpoints' / 'small_a')]
+  scorer = decider_lib.load_scorer(paths, config, log=lambda line: None)
+  choice = evaluate.choose_policy(config)
+  path = evaluate.write_policy_file(str(tmp_path / 'policy.json'), config, choice, scorer,
+                                    backtest_data={})
+  live_config = load_config_file('backtest')  # the defaults: seed policy, voting, fit_rates
+  logs = []
+  decider, read, settings = live.load_decider(live_config, checkpoints=None, policy_file=path,
+                                              log=logs.append)
+  assert logs[0] == f'policy: {report.policy_line(choice.summary)} (from {path})'
+  assert (live_config.strategy, live_config.calibration.mode) == ('confidence_weighted', 'none')
+  assert decider.policy is not None and read.mode == 'fixed'
+  assert settings['policy']['entry'] == 0.15 and settings['members'] == scorer.identity()
+  with pytest.raises(ValueError, match=r'was chosen for members \[.*small_a \(step \d+\)\], '
+                                       r'not \[.*small_b \(step \d+\)\]'):
+    live.load_decider(load_config_file('backtest'), policy_file=path, log=logs.append,
+                      checkpoints=[str(repo_root / 'checkpoints' / 'small_b')])

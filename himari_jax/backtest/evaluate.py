@@ -1,9 +1,11 @@
-"""The backtest pipeline: checkpoints -> decisions (members.py) -> backtest -> reports.
+"""The backtest pipeline: checkpoints -> decider (decider.py) -> backtest -> reports.
 
 `backtest_pipeline` is what launch/backtest.py and quickstart.py run; `backtest_and_report`
 backtests given decisions against buy-and-hold, adds the significance tests (SPEC 7), the
 gross / cost / net attribution and cost-sensitivity curve (SPEC 9) and writes every report file
-(walk-forward uses it on its stitched test windows).
+(walk-forward uses it on its stitched test windows). The pipeline also writes `policy.json`:
+the policy it traded, with the members and settings, for paper trading to take
+(`read_policy_file`; launch/trade_signal.py --policy).
 
 `config.policy.mode` says how probabilities become positions (SPEC 8): 'seed' (argmax plus
 confidence threshold through the backtester, the seed's decisions), 'fixed' (the policy of
