@@ -90,11 +90,13 @@ class MemberScorer:
 
 
 def load_scorer(paths: Sequence[str], config: ml_collections.ConfigDict, *,
-                asset: str | None = None, log=print) -> MemberScorer:
-  """Loads the members of `paths` (`config.which`) and fits each one's calibration
-  (`config.calibration`, on its own validation split); `config.predict_batch_size` windows
-  per compiled call."""
-  members = [members_lib.load_member(p, config.which) for p in paths]
+                asset: str | None = None, log=print,
+                members: Sequence[checkpoint_lib.LoadedModel] | None = None) -> MemberScorer:
+  """Loads the members of `paths` (`config.which`; or takes them loaded, `members`) and fits
+  each one's calibration (`config.calibration`, on its own validation split);
+  `config.predict_batch_size` windows per compiled call."""
+  if members is None:
+    members = [members_lib.load_member(p, config.which) for p in paths]
   fitted = [members_lib.fit_member_calibration(m, config.calibration) for m in members]
   for path, (_, summary) in zip(paths, fitted, strict=True):
     if 'skipped' in summary:

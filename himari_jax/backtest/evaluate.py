@@ -222,15 +222,16 @@ def backtest_pipeline(config: ml_collections.ConfigDict, outdir: str, *,
     fixed_policy(config.policy)  # validates the policy up front
   weights = decider_lib.weights_from_config(config, len(paths))
   df = data_lib.load_dataset(config.dataset, fill_gaps=True)
-  asset = input_pipeline.asset_name(config.dataset)
-  scorer = decider_lib.load_scorer(paths, config, asset=asset, log=log)
-  warnings = lookahead_warnings(scorer.members)
+  members = [members_lib.load_member(p, config.which) for p in paths]
+  warnings = lookahead_warnings(members)
   for warning in warnings:
     log(warning)
   log(f'loaded {len(paths)} model(s): {", ".join(paths)}')
   log(f'predicting {len(df)} bars of {config.dataset} '
       f'({df.index[0]:%Y-%m-%d} .. {df.index[-1]:%Y-%m-%d}); calibration: '
       f'{config.calibration.mode}; policy: {config.policy.mode}')
+  scorer = decider_lib.load_scorer(paths, config, asset=input_pipeline.asset_name(
+      config.dataset), log=log, members=members)
   choice = choose_member_policy(config, scorer, weights, log=log)
   decider = decider_lib.Decider.from_config(config, choice.policy, scorer, weights)
   decisions = decider.decide(df)

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from himari_jax import config as config_lib
+from himari_jax import constants
 from himari_jax.backtest import decider as decider_lib
 from himari_jax.backtest import engine as backtest_lib
 from himari_jax.backtest import evaluate
@@ -80,8 +81,7 @@ def latest_decision(source: sources.BarSource, decider: decider_lib.Decider, his
 def format_decision(row: Mapping[str, Any], interval: pd.Timedelta, source: str,
                     params: backtest_lib.BacktestParams) -> list[str]:
   """Console lines for a decision (`latest_decision`'s row)."""
-  names = ('SELL', 'HOLD', 'BUY')
-  probs = '  '.join(f'{n} {row[f"p_{n.lower()}"]:.3f}' for n in names)
+  probs = '  '.join(f'{n} {row[f"p_{n.lower()}"]:.3f}' for n in constants.ACTION_NAMES)
   exposure = row['position'] * row['close'] / row['equity']
   side = decider_lib.SIDES[int(row['side'])]
   pending = (" (this bar's decision fills at the next open)"
