@@ -265,8 +265,12 @@ def test_paper_trading_replays_the_backtest(market, repo_root, tmp_path, case, k
   assert live.ledger_summary(ledger, choice.summary)[0] == line
   if case == 'seed':
     assert logs[0].startswith('policy: no --policy given; decision policy: seed')
-  if case == 'select':
+  if case == 'select':  # chosen on validation bars before the traded ones, for these members
     assert choice.mode == 'select' and choice.policy is not None
+    saved = json.loads(open(policy_file).read())
+    assert saved['line'] == line and saved['chosen_on']['bars'] > 1000
+    assert pd.Timestamp(saved['chosen_on']['last']) < bars.index[0]
+    assert [os.path.basename(m['path']) for m in saved['members']] == list(MEMBERS)
   if kill == 'state':
     assert any('1 bar(s) were recorded after the last state save' in line for line in logs)
   state = json.loads((ledger_dir / ledger_lib.LEDGER_STATE).read_text())

@@ -311,7 +311,9 @@ def write_policy_file(path: str, config: ml_collections.ConfigDict, choice: Poli
       'mode': choice.mode,
       'policy': None if choice.policy is None else policy_lib.policy_to_dict(choice.policy),
       'summary': choice.summary,
-      'chosen_on': choice.summary.get('validation'),
+      'chosen_on': (None if 'validation' not in choice.summary else
+                    {'data': scorer.members[0].config.data.train,
+                     **choice.summary['validation']}),
       'members': scorer.identity(),
       'settings': {**{k: config.get(k) for k in _DECISION_FIELDS},
                    'calibration': config.calibration.to_dict(),

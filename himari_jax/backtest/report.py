@@ -191,6 +191,9 @@ def print_backtest_summary(outcome: dict, top: int = 10) -> None:
   print('\nwrote:')
   for name, path in outcome['paths'].items():
     print(f'  {name:>9}: {path}')
+  if 'policy' in outcome['paths']:
+    print('\npaper-trade what was backtested: python launch/trade_signal.py '
+          f'--policy={outcome["paths"]["policy"]} --data=binance:BTCUSDT --follow')
 
 
 def trades_frame(result: backtest_lib.BacktestResult, index: pd.Index) -> pd.DataFrame:
