@@ -342,6 +342,9 @@ def backtest_config() -> ml_collections.ConfigDict:
   config.confidence_threshold = 0.0  # BUY/SELL with confidence below this become HOLD
   # Backtest bars a member trained or validated on: refused unless True (then flagged first).
   config.allow_in_sample = False
+  # Windows per compiled inference call. Paper trading scores each bar in a batch of this
+  # size too: other batch shapes round differently, and its decisions must be the backtest's.
+  config.predict_batch_size = 512
 
   # Logit correction of each member, fitted on the validation split of its own training run.
   config.calibration = ml_collections.ConfigDict()

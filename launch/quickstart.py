@@ -10,7 +10,9 @@
    report say which), and backtests it on BTC/USDT 1h 2025-2026 with the seed's costs
    (configs/backtest.py),
 3. prints the metrics against buy-and-hold with bootstrap error bars, and writes
-   `backtest_results.json`, `backtest_trades.csv`, plots and `backtest_report.html`.
+   `backtest_results.json`, `backtest_trades.csv`, plots, `backtest_report.html` and
+   `policy.json` (the policy traded: `launch/trade_signal.py --policy=.../policy.json`
+   paper-trades exactly it).
 Re-running with the same workdir resumes training where it stopped. The work is
 `pipeline.train_and_backtest`, the pipeline every placebo run (launch/placebo.py) runs too.
 """

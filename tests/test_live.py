@@ -20,8 +20,11 @@ import pytest
 from conftest import load_config_file
 
 from himari_jax import locks
+from himari_jax.backtest import decider as decider_lib
 from himari_jax.backtest import engine as backtest
+from himari_jax.backtest import report
 from himari_jax.data import ohlcv as data
+from himari_jax.inference import decisions as decisions_lib
 from himari_jax.live import ledger as ledger_lib
 from himari_jax.live import paper as live
 from himari_jax.live import sources
@@ -29,6 +32,25 @@ from himari_jax.live import sources
 HOUR = pd.Timedelta('1h')
 HISTORY = 24
 PARAMS = backtest.make_params()
+
+
+class MomentumScorer:
+  """One deterministic member: BUY 0.6 after a rise over 3 bars, SELL 0.6 after a fall."""
+
+  names = ['momentum']
+  min_bars = 4
+
+  def probabilities(self, df, bars=None):
+    rows = np.arange(len(df)) if bars is None else np.asarray(bars)
+    close = df['close'].to_numpy()
+    up = close[rows] > close[np.maximum(rows - 3, 0)]
+    probs = np.where(up[:, None], [0.2, 0.2, 0.6], [0.6, 0.2, 0.2]).astype(np.float32)
+    available = rows >= 3
+    probs[~available] = decisions_lib.HOLD_PROBS
+    return probs[None], available, [{'mode': 'none'}]
+
+
+MOMENTUM = decider_lib.Decider(PARAMS, scorer=MomentumScorer())
 
 
 class FakeClock:
@@ -111,14 +133,6 @@ def market():
   server.server_close()
 
 
-def momentum(frame):
-  """Deterministic decider: BUY after a rise over 3 bars, SELL after a fall."""
-  up = frame['close'].iloc[-1] > frame['close'].iloc[-4]
-  probs = np.array([0.2, 0.2, 0.6]) if up else np.array([0.6, 0.2, 0.2])
-  action = 2 if up else 0
-  return action, probs, 0.6, live.target_position(action, 0.6, PARAMS)
-
-
 def follow(market, ledger_dir, logs=None, symbol='BTCUSDT', settings=None, **options):
   exchange, clock, url = market
   logs = [] if logs is None else logs
@@ -127,7 +141,7 @@ def follow(market, ledger_dir, logs=None, symbol='BTCUSDT', settings=None, **opt
   ledger = ledger_lib.Ledger.open(ledger_dir, settings or {'data': source.name, 'history': HISTORY},
                             log=logs.append)
   try:
-    decided = live.paper_trade(source, momentum, ledger, PARAMS, history=HISTORY, clock=clock,
+    decided = live.paper_trade(source, MOMENTUM, ledger, history=HISTORY, clock=clock,
                                sleep=clock.sleep, log=logs.append, **options)
   finally:
     ledger.close()
@@ -299,33 +313,36 @@ def test_latest_decision_leaves_out_an_unclosed_last_row(tmp_path):
   path = tmp_path / 'bars.csv'
   bars.to_csv(path)
   now = bars.index[-1] + pd.Timedelta(minutes=59)
-  decision, unclosed = live.latest_decision(sources.CsvSource(path), momentum, HISTORY, now)
-  assert (decision.time, unclosed) == (bars.index[-2], 1)
-  assert decision.target == pytest.approx(0.06 if decision.action == 2 else 0.0)
-  lines = live.format_decision(decision, HOUR, 'bars.csv')
+  row, unclosed = live.latest_decision(sources.CsvSource(path), MOMENTUM, HISTORY, now)
+  assert (row['time'], unclosed) == (bars.index[-2], 1)
+  # The seed's rule run from flat over the window: the position after its last bar.
+  window = bars.iloc[-25:-1]
+  decisions = MOMENTUM.decide(window)
+  expected = backtest.run_backtest(window, decisions.actions, decisions.confidence, PARAMS)
+  assert row['position'] == float(expected.position[-1])
+  assert row['side'] == np.sign(row['position'])
+  lines = live.format_decision(row, HOUR, 'bars.csv', PARAMS)
   assert lines[0] == 'bars.csv: bar 2025-01-02 14:00 UTC, closed 2025-01-02 15:00 UTC'
-  with pytest.raises(data.DataError, match='23 bars up to .* a decision needs 24'):
-    live.latest_decision(sources.CsvSource(path), momentum, HISTORY, bars.index[23])
+  assert lines[3].startswith('  position    ') and 'of equity after this bar' in lines[3]
+  with pytest.raises(data.DataError, match='3 bars up to .* a decision needs 4'):
+    live.latest_decision(sources.CsvSource(path), MOMENTUM, HISTORY, bars.index[3])
 
 
-def test_model_decider_decides_as_the_backtest_does(repo_root):
-  from himari_jax.inference import members
-
+def test_a_member_step_decides_as_the_backtest_does(repo_root):
   config = load_config_file('backtest')
   config.calibration.mode, config.calibration.temperature = 'fixed', False
   config.strategy, config.confidence_threshold = 'confidence_weighted', 0.4
+  config.predict_batch_size = 8
   paths = [str(repo_root / 'checkpoints' / name) for name in ('small_a', 'small_b')]
   window = data.builtin_dataset('btc_usdt_1h_2025_2026').iloc[1000:1250]
-  decide = live.model_decider(paths, config, len(window), log=lambda line: None)
-  action, probs, confidence, target = decide(window)
-  expected = members.decide([members.load_member(p) for p in paths], paths, window,
-                             strategy=config.strategy, threshold=config.confidence_threshold,
-                             weights=None, calibration_config=config.calibration)
-  assert action == expected.actions[-1]
-  assert confidence == pytest.approx(float(expected.confidence[-1]), abs=1e-6)
-  np.testing.assert_allclose(probs, expected.probs[:, -1].mean(axis=0), atol=1e-6)
-  assert np.isnan(target) if action == 1 else target == live.target_position(
-      action, confidence, backtest.params_from_config(config))
+  scorer = decider_lib.load_scorer(paths, config, log=lambda line: None)
+  decider = decider_lib.Decider.from_config(config, None, scorer)
+  step = decider.step(window, None)
+  everything = decider.decide(window)
+  assert step.decisions.actions[0] == everything.actions[-1]
+  assert step.decisions.confidence[0] == everything.confidence[-1]
+  np.testing.assert_array_equal(step.probs, everything.combined()[-1])
+  np.testing.assert_array_equal(step.decisions.probs[:, 0], everything.probs[:, -1])
 
 
 def run_cli(repo_root, *flags):
@@ -370,11 +387,57 @@ def test_cli_prints_the_decision_of_the_shipped_checkpoint(repo_root, tmp_path):
   assert lines[1].split()[0] == 'action' and lines[1].split()[1] in ('SELL', 'HOLD', 'BUY')
   probs = [float(x) for x in lines[2].split()[2::2]]
   assert lines[2].split()[1::2] == ['SELL', 'HOLD', 'BUY'] and sum(probs) == pytest.approx(1, 1e-2)
-  assert lines[3].startswith('  target      ')
+  assert lines[3].startswith('  position    ')
+  # No --policy: the first line says which rule it trades.
+  assert done.stdout.splitlines()[0].startswith(
+      'policy: no --policy given; decision policy: seed (argmax + confidence_threshold 0, '
+      'sizing confidence)')
   bad = run_cli(repo_root, f'--data={path}', '--history=100')
   assert bad.returncode != 0
-  assert bad.stderr.strip().splitlines()[-1] == ('error: history=100 bars is too short: these '
-                                                 'models need 200 bars per decision')
+  assert bad.stderr.strip().splitlines()[-1] == (
+      f'error: {path}: 100 bars up to 2025-01-11 19:00:00+00:00, a decision needs 200; give '
+      'more history')
+
+
+def test_a_ledger_refuses_another_policy_unless_started_anew(market, tmp_path):
+  settings = {'data': 'binance:BTCUSDT', 'history': HISTORY,
+              'policy': {'mode': 'fixed', 'entry': 0.2, 'min_hold': 6}}
+  follow(market, tmp_path / 'paper', settings=settings, max_bars=2)
+  other = {**settings, 'policy': {'mode': 'fixed', 'entry': 0.3, 'min_hold': 6}}
+  with pytest.raises(ledger_lib.LedgerError,
+                     match=r'other settings \(policy.entry: \[0.2\] vs \[0.3\]\); .*--new_ledger'):
+    ledger_lib.Ledger.open(tmp_path / 'paper', other)
+  logs = []
+  ledger = ledger_lib.Ledger.open(tmp_path / 'paper', other, log=logs.append, new=True)
+  assert not len(ledger.rows) and ledger.state is None
+  (archived,) = (tmp_path / 'paper' / 'archive').iterdir()
+  assert len(read_ledger(archived)) == 2 and 'moved to' in logs[0]
+
+
+def test_policy_file_hands_the_backtest_settings_to_paper_trading(repo_root, tmp_path):
+  from himari_jax.backtest import evaluate
+
+  config = load_config_file('backtest')
+  config.calibration.mode, config.calibration.temperature = 'none', False
+  config.strategy, config.policy.mode = 'confidence_weighted', 'fixed'
+  config.policy.entry, config.policy.min_hold = 0.15, 12
+  paths = [str(repo_root / 'checkpoints' / 'small_a')]
+  scorer = decider_lib.load_scorer(paths, config, log=lambda line: None)
+  choice = evaluate.choose_policy(config)
+  path = evaluate.write_policy_file(str(tmp_path / 'policy.json'), config, choice, scorer,
+                                    backtest_data={})
+  live_config = load_config_file('backtest')  # the defaults: seed policy, voting, fit_rates
+  logs = []
+  decider, read, settings = live.load_decider(live_config, checkpoints=None, policy_file=path,
+                                              log=logs.append)
+  assert logs[0] == f'policy: {report.policy_line(choice.summary)} (from {path})'
+  assert (live_config.strategy, live_config.calibration.mode) == ('confidence_weighted', 'none')
+  assert decider.policy is not None and read.mode == 'fixed'
+  assert settings['policy']['entry'] == 0.15 and settings['members'] == scorer.identity()
+  with pytest.raises(ValueError, match=r'was chosen for members \[.*small_a \(step \d+\)\], '
+                                       r'not \[.*small_b \(step \d+\)\]'):
+    live.load_decider(load_config_file('backtest'), policy_file=path, log=logs.append,
+                      checkpoints=[str(repo_root / 'checkpoints' / 'small_b')])
 
 
 def test_cli_refuses_a_ledger_another_loop_follows(repo_root, tmp_path, lock_holder):

@@ -282,7 +282,28 @@ def run_backtest(prices: Any, actions: Any, confidence: Any,
     check_inputs(prices, actions, confidence)
   if _is_concrete(params):
     check_params(params)
-  return _simulate(prices, actions, confidence, params)
+  return _simulate(prices, actions, confidence, params, None)[0]
+
+
+def continue_backtest(prices: Any, actions: Any, confidence: Any, params: BacktestParams,
+                      start: BarState) -> tuple[BacktestResult, BarState]:
+  """`run_backtest` of bars that follow a backtest which ended in `start`.
+
+  A backtest of bars 0..N-1 split anywhere into runs that each continue from the state the
+  previous one ended in gives the same record as one run over all of them (paper trading steps
+  one bar at a time this way).
+
+  Args:
+    prices, actions, confidence, params: as in `run_backtest`, (N,) bars.
+    start: the state after the bar before these (`start_state` before a first bar).
+
+  Returns:
+    (BacktestResult of (N,) arrays, the state after the last bar).
+  """
+  prices = as_prices(prices)
+  check_inputs(prices, actions, confidence)
+  check_params(params)
+  return _simulate(prices, actions, confidence, params, start)
 
 
 def buy_and_hold(prices: Any, params: BacktestParams) -> BacktestResult:
@@ -294,17 +315,19 @@ def buy_and_hold(prices: Any, params: BacktestParams) -> BacktestResult:
   n = np.shape(prices.close)[0]
   actions = jnp.full((n,), HOLD, jnp.int32).at[0].set(BUY)
   params = params.replace(sizing=_FULL, confidence_threshold=0.0, allow_short=0)
-  return _simulate(prices, actions, jnp.ones((n,)), params)
+  return _simulate(prices, actions, jnp.ones((n,)), params, None)[0]
 
 
 @jax.jit
 def _simulate(prices: Prices, actions: jax.Array, confidence: jax.Array,
-              params: BacktestParams) -> BacktestResult:
-  """The simulation without validation, traceable in every argument."""
+              params: BacktestParams, start: BarState | None
+              ) -> tuple[BacktestResult, BarState]:
+  """The simulation without validation, traceable in every argument; `start` None: from
+  `start_state`."""
   dtype = jnp.result_type(float)
   signal = (jnp.asarray(actions, jnp.int32), jnp.asarray(confidence, dtype))
-  record, executed = scan_bars(prices, signal, params, (), track='result')
-  return BacktestResult(*record, confidence=executed[1])
+  record, executed, end = scan_bars(prices, signal, params, (), track='result', start=start)
+  return BacktestResult(*record, confidence=executed[1]), end
 
 
 class DecisionRule(NamedTuple):
@@ -333,9 +356,42 @@ ACTIONS_RULE = DecisionRule(
     decide=_decide_actions)
 
 
+@flax.struct.dataclass
+class BarState:
+  """What a backtest carries from a bar to the next, every field a scalar (pytree leaves).
+
+  cash, position: the portfolio after the bar's fill; rule_state: the decision rule's state
+  after the bar's decision (a policy's side and bars since it changed; () for actions);
+  signal: the bar's signal as the rule reads it (with `fill='next_open'` it fills at the next
+  bar's open); open, close: the bar's prices.
+  """
+
+  cash: Any
+  position: Any
+  rule_state: Any
+  signal: Any
+  open: Any
+  close: Any
+
+
+def start_state(prices: Any, params: BacktestParams, rule: DecisionRule = ACTIONS_RULE,
+                rule_params: Any = ()) -> BarState:
+  """The state before bar 0 of `prices`: the capital in cash, flat, the rule's initial state,
+  no decision pending (the rule's signal of a bar without one), marked at bar 0's prices."""
+  dtype = jnp.result_type(float)
+  prices = as_prices(prices)
+  q = jax.tree.map(lambda x: jnp.asarray(x, dtype), rule_params)
+  capital = jnp.asarray(params.initial_capital, dtype)
+  return BarState(cash=capital, position=jnp.zeros_like(capital),
+                  rule_state=rule.init_state(q, jnp.zeros_like(capital)),
+                  signal=jax.tree.map(lambda x: x[0], rule.pad(dtype)),
+                  open=jnp.asarray(prices.open, dtype)[0],
+                  close=jnp.asarray(prices.close, dtype)[0])
+
+
 def scan_bars(prices: Prices, signal: Any, params: BacktestParams, rule_params: Any,
               track: str, risk_free_per_bar: Any = 0.0,
-              rule: DecisionRule = ACTIONS_RULE) -> Any:
+              rule: DecisionRule = ACTIONS_RULE, start: BarState | None = None) -> Any:
   """The bar-by-bar scan every simulation runs: actions (`run_backtest`, `sweep`) and
   decision policies (`policy.run_policy`, `policy.sweep_policies`) alike.
 
@@ -354,11 +410,12 @@ def scan_bars(prices: Prices, signal: Any, params: BacktestParams, rule_params: 
     track: what to return, 'result', 'all' or 'core' (below).
     risk_free_per_bar: the risk-free return per bar, for the 'core' downside sums.
     rule: the DecisionRule that turns the signal into fills (ACTIONS_RULE or a policy's).
+    start: (track 'result' only) the state after the bar before bar 0; None: `start_state`.
 
   Returns, by `track`: 'result', the per-bar record (qty, price, commission, slippage,
-  position, cash, equity) and the signal each bar executed; 'all', the (N,) equity curve and
-  the metrics.TradeStats accumulated inside the scan; 'core', metrics.CoreStats and the final
-  equity.
+  position, cash, equity), the signal each bar executed and the BarState after the last bar;
+  'all', the (N,) equity curve and the metrics.TradeStats accumulated inside the scan; 'core',
+  metrics.CoreStats and the final equity.
   """
   dtype = jnp.result_type(float)
   opens, closes = (jnp.asarray(x, dtype) for x in prices)
@@ -385,12 +442,12 @@ def scan_bars(prices: Prices, signal: Any, params: BacktestParams, rule_params: 
       stats = metrics_lib.update_core_stats(stats, bar > 0, cash + pos * before_close, equity,
                                             qty != 0, risk_free_per_bar)
       record = None
-    else:
-      record = (qty, price, commission, slippage, new_pos, new_cash, equity)
     executed = jax.tree.map(lambda a, b: jnp.where(next_open, b, a), now_signal, prev_signal)
     next_qty, state = rule.decide(
         new_cash, new_pos, executed, jnp.where(next_open, open_, close),
         jnp.where(next_open, inv_open, inv_close), p, inv, q, state)
+    if track == 'result':
+      record = (qty, price, commission, slippage, new_pos, new_cash, equity, state)
     return (new_cash, new_pos, next_qty, stats, state), record
 
   # One step more than bars: step 0 books nothing (bar -1 is flat at the capital), step N
@@ -400,11 +457,18 @@ def scan_bars(prices: Prices, signal: Any, params: BacktestParams, rule_params: 
   stats = {'all': metrics_lib.init_trade_stats, 'core': metrics_lib.init_core_stats,
            'result': lambda capital: ()}[track](p.initial_capital)
   zero_qty = jnp.zeros_like(p.initial_capital)
-  init = (p.initial_capital, zero_qty, zero_qty, stats, rule.init_state(q, zero_qty))
+  if start is None:
+    init = (p.initial_capital, zero_qty, zero_qty, stats, rule.init_state(q, zero_qty))
+    first = (pad, opens[:1], closes[:1])
+  else:
+    init = (jnp.asarray(start.cash, dtype), jnp.asarray(start.position, dtype), zero_qty, stats,
+            jax.tree.map(lambda x: jnp.asarray(x, dtype), start.rule_state))
+    first = (jax.tree.map(lambda x, e: jnp.asarray(x, e.dtype)[None], start.signal, pad),
+             jnp.asarray(start.open, dtype)[None], jnp.asarray(start.close, dtype)[None])
   now_signal = jax.tree.map(lambda x, e: jnp.concatenate([x, e]), signal, pad)
-  prev_signal = jax.tree.map(lambda x, e: jnp.concatenate([e, x]), signal, pad)
+  prev_signal = jax.tree.map(lambda x, e: jnp.concatenate([e, x]), signal, first[0])
   now = (jnp.concatenate([opens, opens[-1:]]), jnp.concatenate([closes, closes[-1:]]))
-  before = (jnp.concatenate([opens[:1], opens]), jnp.concatenate([closes[:1], closes]))
+  before = (jnp.concatenate([first[1], opens]), jnp.concatenate([first[2], closes]))
   # Bar t-2's close for step t (step 1's state is the capital, flat: any price marks it).
   before_close = jnp.concatenate([closes[:1], closes[:1], closes[:-1]])
   xs = (jnp.arange(n + 1, dtype=jnp.int32), now_signal, *now, prev_signal, *before,
@@ -412,12 +476,17 @@ def scan_bars(prices: Prices, signal: Any, params: BacktestParams, rule_params: 
   (cash, pos, _, stats, _), record = jax.lax.scan(step, init, xs)
   if track == 'core':
     return stats, cash + pos * closes[-1]  # as the last step marks bar N - 1
-  record = jax.tree.map(lambda r: r[1:], record)
   if track == 'all':
-    return record, stats
+    return record[1:], stats
+  # Step t books bar t-1 and decides bar t: the rule's state after bar N-1 is step N-1's (the
+  # last step decides only the pad signal).
+  *record, states = record
+  record = jax.tree.map(lambda r: r[1:], tuple(record))
   executed = jax.tree.map(lambda now_x, prev_x: jnp.where(next_open, prev_x[:-1], now_x[:-1]),
                           now_signal, prev_signal)
-  return record, executed
+  end = BarState(cash=cash, position=pos, rule_state=jax.tree.map(lambda s: s[n - 1], states),
+                 signal=jax.tree.map(lambda x: x[-1], signal), open=opens[-1], close=closes[-1])
+  return record, executed, end
 
 
 class _Reciprocals(NamedTuple):
@@ -437,6 +506,15 @@ def _reciprocals(p: BacktestParams) -> _Reciprocals:
       full_sell=1 / ((1 - p.slippage_sell) * (1 + p.commission_sell)))
 
 
+def position_fraction(confidence_sizing: Any, confidence: Any, max_position_pct: Any,
+                      otherwise: Any) -> jax.Array:
+  """The share of equity a decision sizes its position to: `confidence * max_position_pct`
+  where `confidence_sizing` (the seed's sizing, SPEC 6), else `otherwise` (`max_position_pct`
+  for fixed sizing, a policy's volatility target). The seed's actions, every decision policy
+  and per-coin portfolio targets size with it; arrays broadcast."""
+  return jnp.where(confidence_sizing, confidence * max_position_pct, otherwise)
+
+
 def _decide_fill(cash: jax.Array, pos: jax.Array, action: jax.Array, conf: jax.Array,
                  ref: jax.Array, inv_ref: jax.Array, p: BacktestParams,
                  inv: _Reciprocals) -> jax.Array:
@@ -447,7 +525,8 @@ def _decide_fill(cash: jax.Array, pos: jax.Array, action: jax.Array, conf: jax.A
   trades = conf >= p.confidence_threshold
   buy_price = ref * (1 + p.slippage_buy)
   budget = jnp.maximum(cash + pos * ref, 0.0)
-  frac = jnp.where(p.sizing == _CONFIDENCE, conf * p.max_position_pct, p.max_position_pct)
+  frac = position_fraction(p.sizing == _CONFIDENCE, conf, p.max_position_pct,
+                           p.max_position_pct)
   full = p.sizing == _FULL
   units = budget * inv_ref
   long_qty = units * jnp.where(full, inv.full_buy, frac * inv.buy)

@@ -1,9 +1,11 @@
-"""The backtest pipeline: checkpoints -> decisions (members.py) -> backtest -> reports.
+"""The backtest pipeline: checkpoints -> decider (decider.py) -> backtest -> reports.
 
 `backtest_pipeline` is what launch/backtest.py and quickstart.py run; `backtest_and_report`
 backtests given decisions against buy-and-hold, adds the significance tests (SPEC 7), the
 gross / cost / net attribution and cost-sensitivity curve (SPEC 9) and writes every report file
-(walk-forward uses it on its stitched test windows).
+(walk-forward uses it on its stitched test windows). The pipeline also writes `policy.json`:
+the policy it traded, with the members and settings, for paper trading to take
+(`read_policy_file`; launch/trade_signal.py --policy).
 
 `config.policy.mode` says how probabilities become positions (SPEC 8): 'seed' (argmax plus
 confidence threshold through the backtester, the seed's decisions), 'fixed' (the policy of
@@ -17,6 +19,7 @@ selected policy and the seed rule).
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -26,7 +29,8 @@ import numpy as np
 import pandas as pd
 
 from himari_jax import config as config_lib
-from himari_jax import constants
+from himari_jax import constants, json_types
+from himari_jax.backtest import decider as decider_lib
 from himari_jax.backtest import engine as backtest_lib
 from himari_jax.backtest import policy as policy_lib
 from himari_jax.backtest import policy_search as search_lib
@@ -39,15 +43,6 @@ from himari_jax.inference import ensemble as ensemble_lib
 from himari_jax.inference import members as members_lib
 from himari_jax.stats import metrics as metrics_lib
 from himari_jax.stats import significance as significance_lib
-
-
-def _weights(config: ml_collections.ConfigDict, num_members: int) -> list[float] | None:
-  weights = [float(w) for w in config_lib.split_list(config.get('weights', '') or '')]
-  if weights and len(weights) != num_members:
-    raise ValueError(f'weights has {len(weights)} entries for {num_members} checkpoints; give '
-                     'one per checkpoint or leave it empty for equal weights')
-  return weights or None
-
 
 # 'auto' (quickstart's default): 'select', but the seed's decisions unless the selected
 # policy beats the seed rule at the configured threshold on the validation bars by more than
@@ -123,10 +118,9 @@ class PolicyChoice:
 
 
 def sigma_for(df: pd.DataFrame, config: ml_collections.ConfigDict) -> np.ndarray:
-  """(N,) annualised volatility `vol_target` sizes by, from bars <= t."""
-  return policy_lib.annualized_volatility(
-      np.asarray(df['close'], np.float64), window=int(config.policy.vol_window),
-      periods_per_year=config.periods_per_year)
+  """(N,) annualised volatility of bars <= t that `vol_target` sizes by (`Decider.sigma` of
+  the config's decider)."""
+  return decider_lib.Decider.from_config(config, None).sigma(df)
 
 
 def choose_policy(config: ml_collections.ConfigDict, val_df: pd.DataFrame | None = None,
@@ -306,7 +300,7 @@ def backtest_pipeline(config: ml_collections.ConfigDict, outdir: str, *,
     raise ValueError(f'policy.mode={config.policy.mode!r}; use one of {", ".join(POLICY_MODES)}')
   if config.policy.mode == 'fixed':
     fixed_policy(config.policy)  # validates the policy up front
-  weights = _weights(config, len(paths))
+  weights = decider_lib.weights_from_config(config, len(paths))
   df = data_lib.load_dataset(config.dataset, fill_gaps=True)
   data_checks = check_backtest_bars(df, config, log)
   members = [members_lib.load_member(p, config.which) for p in paths]
@@ -318,19 +312,11 @@ def backtest_pipeline(config: ml_collections.ConfigDict, outdir: str, *,
   log(f'predicting {len(df)} bars of {config.dataset} '
       f'({df.index[0]:%Y-%m-%d} .. {df.index[-1]:%Y-%m-%d}); calibration: '
       f'{config.calibration.mode}; policy: {config.policy.mode}')
-  asset = input_pipeline.asset_name(config.dataset)
-  fitted = [members_lib.fit_member_calibration(m, config.calibration) for m in members]
-  for path, (_, summary) in zip(paths, fitted, strict=True):
-    if 'skipped' in summary:
-      log(f'{path}: {summary["skipped"]}')
-  decisions = members_lib.decide(members, paths, df, strategy=config.strategy,
-                                 threshold=config.confidence_threshold, weights=weights,
-                                 calibration_config=config.calibration, asset=asset,
-                                 fitted=fitted)
-  val = (validation_probabilities(members, config.calibration, fitted, weights=weights,
-                                  asset=asset)
-         if config.policy.mode in ('select', 'auto') else (None, None))
-  choice = choose_policy(config, *val, log=log)
+  scorer = decider_lib.load_scorer(paths, config, asset=input_pipeline.asset_name(
+      config.dataset), log=log, members=members)
+  choice = choose_member_policy(config, scorer, weights, log=log)
+  decider = decider_lib.Decider.from_config(config, choice.policy, scorer, weights)
+  decisions = decider.decide(df)
 
   table = swept_best = None
   if sweep:
@@ -369,10 +355,96 @@ def backtest_pipeline(config: ml_collections.ConfigDict, outdir: str, *,
     outcome['significance']['sweep'] = swept_best
   if choice.selection is not None:
     outcome['paths']['policies'] = os.path.join(outdir, POLICY_CSV)
+  outcome['paths']['policy'] = write_policy_file(
+      os.path.join(outdir, POLICY_JSON), config, choice, scorer,
+      backtest_data={'dataset': config.dataset, 'first': str(df.index[0]),
+                     'last': str(df.index[-1]), 'bars': len(df)})
   return {**outcome, 'sweep': table}
 
 
 POLICY_CSV = 'policy_selection.csv'
+POLICY_JSON = 'policy.json'
+
+
+def choose_member_policy(config: ml_collections.ConfigDict, scorer: decider_lib.MemberScorer,
+                         weights: Sequence[float] | None, *, log=print) -> PolicyChoice:
+  """`choose_policy` for members: 'select' and 'auto' choose on the validation bars of the
+  first member's training data, scored by all of them (`validation_probabilities`)."""
+  val = (validation_probabilities(scorer.members, scorer.calibration_config, scorer.fitted,
+                                  weights=weights, asset=scorer.asset)
+         if config.policy.mode in ('select', 'auto') else (None, None))
+  return choose_policy(config, *val, log=log)
+
+
+# The settings of a backtest config that decide and fill, as a policy file carries them to
+# paper trading (besides `policy`).
+_DECISION_FIELDS = ('strategy', 'weights', 'confidence_threshold', 'predict_batch_size',
+                    'initial_capital', 'commission', 'slippage', 'commission_sell',
+                    'slippage_sell', 'max_position_pct', 'fill', 'allow_short', 'sizing',
+                    'periods_per_year')
+
+
+def write_policy_file(path: str, config: ml_collections.ConfigDict, choice: PolicyChoice,
+                      scorer: decider_lib.MemberScorer, *, backtest_data: dict) -> str:
+  """Writes the policy a backtest traded, to hand to paper trading (`read_policy_file`).
+
+  policy.json holds the policy line (`report.policy_line`), `choice` (mode, policy fields,
+  the summary with the validation range a selected policy was chosen on), the members it was
+  chosen for (path and checkpoint step), the calibration, ensemble and fill settings
+  (`_DECISION_FIELDS`, `config.policy`) and the bars backtested. Returns `path`.
+  """
+  record = {
+      'line': report_lib.policy_line(choice.summary),
+      'mode': choice.mode,
+      'policy': None if choice.policy is None else policy_lib.policy_to_dict(choice.policy),
+      'summary': choice.summary,
+      'chosen_on': (None if 'validation' not in choice.summary else
+                    {'data': scorer.members[0].config.data.train,
+                     **choice.summary['validation']}),
+      'members': scorer.identity(),
+      'settings': {**{k: config.get(k) for k in _DECISION_FIELDS},
+                   'calibration': config.calibration.to_dict(),
+                   'policy': config.policy.to_dict()},
+      'backtest_data': backtest_data,
+  }
+  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+  with open(path, 'w') as f:
+    json.dump(json_types.to_json_types(record), f, indent=1)
+  return path
+
+
+def read_policy_file(path: str, config: ml_collections.ConfigDict
+                     ) -> tuple[PolicyChoice, list[dict]]:
+  """The policy of a `write_policy_file` file, with `config` set to the file's decision
+  settings (calibration, ensemble, costs, sizing, fill timing, `config.policy`).
+
+  Returns:
+    (the PolicyChoice, mode 'seed', 'fixed' or 'select', without the selection table; the
+    members it was chosen for, [{'path', 'step'}]).
+
+  Raises:
+    ValueError: the file is not a policy file (a line names what is missing).
+  """
+  with open(path) as f:
+    try:
+      record = json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(f'{path}: not a policy file ({e})') from None
+  missing = [k for k in ('mode', 'policy', 'summary', 'members', 'settings') if k not in record]
+  if missing:
+    raise ValueError(f'{path}: not a policy file written by a backtest (no '
+                     f'{", ".join(missing)}); pass runs/<name>/backtest/{POLICY_JSON}')
+  settings = record['settings']
+  with config.unlocked():
+    for key in _DECISION_FIELDS:
+      if key in settings:
+        config[key] = settings[key]
+    config.calibration = ml_collections.ConfigDict(settings['calibration'])
+    config.policy = ml_collections.ConfigDict(settings['policy'])
+  policy = None if record['policy'] is None else policy_lib.make_policy(**record['policy'])
+  if (policy is None) != (record['mode'] == 'seed'):
+    raise ValueError(f'{path}: mode {record["mode"]!r} with policy {record["policy"]}')
+  return PolicyChoice(record['mode'], policy, None, record['summary']), record['members']
 
 
 def metrics_vs_buy_and_hold(df: pd.DataFrame, result: backtest_lib.BacktestResult,
@@ -447,20 +519,20 @@ def backtest_and_report(df: pd.DataFrame, actions: np.ndarray, confidence: np.nd
   choice = choice or PolicyChoice('seed', None, None, {'mode': 'seed', 'num_trials': 1})
   multipliers = backtest_lib.COST_MULTIPLIERS
   sensitivity = None
-  if result is None and choice.policy is None:
-    result = backtest_lib.run_backtest(df, actions, confidence, params)
-    sensitivity = backtest_lib.cost_sensitivity(df, actions, confidence, params,
-                                                multipliers=multipliers,
-                                                periods_per_year=config.periods_per_year)
-  elif result is None:
-    if probs is None:
+  if result is None:
+    if choice.policy is not None and probs is None:
       raise ValueError(f'policy mode {choice.mode!r} needs the probabilities it trades')
-    sigma = sigma_for(df, config)
-    result = policy_lib.run_policy(df, probs, choice.policy, params, sigma_annual=sigma,
-                                   periods_per_year=config.periods_per_year)
-    sensitivity = policy_lib.policy_cost_sensitivity(df, probs, choice.policy, params,
-                                              multipliers=multipliers, sigma_annual=sigma,
-                                              periods_per_year=config.periods_per_year)
+    decider = decider_lib.Decider.from_config(config, choice.policy)
+    result, _ = decider.trade(df, actions=actions, confidence=confidence, probs=probs)
+    if choice.policy is None:
+      sensitivity = backtest_lib.cost_sensitivity(df, actions, confidence, params,
+                                                  multipliers=multipliers,
+                                                  periods_per_year=config.periods_per_year)
+    else:
+      sensitivity = policy_lib.policy_cost_sensitivity(df, probs, choice.policy, params,
+                                                       multipliers=multipliers,
+                                                       sigma_annual=decider.sigma(df),
+                                                       periods_per_year=config.periods_per_year)
   close = np.asarray(df['close'], np.float64)
   strategy_metrics, benchmark, benchmark_metrics = metrics_vs_buy_and_hold(df, result, config)
   capital = params.initial_capital
@@ -508,6 +580,7 @@ def backtest_and_report(df: pd.DataFrame, actions: np.ndarray, confidence: np.nd
                       'intervals': {k: report_lib.to_python(v) for k, v in intervals.items()}}
   sections = {
       'policy': choice.summary,
+      'policy_line': report_lib.policy_line(choice.summary),
       'significance': significance,
       'attribution': attribution_json,
       'cost_sensitivity': (None if sensitivity is None else

@@ -305,6 +305,38 @@ def _init_state(q: PolicyParams, like: jax.Array) -> jax.Array:
   return jnp.full_like(like, _NEVER)
 
 
+def state_side_and_bars(state: Any) -> tuple[int, int]:
+  """A scalar policy state (`BarState.rule_state`) as (side: -1, 0 or 1, bars since the side
+  last changed; `state_from_side_and_bars` inverts it exactly)."""
+  state = float(state)
+  side = int(state > 0.5 * _SIDE) - int(state < -0.5 * _SIDE)
+  return side, int(round(state - side * _SIDE))
+
+
+def state_from_side_and_bars(side: int, bars: float) -> jax.Array:
+  """The scalar policy state of `side` held for `bars` bars, in the backtest's float dtype."""
+  if side not in (-1, 0, 1) or not 0 <= bars <= _NEVER or bars != round(bars):
+    raise ValueError(f'a policy state is a side in (-1, 0, 1) and whole bars in [0, '
+                     f'{_NEVER:.0f}], got side {side}, bars {bars}')
+  return jnp.asarray(side * _SIDE + bars, jnp.result_type(float))
+
+
+def describe_state(state: Any, policy: PolicyParams) -> dict[str, Any]:
+  """A scalar policy state for people: `side` ('long', 'flat', 'short'), `bars_in_side`
+  (None: flat since before the first bar), and `min_hold_left` in a position or
+  `cooldown_left` when flat (bars before an exit or an entry may happen)."""
+  side, bars = state_side_and_bars(state)
+  settings = policy_to_dict(policy)
+  never = bars >= _NEVER
+  described = {'side': ('short', 'flat', 'long')[side + 1],
+               'bars_in_side': None if never else bars}
+  if side:
+    described['min_hold_left'] = max(0, settings['min_hold'] - bars)
+  else:
+    described['cooldown_left'] = 0 if never else max(0, settings['cooldown'] - bars)
+  return described
+
+
 def _decide_policy(cash, pos, signal, ref, inv_ref, p, inv, q, state):
   """Signed units to trade for one decision bar of policy `q` (module docstring), new state.
 
@@ -340,9 +372,10 @@ def _decide_policy(cash, pos, signal, ref, inv_ref, p, inv, q, state):
   is_long = side > 0
   confirmed = jnp.where(is_long, long_in, (side < 0) & short_in)
   conf = jnp.where(is_long, p_buy, p_sell)
-  fraction = jnp.where(q.sizing == _CONFIDENCE, conf * q.max_position_pct,
-                       jnp.where(q.sizing == _FIXED, q.max_position_pct,
-                                 jnp.minimum(q.target_vol * inv_sigma, q.max_leverage)))
+  fraction = backtest.position_fraction(
+      q.sizing == _CONFIDENCE, conf, q.max_position_pct,
+      jnp.where(q.sizing == _FIXED, q.max_position_pct,
+                jnp.minimum(q.target_vol * inv_sigma, q.max_leverage)))
   budget = jnp.maximum(cash + pos * ref, 0.0)
   # Grouped as the seed's backtest groups it, so the seed policy's sizes match it closely.
   size = (budget * inv_ref) * (fraction * jnp.where(is_long, inv.buy, inv.sell))
@@ -392,6 +425,30 @@ def run_policy(prices: Any, probs: Any, policy: PolicyParams,
     backtest.BacktestResult of (N,) arrays; `confidence` is the probability of the side each
     fill trades towards (p_buy for buys, p_sell for sells, p_hold without a fill).
   """
+  return continue_policy(prices, probs, policy, params, None, sigma_annual=sigma_annual,
+                         periods_per_year=periods_per_year)[0]
+
+
+def start_policy_state(prices: Any, policy: PolicyParams,
+                       params: backtest.BacktestParams) -> backtest.BarState:
+  """The state of `policy` before bar 0 of `prices` (`backtest.start_state`): flat since
+  long ago."""
+  return backtest.start_state(prices, params, POLICY_RULE, policy)
+
+
+def continue_policy(prices: Any, probs: Any, policy: PolicyParams,
+                    params: backtest.BacktestParams, start: backtest.BarState | None, *,
+                    sigma_annual: Any = None, periods_per_year: float = PERIODS_PER_YEAR
+                    ) -> tuple[backtest.BacktestResult, backtest.BarState]:
+  """`run_policy` of bars that follow a run which ended in `start` (None: bar 0 of a run).
+
+  Bars 0..N-1 split anywhere into runs that each continue from the state the previous one
+  ended in give the same record as one run over all of them (`backtest.continue_backtest`).
+  With `fill='next_open'` the first bar's `confidence` without a fill is 0.
+
+  Returns:
+    (BacktestResult of (N,) arrays, the BarState after the last bar).
+  """
   prices = backtest.as_prices(prices)
   n = np.shape(prices.close)[0]
   probs = _check_probs(probs, n)
@@ -401,19 +458,19 @@ def run_policy(prices: Any, probs: Any, policy: PolicyParams,
   backtest.check_params(params)
   check_policy(policy)
   signal = policy_signal(probs, _sigma(prices, sigma_annual, periods_per_year))
-  return _simulate_policy(prices, signal, jnp.asarray(probs[:, HOLD]), params, policy)
+  return _simulate_policy(prices, signal, jnp.asarray(probs[:, HOLD]), params, policy, start)
 
 
 @jax.jit
-def _simulate_policy(prices, signal, p_hold, params, policy):
-  record, executed = backtest.scan_bars(prices, signal, params, policy, track='result',
-                                        rule=POLICY_RULE)
+def _simulate_policy(prices, signal, p_hold, params, policy, start):
+  record, executed, end = backtest.scan_bars(prices, signal, params, policy, track='result',
+                                             rule=POLICY_RULE, start=start)
   _, _, _, p_sell, p_buy, _ = executed
   p_hold = jnp.where(params.fill_next_open > 0.5,
                      jnp.concatenate([jnp.zeros((1,), p_hold.dtype), p_hold[:-1]]), p_hold)
   qty = record[0]
   confidence = jnp.where(qty > 0, p_buy, jnp.where(qty < 0, p_sell, p_hold))
-  return backtest.BacktestResult(*record, confidence=confidence)
+  return backtest.BacktestResult(*record, confidence=confidence), end
 
 
 def sweep_policies(prices: Any, probs: Any, policies: PolicyParams,

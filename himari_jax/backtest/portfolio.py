@@ -301,8 +301,9 @@ def targets_from_actions(actions: Any, confidence: Any = None, *,
     raise ValueError(f"sizing must be 'confidence' or 'fixed', got {sizing!r}")
   if sizing == 'confidence' and confidence is None:
     raise ValueError("sizing='confidence' needs the confidence of every action")
-  size = max_position_pct * (np.asarray(confidence, np.float64) if sizing == 'confidence'
-                             else np.ones(actions.shape))
+  size = np.asarray(engine.position_fraction(
+      sizing == 'confidence', np.ones(actions.shape) if confidence is None else confidence,
+      max_position_pct, max_position_pct), np.float64)
   sell = -size if allow_short else np.zeros(actions.shape)
   return np.where(actions == BUY, size, np.where(actions == SELL, sell, np.nan))
 

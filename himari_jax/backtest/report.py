@@ -150,19 +150,24 @@ def block_text(bootstrap: Mapping[str, Any]) -> str:
           f'{bootstrap["block_length"]:.1f} bars ({bootstrap["block_rule"]})')
 
 
-def policy_lines(policy: Mapping[str, Any] | None) -> list[str]:
-  """How decisions were made (`evaluate.PolicyChoice.summary`), for console and HTML."""
-  if not policy:
-    return []
-  mode = policy['mode']
+def policy_line(policy: Mapping[str, Any]) -> str:
+  """The one line that names the decision rule traded (`evaluate.PolicyChoice.summary`): the
+  backtest's reports and paper trading print it alike."""
   described = policy.get('policy')
   if isinstance(described, Mapping):
     keys = ('signal', 'entry', 'exit', 'min_hold', 'cooldown', 'sizing', 'max_position_pct',
             'band', 'allow_short')
     described = ', '.join(f'{k}={described[k]:g}' if isinstance(described[k], float)
                           else f'{k}={described[k]}' for k in keys if k in described)
-  lines = [f'decision policy: {mode} ({described}); {policy.get("num_trials", 1)} '
-           'policy(ies) tried']
+  return (f'decision policy: {policy["mode"]} ({described}); {policy.get("num_trials", 1)} '
+          'policy(ies) tried')
+
+
+def policy_lines(policy: Mapping[str, Any] | None) -> list[str]:
+  """How decisions were made (`evaluate.PolicyChoice.summary`), for console and HTML."""
+  if not policy:
+    return []
+  lines = [policy_line(policy)]
   if policy.get('fallback'):
     lines.append(f'policy: {policy["fallback"]}')
   auto = policy.get('auto')
@@ -235,6 +240,9 @@ def print_backtest_summary(outcome: dict, top: int = 10) -> None:
   print('\nwrote:')
   for name, path in outcome['paths'].items():
     print(f'  {name:>9}: {path}')
+  if 'policy' in outcome['paths']:
+    print('\npaper-trade what was backtested: python launch/trade_signal.py '
+          f'--policy={outcome["paths"]["policy"]} --data=binance:BTCUSDT --follow')
 
 
 def trades_frame(result: backtest_lib.BacktestResult, index: pd.Index) -> pd.DataFrame:

@@ -80,21 +80,26 @@ def fit_member_calibration(loaded: checkpoint_lib.LoadedModel,
 def member_probabilities(members: Sequence[checkpoint_lib.LoadedModel], df: pd.DataFrame,
                          calibration_config: ml_collections.ConfigDict, *,
                          asset: str | None = None,
-                         fitted: Sequence[tuple[calibration_lib.Calibration, dict]] | None = None
+                         fitted: Sequence[tuple[calibration_lib.Calibration, dict]] | None = None,
+                         batch_size: int = 512, bars: np.ndarray | None = None
                          ) -> tuple[np.ndarray, np.ndarray, list[dict]]:
   """Calibrated probabilities `(M, N, 3)` (`decisions.HOLD_PROBS` where a member cannot score),
   availability `(N,)` (every member scores) and calibration summaries.
 
   `asset` (`input_pipeline.asset_name` of the data) picks each member's normaliser of that
   asset when it trained on several; None or an unseen asset uses its first one. `fitted`:
-  each member's `fit_member_calibration` output, when already computed.
+  each member's `fit_member_calibration` output, when already computed. `batch_size`:
+  `predict.predict_logits`'s. `bars`: score only these B bar indices (the last bar of a
+  window, live); the arrays then hold those bars only, `(M, B, 3)` and `(B,)`.
   """
   if fitted is None:
     fitted = [fit_member_calibration(loaded, calibration_config) for loaded in members]
-  probs, available, summaries = [], np.ones(len(df), bool), []
+  rows = np.arange(len(df)) if bars is None else np.asarray(bars)
+  probs, available, summaries = [], np.ones(len(rows), bool), []
   for loaded, (cal, summary) in zip(members, fitted, strict=True):
-    preds = predict_lib.predict_logits(loaded.for_asset(asset), df)
-    member, scored = decisions_lib.apply_calibration(cal, preds.logits)
+    preds = predict_lib.predict_logits(loaded.for_asset(asset), df, batch_size=batch_size,
+                                       bars=bars)
+    member, scored = decisions_lib.apply_calibration(cal, preds.logits[rows])
     probs.append(member)
     available &= scored
     summaries.append(summary)

@@ -84,13 +84,17 @@ def predict_logits_from_features(params, model_config: model_lib.ModelConfig,
 
 
 def predict_logits(loaded, df: pd.DataFrame, *, batch_size: int = 512,
-                   feature_set: str | None = None) -> Predictions:
+                   feature_set: str | None = None, bars: np.ndarray | None = None
+                   ) -> Predictions:
   """Predictions of a loaded model (`checkpoint.load_model`, `members.load_member`) for every
   bar of `df`, from the features of the set it was trained on (`loaded.feature_set`).
 
   Args:
+    batch_size: windows per compiled call. XLA compiles other kernels for other batch shapes,
+      so a bar's logits equal, bit for bit, only those of calls with the same batch size.
     feature_set: the set the caller means to score with (e.g. its `config.data.feature_set`);
       None = the model's own.
+    bars: score only these bar indices (the others are unavailable).
 
   Raises:
     features.FeatureSetError: `feature_set` differs from the model's.
@@ -99,7 +103,7 @@ def predict_logits(loaded, df: pd.DataFrame, *, batch_size: int = 512,
   feats = loaded.normalizer.apply(features_lib.compute_features(df, feature_set))
   context_length = int(loaded.config.train.context_length)
   logits = predict_logits_from_features(loaded.params, loaded.model_config, feats,
-                                        context_length, batch_size=batch_size)
+                                        context_length, batch_size=batch_size, bars=bars)
   return Predictions(logits=logits, available=~np.isnan(logits).any(axis=1), index=df.index)
 
 

@@ -1,8 +1,9 @@
 """The paper-trading ledger: one CSV row per decided bar plus a JSON state, written so that a
 restart resumes at the bar after the last recorded one and nothing is decided twice.
 
-`simulate` replays the recorded decisions through the backtester, so fills, costs and equity
-are exactly what a backtest of the same decisions gives.
+Each row holds what the next bar continues from (`decider.Decider.row`): the portfolio, the
+decision rule's side and bars held, and the decision still to fill at the next open; the
+state holds the same for the last bar, so a restart carries on exactly where it stopped.
 """
 
 from __future__ import annotations
@@ -11,22 +12,20 @@ import dataclasses
 import io
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from himari_jax import constants, locks
-from himari_jax.backtest import engine as backtest_lib
+from himari_jax import locks
 
-_PAD_BARS = 256  # replays are padded to a multiple of this, so jit compiles rarely
 LEDGER_CSV = 'ledger.csv'
 LEDGER_STATE = 'state.json'
 LEDGER_LOCK = 'ledger.lock'  # held by the one process that decides into the ledger
 _LEDGER_COLUMNS = (
     'time', 'open', 'high', 'low', 'close', 'volume', 'action', 'p_sell', 'p_hold', 'p_buy',
-    'confidence', 'target', 'fill_qty', 'fill_price', 'commission', 'slippage', 'position',
-    'cash', 'equity', 'decided_at')
+    'confidence', 'sigma', 'side', 'bars_in_side', 'fill_qty', 'fill_price', 'commission',
+    'slippage', 'position', 'cash', 'equity', 'decided_at')
 
 
 class LedgerError(RuntimeError):
@@ -51,6 +50,7 @@ class Ledger:
   settings: dict
   rows: pd.DataFrame
   lock: locks.FolderLock | None = dataclasses.field(default=None, repr=False)
+  state: dict | None = None  # state.json as read when opened (None: a new ledger)
 
   @property
   def csv_path(self) -> str:
@@ -66,8 +66,10 @@ class Ledger:
 
   @classmethod
   def open(cls, directory: str | os.PathLike, settings: dict,
-           log: Callable[[str], None] = print) -> Ledger:
-    """The ledger in `directory` (a new one if it has none), locked until `close`.
+           log: Callable[[str], None] = print, *, new: bool = False) -> Ledger:
+    """The ledger in `directory` (a new one if it has none), locked until `close`; refuses
+    other settings (members, policy, costs, data, ...) with one line naming each difference.
+    `new`: start a new ledger, the old files moved to `archive/<time>/` first.
 
     Raises:
       locks.LockError: another process has it open (the message names its PID).
@@ -77,7 +79,7 @@ class Ledger:
     os.makedirs(directory, exist_ok=True)
     lock = locks.FolderLock(os.path.join(directory, LEDGER_LOCK), f'the ledger {directory}')
     try:
-      return cls._open_locked(directory, settings, lock, log)
+      return cls._open_locked(directory, settings, lock, log, new)
     except BaseException:
       lock.release()
       raise
@@ -89,9 +91,11 @@ class Ledger:
 
   @classmethod
   def _open_locked(cls, directory: str, settings: dict, lock: locks.FolderLock,
-                   log: Callable[[str], None]) -> Ledger:
+                   log: Callable[[str], None], new: bool) -> Ledger:
     settings = json.loads(json.dumps(settings))
     ledger = cls(directory, settings, pd.DataFrame(columns=_LEDGER_COLUMNS[1:]), lock)
+    if new:
+      ledger._archive(log)
     if not os.path.exists(ledger.state_path):
       if os.path.exists(ledger.csv_path):
         raise LedgerError(f'{ledger.csv_path} exists without {LEDGER_STATE}; move it away or '
@@ -100,13 +104,15 @@ class Ledger:
     with open(ledger.state_path) as f:
       state = json.load(f)
     if state['settings'] != settings:
-      changed = sorted(k for k in settings.keys() | state['settings'].keys()
-                       if settings.get(k) != state['settings'].get(k))
+      before, now = _flatten(state['settings']), _flatten(settings)
+      changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
       raise LedgerError(
           f'{ledger.state_path} was started with other settings ({", ".join(changed)}: '
-          f'{[state["settings"].get(k) for k in changed]} vs {[settings.get(k) for k in changed]}'
-          '); continue with the same ones or use another --ledger folder')
+          f'{[before.get(k) for k in changed]} vs {[now.get(k) for k in changed]}); continue '
+          'with the same ones, start a new ledger here (--new_ledger; the old one is archived) '
+          'or use another --ledger folder')
     ledger.rows = ledger._read_rows()
+    ledger.state = state
     recorded = int(state['bars'])
     if len(ledger.rows) < recorded:
       raise LedgerError(f'{ledger.csv_path} has {len(ledger.rows)} bars but {LEDGER_STATE} '
@@ -118,6 +124,18 @@ class Ledger:
       log(f'ledger: {len(ledger.rows) - recorded} bar(s) were recorded after the last state '
           'save (the loop stopped in between); keeping them')
     return ledger
+
+  def _archive(self, log: Callable[[str], None]) -> None:
+    """Moves the ledger's files to `archive/<UTC time>/`, leaving the folder to a new one."""
+    files = [p for p in (self.csv_path, self.state_path) if os.path.exists(p)]
+    if not files:
+      return
+    stamp = pd.Timestamp.now(tz='UTC').strftime('%Y%m%dT%H%M%S%fZ')
+    archive = os.path.join(self.directory, 'archive', stamp)
+    os.makedirs(archive)
+    for path in files:
+      os.replace(path, os.path.join(archive, os.path.basename(path)))
+    log(f'ledger: the previous ledger was moved to {archive}; starting a new one')
 
   def _read_rows(self) -> pd.DataFrame:
     """The whole rows of the CSV; a torn last line is left out here (the file is not touched:
@@ -163,18 +181,12 @@ class Ledger:
     os.replace(tmp, self.state_path)
 
 
-def simulate(rows: pd.DataFrame, params: backtest_lib.BacktestParams
-             ) -> backtest_lib.BacktestResult:
-  """The backtest of every decided bar of a ledger (open, close, action, confidence), as
-  (N,) numpy arrays. Padded with HOLD bars to a multiple of `_PAD_BARS` (the simulation is
-  causal, so they change nothing before them) so that jit compiles once per 256 bars."""
-  n = len(rows)
-  pad = -n % _PAD_BARS
-  opens = np.r_[rows['open'].to_numpy(np.float64), np.full(pad, rows['close'].iloc[-1])]
-  closes = np.r_[rows['close'].to_numpy(np.float64), np.full(pad, rows['close'].iloc[-1])]
-  ids = rows['action'].map(constants.ACTION_NAMES.index).to_numpy(np.int32)
-  actions = np.r_[ids, np.full(pad, constants.HOLD, np.int32)]
-  confidence = np.r_[rows['confidence'].to_numpy(np.float64), np.zeros(pad)]
-  result = backtest_lib.run_backtest(backtest_lib.Prices(opens, closes), actions, confidence,
-                                     params)
-  return type(result)(**{k: np.asarray(v)[:n] for k, v in vars(result).items()})
+def _flatten(settings: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
+  """Nested settings as {'policy.entry': 0.2, ...}, so a difference names its field."""
+  flat = {}
+  for key, value in settings.items():
+    if isinstance(value, Mapping) and value:
+      flat.update(_flatten(value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = value
+  return flat

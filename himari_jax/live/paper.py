@@ -1,205 +1,170 @@
 """Decisions on the latest closed bar, and paper trading on live bars.
 
-A *decider* maps a window of the latest closed bars to one decision; `model_decider` builds
-one from trained checkpoints (calibrated members, combined by an ensemble strategy), tests use
-simple deterministic ones:
-
-  decide(frame: (history bars) OHLCV DataFrame) -> (action, probs (3,), confidence, target)
-
-`target` is the position the decision asks for as a signed fraction of equity (SPEC 6: a BUY
-targets `confidence * max_position_pct` under seed sizing, a SELL 0, or the short of the same
-size with shorting) and NaN for HOLD, which keeps the position.
-
-Bars come from a `sources.BarSource` (see `live.sources`). `paper_trade` is the loop: for
-each newly closed bar it decides, simulates the fill with the backtester (`live.ledger.simulate`)
-and appends one row to a `live.ledger.Ledger` that survives restarts: a bar is decided once, a
-restart resumes at the bar after the last recorded one, and bars missed while stopped are
-caught up in order. Gapped or stale data stops the loop with an error that names the missing
-bar.
+Both decide with a `backtest.decider.Decider`, the object launch/backtest.py runs: members ->
+calibration -> ensemble -> decision policy -> fills, with the backtest's costs and sizing.
+`latest_decision` runs it over the latest closed bars from flat and reports the last bar.
+`paper_trade` follows a `sources.BarSource`: each newly closed bar is one `Decider.step` from
+the state the previous bar left (position, the policy's side and bars held, the order still
+to fill), appended as one row to a `live.ledger.Ledger` that survives restarts: a bar is
+decided once, a restart resumes at the bar after the last recorded one from the state
+recorded with it, and bars missed while stopped are caught up in order. Fills, positions and
+equity are those of a backtest of the same bars (`Decider.run`). Gapped or stale data stops the
+loop with an error that names the missing bar.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
+import ml_collections
 import numpy as np
 import pandas as pd
 
 from himari_jax import config as config_lib
 from himari_jax import constants
+from himari_jax.backtest import decider as decider_lib
 from himari_jax.backtest import engine as backtest_lib
-from himari_jax.data import features as features_lib
+from himari_jax.backtest import evaluate
+from himari_jax.backtest import policy as policy_lib
+from himari_jax.backtest import report as report_lib
 from himari_jax.data import ohlcv as data_lib
-from himari_jax.inference import ensemble as ensemble_lib
 from himari_jax.inference import members as members_lib
-from himari_jax.inference import predict as predict_lib
 from himari_jax.live import ledger as ledger_lib
 from himari_jax.live import sources
 
-
-class Decision(NamedTuple):
-  """One decision: the bar's open time, action (0 SELL, 1 HOLD, 2 BUY), calibrated probs (3,),
-  confidence in [0, 1] and the target position (fraction of equity; NaN = keep)."""
-
-  time: pd.Timestamp
-  action: int
-  probs: np.ndarray
-  confidence: float
-  target: float
-
-
-Decider = Callable[[pd.DataFrame], tuple[int, Any, float, float]]
-
-
-def target_position(action: int, confidence: float, params: backtest_lib.BacktestParams
-                    ) -> float:
-  """The position a decision asks for under the backtester's sizing (fraction of equity).
-
-  BUY: `confidence * max_position_pct` (sizing 'confidence'), `max_position_pct` ('fixed') or
-  1 ('full'); SELL: 0, or minus the same size with `allow_short`; HOLD (or a BUY / SELL below
-  the confidence threshold): NaN, the position is kept.
-  """
-  settings = backtest_lib.params_to_dict(params)
-  if action == constants.HOLD or confidence < settings['confidence_threshold']:
-    return math.nan
-  size = {'confidence': confidence * settings['max_position_pct'],
-          'fixed': settings['max_position_pct'], 'full': 1.0}[settings['sizing']]
-  if action == constants.BUY:
-    return float(size)
-  return -float(size) if settings['allow_short'] else 0.0
-
-
-# ----------------------------------------------------------------------------- sources
-
-
-# ----------------------------------------------------------------------------- deciding
+# The fields of a ledger row that the next bar continues from (`Decider.state_from_row`).
+CARRY_FIELDS = ('open', 'close', 'action', 'p_sell', 'p_hold', 'p_buy', 'confidence', 'sigma',
+                'side', 'bars_in_side', 'position', 'cash')
 
 
 def window_ending_at(df: pd.DataFrame, bar: pd.Timestamp, history: int,
-                     interval: pd.Timedelta, source: str) -> pd.DataFrame:
-  """The `history` bars up to and including `bar`, as a decider receives them; gaps are
-  filled with flat zero-volume bars, as backtests fill them."""
+                     interval: pd.Timedelta, source: str, min_bars: int) -> pd.DataFrame:
+  """The last `history` bars up to and including `bar` (all of them where fewer), as a
+  decider receives them; gaps are filled with flat zero-volume bars, as backtests fill them.
+
+  Raises:
+    data.DataError: fewer than `min_bars` bars.
+  """
   window = df[df.index <= bar]
   if data_lib.find_gaps(window, interval).count:
     window = data_lib.fill_missing_bars(window, interval, source=source)
   window = window.iloc[-history:]
-  if len(window) < history:
+  if len(window) < min_bars:
     raise data_lib.DataError(f'{source}: {len(window)} bars up to {bar}, a decision needs '
-                             f'{history}; give more history')
+                             f'{min_bars}; give more history')
   return window
 
 
-def decide_bar(decide: Decider, window: pd.DataFrame) -> Decision:
-  """Runs a decider on a window and checks what it returns."""
-  action, probs, confidence, target = decide(window)
-  probs = np.asarray(probs, np.float64)
-  if int(action) not in (constants.SELL, constants.HOLD, constants.BUY) or \
-      probs.shape != (3,) or not 0.0 <= float(confidence) <= 1.0:
-    raise ValueError(f'the decider returned action={action!r}, probs={probs.tolist()}, '
-                     f'confidence={confidence!r}; expected 0/1/2, 3 probabilities and [0, 1]')
-  return Decision(window.index[-1], int(action), probs, float(confidence), float(target))
-
-
-def latest_decision(source: sources.BarSource, decide: Decider, history: int,
-                    now: pd.Timestamp | None = None) -> tuple[Decision, int]:
-  """The decision for the latest closed bar of `source`, and how many unclosed bars were
-  left out (the forming bar of a live feed, or a CSV's last row exported mid-bar)."""
+def latest_decision(source: sources.BarSource, decider: decider_lib.Decider, history: int,
+                    now: pd.Timestamp | None = None) -> tuple[dict[str, Any], int]:
+  """The decision for the latest closed bar of `source`: the decider run from flat over the
+  last `history` closed bars, its last bar as a ledger row (`Decider.row`, plus `time`, open
+  and close); and how many unclosed bars were left out (the forming bar of a live feed, or a
+  CSV's last row exported mid-bar)."""
   now = pd.Timestamp.now(tz='UTC') if now is None else now
   df = source.bars(None, history)
   closed = sources.closed_bars(df, source.interval, now)
   if not len(closed):
     raise data_lib.DataError(f'{source.name}: no closed bar by {now:%Y-%m-%d %H:%M} UTC '
                              f'(the first bar opens {df.index[0]})')
-  window = window_ending_at(closed, closed.index[-1], history, source.interval, source.name)
-  return decide_bar(decide, window), len(df) - len(closed)
+  window = window_ending_at(closed, closed.index[-1], history, source.interval, source.name,
+                            decider.min_bars)
+  step = decider.last_step(window)
+  row = {'time': step.time, **window.iloc[-1][['open', 'close']].to_dict(), **decider.row(step)}
+  return row, len(df) - len(closed)
 
 
-def format_decision(decision: Decision, interval: pd.Timedelta, source: str) -> list[str]:
-  """Console lines for a decision."""
-  names = constants.ACTION_NAMES
-  target = ('keep the current position' if math.isnan(decision.target)
-            else f'{decision.target:+.2%} of equity')
-  probs = '  '.join(f'{n} {p:.3f}' for n, p in zip(names, decision.probs, strict=True))
-  return [f'{source}: bar {decision.time:%Y-%m-%d %H:%M} UTC, closed '
-          f'{decision.time + interval:%Y-%m-%d %H:%M} UTC',
-          f'  action      {names[decision.action]} (confidence {decision.confidence:.3f})',
+def format_decision(row: Mapping[str, Any], interval: pd.Timedelta, source: str,
+                    params: backtest_lib.BacktestParams) -> list[str]:
+  """Console lines for a decision (`latest_decision`'s row)."""
+  probs = '  '.join(f'{n} {row[f"p_{n.lower()}"]:.3f}' for n in constants.ACTION_NAMES)
+  exposure = row['position'] * row['close'] / row['equity']
+  side = decider_lib.SIDES[int(row['side'])]
+  pending = (" (this bar's decision fills at the next open)"
+             if backtest_lib.params_to_dict(params)['fill'] == 'next_open' else '')
+  return [f'{source}: bar {row["time"]:%Y-%m-%d %H:%M} UTC, closed '
+          f'{row["time"] + interval:%Y-%m-%d %H:%M} UTC',
+          f'  action      {row["action"]} (confidence {row["confidence"]:.3f})',
           f'  calibrated  {probs}',
-          f'  target      {target}']
+          f'  position    {side}, {exposure:+.2%} of equity after this bar{pending}']
 
 
-def model_decider(checkpoints: Sequence[str], config: Any, history: int,
-                  log: Callable[[str], None] = print) -> Decider:
-  """A decider from trained members and a `configs/backtest.py` config.
+def ledger_summary(ledger: ledger_lib.Ledger, policy: Mapping[str, Any]) -> list[str]:
+  """The paper-trading summary: the policy line (`report.policy_line`, as the backtest
+  prints it), then the ledger's bars, fills, equity and side."""
+  lines = [report_lib.policy_line(policy)]
+  rows = ledger.rows
+  if not len(rows):
+    return [*lines, f'ledger {ledger.csv_path}: no bar decided yet']
+  capital = ledger.settings.get('backtest', {}).get('initial_capital')
+  equity = float(rows['equity'].iloc[-1])
+  gain = '' if not capital else f' ({equity / capital - 1:+.2%} on {capital:,.0f})'
+  side = decider_lib.SIDES[int(rows['side'].iloc[-1])]
+  lines.append(f'ledger {ledger.csv_path}: {len(rows)} bar(s) {rows.index[0]:%Y-%m-%d %H:%M} '
+               f'.. {rows.index[-1]:%Y-%m-%d %H:%M} UTC, {int((rows["fill_qty"] != 0).sum())} '
+               f'fill(s), equity {equity:,.2f}{gain}; {side} after the last bar')
+  return lines
 
-  Each member is loaded and calibrated once (on the validation split of its own training
-  data, as the backtest does), then each decision scores only the window's last bar.
+
+def restore_state(decider: decider_lib.Decider, ledger: ledger_lib.Ledger
+                  ) -> backtest_lib.BarState | None:
+  """The state the ledger's last bar left (None for a new ledger): state.json's `carry`, or the
+  last CSV row where the loop stopped between writing the row and the state.
 
   Raises:
-    ValueError: if `history` bars are too few for the members' feature warm-up and context.
+    ledger.LedgerError: state.json's state and the CSV row of its bar disagree.
   """
-
-  params = backtest_lib.params_from_config(config)
-  weights = [float(w) for w in config_lib.split_list(config.get('weights', '') or '')] or None
-  members = [members_lib.load_member(members_lib.resolve_path(p), config.which)
-             for p in checkpoints]
-  contexts = [int(m.config.train.context_length) for m in members]
-  needed = max(predict_lib.first_available_bar(t) for t in contexts) + 1
-  if history < needed:
-    raise ValueError(f'history={history} bars is too short: these models need {needed} bars '
-                     'per decision')
-  calibrations = []
-  for path, loaded in zip(checkpoints, members, strict=True):
-    calibration, summary = members_lib.fit_member_calibration(loaded, config.calibration)
-    log(f'member {path}: step {loaded.step}, calibration {summary["mode"]}')
-    calibrations.append(calibration)
-
-  def decide(frame: pd.DataFrame) -> tuple[int, np.ndarray, float, float]:
-    probs = []
-    for loaded, calibration, context in zip(members, calibrations, contexts, strict=True):
-      feats = loaded.normalizer.apply(features_lib.compute_features(frame))
-      logits = predict_lib.predict_logits_from_features(
-          loaded.params, loaded.model_config, feats, context, batch_size=1,
-          bars=np.array([len(frame) - 1]))[-1:]
-      probs.append(np.asarray(calibration.apply(logits), np.float32))
-    actions, confidence = ensemble_lib.combine(np.stack(probs), config.strategy,
-                                               threshold=config.confidence_threshold,
-                                               weights=weights)
-    action, conf = int(actions[0]), float(confidence[0])
-    mean = np.average(np.stack(probs)[:, 0], axis=0, weights=weights)
-    return action, mean, conf, target_position(action, conf, params)
-
-  return decide
+  if not len(ledger.rows):
+    return None
+  row = ledger.rows.iloc[-1][list(CARRY_FIELDS)].to_dict()
+  saved = ledger.state or {}
+  if int(saved.get('bars', -1)) != len(ledger.rows):
+    return decider.state_from_row(row)
+  carry = saved['carry']
+  differ = [k for k in CARRY_FIELDS if not _same(carry.get(k), row[k])]
+  if differ:
+    raise ledger_lib.LedgerError(
+        f'{ledger.state_path}: the state of bar {ledger.last_bar} differs from its row in '
+        f'{ledger.csv_path} ({", ".join(differ)}); the files disagree')
+  return decider.state_from_row(carry)
 
 
-# ------------------------------------------------------------------------------- ledger
+def _same(saved: Any, recorded: Any) -> bool:
+  """A state.json value (None for NaN) equals a CSV value."""
+  if isinstance(recorded, str) or isinstance(saved, str):
+    return saved == recorded
+  recorded = float(recorded)
+  return (saved is None and math.isnan(recorded)) or (saved is not None
+                                                      and float(saved) == recorded)
 
 
 # ------------------------------------------------------------------------ paper trading
 
 
-def paper_trade(source: sources.BarSource, decide: Decider, ledger: ledger_lib.Ledger,
-                params: backtest_lib.BacktestParams, *, history: int,
+def paper_trade(source: sources.BarSource, decider: decider_lib.Decider,
+                ledger: ledger_lib.Ledger, *, history: int,
                 max_bars: int | None = None, max_polls: int | None = None,
                 poll_delay: float = 5.0, retry_every: float = 30.0, stale_after: float = 600.0,
                 clock: Callable[[], pd.Timestamp] = lambda: pd.Timestamp.now(tz='UTC'),
                 sleep: Callable[[float], None] = time.sleep,
                 log: Callable[[str], None] = print) -> int:
-  """Follows `source`: decides each newly closed bar, simulates its fill, records it.
+  """Follows `source`: decides and fills each newly closed bar (`Decider.step`), records it.
 
-  A new ledger starts at the latest closed bar. Each poll takes every bar closed since the
-  ledger's last one, in order (so bars missed while stopped are caught up), then sleeps
-  until `poll_delay` seconds after the next bar closes; while the next bar is late it polls
-  every `retry_every` seconds.
+  A new ledger starts at the latest closed bar; a ledger with bars continues from the state
+  its last bar left (`restore_state`). Each poll takes every bar closed since the ledger's
+  last one, in order (so bars missed while stopped are caught up), then sleeps until
+  `poll_delay` seconds after the next bar closes; while the next bar is late it polls every
+  `retry_every` seconds.
 
   Args:
     source: where bars come from.
-    decide: the decider; sees the `history` bars ending at the bar decided.
+    decider: decides and fills; sees the (at most) `history` bars ending at the bar decided.
     ledger: where decisions and fills go (see `ledger_lib.Ledger`).
-    params: backtest settings (costs, sizing, fill timing) the fills are simulated with.
-    history: bars per decision window.
+    history: bars per decision window (fewer at the start of the feed).
     max_bars, max_polls: stop after deciding that many bars / polling that many times.
     stale_after: seconds after a bar should have closed before the feed counts as stale.
     clock, sleep: the time source and the wait (tests pass simulated ones).
@@ -213,6 +178,7 @@ def paper_trade(source: sources.BarSource, decide: Decider, ledger: ledger_lib.L
   """
   interval = source.interval
   decided = polls = 0
+  state = restore_state(decider, ledger)
   while True:
     now = clock()
     last = ledger.last_bar
@@ -240,7 +206,7 @@ def paper_trade(source: sources.BarSource, decide: Decider, ledger: ledger_lib.L
     for bar in times:
       if max_bars is not None and decided >= max_bars:
         return decided
-      _record_bar(source, decide, ledger, params, closed, bar, history, now, log)
+      state = _record_bar(source, decider, ledger, closed, bar, history, now, state, log)
       decided += 1
     polls += 1
     if (max_bars is not None and decided >= max_bars) or (
@@ -275,31 +241,100 @@ def _check_unrevised(closed: pd.DataFrame, ledger: ledger_lib.Ledger, source: st
                     f'the ledger in {ledger.directory} keeps the decision as made')
 
 
-def _record_bar(source: sources.BarSource, decide: Decider, ledger: ledger_lib.Ledger,
-                params: backtest_lib.BacktestParams, closed: pd.DataFrame, bar: pd.Timestamp,
-                history: int, now: pd.Timestamp, log: Callable[[str], None]) -> None:
-  """Decides `bar`, replays the ledger with it through the backtester and appends its row."""
-  window = window_ending_at(closed, bar, history, source.interval, source.name)
-  decision = decide_bar(decide, window)
+def _record_bar(source: sources.BarSource, decider: decider_lib.Decider,
+                ledger: ledger_lib.Ledger, closed: pd.DataFrame, bar: pd.Timestamp,
+                history: int, now: pd.Timestamp, state: backtest_lib.BarState | None,
+                log: Callable[[str], None]) -> backtest_lib.BarState:
+  """Decides and fills `bar` from `state`, appends its row; returns the state after it."""
+  window = window_ending_at(closed, bar, history, source.interval, source.name,
+                            decider.min_bars)
+  step = decider.step(window, state)
   row = closed.loc[[bar]].copy()
-  row['action'] = constants.ACTION_NAMES[decision.action]
-  row['p_sell'], row['p_hold'], row['p_buy'] = (float(p) for p in decision.probs)
-  row['confidence'], row['target'] = decision.confidence, decision.target
-  result = ledger_lib.simulate(pd.concat([ledger.rows, row]) if len(ledger.rows) else row, params)
-  for name in ('fill_qty', 'fill_price', 'commission', 'slippage', 'position', 'cash',
-               'equity'):
-    row[name] = float(getattr(result, name)[-1])
+  for name, value in decider.row(step).items():
+    row[name] = value
   row['decided_at'] = now.isoformat()
-  state = {'bars': len(ledger.rows) + 1, 'last_bar': bar.isoformat(),
-           'next_bar': (bar + source.interval).isoformat(),
-           'cash': row['cash'].iloc[0], 'position': row['position'].iloc[0],
-           'equity': row['equity'].iloc[0], 'updated_at': now.isoformat()}
-  next_open = backtest_lib.params_to_dict(params)['fill'] == 'next_open'
-  if next_open and decision.action != constants.HOLD:
-    state['pending'] = {'action': row['action'].iloc[0], 'confidence': decision.confidence,
+  values = row.iloc[0]
+  carry = {k: values[k] if k == 'action' else None if math.isnan(values[k]) else float(values[k])
+           for k in CARRY_FIELDS}
+  saved = {'bars': len(ledger.rows) + 1, 'last_bar': bar.isoformat(),
+           'next_bar': (bar + source.interval).isoformat(), 'cash': float(values['cash']),
+           'position': float(values['position']), 'equity': float(values['equity']),
+           'policy_state': decider.describe_state(step.state), 'carry': carry,
+           'updated_at': now.isoformat()}
+  if backtest_lib.params_to_dict(decider.params)['fill'] == 'next_open':
+    saved['pending'] = {'decided_at_bar': bar.isoformat(),
                         'fills_at': f'open of {bar + source.interval}'}
-  ledger.append(row, state)
-  fill = (f'filled {row["fill_qty"].iloc[0]:+.6g} @ {row["fill_price"].iloc[0]:.2f}'
-          if row['fill_qty'].iloc[0] else 'no fill')
-  log(f'{bar:%Y-%m-%d %H:%M} {row["action"].iloc[0]:<4} conf {decision.confidence:.3f} '
-      f'{fill}; equity {row["equity"].iloc[0]:.2f}')
+  ledger.append(row, saved)
+  fill = (f'filled {values["fill_qty"]:+.6g} @ {values["fill_price"]:.2f}'
+          if values['fill_qty'] else 'no fill')
+  log(f'{bar:%Y-%m-%d %H:%M} {values["action"]:<4} conf {values["confidence"]:.3f} '
+      f'{decider_lib.SIDES[int(values["side"])]:<5} {fill}; equity {values["equity"]:.2f}')
+  return step.state
+
+
+# ------------------------------------------------------------------------------ set-up
+
+
+def load_decider(config: ml_collections.ConfigDict, *, checkpoints: Sequence[str] | None,
+                 policy_file: str | None, asset: str | None = None,
+                 log: Callable[[str], None] = print
+                 ) -> tuple[decider_lib.Decider, evaluate.PolicyChoice, dict[str, Any]]:
+  """The decider a backtest of `config` trades, for live decisions; its first log line names
+  the decision rule.
+
+  The policy comes from `policy_file` (a backtest's policy.json: its members, calibration,
+  ensemble, costs and policy replace `config`'s) or from `config.policy` as the backtest
+  reads it ('select' and 'auto' choose on the members' validation bars as it does).
+
+  Args:
+    checkpoints: members (None: the policy file's, else `config.checkpoints`).
+
+  Returns:
+    (the decider, how its policy was chosen, the ledger settings that identify it).
+
+  Raises:
+    ValueError: `checkpoints` are not the members the policy file was chosen for.
+  """
+  chosen_for = None
+  if policy_file:
+    choice, chosen_for = evaluate.read_policy_file(policy_file, config)
+    log(f'policy: {report_lib.policy_line(choice.summary)} (from {policy_file})')
+    checkpoints = checkpoints or [m['path'] for m in chosen_for]
+  else:
+    mode = config.policy.mode
+    rule = (report_lib.policy_line(evaluate.choose_policy(config).summary)
+            if mode in ('seed', 'fixed') else
+            f"config.policy.mode={mode}: chosen on the members' validation bars, as "
+            'launch/backtest.py chooses it')
+    log(f'policy: no --policy given; {rule}. Trade what a backtest chose with '
+        f'--policy=<its outdir>/{evaluate.POLICY_JSON}')
+    checkpoints = checkpoints or config_lib.split_list(config.checkpoints)
+  paths = [members_lib.resolve_path(p) for p in checkpoints]
+  weights = decider_lib.weights_from_config(config, len(paths))
+  scorer = decider_lib.load_scorer(paths, config, asset=asset, log=log)
+  members = scorer.identity()
+  if chosen_for is not None:
+    key = lambda ms: [(os.path.realpath(m['path']), m['step']) for m in ms]  # noqa: E731
+    if key(members) != key(chosen_for):
+      raise ValueError(f'{policy_file} was chosen for members {_members_text(chosen_for)}, not '
+                       f'{_members_text(members)}; pass no --checkpoints (or the same ones), '
+                       'or backtest these members to choose their policy')
+  else:
+    choice = evaluate.choose_member_policy(config, scorer, weights, log=log)
+    if config.policy.mode not in ('seed', 'fixed'):
+      log(f'policy: {report_lib.policy_line(choice.summary)}')
+  decider = decider_lib.Decider.from_config(config, choice.policy, scorer, weights)
+  settings = {
+      'members': members, 'strategy': config.strategy, 'weights': weights,
+      'confidence_threshold': config.confidence_threshold,
+      'calibration': config.calibration.to_dict(),
+      'predict_batch_size': scorer.batch_size,
+      'policy': {'mode': choice.mode, **(policy_lib.policy_to_dict(choice.policy)
+                                         if choice.policy is not None else {})},
+      'vol_window': decider.vol_window,
+      'backtest': backtest_lib.params_to_dict(decider.params)}
+  return decider, choice, settings
+
+
+def _members_text(members: Sequence[Mapping[str, Any]]) -> str:
+  return '[' + ', '.join(f'{m["path"]} (step {m["step"]})' for m in members) + ']'

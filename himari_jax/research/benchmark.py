@@ -56,6 +56,7 @@ import numpy as np
 
 from himari_jax import config as config_lib
 from himari_jax import json_types
+from himari_jax.backtest import decider as decider_lib
 from himari_jax.backtest import engine as backtest_lib
 from himari_jax.backtest import policy as policy_lib
 from himari_jax.data import binance, input_pipeline
@@ -234,13 +235,11 @@ def run_trial(config: ml_collections.ConfigDict, trial: folds_lib.Trial, asset: 
   selection = policy_lib.select_policy(
       span.iloc[val], val_probs, params, grid=grid, objective=config.policy.objective,
       sigma_annual=data.sigma[val], periods_per_year=bt.periods_per_year)
-  result = policy_lib.run_policy(span.iloc[test], test_probs, selection.policy, params,
-                                 sigma_annual=data.sigma[test],
-                                 periods_per_year=bt.periods_per_year)
+  decider = decider_lib.Decider(params, selection.policy,
+                                periods_per_year=float(bt.periods_per_year))
+  result, _ = decider.trade(span.iloc[test], probs=test_probs, sigma=data.sigma[test])
   # The search is deflated where it ran: the winner on the validation bars (SPEC 11).
-  winner = policy_lib.run_policy(span.iloc[val], val_probs, selection.policy, params,
-                                 sigma_annual=data.sigma[val],
-                                 periods_per_year=bt.periods_per_year)
+  winner, _ = decider.trade(span.iloc[val], probs=val_probs, sigma=data.sigma[val])
   winner_returns = np.asarray(metrics_lib.period_returns(winner.equity, bt.initial_capital))
   deflated = None
   if np.std(winner_returns) > 0:

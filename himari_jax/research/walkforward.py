@@ -46,6 +46,7 @@ import pandas as pd
 
 from himari_jax import config as config_lib
 from himari_jax import constants
+from himari_jax.backtest import decider as decider_lib
 from himari_jax.backtest import engine as backtest_lib
 from himari_jax.backtest import evaluate
 from himari_jax.backtest import policy as policy_lib
@@ -390,12 +391,10 @@ def run_fold_backtest(test_df: pd.DataFrame, result: FoldResult,
                       config: ml_collections.ConfigDict,
                       params: backtest_lib.BacktestParams) -> backtest_lib.BacktestResult:
   """The fold's test window backtested alone with its policy (or the seed's decisions)."""
-  policy = result.policy
-  if policy is None:
-    return backtest_lib.run_backtest(test_df, result.actions, result.confidence, params)
-  return policy_lib.run_policy(test_df, result.probs, policy, params,
-                               sigma_annual=evaluate.sigma_for(test_df, config),
-                               periods_per_year=config.periods_per_year)
+  decider = dataclasses.replace(decider_lib.Decider.from_config(config, result.policy),
+                                params=params)
+  return decider.trade(test_df, actions=result.actions, confidence=result.confidence,
+                       probs=result.probs)[0]
 
 
 def chained_backtest(df: pd.DataFrame, span: slice, results: Sequence[FoldResult],
