@@ -159,8 +159,11 @@ def follow(repo_root, exchange, ledger_dir, case, policy_file, max_bars, logs):
   ledger = ledger_lib.Ledger.open(
       ledger_dir, {'data': source.name, 'interval': '1h', 'history': HISTORY, **settings},
       log=logs.append)
-  live.paper_trade(source, decider, ledger, history=HISTORY, max_bars=max_bars,
-                   clock=exchange.clock, sleep=exchange.clock.sleep, log=logs.append)
+  try:
+    live.paper_trade(source, decider, ledger, history=HISTORY, max_bars=max_bars,
+                     clock=exchange.clock, sleep=exchange.clock.sleep, log=logs.append)
+  finally:
+    ledger.close()  # as the process's exit would: the next restart takes the lock
   return ledger, decider, choice
 
 
