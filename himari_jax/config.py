@@ -147,7 +147,9 @@ def default_config() -> ml_collections.ConfigDict:
   config.seed = 0
 
   config.data = ml_collections.ConfigDict()
-  config.data.train = 'btc_usdt_1h_2020_2024'  # builtin names or CSV paths, comma-separated
+  # Builtin names or CSV paths, comma-separated, or universe:PATH[@SYM1,SYM2] (a folder or
+  # glob of OHLCV files, one asset per coin; input_pipeline.parse_universe).
+  config.data.train = 'btc_usdt_1h_2020_2024'
   config.data.test = 'btc_usdt_1h_2025_2026'  # out-of-sample era for backtests
   config.data.val_fraction = 0.15  # last share of the training bars held out for validation
   config.data.embargo = config_dict.placeholder(int)  # bars between splits; None = label horizon
@@ -157,6 +159,9 @@ def default_config() -> ml_collections.ConfigDict:
   config.data.allow_lookahead = False  # True only to reproduce the seed with seed_exact
   config.data.max_bar_move = 0.5  # a bar's |close / previous close - 1| above this is reported
   config.data.refuse_large_moves = False  # True: refuse such a bar instead of warning
+  # 'rows' (the last val_fraction of each file's bars) or 'time' (one calendar cut for every
+  # file); None = 'time' for a universe:PATH training set, else 'rows'.
+  config.data.split = config_dict.placeholder(str)
 
   config.labels = ml_collections.ConfigDict()
   # 'threshold', 'sharpe', 'volatility' or 'triple_barrier' (SPEC 4); each rule reads only
@@ -202,6 +207,9 @@ def default_config() -> ml_collections.ConfigDict:
   config.train.weight_decay = 0.01
   config.train.grad_clip = 1.0
   config.train.class_weights = 'fixed'  # 'fixed', 'inverse', 'sqrt' or 'none'
+  # 'windows' (every training window equally likely) or 'assets' (every asset equally often);
+  # None = 'assets' for a universe:PATH training set, else 'windows'.
+  config.train.sampling = config_dict.placeholder(str)
   config.train.best_metric = 'val_loss'  # checkpoint kept as "best"; '-val_accuracy' style for max
   config.train.log_every_steps = 50
   config.train.checkpoint_every_steps = 500  # also checkpoint mid-epoch (pre-emption); 0 = off

@@ -151,8 +151,11 @@ def validate_config(config: ml_collections.ConfigDict) -> model_lib.ModelConfig:
     raise ConfigError(f"config.train.objective='{objective.kind}' needs "
                       f'config.train.context_length >= 2 (the cost is charged on position '
                       f'changes inside a window); got {t.context_length}.')
-  items = config_lib.split_list(config.data.train)
-  if not items:
+  universe = input_pipeline.is_universe(config.data.train)
+  items = [] if universe else config_lib.split_list(config.data.train)
+  if universe:
+    input_pipeline.parse_universe(config.data.train)  # a folder or glob; load_universe checks
+  elif not items:
     raise ConfigError('config.data.train is empty; give a builtin dataset name '
                       f'({", ".join(data_lib.builtin_dataset_names())}) or a CSV path.')
   builtin = set(data_lib.builtin_dataset_names())
@@ -410,7 +413,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       prepared, seed=config.seed, batch_size=t.batch_size, context_length=t.context_length,
       steps_per_epoch=steps_per_epoch, start_step=start_step, total_steps=total_steps,
       process_index=jax.process_index(), process_count=jax.process_count(),
-      trading=objective is not None)
+      trading=objective is not None, sampling=input_pipeline.sampling_of(config))
   epoch_metrics: dict[str, Any] = {}
   saved, preempted = start_step, None
   try:
