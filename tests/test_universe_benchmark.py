@@ -106,8 +106,10 @@ def test_a_run_writes_the_table_resumes_and_refuses_other_settings(tmp_path):
   table = (tmp_path / ub.REPORT).read_text()
   assert '| model | seeds | mean rank IC | NW t | long-short net Sharpe | timing net Sharpe |' in (
       table)
-  assert [r['model'] for r in result['rows']] == ['buy_and_hold', 'reversal', 'momentum',
-                                                  'logistic']
+  assert [r['model'] for r in result['rows']] == [
+      'buy_and_hold', 'reversal', 'momentum', 'logistic', 'equal_weight (benchmark)',
+      'btc_hold (benchmark)']
+  assert '| equal_weight (benchmark) | 0 | n/a | n/a | n/a |' in table
   again = []
   ub.run_universe_benchmark(config, str(tmp_path), log=again.append)
   assert '4 trials; 4 done, 0 to run' in again

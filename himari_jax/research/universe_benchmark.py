@@ -25,14 +25,16 @@
 
 Outputs in the workdir: `results.jsonl` (one line per trial; a rerun skips finished trials),
 `trials/<model>/fold_NNN/seed_S/series.npz` (per-bar rank IC and net returns, for the
-report), `universe_benchmark.md` (per model: mean rank IC with its Newey-West t over every
-test bar, long-short and timing net Sharpe of the folds' returns joined in time).
+report), `benchmarks/fold_NNN.npz` (equal-weight and BTC buy-and-hold net returns),
+`universe_benchmark.md` (per model: mean rank IC with its Newey-West t over every test bar,
+long-short and timing net Sharpe of the folds' returns joined in time; the benchmarks).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import os
 import time
 from collections.abc import Callable
@@ -56,6 +58,7 @@ from himari_jax.stats import cross_section, significance
 RESULTS = 'results.jsonl'
 REPORT = 'universe_benchmark.md'
 SERIES = 'series.npz'
+BENCHMARKS = 'benchmarks'  # per fold: the benchmark portfolios' net returns
 RULES = ('reversal', 'momentum')
 # Models whose scores are the same for every coin: no cross-section to rank.
 CONSTANT_SCORES = ('label_prior', 'buy_and_hold')
@@ -261,14 +264,9 @@ def run_trial(config: ml_collections.ConfigDict, panel: universe_lib.Panel, fold
     own = scores[symbol][coin['test']] if model in RULES else margin[offset:offset + n]
     score[grid, a] = np.where(decided.available[offset:offset + n], own, np.nan)
     offset += n
-  columns = [panel.column(s) for s in symbols]
-  rows = np.ix_(data.test_rows, columns)
-  prices = portfolio_lib.PanelPrices(panel.open[rows], panel.close[rows], panel.available[rows])
+  prices = test_prices(panel, fold, data)
   b = config.backtest
-  params = portfolio_lib.make_portfolio_params(
-      initial_capital=b.initial_capital, commission=b.commission, slippage=b.slippage,
-      commission_sell=b.commission_sell, slippage_sell=b.slippage_sell, fill=b.fill,
-      short_rate=config.portfolio.short_rate, periods_per_year=b.periods_per_year)
+  params = portfolio_params(config)
   targets = portfolio_lib.targets_from_actions(
       actions, sizing='fixed', max_position_pct=config.portfolio.timing_position)
   timing = portfolio_lib.timing_portfolio(prices, targets, params)
@@ -298,6 +296,41 @@ def run_trial(config: ml_collections.ConfigDict, panel: universe_lib.Panel, fold
         long_short=portfolio_lib.summarize(long_short, params))
   record['wall_seconds'] = time.time() - start
   return json_types.to_json_types(record), series
+
+
+def test_prices(panel: universe_lib.Panel, fold: UniverseFold,
+                data: FoldInputs) -> portfolio_lib.PanelPrices:
+  """(test bars, fold coins) open, close and availability of the fold's test window."""
+  rows = np.ix_(data.test_rows, [panel.column(s) for s in fold.symbols])
+  return portfolio_lib.PanelPrices(panel.open[rows], panel.close[rows], panel.available[rows])
+
+
+def portfolio_params(config: ml_collections.ConfigDict) -> portfolio_lib.PortfolioParams:
+  """The costs of `config.backtest` and the shorting rate of `config.portfolio`."""
+  b = config.backtest
+  return portfolio_lib.make_portfolio_params(
+      initial_capital=b.initial_capital, commission=b.commission, slippage=b.slippage,
+      commission_sell=b.commission_sell, slippage_sell=b.slippage_sell, fill=b.fill,
+      short_rate=config.portfolio.short_rate, periods_per_year=b.periods_per_year)
+
+
+def benchmark_returns(config: ml_collections.ConfigDict, panel: universe_lib.Panel,
+                      fold: UniverseFold, data: FoldInputs) -> dict[str, np.ndarray]:
+  """Per-bar net returns (test bars,) of the SPEC 12 benchmarks on the fold's test window:
+  'equal_weight' (the fold's coins bought at its start and held) and 'btc_hold' (all in
+  `config.data.btc`, NaN when the fold lacks it)."""
+  prices = test_prices(panel, fold, data)
+  params = portfolio_params(config)
+  capital = config.backtest.initial_capital
+  equal = portfolio_lib.run_portfolio(
+      prices, portfolio_lib.benchmark_targets(prices.available), params)
+  out = {'equal_weight': _returns(equal.equity, capital),
+         'btc_hold': np.full(len(data.test_rows), np.nan)}
+  if config.data.btc in fold.symbols:
+    btc = portfolio_lib.run_portfolio(prices, portfolio_lib.benchmark_targets(
+        prices.available, column=fold.symbols.index(config.data.btc)), params)
+    out['btc_hold'] = _returns(btc.equity, capital)
+  return out
 
 
 def _returns(equity: Any, capital: float) -> np.ndarray:
@@ -376,11 +409,14 @@ def run_universe_benchmark(config: ml_collections.ConfigDict, workdir: str, *,
   seconds: list[float] = []
   for fold in folds:
     fold_todo = [t for t in todo if t[1] == fold.index]
-    if not fold_todo:
+    benchmark_path = os.path.join(workdir, BENCHMARKS, f'fold_{fold.index:03d}.npz')
+    if not fold_todo and os.path.exists(benchmark_path):
       continue
     if raw is None:
       raw = _raw_features(config, panel)
     data = fold_inputs(config, panel, raw, fold)
+    os.makedirs(os.path.dirname(benchmark_path), exist_ok=True)
+    np.savez(benchmark_path, **benchmark_returns(config, panel, fold, data))
     for model, _, seed in fold_todo:
       record, series = run_trial(config, panel, fold, data, model, seed)
       directory = trial_dir(workdir, model, fold.index, seed)
@@ -431,6 +467,12 @@ def summarize(config: ml_collections.ConfigDict, workdir: str, models: list[str]
           'timing_sharpe': _sharpe(joined['timing_returns'], periods)})
     rows.append({'model': model, 'seeds': seeds,
                  **{k: float(np.mean([s[k] for s in stats])) for k in stats[0]}})
+  parts = [np.load(os.path.join(workdir, BENCHMARKS, f'fold_{f.index:03d}.npz'))
+           for f in folds]
+  for name in ('equal_weight', 'btc_hold'):
+    rows.append({'model': f'{name} (benchmark)', 'seeds': 0, 'rank_ic': math.nan,
+                 'rank_ic_t': math.nan, 'long_short_sharpe': math.nan,
+                 'timing_sharpe': _sharpe(np.concatenate([p[name] for p in parts]), periods)})
   return rows
 
 
@@ -455,7 +497,8 @@ def write_report(config: ml_collections.ConfigDict, rows: list[dict[str, Any]], 
       f'of the cross-sectional rank IC with the {config.labels.horizon}-bar forward return, '
       'Newey-West t. Sharpe: net, annualised, of the folds joined in time; long-short '
       f'k = {config.portfolio.k} per side, rebalanced every {config.portfolio.rebalance_every} '
-      'bars.', '',
+      'bars. Benchmarks (timing column): equal-weight buy-and-hold of each fold\'s coins, and '
+      f'{config.data.btc} buy-and-hold.', '',
       '| model | seeds | mean rank IC | NW t | long-short net Sharpe | timing net Sharpe |',
       '|---|---:|---:|---:|---:|---:|']
   for r in rows:
