@@ -691,7 +691,9 @@ def universe_benchmark_config(variant: str = 'universe_cpu') -> ml_collections.C
 
   - `universe_cpu`: the 20-coin universe, 2019-01 .. 2022-09 (15 folds), rules, logistic and
     MLP, 3 seeds.
-  - `universe_gpu`: `universe_cpu` with LightGBM (where installed) and more MLP steps.
+  - `universe_gpu`: `universe_cpu` with LightGBM (where installed), a bigger MLP and a
+    pooled `small` FLAG-TRADER (`flag_traders.flag_trader`; name it in `models` to run it
+    in the other variants).
   - `universe_smoke`: 5 coins, 2 folds, 1 seed; a few minutes on two CPU cores.
   """
   if variant not in UNIVERSE_BENCHMARK_VARIANTS:
@@ -725,6 +727,14 @@ def universe_benchmark_config(variant: str = 'universe_cpu') -> ml_collections.C
   config.baselines.mlp = {'hidden': (64,), 'context_length': 4, 'steps': 400}
   config.baselines.lightgbm = {'num_boost_round': 100}
 
+  # Pooled FLAG-TRADERs: name -> training config (train.train_and_evaluate); data, labels,
+  # split and seed are set per fold. Not in `models` unless named (universe_gpu names it).
+  config.flag_traders = ml_collections.ConfigDict()
+  small = flag_trader_config('small')
+  small.train.update(num_epochs=2, steps_per_epoch=150, warmup_steps=20,
+                     checkpoint_every_steps=0, keep_latest=1, log_every_steps=150)
+  config.flag_traders.flag_trader = small
+
   config.backtest = backtest_config()  # costs and calibration
   config.portfolio = ml_collections.ConfigDict()
   config.portfolio.k = 3  # coins per book of the long-short portfolio
@@ -734,7 +744,7 @@ def universe_benchmark_config(variant: str = 'universe_cpu') -> ml_collections.C
   config.portfolio.timing_position = 1.0  # share of a coin's sleeve a BUY holds (long-only)
 
   if variant == 'universe_gpu':
-    config.models += ',lightgbm'
+    config.models += ',lightgbm,flag_trader'
     config.baselines.mlp = {'hidden': (128, 64), 'context_length': 8, 'steps': 2000}
   elif variant == 'universe_smoke':
     config.data.symbols = 'BTC,ETH,BNB,ADA,XRP'
@@ -743,6 +753,7 @@ def universe_benchmark_config(variant: str = 'universe_cpu') -> ml_collections.C
     config.portfolio.k = 1
     config.baselines.logistic = {'steps': 150}
     config.baselines.mlp = {'hidden': (32,), 'context_length': 4, 'steps': 200}
+    config.flag_traders.flag_trader.train.update(num_epochs=1, steps_per_epoch=60)
   return config
 
 

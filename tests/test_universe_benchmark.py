@@ -61,7 +61,7 @@ def test_fold_training_rows_end_an_embargo_before_the_test_window(panel):
     assert coin['test'].any() and np.isfinite(coin['features']).all()
 
 
-def test_decisions_before_t_ignore_every_bar_after_t():
+def test_decisions_before_t_ignore_every_bar_after_t(tmp_path):
   """One coin's prices moved after t inside the test window: IC, timing and long-short
   returns of every bar before t are unchanged, on every coin's decisions."""
   config = _config()
@@ -76,7 +76,7 @@ def test_decisions_before_t_ignore_every_bar_after_t():
   out = []
   for p in (panel, moved):
     data = ub.fold_inputs(config, p, ub._raw_features(config, p), fold)
-    out.append({m: ub.run_trial(config, p, fold, data, m, 0)[1]
+    out.append({m: ub.run_trial(config, p, fold, data, m, 0, str(tmp_path))[1]
                 for m in ('logistic', 'reversal')})
   bars = pd.date_range(fold.test_start, fold.test_end, freq='h', inclusive='left')
   before = np.flatnonzero(bars <= t)
@@ -136,3 +136,20 @@ def test_bar_spacing_is_read_in_any_index_unit():
   assert ohlcv.infer_freq(index) == pd.Timedelta(hours=1)
   frame = pd.DataFrame({'close': np.ones(4)}, index=index.delete(2))
   assert ohlcv.find_gaps(frame).to_dict()['count'] == 1
+
+
+@pytest.mark.slow
+def test_a_pooled_flag_trader_trains_per_fold_and_scores_every_coin(tmp_path):
+  config = _config()
+  tiny = config_lib.load_config('flag_trader:tiny')
+  tiny.train.update(num_epochs=1, steps_per_epoch=4, checkpoint_every_steps=0, keep_latest=1)
+  config.flag_traders.flag_trader = tiny
+  config.models = 'flag_trader'
+  result = ub.run_universe_benchmark(config, str(tmp_path), log=lambda line: None)
+  record = json.loads((tmp_path / ub.RESULTS).read_text().splitlines()[0])
+  assert record['model'] == 'flag_trader' and np.isfinite(record['rank_ic']['mean'])
+  assert set(record['per_coin_ic']) == {'BTC', 'ETH', 'BNB', 'ADA'}
+  run = tmp_path / 'trials' / 'flag_trader' / 'fold_000' / 'seed_0' / 'run'
+  saved = json.loads(next(run.glob('checkpoints/*/meta/metadata')).read_text())
+  assert list(saved['normalizers']) == ['btc_usdt', 'eth_usdt', 'bnb_usdt', 'ada_usdt']
+  assert result['rows'][0]['model'] == 'flag_trader'

@@ -54,6 +54,7 @@ from himari_jax.data import universe as universe_lib
 from himari_jax.research import baselines as baselines_lib
 from himari_jax.research.benchmark_folds import format_seconds
 from himari_jax.stats import cross_section, significance
+from himari_jax.training import train as train_lib
 
 RESULTS = 'results.jsonl'
 REPORT = 'universe_benchmark.md'
@@ -139,6 +140,8 @@ class FoldInputs:
   """A fold's pooled training data and every coin's rows for scoring.
 
   prepared: `prepare_data` of the coins' frames up to an embargo before the test window.
+  frames, raw_fit: those frames and their raw features, source path -> (rows, ...), for a
+    model that prepares them its own way (FLAG-TRADER's windows).
   coins: per symbol {'features': float32 (rows, 60) normalised, 'close': (rows,),
     'test': bool (rows,) the test-window rows, 'grid': int (rows,) their panel rows}, rows the
     coin's bars in [train_start, test_end).
@@ -148,6 +151,8 @@ class FoldInputs:
   prepared: input_pipeline.PreparedData
   coins: dict[str, dict[str, np.ndarray]]
   test_rows: np.ndarray
+  frames: dict[str, pd.DataFrame]
+  raw_fit: dict[str, np.ndarray]
 
 
 def fold_inputs(config: ml_collections.ConfigDict, panel: universe_lib.Panel,
@@ -176,7 +181,8 @@ def fold_inputs(config: ml_collections.ConfigDict, panel: universe_lib.Panel,
                      'test': np.asarray(frame.index >= fold.test_start),
                      'grid': panel.index.get_indexer(frame.index)}
   test_rows = np.flatnonzero((panel.index >= fold.test_start) & (panel.index < fold.test_end))
-  return FoldInputs(prepared=prepared, coins=coins, test_rows=test_rows)
+  return FoldInputs(prepared=prepared, coins=coins, test_rows=test_rows, frames=frames,
+                    raw_fit=feats)
 
 
 def _rule_probs(close: np.ndarray, lookback: int, sign: float) -> tuple[np.ndarray, np.ndarray]:
@@ -189,34 +195,68 @@ def _rule_probs(close: np.ndarray, lookback: int, sign: float) -> tuple[np.ndarr
   return probs, score
 
 
-def _model_scores(config: ml_collections.ConfigDict, model: str, seed: int,
-                  data: FoldInputs) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray],
-                                             np.ndarray]:
+def flag_trader_config(config: ml_collections.ConfigDict, model: str, fold: UniverseFold,
+                       seed: int) -> ml_collections.ConfigDict:
+  """The training config of FLAG-TRADER `model` on a fold: the benchmark's feature set,
+  labels, calendar split and embargo; its data are the fold's frames, handed over prepared
+  (`data.train` only names them)."""
+  run = config.flag_traders[model].copy_and_resolve_references()
+  run.seed = seed
+  run.data.update(train=f'universe:{config.data.universe}@{",".join(fold.symbols)}',
+                  feature_set=config.data.feature_set, split='time',
+                  val_fraction=config.data.val_fraction, embargo=config.data.embargo,
+                  max_bars=None)
+  run.labels = config.labels.copy_and_resolve_references()
+  return run
+
+
+def _fit(config: ml_collections.ConfigDict, model: str, seed: int, fold: UniverseFold,
+         data: FoldInputs, directory: str) -> baselines_lib.Baseline:
+  """A model fitted on the fold's pooled training rows (FLAG-TRADER: a run into `directory`)."""
+  prepared = data.prepared
+  if model in config.flag_traders:
+    run = flag_trader_config(config, model, fold, seed)
+    own = input_pipeline.prepare_data(run, data.frames, data.raw_fit)
+    train_lib.train_and_evaluate(run, os.path.join(directory, 'run'), prepared=own)
+    fitted = baselines_lib.make_baseline(model_kind(config, model),
+                                         path=os.path.join(directory, 'run'))
+  else:
+    settings = dict(config.baselines.get(model, {}) or {})
+    if 'seed' in baselines_lib.BASELINES[model].defaults:
+      settings['seed'] = seed
+    fitted = baselines_lib.make_baseline(model, **settings)
+  train_mask = np.zeros(len(prepared.labels), bool)
+  train_mask[prepared.train_ends] = True
+  return fitted.fit(prepared.features, prepared.labels, train_mask)
+
+
+def model_kind(config: ml_collections.ConfigDict, model: str) -> str:
+  """The `baselines.BASELINES` name behind a model name ('flag_trader' for FLAG-TRADERs)."""
+  return 'flag_trader' if model in config.flag_traders else model
+
+
+def _model_scores(config: ml_collections.ConfigDict, model: str, seed: int, fold: UniverseFold,
+                  data: FoldInputs, directory: str
+                  ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]:
   """Per coin (probs (rows, 3), score (rows,)) of a model fitted on the pooled training rows,
-  and its validation probabilities (V, 3) in `prepared.val_ends` order."""
+  and its validation probabilities (V, 3) in `prepared.val_ends` order. Each coin is scored
+  on its own rows, so a look-back never crosses coins."""
   prepared = data.prepared
   probs, scores = {}, {}
   if model in RULES:
     lookback, sign = int(config.baselines.lookback), (-1.0 if model == 'reversal' else 1.0)
     for symbol, coin in data.coins.items():
       probs[symbol], scores[symbol] = _rule_probs(coin['close'], lookback, sign)
-    val = np.full((len(prepared.val_ends), 3), np.nan, np.float32)
-    return probs, scores, val
-  settings = dict(config.baselines.get(model, {}) or {})
-  if 'seed' in baselines_lib.BASELINES[model].defaults:
-    settings['seed'] = seed
-  fitted = baselines_lib.make_baseline(model, **settings)
-  train_mask = np.zeros(len(prepared.labels), bool)
-  train_mask[prepared.train_ends] = True
-  fitted.fit(prepared.features, prepared.labels, train_mask)
+  else:
+    fitted = _fit(config, model, seed, fold, data, directory)
+    for symbol, coin in data.coins.items():
+      probs[symbol] = fitted.predict(coin['features'], close=coin['close'])
+      scores[symbol] = probs[symbol][:, 2] - probs[symbol][:, 0]
+  # A coin's training rows are the first rows of its scored rows (both from train_start).
   val = np.full((len(prepared.val_ends), 3), np.nan, np.float32)
-  for f in prepared.summary['files']:  # each coin's own rows: a look-back never crosses coins
-    rows = slice(f['offset'], f['offset'] + f['bars'])
-    own = (prepared.val_ends >= rows.start) & (prepared.val_ends < rows.stop)
-    val[own] = fitted.predict(prepared.features[rows])[prepared.val_ends[own] - rows.start]
-  for symbol, coin in data.coins.items():
-    probs[symbol] = fitted.predict(coin['features'])
-    scores[symbol] = probs[symbol][:, 2] - probs[symbol][:, 0]
+  for symbol, f in zip(fold.symbols, prepared.summary['files'], strict=True):
+    own = (prepared.val_ends >= f['offset']) & (prepared.val_ends < f['offset'] + f['bars'])
+    val[own] = probs[symbol][prepared.val_ends[own] - f['offset']]
   return probs, scores, val
 
 
@@ -225,16 +265,19 @@ def settings_hash(config: ml_collections.ConfigDict, model: str) -> str:
   portfolio and the model's own settings."""
   parts = {'data': config.data.to_dict(), 'labels': config.labels.to_dict(),
            'backtest': config.backtest.to_dict(), 'portfolio': config.portfolio.to_dict(),
-           'model': config.baselines.get(model), 'lookback': config.baselines.lookback}
+           'model': (config.flag_traders[model].to_dict() if model in config.flag_traders
+                     else config.baselines.get(model)),
+           'lookback': config.baselines.lookback}
   text = ml_collections.ConfigDict(json_types.to_json_types(parts)).to_json_best_effort(
       sort_keys=True)
   return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def run_trial(config: ml_collections.ConfigDict, panel: universe_lib.Panel, fold: UniverseFold,
-              data: FoldInputs, model: str, seed: int) -> tuple[dict[str, Any],
-                                                                dict[str, np.ndarray]]:
-  """One (model, fold, seed): fit, score every coin, decide, measure.
+              data: FoldInputs, model: str, seed: int, directory: str
+              ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+  """One (model, fold, seed): fit, score every coin, decide, measure; `directory` holds
+  what the trial writes (a FLAG-TRADER run).
 
   Returns:
     (the JSON-able record of `results.jsonl`, its per-bar series: 'rank_ic', 'ic' (bars,),
@@ -242,7 +285,7 @@ def run_trial(config: ml_collections.ConfigDict, panel: universe_lib.Panel, fold
   """
   start = time.time()
   prepared = data.prepared
-  probs, scores, val_probs = _model_scores(config, model, seed, data)
+  probs, scores, val_probs = _model_scores(config, model, seed, fold, data, directory)
   symbols = list(fold.symbols)
   bars = len(data.test_rows)
   first = int(data.test_rows[0])
@@ -350,14 +393,14 @@ def model_names(config: ml_collections.ConfigDict,
     ConfigError: an unknown model name.
   """
   names = config_lib.split_list(config.models)
-  known = set(RULES) | set(baselines_lib.BASELINES)
+  known = set(RULES) | set(baselines_lib.BASELINES) - {'flag_trader'} | set(config.flag_traders)
   unknown = [n for n in names if n not in known]
   if unknown:
     raise config_lib.ConfigError(f'config.models: unknown {", ".join(unknown)}; valid: '
                                  f'{", ".join(sorted(known))}')
   out = []
   for name in names:
-    why = None if name in RULES else baselines_lib.unavailable_reason(name)
+    why = None if name in RULES else baselines_lib.unavailable_reason(model_kind(config, name))
     if why:
       log(f'{name} skipped: {why}')
     else:
@@ -418,9 +461,9 @@ def run_universe_benchmark(config: ml_collections.ConfigDict, workdir: str, *,
     os.makedirs(os.path.dirname(benchmark_path), exist_ok=True)
     np.savez(benchmark_path, **benchmark_returns(config, panel, fold, data))
     for model, _, seed in fold_todo:
-      record, series = run_trial(config, panel, fold, data, model, seed)
       directory = trial_dir(workdir, model, fold.index, seed)
       os.makedirs(directory, exist_ok=True)
+      record, series = run_trial(config, panel, fold, data, model, seed, directory)
       np.savez(os.path.join(directory, SERIES), **series)
       json_types.append_jsonl(path, record)
       done[(model, fold.index, seed)] = record

@@ -336,8 +336,13 @@ def make_train_step(model: model_lib.FlagTrader, optimizer: optax.GradientTransf
 # -------------------------------------------------------------------------- loop
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       prepared: input_pipeline.PreparedData | None = None) -> dict[str, Any]:
   """Trains FLAG-TRADER per `config`, checkpointing into `workdir` and resuming from it.
+
+  `prepared`: the training data when a caller already built it (`input_pipeline.prepare_data`
+  of `config` on frames and features it holds, e.g. one fold of a universe); None loads
+  `config.data.train`.
 
   Returns:
     The last epoch's metrics plus `best_step`, `best_checkpoint` (its step directory) and
@@ -352,7 +357,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     TrainingDivergedError: a NaN/inf loss or gradient; no checkpoint of the bad state is saved.
   """
   model_config = validate_config(config)
-  prepared = input_pipeline.prepare_data(config)  # data errors before anything is written
+  if prepared is None:  # data errors before anything is written
+    prepared = input_pipeline.prepare_data(config)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   with lock_workdir(workdir):
