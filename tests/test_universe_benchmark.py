@@ -3,7 +3,10 @@ whose earlier decisions ignore later bars, a resumable run and its report."""
 
 import dataclasses
 import json
+import os
 import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -153,3 +156,16 @@ def test_a_pooled_flag_trader_trains_per_fold_and_scores_every_coin(tmp_path):
   saved = json.loads(next(run.glob('checkpoints/*/meta/metadata')).read_text())
   assert list(saved['normalizers']) == ['btc_usdt', 'eth_usdt', 'bnb_usdt', 'ada_usdt']
   assert result['rows'][0]['model'] == 'flag_trader'
+
+
+@pytest.mark.slow
+def test_launch_benchmark_runs_a_universe_variant(tmp_path, repo_root):
+  """`launch/benchmark.py --config=configs/benchmark.py:universe_smoke` takes the universe
+  branch (here with one rule model and one fold to stay quick)."""
+  env = {**os.environ, 'PYTHONPATH': str(repo_root)}
+  done = subprocess.run(
+      [sys.executable, 'launch/benchmark.py', '--config=configs/benchmark.py:universe_smoke',
+       f'--workdir={tmp_path}', '--config.models=reversal', '--config.folds.max_folds=1'],
+      cwd=repo_root, env=env, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert '| reversal | 1 |' in (tmp_path / ub.REPORT).read_text()
