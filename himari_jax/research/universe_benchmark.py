@@ -15,6 +15,9 @@
 4. Per (model, fold, seed), one trial: the model is fitted on every coin's training rows
    (`baselines.make_baseline`), scores every coin, is calibrated on the pooled validation
    rows and decides as the single-asset benchmark does (`baselines.calibrate_and_decide`).
+   Baselines fit every training row (a coin with more bars weighs more); a FLAG-TRADER
+   (`config.flag_traders`) trains on the same prepared rows with batches that draw every
+   coin equally often (`config.train.sampling`, 'assets' for a universe).
    The rules `reversal` and `momentum` score a coin by minus / plus its trailing
    `baselines.lookback`-bar return and are long when that score is positive.
    On the test window: cross-sectional IC and rank IC with Newey-West t and per-coin IC
