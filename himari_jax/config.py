@@ -690,11 +690,11 @@ def universe_benchmark_config(variant: str = 'universe_cpu') -> ml_collections.C
   portfolio net of costs.
 
   - `universe_cpu`: the 20-coin universe, 2019-01 .. 2022-09 (15 folds), rules, logistic and
-    MLP, 3 seeds.
+    MLP, 3 seeds; about 10 minutes on two CPU cores.
   - `universe_gpu`: `universe_cpu` with LightGBM (where installed), a bigger MLP and a
     pooled `small` FLAG-TRADER (`flag_traders.flag_trader`; name it in `models` to run it
     in the other variants).
-  - `universe_smoke`: 5 coins, 2 folds, 1 seed; a few minutes on two CPU cores.
+  - `universe_smoke`: 5 coins, 2 folds, 1 seed; under a minute on two CPU cores.
   """
   if variant not in UNIVERSE_BENCHMARK_VARIANTS:
     raise ValueError(f'unknown universe benchmark variant {variant!r}; valid: '
