@@ -147,7 +147,9 @@ def default_config() -> ml_collections.ConfigDict:
   config.seed = 0
 
   config.data = ml_collections.ConfigDict()
-  config.data.train = 'btc_usdt_1h_2020_2024'  # builtin names or CSV paths, comma-separated
+  # Builtin names or CSV paths, comma-separated, or universe:PATH[@SYM1,SYM2] (a folder or
+  # glob of OHLCV files, one asset per coin; input_pipeline.parse_universe).
+  config.data.train = 'btc_usdt_1h_2020_2024'
   config.data.test = 'btc_usdt_1h_2025_2026'  # out-of-sample era for backtests
   config.data.val_fraction = 0.15  # last share of the training bars held out for validation
   config.data.embargo = config_dict.placeholder(int)  # bars between splits; None = label horizon
@@ -157,6 +159,9 @@ def default_config() -> ml_collections.ConfigDict:
   config.data.allow_lookahead = False  # True only to reproduce the seed with seed_exact
   config.data.max_bar_move = 0.5  # a bar's |close / previous close - 1| above this is reported
   config.data.refuse_large_moves = False  # True: refuse such a bar instead of warning
+  # 'rows' (the last val_fraction of each file's bars) or 'time' (one calendar cut for every
+  # file); None = 'time' for a universe:PATH training set, else 'rows'.
+  config.data.split = config_dict.placeholder(str)
 
   config.labels = ml_collections.ConfigDict()
   # 'threshold', 'sharpe', 'volatility' or 'triple_barrier' (SPEC 4); each rule reads only
@@ -202,6 +207,9 @@ def default_config() -> ml_collections.ConfigDict:
   config.train.weight_decay = 0.01
   config.train.grad_clip = 1.0
   config.train.class_weights = 'fixed'  # 'fixed', 'inverse', 'sqrt' or 'none'
+  # 'windows' (every training window equally likely) or 'assets' (every asset equally often);
+  # None = 'assets' for a universe:PATH training set, else 'windows'.
+  config.train.sampling = config_dict.placeholder(str)
   config.train.best_metric = 'val_loss'  # checkpoint kept as "best"; '-val_accuracy' style for max
   config.train.log_every_steps = 50
   config.train.checkpoint_every_steps = 500  # also checkpoint mid-epoch (pre-emption); 0 = off
@@ -576,7 +584,8 @@ def placebo_config(variant: str | None = 'quickstart') -> ml_collections.ConfigD
   return config
 
 
-BENCHMARK_VARIANTS = ('cpu', 'gpu', 'tiny')
+BENCHMARK_VARIANTS = ('cpu', 'gpu', 'tiny', 'universe_smoke', 'universe_cpu', 'universe_gpu')
+UNIVERSE_BENCHMARK_VARIANTS = ('universe_smoke', 'universe_cpu', 'universe_gpu')
 
 
 def benchmark_config(variant: str | None = 'cpu') -> ml_collections.ConfigDict:
@@ -595,6 +604,8 @@ def benchmark_config(variant: str | None = 'cpu') -> ml_collections.ConfigDict:
   if variant not in BENCHMARK_VARIANTS:
     raise ValueError(f'unknown benchmark variant {variant!r}; '
                      f'valid: {", ".join(BENCHMARK_VARIANTS)}')
+  if variant in UNIVERSE_BENCHMARK_VARIANTS:
+    return universe_benchmark_config(variant)
   config = ml_collections.ConfigDict()
   config.variant = variant
   # Bundled asset names ('btc': every bundled era, concatenated), bundled dataset names or
@@ -683,6 +694,82 @@ def benchmark_config(variant: str | None = 'cpu') -> ml_collections.ConfigDict:
                          sizings=('fixed',))
     config.significance.num_resamples = 100
     config.plots = False
+  return config
+
+
+def universe_benchmark_config(variant: str = 'universe_cpu') -> ml_collections.ConfigDict:
+  """The walk-forward benchmark on a universe of coins (research/universe_benchmark.py).
+
+  Quarterly test folds from `folds.test_start`, each model trained on the preceding
+  `folds.train_months` of every coin listed then (pooled, one normaliser per coin), scoring
+  every coin: cross-sectional IC, a per-coin timing portfolio and a long-short top-k
+  portfolio net of costs.
+
+  - `universe_cpu`: the 20-coin universe, 2019-01 .. 2022-09 (15 folds), rules, logistic and
+    MLP, 3 seeds; about 10 minutes on two CPU cores.
+  - `universe_gpu`: `universe_cpu` with LightGBM (where installed), a bigger MLP and a
+    pooled `small` FLAG-TRADER (`flag_traders.flag_trader`; name it in `models` to run it
+    in the other variants).
+  - `universe_smoke`: 5 coins, 2 folds, 1 seed; under a minute on two CPU cores.
+  """
+  if variant not in UNIVERSE_BENCHMARK_VARIANTS:
+    raise ValueError(f'unknown universe benchmark variant {variant!r}; valid: '
+                     f'{", ".join(UNIVERSE_BENCHMARK_VARIANTS)}')
+  config = ml_collections.ConfigDict()
+  config.variant = variant
+  config.models = 'label_prior,buy_and_hold,reversal,momentum,logistic,mlp'
+  config.num_seeds = 3  # seeds 0 .. num_seeds - 1 of every learned model
+
+  config.data = ml_collections.ConfigDict()
+  config.data.universe = 'data/universe'  # folder (or glob) of the coins' OHLCV files
+  config.data.symbols = ''  # comma-separated coins to use; '' = every file's
+  config.data.btc = 'BTC'  # the coin standing for the market (market features, benchmark)
+  config.data.feature_set = 'himari_market'
+  config.data.val_fraction = 0.15  # of each training window, one calendar cut for every coin
+  config.data.embargo = config_dict.placeholder(int)  # None = label horizon
+  config.labels = default_config().labels
+
+  config.folds = ml_collections.ConfigDict()
+  config.folds.test_start = '2019-01-01'  # first test bar
+  config.folds.test_end = '2022-10-01'  # bars from here on are not tested
+  config.folds.test_months = 3
+  config.folds.train_months = 12  # before each test window (validation and embargo included)
+  config.folds.min_listed = 0.5  # a coin enters a fold with bars on this share of its training
+  config.folds.max_folds = 0  # 0 = every fold
+
+  config.baselines = ml_collections.ConfigDict()
+  config.baselines.lookback = 24  # bars of the reversal and momentum rules' trailing return
+  config.baselines.logistic = {'steps': 300}
+  config.baselines.mlp = {'hidden': (64,), 'context_length': 4, 'steps': 400}
+  config.baselines.lightgbm = {'num_boost_round': 100}
+
+  # Pooled FLAG-TRADERs: name -> training config (train.train_and_evaluate); data, labels,
+  # split and seed are set per fold. Not in `models` unless named (universe_gpu names it).
+  config.flag_traders = ml_collections.ConfigDict()
+  small = flag_trader_config('small')
+  small.train.update(num_epochs=2, steps_per_epoch=150, warmup_steps=20,
+                     checkpoint_every_steps=0, keep_latest=1, log_every_steps=150)
+  config.flag_traders.flag_trader = small
+
+  config.backtest = backtest_config()  # costs and calibration
+  config.portfolio = ml_collections.ConfigDict()
+  config.portfolio.k = 3  # coins per book of the long-short portfolio
+  config.portfolio.rebalance_every = 24  # bars between long-short rebalances
+  config.portfolio.band = 1  # ranks of hysteresis before a held coin leaves its book
+  config.portfolio.short_rate = 0.10  # annual shorting cost on short notional
+  config.portfolio.timing_position = 1.0  # share of a coin's sleeve a BUY holds (long-only)
+
+  if variant == 'universe_gpu':
+    config.models += ',lightgbm,flag_trader'
+    config.baselines.mlp = {'hidden': (128, 64), 'context_length': 8, 'steps': 2000}
+  elif variant == 'universe_smoke':
+    config.data.symbols = 'BTC,ETH,BNB,ADA,XRP'
+    config.num_seeds = 1
+    config.folds.max_folds = 2
+    config.portfolio.k = 1
+    config.baselines.logistic = {'steps': 150}
+    config.baselines.mlp = {'hidden': (32,), 'context_length': 4, 'steps': 200}
+    config.flag_traders.flag_trader.train.update(num_epochs=1, steps_per_epoch=60)
   return config
 
 

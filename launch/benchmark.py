@@ -1,6 +1,11 @@
 """Models x assets x walk-forward folds x seeds on equal terms (SPEC 10).
 
   python launch/benchmark.py --config=configs/benchmark.py:cpu --workdir=runs/bench
+  python launch/benchmark.py --config=configs/benchmark.py:universe_smoke --workdir=runs/u
+
+The universe variants (`universe_smoke`, `universe_cpu`, `universe_gpu`) run the pooled
+walk-forward benchmark over many coins (research/universe_benchmark.py) and write
+<workdir>/results.jsonl and universe_benchmark.md; they run here, without Ray.
 
 Writes <workdir>/results.jsonl (one line per trial), benchmark.md (the table), summary.json
 and plots. Re-running with the same workdir skips finished trials. Compiled steps are cached
@@ -17,7 +22,7 @@ from absl import app, flags
 from himari_jax import cli, config
 from himari_jax.data import ohlcv as data
 from himari_jax.model import checkpoint
-from himari_jax.research import benchmark, dispatch
+from himari_jax.research import benchmark, dispatch, universe_benchmark
 
 _CONFIG = cli.define_config_file(
     'config', None, 'Benchmark configuration, e.g. configs/benchmark.py:cpu.')
@@ -40,6 +45,11 @@ def main(argv):
   try:
     dispatch.share_compilation_cache(os.path.join(_WORKDIR.value, 'compilation_cache'),
                                      _RAY_ADDRESS.value)
+    if _CONFIG.value.get('variant') in config.UNIVERSE_BENCHMARK_VARIANTS:
+      if _RAY_ADDRESS.value is not None:
+        sys.exit('error: the universe benchmark runs without Ray; drop --ray_address')
+      universe_benchmark.run_universe_benchmark(_CONFIG.value, _WORKDIR.value, log=_log)
+      return
     benchmark.run_benchmark(_CONFIG.value, _WORKDIR.value, ray_address=_RAY_ADDRESS.value,
                             log=_log)
   except (config.ConfigError, data.DataError, FileNotFoundError) as e:

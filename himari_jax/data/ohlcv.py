@@ -465,7 +465,7 @@ def infer_freq(index: pd.DatetimeIndex) -> pd.Timedelta:
   """The most common spacing of `index`; one hour when it has fewer than two bars."""
   if len(index) < 2:
     return pd.Timedelta(hours=1)
-  steps = np.diff(index.asi8)
+  steps = np.diff(index.as_unit('ns').asi8)  # asi8 counts the index's own unit (s, ms, ...)
   values, counts = np.unique(steps, return_counts=True)
   return pd.Timedelta(int(values[np.argmax(counts)]), unit='ns')
 
@@ -473,7 +473,7 @@ def infer_freq(index: pd.DatetimeIndex) -> pd.Timedelta:
 def find_gaps(df: pd.DataFrame, freq: pd.Timedelta | str | None = None) -> GapReport:
   """Missing bars of a time-sorted frame; `freq` defaults to the most common spacing."""
   freq = infer_freq(df.index) if freq is None else pd.Timedelta(freq)
-  steps = np.diff(df.index.asi8)
+  steps = np.diff(df.index.as_unit('ns').asi8)
   missing = steps // freq.value - 1
   where = np.flatnonzero(missing > 0)
   gaps = tuple((df.index[i] + freq, int(missing[i])) for i in where)

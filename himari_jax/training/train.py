@@ -151,8 +151,11 @@ def validate_config(config: ml_collections.ConfigDict) -> model_lib.ModelConfig:
     raise ConfigError(f"config.train.objective='{objective.kind}' needs "
                       f'config.train.context_length >= 2 (the cost is charged on position '
                       f'changes inside a window); got {t.context_length}.')
-  items = config_lib.split_list(config.data.train)
-  if not items:
+  universe = input_pipeline.is_universe(config.data.train)
+  items = [] if universe else config_lib.split_list(config.data.train)
+  if universe:
+    input_pipeline.parse_universe(config.data.train)  # a folder or glob; load_universe checks
+  elif not items:
     raise ConfigError('config.data.train is empty; give a builtin dataset name '
                       f'({", ".join(data_lib.builtin_dataset_names())}) or a CSV path.')
   builtin = set(data_lib.builtin_dataset_names())
@@ -333,8 +336,13 @@ def make_train_step(model: model_lib.FlagTrader, optimizer: optax.GradientTransf
 # -------------------------------------------------------------------------- loop
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       prepared: input_pipeline.PreparedData | None = None) -> dict[str, Any]:
   """Trains FLAG-TRADER per `config`, checkpointing into `workdir` and resuming from it.
+
+  `prepared`: the training data when a caller already built it (`input_pipeline.prepare_data`
+  of `config` on frames and features it holds, e.g. one fold of a universe); None loads
+  `config.data.train`.
 
   Returns:
     The last epoch's metrics plus `best_step`, `best_checkpoint` (its step directory) and
@@ -349,7 +357,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     TrainingDivergedError: a NaN/inf loss or gradient; no checkpoint of the bad state is saved.
   """
   model_config = validate_config(config)
-  prepared = input_pipeline.prepare_data(config)  # data errors before anything is written
+  if prepared is None:  # data errors before anything is written
+    prepared = input_pipeline.prepare_data(config)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   with lock_workdir(workdir):
@@ -410,7 +419,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       prepared, seed=config.seed, batch_size=t.batch_size, context_length=t.context_length,
       steps_per_epoch=steps_per_epoch, start_step=start_step, total_steps=total_steps,
       process_index=jax.process_index(), process_count=jax.process_count(),
-      trading=objective is not None)
+      trading=objective is not None, sampling=input_pipeline.sampling_of(config))
   epoch_metrics: dict[str, Any] = {}
   saved, preempted = start_step, None
   try:

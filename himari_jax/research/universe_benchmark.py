@@ -1,0 +1,557 @@
+"""Walk-forward benchmark on a universe of coins (SPEC 10 and 12).
+
+  run_universe_benchmark(benchmark_config('universe_smoke'), 'runs/u')
+
+1. The panel (`universe.load_universe` of `config.data.universe`) and every coin's features
+   (`market_features.panel_features` for 'himari_market': causal, so computed once on the
+   whole panel and sliced per fold).
+2. Folds (`plan_folds`): test windows of `folds.test_months` from `folds.test_start`; each
+   trains on the preceding `folds.train_months` of every coin listed then (bars on at least
+   `folds.min_listed` of the window) and tests those coins.
+3. Per fold, one pooled training set (`input_pipeline.prepare_data` on the coins' frames: one
+   normaliser per coin from its training rows, one calendar split into train | embargo |
+   validation, the frames ending an embargo before the test window so no label reads a test
+   bar).
+4. Per (model, fold, seed), one trial: the model is fitted on every coin's training rows
+   (`baselines.make_baseline`), scores every coin, is calibrated on the pooled validation
+   rows and decides as the single-asset benchmark does (`baselines.calibrate_and_decide`).
+   Baselines fit every training row (a coin with more bars weighs more); a FLAG-TRADER
+   (`config.flag_traders`) trains on the same prepared rows with batches that draw every
+   coin equally often (`config.train.sampling`, 'assets' for a universe).
+   The rules `reversal` and `momentum` score a coin by minus / plus its trailing
+   `baselines.lookback`-bar return and are long when that score is positive.
+   On the test window: cross-sectional IC and rank IC with Newey-West t and per-coin IC
+   (stats/cross_section) of the score `p_buy - p_sell` (the rules' return); a per-coin timing
+   portfolio (long `portfolio.timing_position` of the coin's sleeve on BUY, flat on SELL) and
+   a dollar-neutral long-short top-k portfolio of the score (backtest/portfolio), net of the
+   costs of `config.backtest` and a shorting rate.
+
+Outputs in the workdir: `results.jsonl` (one line per trial; a rerun skips finished trials),
+`trials/<model>/fold_NNN/seed_S/series.npz` (per-bar rank IC and net returns, for the
+report), `benchmarks/fold_NNN.npz` (equal-weight and BTC buy-and-hold net returns),
+`universe_benchmark.md` (per model: mean rank IC with its Newey-West t over every test bar,
+long-short and timing net Sharpe of the folds' returns joined in time; the benchmarks).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import ml_collections
+import numpy as np
+import pandas as pd
+
+from himari_jax import config as config_lib
+from himari_jax import constants, json_types
+from himari_jax.backtest import policy as policy_lib
+from himari_jax.backtest import portfolio as portfolio_lib
+from himari_jax.data import features as features_lib
+from himari_jax.data import input_pipeline, market_features
+from himari_jax.data import universe as universe_lib
+from himari_jax.research import baselines as baselines_lib
+from himari_jax.research.benchmark_folds import format_seconds
+from himari_jax.stats import cross_section, significance
+from himari_jax.training import train as train_lib
+
+RESULTS = 'results.jsonl'
+REPORT = 'universe_benchmark.md'
+SERIES = 'series.npz'
+BENCHMARKS = 'benchmarks'  # per fold: the benchmark portfolios' net returns
+RULES = ('reversal', 'momentum')
+# Models whose scores are the same for every coin: no cross-section to rank.
+CONSTANT_SCORES = ('label_prior', 'buy_and_hold')
+# Models whose probabilities are not fitted to the labels: used as given, not calibrated.
+UNCALIBRATED = RULES + ('buy_and_hold',)
+
+
+@dataclasses.dataclass(frozen=True)
+class UniverseFold:
+  """One walk-forward fold: train on [train_start, test_start) (validation and embargo at
+  its end), test on [test_start, test_end); `symbols` the coins it trains and tests."""
+
+  index: int
+  train_start: pd.Timestamp
+  test_start: pd.Timestamp
+  test_end: pd.Timestamp
+  symbols: tuple[str, ...]
+
+  def to_dict(self) -> dict[str, Any]:
+    return {'train_start': str(self.train_start), 'test_start': str(self.test_start),
+            'test_end': str(self.test_end), 'symbols': list(self.symbols)}
+
+
+def _utc(value: str) -> pd.Timestamp:
+  stamp = pd.Timestamp(value)
+  return stamp.tz_localize('UTC') if stamp.tzinfo is None else stamp.tz_convert('UTC')
+
+
+def plan_folds(panel: universe_lib.Panel, config: ml_collections.ConfigDict
+               ) -> list[UniverseFold]:
+  """The folds of `config.folds` on `panel` (see the module docstring).
+
+  Raises:
+    ConfigError: no fold fits the panel, or a fold has fewer than 3 coins.
+  """
+  f = config.folds
+  start, end = _utc(f.test_start), min(_utc(f.test_end), panel.index[-1] + panel.freq)
+  folds: list[UniverseFold] = []
+  test_start = start
+  while test_start < end and (not f.max_folds or len(folds) < f.max_folds):
+    test_end = min(test_start + pd.DateOffset(months=f.test_months), end)
+    train_start = test_start - pd.DateOffset(months=f.train_months)
+    if train_start < panel.index[0]:
+      raise config_lib.ConfigError(
+          f'config.folds: the fold testing from {test_start:%Y-%m-%d} trains from '
+          f'{train_start:%Y-%m-%d}, before the panel starts ({panel.index[0]:%Y-%m-%d}); set '
+          'a later folds.test_start or fewer folds.train_months')
+    train = (panel.index >= train_start) & (panel.index < test_start)
+    test = (panel.index >= test_start) & (panel.index < test_end)
+    listed = panel.available[train].sum(axis=0) >= f.min_listed * train.sum()
+    trades = panel.available[test].any(axis=0)
+    symbols = tuple(s for s, keep in zip(panel.symbols, listed & trades, strict=True) if keep)
+    if len(symbols) < cross_section.MIN_ASSETS:
+      raise config_lib.ConfigError(
+          f'the fold testing from {test_start:%Y-%m-%d} has {len(symbols)} coins listed '
+          f'through its training window ({", ".join(symbols)}); a cross-section needs '
+          f'{cross_section.MIN_ASSETS}: add coins or start the folds later')
+    folds.append(UniverseFold(len(folds), train_start, test_start, test_end, symbols))
+    test_start = test_end
+  if not folds:
+    raise config_lib.ConfigError(f'config.folds: no test window between {start} and {end}')
+  return folds
+
+
+def prep_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The training config `input_pipeline.prepare_data` reads for a fold: per-bar rows
+  (context 1, stride 1), the benchmark's labels, feature set and a calendar split."""
+  prep = config_lib.default_config()
+  prep.data.update(train='', feature_set=config.data.feature_set, split='time',
+                   val_fraction=config.data.val_fraction, embargo=config.data.embargo)
+  prep.labels = config.labels.copy_and_resolve_references()
+  prep.train.update(context_length=1, window_stride=1)
+  return prep
+
+
+@dataclasses.dataclass
+class FoldInputs:
+  """A fold's pooled training data and every coin's rows for scoring.
+
+  prepared: `prepare_data` of the coins' frames up to an embargo before the test window.
+  frames, raw_fit: those frames and their raw features, source path -> (rows, ...), for a
+    model that prepares them its own way (FLAG-TRADER's windows).
+  coins: per symbol {'features': float32 (rows, 60) normalised, 'close': (rows,),
+    'test': bool (rows,) the test-window rows, 'grid': int (rows,) their panel rows}, rows the
+    coin's bars in [train_start, test_end).
+  test_rows: int (bars,) the panel rows of the test window.
+  """
+
+  prepared: input_pipeline.PreparedData
+  coins: dict[str, dict[str, np.ndarray]]
+  test_rows: np.ndarray
+  frames: dict[str, pd.DataFrame]
+  raw_fit: dict[str, np.ndarray]
+
+
+def fold_inputs(config: ml_collections.ConfigDict, panel: universe_lib.Panel,
+                raw: dict[str, np.ndarray], fold: UniverseFold) -> FoldInputs:
+  """The pooled training data of `fold` and its coins' normalised rows.
+
+  Args:
+    raw: symbol -> raw (rows, 60) features of `panel.frame(symbol)`.
+  """
+  prep = prep_config(config)
+  embargo = pd.Timedelta(panel.freq) * input_pipeline.embargo_bars(prep)
+  frames, feats, spans = {}, {}, {}
+  for symbol in fold.symbols:
+    frame = panel.frame(symbol)
+    rows = (frame.index >= fold.train_start) & (frame.index < fold.test_end)
+    fit = rows & (frame.index < fold.test_start - embargo)
+    source = panel.sources[panel.column(symbol)]
+    frames[source], feats[source] = frame[fit], raw[symbol][fit]
+    spans[symbol] = (source, frame[rows], raw[symbol][rows])
+  prepared = input_pipeline.prepare_data(prep, frames, feats)
+  coins = {}
+  for symbol, (source, frame, state) in spans.items():
+    normalizer = prepared.normalizers[input_pipeline.asset_name(source)]
+    coins[symbol] = {'features': normalizer.apply(state).astype(np.float32),
+                     'close': frame['close'].to_numpy(np.float64),
+                     'test': np.asarray(frame.index >= fold.test_start),
+                     'grid': panel.index.get_indexer(frame.index)}
+  test_rows = np.flatnonzero((panel.index >= fold.test_start) & (panel.index < fold.test_end))
+  return FoldInputs(prepared=prepared, coins=coins, test_rows=test_rows, frames=frames,
+                    raw_fit=feats)
+
+
+def _rule_probs(close: np.ndarray, lookback: int, sign: float) -> tuple[np.ndarray, np.ndarray]:
+  """(probs (rows, 3) long when the score is positive, score (rows,)) of a return rule."""
+  score = np.full(len(close), np.nan)
+  score[lookback:] = sign * (close[lookback:] / close[:-lookback] - 1.0)
+  direction = np.nan_to_num(np.sign(score))
+  probs = policy_lib.probs_from_score(0.6 * direction).astype(np.float32)
+  probs[np.isnan(score)] = np.nan
+  return probs, score
+
+
+def flag_trader_config(config: ml_collections.ConfigDict, model: str, fold: UniverseFold,
+                       seed: int) -> ml_collections.ConfigDict:
+  """The training config of FLAG-TRADER `model` on a fold: the benchmark's feature set,
+  labels, calendar split and embargo; its data are the fold's frames, handed over prepared
+  (`data.train` only names them)."""
+  run = config.flag_traders[model].copy_and_resolve_references()
+  run.seed = seed
+  run.data.update(train=f'universe:{config.data.universe}@{",".join(fold.symbols)}',
+                  feature_set=config.data.feature_set, split='time',
+                  val_fraction=config.data.val_fraction, embargo=config.data.embargo,
+                  max_bars=None)
+  run.labels = config.labels.copy_and_resolve_references()
+  return run
+
+
+def _fit(config: ml_collections.ConfigDict, model: str, seed: int, fold: UniverseFold,
+         data: FoldInputs, directory: str) -> baselines_lib.Baseline:
+  """A model fitted on the fold's pooled training rows (FLAG-TRADER: a run into `directory`)."""
+  prepared = data.prepared
+  if model in config.flag_traders:
+    run = flag_trader_config(config, model, fold, seed)
+    own = input_pipeline.prepare_data(run, data.frames, data.raw_fit)
+    train_lib.train_and_evaluate(run, os.path.join(directory, 'run'), prepared=own)
+    fitted = baselines_lib.make_baseline(model_kind(config, model),
+                                         path=os.path.join(directory, 'run'))
+  else:
+    settings = dict(config.baselines.get(model, {}) or {})
+    if 'seed' in baselines_lib.BASELINES[model].defaults:
+      settings['seed'] = seed
+    fitted = baselines_lib.make_baseline(model, **settings)
+  train_mask = np.zeros(len(prepared.labels), bool)
+  train_mask[prepared.train_ends] = True
+  return fitted.fit(prepared.features, prepared.labels, train_mask)
+
+
+def model_kind(config: ml_collections.ConfigDict, model: str) -> str:
+  """The `baselines.BASELINES` name behind a model name ('flag_trader' for FLAG-TRADERs)."""
+  return 'flag_trader' if model in config.flag_traders else model
+
+
+def _model_scores(config: ml_collections.ConfigDict, model: str, seed: int, fold: UniverseFold,
+                  data: FoldInputs, directory: str
+                  ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]:
+  """Per coin (probs (rows, 3), score (rows,)) of a model fitted on the pooled training rows,
+  and its validation probabilities (V, 3) in `prepared.val_ends` order. Each coin is scored
+  on its own rows, so a look-back never crosses coins."""
+  prepared = data.prepared
+  probs, scores = {}, {}
+  if model in RULES:
+    lookback, sign = int(config.baselines.lookback), (-1.0 if model == 'reversal' else 1.0)
+    for symbol, coin in data.coins.items():
+      probs[symbol], scores[symbol] = _rule_probs(coin['close'], lookback, sign)
+  else:
+    fitted = _fit(config, model, seed, fold, data, directory)
+    for symbol, coin in data.coins.items():
+      probs[symbol] = fitted.predict(coin['features'], close=coin['close'])
+      scores[symbol] = probs[symbol][:, 2] - probs[symbol][:, 0]
+  # A coin's training rows are the first rows of its scored rows (both from train_start).
+  val = np.full((len(prepared.val_ends), 3), np.nan, np.float32)
+  for symbol, f in zip(fold.symbols, prepared.summary['files'], strict=True):
+    own = (prepared.val_ends >= f['offset']) & (prepared.val_ends < f['offset'] + f['bars'])
+    val[own] = probs[symbol][prepared.val_ends[own] - f['offset']]
+  return probs, scores, val
+
+
+def settings_hash(config: ml_collections.ConfigDict, model: str) -> str:
+  """What a finished trial's result depends on besides its fold: data, labels, costs,
+  portfolio and the model's own settings."""
+  parts = {'data': config.data.to_dict(), 'labels': config.labels.to_dict(),
+           'backtest': config.backtest.to_dict(), 'portfolio': config.portfolio.to_dict(),
+           'model': (config.flag_traders[model].to_dict() if model in config.flag_traders
+                     else config.baselines.get(model)),
+           'lookback': config.baselines.lookback}
+  text = ml_collections.ConfigDict(json_types.to_json_types(parts)).to_json_best_effort(
+      sort_keys=True)
+  return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def run_trial(config: ml_collections.ConfigDict, panel: universe_lib.Panel, fold: UniverseFold,
+              data: FoldInputs, model: str, seed: int, directory: str
+              ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+  """One (model, fold, seed): fit, score every coin, decide, measure; `directory` holds
+  what the trial writes (a FLAG-TRADER run).
+
+  Returns:
+    (the JSON-able record of `results.jsonl`, its per-bar series: 'rank_ic', 'ic' (bars,),
+    'long_short_returns', 'timing_returns' (bars,) net returns).
+  """
+  start = time.time()
+  prepared = data.prepared
+  probs, scores, val_probs = _model_scores(config, model, seed, fold, data, directory)
+  symbols = list(fold.symbols)
+  bars = len(data.test_rows)
+  first = int(data.test_rows[0])
+  test_probs = np.concatenate([probs[s][data.coins[s]['test']] for s in symbols])
+  cal = config.backtest.calibration
+  decided = baselines_lib.calibrate_and_decide(
+      val_probs, prepared.labels[prepared.val_ends], np.ones(len(prepared.val_ends), bool),
+      test_probs, mode='skip' if model in UNCALIBRATED else cal.mode, bias=cal.bias,
+      temperature=cal.temperature, threshold=config.backtest.confidence_threshold, name=model)
+  margin = decided.probs[0, :, 2] - decided.probs[0, :, 0]
+  actions = np.full((bars, len(symbols)), constants.HOLD, np.int32)
+  score = np.full((bars, len(symbols)), np.nan)
+  offset = 0
+  for a, symbol in enumerate(symbols):
+    coin = data.coins[symbol]
+    grid = coin['grid'][coin['test']] - first
+    n = len(grid)
+    actions[grid, a] = decided.actions[offset:offset + n]
+    own = scores[symbol][coin['test']] if model in RULES else margin[offset:offset + n]
+    score[grid, a] = np.where(decided.available[offset:offset + n], own, np.nan)
+    offset += n
+  prices = test_prices(panel, fold, data)
+  b = config.backtest
+  params = portfolio_params(config)
+  targets = portfolio_lib.targets_from_actions(
+      actions, sizing='fixed', max_position_pct=config.portfolio.timing_position)
+  timing = portfolio_lib.timing_portfolio(prices, targets, params)
+  horizon = int(config.labels.horizon)
+  forward = cross_section.forward_returns(prices.close, config.labels.horizon)
+  series = {'timing_returns': _returns(timing.equity, b.initial_capital)}
+  record: dict[str, Any] = {
+      'model': model, 'fold': fold.index, 'seed': seed, 'fold_bounds': fold.to_dict(),
+      'settings': settings_hash(config, model), 'timing': portfolio_lib.summarize(timing, params),
+      'train_windows': int(len(prepared.train_ends)), 'val_bars': int(len(prepared.val_ends))}
+  if model in CONSTANT_SCORES:  # one score for every coin: nothing to rank
+    series.update(rank_ic=np.full(bars, np.nan), ic=np.full(bars, np.nan),
+                  long_short_returns=np.full(bars, np.nan))
+    record.update(ic=None, rank_ic=None, per_coin_ic=None, long_short=None)
+  else:
+    per_bar = cross_section.cross_sectional_ic(score, forward, prices.available)
+    long_short = portfolio_lib.long_short_portfolio(
+        prices, score, params, k=config.portfolio.k,
+        rebalance_every=config.portfolio.rebalance_every, band=config.portfolio.band)
+    per_coin = cross_section.time_series_ic(score, forward, prices.available)
+    series.update(rank_ic=per_bar['rank_ic'], ic=per_bar['ic'],
+                  long_short_returns=_returns(long_short.equity, b.initial_capital))
+    record.update(
+        ic=cross_section.newey_west_mean(per_bar['ic'], horizon=horizon),
+        rank_ic=cross_section.newey_west_mean(per_bar['rank_ic'], horizon=horizon),
+        per_coin_ic=dict(zip(symbols, per_coin['ic'].tolist(), strict=True)),
+        long_short=portfolio_lib.summarize(long_short, params))
+  record['wall_seconds'] = time.time() - start
+  return json_types.to_json_types(record), series
+
+
+def test_prices(panel: universe_lib.Panel, fold: UniverseFold,
+                data: FoldInputs) -> portfolio_lib.PanelPrices:
+  """(test bars, fold coins) open, close and availability of the fold's test window."""
+  rows = np.ix_(data.test_rows, [panel.column(s) for s in fold.symbols])
+  return portfolio_lib.PanelPrices(panel.open[rows], panel.close[rows], panel.available[rows])
+
+
+def portfolio_params(config: ml_collections.ConfigDict) -> portfolio_lib.PortfolioParams:
+  """The costs of `config.backtest` and the shorting rate of `config.portfolio`."""
+  b = config.backtest
+  return portfolio_lib.make_portfolio_params(
+      initial_capital=b.initial_capital, commission=b.commission, slippage=b.slippage,
+      commission_sell=b.commission_sell, slippage_sell=b.slippage_sell, fill=b.fill,
+      short_rate=config.portfolio.short_rate, periods_per_year=b.periods_per_year)
+
+
+def benchmark_returns(config: ml_collections.ConfigDict, panel: universe_lib.Panel,
+                      fold: UniverseFold, data: FoldInputs) -> dict[str, np.ndarray]:
+  """Per-bar net returns (test bars,) of the SPEC 12 benchmarks on the fold's test window:
+  'equal_weight' (the fold's coins bought at its start and held) and 'btc_hold' (all in
+  `config.data.btc`, NaN when the fold lacks it)."""
+  prices = test_prices(panel, fold, data)
+  params = portfolio_params(config)
+  capital = config.backtest.initial_capital
+  equal = portfolio_lib.run_portfolio(
+      prices, portfolio_lib.benchmark_targets(prices.available), params)
+  out = {'equal_weight': _returns(equal.equity, capital),
+         'btc_hold': np.full(len(data.test_rows), np.nan)}
+  if config.data.btc in fold.symbols:
+    btc = portfolio_lib.run_portfolio(prices, portfolio_lib.benchmark_targets(
+        prices.available, column=fold.symbols.index(config.data.btc)), params)
+    out['btc_hold'] = _returns(btc.equity, capital)
+  return out
+
+
+def _returns(equity: Any, capital: float) -> np.ndarray:
+  equity = np.asarray(equity, np.float64)
+  return np.diff(np.concatenate([[capital], equity])) / np.concatenate([[capital], equity[:-1]])
+
+
+def trial_dir(workdir: str, model: str, fold: int, seed: int) -> str:
+  return os.path.join(workdir, 'trials', model, f'fold_{fold:03d}', f'seed_{seed}')
+
+
+def model_names(config: ml_collections.ConfigDict,
+                log: Callable[[str], None] = print) -> list[str]:
+  """`config.models` that run here; the others are logged with the reason they are skipped.
+
+  Raises:
+    ConfigError: an unknown model name.
+  """
+  names = config_lib.split_list(config.models)
+  known = set(RULES) | set(baselines_lib.BASELINES) - {'flag_trader'} | set(config.flag_traders)
+  unknown = [n for n in names if n not in known]
+  if unknown:
+    raise config_lib.ConfigError(f'config.models: unknown {", ".join(unknown)}; valid: '
+                                 f'{", ".join(sorted(known))}')
+  out = []
+  for name in names:
+    why = None if name in RULES else baselines_lib.unavailable_reason(model_kind(config, name))
+    if why:
+      log(f'{name} skipped: {why}')
+    else:
+      out.append(name)
+  return out
+
+
+def load_panel(config: ml_collections.ConfigDict) -> universe_lib.Panel:
+  """The universe of `config.data` (its `symbols`, or every file's coin)."""
+  symbols = [s.upper() for s in config_lib.split_list(config.data.symbols)] or None
+  return universe_lib.load_universe(config.data.universe, symbols=symbols)
+
+
+def run_universe_benchmark(config: ml_collections.ConfigDict, workdir: str, *,
+                           log: Callable[[str], None] = print) -> dict[str, Any]:
+  """Runs every unfinished (model, fold, seed) trial, then writes the report.
+
+  Returns:
+    {'rows': the report's rows per model, 'report': its path, 'run_seconds': float}.
+
+  Raises:
+    ConfigError: unusable settings, or a workdir whose finished trials used other folds or
+      settings; DataError: universe files that cannot be loaded.
+  """
+  start = time.time()
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  models = model_names(config, log)
+  panel = load_panel(config)
+  folds = plan_folds(panel, config)
+  log(f'{panel.num_assets} coins, {len(folds)} folds testing {folds[0].test_start:%Y-%m-%d} .. '
+      f'{folds[-1].test_end:%Y-%m-%d}; models {", ".join(models)}')
+  trials = [(m, f.index, s) for f in folds for m in models
+            for s in range(1 if m in RULES or m in CONSTANT_SCORES else config.num_seeds)]
+  hashes = {m: settings_hash(config, m) for m in models}
+  path = os.path.join(workdir, RESULTS)
+  done = {}
+  for record in json_types.read_jsonl(path) if os.path.exists(path) else []:
+    key = (record['model'], record['fold'], record['seed'])
+    if record['fold'] < len(folds) and record['model'] in hashes:
+      if (record['fold_bounds'] != json_types.to_json_types(folds[record['fold']].to_dict())
+          or record['settings'] != hashes[record['model']]):
+        raise config_lib.ConfigError(f'{path}: trial {key} was run with other folds or '
+                                     'settings than config; use another --workdir')
+      done[key] = record
+  todo = [t for t in trials if t not in done]
+  log(f'{len(trials)} trials; {len(trials) - len(todo)} done, {len(todo)} to run')
+  raw = None
+  seconds: list[float] = []
+  for fold in folds:
+    fold_todo = [t for t in todo if t[1] == fold.index]
+    benchmark_path = os.path.join(workdir, BENCHMARKS, f'fold_{fold.index:03d}.npz')
+    if not fold_todo and os.path.exists(benchmark_path):
+      continue
+    if raw is None:
+      raw = _raw_features(config, panel)
+    data = fold_inputs(config, panel, raw, fold)
+    os.makedirs(os.path.dirname(benchmark_path), exist_ok=True)
+    np.savez(benchmark_path, **benchmark_returns(config, panel, fold, data))
+    for model, _, seed in fold_todo:
+      directory = trial_dir(workdir, model, fold.index, seed)
+      os.makedirs(directory, exist_ok=True)
+      record, series = run_trial(config, panel, fold, data, model, seed, directory)
+      np.savez(os.path.join(directory, SERIES), **series)
+      json_types.append_jsonl(path, record)
+      done[(model, fold.index, seed)] = record
+      seconds.append(time.time() - start - sum(seconds))
+      left = len(trials) - len(done)
+      rank_ic = record['rank_ic']['mean'] if record['rank_ic'] else float('nan')
+      log(f'[{len(done)}/{len(trials)}] {model} fold {fold.index} seed {seed}: rank IC '
+          f'{rank_ic:+.4f}, timing net Sharpe {record["timing"]["net_sharpe"]:+.2f} | '
+          f'{record["wall_seconds"]:.1f} s | elapsed {format_seconds(time.time() - start)}, '
+          f'ETA {format_seconds(np.mean(seconds) * left)}')
+  rows = summarize(config, workdir, models, folds)
+  report = write_report(config, rows, workdir, folds)
+  log(f'wrote {report} ({format_seconds(time.time() - start)} this run)')
+  return {'rows': rows, 'report': report, 'run_seconds': time.time() - start}
+
+
+def _raw_features(config: ml_collections.ConfigDict, panel: universe_lib.Panel
+                  ) -> dict[str, np.ndarray]:
+  """symbol -> raw (rows, 60) features of `panel.frame(symbol)` for `config.data.feature_set`."""
+  if features_lib.get_feature_set(config.data.feature_set).name == 'himari_market':
+    return market_features.panel_features(panel, btc=config.data.btc)
+  return {s: features_lib.compute_features(panel.frame(s), config.data.feature_set)
+          for s in panel.symbols}
+
+
+def summarize(config: ml_collections.ConfigDict, workdir: str, models: list[str],
+              folds: list[UniverseFold]) -> list[dict[str, Any]]:
+  """Per model (mean over its seeds): the rank IC of every test bar with its Newey-West t,
+  and the net Sharpe of the long-short and timing returns joined across the folds."""
+  horizon = int(config.labels.horizon)
+  periods = float(config.backtest.periods_per_year)
+  rows = []
+  for model in models:
+    seeds = 1 if model in RULES or model in CONSTANT_SCORES else config.num_seeds
+    stats = []
+    for seed in range(seeds):
+      parts = [np.load(os.path.join(trial_dir(workdir, model, f.index, seed), SERIES))
+               for f in folds]
+      joined = {k: np.concatenate([p[k] for p in parts]) for k in parts[0].files}
+      rank_ic = cross_section.newey_west_mean(joined['rank_ic'], horizon=horizon)
+      stats.append({
+          'rank_ic': rank_ic['mean'], 'rank_ic_t': rank_ic['t_stat'],
+          'long_short_sharpe': _sharpe(joined['long_short_returns'], periods),
+          'timing_sharpe': _sharpe(joined['timing_returns'], periods)})
+    rows.append({'model': model, 'seeds': seeds,
+                 **{k: float(np.mean([s[k] for s in stats])) for k in stats[0]}})
+  parts = [np.load(os.path.join(workdir, BENCHMARKS, f'fold_{f.index:03d}.npz'))
+           for f in folds]
+  for name in ('equal_weight', 'btc_hold'):
+    rows.append({'model': f'{name} (benchmark)', 'seeds': 0, 'rank_ic': math.nan,
+                 'rank_ic_t': math.nan, 'long_short_sharpe': math.nan,
+                 'timing_sharpe': _sharpe(np.concatenate([p[name] for p in parts]), periods)})
+  return rows
+
+
+def _sharpe(returns: np.ndarray, periods: float) -> float:
+  returns = returns[np.isfinite(returns)]
+  return significance.sharpe_ratio(returns, periods) if len(returns) > 1 else float('nan')
+
+
+def write_report(config: ml_collections.ConfigDict, rows: list[dict[str, Any]], workdir: str,
+                 folds: list[UniverseFold]) -> str:
+  """Writes `universe_benchmark.md` (one row per model) and returns its path."""
+  def number(value: float, spec: str) -> str:
+    return 'n/a' if not np.isfinite(value) else format(value, spec)
+
+  lines = [
+      f'# Universe benchmark `{config.variant}`', '',
+      f'{len(folds)} test folds {folds[0].test_start:%Y-%m-%d} .. {folds[-1].test_end:%Y-%m-%d} '
+      f'({config.folds.test_months} months each, trained on the {config.folds.train_months} '
+      f'months before); coins per fold: {", ".join(str(len(f.symbols)) for f in folds)}. '
+      f'Costs: commission {config.backtest.commission}, slippage {config.backtest.slippage}, '
+      f'shorting {config.portfolio.short_rate:.0%} a year. Rank IC: mean over every test bar '
+      f'of the cross-sectional rank IC with the {config.labels.horizon}-bar forward return, '
+      'Newey-West t. Sharpe: net, annualised, of the folds joined in time; long-short '
+      f'k = {config.portfolio.k} per side, rebalanced every {config.portfolio.rebalance_every} '
+      'bars. Benchmarks (timing column): equal-weight buy-and-hold of each fold\'s coins, and '
+      f'{config.data.btc} buy-and-hold.', '',
+      '| model | seeds | mean rank IC | NW t | long-short net Sharpe | timing net Sharpe |',
+      '|---|---:|---:|---:|---:|---:|']
+  for r in rows:
+    lines.append(f'| {r["model"]} | {r["seeds"]} | {number(r["rank_ic"], "+.4f")} | '
+                 f'{number(r["rank_ic_t"], "+.2f")} | {number(r["long_short_sharpe"], "+.2f")} '
+                 f'| {number(r["timing_sharpe"], "+.2f")} |')
+  path = os.path.join(workdir, REPORT)
+  with open(path, 'w') as f:
+    f.write('\n'.join(lines) + '\n')
+  return path
