@@ -187,3 +187,13 @@ def test_block_starts_keep_the_phase():
   assert index.max() < 1000 // 168 * 168
   with pytest.raises(ValueError, match='period'):
     synthetic.resample_indices(rng, 100, 10, 'block', period=200)
+
+
+def test_make_markets_by_era_draw_each_market_from_its_own_frame(real):
+  first, second = real.iloc[:6000], real.iloc[6000:]
+  markets = synthetic.make_markets([first, second], seed=3, method='era')
+  assert [len(m) for m in markets] == [6000, len(second)]
+  assert markets[1].attrs['synthetic']['pool_bars'] == len(second) - 1
+  pd.testing.assert_frame_equal(markets[0], synthetic.make_era_market(first, seed=(3, 0)))
+  with pytest.raises(ValueError, match='no pool'):
+    synthetic.make_markets([first], seed=0, method='era', pool=second)

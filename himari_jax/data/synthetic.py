@@ -52,6 +52,9 @@ import pandas as pd
 from himari_jax.data import ohlcv as data_lib
 
 METHODS = ('iid', 'block')
+# How a placebo run's markets are made (`make_markets`): a resampling method of one pool, or
+# each market from its own era (`make_era_market`).
+MARKET_KINDS = (*METHODS, 'era')
 # One day of hourly bars: volatility regimes of crypto last days (|r| autocorrelation of BTC
 # hourly returns is still 0.17 at lag 24), while shorter blocks break them more often.
 DEFAULT_MEAN_BLOCK_LENGTH = 24.0
@@ -316,12 +319,19 @@ def make_markets(likes: Sequence[pd.DataFrame], *, seed: int,
   Market i is `make_market(likes[i], seed=(seed, i), pool=pool, **options)`: the same length,
   first bar and first price as its real frame, independent of the others, all drawn from one
   pool (default: every frame of `likes`, so a placebo test market has the bars of the real
-  test period as well as the training period's).
+  test period as well as the training period's). With `method='era'` market i is
+  `make_era_market(likes[i], seed=(seed, i), **options)`, drawn from its own frame only.
 
   Returns:
     The markets, in the order of `likes`.
   """
   likes = list(likes)
+  if options.get('method') == 'era':
+    if pool is not None:
+      raise ValueError("method='era' draws each market from its own frame; pass no pool")
+    era_options = {k: v for k, v in options.items() if k != 'method'}
+    return [make_era_market(like, seed=(seed, i), **era_options)
+            for i, like in enumerate(likes)]
   pool = likes if pool is None else pool
   return [make_market(like, seed=(seed, i), pool=pool, **options)
           for i, like in enumerate(likes)]
