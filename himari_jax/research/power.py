@@ -12,9 +12,12 @@ confidence-sized up to the position cap), the backtest with the configured costs
 test PSR(0) with a HAC error (`sharpe_inference.probabilistic_sharpe_hac`). The share of draws
 whose one-sided p-value is below `alpha` is the test's size at IC 0 and its power above.
 
-At IC 0 the long-only strategy still holds the market part of the time, so its "size" is the
-rate at which a random timing of this market looks significant: not the nominal level unless
-the market's drift is nil. The binomial band says which rates the nominal level allows.
+Every draw of a cell trades the same real year: only the signal's noise differs between them.
+So the IC-0 rate is the false-positive rate of random timing of this one market path, while
+the PSR's error also covers the path's own randomness (the spread of the draws' Sharpe ratios
+is reported beside the mean error); and a long-only strategy at IC 0 still holds the market
+part of the time, so its expected Sharpe follows the year's drift. The binomial band says
+which rates the nominal level allows.
 """
 
 from __future__ import annotations
@@ -95,7 +98,8 @@ def planted_draw(val: pd.DataFrame, test: pd.DataFrame, val_labels: np.ndarray,
     costs: {'commission', 'slippage'} overriding the config's.
 
   Returns:
-    {'ic' (realised on the test bars), 'sharpe', 'psr', 'p_value', 'num_trades'}.
+    {'ic' (realised on the test bars), 'sharpe' and 'se' (its HAC error, annualised), 'psr',
+    'p_value', 'num_trades'}.
   """
   val_probs = score_probs(planted_score(_next_returns(val['close'].to_numpy()), ic, rng))
   test_next = _next_returns(test['close'].to_numpy())
@@ -116,11 +120,11 @@ def planted_draw(val: pd.DataFrame, test: pd.DataFrame, val_labels: np.ndarray,
   realised = float(np.corrcoef(score[known], test_next[known])[0, 1])
   trades = int(np.count_nonzero(np.asarray(result.fill_qty)))
   if not np.std(returns) > 0:
-    return {'ic': realised, 'sharpe': math.nan, 'psr': math.nan, 'p_value': 1.0,
-            'num_trades': trades}
+    return {'ic': realised, 'sharpe': math.nan, 'se': math.nan, 'psr': math.nan,
+            'p_value': 1.0, 'num_trades': trades}
   psr = sharpe_inference.probabilistic_sharpe_hac(returns,
                                                   periods_per_year=backtest.periods_per_year)
-  return {'ic': realised, 'sharpe': psr['sharpe'], 'psr': psr['psr'],
+  return {'ic': realised, 'sharpe': psr['sharpe'], 'se': psr['se'], 'psr': psr['psr'],
           'p_value': psr['p_value'], 'num_trades': trades}
 
 
@@ -144,8 +148,8 @@ def measure_power(bars: pd.DataFrame, test_start: str, test_end: str, *,
 
   Returns:
     {'rows': [{'ic', 'costs', 'draws', 'rejections', 'rate', 'band' (for ic 0), 'mean_sharpe',
-    'mean_realised_ic', 'mean_trades'}], 'test': [first, last bar], 'val_bars', 'alpha',
-    'seconds'}.
+    'sharpe_spread' (std over draws), 'mean_se' (the test's HAC error), 'mean_realised_ic',
+    'mean_trades'}], 'test': [first, last bar], 'val_bars', 'alpha', 'seconds'}.
   """
   if num_draws < 1:
     raise ValueError(f'num_draws must be >= 1, got {num_draws}')
@@ -170,6 +174,8 @@ def measure_power(bars: pd.DataFrame, test_start: str, test_end: str, *,
              'rate': rejections / num_draws,
              'band': binomial_band(alpha, num_draws) if ic == 0 else None,
              'mean_sharpe': float(np.nanmean([d['sharpe'] for d in draws])),
+             'sharpe_spread': float(np.nanstd([d['sharpe'] for d in draws])),
+             'mean_se': float(np.nanmean([d['se'] for d in draws])),
              'mean_realised_ic': float(np.mean([d['ic'] for d in draws])),
              'mean_trades': float(np.mean([d['num_trades'] for d in draws]))}
       rows.append(row)
@@ -182,11 +188,13 @@ def measure_power(bars: pd.DataFrame, test_start: str, test_end: str, *,
 def markdown_table(summary: dict[str, Any]) -> str:
   """The rejection rates as a Markdown table, the IC-0 rows with their binomial band."""
   lines = [f'| planted IC | costs | draws | significant at {summary["alpha"]:.0%} | rate '
-           '(95% band at IC 0) | mean test Sharpe | mean realised IC | mean fills |',
-           '|---:|---|---:|---:|---|---:|---:|---:|']
+           '(95% band at IC 0) | mean test Sharpe | its std over draws | mean HAC s.e. | '
+           'mean realised IC | mean fills |',
+           '|---:|---|---:|---:|---|---:|---:|---:|---:|---:|']
   for r in summary['rows']:
     band = f' ({r["band"][0]:.3f} .. {r["band"][1]:.3f})' if r['band'] else ''
     lines.append(f'| {r["ic"]:.2f} | {r["costs"]} | {r["draws"]} | {r["rejections"]} | '
                  f'{r["rate"]:.3f}{band} | {r["mean_sharpe"]:+.2f} | '
+                 f'{r["sharpe_spread"]:.2f} | {r["mean_se"]:.2f} | '
                  f'{r["mean_realised_ic"]:+.3f} | {r["mean_trades"]:.0f} |')
   return '\n'.join(lines)
