@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+import scipy.stats
 
 from himari_jax import config as config_lib
 from himari_jax.research import power, walkforward
@@ -24,9 +25,10 @@ def test_planted_score_has_the_chosen_ic():
     power.planted_score(returns, 1.5, rng)
 
 
-def test_binomial_band_holds_the_level():
-  low, high = power.binomial_band(0.05, 100)
-  assert low < 0.05 < high and 0.005 < low and high < 0.095
+def test_binomial_band_is_the_binomial_quantiles():
+  for n in (20, 100, 600):
+    expected = scipy.stats.binom.ppf([0.025, 0.975], n, 0.05) / n
+    np.testing.assert_allclose(power.binomial_band(0.05, n), expected)
 
 
 def test_size_is_plausible_and_power_rises_with_ic():

@@ -73,10 +73,19 @@ def score_probs(score: np.ndarray, scale: float = 1.0) -> np.ndarray:
 
 
 def binomial_band(level: float, num_draws: int, coverage: float = 0.95) -> tuple[float, float]:
-  """The rejection rates a test of size `level` shows in `num_draws` draws with probability
-  `coverage` (normal approximation of the binomial, clipped to [0, 1])."""
-  half = _NORMAL.inv_cdf(0.5 + coverage / 2) * math.sqrt(level * (1 - level) / num_draws)
-  return max(0.0, level - half), min(1.0, level + half)
+  """The central `coverage` range of the rejection rate of a test of size `level` over
+  `num_draws` independent draws: the binomial's `(1 - coverage) / 2` and `(1 + coverage) / 2`
+  quantiles divided by `num_draws` (exact, as `scipy.stats.binom.ppf`)."""
+  if not 0 < level < 1 or num_draws < 1:
+    raise ValueError(f'level must be in (0, 1) and num_draws >= 1; got {level}, {num_draws}')
+  log_pmf = [math.lgamma(num_draws + 1) - math.lgamma(k + 1) - math.lgamma(num_draws - k + 1)
+             + k * math.log(level) + (num_draws - k) * math.log1p(-level)
+             for k in range(num_draws + 1)]
+  cdf = np.cumsum(np.exp(log_pmf))
+  tail = (1.0 - coverage) / 2.0
+  low = int(np.searchsorted(cdf, tail - 1e-12))
+  high = int(np.searchsorted(cdf, 1.0 - tail - 1e-12))
+  return low / num_draws, high / num_draws
 
 
 def _next_returns(close: np.ndarray) -> np.ndarray:
