@@ -164,6 +164,16 @@ def summarize_benchmark(config: ml_collections.ConfigDict, records: Sequence[dic
                                         for row, name in tests])
   for (row, name), p in zip(tests, adjusted, strict=True):
     row['ic_over_time'][name]['p_holm'] = p
+  for asset in assets:
+    # The market at the cap: what a model that may hold at most the cap earns by holding.
+    held = series[(folds_lib.MARKET_MODELS[0], asset.name)]['net']
+    for model in models:
+      mine = series[(model, asset.name)]['net'] if (model, asset.name) in rows else None
+      if mine is not None and np.std(mine) > 0 and np.std(held) > 0:
+        paired = significance_lib.paired_block_bootstrap(
+            mine, held, num_resamples=sig.num_resamples, seed=sig.seed, periods_per_year=ppy)
+        rows[(model, asset.name)]['vs_market'] = {
+            k: paired[k] for k in ('estimate', 'low', 'high', 'p_value')}
   best = {}
   for asset in assets:
     # Chosen on validation, where every baseline's policy was selected: not on the test bars.
@@ -215,6 +225,14 @@ def _ci(entry: dict[str, float]) -> str:
           f'{_fmt(entry["high"], "+.2f")}; block {_fmt(entry["block_length"], ".1f")})')
 
 
+def _paired(vs: dict[str, float] | None) -> str:
+  """A paired-bootstrap cell: difference (95% CI), one-sided p of "better"; '-' if none."""
+  if vs is None:
+    return '-'
+  return (f'{_fmt(vs["estimate"], "+.2f")} ({_fmt(vs["low"], "+.2f")} .. '
+          f'{_fmt(vs["high"], "+.2f")}), p {vs["p_value"]:.2f}')
+
+
 def _signal_cells(row: dict[str, Any]) -> str:
   """The IC, rank IC and skill cells of one table row ('-' for the market rows)."""
   s, hac = row['signal'], row['ic_over_time']
@@ -262,8 +280,9 @@ def write_report(config: ml_collections.ConfigDict, summary: dict[str, Any], wor
             'per-bar IC (NW t; p, Holm p) | per-bar rank IC (NW t; p, Holm p) | '
             'log-loss skill | Brier skill | bal. acc | macro F1 | val net Sharpe | '
             'gross Sharpe (95% CI) | net Sharpe (95% CI) | turnover / yr | max DD | '
-            'selection DSR | test PSR (MDS) | net vs best baseline (95% CI, p) |')
-  rule = '|' + '---|' * 17
+            'selection DSR | test PSR (MDS) | net vs best baseline (95% CI, p) | '
+            f'net vs {folds_lib.MARKET_MODELS[0]} (95% CI, p) |')
+  rule = '|' + '---|' * 18
   for asset, info in summary['assets'].items():
     best = summary['best_baseline'].get(asset)
     market = summary['market'][asset]
@@ -276,10 +295,7 @@ def write_report(config: ml_collections.ConfigDict, summary: dict[str, Any], wor
     for row in summary['rows']:
       if row['asset'] != asset:
         continue
-      vs = row.get('vs_best')
-      versus = 'best baseline' if row['model'] == best else '-' if vs is None else (
-          f'{_fmt(vs["estimate"], "+.2f")} ({_fmt(vs["low"], "+.2f")} .. '
-          f'{_fmt(vs["high"], "+.2f")}), p {vs["p_value"]:.2f}')
+      versus = 'best baseline' if row['model'] == best else _paired(row.get('vs_best'))
       lines.append(
           f'| {row["model"]} | {_signal_cells(row)} | '
           f'{_fmt(row["val_net_sharpe"], "+.2f")} | {_ci(row["gross_sharpe"])} | '
@@ -287,7 +303,7 @@ def write_report(config: ml_collections.ConfigDict, summary: dict[str, Any], wor
           f'{_fmt(row["max_drawdown"], ".2%")} | {_fmt(row["selection_dsr"], ".3f")} | '
           f'{_fmt(row["test_psr"]["psr"], ".3f")} '
           f'({_fmt(row["test_psr"]["min_detectable_sharpe"], ".2f")}) | '
-          f'{versus} |')
+          f'{versus} | {_paired(row.get("vs_market"))} |')
     lines.append('')
   lines += ['IC and rank IC, folds: Pearson / Spearman correlation of `p_buy - p_sell` with '
             'the forward return over the label horizon, mean over folds of the seed-mean, '
@@ -311,9 +327,9 @@ def write_report(config: ml_collections.ConfigDict, summary: dict[str, Any], wor
             '(median over the row\'s trials). '
             'Test PSR: P(true Sharpe > 0) of the stitched net test returns with a Newey-West '
             '(HAC) error; MDS: the Sharpe ratio detectable at 80 % power on those bars. Last '
-            'column: paired '
-            'block bootstrap of the net Sharpe difference to the best baseline (one-sided '
-            'p of "better"). A `-` Sharpe: the selected policy never traded on the test '
+            'columns: paired block bootstrap of the net Sharpe difference to the best '
+            'baseline and to the market held at the position cap (one-sided p of '
+            '"better"). A `-` Sharpe: the selected policy never traded on the test '
             'bars (a constant prediction, such as the label prior or the `buy_and_hold` '
             'model, calibrated to the validation label rates has HOLD as its argmax and a '
             'margin `p_buy - p_sell` below every entry threshold); the `buy_and_hold_*` rows '
