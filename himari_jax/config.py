@@ -568,7 +568,10 @@ def placebo_config(variant: str | None = 'quickstart') -> ml_collections.ConfigD
   config.backtest.dataset = config.train.data.test
 
   config.placebo = ml_collections.ConfigDict()
-  config.placebo.method = 'iid'  # synthetic.METHODS: 'iid' or 'block' (volatility clustering)
+  # synthetic.MARKET_KINDS: 'iid', 'block' (volatility clustering) or 'era' (each market from
+  # its own file in month-long blocks at the bars' hour of the week: the era's drift and
+  # volatility, and its |r| autocorrelation at a day and a week)
+  config.placebo.method = 'iid'
   config.placebo.mean_block_length = 24.0  # bars, for 'block'
   config.placebo.remove_drift = False  # True: no trend for a long-only model to earn
   config.placebo.first_seed = 0  # market seed of placebo run 0; run i uses first_seed + i

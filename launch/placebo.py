@@ -124,8 +124,9 @@ def main(argv):
   if _RUNS.value < 1:
     sys.exit(f'error: --runs must be >= 1, got {_RUNS.value}')
   p = config.placebo
-  if p.method not in synthetic.METHODS:
-    sys.exit(f'error: config.placebo.method={p.method!r}; valid: {", ".join(synthetic.METHODS)}')
+  if p.method not in synthetic.MARKET_KINDS:
+    sys.exit(f'error: config.placebo.method={p.method!r}; valid: '
+             f'{", ".join(synthetic.MARKET_KINDS)}')
   try:
     _check_config(config, workdir)
     train_frames = pipeline.load_recent_frames(config.train.data.train,

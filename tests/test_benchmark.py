@@ -45,7 +45,7 @@ def test_tiny_runs_end_to_end(tiny_run):
                'test PSR (MDS)', '## Wall time'):
     assert text in report
   rows = {r['model']: r for r in summary['rows']}
-  assert set(rows) == {'momentum', 'logistic'}
+  assert set(rows) == {'momentum', 'logistic', *benchmark_folds.MARKET_MODELS}
   # Each trial's search is deflated on its own validation bars, by every policy it tried.
   policy_config = config_lib.benchmark_config('tiny').policy
   grid_size = np.size(benchmark_folds.benchmark_policy_grid(policy_config).entry)
@@ -351,3 +351,49 @@ def test_trials_on_ray_match_in_process_and_resume_the_same_way(tmp_path, tiny_r
           np.load(os.path.join(trial.directory(str(here_dir)), benchmark_folds.TEST_ARRAYS)) as b):
       for name in b.files:
         np.testing.assert_array_equal(a[name], b[name], err_msg=f'{key} {name}')
+
+
+def test_best_baseline_is_chosen_on_validation(tiny_run):
+  workdir, summary, _ = tiny_run
+  records = _records(workdir)
+  assert all(np.isfinite(r['policy']['val_net_sharpe']) or r['backtest']['num_trades'] == 0
+             for r in records)
+  rows = {r['model']: r for r in summary['rows']}
+  by_val = max(('momentum', 'logistic'), key=lambda m: np.nan_to_num(
+      rows[m]['val_net_sharpe'], nan=-np.inf))
+  assert summary['best_baseline']['btc'] == by_val
+  assert 'Best baseline by validation net Sharpe' in (workdir / benchmark_folds.REPORT).read_text()
+
+
+def test_market_rows_hold_the_asset_at_the_cap_and_in_full(tiny_run):
+  workdir, summary, _ = tiny_run
+  rows = {r['model']: r for r in summary['rows']}
+  cap, full = rows['buy_and_hold_cap'], rows['buy_and_hold_full']
+  market = summary['market']['btc']['total_return']
+  # Held in full the gross return tracks the price (each window re-enters at its first close);
+  # at a 10 % cap about a tenth of it.
+  assert np.sign(full['net_total_return']) == np.sign(market) or abs(market) < 0.01
+  assert abs(cap['net_total_return']) < abs(full['net_total_return'])
+  assert 0.05 < cap['gross_sharpe']['estimate'] / full['gross_sharpe']['estimate'] < 2.0
+  report = (workdir / benchmark_folds.REPORT).read_text()
+  assert '| buy_and_hold_cap |' in report and '| buy_and_hold_full |' in report
+  assert 'vs_best' in cap
+  # Every model is also compared with the market held at the cap.
+  assert 0.0 <= rows['logistic']['vs_market']['p_value'] <= 1.0
+  assert 'net vs buy_and_hold_cap (95% CI, p)' in report
+
+
+def test_ic_over_time_pools_the_folds_with_newey_west(tiny_run):
+  workdir, summary, _ = tiny_run
+  row = next(r for r in summary['rows'] if r['model'] == 'logistic')
+  hac = row['ic_over_time']
+  assert hac['ic']['lags'] >= 1 and hac['ic']['n_bars'] > 100
+  # The pooled IC is a bar-weighted mean of the folds' seed-mean ICs.
+  assert min(row['ic_per_fold']) - 0.05 <= hac['ic']['mean'] <= max(row['ic_per_fold']) + 0.05
+  assert 0.0 <= hac['ic']['p_value'] <= 1.0
+  assert hac['ic']['p_holm'] >= hac['ic']['p_value']
+  report = (workdir / benchmark_folds.REPORT).read_text()
+  assert 't(1)' in report and 'per-bar IC (NW t; p, Holm p)' in report
+  saved = json.loads((workdir / benchmark_folds.SUMMARY).read_text())
+  assert 'p_holm' in next(r for r in saved['rows'] if r['model'] == 'logistic')[
+      'ic_over_time']['rank_ic']

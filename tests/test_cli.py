@@ -63,6 +63,8 @@ def error_lines(stderr):
      "start='2024-13'"),
     ('pretrain_compare.py', ['--workdir={tmp}/runs', '--arms=finetune,no_such_arm'],
      "arms ['no_such_arm']"),
+    ('power.py', ['--test_start=2030-01-01', '--test_end=2030-02-01', '--outdir={tmp}/p'],
+     'need 2160 bars before the test window and 100 in it'),
     ('trade_signal.py', ['--checkpoints=checkpoints/small_a', '--data={tmp}/missing.csv'],
      'missing.csv: no such file'),
     # The data is checked before any model is loaded (a missing one included).

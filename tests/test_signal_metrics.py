@@ -125,3 +125,18 @@ def test_forward_returns_and_errors():
     sm.log_loss(probs, labels)
   with pytest.raises(ValueError, match='bar 2 has 5'):
     sm.label_prior(np.array([0, 1, 5]))
+
+
+def test_ic_contributions_average_to_the_ic():
+  rng = np.random.default_rng(3)
+  s = rng.normal(size=300)
+  r = 0.2 * s + rng.normal(size=300)
+  mask = np.ones(300, bool)
+  mask[::7] = False
+  terms = sm.ic_contributions(s, np.where(mask, r, np.nan), mask)
+  assert np.all(np.isnan(terms['ic'][~mask]))
+  np.testing.assert_allclose(np.nanmean(terms['ic']),
+                             sm.information_coefficient(s, r, mask), rtol=1e-12)
+  np.testing.assert_allclose(np.nanmean(terms['rank_ic']),
+                             sm.rank_information_coefficient(s, r, mask), rtol=1e-12)
+  assert np.all(np.isnan(sm.ic_contributions(np.ones(300), r)['ic']))

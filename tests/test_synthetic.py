@@ -157,3 +157,43 @@ def test_make_markets_one_per_real_frame_from_one_pool(real):
   assert markets[0].attrs['synthetic']['pool_bars'] == len(real) - 2
   alone = synthetic.make_market(test, seed=(4, 1), method='block', pool=[train, test])
   pd.testing.assert_frame_equal(markets[1], alone)
+
+
+@pytest.mark.parametrize('year', ['2021', '2023', '2025'])
+def test_era_market_keeps_its_drift_volatility_and_volatility_clustering(year):
+  source = 'btc_usdt_1h_2025_2026' if year == '2025' else 'btc_usdt_1h_2020_2024'
+  era = data.load_dataset(source).loc[f'{year}-01-01':f'{year}-12-31']
+  markets = [synthetic.make_era_market(era, seed=s) for s in range(8)]
+  real_r = _log_returns(era)
+  fake = [_log_returns(m) for m in markets]
+  # Every bar is one of the era's, mirrored about its mean: the era's volatility and, in
+  # expectation, its drift (8 years of draws: the mean's error is std / sqrt(8 n)).
+  assert abs(np.mean([r.std() for r in fake]) / real_r.std() - 1) < 0.05
+  assert abs(np.mean(np.concatenate(fake)) - real_r.mean()) < 3 * real_r.std() / np.sqrt(
+      8 * len(real_r))
+  for lag in (24, 168):
+    real_acf = _acf(np.abs(real_r), lag)
+    fake_acf = np.mean([_acf(np.abs(r), lag) for r in fake])
+    assert abs(fake_acf - real_acf) < 0.03, (lag, real_acf, fake_acf)
+  # Directions stay unreadable: no autocorrelation of the returns themselves.
+  assert abs(np.mean([_acf(r, 1) for r in fake])) < 0.02
+  assert markets[0].attrs['synthetic']['period'] == synthetic.HOURS_PER_WEEK
+
+
+def test_block_starts_keep_the_phase():
+  rng = np.random.default_rng(0)
+  index = synthetic.resample_indices(rng, 1000, 5000, 'block', mean_block_length=10, period=168)
+  assert np.all(index % 168 == np.arange(5000) % 168)
+  assert index.max() < 1000 // 168 * 168
+  with pytest.raises(ValueError, match='period'):
+    synthetic.resample_indices(rng, 100, 10, 'block', period=200)
+
+
+def test_make_markets_by_era_draw_each_market_from_its_own_frame(real):
+  first, second = real.iloc[:6000], real.iloc[6000:]
+  markets = synthetic.make_markets([first, second], seed=3, method='era')
+  assert [len(m) for m in markets] == [6000, len(second)]
+  assert markets[1].attrs['synthetic']['pool_bars'] == len(second) - 1
+  pd.testing.assert_frame_equal(markets[0], synthetic.make_era_market(first, seed=(3, 0)))
+  with pytest.raises(ValueError, match='no pool'):
+    synthetic.make_markets([first], seed=0, method='era', pool=second)

@@ -68,6 +68,7 @@ from himari_jax.research import benchmark_report, dispatch
 from himari_jax.stats import metrics as metrics_lib
 from himari_jax.stats import selection as selection_lib
 from himari_jax.stats import signal_metrics as signal_lib
+from himari_jax.stats import significance as significance_lib
 from himari_jax.training import train as train_lib
 
 RULE_MODELS = ('label_prior', 'buy_and_hold', 'momentum')
@@ -241,6 +242,9 @@ def run_trial(config: ml_collections.ConfigDict, trial: folds_lib.Trial, asset: 
   # The search is deflated where it ran: the winner on the validation bars (SPEC 11).
   winner, _ = decider.trade(span.iloc[val], probs=val_probs, sigma=data.sigma[val])
   winner_returns = np.asarray(metrics_lib.period_returns(winner.equity, bt.initial_capital))
+  # What the best baseline is chosen by: the test bars stay unseen until the comparison.
+  val_net_sharpe = (significance_lib.sharpe_ratio(winner_returns, bt.periods_per_year)
+                    if np.std(winner_returns) > 0 else np.nan)
   deflated = None
   if np.std(winner_returns) > 0:
     deflated = json_types.to_json_types(selection_lib.selection_deflated_sharpe(
@@ -265,6 +269,7 @@ def run_trial(config: ml_collections.ConfigDict, trial: folds_lib.Trial, asset: 
   np.savez(partial, net_returns=net_returns, gross_returns=gross_returns,
            score=test_probs[:, 2] - test_probs[:, 0], available=test_available,
            position=np.asarray(result.position, np.float64),
+           forward=np.where(scored, data.forward[test], np.nan),
            time=span.index[test].asi8)
   os.replace(partial, os.path.join(trial_dir, folds_lib.TEST_ARRAYS))
   fold = asset.folds[trial.fold]
@@ -284,6 +289,7 @@ def run_trial(config: ml_collections.ConfigDict, trial: folds_lib.Trial, asset: 
       'policy': {'index': selection.index, 'settings': json_types.to_json_types(
           policy_lib.policy_to_dict(selection.policy)),
           'val_objective': float(selection.table['objective'].iloc[selection.index]),
+          'val_net_sharpe': val_net_sharpe,
           'num_trials': selection.num_trials, 'selection': deflated},
       'signal': signal,
       'backtest': {**attribution, 'max_drawdown': float(dd.min()),

@@ -13,12 +13,15 @@ import numpy as np
 import pandas as pd
 
 from himari_jax import config as config_lib
+from himari_jax.backtest import engine as backtest_lib
 from himari_jax.backtest import policy as policy_lib
+from himari_jax.constants import BUY, HOLD
 from himari_jax.data import features as features_lib
 from himari_jax.data import input_pipeline
 from himari_jax.data import labels as labels_lib
 from himari_jax.data import ohlcv as data_lib
 from himari_jax.research import walkforward
+from himari_jax.stats import metrics as metrics_lib
 from himari_jax.stats import signal_metrics as signal_lib
 
 RESULTS = 'results.jsonl'
@@ -41,6 +44,11 @@ def benchmark_policy_grid(policy_config: ml_collections.ConfigDict, *, allow_sho
   seeds = [policy_lib.seed_policy(t, max_position_pct=max_position_pct, allow_short=allow_short)
            for t in policy_config.seed_thresholds]
   return policy_lib.stack_policies([*grids, *seeds])
+
+
+# The market rows of every table: always long from each test window's first bar, at the
+# benchmark's position cap and with the whole equity.
+MARKET_MODELS = ('buy_and_hold_cap', 'buy_and_hold_full')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,6 +194,40 @@ def fold_data(config: ml_collections.ConfigDict, asset: Asset,
                                              periods_per_year=config.backtest.periods_per_year),
       val=val, test=test, prior=signal_lib.label_prior(labels, train_mask), file=file,
       span=span)
+
+
+def market_returns(config: ml_collections.ConfigDict, asset: Asset) -> dict[str, dict]:
+  """Per-bar net and gross returns of always holding the asset over its test windows.
+
+  Each test window starts flat, buys on its first bar with the benchmark's costs and fill
+  timing and holds to its end: `buy_and_hold_cap` at `config.backtest.max_position_pct` of
+  equity (the most any model may hold), `buy_and_hold_full` with the whole equity
+  (`engine.buy_and_hold`). Windows are stitched in time order, as the models' test returns.
+
+  Returns:
+    {name in MARKET_MODELS: {'net': (T,), 'gross': (T,)}} over the T test bars of every fold.
+  """
+  params = backtest_lib.params_from_config(config.backtest)
+  capped = params.replace(sizing=np.int32(backtest_lib.SIZINGS.index('fixed')),
+                          confidence_threshold=np.float64(0.0), allow_short=np.int32(0))
+  capital = float(config.backtest.initial_capital)
+  out = {name: {'net': [], 'gross': []} for name in MARKET_MODELS}
+  for fold in asset.folds:
+    bars = asset.df.iloc[fold.test]
+    prices = backtest_lib.Prices(bars['open'].to_numpy(np.float64),
+                                 bars['close'].to_numpy(np.float64))
+    actions = np.full(len(bars), HOLD, np.int32)
+    actions[0] = BUY
+    results = {'buy_and_hold_cap': backtest_lib.run_backtest(prices, actions,
+                                                             np.ones(len(bars)), capped),
+               'buy_and_hold_full': backtest_lib.buy_and_hold(prices, params)}
+    for name, result in results.items():
+      out[name]['net'].append(metrics_lib.period_returns(
+          np.asarray(result.equity, np.float64), capital))
+      out[name]['gross'].append(metrics_lib.period_returns(
+          np.asarray(metrics_lib.gross_equity(result), np.float64), capital))
+  return {name: {kind: np.concatenate(parts) for kind, parts in series.items()}
+          for name, series in out.items()}
 
 
 def array_hash(*arrays: np.ndarray) -> str:

@@ -122,6 +122,33 @@ def rank_information_coefficient(signal_values: Any, returns: Any, mask: Any = N
   return _pearson(_average_ranks(x), _average_ranks(y))
 
 
+def ic_contributions(signal_values: Any, returns: Any, mask: Any = None) -> dict[str, np.ndarray]:
+  """Per-bar terms whose mean over `mask` is the IC (and rank IC): `z_s,t * z_r,t`, the
+  products of the signal and the return standardised over the masked bars (population std).
+
+  Concatenated over folds (each standardised in its own fold), their mean is the bar-weighted
+  pooled IC and a Newey-West error of that mean (`cross_section.newey_west_mean`) is the
+  per-bar IC inference of SPEC 11.
+
+  Args:
+    signal_values: (N,) signal; returns: (N,) forward returns, finite on `mask`; mask: (N,).
+
+  Returns:
+    {'ic': (N,), 'rank_ic': (N,)} float64, NaN outside `mask` and everywhere when the
+    correlation is undefined (constant side or fewer than 3 bars).
+  """
+  x, y = _check_pair(signal_values, returns, mask)
+  n = len(np.asarray(signal_values))
+  mask = _check_mask(mask, n)
+  out = {}
+  for name, (a, b) in {'ic': (x, y), 'rank_ic': (_average_ranks(x), _average_ranks(y))}.items():
+    terms = np.full(n, np.nan)
+    if math.isfinite(_pearson(a, b)):
+      terms[mask] = (a - a.mean()) / a.std() * (b - b.mean()) / b.std()
+    out[name] = terms
+  return out
+
+
 def signal_metrics(probs: Any, labels: Any, mask: Any, returns: Any, prior: Any, *,
                    actions: Any = None) -> dict[str, float]:
   """Every SPEC 9 signal metric of one fold.
