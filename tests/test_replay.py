@@ -213,6 +213,7 @@ def recorded(ledger_dir):
   return max(0, path.read_bytes().count(b'\n') - 1) if path.exists() else 0
 
 
+@pytest.mark.slow  # 1-2 min: CI runs it in its second step
 @pytest.mark.parametrize('case, kill', [('seed', 'csv'), ('fixed', None), ('select', 'state')])
 def test_paper_trading_replays_the_backtest(market, repo_root, tmp_path, case, kill):
   bars, bars_csv, exchange = market
