@@ -12,12 +12,28 @@ confidence-sized up to the position cap), the backtest with the configured costs
 test PSR(0) with a HAC error (`sharpe_inference.probabilistic_sharpe_hac`). The share of draws
 whose one-sided p-value is below `alpha` is the test's size at IC 0 and its power above.
 
-Every draw of a cell trades the same real year: only the signal's noise differs between them.
-So the IC-0 rate is the false-positive rate of random timing of this one market path, while
-the PSR's error also covers the path's own randomness (the spread of the draws' Sharpe ratios
-is reported beside the mean error); and a long-only strategy at IC 0 still holds the market
-part of the time, so its expected Sharpe follows the year's drift. The binomial band says
-which rates the nominal level allows.
+Which market a draw trades (`MARKETS`) decides which size is measured:
+
+* `'placebo'` (the test's size): each draw picks a random window of validation + test bars,
+  uniformly over every such window of the given assets' bars (BTC and ETH 2017-2026), and
+  trades an era-matched placebo of it (`synthetic.make_era_market`): the window's
+  volatility, its clustering and seasonality, but directions nothing can read and no
+  trend. The placebo removes the mean log return; the simple return's mean left by it
+  (`sigma^2 / 2` a bar, a buy-and-hold Sharpe near 0.45 a year) is removed as well, so a
+  bar's expected return is 0. So every draw has its own price path, the null (true Sharpe 0
+  at IC 0, whatever the positions) holds, and the IC-0 rejection rate is the unconditional
+  size the nominal level promises.
+* `'windows'`: the random real windows themselves. Their paths are real, but so is their
+  drift (BTC and ETH rose about tenfold over 2017-2024), and a long-only strategy at IC 0
+  holds the market part of the time: its rejections at IC 0 count that drift as well as
+  false positives, so this is not a size under the null.
+* `'fixed'`: every draw trades the same window (e.g. BTC 2025) and only the signal's noise
+  differs. The IC-0 rate is then the size conditional on that one path: the PSR's error also
+  covers the path's own randomness (the spread of the draws' Sharpe ratios is reported
+  beside the mean error), so the conditional rate is lower than the nominal level when the
+  year's drift is near 0, and the expected Sharpe at IC 0 follows the year's drift.
+
+The binomial band says which rates the nominal level allows.
 """
 
 from __future__ import annotations
@@ -34,13 +50,17 @@ import pandas as pd
 
 from himari_jax.backtest import engine as backtest_lib
 from himari_jax.backtest import policy as policy_lib
-from himari_jax.data import input_pipeline
+from himari_jax.data import input_pipeline, synthetic
 from himari_jax.data import labels as labels_lib
 from himari_jax.research import baselines as baselines_lib
 from himari_jax.stats import metrics as metrics_lib
 from himari_jax.stats import sharpe_inference
 
 _NORMAL = statistics.NormalDist()
+# How a draw picks its market (module docstring).
+MARKETS = ('placebo', 'windows', 'fixed')
+# A draw's test window and validation bars: (val, test) OHLCV frames.
+Market = tuple[pd.DataFrame, pd.DataFrame]
 
 
 def planted_score(next_returns: np.ndarray, ic: float, rng: np.random.Generator) -> np.ndarray:
@@ -137,61 +157,111 @@ def planted_draw(val: pd.DataFrame, test: pd.DataFrame, val_labels: np.ndarray,
           'p_value': psr['p_value'], 'num_trades': trades}
 
 
-def measure_power(bars: pd.DataFrame, test_start: str, test_end: str, *,
-                  ics: Sequence[float], num_draws: int,
-                  costs: dict[str, dict[str, float]], backtest: ml_collections.ConfigDict,
-                  labels: ml_collections.ConfigDict, val_bars: int = 2160, alpha: float = 0.05,
-                  seed: int = 0, log: Callable[[str], None] = print) -> dict[str, Any]:
-  """Rejection rates of the one-sided test PSR at `alpha` for planted signals.
-
-  Args:
-    bars: one asset's hourly bars covering the validation bars and the test window.
-    test_start, test_end: the test window, e.g. '2025-01-01', '2026-01-01' (end excluded).
-    ics: planted ICs; num_draws: draws per (IC, costs).
-    costs: {name: {'commission', 'slippage'}}, e.g. seed costs and zero.
-    backtest: configs/backtest.py-shaped settings (calibration, policy cap, fill).
-    labels: the label config the calibration fits the label rates of.
-    val_bars: validation bars just before the test window.
-    alpha: the test's nominal level; seed: of the first draw (each (IC, costs) cell reuses
-      the draws' seeds, so the cells differ only by IC and costs).
-
-  Returns:
-    {'rows': [{'ic', 'costs', 'draws', 'rejections', 'rate', 'band' (for ic 0), 'mean_sharpe',
-    'sharpe_spread' (std over draws), 'mean_se' (the test's HAC error), 'mean_realised_ic',
-    'mean_trades'}], 'test': [first, last bar], 'val_bars', 'alpha', 'seconds'}.
-  """
-  if num_draws < 1:
-    raise ValueError(f'num_draws must be >= 1, got {num_draws}')
+def fixed_market(bars: pd.DataFrame, test_start: str, test_end: str,
+                 val_bars: int = 2160) -> Market:
+  """The `'fixed'` market: the test window `test_start` .. `test_end` (end excluded) of `bars`
+  and the `val_bars` bars before it, as (val, test) frames."""
   start = bars.index.searchsorted(pd.Timestamp(test_start, tz=bars.index.tz))
   stop = bars.index.searchsorted(pd.Timestamp(test_end, tz=bars.index.tz))
   if start < val_bars or stop - start < 100:
     raise ValueError(f'{test_start} .. {test_end}: need {val_bars} bars before the test '
                      f'window and 100 in it; the bars cover {bars.index[0]} .. {bars.index[-1]}')
-  val, test = bars.iloc[start - val_bars:start], bars.iloc[start:stop]
-  # Labels of the validation bars read up to h bars past them, never into the test window.
-  val_labels, val_valid = labels_lib.make_labels(val, labels.kind,
-                                                 **input_pipeline.label_params(labels))
+  return bars.iloc[start - val_bars:start], bars.iloc[start:stop]
+
+
+def random_market(pools: Sequence[pd.DataFrame], rng: np.random.Generator, *,
+                  test_bars: int = 8760, val_bars: int = 2160,
+                  placebo: bool = True) -> Market:
+  """A `'windows'` or `'placebo'` market: a window of `val_bars + test_bars` consecutive bars,
+  uniform over every such window of `pools` (one gap-filled series per asset), or with
+  `placebo` an era-matched, drift-free placebo of it (`synthetic.make_era_market`).
+
+  Returns:
+    (val, test) frames of `val_bars` and `test_bars` bars.
+  """
+  size = val_bars + test_bars
+  starts = np.array([max(len(p) - size + 1, 0) for p in pools])
+  if starts.sum() == 0:
+    raise ValueError(f'no series has {size} bars (validation + test)')
+  which = int(rng.choice(len(pools), p=starts / starts.sum()))
+  first = int(rng.integers(starts[which]))
+  window = pools[which].iloc[first:first + size]
+  if placebo:
+    window = _without_arithmetic_drift(
+        synthetic.make_era_market(window, seed=int(rng.integers(2**31)), remove_drift=True),
+        window)
+  return window.iloc[:val_bars], window.iloc[val_bars:]
+
+
+def _without_arithmetic_drift(market: pd.DataFrame, era: pd.DataFrame) -> pd.DataFrame:
+  # The placebo's log returns are the era's, demeaned, with random signs: mean 0, but the
+  # simple return's mean is E[cosh(x)] - 1 > 0 (sigma^2 / 2 a bar, a Sharpe near 0.45 a year
+  # held long). Every price of bar t times exp(-c t) makes that expectation 0; candles keep
+  # their shape because all four prices of a bar scale alike.
+  log_returns = np.diff(np.log(era['close'].to_numpy(np.float64)))
+  c = math.log(np.mean(np.cosh(log_returns - log_returns.mean())))
+  scale = np.exp(-c * np.arange(len(market)))
+  out = market.copy()
+  for column in ('open', 'high', 'low', 'close'):
+    out[column] = market[column].to_numpy(np.float64) * scale
+  return out
+
+
+def measure_power(draw_market: Callable[[np.random.Generator], Market], *,
+                  ics: Sequence[float], num_draws: int,
+                  costs: dict[str, dict[str, float]], backtest: ml_collections.ConfigDict,
+                  labels: ml_collections.ConfigDict, alpha: float = 0.05, seed: int = 0,
+                  log: Callable[[str], None] = print) -> dict[str, Any]:
+  """Rejection rates of the one-sided test PSR at `alpha` for planted signals.
+
+  Args:
+    draw_market: a draw's generator -> its (val, test) bars, e.g. `random_market` or
+      `lambda _: fixed_market(...)`.
+    ics: planted ICs; num_draws: draws per (IC, costs).
+    costs: {name: {'commission', 'slippage'}}, e.g. seed costs and zero.
+    backtest: configs/backtest.py-shaped settings (calibration, policy cap, fill).
+    labels: the label config the calibration fits the label rates of.
+    alpha: the test's nominal level; seed: of the first draw. Draw d trades one market in
+      every (IC, costs) cell and reuses its signal noise, so the cells differ only by IC and
+      costs.
+
+  Returns:
+    {'rows': [{'ic', 'costs', 'draws', 'rejections', 'rate', 'band' (for ic 0), 'mean_sharpe',
+    'sharpe_spread' (std over draws), 'mean_se' (the test's HAC error), 'mean_realised_ic',
+    'mean_trades'}], 'test': [[first, last bar] per draw], 'val_bars', 'alpha', 'seconds'}.
+  """
+  if num_draws < 1:
+    raise ValueError(f'num_draws must be >= 1, got {num_draws}')
   tick = time.time()
+  cells = [(name, float(ic)) for name in costs for ic in ics]
+  draws: dict[tuple[str, float], list[dict[str, float]]] = {cell: [] for cell in cells}
+  windows = []
+  for d in range(num_draws):
+    val, test = draw_market(np.random.default_rng([seed, d, 1]))
+    windows.append([str(test.index[0]), str(test.index[-1])])
+    # Labels of the validation bars read up to h bars past them, never into the test window.
+    val_labels, val_valid = labels_lib.make_labels(val, labels.kind,
+                                                   **input_pipeline.label_params(labels))
+    for name, ic in cells:
+      draws[(name, ic)].append(planted_draw(val, test, val_labels, val_valid, ic,
+                                            np.random.default_rng([seed, d]), backtest,
+                                            costs[name]))
+    if (d + 1) % max(num_draws // 10, 1) == 0:
+      log(f'{d + 1}/{num_draws} draws ({time.time() - tick:.0f} s)')
   rows = []
-  for name, cost in costs.items():
-    for ic in ics:
-      draws = [planted_draw(val, test, val_labels, val_valid, ic,
-                         np.random.default_rng([seed, d]), backtest, cost)
-               for d in range(num_draws)]
-      rejections = sum(d['p_value'] < alpha for d in draws)
-      row = {'ic': float(ic), 'costs': name, 'draws': num_draws, 'rejections': rejections,
-             'rate': rejections / num_draws,
-             'band': binomial_band(alpha, num_draws) if ic == 0 else None,
-             'mean_sharpe': float(np.nanmean([d['sharpe'] for d in draws])),
-             'sharpe_spread': float(np.nanstd([d['sharpe'] for d in draws])),
-             'mean_se': float(np.nanmean([d['se'] for d in draws])),
-             'mean_realised_ic': float(np.mean([d['ic'] for d in draws])),
-             'mean_trades': float(np.mean([d['num_trades'] for d in draws]))}
-      rows.append(row)
-      log(f'{name} costs, IC {ic:.2f}: {rejections}/{num_draws} significant '
-          f'({time.time() - tick:.0f} s)')
-  return {'rows': rows, 'test': [str(test.index[0]), str(test.index[-1])],
-          'val_bars': val_bars, 'alpha': alpha, 'seconds': time.time() - tick}
+  for name, ic in cells:
+    cell = draws[(name, ic)]
+    rejections = sum(d['p_value'] < alpha for d in cell)
+    rows.append({'ic': ic, 'costs': name, 'draws': num_draws, 'rejections': rejections,
+                 'rate': rejections / num_draws,
+                 'band': binomial_band(alpha, num_draws) if ic == 0 else None,
+                 'mean_sharpe': float(np.nanmean([d['sharpe'] for d in cell])),
+                 'sharpe_spread': float(np.nanstd([d['sharpe'] for d in cell])),
+                 'mean_se': float(np.nanmean([d['se'] for d in cell])),
+                 'mean_realised_ic': float(np.mean([d['ic'] for d in cell])),
+                 'mean_trades': float(np.mean([d['num_trades'] for d in cell]))})
+  return {'rows': rows, 'test': windows, 'val_bars': len(val), 'alpha': alpha,
+          'seconds': time.time() - tick}
 
 
 def markdown_table(summary: dict[str, Any]) -> str:
