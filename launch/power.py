@@ -68,7 +68,7 @@ def main(argv):
       draw_market, ics=[float(x) for x in _ICS.value], num_draws=_DRAWS.value, costs=costs,
       backtest=bt, labels=config_lib.default_config().labels, alpha=_ALPHA.value,
       seed=_SEED.value)
-  table = power.markdown_table(summary)
+  table = power.power_table(summary)
   os.makedirs(_OUTDIR.value, exist_ok=True)
   with open(os.path.join(_OUTDIR.value, 'power.json'), 'w') as f:
     json.dump(json_types.to_json_types(summary), f, indent=1)

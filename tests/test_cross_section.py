@@ -151,5 +151,5 @@ def test_quantile_returns_match_sorted_splits():
 
 def test_forward_returns_per_coin():
   close = np.array([[1.0, 10.0], [2.0, np.nan], [4.0, 12.0]])
-  np.testing.assert_allclose(xs.forward_returns(close, 1),
+  np.testing.assert_allclose(xs.panel_forward_returns(close, 1),
                              [[1.0, np.nan], [1.0, np.nan], [np.nan, np.nan]])

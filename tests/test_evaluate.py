@@ -60,7 +60,7 @@ def test_decide_holds_where_a_member_is_unavailable(tiny_config, tmp_path):
   df = data.builtin_dataset('btc_usdt_1h_2025_2026').iloc[:400]
   cal = ml_collections.ConfigDict({'mode': 'fit_rates', 'bias': (0.0, 0.0, 0.0),
                                    'temperature': True, 'num_bins': 10})
-  decisions = members.decide([member, member], ['a', 'b'], df, strategy='voting',
+  decisions = members.decide_members([member, member], ['a', 'b'], df, strategy='voting',
                              threshold=0.0, weights=None, calibration_config=cal)
   first = ~decisions.available
   assert first[:100].all() and decisions.available[-100:].all()
@@ -73,7 +73,7 @@ def test_decide_holds_where_a_member_is_unavailable(tiny_config, tmp_path):
 
   # `unanimous` is the seed's name of `disagreement`.
   other = dataclasses.replace(member, params=jax.tree.map(lambda p: p * 1.5, member.params))
-  decided = {s: members.decide([member, other], ['a', 'b'], df, strategy=s, threshold=0.0,
+  decided = {s: members.decide_members([member, other], ['a', 'b'], df, strategy=s, threshold=0.0,
                                weights=None, calibration_config=cal)
              for s in ('unanimous', 'disagreement')}
   np.testing.assert_array_equal(decided['unanimous'].actions, decided['disagreement'].actions)

@@ -176,7 +176,7 @@ def test_long_short_matches_loop():
     params = _params(short_rate=0.5, trade_band=0.005)
     result = pf.long_short_portfolio(prices, score, params, k=2, rebalance_every=2, band=1)
     _check_against_loop(prices, targets, result, short_rate=0.5, band=0.005)
-    summary = pf.summarize(result, params)
+    summary = pf.summarize_portfolio(result, params)
   # Dollar-neutral at every rebalance where both books are full and tradable.
   full = np.flatnonzero((np.nansum(targets > 0, axis=1) == 2) & (np.nansum(targets < 0, axis=1)
                                                                   == 2))

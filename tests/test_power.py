@@ -64,7 +64,7 @@ def test_size_is_plausible_and_power_rises_with_ic():
   realised = {r['ic']: r['mean_realised_ic'] for r in summary['rows']}
   assert abs(realised[0.3] - 0.3) < 0.03
   assert summary['rows'][0]['band'] is not None and summary['rows'][1]['band'] is None
-  assert '| 0.30 | zero | 4 | 4 |' in power.markdown_table(summary)
+  assert '| 0.30 | zero | 4 | 4 |' in power.power_table(summary)
   assert len({first for first, _ in summary['test']}) == 4  # each draw its own market
 
 

@@ -79,7 +79,7 @@ def test_decisions_before_t_ignore_every_bar_after_t(tmp_path):
   out = []
   for p in (panel, moved):
     data = ub.fold_inputs(config, p, ub._raw_features(config, p), fold)
-    out.append({m: ub.run_trial(config, p, fold, data, m, 0, str(tmp_path))[1]
+    out.append({m: ub.run_universe_trial(config, p, fold, data, m, 0, str(tmp_path))[1]
                 for m in ('logistic', 'reversal')})
   bars = pd.date_range(fold.test_start, fold.test_end, freq='h', inclusive='left')
   before = np.flatnonzero(bars <= t)

@@ -194,7 +194,7 @@ def choose_policy(config: ml_collections.ConfigDict, val_df: pd.DataFrame | None
     null = policy_lib.selection_null(
         val_df, val_probs, params, **rule, num_rotations=pc.null_rotations,
         min_offset=pc.null_min_offset, seed=config.significance.seed)
-    summary['null'] = search_lib.null_summary(null, float(chosen['sharpe']))
+    summary['null'] = search_lib.selection_null_summary(null, float(chosen['sharpe']))
     log(f'{summary["null"]["label"]}: P(null winner >= real winner) = '
         f'{_num(summary["null"]["p_value"], ".3f")} (null winners\' validation Sharpe '
         f'{_num(summary["null"]["null_sharpe_mean"], ".2f")} +- '

@@ -1,9 +1,9 @@
 """What a policy search found and what it may claim (SPEC 8 and 11), as the reports show it.
 
 A search is judged where it ran: `selection_deflation` deflates the validation winner's
-validation Sharpe by every policy tried there, `null_summary` sets it against the same search
-on the probabilities rotated in time (`policy.selection_null`), and `auto_decision` uses the
-selected policy only if it beats the seed rule by more than that null's search does. On the
+validation Sharpe by every policy tried there, `selection_null_summary` sets it against the
+same search on the probabilities rotated in time (`policy.selection_null`), and `auto_decision`
+uses the selected policy only if it beats the seed rule by more than that null's search does. On the
 test bars, `compare_on_test` gives PSR(0) with HAC errors of the selected policy and the seed
 rule, Holm-adjusted over the two; `null_test_sharpe` trades the null's winners there too;
 `sweep_deflation` deflates a sweep on the bars it swept. Every result is JSON-ready.
@@ -55,7 +55,7 @@ def selection_deflation(val_df: pd.DataFrame, val_probs: np.ndarray,
   return json_types.to_json_types(deflated, finite_only=True)
 
 
-def null_summary(null: policy_lib.SelectionNull, real_sharpe: float) -> dict:
+def selection_null_summary(null: policy_lib.SelectionNull, real_sharpe: float) -> dict:
   """A selection null against the real winner's validation Sharpe: `label`, `rotations`,
   `p_value` ((1 + k) / (1 + R), k null winners at or above the real one), the null winners'
   validation Sharpe `null_sharpe_mean`, `null_sharpe_std` and `null_sharpe_q95`."""

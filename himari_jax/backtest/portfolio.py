@@ -442,7 +442,7 @@ def benchmark_targets(available: Any, *, rebalance_every: int | None = None,
   return targets
 
 
-def summarize(result: PortfolioResult, params: PortfolioParams) -> dict[str, float]:
+def summarize_portfolio(result: PortfolioResult, params: PortfolioParams) -> dict[str, float]:
   """Gross, cost and net of a portfolio run (SPEC section 9), keys `SUMMARY_NAMES`.
 
   `*_sharpe` from the per-bar returns of the net and gross equity; `commission`, `slippage`,

@@ -193,7 +193,7 @@ def policy_lines(policy: Mapping[str, Any] | None) -> list[str]:
 
 
 def null_line(null: Mapping[str, Any]) -> str:
-  """One line of a selection null (`policy_search.null_summary`)."""
+  """One line of a selection null (`policy_search.selection_null_summary`)."""
   if 'p_value' not in null:
     return f'{null["label"]}: {null.get("note", "")}'
 

@@ -106,12 +106,12 @@ def member_probabilities(members: Sequence[checkpoint_lib.LoadedModel], df: pd.D
   return np.stack(probs), available, summaries
 
 
-def decide(members: Sequence[checkpoint_lib.LoadedModel], names: Sequence[str],
-           df: pd.DataFrame, *, strategy: str, threshold: float,
-           weights: Sequence[float] | None,
-           calibration_config: ml_collections.ConfigDict, asset: str | None = None,
-           fitted: Sequence[tuple[calibration_lib.Calibration, dict]] | None = None
-           ) -> decisions_lib.Decisions:
+def decide_members(members: Sequence[checkpoint_lib.LoadedModel], names: Sequence[str],
+                   df: pd.DataFrame, *, strategy: str, threshold: float,
+                   weights: Sequence[float] | None,
+                   calibration_config: ml_collections.ConfigDict, asset: str | None = None,
+                   fitted: Sequence[tuple[calibration_lib.Calibration, dict]] | None = None
+                   ) -> decisions_lib.Decisions:
   """Calibrated, combined decisions of `members` for every bar of `df` (of `asset`)."""
   probs, available, summaries = member_probabilities(members, df, calibration_config,
                                                      asset=asset, fitted=fitted)

@@ -196,7 +196,7 @@ def fold_data(config: ml_collections.ConfigDict, asset: Asset,
       span=span)
 
 
-def market_returns(config: ml_collections.ConfigDict, asset: Asset) -> dict[str, dict]:
+def buy_and_hold_returns(config: ml_collections.ConfigDict, asset: Asset) -> dict[str, dict]:
   """Per-bar net and gross returns of always holding the asset over its test windows.
 
   Each test window starts flat, buys on its first bar with the benchmark's costs and fill

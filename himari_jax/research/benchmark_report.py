@@ -149,7 +149,7 @@ def summarize_benchmark(config: ml_collections.ConfigDict, records: Sequence[dic
       row['selection_dsr'] = float(np.median(dsrs)) if dsrs else math.nan
       row['own_trials'] = sum(r['policy']['num_trials'] for r in mine)
       rows[(model, asset.name)] = row
-    for model, market in folds_lib.market_returns(config, asset).items():
+    for model, market in folds_lib.buy_and_hold_returns(config, asset).items():
       series[(model, asset.name)] = market
       rows[(model, asset.name)] = {
           'model': model, 'asset': asset.name, 'trials': 0, 'seeds': 0,

@@ -264,7 +264,7 @@ def measure_power(draw_market: Callable[[np.random.Generator], Market], *,
           'seconds': time.time() - tick}
 
 
-def markdown_table(summary: dict[str, Any]) -> str:
+def power_table(summary: dict[str, Any]) -> str:
   """The rejection rates as a Markdown table, the IC-0 rows with their binomial band."""
   lines = [f'| planted IC | costs | draws | significant at {summary["alpha"]:.0%} | rate '
            '(95% band at IC 0) | mean test Sharpe | its std over draws | mean HAC s.e. | '

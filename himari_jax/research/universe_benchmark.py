@@ -57,6 +57,7 @@ from himari_jax.data import universe as universe_lib
 from himari_jax.research import baselines as baselines_lib
 from himari_jax.research.benchmark_folds import format_seconds
 from himari_jax.stats import cross_section, significance
+from himari_jax.stats import metrics as metrics_lib
 from himari_jax.training import train as train_lib
 
 RESULTS = 'results.jsonl'
@@ -198,8 +199,8 @@ def _rule_probs(close: np.ndarray, lookback: int, sign: float) -> tuple[np.ndarr
   return probs, score
 
 
-def flag_trader_config(config: ml_collections.ConfigDict, model: str, fold: UniverseFold,
-                       seed: int) -> ml_collections.ConfigDict:
+def fold_flag_trader_config(config: ml_collections.ConfigDict, model: str, fold: UniverseFold,
+                            seed: int) -> ml_collections.ConfigDict:
   """The training config of FLAG-TRADER `model` on a fold: the benchmark's feature set,
   labels, calendar split and embargo; its data are the fold's frames, handed over prepared
   (`data.train` only names them)."""
@@ -218,7 +219,7 @@ def _fit(config: ml_collections.ConfigDict, model: str, seed: int, fold: Univers
   """A model fitted on the fold's pooled training rows (FLAG-TRADER: a run into `directory`)."""
   prepared = data.prepared
   if model in config.flag_traders:
-    run = flag_trader_config(config, model, fold, seed)
+    run = fold_flag_trader_config(config, model, fold, seed)
     own = input_pipeline.prepare_data(run, data.frames, data.raw_fit)
     train_lib.train_and_evaluate(run, os.path.join(directory, 'run'), prepared=own)
     fitted = baselines_lib.make_baseline(model_kind(config, model),
@@ -263,7 +264,7 @@ def _model_scores(config: ml_collections.ConfigDict, model: str, seed: int, fold
   return probs, scores, val
 
 
-def settings_hash(config: ml_collections.ConfigDict, model: str) -> str:
+def universe_settings_hash(config: ml_collections.ConfigDict, model: str) -> str:
   """What a finished trial's result depends on besides its fold: data, labels, costs,
   portfolio and the model's own settings."""
   parts = {'data': config.data.to_dict(), 'labels': config.labels.to_dict(),
@@ -276,9 +277,9 @@ def settings_hash(config: ml_collections.ConfigDict, model: str) -> str:
   return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def run_trial(config: ml_collections.ConfigDict, panel: universe_lib.Panel, fold: UniverseFold,
-              data: FoldInputs, model: str, seed: int, directory: str
-              ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def run_universe_trial(config: ml_collections.ConfigDict, panel: universe_lib.Panel,
+                       fold: UniverseFold, data: FoldInputs, model: str, seed: int,
+                       directory: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
   """One (model, fold, seed): fit, score every coin, decide, measure; `directory` holds
   what the trial writes (a FLAG-TRADER run).
 
@@ -317,11 +318,12 @@ def run_trial(config: ml_collections.ConfigDict, panel: universe_lib.Panel, fold
       actions, sizing='fixed', max_position_pct=config.portfolio.timing_position)
   timing = portfolio_lib.timing_portfolio(prices, targets, params)
   horizon = int(config.labels.horizon)
-  forward = cross_section.forward_returns(prices.close, config.labels.horizon)
-  series = {'timing_returns': _returns(timing.equity, b.initial_capital)}
+  forward = cross_section.panel_forward_returns(prices.close, config.labels.horizon)
+  series = {'timing_returns': _period_returns(timing.equity, b.initial_capital)}
   record: dict[str, Any] = {
       'model': model, 'fold': fold.index, 'seed': seed, 'fold_bounds': fold.to_dict(),
-      'settings': settings_hash(config, model), 'timing': portfolio_lib.summarize(timing, params),
+      'settings': universe_settings_hash(config, model),
+      'timing': portfolio_lib.summarize_portfolio(timing, params),
       'train_windows': int(len(prepared.train_ends)), 'val_bars': int(len(prepared.val_ends))}
   if model in CONSTANT_SCORES:  # one score for every coin: nothing to rank
     series.update(rank_ic=np.full(bars, np.nan), ic=np.full(bars, np.nan),
@@ -334,12 +336,12 @@ def run_trial(config: ml_collections.ConfigDict, panel: universe_lib.Panel, fold
         rebalance_every=config.portfolio.rebalance_every, band=config.portfolio.band)
     per_coin = cross_section.time_series_ic(score, forward, prices.available)
     series.update(rank_ic=per_bar['rank_ic'], ic=per_bar['ic'],
-                  long_short_returns=_returns(long_short.equity, b.initial_capital))
+                  long_short_returns=_period_returns(long_short.equity, b.initial_capital))
     record.update(
         ic=cross_section.newey_west_mean(per_bar['ic'], horizon=horizon),
         rank_ic=cross_section.newey_west_mean(per_bar['rank_ic'], horizon=horizon),
         per_coin_ic=dict(zip(symbols, per_coin['ic'].tolist(), strict=True)),
-        long_short=portfolio_lib.summarize(long_short, params))
+        long_short=portfolio_lib.summarize_portfolio(long_short, params))
   record['wall_seconds'] = time.time() - start
   return json_types.to_json_types(record), series
 
@@ -370,18 +372,19 @@ def benchmark_returns(config: ml_collections.ConfigDict, panel: universe_lib.Pan
   capital = config.backtest.initial_capital
   equal = portfolio_lib.run_portfolio(
       prices, portfolio_lib.benchmark_targets(prices.available), params)
-  out = {'equal_weight': _returns(equal.equity, capital),
+  out = {'equal_weight': _period_returns(equal.equity, capital),
          'btc_hold': np.full(len(data.test_rows), np.nan)}
   if config.data.btc in fold.symbols:
     btc = portfolio_lib.run_portfolio(prices, portfolio_lib.benchmark_targets(
         prices.available, column=fold.symbols.index(config.data.btc)), params)
-    out['btc_hold'] = _returns(btc.equity, capital)
+    out['btc_hold'] = _period_returns(btc.equity, capital)
   return out
 
 
-def _returns(equity: Any, capital: float) -> np.ndarray:
-  equity = np.asarray(equity, np.float64)
-  return np.diff(np.concatenate([[capital], equity])) / np.concatenate([[capital], equity[:-1]])
+
+def _period_returns(equity: Any, capital: float) -> np.ndarray:
+  """(N,) float64 returns of an equity curve that started at `capital`."""
+  return np.asarray(metrics_lib.period_returns(np.asarray(equity, np.float64), capital))
 
 
 def trial_dir(workdir: str, model: str, fold: int, seed: int) -> str:
@@ -438,7 +441,7 @@ def run_universe_benchmark(config: ml_collections.ConfigDict, workdir: str, *,
       f'{folds[-1].test_end:%Y-%m-%d}; models {", ".join(models)}')
   trials = [(m, f.index, s) for f in folds for m in models
             for s in range(1 if m in RULES or m in CONSTANT_SCORES else config.num_seeds)]
-  hashes = {m: settings_hash(config, m) for m in models}
+  hashes = {m: universe_settings_hash(config, m) for m in models}
   path = os.path.join(workdir, RESULTS)
   done = {}
   for record in json_types.read_jsonl(path) if os.path.exists(path) else []:
@@ -466,7 +469,7 @@ def run_universe_benchmark(config: ml_collections.ConfigDict, workdir: str, *,
     for model, _, seed in fold_todo:
       directory = trial_dir(workdir, model, fold.index, seed)
       os.makedirs(directory, exist_ok=True)
-      record, series = run_trial(config, panel, fold, data, model, seed, directory)
+      record, series = run_universe_trial(config, panel, fold, data, model, seed, directory)
       np.savez(os.path.join(directory, SERIES), **series)
       json_types.append_jsonl(path, record)
       done[(model, fold.index, seed)] = record
@@ -477,8 +480,8 @@ def run_universe_benchmark(config: ml_collections.ConfigDict, workdir: str, *,
           f'{rank_ic:+.4f}, timing net Sharpe {record["timing"]["net_sharpe"]:+.2f} | '
           f'{record["wall_seconds"]:.1f} s | elapsed {format_seconds(time.time() - start)}, '
           f'ETA {format_seconds(np.mean(seconds) * left)}')
-  rows = summarize(config, workdir, models, folds)
-  report = write_report(config, rows, workdir, folds)
+  rows = summarize_universe(config, workdir, models, folds)
+  report = write_universe_report(config, rows, workdir, folds)
   log(f'wrote {report} ({format_seconds(time.time() - start)} this run)')
   return {'rows': rows, 'report': report, 'run_seconds': time.time() - start}
 
@@ -492,8 +495,8 @@ def _raw_features(config: ml_collections.ConfigDict, panel: universe_lib.Panel
           for s in panel.symbols}
 
 
-def summarize(config: ml_collections.ConfigDict, workdir: str, models: list[str],
-              folds: list[UniverseFold]) -> list[dict[str, Any]]:
+def summarize_universe(config: ml_collections.ConfigDict, workdir: str, models: list[str],
+                       folds: list[UniverseFold]) -> list[dict[str, Any]]:
   """Per model (mean over its seeds): the rank IC of every test bar with its Newey-West t,
   and the net Sharpe of the long-short and timing returns joined across the folds."""
   horizon = int(config.labels.horizon)
@@ -527,8 +530,8 @@ def _sharpe(returns: np.ndarray, periods: float) -> float:
   return significance.sharpe_ratio(returns, periods) if len(returns) > 1 else float('nan')
 
 
-def write_report(config: ml_collections.ConfigDict, rows: list[dict[str, Any]], workdir: str,
-                 folds: list[UniverseFold]) -> str:
+def write_universe_report(config: ml_collections.ConfigDict, rows: list[dict[str, Any]],
+                          workdir: str, folds: list[UniverseFold]) -> str:
   """Writes `universe_benchmark.md` (one row per model) and returns its path."""
   def number(value: float, spec: str) -> str:
     return 'n/a' if not np.isfinite(value) else format(value, spec)

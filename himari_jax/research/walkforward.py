@@ -10,7 +10,7 @@ time. Per fold (`run_fold`):
    or with `per_fold='finetune'` starting from the previous fold's run);
 2. the best checkpoint is calibrated on the fold's own validation split and scores the test
    bars from their trailing windows, computed from the bars before each of them
-   (`members.decide` on the test window plus its warm-up and context);
+   (`members.decide_members` on the test window plus its warm-up and context);
 3. actions and confidences of the test bars go to `fold_<k>/predictions.npz`, written last:
    a fold with that file is done and is skipped when the run is resumed.
 
@@ -304,7 +304,7 @@ def run_fold(config: ml_collections.ConfigDict, df: pd.DataFrame, fold: Fold, fo
   lead = predict_lib.first_available_bar(int(fold_config.train.context_length))
   window = df.iloc[max(0, fold.test.start - lead):fold.test.stop]
   fitted = [members_lib.fit_member_calibration(member, bt.calibration)]
-  decisions = members_lib.decide([member], [fold_dir], window, strategy=bt.strategy,
+  decisions = members_lib.decide_members([member], [fold_dir], window, strategy=bt.strategy,
                                  threshold=bt.confidence_threshold, weights=None,
                                  calibration_config=bt.calibration, fitted=fitted)
   num_test = fold.test.stop - fold.test.start

@@ -28,7 +28,7 @@ from himari_jax.stats import signal_metrics
 MIN_ASSETS = 3  # a correlation across fewer coins says nothing
 
 
-def forward_returns(close: Any, horizon: int) -> np.ndarray:
+def panel_forward_returns(close: Any, horizon: int) -> np.ndarray:
   """`signal_metrics.forward_returns` per coin: (bars, assets) -> (bars, assets) float64, NaN
   for the last h bars and wherever either close is NaN."""
   close = np.asarray(close, np.float64)
@@ -159,7 +159,7 @@ def cross_sectional_ic(score: Any, forward: Any, available: Any = None, *,
 
   Args:
     score: (bars, assets) decided on bars <= t.
-    forward: (bars, assets) forward returns (`forward_returns`).
+    forward: (bars, assets) forward returns (`panel_forward_returns`).
     available: (bars, assets) bool, default all True.
     min_assets: fewest coins a bar's correlation needs.
 
