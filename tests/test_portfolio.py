@@ -258,3 +258,41 @@ def test_band_skips_small_orders_but_never_exits_or_flips():
   traded = np.flatnonzero(np.asarray(result.fill_qty)[:, 0]).tolist()
   assert traded == [0, 4, 6]
   assert float(result.position[6, 0]) == 0.0 and float(result.position[10, 2]) < 0
+
+
+def test_many_rotated_books_in_one_call_match_each_book_run_alone():
+  """`rank_portfolio_returns` (vmapped over scores) gives each long-short book's returns as
+  `long_short_portfolio` does, at 1e-9 in float64; a rotation shifts every coin's score by the
+  same bars."""
+  prices = _random_panel(7)
+  score = np.random.default_rng(8).normal(size=(BARS, ASSETS))
+  rotated = pf.rotated_scores(score, [0, 5, 17])
+  np.testing.assert_array_equal(rotated[1][5:], score[:-5])
+  params = _params(short_rate=0.1)
+  with jax.enable_x64(True):
+    batch = pf.rank_portfolio_returns(prices, rotated, params, k=2, rebalance_every=3, band=1)
+    for r in range(3):
+      alone = pf.long_short_portfolio(prices, rotated[r], params, k=2, rebalance_every=3, band=1)
+      equity = np.asarray(alone.equity, np.float64)
+      expected = equity / np.concatenate([[100_000.0], equity[:-1]]) - 1
+      np.testing.assert_allclose(batch[r], expected, rtol=0, atol=1e-9)
+  assert not np.allclose(batch[0], batch[1])
+  with pytest.raises(ValueError, match='R, bars, assets'):
+    pf.rank_portfolio_returns(prices, score, params, k=2)
+
+
+def test_sleeve_returns_compound_to_each_sleeve_and_skip_unavailable_bars():
+  prices = _random_panel(9)
+  rng = np.random.default_rng(10)
+  targets = pf.targets_from_actions(rng.choice(3, size=(BARS, ASSETS)), sizing='fixed',
+                                    max_position_pct=1.0)
+  params = _params()
+  with jax.enable_x64(True):
+    result = pf.timing_portfolio(prices, targets, params)
+  returns = pf.sleeve_returns(result, params, prices.available)
+  assert np.isnan(returns[~prices.available]).all()
+  assert np.isfinite(returns[prices.available]).all()
+  sleeve = np.asarray(result.sleeve_equity, np.float64)
+  # Coin 0 is always available: its returns compound to its sleeve's equity.
+  np.testing.assert_allclose(np.prod(1 + returns[:, 0]) * 100_000.0 / ASSETS, sleeve[-1, 0],
+                             rtol=1e-9)

@@ -473,3 +473,66 @@ def summarize_portfolio(result: PortfolioResult, params: PortfolioParams) -> dic
   values['cost_drag_sharpe'] = values['gross_sharpe'] - values['net_sharpe']
   return {name: values[name] if name == 'num_fills' else float(values[name])
           for name in SUMMARY_NAMES}
+
+
+def sleeve_returns(result: PortfolioResult, params: PortfolioParams,
+                   available: Any) -> np.ndarray:
+  """Each coin's net return per bar in a timing portfolio (`timing_portfolio`): its sleeve's
+  equity change over the sleeve's equity a bar before (the first bar against its starting
+  `capital / assets`); NaN where the coin is not available (not listed, a gap), so a coin's
+  statistics use only its own bars.
+
+  Returns:
+    (bars, assets) float64.
+  """
+  sleeve = np.asarray(result.sleeve_equity, np.float64)
+  start = np.full((1, sleeve.shape[1]), float(params.initial_capital) / sleeve.shape[1])
+  before = np.concatenate([start, sleeve[:-1]])
+  with np.errstate(divide='ignore', invalid='ignore'):
+    returns = sleeve / before - 1.0
+  return np.where(np.asarray(available, bool) & np.isfinite(returns), returns, np.nan)
+
+
+@functools.partial(jax.jit, static_argnames=('long_short',))
+def _rank_equities(prices: PanelPrices, scores: jax.Array, params: PortfolioParams, k: Any,
+                   rebalance_every: Any, band: Any, gross: Any, long_short: bool) -> jax.Array:
+  def one(score):
+    targets = _rank_targets(score, prices.available, k, rebalance_every, band, gross,
+                            long_short)
+    return _simulate(prices, targets, params, False).equity
+  return jax.vmap(one)(scores)
+
+
+def rank_portfolio_returns(panel: Any, scores: Any, params: PortfolioParams, *, k: int,
+                           rebalance_every: int = 1, band: int = 0, gross: float = 1.0,
+                           long_short: bool = True) -> np.ndarray:
+  """Net per-bar returns of many ranked books over one panel in one compiled call, e.g. the
+  long-short portfolio of a score and of that score rotated in time (a placebo).
+
+  Args:
+    scores: (R, bars, assets) scores; each makes the book of `long_short_portfolio` (or
+      `top_k_portfolio` with `long_short=False`) with the same settings.
+
+  Returns:
+    (R, bars) float64 net returns (`metrics.period_returns` of each equity curve).
+  """
+  prices = as_panel_prices(panel)
+  scores = np.asarray(scores, np.float64)
+  if scores.ndim != 3 or scores.shape[1:] != np.shape(prices.close):
+    raise ValueError(f'scores must be (R, bars, assets) with (bars, assets) = '
+                     f'{np.shape(prices.close)}, got {scores.shape}')
+  rank_targets(scores[0], np.asarray(prices.available), k=k, rebalance_every=rebalance_every,
+               band=band, gross=gross, long_short=long_short)  # checks the settings
+  equity = _rank_equities(prices, jnp.asarray(scores), params, k, rebalance_every, band,
+                          gross, long_short)
+  equity = np.asarray(equity, np.float64)
+  start = np.full((equity.shape[0], 1), float(params.initial_capital))
+  return equity / np.concatenate([start, equity[:, :-1]], axis=1) - 1.0
+
+
+def rotated_scores(score: Any, offsets: Any) -> np.ndarray:
+  """`score` (bars, assets) shifted in time by each offset (circularly, every coin by the
+  same bars): the cross-section and turnover of the real scores, no alignment with the
+  prices. Returns (len(offsets), bars, assets)."""
+  score = np.asarray(score)
+  return np.stack([np.roll(score, int(o), axis=0) for o in offsets])
