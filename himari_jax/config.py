@@ -708,20 +708,25 @@ def universe_benchmark_config(variant: str = 'universe_cpu') -> ml_collections.C
   every coin: cross-sectional IC, a per-coin timing portfolio and a long-short top-k
   portfolio net of costs.
 
-  - `universe_cpu`: the 20-coin universe, 2019-01 .. 2022-09 (15 folds), rules, logistic and
-    MLP, 3 seeds; about 10 minutes on two CPU cores.
-  - `universe_gpu`: `universe_cpu` with LightGBM (where installed), a bigger MLP and a
-    pooled `small` FLAG-TRADER (`flag_traders.flag_trader`; name it in `models` to run it
-    in the other variants).
-  - `universe_smoke`: 5 coins, 2 folds, 1 seed; under a minute on two CPU cores.
+  - `universe_cpu`: the 20-coin universe, 2019-01 .. 2022-09 (15 folds); the rules, the
+    label prior, buy-and-hold, logistic, MLP, LightGBM (where installed) and a pooled
+    `small` FLAG-TRADER (`flag_traders.flag_trader`), each learned model with market context
+    ('himari_market') and without ('@himari'), 2 seeds; under an hour on two CPU cores.
+  - `universe_gpu`: `universe_cpu` with a bigger MLP, 3 seeds and the seed-sized FLAG-TRADER
+    at T = 64 trained longer, for a GPU box.
+  - `universe_smoke`: 5 coins, 2 folds, 1 seed, every kind of model once (FLAG-TRADER
+    trained briefly); about two minutes on two CPU cores.
   """
   if variant not in UNIVERSE_BENCHMARK_VARIANTS:
     raise ValueError(f'unknown universe benchmark variant {variant!r}; valid: '
                      f'{", ".join(UNIVERSE_BENCHMARK_VARIANTS)}')
   config = ml_collections.ConfigDict()
   config.variant = variant
-  config.models = 'label_prior,buy_and_hold,reversal,momentum,logistic,mlp'
-  config.num_seeds = 3  # seeds 0 .. num_seeds - 1 of every learned model
+  # A learned model reads `data.feature_set`, or the feature set after '@': 'himari' is the
+  # same model without the market context (the report tests the difference).
+  config.models = ('label_prior,buy_and_hold,reversal,momentum,logistic,mlp,lightgbm,'
+                   'flag_trader,logistic@himari,mlp@himari,lightgbm@himari,flag_trader@himari')
+  config.num_seeds = 2  # seeds 0 .. num_seeds - 1 of every learned model
 
   config.data = ml_collections.ConfigDict()
   config.data.universe = 'data/universe'  # folder (or glob) of the coins' OHLCV files
@@ -747,7 +752,7 @@ def universe_benchmark_config(variant: str = 'universe_cpu') -> ml_collections.C
   config.baselines.lightgbm = {'num_boost_round': 100}
 
   # Pooled FLAG-TRADERs: name -> training config (train.train_and_evaluate); data, labels,
-  # split and seed are set per fold. Not in `models` unless named (universe_gpu names it).
+  # split and seed are set per fold; run as the names in `models`.
   config.flag_traders = ml_collections.ConfigDict()
   small = flag_trader_config('small')
   small.train.update(num_epochs=2, steps_per_epoch=150, warmup_steps=20,
@@ -762,12 +767,32 @@ def universe_benchmark_config(variant: str = 'universe_cpu') -> ml_collections.C
   config.portfolio.short_rate = 0.10  # annual shorting cost on short notional
   config.portfolio.timing_position = 1.0  # share of a coin's sleeve a BUY holds (long-only)
 
+  # The answers of the report, stated as tests (research/universe_report.py).
+  config.tests = ml_collections.ConfigDict()
+  # model_a:model_b pairs, a minus b (LightGBM is an extra: without it the others answer)
+  config.tests.compare = 'flag_trader:lightgbm,flag_trader:mlp,flag_trader:logistic'
+  config.tests.seed_claim = 0.8  # H0: the seed's rule earns at least this net Sharpe per coin
+  config.tests.level = 0.05
+  config.tests.num_resamples = 1000  # time-block bootstrap resamples of each test
+  config.tests.null_rotations = 40  # placebo shifts of each long-short portfolio per fold
+  config.tests.null_min_offset = 168  # bars a shift keeps from the real alignment either way
+  config.tests.ic_window = 720  # bars of the rolling rank IC plotted
+
   if variant == 'universe_gpu':
-    config.models += ',lightgbm,flag_trader'
+    config.num_seeds = 3
     config.baselines.mlp = {'hidden': (128, 64), 'context_length': 8, 'steps': 2000}
+    seed = flag_trader_config('seed')
+    seed.decision.logit_bias = default_config().decision.logit_bias  # calibrated instead
+    seed.train.update(context_length=64, window_stride=8, num_epochs=3, steps_per_epoch=1000,
+                      checkpoint_every_steps=0, keep_latest=1, log_every_steps=250)
+    seed.model.update(dtype='bfloat16', max_length=max(seed.model.max_length, 64))
+    config.flag_traders.flag_trader = seed
   elif variant == 'universe_smoke':
     config.data.symbols = 'BTC,ETH,BNB,ADA,XRP'
+    config.models = ('label_prior,buy_and_hold,reversal,momentum,logistic,mlp,lightgbm,'
+                     'flag_trader,logistic@himari')
     config.num_seeds = 1
+    config.tests.num_resamples = 300
     config.folds.max_folds = 2
     config.portfolio.k = 1
     config.baselines.logistic = {'steps': 150}

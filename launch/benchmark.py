@@ -5,7 +5,8 @@
 
 The universe variants (`universe_smoke`, `universe_cpu`, `universe_gpu`) run the pooled
 walk-forward benchmark over many coins (research/universe_benchmark.py) and write
-<workdir>/results.jsonl and universe_benchmark.md; they run here, without Ray.
+<workdir>/results.jsonl, universe_benchmark.md (the table and its answers stated as tests),
+universe_tests.json and plots; with --ray_address each fold is one Ray task.
 
 Writes <workdir>/results.jsonl (one line per trial), benchmark.md (the table), summary.json
 and plots. Re-running with the same workdir skips finished trials. Compiled steps are cached
@@ -46,9 +47,8 @@ def main(argv):
     dispatch.share_compilation_cache(os.path.join(_WORKDIR.value, 'compilation_cache'),
                                      _RAY_ADDRESS.value)
     if _CONFIG.value.get('variant') in config.UNIVERSE_BENCHMARK_VARIANTS:
-      if _RAY_ADDRESS.value is not None:
-        sys.exit('error: the universe benchmark runs without Ray; drop --ray_address')
-      universe_benchmark.run_universe_benchmark(_CONFIG.value, _WORKDIR.value, log=_log)
+      universe_benchmark.run_universe_benchmark(_CONFIG.value, _WORKDIR.value,
+                                                ray_address=_RAY_ADDRESS.value, log=_log)
       return
     benchmark.run_benchmark(_CONFIG.value, _WORKDIR.value, ray_address=_RAY_ADDRESS.value,
                             log=_log)

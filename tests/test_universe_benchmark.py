@@ -16,6 +16,7 @@ from himari_jax import config as config_lib
 from himari_jax.data import ohlcv
 from himari_jax.data import universe as universe_lib
 from himari_jax.research import universe_benchmark as ub
+from himari_jax.research import universe_report
 
 UNIVERSE = pathlib.Path(__file__).resolve().parents[1] / 'data' / 'universe'
 
@@ -106,13 +107,18 @@ def test_a_run_writes_the_table_resumes_and_refuses_other_settings(tmp_path):
       -by_model['momentum']['rank_ic']['mean'])
   assert set(by_model['logistic']['per_coin_ic']) == {'BTC', 'ETH', 'BNB', 'ADA'}
   assert by_model['logistic']['long_short']['num_fills'] > 0
-  table = (tmp_path / ub.REPORT).read_text()
-  assert '| model | seeds | mean rank IC | NW t | long-short net Sharpe | timing net Sharpe |' in (
-      table)
+  table = (tmp_path / universe_report.REPORT).read_text()
+  assert table.startswith('| model | seeds | rank IC | NW t | p (Holm) | long-short net Sharpe',
+                          table.index('| model |'))
+  assert '## Answers, stated as tests' in table and 'placebo' in table
   assert [r['model'] for r in result['rows']] == [
       'buy_and_hold', 'reversal', 'momentum', 'logistic', 'equal_weight (benchmark)',
       'btc_hold (benchmark)']
   assert '| equal_weight (benchmark) | 0 | n/a | n/a | n/a |' in table
+  tests = json.loads((tmp_path / 'universe_tests.json').read_text())
+  assert set(tests['long_short']) == {'buy_and_hold', 'reversal', 'momentum', 'logistic'}
+  assert tests['long_short']['buy_and_hold'] is None  # nothing to rank
+  assert tests['long_short']['reversal']['placebo_runs'] == config.tests.null_rotations
   again = []
   ub.run_universe_benchmark(config, str(tmp_path), log=again.append)
   assert '4 trials; 4 done, 0 to run' in again
@@ -131,6 +137,43 @@ def test_unknown_models_are_refused_and_missing_extras_skipped_with_the_reason()
   names = ub.model_names(config, lines.append)
   assert names[0] == 'reversal'
   assert names == ['reversal', 'lightgbm'] or lines[0].startswith('lightgbm skipped: ')
+
+
+def test_models_name_their_feature_set_and_the_report_tests_the_market_context(tmp_path):
+  config = _config()
+  config.models = 'reversal@himari'
+  with pytest.raises(config_lib.ConfigError, match='reads no features'):
+    ub.model_names(config)
+  config.models = 'logistic@nope'
+  with pytest.raises(config_lib.ConfigError, match='unknown feature set'):
+    ub.model_names(config)
+  config.models = 'logistic,logistic@himari'
+  config.tests.compare = 'logistic:logistic@himari,logistic:lightgbm_x'
+  config.tests.num_resamples = 100
+  result = ub.run_universe_benchmark(config, str(tmp_path), log=lambda line: None)
+  records = [json.loads(x) for x in (tmp_path / ub.RESULTS).read_text().splitlines()]
+  assert records[0]['settings'] != records[1]['settings']  # the feature set is a setting
+  assert records[0]['ic']['mean'] != records[1]['ic']['mean']
+  context = result['tests']['context']
+  assert [(c['a'], c['b']) for c in context] == [('logistic', 'logistic@himari')]
+  assert context[0]['rank_ic']['estimate'] == pytest.approx(
+      context[0]['rank_ic']['mean'])  # the Newey-West mean of the per-bar difference
+  assert np.isfinite(context[0]['coin_sharpe']['min_detectable'])
+  compare = result['tests']['compare']
+  assert 'not_run' in compare[1] and 'lightgbm_x' in compare[1]['not_run']
+  table = (tmp_path / universe_report.REPORT).read_text()
+  assert '### 4. Market context' in table and 'logistic minus logistic@himari' in table
+  assert 'detects only effects of' in table or '**decided**' in table
+
+
+def test_a_fold_runner_ships_without_its_caches():
+  """With --ray_address each fold is one Ray task: the runner pickles without the panel it
+  loaded, and a worker loads its own."""
+  import pickle
+  runner = ub.FoldRunner(_config(), '/nonexistent')
+  assert runner.panel.num_assets == 4
+  clone = pickle.loads(pickle.dumps(runner))
+  assert clone._panel is None and clone._raw == {} and clone.config == runner.config
 
 
 def test_bar_spacing_is_read_in_any_index_unit():
@@ -168,4 +211,26 @@ def test_launch_benchmark_runs_a_universe_variant(tmp_path, repo_root):
        f'--workdir={tmp_path}', '--config.models=reversal', '--config.folds.max_folds=1'],
       cwd=repo_root, env=env, capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stderr[-2000:]
-  assert '| reversal | 1 |' in (tmp_path / ub.REPORT).read_text()
+  assert '| reversal | 1 |' in (tmp_path / universe_report.REPORT).read_text()
+
+
+# ray.init starts its raylet with fork+exec (no Python runs in the child), which JAX warns about.
+@pytest.mark.extra
+@pytest.mark.filterwarnings('ignore:os.fork:RuntimeWarning')
+def test_folds_as_ray_tasks_give_the_in_process_results(tmp_path):
+  ray = pytest.importorskip('ray')
+  config = _config(max_folds=2)
+  config.models = 'reversal,logistic'
+  local = ub.run_universe_benchmark(config, str(tmp_path / 'local'), log=lambda line: None)
+  ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+  try:
+    remote = ub.run_universe_benchmark(config, str(tmp_path / 'ray'), ray_address='local',
+                                       log=lambda line: None)
+  finally:
+    ray.shutdown()
+  keys = ('rank_ic', 'long_short_sharpe', 'timing_sharpe')
+  for here, there in zip(local['rows'], remote['rows'], strict=True):
+    for key in keys:
+      assert here.get(key) == pytest.approx(there.get(key), nan_ok=True)
+  lines = (tmp_path / 'ray' / ub.RESULTS).read_text().splitlines()
+  assert len(lines) == 4

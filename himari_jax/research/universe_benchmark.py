@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import math
 import os
 import time
 from collections.abc import Callable
@@ -55,18 +54,22 @@ from himari_jax.data import features as features_lib
 from himari_jax.data import input_pipeline, market_features
 from himari_jax.data import universe as universe_lib
 from himari_jax.research import baselines as baselines_lib
+from himari_jax.research import dispatch, universe_report
 from himari_jax.research.benchmark_folds import format_seconds
-from himari_jax.stats import cross_section, significance
+from himari_jax.research.universe_report import (
+  BENCHMARKS,
+  CONSTANT_SCORES,
+  RULES,
+  SERIES,
+  num_seeds,
+  split_model,
+  trial_dir,
+)
+from himari_jax.stats import cross_section
 from himari_jax.stats import metrics as metrics_lib
 from himari_jax.training import train as train_lib
 
 RESULTS = 'results.jsonl'
-REPORT = 'universe_benchmark.md'
-SERIES = 'series.npz'
-BENCHMARKS = 'benchmarks'  # per fold: the benchmark portfolios' net returns
-RULES = ('reversal', 'momentum')
-# Models whose scores are the same for every coin: no cross-section to rank.
-CONSTANT_SCORES = ('label_prior', 'buy_and_hold')
 # Models whose probabilities are not fitted to the labels: used as given, not calibrated.
 UNCALIBRATED = RULES + ('buy_and_hold',)
 
@@ -128,11 +131,18 @@ def plan_folds(panel: universe_lib.Panel, config: ml_collections.ConfigDict
   return folds
 
 
-def prep_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+def model_feature_set(config: ml_collections.ConfigDict, name: str) -> str:
+  """The feature set model `name` reads: its own after '@', else `config.data.feature_set`."""
+  return split_model(name)[1] or config.data.feature_set
+
+
+def prep_config(config: ml_collections.ConfigDict,
+                feature_set: str | None = None) -> ml_collections.ConfigDict:
   """The training config `input_pipeline.prepare_data` reads for a fold: per-bar rows
-  (context 1, stride 1), the benchmark's labels, feature set and a calendar split."""
+  (context 1, stride 1), the benchmark's labels, feature set (`feature_set`, default
+  `config.data.feature_set`) and a calendar split."""
   prep = config_lib.default_config()
-  prep.data.update(train='', feature_set=config.data.feature_set, split='time',
+  prep.data.update(train='', feature_set=feature_set or config.data.feature_set, split='time',
                    val_fraction=config.data.val_fraction, embargo=config.data.embargo)
   prep.labels = config.labels.copy_and_resolve_references()
   prep.train.update(context_length=1, window_stride=1)
@@ -160,13 +170,15 @@ class FoldInputs:
 
 
 def fold_inputs(config: ml_collections.ConfigDict, panel: universe_lib.Panel,
-                raw: dict[str, np.ndarray], fold: UniverseFold) -> FoldInputs:
+                raw: dict[str, np.ndarray], fold: UniverseFold,
+                feature_set: str | None = None) -> FoldInputs:
   """The pooled training data of `fold` and its coins' normalised rows.
 
   Args:
-    raw: symbol -> raw (rows, 60) features of `panel.frame(symbol)`.
+    raw: symbol -> raw (rows, 60) features of `panel.frame(symbol)` in `feature_set`
+      (default `config.data.feature_set`).
   """
-  prep = prep_config(config)
+  prep = prep_config(config, feature_set)
   embargo = pd.Timedelta(panel.freq) * input_pipeline.embargo_bars(prep)
   frames, feats, spans = {}, {}, {}
   for symbol in fold.symbols:
@@ -201,13 +213,13 @@ def _rule_probs(close: np.ndarray, lookback: int, sign: float) -> tuple[np.ndarr
 
 def fold_flag_trader_config(config: ml_collections.ConfigDict, model: str, fold: UniverseFold,
                             seed: int) -> ml_collections.ConfigDict:
-  """The training config of FLAG-TRADER `model` on a fold: the benchmark's feature set,
-  labels, calendar split and embargo; its data are the fold's frames, handed over prepared
-  (`data.train` only names them)."""
-  run = config.flag_traders[model].copy_and_resolve_references()
+  """The training config of FLAG-TRADER `model` ('name' or 'name@feature_set') on a fold:
+  the model's feature set, the benchmark's labels, calendar split and embargo; its data are
+  the fold's frames, handed over prepared (`data.train` only names them)."""
+  run = config.flag_traders[split_model(model)[0]].copy_and_resolve_references()
   run.seed = seed
   run.data.update(train=f'universe:{config.data.universe}@{",".join(fold.symbols)}',
-                  feature_set=config.data.feature_set, split='time',
+                  feature_set=model_feature_set(config, model), split='time',
                   val_fraction=config.data.val_fraction, embargo=config.data.embargo,
                   max_bars=None)
   run.labels = config.labels.copy_and_resolve_references()
@@ -218,25 +230,27 @@ def _fit(config: ml_collections.ConfigDict, model: str, seed: int, fold: Univers
          data: FoldInputs, directory: str) -> baselines_lib.Baseline:
   """A model fitted on the fold's pooled training rows (FLAG-TRADER: a run into `directory`)."""
   prepared = data.prepared
-  if model in config.flag_traders:
+  base = split_model(model)[0]
+  if base in config.flag_traders:
     run = fold_flag_trader_config(config, model, fold, seed)
     own = input_pipeline.prepare_data(run, data.frames, data.raw_fit)
     train_lib.train_and_evaluate(run, os.path.join(directory, 'run'), prepared=own)
-    fitted = baselines_lib.make_baseline(model_kind(config, model),
-                                         path=os.path.join(directory, 'run'))
+    fitted = baselines_lib.make_baseline('flag_trader', path=os.path.join(directory, 'run'))
   else:
-    settings = dict(config.baselines.get(model, {}) or {})
-    if 'seed' in baselines_lib.BASELINES[model].defaults:
+    settings = dict(config.baselines.get(base, {}) or {})
+    if 'seed' in baselines_lib.BASELINES[base].defaults:
       settings['seed'] = seed
-    fitted = baselines_lib.make_baseline(model, **settings)
+    fitted = baselines_lib.make_baseline(base, **settings)
   train_mask = np.zeros(len(prepared.labels), bool)
   train_mask[prepared.train_ends] = True
   return fitted.fit(prepared.features, prepared.labels, train_mask)
 
 
 def model_kind(config: ml_collections.ConfigDict, model: str) -> str:
-  """The `baselines.BASELINES` name behind a model name ('flag_trader' for FLAG-TRADERs)."""
-  return 'flag_trader' if model in config.flag_traders else model
+  """The `baselines.BASELINES` name behind a model name ('flag_trader' for FLAG-TRADERs;
+  a feature set after '@' dropped)."""
+  base = split_model(model)[0]
+  return 'flag_trader' if base in config.flag_traders else base
 
 
 def _model_scores(config: ml_collections.ConfigDict, model: str, seed: int, fold: UniverseFold,
@@ -247,7 +261,7 @@ def _model_scores(config: ml_collections.ConfigDict, model: str, seed: int, fold
   on its own rows, so a look-back never crosses coins."""
   prepared = data.prepared
   probs, scores = {}, {}
-  if model in RULES:
+  if model in RULES:  # rules read no features, so never carry a feature set
     lookback, sign = int(config.baselines.lookback), (-1.0 if model == 'reversal' else 1.0)
     for symbol, coin in data.coins.items():
       probs[symbol], scores[symbol] = _rule_probs(coin['close'], lookback, sign)
@@ -267,10 +281,13 @@ def _model_scores(config: ml_collections.ConfigDict, model: str, seed: int, fold
 def universe_settings_hash(config: ml_collections.ConfigDict, model: str) -> str:
   """What a finished trial's result depends on besides its fold: data, labels, costs,
   portfolio and the model's own settings."""
+  base = split_model(model)[0]
   parts = {'data': config.data.to_dict(), 'labels': config.labels.to_dict(),
            'backtest': config.backtest.to_dict(), 'portfolio': config.portfolio.to_dict(),
-           'model': (config.flag_traders[model].to_dict() if model in config.flag_traders
-                     else config.baselines.get(model)),
+           'model': (config.flag_traders[base].to_dict() if base in config.flag_traders
+                     else config.baselines.get(base)),
+           'feature_set': model_feature_set(config, model),
+           'null': [config.tests.null_rotations, config.tests.null_min_offset],
            'lookback': config.baselines.lookback}
   text = ml_collections.ConfigDict(json_types.to_json_types(parts)).to_json_best_effort(
       sort_keys=True)
@@ -319,7 +336,8 @@ def run_universe_trial(config: ml_collections.ConfigDict, panel: universe_lib.Pa
   timing = portfolio_lib.timing_portfolio(prices, targets, params)
   horizon = int(config.labels.horizon)
   forward = cross_section.panel_forward_returns(prices.close, config.labels.horizon)
-  series = {'timing_returns': _period_returns(timing.equity, b.initial_capital)}
+  series = {'timing_returns': _period_returns(timing.equity, b.initial_capital),
+            'coin_returns': portfolio_lib.sleeve_returns(timing, params, prices.available)}
   record: dict[str, Any] = {
       'model': model, 'fold': fold.index, 'seed': seed, 'fold_bounds': fold.to_dict(),
       'settings': universe_settings_hash(config, model),
@@ -327,7 +345,8 @@ def run_universe_trial(config: ml_collections.ConfigDict, panel: universe_lib.Pa
       'train_windows': int(len(prepared.train_ends)), 'val_bars': int(len(prepared.val_ends))}
   if model in CONSTANT_SCORES:  # one score for every coin: nothing to rank
     series.update(rank_ic=np.full(bars, np.nan), ic=np.full(bars, np.nan),
-                  long_short_returns=np.full(bars, np.nan))
+                  long_short_returns=np.full(bars, np.nan),
+                  long_short_null=np.full((0, bars), np.nan, np.float32))
     record.update(ic=None, rank_ic=None, per_coin_ic=None, long_short=None)
   else:
     per_bar = cross_section.cross_sectional_ic(score, forward, prices.available)
@@ -335,8 +354,14 @@ def run_universe_trial(config: ml_collections.ConfigDict, panel: universe_lib.Pa
         prices, score, params, k=config.portfolio.k,
         rebalance_every=config.portfolio.rebalance_every, band=config.portfolio.band)
     per_coin = cross_section.time_series_ic(score, forward, prices.available)
+    offsets = null_offsets(config, fold, bars)
+    null = (portfolio_lib.rank_portfolio_returns(
+        prices, portfolio_lib.rotated_scores(score, offsets), params, k=config.portfolio.k,
+        rebalance_every=config.portfolio.rebalance_every, band=config.portfolio.band)
+            if len(offsets) else np.full((0, bars), np.nan))
     series.update(rank_ic=per_bar['rank_ic'], ic=per_bar['ic'],
-                  long_short_returns=_period_returns(long_short.equity, b.initial_capital))
+                  long_short_returns=_period_returns(long_short.equity, b.initial_capital),
+                  long_short_null=null.astype(np.float32))
     record.update(
         ic=cross_section.newey_west_mean(per_bar['ic'], horizon=horizon),
         rank_ic=cross_section.newey_west_mean(per_bar['rank_ic'], horizon=horizon),
@@ -344,6 +369,19 @@ def run_universe_trial(config: ml_collections.ConfigDict, panel: universe_lib.Pa
         long_short=portfolio_lib.summarize_portfolio(long_short, params))
   record['wall_seconds'] = time.time() - start
   return json_types.to_json_types(record), series
+
+
+def null_offsets(config: ml_collections.ConfigDict, fold: UniverseFold,
+                 bars: int) -> np.ndarray:
+  """The `config.tests.null_rotations` time shifts of the long-short placebo on a fold's
+  test window: the same for every model of the fold (seeded by the fold), each at least
+  `tests.null_min_offset` bars from the real alignment either way; none when the window is
+  too short for that."""
+  low = int(config.tests.null_min_offset)
+  if bars <= 2 * low:
+    return np.zeros(0, np.int64)
+  rng = np.random.default_rng([int(fold.index), 12])
+  return rng.integers(low, bars - low + 1, size=int(config.tests.null_rotations))
 
 
 def test_prices(panel: universe_lib.Panel, fold: UniverseFold,
@@ -387,26 +425,40 @@ def _period_returns(equity: Any, capital: float) -> np.ndarray:
   return np.asarray(metrics_lib.period_returns(np.asarray(equity, np.float64), capital))
 
 
-def trial_dir(workdir: str, model: str, fold: int, seed: int) -> str:
-  return os.path.join(workdir, 'trials', model, f'fold_{fold:03d}', f'seed_{seed}')
-
-
 def model_names(config: ml_collections.ConfigDict,
                 log: Callable[[str], None] = print) -> list[str]:
   """`config.models` that run here; the others are logged with the reason they are skipped.
 
+  A learned model may name its feature set after '@' (e.g. 'logistic@himari', the same model
+  without the market context of 'himari_market'); without one it reads
+  `config.data.feature_set`.
+
   Raises:
-    ConfigError: an unknown model name.
+    ConfigError: an unknown model or feature set, or a rule given a feature set.
   """
   names = config_lib.split_list(config.models)
   known = set(RULES) | set(baselines_lib.BASELINES) - {'flag_trader'} | set(config.flag_traders)
-  unknown = [n for n in names if n not in known]
+  unknown = [n for n in names if split_model(n)[0] not in known]
   if unknown:
     raise config_lib.ConfigError(f'config.models: unknown {", ".join(unknown)}; valid: '
-                                 f'{", ".join(sorted(known))}')
+                                 f'{", ".join(sorted(known))}, each learned one optionally '
+                                 'with @feature_set')
+  for name in names:
+    base, feature_set = split_model(name)
+    if feature_set is None:
+      continue
+    if base in RULES or base in CONSTANT_SCORES:
+      raise config_lib.ConfigError(f'config.models: {name}: {base} reads no features; '
+                                   'drop the @feature_set')
+    if feature_set not in features_lib.FEATURE_SETS:
+      raise config_lib.ConfigError(f'config.models: {name}: unknown feature set; valid: '
+                                   f'{", ".join(features_lib.FEATURE_SETS)}')
+  if len(set(names)) != len(names):
+    raise config_lib.ConfigError(f'config.models names a model twice: {config.models}')
   out = []
   for name in names:
-    why = None if name in RULES else baselines_lib.unavailable_reason(model_kind(config, name))
+    why = (None if name in RULES
+           else baselines_lib.unavailable_reason(model_kind(config, name)))
     if why:
       log(f'{name} skipped: {why}')
     else:
@@ -420,12 +472,82 @@ def load_panel(config: ml_collections.ConfigDict) -> universe_lib.Panel:
   return universe_lib.load_universe(config.data.universe, symbols=symbols)
 
 
+@dataclasses.dataclass
+class FoldTask:
+  """The unfinished trials of one fold: what `run_fold` runs here or as one Ray task."""
+
+  fold: UniverseFold
+  trials: list[tuple[str, int, int]]  # (model, fold, seed)
+
+
+class FoldRunner:
+  """Runs a fold's trials: loads the panel and each feature set's raw features once per
+  process (a Ray worker loads its own), writes the fold's benchmark returns and each trial's
+  series, and returns the trials' records (the driver appends them to `results.jsonl`)."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    self.config = config
+    self.workdir = workdir
+    self._panel: universe_lib.Panel | None = None
+    self._raw: dict[str, dict[str, np.ndarray]] = {}
+
+  def __getstate__(self) -> dict[str, Any]:  # shipped to Ray without its caches
+    return {'config': self.config, 'workdir': self.workdir, '_panel': None, '_raw': {}}
+
+  @property
+  def panel(self) -> universe_lib.Panel:
+    if self._panel is None:
+      self._panel = load_panel(self.config)
+    return self._panel
+
+  def raw(self, feature_set: str) -> dict[str, np.ndarray]:
+    if feature_set not in self._raw:
+      self._raw[feature_set] = _raw_features(self.config, self.panel, feature_set)
+    return self._raw[feature_set]
+
+  def __call__(self, task: FoldTask, on_record: Callable[[dict[str, Any]], None] | None = None
+               ) -> list[dict[str, Any]]:
+    config, fold = self.config, task.fold
+    inputs: dict[str, FoldInputs] = {}
+
+    def data(feature_set: str) -> FoldInputs:
+      if feature_set not in inputs:
+        inputs[feature_set] = fold_inputs(config, self.panel, self.raw(feature_set), fold,
+                                          feature_set)
+      return inputs[feature_set]
+
+    first = data(config.data.feature_set)
+    path = os.path.join(self.workdir, BENCHMARKS, f'fold_{fold.index:03d}.npz')
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    np.savez(path, **benchmark_returns(config, self.panel, fold, first))
+    records = []
+    for model, _, seed in task.trials:
+      directory = trial_dir(self.workdir, model, fold.index, seed)
+      os.makedirs(directory, exist_ok=True)
+      record, series = run_universe_trial(config, self.panel, fold,
+                                          data(model_feature_set(config, model)), model, seed,
+                                          directory)
+      np.savez(os.path.join(directory, SERIES), **series)
+      records.append(record)
+      if on_record is not None:
+        on_record(record)
+    return records
+
+
 def run_universe_benchmark(config: ml_collections.ConfigDict, workdir: str, *,
+                           ray_address: str | None = None,
                            log: Callable[[str], None] = print) -> dict[str, Any]:
-  """Runs every unfinished (model, fold, seed) trial, then writes the report.
+  """Runs every unfinished (model, fold, seed) trial, then writes the report and its tests
+  (`universe_report`).
+
+  In-process the trials run fold by fold; with `ray_address` each fold's unfinished trials
+  are one Ray task (`dispatch.run_trials`; the workdir must be on storage every node sees).
+  Either way each finished trial is appended to `results.jsonl` at once, so an interrupted
+  run resumes where it stopped.
 
   Returns:
-    {'rows': the report's rows per model, 'report': its path, 'run_seconds': float}.
+    {'rows': the report's rows per model, 'tests': the answers, 'report': its path,
+    'run_seconds': float}.
 
   Raises:
     ConfigError: unusable settings, or a workdir whose finished trials used other folds or
@@ -435,12 +557,12 @@ def run_universe_benchmark(config: ml_collections.ConfigDict, workdir: str, *,
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   models = model_names(config, log)
-  panel = load_panel(config)
+  runner = FoldRunner(config, workdir)
+  panel = runner.panel
   folds = plan_folds(panel, config)
   log(f'{panel.num_assets} coins, {len(folds)} folds testing {folds[0].test_start:%Y-%m-%d} .. '
       f'{folds[-1].test_end:%Y-%m-%d}; models {", ".join(models)}')
-  trials = [(m, f.index, s) for f in folds for m in models
-            for s in range(1 if m in RULES or m in CONSTANT_SCORES else config.num_seeds)]
+  trials = [(m, f.index, s) for f in folds for m in models for s in range(num_seeds(config, m))]
   hashes = {m: universe_settings_hash(config, m) for m in models}
   path = os.path.join(workdir, RESULTS)
   done = {}
@@ -454,107 +576,46 @@ def run_universe_benchmark(config: ml_collections.ConfigDict, workdir: str, *,
       done[key] = record
   todo = [t for t in trials if t not in done]
   log(f'{len(trials)} trials; {len(trials) - len(todo)} done, {len(todo)} to run')
-  raw = None
-  seconds: list[float] = []
-  for fold in folds:
-    fold_todo = [t for t in todo if t[1] == fold.index]
-    benchmark_path = os.path.join(workdir, BENCHMARKS, f'fold_{fold.index:03d}.npz')
-    if not fold_todo and os.path.exists(benchmark_path):
-      continue
-    if raw is None:
-      raw = _raw_features(config, panel)
-    data = fold_inputs(config, panel, raw, fold)
-    os.makedirs(os.path.dirname(benchmark_path), exist_ok=True)
-    np.savez(benchmark_path, **benchmark_returns(config, panel, fold, data))
-    for model, _, seed in fold_todo:
-      directory = trial_dir(workdir, model, fold.index, seed)
-      os.makedirs(directory, exist_ok=True)
-      record, series = run_universe_trial(config, panel, fold, data, model, seed, directory)
-      np.savez(os.path.join(directory, SERIES), **series)
-      json_types.append_jsonl(path, record)
-      done[(model, fold.index, seed)] = record
-      seconds.append(time.time() - start - sum(seconds))
-      left = len(trials) - len(done)
-      rank_ic = record['rank_ic']['mean'] if record['rank_ic'] else float('nan')
-      log(f'[{len(done)}/{len(trials)}] {model} fold {fold.index} seed {seed}: rank IC '
-          f'{rank_ic:+.4f}, timing net Sharpe {record["timing"]["net_sharpe"]:+.2f} | '
-          f'{record["wall_seconds"]:.1f} s | elapsed {format_seconds(time.time() - start)}, '
-          f'ETA {format_seconds(np.mean(seconds) * left)}')
-  rows = summarize_universe(config, workdir, models, folds)
-  report = write_universe_report(config, rows, workdir, folds)
-  log(f'wrote {report} ({format_seconds(time.time() - start)} this run)')
-  return {'rows': rows, 'report': report, 'run_seconds': time.time() - start}
+  tasks = [FoldTask(f, [t for t in todo if t[1] == f.index]) for f in folds]
+  tasks = [t for t in tasks if t.trials or not os.path.exists(
+      os.path.join(workdir, BENCHMARKS, f'fold_{t.fold.index:03d}.npz'))]
+  started = time.time()
+  ran = [0]
+
+  def store(record: dict[str, Any]) -> None:
+    json_types.append_jsonl(path, record)
+    done[(record['model'], record['fold'], record['seed'])] = record
+    ran[0] += 1
+    left = len(trials) - len(done)
+    rank_ic = record['rank_ic']['mean'] if record['rank_ic'] else float('nan')
+    eta = (time.time() - started) / ran[0] * left
+    log(f'[{len(done)}/{len(trials)}] {record["model"]} fold {record["fold"]} seed '
+        f'{record["seed"]}: rank IC {rank_ic:+.4f}, timing net Sharpe '
+        f'{record["timing"]["net_sharpe"]:+.2f} | {record["wall_seconds"]:.1f} s | elapsed '
+        f'{format_seconds(time.time() - start)}, ETA {format_seconds(eta)}')
+
+  if ray_address is None:
+    for task in tasks:
+      runner(task, on_record=store)
+  else:
+    log(f'{len(tasks)} folds as Ray tasks on {ray_address}')
+    dispatch.run_trials(runner, tasks, ray_address,
+                        on_result=lambda i, records: [store(r) for r in records])
+  times = panel.index[np.concatenate([
+      np.flatnonzero((panel.index >= f.test_start) & (panel.index < f.test_end))
+      for f in folds])]
+  result = universe_report.write_universe_report(config, workdir, models, folds,
+                                                 panel.symbols, times, log=log)
+  log(f'wrote {result["report"]} ({format_seconds(time.time() - start)} this run)')
+  return {**result, 'run_seconds': time.time() - start}
 
 
-def _raw_features(config: ml_collections.ConfigDict, panel: universe_lib.Panel
-                  ) -> dict[str, np.ndarray]:
-  """symbol -> raw (rows, 60) features of `panel.frame(symbol)` for `config.data.feature_set`."""
-  if features_lib.get_feature_set(config.data.feature_set).name == 'himari_market':
+def _raw_features(config: ml_collections.ConfigDict, panel: universe_lib.Panel,
+                  feature_set: str | None = None) -> dict[str, np.ndarray]:
+  """symbol -> raw (rows, 60) features of `panel.frame(symbol)` for `feature_set` (default
+  `config.data.feature_set`)."""
+  feature_set = feature_set or config.data.feature_set
+  if features_lib.get_feature_set(feature_set).name == 'himari_market':
     return market_features.panel_features(panel, btc=config.data.btc)
-  return {s: features_lib.compute_features(panel.frame(s), config.data.feature_set)
+  return {s: features_lib.compute_features(panel.frame(s), feature_set)
           for s in panel.symbols}
-
-
-def summarize_universe(config: ml_collections.ConfigDict, workdir: str, models: list[str],
-                       folds: list[UniverseFold]) -> list[dict[str, Any]]:
-  """Per model (mean over its seeds): the rank IC of every test bar with its Newey-West t,
-  and the net Sharpe of the long-short and timing returns joined across the folds."""
-  horizon = int(config.labels.horizon)
-  periods = float(config.backtest.periods_per_year)
-  rows = []
-  for model in models:
-    seeds = 1 if model in RULES or model in CONSTANT_SCORES else config.num_seeds
-    stats = []
-    for seed in range(seeds):
-      parts = [np.load(os.path.join(trial_dir(workdir, model, f.index, seed), SERIES))
-               for f in folds]
-      joined = {k: np.concatenate([p[k] for p in parts]) for k in parts[0].files}
-      rank_ic = cross_section.newey_west_mean(joined['rank_ic'], horizon=horizon)
-      stats.append({
-          'rank_ic': rank_ic['mean'], 'rank_ic_t': rank_ic['t_stat'],
-          'long_short_sharpe': _sharpe(joined['long_short_returns'], periods),
-          'timing_sharpe': _sharpe(joined['timing_returns'], periods)})
-    rows.append({'model': model, 'seeds': seeds,
-                 **{k: float(np.mean([s[k] for s in stats])) for k in stats[0]}})
-  parts = [np.load(os.path.join(workdir, BENCHMARKS, f'fold_{f.index:03d}.npz'))
-           for f in folds]
-  for name in ('equal_weight', 'btc_hold'):
-    rows.append({'model': f'{name} (benchmark)', 'seeds': 0, 'rank_ic': math.nan,
-                 'rank_ic_t': math.nan, 'long_short_sharpe': math.nan,
-                 'timing_sharpe': _sharpe(np.concatenate([p[name] for p in parts]), periods)})
-  return rows
-
-
-def _sharpe(returns: np.ndarray, periods: float) -> float:
-  returns = returns[np.isfinite(returns)]
-  return significance.sharpe_ratio(returns, periods) if len(returns) > 1 else float('nan')
-
-
-def write_universe_report(config: ml_collections.ConfigDict, rows: list[dict[str, Any]],
-                          workdir: str, folds: list[UniverseFold]) -> str:
-  """Writes `universe_benchmark.md` (one row per model) and returns its path."""
-  def number(value: float, spec: str) -> str:
-    return 'n/a' if not np.isfinite(value) else format(value, spec)
-
-  lines = [
-      f'# Universe benchmark `{config.variant}`', '',
-      f'{len(folds)} test folds {folds[0].test_start:%Y-%m-%d} .. {folds[-1].test_end:%Y-%m-%d} '
-      f'({config.folds.test_months} months each, trained on the {config.folds.train_months} '
-      f'months before); coins per fold: {", ".join(str(len(f.symbols)) for f in folds)}. '
-      f'Costs: commission {config.backtest.commission}, slippage {config.backtest.slippage}, '
-      f'shorting {config.portfolio.short_rate:.0%} a year. Rank IC: mean over every test bar '
-      f'of the cross-sectional rank IC with the {config.labels.horizon}-bar forward return, '
-      'Newey-West t. Sharpe: net, annualised, of the folds joined in time; long-short '
-      f'k = {config.portfolio.k} per side, rebalanced every {config.portfolio.rebalance_every} '
-      'bars. Benchmarks (timing column): equal-weight buy-and-hold of each fold\'s coins, and '
-      f'{config.data.btc} buy-and-hold.', '',
-      '| model | seeds | mean rank IC | NW t | long-short net Sharpe | timing net Sharpe |',
-      '|---|---:|---:|---:|---:|---:|']
-  for r in rows:
-    lines.append(f'| {r["model"]} | {r["seeds"]} | {number(r["rank_ic"], "+.4f")} | '
-                 f'{number(r["rank_ic_t"], "+.2f")} | {number(r["long_short_sharpe"], "+.2f")} '
-                 f'| {number(r["timing_sharpe"], "+.2f")} |')
-  path = os.path.join(workdir, REPORT)
-  with open(path, 'w') as f:
-    f.write('\n'.join(lines) + '\n')
-  return path
