@@ -302,7 +302,9 @@ def run_universe_trial(config: ml_collections.ConfigDict, panel: universe_lib.Pa
 
   Returns:
     (the JSON-able record of `results.jsonl`, its per-bar series: 'rank_ic', 'ic' (bars,),
-    'long_short_returns', 'timing_returns' (bars,) net returns).
+    'quantile_spread' (bars,) top minus bottom quintile's forward return, 'long_short_returns',
+    'timing_returns' (bars,) net returns, 'coin_returns' (bars, coins) each coin's timing net
+    returns, 'long_short_null' (R, bars) the long-short book of the scores rotated in time).
   """
   start = time.time()
   prepared = data.prepared
@@ -345,6 +347,7 @@ def run_universe_trial(config: ml_collections.ConfigDict, panel: universe_lib.Pa
       'train_windows': int(len(prepared.train_ends)), 'val_bars': int(len(prepared.val_ends))}
   if model in CONSTANT_SCORES:  # one score for every coin: nothing to rank
     series.update(rank_ic=np.full(bars, np.nan), ic=np.full(bars, np.nan),
+                  quantile_spread=np.full(bars, np.nan),
                   long_short_returns=np.full(bars, np.nan),
                   long_short_null=np.full((0, bars), np.nan, np.float32))
     record.update(ic=None, rank_ic=None, per_coin_ic=None, long_short=None)
@@ -359,13 +362,18 @@ def run_universe_trial(config: ml_collections.ConfigDict, panel: universe_lib.Pa
         prices, portfolio_lib.rotated_scores(score, offsets), params, k=config.portfolio.k,
         rebalance_every=config.portfolio.rebalance_every, band=config.portfolio.band)
             if len(offsets) else np.full((0, bars), np.nan))
+    quantiles = cross_section.quantile_returns(
+        score, forward, prices.available, horizon=horizon,
+        num_quantiles=min(5, len(symbols)))
     series.update(rank_ic=per_bar['rank_ic'], ic=per_bar['ic'],
+                  quantile_spread=quantiles['spread'],
                   long_short_returns=_period_returns(long_short.equity, b.initial_capital),
                   long_short_null=null.astype(np.float32))
     record.update(
         ic=cross_section.newey_west_mean(per_bar['ic'], horizon=horizon),
         rank_ic=cross_section.newey_west_mean(per_bar['rank_ic'], horizon=horizon),
         per_coin_ic=dict(zip(symbols, per_coin['ic'].tolist(), strict=True)),
+        quantile_means=quantiles['mean'].tolist(),
         long_short=portfolio_lib.summarize_portfolio(long_short, params))
   record['wall_seconds'] = time.time() - start
   return json_types.to_json_types(record), series

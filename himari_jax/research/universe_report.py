@@ -91,7 +91,8 @@ def _number(value: Any, spec: str) -> str:
 
 def load_series(config: ml_collections.ConfigDict, workdir: str, model: str,
                 folds: Sequence[Any], symbols: Sequence[str]) -> dict[str, Any]:
-  """A model's seeds combined, its folds joined in time: 'rank_ic', 'long_short',
+  """A model's seeds combined, its folds joined in time: 'rank_ic', 'quantile_spread',
+  'long_short',
   'timing' (bars,), 'coins' (bars, len(symbols)) per-coin timing net returns (NaN where a
   coin is not traded), 'null' (R, bars) placebo long-short returns (R = 0 without), and
   'long_short_seeds' (seeds, bars)."""
@@ -108,6 +109,7 @@ def load_series(config: ml_collections.ConfigDict, workdir: str, model: str,
     rotations = min(p['long_short_null'].shape[0] for p in parts)
     seeds.append({
         'rank_ic': np.concatenate([p['rank_ic'] for p in parts]),
+        'quantile_spread': np.concatenate([p['quantile_spread'] for p in parts]),
         'long_short': np.concatenate([p['long_short_returns'] for p in parts]),
         'timing': np.concatenate([p['timing_returns'] for p in parts]),
         'coins': np.concatenate(coins),
@@ -117,9 +119,11 @@ def load_series(config: ml_collections.ConfigDict, workdir: str, model: str,
     stack = np.stack([s[key] for s in seeds])
     with warnings.catch_warnings():
       warnings.simplefilter('ignore', RuntimeWarning)  # a bar without any IC: NaN
-      return np.nanmean(stack, axis=0) if key == 'rank_ic' else stack.mean(axis=0)
+      return (np.nanmean(stack, axis=0) if key in ('rank_ic', 'quantile_spread')
+              else stack.mean(axis=0))
 
-  out = {k: combine(k) for k in ('rank_ic', 'long_short', 'timing', 'coins', 'null')}
+  out = {k: combine(k) for k in ('rank_ic', 'quantile_spread', 'long_short', 'timing', 'coins',
+                                 'null')}
   out['long_short_seeds'] = np.stack([s['long_short'] for s in seeds])
   return out
 
@@ -265,9 +269,12 @@ def table_rows(config: ml_collections.ConfigDict, series: dict[str, dict[str, An
   for model in models:
     s = series[model]
     ic = cross_section.newey_west_mean(s['rank_ic'], horizon=int(config.labels.horizon))
+    spread = cross_section.newey_west_mean(s['quantile_spread'],
+                                           horizon=int(config.labels.horizon))
     rows.append({'model': model, 'seeds': num_seeds(config, model),
                  'rank_ic': ic['mean'], 'rank_ic_t': ic['t_stat'],
                  'rank_ic_p': panel_inference.normal_p_value(ic['t_stat']),
+                 'spread_bp': spread['mean'] * 1e4, 'spread_t': spread['t_stat'],
                  'long_short_sharpe': (tests['long_short'][model] or {}).get('sharpe', math.nan),
                  'timing_sharpe': significance.sharpe_ratio(np.nan_to_num(s['timing']), periods),
                  'coin_sharpe': tests['seed_claim'][model]['estimate']})
@@ -293,6 +300,21 @@ def benchmark_rows(config: ml_collections.ConfigDict, workdir: str,
                  'timing_sharpe': (significance.sharpe_ratio(finite, periods)
                                    if finite.size > 1 else math.nan)})
   return rows, joined
+
+
+def per_coin_ic(workdir: str, models: Sequence[str]) -> pd.DataFrame:
+  """Each coin's time-series IC of each model's score with its forward return, the mean
+  over the folds and seeds it was tested in (`results.jsonl`): (coins, models)."""
+  path = os.path.join(workdir, 'results.jsonl')
+  table: dict[str, dict[str, list[float]]] = {m: {} for m in models}
+  for record in json_types.read_jsonl(path):
+    if record['model'] in table and record.get('per_coin_ic'):
+      for coin, value in record['per_coin_ic'].items():
+        if value is not None and np.isfinite(value):
+          table[record['model']].setdefault(coin, []).append(value)
+  frame = pd.DataFrame({m: {c: float(np.mean(v)) for c, v in coins.items()}
+                        for m, coins in table.items() if coins})
+  return frame.sort_index()
 
 
 def write_plots(workdir: str, times: pd.DatetimeIndex, series: dict[str, dict[str, Any]],
@@ -359,7 +381,7 @@ def _compare_lines(items: list[dict[str, Any]], years: float, label: str) -> lis
 
 def report_lines(config: ml_collections.ConfigDict, rows: list[dict[str, Any]],
                  tests: dict[str, Any], folds: Sequence[Any], bars: int,
-                 plots: dict[str, str]) -> list[str]:
+                 plots: dict[str, str], coin_ic: pd.DataFrame | None = None) -> list[str]:
   """The markdown of `universe_benchmark.md`."""
   years = bars / float(config.backtest.periods_per_year)
   claim = float(config.tests.seed_claim)
@@ -373,21 +395,24 @@ def report_lines(config: ml_collections.ConfigDict, rows: list[dict[str, Any]],
       f'{config.portfolio.short_rate:.0%} a year. A model\'s seeds are combined (mean rank IC '
       'per bar; equal capital per seed). Rank IC: mean over every test bar of the '
       f'cross-sectional rank IC with the {config.labels.horizon}-bar forward return, '
-      'Newey-West t, two-sided p Holm-adjusted over the ranking models. Long-short: k = '
+      'Newey-West t, two-sided p Holm-adjusted over the ranking models; the top minus bottom '
+      'quintile of the score in forward return. Long-short: k = '
       f'{config.portfolio.k} per side, rebalanced every {config.portfolio.rebalance_every} '
       'bars, net Sharpe with its 95 % stationary-bootstrap interval (Politis-White block); '
       'placebo p: the same portfolio on the model\'s scores rotated in time '
       f'({config.tests.null_rotations} shifts per fold), Holm over the models in brackets. '
       'Timing: each coin long on BUY, flat on SELL, equal capital per coin. Coin Sharpe: the '
       'mean over coins of each coin\'s own timing net Sharpe.', '',
-      '| model | seeds | rank IC | NW t | p (Holm) | long-short net Sharpe [95 % CI] | '
-      'placebo p (Holm) | timing net Sharpe | mean coin Sharpe |',
-      '|---|---:|---:|---:|---:|---:|---:|---:|---:|']
+      '| model | seeds | rank IC | NW t | p (Holm) | top-bottom quintile, bp (NW t) | '
+      'long-short net Sharpe [95 % CI] | placebo p (Holm) | timing net Sharpe | '
+      'mean coin Sharpe |',
+      '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|']
   for r in rows:
     ls, placebo = _ls_cell(tests['long_short'].get(r['model']))
     lines.append(
         f'| {r["model"]} | {r["seeds"]} | {_number(r.get("rank_ic"), "+.4f")} | '
         f'{_number(r.get("rank_ic_t"), "+.2f")} | {_number(r.get("rank_ic_p_holm"), ".3f")} | '
+        f'{_number(r.get("spread_bp"), "+.1f")} ({_number(r.get("spread_t"), "+.2f")}) | '
         f'{ls if r["seeds"] else "n/a"} | {placebo if r["seeds"] else "n/a"} | '
         f'{_number(r["timing_sharpe"], "+.2f")} | {_number(r.get("coin_sharpe"), "+.2f")} |')
   lines += ['', '## Answers, stated as tests', '',
@@ -431,6 +456,12 @@ def report_lines(config: ml_collections.ConfigDict, rows: list[dict[str, Any]],
   lines += ['', '### 4. Market context (each model with and without it)', '']
   lines += _compare_lines(tests['context'], years, '{a} minus {b}') or [
       '- not run: name a model both with and without @feature_set in config.models.']
+  if coin_ic is not None and not coin_ic.empty:
+    lines += ['', '## Per-coin time-series IC (mean over folds and seeds)', '',
+              '| coin | ' + ' | '.join(coin_ic.columns) + ' |',
+              '|---|' + '---:|' * len(coin_ic.columns)]
+    for coin, values in coin_ic.iterrows():
+      lines.append(f'| {coin} | ' + ' | '.join(_number(v, '+.3f') for v in values) + ' |')
   if plots:
     lines += ['', '## Plots', ''] + [f'![{name}]({os.path.basename(p)})'
                                      for name, p in plots.items()]
@@ -452,7 +483,8 @@ def write_universe_report(config: ml_collections.ConfigDict, workdir: str,
   if times is None or len(times) != bars:
     times = pd.date_range(folds[0].test_start, periods=bars, freq='h')
   plots = write_plots(workdir, times, series, benchmarks, int(config.tests.ic_window), log)
-  lines = report_lines(config, rows + bench_rows, tests, folds, bars, plots)
+  coin_ic = per_coin_ic(workdir, [m for m in models if split_model(m)[1] is None])
+  lines = report_lines(config, rows + bench_rows, tests, folds, bars, plots, coin_ic)
   path = os.path.join(workdir, REPORT)
   with open(path, 'w') as f:
     f.write('\n'.join(lines) + '\n')
