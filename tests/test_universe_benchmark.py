@@ -108,7 +108,7 @@ def test_a_run_writes_the_table_resumes_and_refuses_other_settings(tmp_path):
   assert set(by_model['logistic']['per_coin_ic']) == {'BTC', 'ETH', 'BNB', 'ADA'}
   assert by_model['logistic']['long_short']['num_fills'] > 0
   table = (tmp_path / universe_report.REPORT).read_text()
-  assert table.startswith('| model | seeds | rank IC | NW t | p (Holm) | long-short net Sharpe',
+  assert table.startswith('| model | seeds | rank IC | NW t | p (Holm) | top-bottom quintile',
                           table.index('| model |'))
   assert '## Answers, stated as tests' in table and 'placebo' in table
   assert [r['model'] for r in result['rows']] == [
