@@ -90,7 +90,7 @@ BACKTEST_RANGES = {
     'policy.exit': 'in [-1, 1]', 'policy.min_hold': '>= 0', 'policy.cooldown': '>= 0',
     'policy.max_position_pct': 'in (0, 1]', 'policy.target_vol': '> 0',
     'policy.max_leverage': '> 0', 'policy.band': '>= 0', 'policy.turnover_penalty': '>= 0',
-    'policy.vol_window': '>= 2',
+    'policy.vol_window': '>= 2', 'policy.nested_windows': '>= 1',
 }
 WALK_FORWARD_RANGES = {'train_bars': '>= 1', 'test_bars': '>= 1', 'step_bars': '>= 1 or None',
                        'embargo': '>= 0 or None'}
@@ -407,6 +407,12 @@ def backtest_config() -> ml_collections.ConfigDict:
   # policies rank lower), 'sharpe' (net) or 'sharpe_minus_turnover'.
   config.policy.objective = 'sharpe_lcb'
   config.policy.min_round_trips = 20  # validation round trips a policy needs to be chosen
+  # Nested selection: the validation bars split into this many consecutive, equal windows;
+  # the policy with the best worst-window objective wins among those eligible on every window
+  # (ceil(min_round_trips / windows) round trips in each), and 'auto' judges the seed rule and
+  # the selection null by the same rule (policy.select_policy). 1: the objective on all
+  # validation bars as one (flat selection).
+  config.policy.nested_windows = 3
   config.policy.turnover_penalty = 0.0  # Sharpe units per 1x equity traded a year
   config.policy.vol_window = 168  # bars of the volatility that 'vol_target' sizes by
   # The search's own null (SPEC 11): the selection rerun on the validation probabilities

@@ -55,14 +55,41 @@ def selection_deflation(val_df: pd.DataFrame, val_probs: np.ndarray,
   return json_types.to_json_types(deflated, finite_only=True)
 
 
+def window_summary(selection: policy_lib.PolicySelection, seed_index: int,
+                   times: pd.Index | None = None) -> dict:
+  """How a selection judged the validation windows (`policy.select_policy`), JSON-ready.
+
+  Args:
+    selection: the selection; seed_index: the seed rule's row in its grid.
+    times: the validation bars' times, to date each window (None: bar indices only).
+
+  Returns:
+    {'label' (`PolicySelection.rule`), 'windows' (W), 'bars': [[first, last], ...] (times or
+    bar indices), 'min_round_trips' (each window's), 'selected' and 'seed_rule' (W,) their
+    per-window objectives (None where it never traded), 'selected_score' and
+    'seed_rule_score': what the rule ranked them by (the worst window when nested)."""
+  score = selection.table['objective'].to_numpy(np.float64)
+  name = (lambda bar: str(times[bar])) if times is not None else int
+  return json_types.to_json_types({
+      'label': selection.rule, 'windows': selection.nested_windows,
+      'bars': [[name(start), name(stop - 1)] for start, stop in selection.windows],
+      'min_round_trips': selection.window_round_trips,
+      'selected': selection.window_objectives(selection.index),
+      'seed_rule': selection.window_objectives(seed_index),
+      'selected_score': score[selection.index], 'seed_rule_score': score[seed_index],
+  }, finite_only=True)
+
+
 def selection_null_summary(null: policy_lib.SelectionNull, real_sharpe: float) -> dict:
   """A selection null against the real winner's validation Sharpe: `label`, `rotations`,
   `p_value` ((1 + k) / (1 + R), k null winners at or above the real one), the null winners'
   validation Sharpe `null_sharpe_mean`, `null_sharpe_std` and `null_sharpe_q95`."""
   sharpe = null.sharpe[np.isfinite(null.sharpe)]
+  nested = ('' if null.nested_windows == 1 else
+            f', each ranked by the same nested rule over {null.nested_windows} windows')
   return json_types.to_json_types({
       'label': f'selection null: the search rerun on the probabilities rotated in time '
-               f'({len(null.offsets)} rotations of {null.min_offset} bars or more)',
+               f'({len(null.offsets)} rotations of {null.min_offset} bars or more{nested})',
       'rotations': len(null.offsets),
       'p_value': selection_lib.null_p_value(null.sharpe, real_sharpe),
       'null_sharpe_mean': float(np.mean(sharpe)) if sharpe.size else np.nan,
