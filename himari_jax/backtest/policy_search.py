@@ -3,15 +3,19 @@
 A search is judged where it ran: `selection_deflation` deflates the validation winner's
 validation Sharpe by every policy tried there, `selection_null_summary` sets it against the
 same search on the probabilities rotated in time (`policy.selection_null`), and `auto_decision`
-uses the selected policy only if it beats the seed rule by more than that null's search does. On the
-test bars, `compare_on_test` gives PSR(0) with HAC errors of the selected policy and the seed
-rule, Holm-adjusted over the two; `null_test_sharpe` trades the null's winners there too;
-`sweep_deflation` deflates a sweep on the bars it swept. Every result is JSON-ready.
+uses the selected policy only if it beats the seed rule by more than that null's search does;
+`window_summary` gives both policies' objective on each validation window of a nested
+selection. On the test bars, `compare_on_test` gives PSR(0) with HAC errors of the selected
+policy and the seed rule, Holm-adjusted over the two; `null_test_sharpe` trades the null's
+winners there too; `auto_track_record` tells 'auto' to fall back to the seed rule where the
+selected policy trailed it on earlier walk-forward folds' test bars; `sweep_deflation` deflates
+a sweep on the bars it swept. Every result is JSON-ready.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -130,6 +134,34 @@ def auto_decision(selection: policy_lib.PolicySelection, null: policy_lib.Select
             + ('using the selected policy' if used else 'using the seed rule'))
   return json_types.to_json_types({'used_selected': used, 'rule': rule, 'margin': margin,
                                    'bar': bar, 'reason': reason}, finite_only=True)
+
+
+def auto_track_record(differences: Sequence[float]) -> dict:
+  """Whether the selected policy trailed the seed rule on past test windows, so that 'auto'
+  falls back to the seed rule (walk-forward applies it causally: a fold reads the record of
+  the folds before it only).
+
+  Args:
+    differences: per past fold, the selected policy's net test Sharpe minus the seed rule's
+      (NaN where the search selected nothing; left out).
+
+  Returns:
+    {'folds' (n with a difference), 'trailing_folds' (k with a difference < 0),
+    'mean_difference' (None without a record), 'trails' (mean difference < 0), 'line'}.
+  """
+  found = np.asarray(differences, np.float64)
+  found = found[np.isfinite(found)]
+  if not found.size:
+    return {'folds': 0, 'trailing_folds': 0, 'mean_difference': None, 'trails': False,
+            'line': 'no walk-forward record of the selected policy against the seed rule yet'}
+  mean, behind = float(np.mean(found)), int(np.sum(found < 0))
+  trails = bool(mean < 0)
+  line = ((f'auto falls back to the seed rule: the selected policy trailed it on {behind} of '
+           f'{found.size} folds (mean difference {mean:+.2f} net Sharpe)') if trails else
+          (f'the selected policy did not trail the seed rule: behind on {behind} of '
+           f'{found.size} folds (mean difference {mean:+.2f} net Sharpe)'))
+  return {'folds': int(found.size), 'trailing_folds': behind, 'mean_difference': mean,
+          'trails': trails, 'line': line}
 
 
 def null_test_sharpe(df: pd.DataFrame, probs: np.ndarray, null: policy_lib.SelectionNull,
