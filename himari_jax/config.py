@@ -389,7 +389,9 @@ def backtest_config() -> ml_collections.ConfigDict:
   # 'fixed': the policy of the fields below; 'select': the best policy of the grid below on
   # each run's validation split (never test bars), by `objective`; 'auto' (quickstart):
   # 'select' if its choice beats the seed rule on validation by more than the selection
-  # null's 95th percentile of that margin (policy_search.auto_decision), else 'seed'.
+  # null's 95th percentile of that margin (policy_search.auto_decision), else 'seed'; in
+  # walk-forward also 'seed' once the selected policy trailed the seed rule on the earlier
+  # folds' test windows (policy_search.auto_track_record).
   config.policy.mode = 'seed'
   config.policy.signal = 'margin'  # 'margin' (p_buy - p_sell) or 'argmax' (the seed's rule)
   config.policy.entry = 0.2  # enter when the signal exceeds this

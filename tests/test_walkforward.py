@@ -211,10 +211,11 @@ def _mtimes(folder):
 
 
 # Each fold picks its policy from a small grid on its own validation bars (the tiny model
-# trades too rarely for 20 round trips there).
+# trades too rarely for 20 round trips there, and too rarely for a round trip in each of 3
+# windows of its 180 validation bars: flat selection).
 SELECT_FLAGS = ('--config.policy.mode=select', '--config.policy.grid.entry=0.1,0.3',
                 '--config.policy.grid.min_hold=0,6', '--config.policy.grid.sizing=fixed',
-                '--config.policy.min_round_trips=1')
+                '--config.policy.min_round_trips=1', '--config.policy.nested_windows=1')
 
 
 @pytest.mark.slow
@@ -230,7 +231,7 @@ def test_two_folds_train_before_their_test_windows_and_resume(workdir, repo_root
     assert heading in done.stdout
 
   config = load_config_file('walk_forward', 'tiny')
-  config.policy.update(mode='select', min_round_trips=1)
+  config.policy.update(mode='select', min_round_trips=1, nested_windows=1)
   config.policy.grid.update(entry='0.1,0.3', min_hold='0,6', sizing='fixed')
   df = walkforward.load_series(walkforward.asset_datasets('btc'))
   folds = walkforward.folds_for(config, df)
@@ -268,7 +269,19 @@ def test_two_folds_train_before_their_test_windows_and_resume(workdir, repo_root
   assert all('selection' in f and 'null' in f for f in results['policy']['folds'].values())
   assert 'attribution' in results and 'decision policy' in done.stdout
   table = (workdir / walkforward.FOLDS_CSV).read_text()
-  assert list(pd.read_csv(workdir / walkforward.FOLDS_CSV)['test_bars']) == [240, 240]
+  folds_csv = pd.read_csv(workdir / walkforward.FOLDS_CSV)
+  assert list(folds_csv['test_bars']) == [240, 240]
+  # Each fold's selected policy against the seed rule on its test window, and the record.
+  assert list(folds_csv['traded']) == ['select', 'select']
+  np.testing.assert_allclose(folds_csv['selected_minus_seed'],
+                             folds_csv['selected_sharpe'] - folds_csv['seed_sharpe'])
+  versus = results['selection_vs_seed']
+  assert [row['fold'] for row in versus['folds']] == [0, 1]
+  assert versus['pooled']['bars'] == 480 and 'line' in versus['track_record']
+  assert "selected policy vs seed rule on each fold's test window" in done.stdout
+  assert versus['track_record']['line'] in done.stdout
+  assert 'fold 1: selection: flat over the validation bars, sharpe_lcb: selected policy ' in (
+      done.stdout)
 
   # A run stopped after fold 1: fold 0 is read back, not retrained; fold 1 is redone.
   kept = _mtimes(workdir / 'fold_000')

@@ -5,7 +5,9 @@ costs on every flicker. A policy keeps a side (flat, long, short) with hysteresi
 holding period and a cooldown, sizes a target position, and trades only when the target is
 far enough from the position. Its settings, `PolicyParams`, are a pytree of numbers, so
 `sweep_policies` runs thousands of policies x cost settings in one compiled call, and
-`select_policy` picks one on validation predictions.
+`select_policy` picks one on validation predictions: by its objective on all validation bars
+(flat), or nested, by its worst objective over consecutive validation windows
+(`nested_windows_of`, `worst_window`), which `selection_null` reruns on rotated probabilities.
 
 Per decision bar, with `p = (sell, hold, buy)`:
 

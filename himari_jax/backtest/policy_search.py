@@ -107,7 +107,8 @@ def auto_decision(selection: policy_lib.PolicySelection, null: policy_lib.Select
   """'auto': the selected policy is used only if its validation objective beats the seed
   rule's by more than the selection null's 95th percentile of the same margin (each null
   winner's objective minus the seed rule's, both on the same rotated probabilities); without
-  a null, by more than 0. A policy that never trades scores 0 here (a flat book).
+  a null, by more than 0. A policy that never trades scores 0 here (a flat book). With a
+  nested selection both objectives are the worst window's, and the null's too (the same rule).
 
   Args:
     selection: the real selection (with eligible policies); null: its null, or None.
@@ -129,7 +130,9 @@ def auto_decision(selection: policy_lib.PolicySelection, null: policy_lib.Select
     rule = (f'beat the seed rule on validation by more than the 95th percentile of that margin '
             f'in the selection null ({len(rows)} rotations)')
   used = bool(margin > bar)
-  reason = (f'the selected policy\'s {selection.objective} margin over the seed rule on '
+  judged = (selection.objective if selection.nested_windows == 1 else
+            f'worst-window {selection.objective} (of {selection.nested_windows} windows)')
+  reason = (f'the selected policy\'s {judged} margin over the seed rule on '
             f'validation is {margin:+.2f} against a bar of {bar:+.2f} (it must {rule}): '
             + ('using the selected policy' if used else 'using the seed rule'))
   return json_types.to_json_types({'used_selected': used, 'rule': rule, 'margin': margin,
