@@ -90,7 +90,7 @@ BACKTEST_RANGES = {
     'policy.exit': 'in [-1, 1]', 'policy.min_hold': '>= 0', 'policy.cooldown': '>= 0',
     'policy.max_position_pct': 'in (0, 1]', 'policy.target_vol': '> 0',
     'policy.max_leverage': '> 0', 'policy.band': '>= 0', 'policy.turnover_penalty': '>= 0',
-    'policy.vol_window': '>= 2',
+    'policy.vol_window': '>= 2', 'policy.nested_windows': '>= 1',
 }
 WALK_FORWARD_RANGES = {'train_bars': '>= 1', 'test_bars': '>= 1', 'step_bars': '>= 1 or None',
                        'embargo': '>= 0 or None'}
@@ -389,7 +389,9 @@ def backtest_config() -> ml_collections.ConfigDict:
   # 'fixed': the policy of the fields below; 'select': the best policy of the grid below on
   # each run's validation split (never test bars), by `objective`; 'auto' (quickstart):
   # 'select' if its choice beats the seed rule on validation by more than the selection
-  # null's 95th percentile of that margin (policy_search.auto_decision), else 'seed'.
+  # null's 95th percentile of that margin (policy_search.auto_decision), else 'seed'; in
+  # walk-forward also 'seed' once the selected policy trailed the seed rule on the earlier
+  # folds' test windows (policy_search.auto_track_record).
   config.policy.mode = 'seed'
   config.policy.signal = 'margin'  # 'margin' (p_buy - p_sell) or 'argmax' (the seed's rule)
   config.policy.entry = 0.2  # enter when the signal exceeds this
@@ -407,6 +409,12 @@ def backtest_config() -> ml_collections.ConfigDict:
   # policies rank lower), 'sharpe' (net) or 'sharpe_minus_turnover'.
   config.policy.objective = 'sharpe_lcb'
   config.policy.min_round_trips = 20  # validation round trips a policy needs to be chosen
+  # Nested selection: the validation bars split into this many consecutive, equal windows;
+  # the policy with the best worst-window objective wins among those eligible on every window
+  # (ceil(min_round_trips / windows) round trips in each), and 'auto' judges the seed rule and
+  # the selection null by the same rule (policy.select_policy). 1: the objective on all
+  # validation bars as one (flat selection).
+  config.policy.nested_windows = 3
   config.policy.turnover_penalty = 0.0  # Sharpe units per 1x equity traded a year
   config.policy.vol_window = 168  # bars of the volatility that 'vol_target' sizes by
   # The search's own null (SPEC 11): the selection rerun on the validation probabilities

@@ -5,10 +5,12 @@
       --config.mode=expanding --config.test_start=2024-01-01
   python launch/walk_forward.py --workdir=runs/wf_sel --config.policy.mode=select  # per fold
 
-Prints the per-fold table, the stitched out-of-sample metrics against buy-and-hold and their
-error bars. Re-running with the same workdir skips finished folds and resumes a fold's
-training where it stopped. Compiled steps are cached in <workdir>/compilation_cache (unless
-JAX_COMPILATION_CACHE_DIR names another place), so folds after the first skip compilation.
+Prints the per-fold table, each fold's selected policy against the seed rule on its test
+window (and whether 'auto' falls back to the seed rule on that record), the stitched
+out-of-sample metrics against buy-and-hold and their error bars. Re-running with the same
+workdir skips finished folds and resumes a fold's training where it stopped. Compiled steps
+are cached in <workdir>/compilation_cache (unless JAX_COMPILATION_CACHE_DIR names another
+place), so folds after the first skip compilation.
 With --ray_address the unfinished folds train in parallel as Ray tasks (one per GPU).
 """
 

@@ -183,6 +183,11 @@ def test_policy_grid_and_fixed_policy_from_config():
   config.policy.mode = 'best'
   with pytest.raises(ValueError, match="policy.mode='best'"):
     evaluate.choose_policy(config)
+  assert config.policy.nested_windows == 3
+  config.policy.update(band=0.01, nested_windows=0)
+  with pytest.raises(config_lib.ConfigError, match='--config.policy.nested_windows=0: must be '
+                                                   '>= 1'):
+    config_lib.check_ranges(config, config_lib.BACKTEST_RANGES)
 
 
 def _selection(objective, index, seed_index=2):
@@ -231,7 +236,7 @@ def test_auto_uses_the_selected_policy_only_past_the_null_bar():
 
 
 def test_choose_policy_reports_its_rule_and_falls_back_to_the_seed_rule():
-  from himari_jax.backtest import evaluate
+  from himari_jax.backtest import evaluate, policy
   from himari_jax.data import ohlcv as data
 
   frame = data.builtin_dataset('btc_usdt_1h_2025_2026').iloc[:1500]
@@ -248,14 +253,36 @@ def test_choose_policy_reports_its_rule_and_falls_back_to_the_seed_rule():
   assert choice.summary['null']['rotations'] == 8 and choice.null.winners.shape == (8,)
   assert [line for line in lines if line.startswith('policy auto: ')] == [
       f'policy auto: {auto["reason"]}']
+  # Nested over the default 3 windows; the selected policy stays on record either way.
+  windows = choice.summary['windows']
+  assert windows['label'] == ('selection: nested over 3 validation windows, worst-window '
+                              'sharpe_lcb') == choice.summary['rule']
+  assert len(windows['selected']) == len(windows['seed_rule']) == 3
+  assert windows['selected_score'] == min(windows['selected'])
+  assert windows['bars'][-1][1] == str(frame.index[-1])
+  assert choice.selection.window_round_trips == 7  # ceil(20 / 3)
+  assert any(line.startswith(windows['label'] + ': selected policy ') for line in lines)
+  assert choice.summary['policy' if auto['used_selected'] else 'selected_policy'] == (
+      policy.policy_to_dict(choice.selection.policy))
+  assert choice.null.nested_windows == 3 and 'same nested rule over 3 windows' in (
+      choice.summary['null']['label'])
   # No policy makes a million round trips: the seed rule, and one line that says why.
   config.policy.min_round_trips = 1_000_000
   lines = []
   choice = evaluate.choose_policy(config, frame, probs, log=lines.append)
   assert choice.mode == 'seed' and choice.policy is None
+  assert lines == ['policy: no policy made 333334 round trips in each of 3 validation windows '
+                   'with a defined sharpe_lcb: using the seed rule']
+  config.policy.nested_windows = 1
+  lines = []
+  choice = evaluate.choose_policy(config, frame, probs, log=lines.append)
   assert lines == ['policy: no policy made 1000000 validation round trips with a defined '
                    'sharpe_lcb: using the seed rule']
   assert choice.summary['fallback'] in lines[0] and 'selection' not in choice.summary
+  config.policy.nested_windows = 100  # windows of 15 bars
+  with pytest.raises(ValueError, match='policy.nested_windows=100 splits 1500 validation bars'):
+    evaluate.choose_policy(config, frame, probs, log=lambda _: None)
+  config.policy.nested_windows = 1
   config.policy.update(min_round_trips=0, null_min_offset=800)  # 1,500 bars: too short
   choice = evaluate.choose_policy(config, frame, probs, log=lambda _: None)
   assert choice.null is None and 'cannot be rotated' in choice.summary['null']['note']

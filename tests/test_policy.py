@@ -3,6 +3,7 @@ selection on validation bars only, and settings validation."""
 
 import jax
 import numpy as np
+import pandas as pd
 import pytest
 
 from himari_jax.backtest import engine as backtest
@@ -398,3 +399,93 @@ def test_lower_bound_objective_and_minimum_round_trips():
   assert np.all(null.winners == -1) and np.all(np.isnan(null.sharpe))
   with pytest.raises(ValueError, match='min_round_trips must be >= 0'):
     P.select_policy(frame, probs, params, grid=grid, min_round_trips=-1)
+
+
+def lucky_and_steady(num_bars=1500, every=20, hold=9, seed=0):
+  """Prices and probabilities where two policies trade different events. 'lucky' (margin,
+  entry 0.5) trades the events whose buy margin is 0.58: strongly profitable in the first
+  third of the bars, slightly losing after. 'steady' (argmax, entry 0.6) trades the events
+  with an argmax p_buy of 0.65: modestly profitable throughout."""
+  rng = np.random.default_rng(seed)
+  probs = np.tile([0.05, 0.9, 0.05], (num_bars, 1))
+  drift = np.zeros(num_bars)
+  for k, t in enumerate(range(5, num_bars - hold - 1, every)):
+    lucky = k % 2 == 0
+    probs[t] = (0.0, 0.42, 0.58) if lucky else (0.35, 0.0, 0.65)  # only one policy enters
+    probs[t + 1:t + hold] = (0.05, 0.6, 0.35)  # both hold
+    probs[t + hold] = (0.5, 0.3, 0.2)  # both exit
+    drift[t + 1:t + hold + 1] = (0.004 if t < num_bars // 3 else -0.0005) if lucky else 0.0008
+  closes = 100 * np.exp(np.cumsum(drift + rng.normal(0, 0.001, num_bars)))
+  opens = np.concatenate([[100.0], closes[:-1]])
+  grid = P.stack_policies([P.make_policy(entry=0.5, exit=0.1),
+                           P.make_policy(signal='argmax', entry=0.6, exit=0.4)])
+  return backtest.Prices(opens, closes), probs, grid
+
+
+def test_nested_selection_prefers_the_consistent_policy_to_the_lucky_one():
+  prices, probs, grid = lucky_and_steady()
+  params = backtest.make_params()
+  flat = P.select_policy(prices, probs, params, grid=grid, min_round_trips=30)
+  nested = P.select_policy(prices, probs, params, grid=grid, min_round_trips=30,
+                           nested_windows=3)
+  assert flat.index == 0 and nested.index == 1  # flat: the lucky one; nested: the steady one
+  assert nested.windows == ((0, 500), (500, 1000), (1000, 1500))
+  assert nested.window_round_trips == 10 and nested.nested_windows == 3
+  assert nested.rule == 'selection: nested over 3 validation windows, worst-window sharpe'
+  assert flat.rule == 'selection: flat over the validation bars, sharpe'
+  table = nested.table
+  by_window = table[[f'objective_window_{k}' for k in range(3)]].to_numpy()
+  np.testing.assert_allclose(table['objective'], by_window.min(axis=1))
+  assert by_window[0, 0] > by_window[1].max() and (by_window[0, 1:] < 0).all()
+  assert (by_window[1] > 0).all()
+  np.testing.assert_array_equal(nested.window_objectives(1), by_window[1])
+  # The flat columns are the flat selection's ranking; the metrics are of all the bars.
+  np.testing.assert_allclose(table['flat_objective'], flat.table['objective'])
+  np.testing.assert_allclose(table['sharpe'], flat.table['sharpe'])
+  # A window is each policy run alone on its bars, from flat.
+  alone = P.select_policy(backtest.Prices(prices.open[500:1000], prices.close[500:1000]),
+                          probs[500:1000], params, grid=grid)
+  np.testing.assert_allclose(by_window[:, 1], alone.table['objective'], rtol=1e-6)
+
+
+def test_one_nested_window_is_flat_selection():
+  prices, probs, grid = lucky_and_steady()
+  params = backtest.make_params()
+  plain = P.select_policy(prices, probs, params, grid=grid, objective='sharpe_lcb')
+  one = P.select_policy(prices, probs, params, grid=grid, objective='sharpe_lcb',
+                        nested_windows=1)
+  assert one.index == plain.index and one.nested_windows == 1 and one.windows == ((0, 1500),)
+  pd.testing.assert_frame_equal(one.table, plain.table)
+  null = P.selection_null(prices, probs, params, grid=grid, num_rotations=3, min_offset=200)
+  assert null.nested_windows == 1
+
+
+def test_the_nested_null_reruns_the_nested_rule():
+  prices, probs, grid = lucky_and_steady()
+  params = backtest.make_params()
+  null = P.selection_null(prices, probs, params, grid=grid, num_rotations=3, min_offset=200,
+                          nested_windows=3, min_round_trips=3)
+  assert null.nested_windows == 3 and null.objective.shape == (3, 2)
+  for k, offset in enumerate(null.offsets):
+    alone = P.select_policy(prices, np.roll(probs, offset, axis=0), params, grid=grid,
+                            nested_windows=3, min_round_trips=3)
+    assert alone.index == null.winners[k]
+    np.testing.assert_allclose(null.objective[k], alone.table['objective'], rtol=1e-6)
+    assert null.sharpe[k] == pytest.approx(alone.table['sharpe'].iloc[alone.index], rel=1e-5)
+
+
+@pytest.mark.parametrize('windows, message', [
+    (0, 'policy.nested_windows must be a whole number >= 1, got 0'),
+    (2.5, 'policy.nested_windows must be a whole number >= 1'),
+    (100, r'policy.nested_windows=100 splits 1500 validation bars into windows of 15 bars; '
+          r'each needs at least 24: use at most 62 windows')])
+def test_bad_nested_windows_raise_naming_the_field(windows, message):
+  prices, probs, grid = lucky_and_steady()
+  params = backtest.make_params()
+  with pytest.raises(ValueError, match=message):
+    P.select_policy(prices, probs, params, grid=grid, nested_windows=windows)
+  with pytest.raises(ValueError, match=message):
+    P.selection_null(prices, probs, params, grid=grid, min_offset=200, nested_windows=windows)
+  # Asking more round trips of each window than it can hold leaves no policy eligible.
+  assert P.select_policy(prices, probs, params, grid=grid, nested_windows=3,
+                         min_round_trips=10_000).num_eligible == 0

@@ -155,3 +155,20 @@ def test_attribution_intervals_share_one_block_length_and_say_how_it_was_set(run
   assert given['net_sharpe']['block_length'] == 12.0 and given['net_sharpe']['block_rule'] == 'set'
   line = report.attribution_lines(metrics.attribution(result, config.initial_capital), given)[2]
   assert 'block 12.0 bars, set]' in line
+
+
+def test_window_line_names_the_rule_and_both_policies_per_window():
+  windows = {'label': 'selection: nested over 3 validation windows, worst-window sharpe_lcb',
+             'windows': 3, 'selected': [0.91, 1.2, 0.75], 'seed_rule': [-0.4, 0.1, None],
+             'selected_score': 0.75, 'seed_rule_score': -0.4}
+  line = report.window_line(windows)
+  assert line == ('selection: nested over 3 validation windows, worst-window sharpe_lcb: '
+                  'selected policy 0.91 / 1.20 / 0.75 (ranked by 0.75), seed rule -0.40 / 0.10 '
+                  '/ n/a (ranked by -0.40)')
+  lines = report.policy_lines({'mode': 'select', 'policy': 'p', 'windows': windows,
+                               'folds': {'1': {'windows': windows}}})
+  assert line in lines and f'fold 1: {line}' in lines
+  flat = {**windows, 'label': 'selection: flat over the validation bars, sharpe_lcb',
+          'windows': 1, 'selected': [0.5], 'seed_rule': [0.25]}
+  assert report.window_line(flat) == ('selection: flat over the validation bars, sharpe_lcb: '
+                                      'selected policy 0.50, seed rule 0.25')

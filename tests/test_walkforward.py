@@ -10,11 +10,13 @@ import pandas as pd
 import pytest
 from conftest import load_config_file
 
+from himari_jax.backtest import policy_search
 from himari_jax.data import ohlcv as data
 from himari_jax.data import windows
 from himari_jax.data.features import WARMUP_BARS
 from himari_jax.inference import members
 from himari_jax.research import walkforward
+from himari_jax.stats import metrics, significance
 
 H = 6  # label horizon of the threshold rule, the default embargo
 
@@ -111,6 +113,91 @@ def test_finetune_starts_each_fold_from_the_previous_run():
   assert config.data.train == '' and config.train.init_from == ''
 
 
+def test_auto_track_record_says_when_the_selection_trailed():
+  record = policy_search.auto_track_record([0.5, -1.0, np.nan, -0.2])
+  assert record['trails'] and record['folds'] == 3 and record['trailing_folds'] == 2
+  assert record['mean_difference'] == pytest.approx(-0.7 / 3)
+  assert record['line'] == ('auto falls back to the seed rule: the selected policy trailed it '
+                            'on 2 of 3 folds (mean difference -0.23 net Sharpe)')
+  ahead = policy_search.auto_track_record([0.3, -0.1])
+  assert not ahead['trails'] and ahead['trailing_folds'] == 1
+  assert ahead['line'].startswith('the selected policy did not trail the seed rule')
+  for empty in ([], [np.nan]):
+    none = policy_search.auto_track_record(empty)
+    assert not none['trails'] and none['folds'] == 0 and none['mean_difference'] is None
+
+
+def _fake_folds(df, policies):
+  """Folds testing consecutive 300-bar windows of `df`, each with a search record: `policies`
+  gives (mode, selected policy) per fold, probabilities from a trailing momentum."""
+  closes = df['close'].to_numpy()
+  momentum = np.concatenate([np.zeros(24), closes[24:] / closes[:-24] - 1])
+  logits = np.stack([-60 * momentum, np.full(len(closes), 0.3), 60 * momentum], axis=1)
+  probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+  results = []
+  for k, (mode, policy) in enumerate(policies):
+    test = slice(300 * (k + 1), 300 * (k + 2))
+    summary = {'mode': mode, 'num_trials': 9}
+    if mode == 'select':
+      summary['policy'] = policy
+    elif policy is not None:
+      summary.update(policy='argmax + confidence_threshold 0, sizing confidence',
+                     selected_policy=policy)
+    results.append(walkforward.FoldResult(
+        fold=walkforward.Fold(k, slice(0, 1), slice(0, 1), slice(0, 1), test),
+        record={'policy': summary}, actions=np.argmax(probs[test], axis=1),
+        confidence=np.max(probs[test], axis=1), available=np.ones(300, bool),
+        probs=probs[test]))
+  return results
+
+
+def test_selected_policy_and_seed_rule_side_by_side_and_auto_falls_back_causally():
+  from himari_jax.backtest import engine, policy
+
+  df = data.builtin_dataset('btc_usdt_1h_2025_2026').iloc[:1500]
+  config = load_config_file('walk_forward', 'tiny').backtest
+  chosen = policy.policy_to_dict(policy.make_policy(entry=0.1, sizing='fixed'))
+  results = _fake_folds(df, [('select', chosen), ('seed', chosen), ('seed', None),
+                             ('select', chosen)])
+  versus = walkforward.selection_vs_seed(df, results, config)
+  rows = versus['folds']
+  assert [row['fold'] for row in rows] == [0, 1, 2, 3]
+  params = engine.params_from_config(config)
+  for row, result in zip(rows, results, strict=True):
+    test_df = df.iloc[result.fold.test]
+    seed = engine.run_backtest(test_df, result.actions, result.confidence, params)
+    returns = metrics.period_returns(seed.equity, params.initial_capital)
+    assert row['seed_sharpe'] == pytest.approx(significance.sharpe_ratio(returns), rel=1e-6)
+  assert np.isnan(rows[2]['selected_sharpe']) and np.isnan(rows[2]['difference'])
+  run = policy.run_policy(df.iloc[results[1].fold.test], results[1].probs,
+                          policy.make_policy(**chosen), params)
+  assert rows[1]['selected_sharpe'] == pytest.approx(significance.sharpe_ratio(
+      metrics.period_returns(run.equity, params.initial_capital)), rel=1e-6)
+  differences = [rows[k]['difference'] for k in (0, 1, 3)]
+  assert versus['mean_difference'] == pytest.approx(np.mean(differences))
+  assert versus['pooled']['folds'] == 3 and versus['pooled']['bars'] == 900
+  assert versus['track_record']['folds'] == 3
+  lines = walkforward.selection_vs_seed_lines(versus)
+  assert lines[-1] == f'  {versus["track_record"]["line"]}'
+  assert lines[1].startswith('  fold 0: seed rule ') and 'selected - seed' in lines[1]
+
+  # 'auto': fold k reads the record of folds 0..k-1 only.
+  config.policy.mode = 'auto'
+  select = [('select', chosen)] * 4
+  decided, records = walkforward.apply_track_record(_fake_folds(df, select),
+                                                    [-0.5, 0.2, 0.9, np.nan], config)
+  assert [r['trails'] for r in records] == [False, True, True, False]  # means -0.5, -0.15, 0.2
+  assert [r.policy is None for r in decided] == [False, True, True, False]
+  overruled = decided[1].record['policy']
+  assert overruled['mode'] == 'seed' and overruled['selected_policy'] == chosen
+  assert overruled['track_record'] == records[1]['line'] == (
+      'auto falls back to the seed rule: the selected policy trailed it on 1 of 1 folds (mean '
+      'difference -0.50 net Sharpe)')
+  config.policy.mode = 'select'  # only 'auto' falls back
+  decided, _ = walkforward.apply_track_record(_fake_folds(df, select), [-0.5] * 4, config)
+  assert all(r.policy is not None for r in decided)
+
+
 @pytest.fixture
 def workdir(tmp_path):
   """A run folder. The launcher and the in-process run below share the suite's compilation
@@ -124,10 +211,11 @@ def _mtimes(folder):
 
 
 # Each fold picks its policy from a small grid on its own validation bars (the tiny model
-# trades too rarely for 20 round trips there).
+# trades too rarely for 20 round trips there, and too rarely for a round trip in each of 3
+# windows of its 180 validation bars: flat selection).
 SELECT_FLAGS = ('--config.policy.mode=select', '--config.policy.grid.entry=0.1,0.3',
                 '--config.policy.grid.min_hold=0,6', '--config.policy.grid.sizing=fixed',
-                '--config.policy.min_round_trips=1')
+                '--config.policy.min_round_trips=1', '--config.policy.nested_windows=1')
 
 
 @pytest.mark.slow
@@ -143,7 +231,7 @@ def test_two_folds_train_before_their_test_windows_and_resume(workdir, repo_root
     assert heading in done.stdout
 
   config = load_config_file('walk_forward', 'tiny')
-  config.policy.update(mode='select', min_round_trips=1)
+  config.policy.update(mode='select', min_round_trips=1, nested_windows=1)
   config.policy.grid.update(entry='0.1,0.3', min_hold='0,6', sizing='fixed')
   df = walkforward.load_series(walkforward.asset_datasets('btc'))
   folds = walkforward.folds_for(config, df)
@@ -181,7 +269,19 @@ def test_two_folds_train_before_their_test_windows_and_resume(workdir, repo_root
   assert all('selection' in f and 'null' in f for f in results['policy']['folds'].values())
   assert 'attribution' in results and 'decision policy' in done.stdout
   table = (workdir / walkforward.FOLDS_CSV).read_text()
-  assert list(pd.read_csv(workdir / walkforward.FOLDS_CSV)['test_bars']) == [240, 240]
+  folds_csv = pd.read_csv(workdir / walkforward.FOLDS_CSV)
+  assert list(folds_csv['test_bars']) == [240, 240]
+  # Each fold's selected policy against the seed rule on its test window, and the record.
+  assert list(folds_csv['traded']) == ['select', 'select']
+  np.testing.assert_allclose(folds_csv['selected_minus_seed'],
+                             folds_csv['selected_sharpe'] - folds_csv['seed_sharpe'])
+  versus = results['selection_vs_seed']
+  assert [row['fold'] for row in versus['folds']] == [0, 1]
+  assert versus['pooled']['bars'] == 480 and 'line' in versus['track_record']
+  assert "selected policy vs seed rule on each fold's test window" in done.stdout
+  assert versus['track_record']['line'] in done.stdout
+  assert 'fold 1: selection: flat over the validation bars, sharpe_lcb: selected policy ' in (
+      done.stdout)
 
   # A run stopped after fold 1: fold 0 is read back, not retrained; fold 1 is redone.
   kept = _mtimes(workdir / 'fold_000')

@@ -10,10 +10,11 @@ the policy it traded, with the members and settings, for paper trading to take
 `config.policy.mode` says how probabilities become positions (SPEC 8): 'seed' (argmax plus
 confidence threshold through the backtester, the seed's decisions), 'fixed' (the policy of
 `config.policy`) or 'select' (the best policy of a grid on the validation bars the members'
-calibration uses, never test bars). A search is judged where it ran (SPEC 11): the validation
-winner's validation Sharpe ratio is deflated by every policy tried there; the test result
-gets PSR(0) with a HAC error, Holm-adjusted over the policies compared on the test bars (the
-selected policy and the seed rule).
+calibration uses, never test bars; by default nested over `config.policy.nested_windows`
+validation windows, the best worst-window objective, `policy.select_policy`). A search is
+judged where it ran (SPEC 11): the validation winner's validation Sharpe ratio is deflated by
+every policy tried there; the test result gets PSR(0) with a HAC error, Holm-adjusted over
+the policies compared on the test bars (the selected policy and the seed rule).
 """
 
 from __future__ import annotations
@@ -152,13 +153,17 @@ def choose_policy(config: ml_collections.ConfigDict, val_df: pd.DataFrame | None
   grid = _grid_for(config)
   rule = dict(grid=grid, objective=pc.objective, turnover_penalty=pc.turnover_penalty,
               min_round_trips=pc.min_round_trips, sigma_annual=sigma_for(val_df, config),
-              periods_per_year=config.periods_per_year)
+              periods_per_year=config.periods_per_year,
+              nested_windows=pc.get('nested_windows', 1))
   selection = policy_lib.select_policy(val_df, val_probs, params, **rule)
   chosen = selection.table.iloc[selection.index]
   seeds = selection.table[selection.table['policy.signal'] == 'argmax']
+  seed_index = seed_rule_index(grid, config.confidence_threshold)
   summary = {
       'mode': 'select', 'objective': selection.objective, 'num_trials': selection.num_trials,
       'min_round_trips': pc.min_round_trips, 'eligible': selection.num_eligible,
+      'rule': selection.rule,
+      'windows': search_lib.window_summary(selection, seed_index, val_df.index),
       'policy': policy_lib.policy_to_dict(selection.policy),
       'validation': {'first': str(val_df.index[0]), 'last': str(val_df.index[-1]),
                      'bars': len(val_df), 'sharpe': float(chosen['sharpe']),
@@ -169,11 +174,14 @@ def choose_policy(config: ml_collections.ConfigDict, val_df: pd.DataFrame | None
                      'best_seed_sharpe': float(np.nanmax(seeds['sharpe']))
                      if len(seeds) and np.isfinite(seeds['sharpe']).any() else None}}
   fallback = {**seed_summary, 'num_trials': selection.num_trials,
-              'objective': selection.objective}
+              'objective': selection.objective, 'rule': selection.rule}
   if not selection.num_eligible:
     # The seed was kept after looking at every policy: they all count as trials.
-    fallback['fallback'] = (f'no policy made {pc.min_round_trips} validation round trips with '
-                            f'a defined {selection.objective}: using the seed rule')
+    trips = (f'{pc.min_round_trips} validation round trips' if selection.nested_windows == 1
+             else f'{summary["windows"]["min_round_trips"]} round trips in each of '
+                  f'{selection.nested_windows} validation windows')
+    fallback['fallback'] = (f'no policy made {trips} with a defined {selection.objective}: '
+                            'using the seed rule')
     log(f'policy: {fallback["fallback"]}')
     return PolicyChoice('seed', None, selection, fallback)
   summary['selection'] = search_lib.selection_deflation(
@@ -184,6 +192,7 @@ def choose_policy(config: ml_collections.ConfigDict, val_df: pd.DataFrame | None
       f'({val_df.index[0]:%Y-%m-%d} .. {val_df.index[-1]:%Y-%m-%d}) by {selection.objective}: '
       f'validation Sharpe {chosen["sharpe"]:.2f}; {summary["selection"]["label"]} = '
       f'{_num(summary["selection"]["dsr"], ".3f")}')
+  log(report_lib.window_line(summary['windows']))
   null = None
   if pc.null_rotations and len(val_df) < 2 * pc.null_min_offset:
     summary['null'] = {'label': 'selection null: not run', 'note': (
@@ -200,13 +209,14 @@ def choose_policy(config: ml_collections.ConfigDict, val_df: pd.DataFrame | None
         f'{_num(summary["null"]["null_sharpe_mean"], ".2f")} +- '
         f'{_num(summary["null"]["null_sharpe_std"], ".2f")})')
   if mode == 'auto':
-    summary['auto'] = search_lib.auto_decision(selection, null, seed_rule_index(
-        grid, config.confidence_threshold))
+    summary['auto'] = search_lib.auto_decision(selection, null, seed_index)
     log(f'policy auto: {summary["auto"]["reason"]}')
     if not summary['auto']['used_selected']:
+      # The policy the search chose stays on record (walk-forward tests it beside the seed).
       return PolicyChoice('seed', None, selection, {
-          **fallback, **{k: summary[k] for k in ('auto', 'validation', 'selection', 'null')
-                         if k in summary}}, null)
+          **fallback, 'selected_policy': summary['policy'],
+          **{k: summary[k] for k in ('auto', 'validation', 'selection', 'null', 'windows')
+             if k in summary}}, null)
   return PolicyChoice('select', selection.policy, selection, summary, null)
 
 

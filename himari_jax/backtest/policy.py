@@ -5,7 +5,9 @@ costs on every flicker. A policy keeps a side (flat, long, short) with hysteresi
 holding period and a cooldown, sizes a target position, and trades only when the target is
 far enough from the position. Its settings, `PolicyParams`, are a pytree of numbers, so
 `sweep_policies` runs thousands of policies x cost settings in one compiled call, and
-`select_policy` picks one on validation predictions.
+`select_policy` picks one on validation predictions: by its objective on all validation bars
+(flat), or nested, by its worst objective over consecutive validation windows
+(`nested_windows_of`, `worst_window`), which `selection_null` reruns on rotated probabilities.
 
 Per decision bar, with `p = (sell, hold, buy)`:
 
@@ -547,7 +549,14 @@ class PolicySelection:
   trial_sharpes: (num_trials,) per-period validation Sharpe ratios (NaN for policies that
   never traded); num_eligible: policies with at least `min_round_trips` round trips and a
   defined objective (0: none, and `policy` is the best of the ineligible ones: callers
-  should not trade it).
+  should not trade it); nested_windows: W, the validation windows the objective was judged
+  on (1: all validation bars as one, `select_policy`); windows: their (start, stop) bars;
+  window_round_trips: the round trips a policy needed in each window to be eligible.
+
+  With W > 1 the table's `objective` and `eligible` are the nested ones (worst window,
+  eligible on every window), `objective_window_<k>` each window's objective, and
+  `flat_objective` / `flat_eligible` what a flat selection would have ranked by; the other
+  metrics (`sharpe`, `num_trades`, ...) are of all validation bars in both cases.
   """
 
   policy: PolicyParams
@@ -557,6 +566,22 @@ class PolicySelection:
   table: pd.DataFrame
   trial_sharpes: np.ndarray
   num_eligible: int
+  nested_windows: int = 1
+  windows: tuple[tuple[int, int], ...] = ()
+  window_round_trips: int = 0
+
+  @property
+  def rule(self) -> str:
+    """How the policy was chosen, e.g. 'selection: nested over 3 validation windows,
+    worst-window sharpe_lcb' (`selection_rule`)."""
+    return selection_rule(self.objective, self.nested_windows)
+
+  def window_objectives(self, index: int) -> np.ndarray:
+    """(W,) the objective of grid row `index` on each validation window (W = 1: all bars)."""
+    if self.nested_windows == 1:
+      return self.table['objective'].to_numpy(np.float64)[[index]]
+    columns = [f'objective_window_{k}' for k in range(self.nested_windows)]
+    return self.table[columns].to_numpy(np.float64)[index]
 
 
 def _check_selection(objective: str, turnover_penalty: float, min_round_trips: int,
@@ -646,11 +671,100 @@ def _winners(objective: np.ndarray, eligible: np.ndarray) -> np.ndarray:
   return np.where(eligible.any(axis=1), np.argmax(ranked, axis=1), -1)
 
 
+# Nested selection: a validation window needs at least this many bars (a day of hourly bars,
+# so its Sharpe ratio and HAC error rest on more than a handful of returns). Too many round
+# trips asked of a window is not refused: no policy is eligible, as in a flat selection.
+MIN_WINDOW_BARS = 24
+
+
+def selection_rule(objective: str, nested_windows: int = 1) -> str:
+  """The name of a selection rule, as the reports print it."""
+  if nested_windows == 1:
+    return f'selection: flat over the validation bars, {objective}'
+  return (f'selection: nested over {nested_windows} validation windows, worst-window '
+          f'{objective}')
+
+
+def nested_windows_of(num_bars: int, nested_windows: int,
+                      min_round_trips: int = 0) -> tuple[list[slice], int]:
+  """The validation windows of nested selection and the round trips each must make.
+
+  W consecutive, equal, non-overlapping windows of floor(N / W) bars that end at the last
+  validation bar (the first N mod W < W bars are left out); each needs
+  ceil(min_round_trips / W) round trips. W = 1: all N bars, min_round_trips.
+
+  Raises:
+    ValueError: naming `nested_windows` when it is not a whole number >= 1, or leaves windows
+      under `MIN_WINDOW_BARS` bars.
+  """
+  if not (float(nested_windows) == int(nested_windows) and nested_windows >= 1):
+    raise ValueError(f'policy.nested_windows must be a whole number >= 1, got '
+                     f'{nested_windows!r}')
+  windows = int(nested_windows)
+  if windows == 1:
+    return [slice(0, num_bars)], min_round_trips
+  if num_bars // windows < MIN_WINDOW_BARS:
+    raise ValueError(
+        f'policy.nested_windows={windows} splits {num_bars} validation bars into windows of '
+        f'{num_bars // windows} bars; each needs at least {MIN_WINDOW_BARS}: use at most '
+        f'{max(1, num_bars // MIN_WINDOW_BARS)} windows (1: flat selection)')
+  per_window = -(-min_round_trips // windows)
+  length = num_bars // windows
+  first = num_bars - windows * length
+  return [slice(first + k * length, first + (k + 1) * length) for k in range(windows)], \
+      per_window
+
+
+def worst_window(objective: np.ndarray, eligible: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Nested selection's score: each policy's worst window.
+
+  The worst window rather than the median: with three windows the median is one window, and
+  a policy whose edge sits in one lucky stretch can win it with a flat or losing window
+  beside it; the worst window only ranks high a policy that earned its objective in every
+  window. A window where a policy never traded counts 0 (a flat book, as `auto_decision`
+  scores it).
+
+  Args:
+    objective: (W, ...) per-window objectives (NaN: never traded there).
+    eligible: (W, ...) per-window eligibility.
+
+  Returns:
+    ((...) the worst window's objective, NaN for a policy that never traded in any window;
+    (...) eligible on every window).
+  """
+  finite = np.isfinite(objective)
+  worst = np.min(np.where(finite, objective, 0.0), axis=0)
+  return np.where(finite.any(axis=0), worst, np.nan), np.all(eligible, axis=0)
+
+
+def _window_prices(prices: backtest.Prices, window: slice) -> backtest.Prices:
+  return backtest.Prices(np.asarray(prices.open)[window], np.asarray(prices.close)[window])
+
+
+def _window_scores(prices: backtest.Prices, probs: np.ndarray, grid: PolicyParams,
+                   params: backtest.BacktestParams, windows: Sequence[slice], *,
+                   objective: str, turnover_penalty: float, min_round_trips: int,
+                   sigma: np.ndarray, periods_per_year: float,
+                   batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+  """(S, N, 3) probabilities -> (W, S, P) objective and eligibility on each window: one
+  compiled sweep of every (signal, policy) per window, each window from flat."""
+  num_signals = probs.shape[0]
+  scores, eligible = [], []
+  for window in windows:
+    table = _scored_sweep(_window_prices(prices, window), probs[:, window], grid, params,
+                          objective=objective, turnover_penalty=turnover_penalty,
+                          min_round_trips=min_round_trips, sigma_annual=sigma[window],
+                          periods_per_year=periods_per_year, batch_size=batch_size)
+    scores.append(table['objective'].to_numpy(np.float64).reshape(num_signals, -1))
+    eligible.append(table['eligible'].to_numpy().reshape(num_signals, -1))
+  return np.stack(scores), np.stack(eligible)
+
+
 def select_policy(prices: Any, probs: Any, params: backtest.BacktestParams, *,
                   grid: PolicyParams | None = None, objective: str = 'sharpe',
                   turnover_penalty: float = 0.0, min_round_trips: int = 0,
                   sigma_annual: Any = None, periods_per_year: float = PERIODS_PER_YEAR,
-                  batch_size: int = BATCH_SIZE) -> PolicySelection:
+                  nested_windows: int = 1, batch_size: int = BATCH_SIZE) -> PolicySelection:
   """Sweeps a policy grid on validation bars and picks the best by a named objective.
 
   Only what is passed is seen: give the validation split's prices and calibrated
@@ -667,19 +781,44 @@ def select_policy(prices: Any, probs: Any, params: backtest.BacktestParams, *,
       error, `policy_sharpe_errors`).
     min_round_trips: a policy with fewer closed round trips on these bars is not eligible.
     sigma_annual: (N,) volatility for `vol_target`, from bars <= t (default from the closes).
+    nested_windows: W. 1: the objective on all validation bars (flat selection). W > 1:
+      nested selection: the bars split into W consecutive, equal windows
+      (`nested_windows_of`), every policy is run on each window from flat, and the best
+      eligible policy by its worst window's objective (`worst_window`) wins; eligible means
+      eligible on every window, with ceil(min_round_trips / W) round trips in each. One
+      compiled sweep per window.
 
   Returns:
     PolicySelection: the best eligible policy; ties go to the earlier policy of the grid.
     With none eligible (`num_eligible == 0`), the best by objective of the others (the
     first policy if none traded).
+
+  Raises:
+    ValueError: on a bad objective, penalty or minimum, or a `nested_windows` the bars
+      cannot hold (`nested_windows_of`).
   """
   _check_selection(objective, turnover_penalty, min_round_trips, params)
+  prices = backtest.as_prices(prices)
+  n = len(prices.close)
+  probs = _check_probs(probs, n)
+  windows, per_window = nested_windows_of(n, nested_windows, min_round_trips)
   if grid is None:
     grid = default_grid(allow_short=bool(np.asarray(params.allow_short).item()))
-  table = _scored_sweep(prices, _check_probs(probs, len(backtest.as_prices(prices).close)),
-                        grid, params, objective=objective, turnover_penalty=turnover_penalty,
-                        min_round_trips=min_round_trips, sigma_annual=sigma_annual,
-                        periods_per_year=periods_per_year, batch_size=batch_size)
+  table = _scored_sweep(prices, probs, grid, params, objective=objective,
+                        turnover_penalty=turnover_penalty, min_round_trips=min_round_trips,
+                        sigma_annual=sigma_annual, periods_per_year=periods_per_year,
+                        batch_size=batch_size)
+  if len(windows) > 1:
+    by_window, eligible_by_window = _window_scores(
+        prices, probs[None] if probs.ndim == 2 else probs, grid, params, windows,
+        objective=objective, turnover_penalty=turnover_penalty, min_round_trips=per_window,
+        sigma=_sigma(prices, sigma_annual, periods_per_year),
+        periods_per_year=periods_per_year, batch_size=batch_size)
+    table = table.rename(columns={'objective': 'flat_objective', 'eligible': 'flat_eligible'})
+    for k in range(len(windows)):
+      table[f'objective_window_{k}'] = by_window[k].ravel()
+    nested, nested_eligible = worst_window(by_window, eligible_by_window)
+    table['objective'], table['eligible'] = nested.ravel(), nested_eligible.ravel()
   score, eligible = table['objective'].to_numpy(), table['eligible'].to_numpy()
   index = int(_winners(score[None], eligible[None])[0])
   if index < 0:
@@ -688,7 +827,8 @@ def select_policy(prices: Any, probs: Any, params: backtest.BacktestParams, *,
       policy=jax.tree.map(lambda x: np.asarray(x)[index], grid), index=index,
       objective=objective, num_trials=len(table), table=table,
       trial_sharpes=table['sharpe'].to_numpy() / np.sqrt(periods_per_year),
-      num_eligible=int(eligible.sum()))
+      num_eligible=int(eligible.sum()), nested_windows=len(windows),
+      windows=tuple((w.start, w.stop) for w in windows), window_round_trips=per_window)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -699,7 +839,8 @@ class SelectionNull:
   from the real alignment; winners: (R,) the grid index each rerun chose (-1: none
   eligible);
   sharpe: (R,) those winners' annualised validation Sharpe ratios (NaN for -1); objective:
-  (R, P) every policy's objective in each rerun.
+  (R, P) every policy's objective in each rerun (with nested selection, the worst window's,
+  as the real selection ranks by); nested_windows: W of the rule rerun.
   """
 
   min_offset: int
@@ -707,6 +848,7 @@ class SelectionNull:
   winners: np.ndarray
   sharpe: np.ndarray
   objective: np.ndarray
+  nested_windows: int = 1
 
 
 def rotation_offsets(num_bars: int, num_rotations: int, min_offset: int,
@@ -732,7 +874,7 @@ def selection_null(prices: Any, probs: Any, params: backtest.BacktestParams, *,
                    turnover_penalty: float = 0.0, min_round_trips: int = 0,
                    sigma_annual: Any = None,
                    periods_per_year: float = PERIODS_PER_YEAR, num_rotations: int = 40,
-                   min_offset: int = 336, seed: int = 0,
+                   min_offset: int = 336, seed: int = 0, nested_windows: int = 1,
                    batch_size: int = BATCH_SIZE) -> SelectionNull:
   """`select_policy`'s search with the signal destroyed: the same grid and objective on the
   probabilities rotated in time by R random offsets (prices, volatility and costs stay),
@@ -742,9 +884,14 @@ def selection_null(prices: Any, probs: Any, params: backtest.BacktestParams, *,
   periods) but their alignment with prices, so its winner's validation Sharpe ratio is what
   the search finds in noise of this model's own kind (SPEC 11).
 
+  With `nested_windows` > 1 each rotation (of all validation bars) is split into the same
+  windows and ranked by the same nested rule as the real search; the winners' Sharpe ratios
+  are then those of all validation bars, as the real winner's (`selection_null_summary`).
+
   Args:
     prices, probs, params, grid, objective, turnover_penalty, min_round_trips,
-      sigma_annual, periods_per_year, batch_size: as given to `select_policy`.
+      sigma_annual, periods_per_year, nested_windows, batch_size: as given to
+      `select_policy`.
     num_rotations: R.
     min_offset: the smallest shift in bars (`rotation_offsets`).
     seed: draws the offsets.
@@ -753,21 +900,50 @@ def selection_null(prices: Any, probs: Any, params: backtest.BacktestParams, *,
     SelectionNull.
   """
   _check_selection(objective, turnover_penalty, min_round_trips, params)
-  n = len(backtest.as_prices(prices).close)
+  prices = backtest.as_prices(prices)
+  n = len(prices.close)
   probs = _check_probs(probs, n)
+  windows, per_window = nested_windows_of(n, nested_windows, min_round_trips)
   offsets = rotation_offsets(n, num_rotations, min_offset, seed)
   rotated = np.stack([np.roll(probs, int(k), axis=0) for k in offsets])
-  table = _scored_sweep(prices, rotated, grid, params, objective=objective,
-                        turnover_penalty=turnover_penalty, min_round_trips=min_round_trips,
-                        sigma_annual=sigma_annual, periods_per_year=periods_per_year,
-                        batch_size=batch_size)
-  score = table['objective'].to_numpy().reshape(num_rotations, -1)
-  sharpe = table['sharpe'].to_numpy().reshape(num_rotations, -1)
-  winners = _winners(score, table['eligible'].to_numpy().reshape(num_rotations, -1))
+  rows = np.arange(num_rotations)
+  if len(windows) == 1:
+    table = _scored_sweep(prices, rotated, grid, params, objective=objective,
+                          turnover_penalty=turnover_penalty, min_round_trips=min_round_trips,
+                          sigma_annual=sigma_annual, periods_per_year=periods_per_year,
+                          batch_size=batch_size)
+    score = table['objective'].to_numpy().reshape(num_rotations, -1)
+    sharpe = table['sharpe'].to_numpy().reshape(num_rotations, -1)
+    winners = _winners(score, table['eligible'].to_numpy().reshape(num_rotations, -1))
+    winner_sharpe = sharpe[rows, np.maximum(winners, 0)]
+  else:
+    sigma = _sigma(prices, sigma_annual, periods_per_year)
+    score, eligible = worst_window(*_window_scores(
+        prices, rotated, grid, params, windows, objective=objective,
+        turnover_penalty=turnover_penalty, min_round_trips=per_window, sigma=sigma,
+        periods_per_year=periods_per_year, batch_size=batch_size))
+    winners = _winners(score, eligible)
+    winner_sharpe = _winner_sharpes(prices, rotated, grid, winners, params, sigma=sigma,
+                                    periods_per_year=periods_per_year, batch_size=batch_size)
   return SelectionNull(min_offset=min_offset, offsets=offsets, winners=winners,
-                       objective=score,
-                       sharpe=np.where(winners >= 0, sharpe[np.arange(num_rotations),
-                                                            np.maximum(winners, 0)], np.nan))
+                       objective=score, nested_windows=len(windows),
+                       sharpe=np.where(winners >= 0, winner_sharpe, np.nan))
+
+
+def _winner_sharpes(prices: backtest.Prices, probs: np.ndarray, grid: PolicyParams,
+                    winners: np.ndarray, params: backtest.BacktestParams, *, sigma: np.ndarray,
+                    periods_per_year: float, batch_size: int) -> np.ndarray:
+  """(S,) the Sharpe ratio on all N bars of each signal's winner (NaN for -1): one sweep of
+  the S signals x the distinct winners."""
+  chosen = np.unique(winners[winners >= 0])
+  if not chosen.size:
+    return np.full(len(winners), np.nan)
+  table = sweep_policies(prices, probs, jax.tree.map(lambda x: np.asarray(x)[chosen], grid),
+                         params, sigma_annual=sigma, periods_per_year=periods_per_year,
+                         batch_size=batch_size)
+  sharpe = table['sharpe'].to_numpy(np.float64).reshape(len(winners), chosen.size)
+  column = np.searchsorted(chosen, np.maximum(winners, chosen[0]))
+  return np.where(winners >= 0, sharpe[np.arange(len(winners)), column], np.nan)
 
 
 def policy_cost_sensitivity(prices: Any, probs: Any, policy: PolicyParams,

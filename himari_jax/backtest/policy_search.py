@@ -3,15 +3,19 @@
 A search is judged where it ran: `selection_deflation` deflates the validation winner's
 validation Sharpe by every policy tried there, `selection_null_summary` sets it against the
 same search on the probabilities rotated in time (`policy.selection_null`), and `auto_decision`
-uses the selected policy only if it beats the seed rule by more than that null's search does. On the
-test bars, `compare_on_test` gives PSR(0) with HAC errors of the selected policy and the seed
-rule, Holm-adjusted over the two; `null_test_sharpe` trades the null's winners there too;
-`sweep_deflation` deflates a sweep on the bars it swept. Every result is JSON-ready.
+uses the selected policy only if it beats the seed rule by more than that null's search does;
+`window_summary` gives both policies' objective on each validation window of a nested
+selection. On the test bars, `compare_on_test` gives PSR(0) with HAC errors of the selected
+policy and the seed rule, Holm-adjusted over the two; `null_test_sharpe` trades the null's
+winners there too; `auto_track_record` tells 'auto' to fall back to the seed rule where the
+selected policy trailed it on earlier walk-forward folds' test bars; `sweep_deflation` deflates
+a sweep on the bars it swept. Every result is JSON-ready.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -55,14 +59,41 @@ def selection_deflation(val_df: pd.DataFrame, val_probs: np.ndarray,
   return json_types.to_json_types(deflated, finite_only=True)
 
 
+def window_summary(selection: policy_lib.PolicySelection, seed_index: int,
+                   times: pd.Index | None = None) -> dict:
+  """How a selection judged the validation windows (`policy.select_policy`), JSON-ready.
+
+  Args:
+    selection: the selection; seed_index: the seed rule's row in its grid.
+    times: the validation bars' times, to date each window (None: bar indices only).
+
+  Returns:
+    {'label' (`PolicySelection.rule`), 'windows' (W), 'bars': [[first, last], ...] (times or
+    bar indices), 'min_round_trips' (each window's), 'selected' and 'seed_rule' (W,) their
+    per-window objectives (None where it never traded), 'selected_score' and
+    'seed_rule_score': what the rule ranked them by (the worst window when nested)."""
+  score = selection.table['objective'].to_numpy(np.float64)
+  name = (lambda bar: str(times[bar])) if times is not None else int
+  return json_types.to_json_types({
+      'label': selection.rule, 'windows': selection.nested_windows,
+      'bars': [[name(start), name(stop - 1)] for start, stop in selection.windows],
+      'min_round_trips': selection.window_round_trips,
+      'selected': selection.window_objectives(selection.index),
+      'seed_rule': selection.window_objectives(seed_index),
+      'selected_score': score[selection.index], 'seed_rule_score': score[seed_index],
+  }, finite_only=True)
+
+
 def selection_null_summary(null: policy_lib.SelectionNull, real_sharpe: float) -> dict:
   """A selection null against the real winner's validation Sharpe: `label`, `rotations`,
   `p_value` ((1 + k) / (1 + R), k null winners at or above the real one), the null winners'
   validation Sharpe `null_sharpe_mean`, `null_sharpe_std` and `null_sharpe_q95`."""
   sharpe = null.sharpe[np.isfinite(null.sharpe)]
+  nested = ('' if null.nested_windows == 1 else
+            f', each ranked by the same nested rule over {null.nested_windows} windows')
   return json_types.to_json_types({
       'label': f'selection null: the search rerun on the probabilities rotated in time '
-               f'({len(null.offsets)} rotations of {null.min_offset} bars or more)',
+               f'({len(null.offsets)} rotations of {null.min_offset} bars or more{nested})',
       'rotations': len(null.offsets),
       'p_value': selection_lib.null_p_value(null.sharpe, real_sharpe),
       'null_sharpe_mean': float(np.mean(sharpe)) if sharpe.size else np.nan,
@@ -76,7 +107,8 @@ def auto_decision(selection: policy_lib.PolicySelection, null: policy_lib.Select
   """'auto': the selected policy is used only if its validation objective beats the seed
   rule's by more than the selection null's 95th percentile of the same margin (each null
   winner's objective minus the seed rule's, both on the same rotated probabilities); without
-  a null, by more than 0. A policy that never trades scores 0 here (a flat book).
+  a null, by more than 0. A policy that never trades scores 0 here (a flat book). With a
+  nested selection both objectives are the worst window's, and the null's too (the same rule).
 
   Args:
     selection: the real selection (with eligible policies); null: its null, or None.
@@ -98,11 +130,41 @@ def auto_decision(selection: policy_lib.PolicySelection, null: policy_lib.Select
     rule = (f'beat the seed rule on validation by more than the 95th percentile of that margin '
             f'in the selection null ({len(rows)} rotations)')
   used = bool(margin > bar)
-  reason = (f'the selected policy\'s {selection.objective} margin over the seed rule on '
+  judged = (selection.objective if selection.nested_windows == 1 else
+            f'worst-window {selection.objective} (of {selection.nested_windows} windows)')
+  reason = (f'the selected policy\'s {judged} margin over the seed rule on '
             f'validation is {margin:+.2f} against a bar of {bar:+.2f} (it must {rule}): '
             + ('using the selected policy' if used else 'using the seed rule'))
   return json_types.to_json_types({'used_selected': used, 'rule': rule, 'margin': margin,
                                    'bar': bar, 'reason': reason}, finite_only=True)
+
+
+def auto_track_record(differences: Sequence[float]) -> dict:
+  """Whether the selected policy trailed the seed rule on past test windows, so that 'auto'
+  falls back to the seed rule (walk-forward applies it causally: a fold reads the record of
+  the folds before it only).
+
+  Args:
+    differences: per past fold, the selected policy's net test Sharpe minus the seed rule's
+      (NaN where the search selected nothing; left out).
+
+  Returns:
+    {'folds' (n with a difference), 'trailing_folds' (k with a difference < 0),
+    'mean_difference' (None without a record), 'trails' (mean difference < 0), 'line'}.
+  """
+  found = np.asarray(differences, np.float64)
+  found = found[np.isfinite(found)]
+  if not found.size:
+    return {'folds': 0, 'trailing_folds': 0, 'mean_difference': None, 'trails': False,
+            'line': 'no walk-forward record of the selected policy against the seed rule yet'}
+  mean, behind = float(np.mean(found)), int(np.sum(found < 0))
+  trails = bool(mean < 0)
+  line = ((f'auto falls back to the seed rule: the selected policy trailed it on {behind} of '
+           f'{found.size} folds (mean difference {mean:+.2f} net Sharpe)') if trails else
+          (f'the selected policy did not trail the seed rule: behind on {behind} of '
+           f'{found.size} folds (mean difference {mean:+.2f} net Sharpe)'))
+  return {'folds': int(found.size), 'trailing_folds': behind, 'mean_difference': mean,
+          'trails': trails, 'line': line}
 
 
 def null_test_sharpe(df: pd.DataFrame, probs: np.ndarray, null: policy_lib.SelectionNull,

@@ -185,11 +185,29 @@ def policy_lines(policy: Mapping[str, Any] | None) -> list[str]:
                  ('' if seed is None else f' (best seed policy there: Sharpe {seed:.2f})'))
   folds = policy.get('folds') or {}
   for name, searched in [('', policy)] + [(f'fold {k}: ', v) for k, v in folds.items()]:
+    if searched.get('windows'):
+      lines.append(name + window_line(searched['windows']))
     if searched.get('selection'):
       lines.append(name + selection_line(searched['selection']))
     if searched.get('null'):
       lines.append(name + null_line(searched['null']))
   return lines
+
+
+def window_line(windows: Mapping[str, Any]) -> str:
+  """The selection rule and the per-window objective of the winner and of the seed rule
+  (`policy_search.window_summary`), e.g. 'selection: nested over 3 validation windows,
+  worst-window sharpe_lcb: selected policy 0.91 / 1.20 / 0.75 (ranked by 0.75), seed rule
+  -0.40 / 0.10 / n/a (ranked by -0.40)'."""
+
+  def values(key):
+    found = ' / '.join('n/a' if v is None else f'{v:.2f}' for v in windows[key])
+    score = windows.get(f'{key}_score')
+    return found + ('' if windows['windows'] == 1 else
+                    f' (ranked by {"n/a" if score is None else format(score, ".2f")})')
+
+  return (f'{windows["label"]}: selected policy {values("selected")}, seed rule '
+          f'{values("seed_rule")}')
 
 
 def null_line(null: Mapping[str, Any]) -> str:

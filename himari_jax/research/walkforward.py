@@ -18,6 +18,13 @@ The out-of-sample decisions of every fold, in time order, make one backtest
 (`evaluate.backtest_and_report`: buy-and-hold, bootstrap error bars, reports); each fold's
 test window is also backtested alone for the per-fold table (`folds.csv`).
 
+Beside what each fold traded, the table and the report set the policy its search selected on
+its validation bars (whether or not 'auto' traded it) against the seed rule on its test window
+(`selection_vs_seed`: net Sharpe per fold, the mean difference and the pooled test bars). Under
+'auto', a fold whose earlier folds' record says the selected policy trailed the seed rule (mean
+difference < 0, `policy_search.auto_track_record`) trades the seed rule (`apply_track_record`):
+the record of folds before it only, so the fallback is causal.
+
 No fold trains on a bar at or after its test window: the training file ends `embargo` bars
 before the test window starts, and labels are made from that file alone, so the last
 training labels (whose future lies outside the file) are masked rather than read from the
@@ -28,7 +35,8 @@ Run folder:
   <workdir>/fold_000/   train.csv, checkpoints/, metrics.jsonl, tensorboard/ (a training
                         run), fold.json (ranges, validation metrics, calibration) and
                         predictions.npz (test-bar decisions)
-  <workdir>/folds.csv   per-fold metrics, strategy and buy-and-hold on each test window
+  <workdir>/folds.csv   per-fold metrics, strategy and buy-and-hold on each test window, the
+                        policy traded, and the seed rule's and the selected policy's net Sharpe
   <workdir>/backtest_*  reports of the stitched backtest (report.write_reports)
 """
 
@@ -45,11 +53,12 @@ import numpy as np
 import pandas as pd
 
 from himari_jax import config as config_lib
-from himari_jax import constants
+from himari_jax import constants, json_types
 from himari_jax.backtest import decider as decider_lib
 from himari_jax.backtest import engine as backtest_lib
 from himari_jax.backtest import evaluate
 from himari_jax.backtest import policy as policy_lib
+from himari_jax.backtest import policy_search as search_lib
 from himari_jax.backtest import report as report_lib
 from himari_jax.data import binance, input_pipeline
 from himari_jax.data import ohlcv as data_lib
@@ -60,6 +69,7 @@ from himari_jax.inference import predict as predict_lib
 from himari_jax.model import checkpoint as checkpoint_lib
 from himari_jax.research import dispatch
 from himari_jax.stats import metrics as metrics_lib
+from himari_jax.stats import significance as significance_lib
 from himari_jax.training import train as train_lib
 
 WINDOW_MODES = ('rolling', 'expanding')
@@ -431,8 +441,119 @@ def chained_backtest(df: pd.DataFrame, span: slice, results: Sequence[FoldResult
                                        for f in dataclasses.fields(parts[0])))
 
 
-def _fold_row(result: FoldResult, metrics: dict, benchmark: dict) -> dict:
-  """One line of the per-fold table."""
+def selected_policy(record: dict) -> policy_lib.PolicyParams | None:
+  """The policy a fold's search selected on its validation bars, whether or not the fold
+  traded it ('auto' may have kept the seed rule); None without a search or an eligible
+  policy."""
+  summary = record.get('policy') or {'mode': 'seed'}
+  if summary['mode'] == 'select':
+    return policy_lib.make_policy(**summary['policy'])
+  if summary.get('selected_policy'):
+    return policy_lib.make_policy(**summary['selected_policy'])
+  return None
+
+
+def _test_returns(test_df: pd.DataFrame, result: FoldResult,
+                  policy: policy_lib.PolicyParams | None, config: ml_collections.ConfigDict,
+                  params: backtest_lib.BacktestParams) -> np.ndarray:
+  """(n_test,) net per-bar returns of `policy` (None: the seed rule) on the fold's test bars
+  alone, from flat."""
+  decider = dataclasses.replace(decider_lib.Decider.from_config(config, policy), params=params)
+  run = decider.trade(test_df, actions=result.actions, confidence=result.confidence,
+                      probs=result.probs)[0]
+  return np.asarray(metrics_lib.period_returns(run.equity, params.initial_capital), np.float64)
+
+
+def _net_sharpe(returns: np.ndarray, periods_per_year: float) -> float:
+  """Annualised Sharpe ratio (risk-free 0); 0 for a book that never moved (never traded),
+  as `policy_search.auto_decision` scores a flat book."""
+  if len(returns) < 2 or not np.std(returns) > 0:
+    return 0.0
+  return significance_lib.sharpe_ratio(returns, periods_per_year)
+
+
+def selection_vs_seed(df: pd.DataFrame, results: Sequence[FoldResult],
+                      config: ml_collections.ConfigDict) -> dict:
+  """The seed rule and the policy each fold's search selected (traded or not), side by
+  side on each fold's test window: did selection help out of sample?
+
+  Args:
+    df: the whole series; results: the folds, in time order; config: the backtest section.
+
+  Returns:
+    {'label', 'folds': [{'fold', 'seed_sharpe', 'selected_sharpe', 'difference' (selected -
+    seed; NaN where the fold's search selected nothing)}], 'mean_difference' (over the folds
+    with a difference; NaN without), 'pooled': the same Sharpe ratios of the test bars of
+    those folds together ({'folds', 'bars', 'seed_sharpe', 'selected_sharpe',
+    'difference'}), 'track_record': `policy_search.auto_track_record` of every fold}. Net
+    Sharpe ratios, annualised, risk-free 0, each window traded alone from flat.
+  """
+  params = backtest_lib.params_from_config(config)
+  ppy = config.periods_per_year
+  rows, pooled_seed, pooled_selected = [], [], []
+  for result in results:
+    test_df = df.iloc[result.fold.test]
+    seed = _test_returns(test_df, result, None, config, params)
+    policy = selected_policy(result.record)
+    selected = None if policy is None else _test_returns(test_df, result, policy, config,
+                                                          params)
+    seed_sharpe = _net_sharpe(seed, ppy)
+    selected_sharpe = np.nan if selected is None else _net_sharpe(selected, ppy)
+    rows.append({'fold': result.fold.index, 'seed_sharpe': seed_sharpe,
+                 'selected_sharpe': selected_sharpe,
+                 'difference': selected_sharpe - seed_sharpe})
+    if selected is not None:
+      pooled_seed.append(seed)
+      pooled_selected.append(selected)
+  differences = np.array([row['difference'] for row in rows], np.float64)
+  pooled = {'folds': len(pooled_seed), 'bars': int(sum(len(r) for r in pooled_seed)),
+            'seed_sharpe': np.nan, 'selected_sharpe': np.nan, 'difference': np.nan}
+  if pooled_seed:
+    pooled.update(seed_sharpe=_net_sharpe(np.concatenate(pooled_seed), ppy),
+                  selected_sharpe=_net_sharpe(np.concatenate(pooled_selected), ppy))
+    pooled['difference'] = pooled['selected_sharpe'] - pooled['seed_sharpe']
+  return {'label': 'selected policy vs seed rule on each fold\'s test window (net Sharpe, '
+                   'each window alone from flat)',
+          'folds': rows,
+          'mean_difference': (float(np.nanmean(differences)) if np.isfinite(differences).any()
+                              else np.nan),
+          'pooled': pooled, 'track_record': search_lib.auto_track_record(differences)}
+
+
+def apply_track_record(results: Sequence[FoldResult], differences: Sequence[float],
+                       config: ml_collections.ConfigDict) -> tuple[list[FoldResult], list[dict]]:
+  """'auto' falls back to the seed rule after a trailing record, causally: fold i trades
+  the seed rule when the selected policy trailed it on the test windows of folds 0..i-1
+  (`policy_search.auto_track_record`); other modes are left as chosen.
+
+  Args:
+    results: the folds, in time order, as each chose on its validation bars.
+    differences: per fold, selected - seed net test Sharpe (`selection_vs_seed`).
+    config: the backtest section (`policy.mode`, the seed rule's threshold and sizing).
+
+  Returns:
+    (the folds, those overruled with a seed policy summary that keeps what the search chose
+    under `selected_policy` and says why under `track_record`; each fold's record as it read
+    it).
+  """
+  decided, records = [], []
+  for i, result in enumerate(results):
+    record = search_lib.auto_track_record(differences[:i])
+    records.append(record)
+    summary = result.record.get('policy') or {'mode': 'seed'}
+    if config.policy.mode == 'auto' and record['trails'] and summary['mode'] != 'seed':
+      summary = {**summary, 'mode': 'seed', 'selected_policy': summary['policy'],
+                 'policy': f'argmax + confidence_threshold {config.confidence_threshold:g}, '
+                           f'sizing {config.sizing}',
+                 'track_record': record['line']}
+      result = dataclasses.replace(result, record={**result.record, 'policy': summary})
+    decided.append(result)
+  return decided, records
+
+
+def _fold_row(result: FoldResult, metrics: dict, benchmark: dict,
+              versus: dict | None = None) -> dict:
+  """One line of the per-fold table; `versus`: the fold's `selection_vs_seed` row."""
   dates, validation = result.record['dates'], result.record['validation']
   return {
       'fold': result.fold.index,
@@ -444,6 +565,10 @@ def _fold_row(result: FoldResult, metrics: dict, benchmark: dict) -> dict:
       **{k: metrics[k] for k in ('total_return', 'sharpe', 'max_drawdown', 'num_trades',
                                  'exposure')},
       **{f'bh_{k}': benchmark[k] for k in ('total_return', 'sharpe', 'max_drawdown')},
+      'traded': (result.record.get('policy') or {'mode': 'seed'})['mode'],
+      **({} if versus is None else {
+          'seed_sharpe': versus['seed_sharpe'], 'selected_sharpe': versus['selected_sharpe'],
+          'selected_minus_seed': versus['difference']}),
   }
 
 
@@ -510,11 +635,19 @@ def run_walk_forward(config: ml_collections.ConfigDict, workdir: str, *,
     previous = fold_dir
 
   bt = config.backtest
+  # Every fold's selected policy and the seed rule on its test window; under 'auto' a fold
+  # after a trailing record of the folds before it trades the seed rule.
+  versus = selection_vs_seed(df, results, bt)
+  results, records = apply_track_record(
+      results, [row['difference'] for row in versus['folds']], bt)
   rows, details = [], []
-  for result in results:
+  for result, row, record in zip(results, versus['folds'], records, strict=True):
     metrics, benchmark = fold_metrics(df, result, bt)
-    rows.append(_fold_row(result, metrics, benchmark))
-    details.append({**result.record, 'metrics': metrics, 'benchmark': benchmark})
+    rows.append(_fold_row(result, metrics, benchmark, row))
+    details.append({**result.record, 'metrics': metrics, 'benchmark': benchmark,
+                    'selection_vs_seed': json_types.to_json_types(row, finite_only=True),
+                    'track_record_before': record})
+  log(versus['track_record']['line'])
   table = pd.DataFrame(rows)
   os.makedirs(workdir, exist_ok=True)
   table.to_csv(os.path.join(workdir, FOLDS_CSV), index=False)
@@ -530,7 +663,8 @@ def run_walk_forward(config: ml_collections.ConfigDict, workdir: str, *,
     available[part] = result.available
   extra = {'walk_forward': {'series': spec, 'num_folds': len(folds),
                             'config': config.copy_and_resolve_references().to_dict()},
-           'folds': details, 'available_bars': int(available.sum())}
+           'folds': details, 'available_bars': int(available.sum()),
+           'selection_vs_seed': json_types.to_json_types(versus, finite_only=True)}
   log(f'stitched backtest of {len(actions)} out-of-sample bars')
   chained = None
   if any(result.policy is not None for result in results):
@@ -544,7 +678,7 @@ def run_walk_forward(config: ml_collections.ConfigDict, workdir: str, *,
                                  for r, s in zip(results, summaries, strict=True)
                                  if 'policy' in s) or 'seed'}
   # Each fold's search is judged on its own validation bars, where it ran.
-  searches = {r.fold.index: {k: s[k] for k in ('selection', 'null') if k in s}
+  searches = {r.fold.index: {k: s[k] for k in ('windows', 'selection', 'null') if k in s}
               for r, s in zip(results, summaries, strict=True) if 'selection' in s}
   if searches:
     summary['folds'] = searches
@@ -552,7 +686,7 @@ def run_walk_forward(config: ml_collections.ConfigDict, workdir: str, *,
   outcome = evaluate.backtest_and_report(df.iloc[span], actions, confidence, bt, workdir,
                                          extra=extra, result=chained, choice=choice)
   outcome['paths']['folds'] = os.path.join(workdir, FOLDS_CSV)
-  return {'folds': table, **outcome}
+  return {'folds': table, 'selection_vs_seed': versus, **outcome}
 
 
 def print_walk_forward_summary(outcome: dict) -> None:
@@ -565,6 +699,8 @@ def print_walk_forward_summary(outcome: dict) -> None:
   print(f'fold Sharpe: mean {np.nanmean(sharpes):.3f}, std {np.nanstd(sharpes):.3f}, '
         f'positive in {int(np.sum(sharpes > 0))}/{len(table)} folds, above buy & hold in '
         f'{beats}/{len(table)}')
+  for line in selection_vs_seed_lines(outcome.get('selection_vs_seed')):
+    print(line)
   print('\nstitched out-of-sample backtest (every test window, in time order):')
   report_lib.print_metrics_table(outcome['metrics'], outcome['benchmark'])
   print()
@@ -579,3 +715,22 @@ def print_walk_forward_summary(outcome: dict) -> None:
   print('\nwrote:')
   for name, path in outcome['paths'].items():
     print(f'  {name:>9}: {path}')
+
+
+def selection_vs_seed_lines(versus: dict | None) -> list[str]:
+  """`selection_vs_seed` for the console: one line per fold, the mean and pooled difference,
+  and the track record ('auto falls back to the seed rule: ...' when the selection trails)."""
+  if not versus:
+    return []
+  num = lambda v: 'n/a' if v is None or not np.isfinite(v) else f'{v:+.2f}'  # noqa: E731
+  lines = [f'\n{versus["label"]}:']
+  for row in versus['folds']:
+    lines.append(f'  fold {row["fold"]}: seed rule {num(row["seed_sharpe"])}, selected '
+                 f'{num(row["selected_sharpe"])}, selected - seed {num(row["difference"])}')
+  pooled = versus['pooled']
+  lines.append(f'  mean over folds of selected - seed: {num(versus["mean_difference"])}; '
+               f'pooled over the {pooled["folds"]} folds\' {pooled["bars"]} test bars: seed '
+               f'rule {num(pooled["seed_sharpe"])}, selected {num(pooled["selected_sharpe"])}, '
+               f'selected - seed {num(pooled["difference"])}')
+  lines.append(f'  {versus["track_record"]["line"]}')
+  return lines
