@@ -166,6 +166,23 @@ def test_models_name_their_feature_set_and_the_report_tests_the_market_context(t
   assert 'detects only effects of' in table or '**decided**' in table
 
 
+def test_any_folder_of_coin_files_is_a_universe(tmp_path):
+  """`--config.data.universe=<folder>` with every file's coin: here three coins copied."""
+  import shutil
+  folder = tmp_path / 'coins'
+  folder.mkdir()
+  for name in ('btc', 'eth', 'xrp'):
+    shutil.copy(next(UNIVERSE.glob(f'{name}_usdt_1h_*.csv.gz')), folder)
+  config = _config()
+  config.data.universe = str(folder)
+  config.data.symbols = ''
+  config.models = 'reversal'
+  result = ub.run_universe_benchmark(config, str(tmp_path / 'run'), log=lambda line: None)
+  record = json.loads((tmp_path / 'run' / ub.RESULTS).read_text().splitlines()[0])
+  assert sorted(record['fold_bounds']['symbols']) == ['BTC', 'ETH', 'XRP']
+  assert result['rows'][0]['model'] == 'reversal'
+
+
 def test_a_fold_runner_ships_without_its_caches():
   """With --ray_address each fold is one Ray task: the runner pickles without the panel it
   loaded, and a worker loads its own."""
