@@ -48,6 +48,7 @@ import ml_collections
 import numpy as np
 import pandas as pd
 
+from himari_jax import constants
 from himari_jax.backtest import engine as backtest_lib
 from himari_jax.backtest import policy as policy_lib
 from himari_jax.data import input_pipeline, synthetic
@@ -170,7 +171,7 @@ def fixed_market(bars: pd.DataFrame, test_start: str, test_end: str,
 
 
 def random_market(pools: Sequence[pd.DataFrame], rng: np.random.Generator, *,
-                  test_bars: int = 8760, val_bars: int = 2160,
+                  test_bars: int = constants.BARS_PER_YEAR, val_bars: int = 2160,
                   placebo: bool = True) -> Market:
   """A `'windows'` or `'placebo'` market: a window of `val_bars + test_bars` consecutive bars,
   uniform over every such window of `pools` (one gap-filled series per asset), or with

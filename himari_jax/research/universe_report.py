@@ -89,8 +89,8 @@ def _number(value: Any, spec: str) -> str:
   return 'n/a' if value is None or not np.isfinite(value) else format(value, spec)
 
 
-def load_series(config: ml_collections.ConfigDict, workdir: str, model: str,
-                folds: Sequence[Any], symbols: Sequence[str]) -> dict[str, Any]:
+def load_model_series(config: ml_collections.ConfigDict, workdir: str, model: str,
+                      folds: Sequence[Any], symbols: Sequence[str]) -> dict[str, Any]:
   """A model's seeds combined, its folds joined in time: 'rank_ic', 'quantile_spread',
   'long_short',
   'timing' (bars,), 'coins' (bars, len(symbols)) per-coin timing net returns (NaN where a
@@ -317,14 +317,24 @@ def per_coin_ic(workdir: str, models: Sequence[str]) -> pd.DataFrame:
   return frame.sort_index()
 
 
-def write_plots(workdir: str, times: pd.DatetimeIndex, series: dict[str, dict[str, Any]],
-                benchmarks: dict[str, np.ndarray], ic_window: int,
-                log: Callable[[str], None] = print) -> dict[str, str]:
+def write_universe_plots(workdir: str, times: pd.DatetimeIndex,
+                         series: dict[str, dict[str, Any]],
+                         benchmarks: dict[str, np.ndarray], ic_window: int,
+                         log: Callable[[str], None] = print) -> dict[str, str]:
   """long_short_equity.png and rank_ic_over_time.png; {} without matplotlib."""
   plt = extras.pyplot('the universe benchmark plots', warn=log)
   if plt is None:
     return {}
   paths = {}
+
+  def save(fig: Any, ax: Any, name: str) -> None:
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    paths[name] = os.path.join(workdir, f'{name}.png')
+    fig.savefig(paths[name], dpi=110)
+    plt.close(fig)
+
   fig, ax = plt.subplots(figsize=(10, 4.5))
   for model, s in series.items():
     if np.isfinite(s['long_short']).any():
@@ -334,12 +344,7 @@ def write_plots(workdir: str, times: pd.DatetimeIndex, series: dict[str, dict[st
   ax.set(title='Long-short portfolios: growth of 1 net of costs (folds joined)',
          ylabel='growth of 1 (log scale)')
   ax.set_yscale('log')
-  ax.legend(fontsize=7, ncol=2)
-  ax.grid(alpha=0.3)
-  fig.tight_layout()
-  paths['long_short_equity'] = os.path.join(workdir, 'long_short_equity.png')
-  fig.savefig(paths['long_short_equity'], dpi=110)
-  plt.close(fig)
+  save(fig, ax, 'long_short_equity')
   fig, ax = plt.subplots(figsize=(10, 4.5))
   for model, s in series.items():
     if np.isfinite(s['rank_ic']).any():
@@ -349,12 +354,7 @@ def write_plots(workdir: str, times: pd.DatetimeIndex, series: dict[str, dict[st
   ax.axhline(0, color='k', lw=0.6)
   ax.set(title=f'Cross-sectional rank IC, rolling mean over {ic_window} bars',
          ylabel='rank IC')
-  ax.legend(fontsize=7, ncol=2)
-  ax.grid(alpha=0.3)
-  fig.tight_layout()
-  paths['rank_ic_over_time'] = os.path.join(workdir, 'rank_ic_over_time.png')
-  fig.savefig(paths['rank_ic_over_time'], dpi=110)
-  plt.close(fig)
+  save(fig, ax, 'rank_ic_over_time')
   return paths
 
 
@@ -475,14 +475,15 @@ def write_universe_report(config: ml_collections.ConfigDict, workdir: str,
                           symbols: Sequence[str], times: pd.DatetimeIndex | None = None, *,
                           log: Callable[[str], None] = print) -> dict[str, Any]:
   """Writes the report, its tests and plots; returns {'rows', 'tests', 'report', 'plots'}."""
-  series = {m: load_series(config, workdir, m, folds, symbols) for m in models}
+  series = {m: load_model_series(config, workdir, m, folds, symbols) for m in models}
   tests = run_tests(config, series, models, log)
   rows = table_rows(config, series, tests, models)
   bench_rows, benchmarks = benchmark_rows(config, workdir, folds)
   bars = len(benchmarks['equal_weight'])
   if times is None or len(times) != bars:
     times = pd.date_range(folds[0].test_start, periods=bars, freq='h')
-  plots = write_plots(workdir, times, series, benchmarks, int(config.tests.ic_window), log)
+  plots = write_universe_plots(workdir, times, series, benchmarks,
+                               int(config.tests.ic_window), log)
   coin_ic = per_coin_ic(workdir, [m for m in models if split_model(m)[1] is None])
   lines = report_lines(config, rows + bench_rows, tests, folds, bars, plots, coin_ic)
   path = os.path.join(workdir, REPORT)
