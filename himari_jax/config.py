@@ -578,8 +578,9 @@ def placebo_config(variant: str | None = 'quickstart') -> ml_collections.ConfigD
   config.placebo = ml_collections.ConfigDict()
   # synthetic.MARKET_KINDS: 'iid', 'block' (volatility clustering) or 'era' (each market from
   # its own file in month-long blocks at the bars' hour of the week: the era's drift and
-  # volatility, and its |r| autocorrelation at a day and a week)
-  config.placebo.method = 'iid'
+  # volatility, and its |r| autocorrelation at a day and a week). 'era' is the default: the
+  # real run is then a draw from the null (docs/research.md, "Placebo runs").
+  config.placebo.method = 'era'
   config.placebo.mean_block_length = 24.0  # bars, for 'block'
   config.placebo.remove_drift = False  # True: no trend for a long-only model to earn
   config.placebo.first_seed = 0  # market seed of placebo run 0; run i uses first_seed + i
