@@ -781,6 +781,9 @@ def universe_benchmark_config(variant: str = 'universe_cpu') -> ml_collections.C
   # model_a:model_b pairs, a minus b (LightGBM is an extra: without it the others answer)
   config.tests.compare = 'flag_trader:lightgbm,flag_trader:mlp,flag_trader:logistic'
   config.tests.seed_claim = 0.8  # H0: the seed's rule earns at least this net Sharpe per coin
+  # The models the claim is tested for (one Holm family): FLAG-TRADER with the seed's own inputs
+  # ('@himari', no market context) and with market context. Other models are shown unjudged.
+  config.tests.seed_claim_models = 'flag_trader,flag_trader@himari'
   config.tests.level = 0.05
   config.tests.num_resamples = 1000  # time-block bootstrap resamples of each test
   config.tests.null_rotations = 40  # placebo shifts of each long-short portfolio per fold

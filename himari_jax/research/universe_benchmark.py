@@ -70,6 +70,10 @@ from himari_jax.stats import metrics as metrics_lib
 from himari_jax.training import train as train_lib
 
 RESULTS = 'results.jsonl'
+# The fields of `config.backtest` a trial reads (costs, fills, annualisation, the threshold of
+# the seed rule); with `calibration`, what its settings hash covers.
+BACKTEST_FIELDS = ('initial_capital', 'commission', 'slippage', 'commission_sell',
+                   'slippage_sell', 'fill', 'periods_per_year', 'confidence_threshold')
 # Models whose probabilities are not fitted to the labels: used as given, not calibrated.
 UNCALIBRATED = RULES + ('buy_and_hold',)
 
@@ -282,8 +286,12 @@ def universe_settings_hash(config: ml_collections.ConfigDict, model: str) -> str
   """What a finished trial's result depends on besides its fold: data, labels, costs,
   portfolio and the model's own settings."""
   base = split_model(model)[0]
+  b = config.backtest
+  # Only the backtest settings a trial reads: a new policy or report field elsewhere in the
+  # backtest config must not orphan finished trials.
+  backtest = {k: b[k] for k in BACKTEST_FIELDS} | {'calibration': b.calibration.to_dict()}
   parts = {'data': config.data.to_dict(), 'labels': config.labels.to_dict(),
-           'backtest': config.backtest.to_dict(), 'portfolio': config.portfolio.to_dict(),
+           'backtest': backtest, 'portfolio': config.portfolio.to_dict(),
            'model': (config.flag_traders[base].to_dict() if base in config.flag_traders
                      else config.baselines.get(base)),
            'feature_set': model_feature_set(config, model),

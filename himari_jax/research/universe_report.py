@@ -20,7 +20,9 @@ portfolios are the seeds' portfolios with equal capital each (the per-bar mean o
 returns). The folds' test windows follow one another, so each series is joined in time.
 
 The answers (`config.tests`), each with its minimum detectable effect at 80 % power and the
-growth of the data (in bars of the same coins) that would detect the observed effect:
+growth of the data (in bars of the same coins) that would detect the observed effect; the
+tests of one answer are a family, Holm-adjusted together, and "decided" means the adjusted p
+is below `tests.level`:
 
 1. Model A minus model B (`tests.compare`, default FLAG-TRADER minus LightGBM): the per-bar
    rank IC difference (Newey-West t) and the mean over coins of the per-coin net Sharpe
@@ -202,6 +204,16 @@ def context_pairs(models: Sequence[str]) -> list[tuple[str, str]]:
   return out
 
 
+def holm_family(tests: Sequence[dict[str, Any]]) -> None:
+  """Holm-adjusts a family of tests in place: each gets 'p_holm', and 'reject' becomes
+  p_holm < its level (the family-wise error rate is held at the level)."""
+  defined = [t for t in tests if np.isfinite(t['p_value'])]
+  for t, p in zip(defined, selection.holm_adjust([t['p_value'] for t in defined]),
+                  strict=True):
+    t['p_holm'] = p
+    t['reject'] = bool(p < t['level'])
+
+
 def run_tests(config: ml_collections.ConfigDict, series: dict[str, dict[str, Any]],
               models: Sequence[str], log: Callable[[str], None] = print) -> dict[str, Any]:
   """Every answer of the module docstring, as JSON-able dicts."""
@@ -230,10 +242,19 @@ def run_tests(config: ml_collections.ConfigDict, series: dict[str, dict[str, Any
     adjusted = selection.holm_adjust([out['long_short'][m][key] for m in tested])
     for m, p in zip(tested, adjusted, strict=True):
       out['long_short'][m][f'{key}_holm'] = p
+  # Each answer is a family: its tests are Holm-adjusted together.
+  holm_family([c[k] for c in out['compare'] for k in ('rank_ic', 'coin_sharpe') if k in c])
+  claimed = config_lib.split_list(config.tests.seed_claim_models)
+  holm_family([t for m, t in out['seed_claim'].items() if m in claimed])
+  for m, t in out['seed_claim'].items():
+    t['in_family'] = m in claimed
+    if not t['in_family']:  # shown for reference: no claim was made for it
+      t['reject'] = False
   for with_context, without in context_pairs(models):
     log(f'test: {with_context} against {without}')
     out['context'].append({'a': with_context, 'b': without,
                            **compare_models(config, series[with_context], series[without])})
+  holm_family([c[k] for c in out['context'] for k in ('rank_ic', 'coin_sharpe') if k in c])
   return out
 
 
@@ -242,16 +263,23 @@ def verdict(test: dict[str, Any], *, years: float, what: str) -> str:
   mde = test['min_detectable']
   estimate = test['estimate']
   h0 = test.get('h0', 0.0)
+  p = f'p = {test["p_value"]:.3g}, Holm-adjusted {_number(test.get("p_holm"), ".3g")}'
   if test['reject']:
-    return f'**decided**: {what} (p = {test["p_value"]:.3g} < {test["level"]:g}).'
+    return f'**decided**: {what} ({p} < {test["level"]:g}).'
   scale = panel_inference.required_scale(estimate, mde, h0)
   more = ('no effect was observed, so no amount of data is implied' if not np.isfinite(scale)
           else f'at the observed effect about {scale:.1f}x these bars ({scale * years:.0f} '
           'years of these coins) would detect it with 80 % power' if scale > 1 else
           'the observed effect is above the detectable one, yet not significant: the '
           'normal approximation and the interval disagree at the margin')
-  return (f'**not decided** (p = {test["p_value"]:.3g}): the test detects only effects of '
+  return (f'**not decided** ({p}): the test detects only effects of '
           f'{mde:.3g} or more with 80 % power; {more}.')
+
+
+def _side(t: dict[str, Any]) -> str:
+  if not t['excludes_zero']:
+    return 'no'
+  return 'yes, above' if t['low'] > 0 else 'yes, below'
 
 
 def _ls_cell(t: dict[str, Any] | None) -> tuple[str, str]:
@@ -370,12 +398,15 @@ def _compare_lines(items: list[dict[str, Any]], years: float, label: str) -> lis
       t = item['rank_ic']
       lines.append(f'  - rank IC difference {t["estimate"]:+.4f} (95 % CI {t["low"]:+.4f} .. '
                    f'{t["high"]:+.4f}, Newey-West t {t["t_stat"]:+.2f}, {t["lags"]} lags); '
-                   + verdict(t, years=years, what=f'{a} ranks the coins differently from {b}'))
+                   + verdict(t, years=years, what=f'{a}\'s rank IC is '
+                             f'{"higher" if t["estimate"] > 0 else "lower"} than {b}\'s'))
     t = item['coin_sharpe']
     lines.append(f'  - mean per-coin timing net Sharpe difference {t["estimate"]:+.2f} (95 % '
                  f'CI {t["low"]:+.2f} .. {t["high"]:+.2f}, {t["num_coins"]} coins, block '
                  f'{t["block_length"]:.1f} bars); '
-                 + verdict(t, years=years, what=f'{a} and {b} earn different net Sharpe'))
+                 + verdict(t, years=years, what=f'{a} earns a '
+                           f'{"higher" if t["estimate"] > 0 else "lower"} per-coin net Sharpe '
+                           f'than {b}'))
   return lines
 
 
@@ -385,6 +416,7 @@ def report_lines(config: ml_collections.ConfigDict, rows: list[dict[str, Any]],
   """The markdown of `universe_benchmark.md`."""
   years = bars / float(config.backtest.periods_per_year)
   claim = float(config.tests.seed_claim)
+  claimed = config_lib.split_list(config.tests.seed_claim_models)
   lines = [
       f'# Universe benchmark `{config.variant}`', '',
       f'{len(folds)} test folds {folds[0].test_start:%Y-%m-%d} .. {folds[-1].test_end:%Y-%m-%d} '
@@ -422,17 +454,21 @@ def report_lines(config: ml_collections.ConfigDict, rows: list[dict[str, Any]],
   lines += _compare_lines(tests['compare'], years, '{a} minus {b}') or ['- no pair named.']
   lines += ['', f'### 2. The seed\'s claim: H0 "net Sharpe >= {claim:g} per coin"', '',
             f'One-sided test of the mean over coins of each coin\'s timing net Sharpe against '
-            f'{claim:g} (time-block bootstrap of the panel). Rejected means the claim is '
-            'refuted for that model on these coins.', '',
-            '| model | mean coin Sharpe | 95 % CI | coins >= claim | p | H0 rejected | '
+            f'{claim:g} (time-block bootstrap of the panel). The claim is the seed\'s, so the '
+            f'family is its model ({", ".join(claimed)}), Holm-adjusted together; the other '
+            'rows are for reference, unadjusted and not judged. Rejected means the claim is '
+            'refuted on these coins.', '',
+            '| model | mean coin Sharpe | 95 % CI | coins >= claim | p (Holm) | H0 rejected | '
             'detects a shortfall of |', '|---|---:|---:|---:|---:|---|---:|']
   for model, t in tests['seed_claim'].items():
     if not t['num_coins']:
       lines.append(f'| {model} | n/a (never trades) | | | | | |')
       continue
+    judged = ('yes' if t['reject'] else 'no') if t['in_family'] else '(reference)'
     lines.append(f'| {model} | {t["estimate"]:+.2f} | {t["low"]:+.2f} .. {t["high"]:+.2f} | '
-                 f'{t["coins_at_or_above"]}/{t["num_coins"]} | {t["p_value"]:.3g} | '
-                 f'{"yes" if t["reject"] else "no"} | {t["min_detectable"]:.2f} |')
+                 f'{t["coins_at_or_above"]}/{t["num_coins"]} | {t["p_value"]:.3g} '
+                 f'({_number(t.get("p_holm"), ".3g")}) | {judged} | '
+                 f'{t["min_detectable"]:.2f} |')
   lines += ['', '### 3. Long-short: an interval that excludes 0, and the placebo null', '',
             '| model | net Sharpe | 95 % CI (block) | excludes 0 | HAC p (Holm) | '
             'min. detectable | placebo mean | placebo q95 | placebo p (Holm) |',
@@ -441,18 +477,18 @@ def report_lines(config: ml_collections.ConfigDict, rows: list[dict[str, Any]],
   for model, t in tests['long_short'].items():
     if t is None:
       continue
-    if t['excludes_zero'] and t['placebo_p_holm'] < float(config.tests.level):
+    if t['low'] > 0 and t['placebo_p_holm'] < float(config.tests.level):
       survivors.append(model)
     lines.append(f'| {model} | {t["sharpe"]:+.2f} | {t["low"]:+.2f} .. {t["high"]:+.2f} '
-                 f'({t["block_length"]:.1f} bars) | {"yes" if t["excludes_zero"] else "no"} | '
+                 f'({t["block_length"]:.1f} bars) | {_side(t)} | '
                  f'{_number(t["p_hac"], ".3f")} ({_number(t["p_hac_holm"], ".3f")}) | '
                  f'{t["min_detectable"]:.2f} | {_number(t["placebo_mean"], "+.2f")} | '
                  f'{_number(t["placebo_q95"], "+.2f")} | {_number(t["placebo_p"], ".3f")} '
                  f'({_number(t["placebo_p_holm"], ".3f")}) |')
   lines += ['', ('**Decided**: ' + ', '.join(survivors) + ' earn(s) a long-short net Sharpe '
-                 'whose interval excludes 0 and that beats its placebo after Holm.')
+                 'whose interval lies above 0 and that beats its placebo null after Holm.')
             if survivors else '**No model** earns a long-short net Sharpe whose interval '
-            'excludes 0 and that survives its placebo null after Holm.']
+            'lies above 0 and that beats its placebo null after Holm.']
   lines += ['', '### 4. Market context (each model with and without it)', '']
   lines += _compare_lines(tests['context'], years, '{a} minus {b}') or [
       '- not run: name a model both with and without @feature_set in config.models.']
