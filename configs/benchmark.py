@@ -3,8 +3,9 @@ bundled BTC and ETH, every baseline and a `small`-sized FLAG-TRADER, each of the
 FLAG-TRADER also trained on the net-of-cost Sharpe ratio, 3 seeds, about half an hour on two
 CPU cores), `gpu` (adds the seed-sized FLAG-TRADER at T = 1 and T = 64) or `tiny`
 (tests); or a universe variant, the pooled walk-forward benchmark over many coins:
-`universe_smoke` (5 coins, 2 quarterly folds, under a minute), `universe_cpu` (20 coins,
-2019-01 .. 2022-09, about 10 minutes) or `universe_gpu`; defined in
+`universe_smoke` (5 coins, 2 quarterly folds, every kind of model, about 2 minutes),
+`universe_cpu` (20 coins, 2019-01 .. 2022-09, with and without market context, about an hour)
+or `universe_gpu`; defined in
 `himari_jax.config.benchmark_config`.
 
 Any field can be overridden, e.g. `--config.assets=btc,data/sol.csv --config.num_seeds=1

@@ -720,7 +720,7 @@ def universe_benchmark_config(variant: str = 'universe_cpu') -> ml_collections.C
   - `universe_cpu`: the 20-coin universe, 2019-01 .. 2022-09 (15 folds); the rules, the
     label prior, buy-and-hold, logistic, MLP, LightGBM (where installed) and a pooled
     `small` FLAG-TRADER (`flag_traders.flag_trader`), each learned model with market context
-    ('himari_market') and without ('@himari'), 2 seeds; under an hour on two CPU cores.
+    ('himari_market') and without ('@himari'), 2 seeds; about an hour on two CPU cores.
   - `universe_gpu`: `universe_cpu` with a bigger MLP, 3 seeds and the seed-sized FLAG-TRADER
     at T = 64 trained longer, for a GPU box.
   - `universe_smoke`: 5 coins, 2 folds, 1 seed, every kind of model once (FLAG-TRADER
