@@ -107,6 +107,14 @@ def test_a_run_writes_the_table_resumes_and_refuses_other_settings(tmp_path):
       -by_model['momentum']['rank_ic']['mean'])
   assert set(by_model['logistic']['per_coin_ic']) == {'BTC', 'ETH', 'BNB', 'ADA'}
   assert by_model['logistic']['long_short']['num_fills'] > 0
+  # The same book without shorting cost pays no borrow and ends no lower; long-only borrows
+  # nothing.
+  assert by_model['logistic']['long_short_free']['borrow'] == 0
+  assert by_model['logistic']['long_short']['borrow'] > 0
+  assert (by_model['logistic']['long_short_free']['net_total_return']
+          >= by_model['logistic']['long_short']['net_total_return'])
+  assert by_model['logistic']['top_k']['borrow'] == 0 and by_model['logistic']['top_k'][
+      'num_fills'] > 0
   table = (tmp_path / universe_report.REPORT).read_text()
   assert table.startswith('| model | seeds | rank IC | NW t | p (Holm) | top-bottom quintile',
                           table.index('| model |'))

@@ -311,8 +311,10 @@ def run_universe_trial(config: ml_collections.ConfigDict, panel: universe_lib.Pa
   Returns:
     (the JSON-able record of `results.jsonl`, its per-bar series: 'rank_ic', 'ic' (bars,),
     'quantile_spread' (bars,) top minus bottom quintile's forward return, 'long_short_returns',
-    'timing_returns' (bars,) net returns, 'coin_returns' (bars, coins) each coin's timing net
-    returns, 'long_short_null' (R, bars) the long-short book of the scores rotated in time).
+    'long_short_free_returns' (the same book without shorting cost), 'top_k_returns' (long
+    only the k best), 'timing_returns' (bars,) net returns, 'coin_returns' (bars, coins) each
+    coin's timing net returns, 'long_short_null' (R, bars) the long-short book of the scores
+    rotated in time).
   """
   start = time.time()
   prepared = data.prepared
@@ -357,13 +359,19 @@ def run_universe_trial(config: ml_collections.ConfigDict, panel: universe_lib.Pa
     series.update(rank_ic=np.full(bars, np.nan), ic=np.full(bars, np.nan),
                   quantile_spread=np.full(bars, np.nan),
                   long_short_returns=np.full(bars, np.nan),
+                  long_short_free_returns=np.full(bars, np.nan),
+                  top_k_returns=np.full(bars, np.nan),
                   long_short_null=np.full((0, bars), np.nan, np.float32))
-    record.update(ic=None, rank_ic=None, per_coin_ic=None, long_short=None)
+    record.update(ic=None, rank_ic=None, per_coin_ic=None, long_short=None,
+                  long_short_free=None, top_k=None)
   else:
     per_bar = cross_section.cross_sectional_ic(score, forward, prices.available)
-    long_short = portfolio_lib.long_short_portfolio(
-        prices, score, params, k=config.portfolio.k,
-        rebalance_every=config.portfolio.rebalance_every, band=config.portfolio.band)
+    books = {'k': config.portfolio.k, 'rebalance_every': config.portfolio.rebalance_every,
+             'band': config.portfolio.band}
+    long_short = portfolio_lib.long_short_portfolio(prices, score, params, **books)
+    free = portfolio_params(config, short_rate=0.0)  # the same book without shorting cost
+    long_short_free = portfolio_lib.long_short_portfolio(prices, score, free, **books)
+    top_k = portfolio_lib.top_k_portfolio(prices, score, params, **books)
     per_coin = cross_section.time_series_ic(score, forward, prices.available)
     offsets = null_offsets(config, fold, bars)
     null = (portfolio_lib.rank_portfolio_returns(
@@ -376,13 +384,18 @@ def run_universe_trial(config: ml_collections.ConfigDict, panel: universe_lib.Pa
     series.update(rank_ic=per_bar['rank_ic'], ic=per_bar['ic'],
                   quantile_spread=quantiles['spread'],
                   long_short_returns=_period_returns(long_short.equity, b.initial_capital),
+                  long_short_free_returns=_period_returns(long_short_free.equity,
+                                                          b.initial_capital),
+                  top_k_returns=_period_returns(top_k.equity, b.initial_capital),
                   long_short_null=null.astype(np.float32))
     record.update(
         ic=cross_section.newey_west_mean(per_bar['ic'], horizon=horizon),
         rank_ic=cross_section.newey_west_mean(per_bar['rank_ic'], horizon=horizon),
         per_coin_ic=dict(zip(symbols, per_coin['ic'].tolist(), strict=True)),
         quantile_means=quantiles['mean'].tolist(),
-        long_short=portfolio_lib.summarize_portfolio(long_short, params))
+        long_short=portfolio_lib.summarize_portfolio(long_short, params),
+        long_short_free=portfolio_lib.summarize_portfolio(long_short_free, free),
+        top_k=portfolio_lib.summarize_portfolio(top_k, params))
   record['wall_seconds'] = time.time() - start
   return json_types.to_json_types(record), series
 
@@ -407,13 +420,16 @@ def test_prices(panel: universe_lib.Panel, fold: UniverseFold,
   return portfolio_lib.PanelPrices(panel.open[rows], panel.close[rows], panel.available[rows])
 
 
-def portfolio_params(config: ml_collections.ConfigDict) -> portfolio_lib.PortfolioParams:
-  """The costs of `config.backtest` and the shorting rate of `config.portfolio`."""
+def portfolio_params(config: ml_collections.ConfigDict, *, short_rate: float | None = None
+                     ) -> portfolio_lib.PortfolioParams:
+  """The costs of `config.backtest` and the shorting rate of `config.portfolio` (or
+  `short_rate`)."""
   b = config.backtest
   return portfolio_lib.make_portfolio_params(
       initial_capital=b.initial_capital, commission=b.commission, slippage=b.slippage,
       commission_sell=b.commission_sell, slippage_sell=b.slippage_sell, fill=b.fill,
-      short_rate=config.portfolio.short_rate, periods_per_year=b.periods_per_year)
+      short_rate=config.portfolio.short_rate if short_rate is None else short_rate,
+      periods_per_year=b.periods_per_year)
 
 
 def benchmark_returns(config: ml_collections.ConfigDict, panel: universe_lib.Panel,

@@ -109,10 +109,18 @@ def load_model_series(config: ml_collections.ConfigDict, workdir: str, model: st
       panel[:, [column[s] for s in f.symbols]] = part['coin_returns']
       coins.append(panel)
     rotations = min(p['long_short_null'].shape[0] for p in parts)
+
+    def nan(part: dict[str, np.ndarray]) -> np.ndarray:
+      return np.full(len(part['rank_ic']), np.nan)
+
     seeds.append({
         'rank_ic': np.concatenate([p['rank_ic'] for p in parts]),
         'quantile_spread': np.concatenate([p['quantile_spread'] for p in parts]),
         'long_short': np.concatenate([p['long_short_returns'] for p in parts]),
+        # A workdir written before these books existed has none: NaN.
+        'long_short_free': np.concatenate([p.get('long_short_free_returns', nan(p))
+                                           for p in parts]),
+        'top_k': np.concatenate([p.get('top_k_returns', nan(p)) for p in parts]),
         'timing': np.concatenate([p['timing_returns'] for p in parts]),
         'coins': np.concatenate(coins),
         'null': np.concatenate([p['long_short_null'][:rotations] for p in parts], axis=1)})
@@ -124,8 +132,8 @@ def load_model_series(config: ml_collections.ConfigDict, workdir: str, model: st
       return (np.nanmean(stack, axis=0) if key in ('rank_ic', 'quantile_spread')
               else stack.mean(axis=0))
 
-  out = {k: combine(k) for k in ('rank_ic', 'quantile_spread', 'long_short', 'timing', 'coins',
-                                 'null')}
+  out = {k: combine(k) for k in ('rank_ic', 'quantile_spread', 'long_short',
+                                 'long_short_free', 'top_k', 'timing', 'coins', 'null')}
   out['long_short_seeds'] = np.stack([s['long_short'] for s in seeds])
   return out
 
@@ -289,6 +297,13 @@ def _ls_cell(t: dict[str, Any] | None) -> tuple[str, str]:
           f'{_number(t["placebo_p"], ".3f")} ({_number(t["placebo_p_holm"], ".3f")})')
 
 
+def _sharpe_of(returns: np.ndarray, periods: float) -> float:
+  """Net Sharpe of a joined series; NaN where it is undefined (a constant score's book)."""
+  if not np.isfinite(returns).any():
+    return math.nan
+  return significance.sharpe_ratio(np.nan_to_num(returns), periods)
+
+
 def table_rows(config: ml_collections.ConfigDict, series: dict[str, dict[str, Any]],
                tests: dict[str, Any], models: Sequence[str]) -> list[dict[str, Any]]:
   """Per model: its rank IC (Newey-West), Holm p over the ranking models, Sharpe figures."""
@@ -304,6 +319,8 @@ def table_rows(config: ml_collections.ConfigDict, series: dict[str, dict[str, An
                  'rank_ic_p': panel_inference.normal_p_value(ic['t_stat']),
                  'spread_bp': spread['mean'] * 1e4, 'spread_t': spread['t_stat'],
                  'long_short_sharpe': (tests['long_short'][model] or {}).get('sharpe', math.nan),
+                 'long_short_free_sharpe': _sharpe_of(s['long_short_free'], periods),
+                 'top_k_sharpe': _sharpe_of(s['top_k'], periods),
                  'timing_sharpe': significance.sharpe_ratio(np.nan_to_num(s['timing']), periods),
                  'coin_sharpe': tests['seed_claim'][model]['estimate']})
   ranked = [r for r in rows if np.isfinite(r['rank_ic_p'])]
@@ -433,12 +450,14 @@ def report_lines(config: ml_collections.ConfigDict, rows: list[dict[str, Any]],
       'bars, net Sharpe with its 95 % stationary-bootstrap interval (Politis-White block); '
       'placebo p: the same portfolio on the model\'s scores rotated in time '
       f'({config.tests.null_rotations} shifts per fold), Holm over the models in brackets. '
+      'Beside it: the same book with no shorting cost, and the long-only book of the k '
+      'best-scored coins (net Sharpe). '
       'Timing: each coin long on BUY, flat on SELL, equal capital per coin. Coin Sharpe: the '
       'mean over coins of each coin\'s own timing net Sharpe.', '',
       '| model | seeds | rank IC | NW t | p (Holm) | top-bottom quintile, bp (NW t) | '
-      'long-short net Sharpe [95 % CI] | placebo p (Holm) | timing net Sharpe | '
-      'mean coin Sharpe |',
-      '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|']
+      'long-short net Sharpe [95 % CI] | placebo p (Holm) | long-short, no shorting cost | '
+      'top-k long-only | timing net Sharpe | mean coin Sharpe |',
+      '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|']
   for r in rows:
     ls, placebo = _ls_cell(tests['long_short'].get(r['model']))
     lines.append(
@@ -446,6 +465,8 @@ def report_lines(config: ml_collections.ConfigDict, rows: list[dict[str, Any]],
         f'{_number(r.get("rank_ic_t"), "+.2f")} | {_number(r.get("rank_ic_p_holm"), ".3f")} | '
         f'{_number(r.get("spread_bp"), "+.1f")} ({_number(r.get("spread_t"), "+.2f")}) | '
         f'{ls if r["seeds"] else "n/a"} | {placebo if r["seeds"] else "n/a"} | '
+        f'{_number(r.get("long_short_free_sharpe"), "+.2f")} | '
+        f'{_number(r.get("top_k_sharpe"), "+.2f")} | '
         f'{_number(r["timing_sharpe"], "+.2f")} | {_number(r.get("coin_sharpe"), "+.2f")} |')
   lines += ['', '## Answers, stated as tests', '',
             f'Level {config.tests.level:g}; "detects" means with 80 % power. {bars} test bars '
